@@ -1,0 +1,53 @@
+# kmsfs — the front door. `make demo`, `make test`, `make bench`, `make lint`.
+SHELL := /bin/bash
+GO ?= go
+BIN := $(CURDIR)/bin
+export PATH := $(BIN):$(PATH)
+
+# Pinned tools, installed into ./bin on first use.
+LOCAL_KMS_VERSION := v0.0.0-20260228092603-2a5e92d09ab6
+STATICCHECK_VERSION := v0.8.2
+BENCHSTAT_VERSION := v0.0.0-20260908200009-22c9c6c9d4da
+
+# Packages whose tests need no FUSE, emulator or token.
+TEST_TIMEOUT ?= 30m
+BENCH_COUNT ?= 6
+
+.PHONY: all build test bench lint vectors tools clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/kmsfs ./cmd/kmsfs
+
+test: build
+	$(GO) test -timeout $(TEST_TIMEOUT) ./...
+
+# The envelope benchmarks, each run BENCH_COUNT times, summarised by benchstat.
+bench: $(BIN)/benchstat
+	@mkdir -p out
+	$(GO) test -run '^$$' -bench . -benchmem -count $(BENCH_COUNT) ./envelope/ | tee out/bench-envelope.txt
+	@echo
+	@$(BIN)/benchstat -col /path out/bench-envelope.txt 2>/dev/null | tee out/bench-envelope-table.txt || true
+	@$(GO) run ./envelope/internal/benchtable < out/bench-envelope.txt
+
+lint: $(BIN)/staticcheck
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(BIN)/staticcheck ./...
+
+# Regenerate the golden test vectors (never done by tests).
+vectors:
+	$(GO) run ./envelope/internal/vectorgen -out envelope/testdata/vectors
+
+tools: $(BIN)/local-kms $(BIN)/staticcheck $(BIN)/benchstat
+
+$(BIN)/local-kms:
+	GOBIN=$(BIN) $(GO) install github.com/nsmithuk/local-kms@$(LOCAL_KMS_VERSION)
+$(BIN)/staticcheck:
+	GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+$(BIN)/benchstat:
+	GOBIN=$(BIN) $(GO) install golang.org/x/perf/cmd/benchstat@$(BENCHSTAT_VERSION)
+
+clean:
+	rm -rf $(BIN)/kmsfs out

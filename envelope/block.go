@@ -1,0 +1,175 @@
+package envelope
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"encoding/binary"
+	"fmt"
+)
+
+// Block additional data: file ID, block index (u64 big-endian), last flag.
+const aadSize = fileIDSize + 8 + 1
+
+// Codec seals and opens the content blocks of one file: AES-256-GCM with a
+// fresh 128-bit random nonce per block write, under the file's content key,
+// with additional data that binds file ID, block index and last flag.
+//
+// A sealed block is nonce ‖ ciphertext ‖ tag. Codec is safe for concurrent
+// use; it draws nonces from its Volume's random source and processes large
+// requests in parallel as the Volume's options say.
+type Codec struct {
+	v    *Volume
+	aead cipher.AEAD
+	id   FileID
+}
+
+// NewCodec returns the Codec of the file with ID id whose data key is
+// dataKey. It derives the content key and keeps no reference to dataKey.
+func (v *Volume) NewCodec(dataKey []byte, id FileID) (*Codec, error) {
+	content, _, err := deriveKeys(dataKey, id)
+	if err != nil {
+		return nil, err
+	}
+	return v.newCodec(content, id)
+}
+
+func (v *Volume) newCodec(contentKey []byte, id FileID) (*Codec, error) {
+	blk, err := aes.NewCipher(contentKey)
+	clear(contentKey)
+	if err != nil {
+		return nil, err
+	}
+	aead, err := cipher.NewGCMWithNonceSize(blk, nonceSize)
+	if err != nil {
+		return nil, err
+	}
+	return &Codec{v: v, aead: aead, id: id}, nil
+}
+
+// SealedLen returns the stored size of n plaintext bytes that start on a
+// block boundary.
+func (l Layout) SealedLen(n int) int {
+	full, r := n/l.blockSize, n%l.blockSize
+	s := full * (l.blockSize + BlockOverhead)
+	if r > 0 {
+		s += r + BlockOverhead
+	}
+	return s
+}
+
+func (c *Codec) setAAD(aad *[aadSize]byte, i int64, last bool) {
+	copy(aad[:], c.id[:])
+	binary.BigEndian.PutUint64(aad[fileIDSize:], uint64(i))
+	aad[aadSize-1] = 0
+	if last {
+		aad[aadSize-1] = 1
+	}
+}
+
+// sealOne seals plain as block i into dst, whose first nonceSize bytes
+// already hold the nonce and whose length is len(plain)+BlockOverhead.
+func (c *Codec) sealOne(dst, plain []byte, i int64, last bool, aad *[aadSize]byte) {
+	c.setAAD(aad, i, last)
+	c.aead.Seal(dst[nonceSize:nonceSize], dst[:nonceSize], plain, aad[:])
+}
+
+// openOne opens sealed block i into dst (len(sealed)-BlockOverhead bytes).
+// A block that fails as its position's flag says but opens marked last is a
+// crash remnant and is accepted; an all-zero block that is not the file's
+// last is a hole and reads as zeros.
+func (c *Codec) openOne(dst, sealed []byte, i int64, last bool, aad *[aadSize]byte) error {
+	if len(sealed) <= BlockOverhead {
+		return fmt.Errorf("block %d: %w", i, ErrAuth)
+	}
+	nonce, ct := sealed[:nonceSize], sealed[nonceSize:]
+	c.setAAD(aad, i, last)
+	if _, err := c.aead.Open(dst[:0], nonce, ct, aad[:]); err == nil {
+		return nil
+	}
+	if !last {
+		aad[aadSize-1] = 1
+		if _, err := c.aead.Open(dst[:0], nonce, ct, aad[:]); err == nil {
+			return nil
+		}
+		if allZero(sealed) {
+			clear(dst[:len(ct)-tagSize])
+			return nil
+		}
+	}
+	return fmt.Errorf("block %d: %w", i, ErrAuth)
+}
+
+func allZero(b []byte) bool {
+	for len(b) >= 8 {
+		if binary.LittleEndian.Uint64(b) != 0 {
+			return false
+		}
+		b = b[8:]
+	}
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// Seal seals the plaintext p, which starts at block first, into dst.
+// fileLast is the index of the file's last block once the write is done;
+// only that block may be partial. len(dst) must be SealedLen(len(p)).
+// Nonces are read from the Volume's random source in one call, in block
+// order, so the output does not depend on how the work is split.
+func (c *Codec) Seal(dst, p []byte, first, fileLast int64) error {
+	l := c.v.layout
+	if len(dst) != l.SealedLen(len(p)) {
+		return fmt.Errorf("envelope: seal into %d bytes, want %d", len(dst), l.SealedLen(len(p)))
+	}
+	bs, ss := l.blockSize, l.blockSize+BlockOverhead
+	n := (len(p) + bs - 1) / bs
+	// Read all nonces into the front of dst, then move each into place,
+	// highest first so no nonce is overwritten before it moves.
+	if _, err := readFull(c.v.rand, dst[:n*nonceSize]); err != nil {
+		return fmt.Errorf("envelope: nonce: %w", err)
+	}
+	for i := n - 1; i > 0; i-- {
+		copy(dst[i*ss:i*ss+nonceSize], dst[i*nonceSize:(i+1)*nonceSize])
+	}
+	_, err := c.v.run(n, len(p), func(lo, hi int, aad *[aadSize]byte) (int, error) {
+		for i := lo; i < hi; i++ {
+			pe := min((i+1)*bs, len(p))
+			idx := first + int64(i)
+			c.sealOne(dst[i*ss:i*ss+pe-i*bs+BlockOverhead], p[i*bs:pe], idx, idx == fileLast, aad)
+		}
+		return hi, nil
+	})
+	return err
+}
+
+// Open opens the sealed blocks in sealed, which start at block first, into
+// dst; fileLast is the index of the file's last block. len(dst) must be the
+// plaintext length of the blocks. It returns how many leading bytes of dst
+// are valid: all of them, or up to the first block that failed, with an
+// error wrapping ErrAuth that names that block.
+func (c *Codec) Open(dst, sealed []byte, first, fileLast int64) (int, error) {
+	l := c.v.layout
+	if len(sealed) != l.SealedLen(len(dst)) {
+		return 0, fmt.Errorf("envelope: open %d sealed bytes into %d", len(sealed), len(dst))
+	}
+	bs, ss := l.blockSize, l.blockSize+BlockOverhead
+	n := (len(dst) + bs - 1) / bs
+	bad, err := c.v.run(n, len(dst), func(lo, hi int, aad *[aadSize]byte) (int, error) {
+		for i := lo; i < hi; i++ {
+			pe := min((i+1)*bs, len(dst))
+			idx := first + int64(i)
+			se := min((i+1)*ss, len(sealed))
+			if err := c.openOne(dst[i*bs:pe], sealed[i*ss:se], idx, idx == fileLast, aad); err != nil {
+				return i, err
+			}
+		}
+		return hi, nil
+	})
+	if err != nil {
+		return bad * bs, err
+	}
+	return len(dst), nil
+}

@@ -1,0 +1,210 @@
+package envelope
+
+import (
+	"errors"
+	"fmt"
+	"io"
+)
+
+// WriteAt writes p at plaintext offset off, as io.WriterAt. Blocks that p
+// covers in part are read, opened and merged; the rest are sealed straight
+// from p. A write past the end leaves a hole that reads as zeros. The
+// blocks go to the backing file in one write; see docs/FORMAT.md for the
+// order of writes that keeps every crash point readable.
+func (f *File) WriteAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, errors.New("envelope: negative offset")
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return 0, ErrClosed
+	}
+	return f.writeAt(p, off)
+}
+
+// writeAt is WriteAt with f.mu held.
+func (f *File) writeAt(p []byte, off int64) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	l := f.v.layout
+	bs := int64(l.blockSize)
+	end := off + int64(len(p))
+	b0, b1 := off/bs, (end-1)/bs
+	oldLast := l.lastBlock(f.size)
+	first := b0
+	gap := oldLast >= 0 && oldLast < b0-1
+	switch {
+	case oldLast >= 0 && oldLast == b0-1:
+		// The old last block loses its last mark (and, if partial, is
+		// padded with zeros) in the same write as the new blocks.
+		first = oldLast
+	case gap && f.size%bs != 0:
+		// A partial last block before a hole is first padded to a full
+		// block, still marked last, so that every stop leaves the file
+		// readable.
+		if err := f.rewriteBlock(oldLast, f.size, int(bs), true); err != nil {
+			return 0, err
+		}
+		f.size = (oldLast + 1) * bs
+	}
+	newSize := max(f.size, end)
+	newLast := l.lastBlock(newSize)
+
+	ss := l.SealedBlockSize()
+	buf := f.v.bufs.get(l.SealedLen(int(min((b1+1)*bs, newSize) - first*bs)))
+	defer f.v.bufs.put(buf)
+	sealed := *buf
+
+	// merge seals block i from its stored content overlaid with p.
+	merge := func(i int64) error {
+		bl := l.blockLen(i, newSize)
+		sb := f.v.bufs.get(bl)
+		defer f.v.bufs.put(sb)
+		blk := *sb
+		oldLen := l.blockLen(i, f.size)
+		if err := f.openBlock(blk[:oldLen], i, f.size); err != nil {
+			return err
+		}
+		clear(blk[oldLen:])
+		if lo, hi := max(off, i*bs), min(end, i*bs+int64(bl)); lo < hi {
+			copy(blk[lo-i*bs:hi-i*bs], p[lo-off:hi-off])
+		}
+		so := (i - first) * ss
+		return f.codec.Seal(sealed[so:so+int64(bl)+BlockOverhead], blk, i, newLast)
+	}
+	covered := func(i int64) bool {
+		return off <= i*bs && end >= i*bs+int64(l.blockLen(i, newSize))
+	}
+	mid0, mid1 := first, b1+1
+	for mid0 <= b1 && (mid0 < b0 || !covered(mid0)) {
+		if err := merge(mid0); err != nil {
+			return 0, err
+		}
+		mid0++
+		if mid0 > b0 {
+			break
+		}
+	}
+	if b1 >= mid0 && !covered(b1) {
+		if err := merge(b1); err != nil {
+			return 0, err
+		}
+		mid1--
+	}
+	if mid1 > mid0 {
+		pOff, pEnd := mid0*bs-off, min(mid1*bs, end)-off
+		so := (mid0 - first) * ss
+		if err := f.codec.Seal(sealed[so:so+int64(l.SealedLen(int(pEnd-pOff)))], p[pOff:pEnd], mid0, newLast); err != nil {
+			return 0, err
+		}
+	}
+	if _, err := f.b.WriteAt(sealed, l.BlockOffset(first)); err != nil {
+		return 0, fmt.Errorf("envelope: write blocks %d-%d: %w", first, b1, err)
+	}
+	if gap {
+		// The old last block, now followed by a hole, loses its last mark.
+		if err := f.rewriteBlock(oldLast, f.size, int(bs), false); err != nil {
+			f.size = newSize
+			return len(p), err
+		}
+	}
+	f.size, f.cut = newSize, false
+	return len(p), nil
+}
+
+// openBlock reads and opens block i of a file of size plaintext bytes into
+// dst, which has the block's plaintext length.
+func (f *File) openBlock(dst []byte, i, size int64) error {
+	if len(dst) == 0 {
+		return nil
+	}
+	l := f.v.layout
+	buf := f.v.bufs.get(len(dst) + BlockOverhead)
+	defer f.v.bufs.put(buf)
+	m, err := f.b.ReadAt(*buf, l.BlockOffset(i))
+	if m < len(*buf) {
+		if err != nil && err != io.EOF {
+			return fmt.Errorf("envelope: read block %d: %w", i, err)
+		}
+		clear((*buf)[m:])
+	}
+	if _, err := f.codec.Open(dst, *buf, i, l.lastBlock(size)); err != nil {
+		return fmt.Errorf("envelope: %w", err)
+	}
+	return nil
+}
+
+// rewriteBlock reseals block i of a file of size plaintext bytes with
+// plaintext length newLen (cut, or padded with zeros) and the given last
+// mark, and writes it in place.
+func (f *File) rewriteBlock(i, size int64, newLen int, last bool) error {
+	l := f.v.layout
+	oldLen := l.blockLen(i, size)
+	sb := f.v.bufs.get(max(oldLen, newLen))
+	defer f.v.bufs.put(sb)
+	blk := *sb
+	if err := f.openBlock(blk[:oldLen], i, size); err != nil {
+		return err
+	}
+	clear(blk[oldLen:])
+	buf := f.v.bufs.get(newLen + BlockOverhead)
+	defer f.v.bufs.put(buf)
+	lastIdx := i + 1
+	if last {
+		lastIdx = i
+	}
+	if err := f.codec.Seal(*buf, blk[:newLen], i, lastIdx); err != nil {
+		return err
+	}
+	if _, err := f.b.WriteAt(*buf, l.BlockOffset(i)); err != nil {
+		return fmt.Errorf("envelope: write block %d: %w", i, err)
+	}
+	return nil
+}
+
+// Truncate sets the plaintext size. Growing writes a sealed last block of
+// zeros at the new end and leaves a hole before it; shrinking reseals the
+// new last block and cuts the cipher file.
+func (f *File) Truncate(size int64) error {
+	if size < 0 {
+		return errors.New("envelope: negative size")
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return ErrClosed
+	}
+	l := f.v.layout
+	bs := int64(l.blockSize)
+	newLast := l.lastBlock(size)
+	switch {
+	case size == f.size:
+		return nil
+	case size > f.size:
+		// Growing is a write of zeros into the new last block; the
+		// blocks between stay holes.
+		off := max(f.size, newLast*bs)
+		zb := f.v.bufs.get(int(size - off))
+		defer f.v.bufs.put(zb)
+		clear(*zb)
+		_, err := f.writeAt(*zb, off)
+		return err
+	case size == 0:
+		if err := f.b.Truncate(l.HeaderSize()); err != nil {
+			return fmt.Errorf("envelope: truncate: %w", err)
+		}
+	default:
+		// Mark the new last block last (and cut it) before cutting the
+		// file, so a stop in between leaves a tolerated crash remnant.
+		if err := f.rewriteBlock(newLast, f.size, l.blockLen(newLast, size), true); err != nil {
+			return err
+		}
+		if err := f.b.Truncate(l.CipherSize(size)); err != nil {
+			return fmt.Errorf("envelope: truncate: %w", err)
+		}
+	}
+	f.size, f.cut = size, false
+	return nil
+}

@@ -1,0 +1,220 @@
+package envelope
+
+import (
+	"bytes"
+	"crypto/hkdf"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+
+	"github.com/kmsfs/kmsfs/keysource"
+)
+
+// Header slot layout (all integers big-endian); see docs/FORMAT.md.
+//
+//	 0      4  magic "KMFS"
+//	 4      2  format version (1)
+//	 6      2  flags, zero in version 1
+//	 8      4  block size B
+//	12      4  slot size S
+//	16     16  volume ID
+//	32     16  file ID
+//	48      8  sequence number
+//	56      1  stanza count n (1..maxStanzas)
+//	57      …  n stanzas: u8 len, type; u16 len, key ID; u16 len, body
+//	 …      …  zero padding
+//	S-32   32  HMAC-SHA256(header key, bytes 0 .. S-32)
+const (
+	magic         = "KMFS"
+	slotFixedSize = 57
+	macSize       = sha256.Size
+	maxStanzas    = 16
+	maxTypeLen    = 32
+	maxKeyIDLen   = 2048
+	maxBodyLen    = 8192
+
+	labelContentKey = "kmsfs v1 content key"
+	labelHeaderKey  = "kmsfs v1 header key"
+)
+
+// FileID is a file's random 128-bit identity. It salts the content key and
+// sits in every block's additional data.
+type FileID [fileIDSize]byte
+
+// VolumeID is the random 128-bit identity of a volume, from kmsfs.conf.
+type VolumeID [volumeIDSize]byte
+
+// Header is the decoded content of one header slot. Stanzas are the data
+// key's wrapped copies; any one of them opens the file.
+type Header struct {
+	Volume  VolumeID
+	File    FileID
+	Seq     uint64
+	Stanzas []keysource.Stanza
+}
+
+// deriveKeys returns the content key and the header key of a file.
+func deriveKeys(dataKey []byte, id FileID) (content, header []byte, err error) {
+	if len(dataKey) != keysource.DataKeySize {
+		return nil, nil, fmt.Errorf("envelope: data key is %d bytes, want %d: %w",
+			len(dataKey), keysource.DataKeySize, keysource.ErrInvalid)
+	}
+	content, err = hkdf.Key(sha256.New, dataKey, id[:], labelContentKey, 32)
+	if err != nil {
+		return nil, nil, err
+	}
+	header, err = hkdf.Key(sha256.New, dataKey, id[:], labelHeaderKey, 32)
+	return content, header, err
+}
+
+// encodedLen returns the bytes the slot needs before padding and MAC.
+func (h *Header) encodedLen() int {
+	n := slotFixedSize
+	for _, s := range h.Stanzas {
+		n += 1 + len(s.Type) + 2 + len(s.KeyID) + 2 + len(s.Body)
+	}
+	return n
+}
+
+// FitsIn reports whether h encodes into one slot of layout l.
+func (h *Header) FitsIn(l Layout) bool { return h.encodedLen()+macSize <= l.slotSize }
+
+func checkStanza(s keysource.Stanza) error {
+	if len(s.Type) == 0 || len(s.Type) > maxTypeLen {
+		return fmt.Errorf("stanza type length %d", len(s.Type))
+	}
+	for i := 0; i < len(s.Type); i++ {
+		c := s.Type[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return fmt.Errorf("stanza type has byte %#x", c)
+		}
+	}
+	if len(s.KeyID) == 0 || len(s.KeyID) > maxKeyIDLen {
+		return fmt.Errorf("stanza key ID length %d", len(s.KeyID))
+	}
+	for i := 0; i < len(s.KeyID); i++ {
+		if c := s.KeyID[i]; c < 0x20 || c > 0x7e {
+			return fmt.Errorf("stanza key ID has byte %#x", c)
+		}
+	}
+	if len(s.Body) == 0 || len(s.Body) > maxBodyLen {
+		return fmt.Errorf("stanza body length %d", len(s.Body))
+	}
+	return nil
+}
+
+// marshalSlot encodes h into one slot of layout l, authenticated with headerKey.
+func (h *Header) marshalSlot(l Layout, headerKey []byte) ([]byte, error) {
+	if len(h.Stanzas) == 0 || len(h.Stanzas) > maxStanzas {
+		return nil, fmt.Errorf("envelope: header has %d stanzas, want 1 to %d", len(h.Stanzas), maxStanzas)
+	}
+	for _, s := range h.Stanzas {
+		if err := checkStanza(s); err != nil {
+			return nil, fmt.Errorf("envelope: stanza %v: %s", s, err)
+		}
+	}
+	if !h.FitsIn(l) {
+		return nil, fmt.Errorf("envelope: stanzas need %d bytes, header slot holds %d (choose a larger slot size)",
+			h.encodedLen()+macSize, l.slotSize)
+	}
+	b := make([]byte, slotFixedSize, l.slotSize)
+	copy(b, magic)
+	binary.BigEndian.PutUint16(b[4:], Version)
+	binary.BigEndian.PutUint32(b[8:], uint32(l.blockSize))
+	binary.BigEndian.PutUint32(b[12:], uint32(l.slotSize))
+	copy(b[16:], h.Volume[:])
+	copy(b[32:], h.File[:])
+	binary.BigEndian.PutUint64(b[48:], h.Seq)
+	b[56] = byte(len(h.Stanzas))
+	for _, s := range h.Stanzas {
+		b = append(b, byte(len(s.Type)))
+		b = append(b, s.Type...)
+		b = binary.BigEndian.AppendUint16(b, uint16(len(s.KeyID)))
+		b = append(b, s.KeyID...)
+		b = binary.BigEndian.AppendUint16(b, uint16(len(s.Body)))
+		b = append(b, s.Body...)
+	}
+	b = b[:l.slotSize-macSize]
+	m := hmac.New(sha256.New, headerKey)
+	m.Write(b)
+	return m.Sum(b), nil
+}
+
+// ParseHeaderSlot decodes one header slot of layout l. It checks structure
+// only: the MAC needs the data key and is checked when the file is opened.
+// The returned Header does not alias slot.
+func ParseHeaderSlot(l Layout, slot []byte) (*Header, error) {
+	if len(slot) != l.slotSize {
+		return nil, fmt.Errorf("header slot is %d bytes, want %d: %w", len(slot), l.slotSize, ErrFormat)
+	}
+	if string(slot[:4]) != magic {
+		return nil, fmt.Errorf("header magic: %w", ErrFormat)
+	}
+	if v := binary.BigEndian.Uint16(slot[4:]); v != Version {
+		return nil, fmt.Errorf("header format version %d, this kmsfs reads %d: %w", v, Version, ErrFormat)
+	}
+	if f := binary.BigEndian.Uint16(slot[6:]); f != 0 {
+		return nil, fmt.Errorf("header flags %#x unknown: %w", f, ErrFormat)
+	}
+	if bs := binary.BigEndian.Uint32(slot[8:]); bs != uint32(l.blockSize) {
+		return nil, fmt.Errorf("header block size %d, volume uses %d: %w", bs, l.blockSize, ErrFormat)
+	}
+	if ss := binary.BigEndian.Uint32(slot[12:]); ss != uint32(l.slotSize) {
+		return nil, fmt.Errorf("header slot size %d, volume uses %d: %w", ss, l.slotSize, ErrFormat)
+	}
+	h := &Header{Seq: binary.BigEndian.Uint64(slot[48:])}
+	copy(h.Volume[:], slot[16:])
+	copy(h.File[:], slot[32:])
+	n := int(slot[56])
+	if n == 0 || n > maxStanzas {
+		return nil, fmt.Errorf("header stanza count %d: %w", n, ErrFormat)
+	}
+	rest := slot[slotFixedSize : l.slotSize-macSize]
+	field := func(lenBytes int) ([]byte, bool) {
+		if len(rest) < lenBytes {
+			return nil, false
+		}
+		var m int
+		if lenBytes == 1 {
+			m = int(rest[0])
+		} else {
+			m = int(binary.BigEndian.Uint16(rest))
+		}
+		rest = rest[lenBytes:]
+		if len(rest) < m {
+			return nil, false
+		}
+		f := rest[:m]
+		rest = rest[m:]
+		return f, true
+	}
+	h.Stanzas = make([]keysource.Stanza, 0, n)
+	for i := 0; i < n; i++ {
+		t, ok1 := field(1)
+		id, ok2 := field(2)
+		body, ok3 := field(2)
+		if !ok1 || !ok2 || !ok3 {
+			return nil, fmt.Errorf("header stanza %d overruns the slot: %w", i, ErrFormat)
+		}
+		s := keysource.Stanza{Type: string(t), KeyID: string(id), Body: bytes.Clone(body)}
+		if err := checkStanza(s); err != nil {
+			return nil, fmt.Errorf("header stanza %d: %s: %w", i, err, ErrFormat)
+		}
+		h.Stanzas = append(h.Stanzas, s)
+	}
+	for _, c := range rest {
+		if c != 0 {
+			return nil, fmt.Errorf("header padding not zero: %w", ErrFormat)
+		}
+	}
+	return h, nil
+}
+
+// verifySlot reports whether slot's MAC is valid under headerKey.
+func verifySlot(slot, headerKey []byte) bool {
+	m := hmac.New(sha256.New, headerKey)
+	m.Write(slot[:len(slot)-macSize])
+	var sum [macSize]byte
+	return hmac.Equal(m.Sum(sum[:0]), slot[len(slot)-macSize:])
+}

@@ -1,0 +1,56 @@
+package envelope
+
+import (
+	"crypto/hmac"
+	"fmt"
+	"slices"
+
+	"github.com/kmsfs/kmsfs/keysource"
+)
+
+// Rewrap replaces the file's stanzas with stanzas, which wrap dataKey,
+// rewriting only the header and never the content. dataKey must be the
+// file's data key (Rewrap checks it, so a mistake cannot lock the file). It
+// writes the new header first into the older (or damaged) slot with the
+// next sequence number and syncs, then into the other slot and syncs, so
+// a crash at any point leaves a slot that opens under the old stanzas or
+// one that opens under the new ones.
+func (f *File) Rewrap(dataKey []byte, stanzas []keysource.Stanza) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return ErrClosed
+	}
+	_, hkey, err := deriveKeys(dataKey, f.header.File)
+	if err != nil {
+		return err
+	}
+	if !hmac.Equal(hkey, f.headerKey) {
+		return fmt.Errorf("envelope: rewrap: %w (not this file's data key)", keysource.ErrInvalid)
+	}
+	l := f.v.layout
+	target := 0
+	if f.slotSeq[1] <= f.slotSeq[0] {
+		target = 1
+	}
+	seq := max(f.slotSeq[0], f.slotSeq[1])
+	h := f.header
+	h.Stanzas = slices.Clone(stanzas)
+	for _, slot := range [2]int{target, 1 - target} {
+		seq++
+		h.Seq = seq
+		b, err := h.marshalSlot(l, f.headerKey)
+		if err != nil {
+			return err
+		}
+		if _, err := f.b.WriteAt(b, int64(slot*l.slotSize)); err != nil {
+			return fmt.Errorf("envelope: write header slot %d: %w", slot, err)
+		}
+		if err := f.b.Sync(); err != nil {
+			return fmt.Errorf("envelope: sync header slot %d: %w", slot, err)
+		}
+		f.slotSeq[slot] = seq
+		f.header = h
+	}
+	return nil
+}

@@ -1,0 +1,204 @@
+package envelope
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"sync"
+
+	"github.com/kmsfs/kmsfs/keysource"
+)
+
+// DefaultParallelMin is the request size from which blocks are sealed and
+// opened in parallel, chosen from BenchmarkCodec on a 2-core machine: below
+// it, starting goroutines costs more than it saves.
+const DefaultParallelMin = 64 << 10
+
+// Options configure a Volume.
+type Options struct {
+	// Layout is the volume's block and header slot size.
+	Layout Layout
+	// Volume is the volume ID that every file header must carry.
+	Volume VolumeID
+	// Rand supplies nonces and file IDs; nil means crypto/rand.Reader. It
+	// must be safe for concurrent use if Files are used concurrently.
+	Rand io.Reader
+	// Workers caps the goroutines one request uses; 0 means GOMAXPROCS.
+	Workers int
+	// ParallelMin is the request size in bytes from which blocks are
+	// processed in parallel; 0 means DefaultParallelMin, negative never.
+	ParallelMin int
+}
+
+// Volume holds what all files of one cipher dir share: the layout, the
+// volume ID, the random source, the parallelism policy and pooled buffers.
+// It is safe for concurrent use and needs no closing.
+type Volume struct {
+	layout      Layout
+	id          VolumeID
+	rand        io.Reader
+	workers     int
+	parallelMin int
+	bufs        bufPool
+	aads        sync.Pool
+}
+
+// NewVolume returns a Volume configured by o.
+func NewVolume(o Options) (*Volume, error) {
+	if o.Layout == (Layout{}) {
+		return nil, errors.New("envelope: volume options need a Layout")
+	}
+	v := &Volume{layout: o.Layout, id: o.Volume, rand: o.Rand, workers: o.Workers, parallelMin: o.ParallelMin}
+	if v.rand == nil {
+		v.rand = rand.Reader
+	}
+	if v.workers <= 0 {
+		v.workers = runtime.GOMAXPROCS(0)
+	}
+	switch {
+	case v.parallelMin == 0:
+		v.parallelMin = DefaultParallelMin
+	case v.parallelMin < 0:
+		v.parallelMin = 0
+	}
+	v.aads.New = func() any { return new([aadSize]byte) }
+	return v, nil
+}
+
+// Layout returns the volume's layout.
+func (v *Volume) Layout() Layout { return v.layout }
+
+// Backing is the cipher file under a File. *os.File satisfies it. The File
+// does not close it: whoever opened it does, after closing the File.
+type Backing interface {
+	io.ReaderAt
+	io.WriterAt
+	Truncate(size int64) error
+	Sync() error
+	Stat() (os.FileInfo, error)
+}
+
+// KeyUnwrapper recovers a file's data key from the stanzas of its header:
+// the data-key manager of package keysource implements it. The returned
+// key belongs to the unwrapper; callers copy what they keep and never
+// change it.
+type KeyUnwrapper interface {
+	UnwrapKey(ctx context.Context, stanzas []keysource.Stanza) ([]byte, error)
+}
+
+// Create writes a new header for dataKey, wrapped as stanzas, to b, which
+// must be empty, and returns the File over it. Both header slots get the
+// same header at sequence 1. The File keeps no reference to dataKey.
+func (v *Volume) Create(b Backing, dataKey []byte, stanzas []keysource.Stanza) (*File, error) {
+	var id FileID
+	if _, err := readFull(v.rand, id[:]); err != nil {
+		return nil, fmt.Errorf("envelope: file ID: %w", err)
+	}
+	content, hkey, err := deriveKeys(dataKey, id)
+	if err != nil {
+		return nil, err
+	}
+	h := Header{Volume: v.id, File: id, Seq: 1, Stanzas: stanzas}
+	slot, err := h.marshalSlot(v.layout, hkey)
+	if err != nil {
+		return nil, err
+	}
+	hdr := make([]byte, 0, v.layout.HeaderSize())
+	hdr = append(append(hdr, slot...), slot...)
+	if _, err := b.WriteAt(hdr, 0); err != nil {
+		return nil, fmt.Errorf("envelope: write header: %w", err)
+	}
+	codec, err := v.newCodec(content, id)
+	if err != nil {
+		return nil, err
+	}
+	return &File{v: v, b: b, codec: codec, headerKey: hkey, header: h, slotSeq: [2]uint64{1, 1}}, nil
+}
+
+// Open reads b's header, recovers the data key through u from the newest
+// header slot that authenticates (falling back to the other slot), and
+// returns the File. An empty b has no header: Open returns ErrNoHeader.
+// Errors from u are returned wrapped, so keysource sentinels still match.
+func (v *Volume) Open(ctx context.Context, b Backing, u KeyUnwrapper) (*File, error) {
+	fi, err := b.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("envelope: stat: %w", err)
+	}
+	size := fi.Size()
+	if size == 0 {
+		return nil, ErrNoHeader
+	}
+	l := v.layout
+	if size < l.HeaderSize() {
+		return nil, fmt.Errorf("envelope: file of %d bytes is shorter than its header: %w", size, ErrFormat)
+	}
+	raw := make([]byte, l.HeaderSize())
+	if _, err := b.ReadAt(raw, 0); err != nil {
+		return nil, fmt.Errorf("envelope: read header: %w", err)
+	}
+	slots := [2][]byte{raw[:l.slotSize], raw[l.slotSize:]}
+	var hs [2]*Header
+	var firstErr error
+	for i, s := range slots {
+		h, err := ParseHeaderSlot(l, s)
+		if err == nil && h.Volume != v.id {
+			err = fmt.Errorf("header names volume %x: %w", h.Volume, ErrOtherVolume)
+		}
+		if err != nil {
+			if firstErr == nil {
+				firstErr = fmt.Errorf("envelope: header slot %d: %w", i, err)
+			}
+			continue
+		}
+		hs[i] = h
+	}
+	order := [2]int{0, 1}
+	if hs[1] != nil && (hs[0] == nil || hs[1].Seq > hs[0].Seq) {
+		order = [2]int{1, 0}
+	}
+	for k, i := range order {
+		h := hs[i]
+		if h == nil {
+			continue
+		}
+		if k == 1 && hs[order[0]] != nil && string(slots[0]) == string(slots[1]) {
+			break // the same bytes failed already
+		}
+		dk, err := u.UnwrapKey(ctx, h.Stanzas)
+		if err != nil {
+			err = fmt.Errorf("envelope: header slot %d: %w", i, err)
+			if firstErr == nil || errors.Is(firstErr, ErrFormat) || errors.Is(firstErr, ErrAuth) {
+				firstErr = err
+			}
+			continue
+		}
+		content, hkey, err := deriveKeys(dk, h.File)
+		if err != nil {
+			return nil, err
+		}
+		if !verifySlot(slots[i], hkey) {
+			if firstErr == nil || errors.Is(firstErr, ErrFormat) {
+				firstErr = fmt.Errorf("envelope: header slot %d: %w", i, ErrAuth)
+			}
+			continue
+		}
+		f := &File{v: v, b: b, headerKey: hkey, header: *h, size: l.PlainSize(size)}
+		f.cut = size != l.CipherSize(f.size)
+		f.slotSeq[i] = h.Seq
+		if o := hs[1-i]; o != nil && o.File == h.File && verifySlot(slots[1-i], hkey) {
+			f.slotSeq[1-i] = o.Seq
+		}
+		if f.codec, err = v.newCodec(content, h.File); err != nil {
+			return nil, err
+		}
+		return f, nil
+	}
+	if firstErr == nil {
+		firstErr = fmt.Errorf("envelope: no usable header slot: %w", ErrFormat)
+	}
+	return nil, firstErr
+}

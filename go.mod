@@ -1,0 +1,3 @@
+module github.com/kmsfs/kmsfs
+
+go 1.26
