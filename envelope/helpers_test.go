@@ -1,6 +1,7 @@
 package envelope_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"math/rand/v2"
@@ -20,7 +21,7 @@ func (k *clearKeys) UnwrapKey(_ context.Context, stanzas []keysource.Stanza) ([]
 	k.calls.Add(1)
 	for _, s := range stanzas {
 		if s.Type == "test" && len(s.Body) == keysource.DataKeySize {
-			return s.Body, nil
+			return bytes.Clone(s.Body), nil
 		}
 	}
 	return nil, keysource.ErrNotMine

@@ -84,8 +84,8 @@ type Backing interface {
 
 // KeyUnwrapper recovers a file's data key from the stanzas of its header:
 // the data-key manager of package keysource implements it. The returned
-// key belongs to the unwrapper; callers copy what they keep and never
-// change it.
+// key is a copy that belongs to the caller: Open clears it once it has
+// derived the file's keys.
 type KeyUnwrapper interface {
 	UnwrapKey(ctx context.Context, stanzas []keysource.Stanza) ([]byte, error)
 }
@@ -177,6 +177,7 @@ func (v *Volume) Open(ctx context.Context, b Backing, u KeyUnwrapper) (*File, er
 			continue
 		}
 		content, hkey, err := deriveKeys(dk, h.File)
+		clear(dk)
 		if err != nil {
 			return nil, err
 		}
