@@ -38,7 +38,7 @@ lint: $(BIN)/staticcheck
 
 # Regenerate the golden test vectors (never done by tests).
 vectors:
-	$(GO) run ./envelope/internal/vectorgen -out envelope/testdata/vectors
+	$(GO) run ./envelope/internal/vectorgen/cmd/vectorgen -out envelope/testdata/vectors
 
 tools: $(BIN)/local-kms $(BIN)/staticcheck $(BIN)/benchstat
 

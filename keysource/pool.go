@@ -1,0 +1,254 @@
+package keysource
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"time"
+)
+
+// batch is one data key with its stanzas, serving up to Policy.MaxFiles
+// new files for up to Policy.MaxAge after its first.
+type batch struct {
+	key      []byte
+	stanzas  []Stanza
+	uses     int
+	firstUse time.Time
+}
+
+func (b *batch) retire() {
+	clear(b.key)
+	b.key = nil
+}
+
+// handOut returns copies of the key and stanzas for one new file.
+func (b *batch) handOut() ([]byte, []Stanza) {
+	n := 0
+	for _, s := range b.stanzas {
+		n += len(s.Body)
+	}
+	bodies := make([]byte, 0, n)
+	out := make([]Stanza, len(b.stanzas))
+	for i, s := range b.stanzas {
+		lo := len(bodies)
+		bodies = append(bodies, s.Body...)
+		out[i] = Stanza{Type: s.Type, KeyID: s.KeyID, Body: bodies[lo:len(bodies):len(bodies)]}
+	}
+	return bytes.Clone(b.key), out
+}
+
+// pool is the state of the data-key pool, guarded by Manager.mu.
+//
+// Refill workers generate a batch whenever ready+pending < PoolSize and
+// the pool is not paused, so every generate call replaces a batch that was
+// taken: after the pool first fills, N creates that use up K batches cost
+// exactly K generate calls. A failed generate pauses the pool, so a broken
+// key service is asked again only when a caller takes a batch or finds the
+// pool empty, never in a loop.
+type pool struct {
+	ready   []*batch // fresh batches, oldest first
+	cur     *batch   // the batch being handed out, or nil
+	pending int      // generate calls running
+	paused  bool     // no refill until demand (after an error, or DeferPool)
+	err     error    // last generate error, nil after a success
+	errSeq  uint64   // counts generate errors
+}
+
+// expire retires the current batch if it has served its age.
+func (p *pool) expire(now time.Time, pol Policy) {
+	if p.cur != nil && now.Sub(p.cur.firstUse) >= pol.MaxAge {
+		p.cur.retire()
+		p.cur = nil
+	}
+}
+
+func (p *pool) purge() {
+	if p.cur != nil {
+		p.cur.retire()
+		p.cur = nil
+	}
+	for i, b := range p.ready {
+		b.retire()
+		p.ready[i] = nil
+	}
+	p.ready = p.ready[:0]
+}
+
+// NewDataKey returns a data key for a new file and its stanzas: the
+// primary's first, then one per escrow source, all wrapping that key. Both
+// are fresh copies that belong to the caller.
+//
+// The key comes from the pool, so a create does not wait on the key
+// service unless the pool is empty. Then NewDataKey waits for a refill
+// until ctx ends; if the last refill failed and nothing has been retried
+// since, it returns that error at once (and starts a retry), and a caller
+// waiting when a refill fails gets that error.
+func (m *Manager) NewDataKey(ctx context.Context) ([]byte, []Stanza, error) {
+	m.mu.Lock()
+	p := &m.pool
+	first, seq := true, uint64(0)
+	for {
+		if m.closed {
+			m.mu.Unlock()
+			return nil, nil, ErrClosed
+		}
+		now := m.now()
+		p.expire(now, m.policy)
+		if b := p.cur; b != nil {
+			key, stanzas := b.handOut()
+			if b.uses++; b.uses >= m.policy.MaxFiles {
+				b.retire()
+				p.cur = nil
+			}
+			m.mu.Unlock()
+			return key, stanzas, nil
+		}
+		if len(p.ready) > 0 {
+			p.cur = p.ready[0]
+			p.cur.firstUse = now
+			copy(p.ready, p.ready[1:])
+			p.ready[len(p.ready)-1] = nil
+			p.ready = p.ready[:len(p.ready)-1]
+			p.paused = false
+			m.broadcast()
+			continue
+		}
+		if first {
+			first, seq = false, p.errSeq
+			if p.paused {
+				p.paused = false
+				m.broadcast()
+				if p.err != nil {
+					err := p.err
+					m.mu.Unlock()
+					return nil, nil, fmt.Errorf("keysource: no data key ready: %w", err)
+				}
+			}
+		} else if p.errSeq != seq {
+			err := p.err
+			m.mu.Unlock()
+			return nil, nil, fmt.Errorf("keysource: no data key ready: %w", err)
+		}
+		ch := m.changed
+		m.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, nil, fmt.Errorf("keysource: waiting for a data key: %w", ctx.Err())
+		}
+		m.mu.Lock()
+	}
+}
+
+// WaitReady waits until the pool holds PoolSize ready data keys and no
+// generate call is running, and returns nil; or until a generate call made
+// meanwhile fails, and returns its error; or until ctx ends. It starts a
+// deferred or paused pool. Call it after mounting to make the first creates
+// fast; tests call it to let the refill settle before counting calls.
+func (m *Manager) WaitReady(ctx context.Context) error {
+	m.mu.Lock()
+	p := &m.pool
+	if p.paused {
+		p.paused = false
+		m.broadcast()
+	}
+	seq := p.errSeq
+	for {
+		switch {
+		case m.closed:
+			m.mu.Unlock()
+			return ErrClosed
+		case len(p.ready) >= m.poolSize && p.pending == 0:
+			m.mu.Unlock()
+			return nil
+		case p.errSeq != seq:
+			err := p.err
+			m.mu.Unlock()
+			return fmt.Errorf("keysource: filling the data-key pool: %w", err)
+		}
+		ch := m.changed
+		m.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("keysource: waiting for the data-key pool: %w", ctx.Err())
+		}
+		m.mu.Lock()
+	}
+}
+
+// refill is a pool worker: it generates batches while the pool is short.
+func (m *Manager) refill() {
+	defer m.wg.Done()
+	p := &m.pool
+	m.mu.Lock()
+	for {
+		for !m.closed && (p.paused || len(p.ready)+p.pending >= m.poolSize) {
+			ch := m.changed
+			m.mu.Unlock()
+			<-ch
+			m.mu.Lock()
+		}
+		if m.closed {
+			m.mu.Unlock()
+			return
+		}
+		p.pending++
+		m.mu.Unlock()
+		b, err := m.newBatch(m.ctx)
+		m.mu.Lock()
+		p.pending--
+		switch {
+		case err != nil:
+			p.err, p.paused = err, true
+			p.errSeq++
+		case m.closed:
+			b.retire()
+		default:
+			p.ready = append(p.ready, b)
+			p.err = nil
+		}
+		m.broadcast()
+	}
+}
+
+// newBatch makes a data key and its stanzas: generated by the primary if it
+// is a Generator, else read from m.rand and wrapped by the primary; then
+// wrapped by every escrow source.
+func (m *Manager) newBatch(ctx context.Context) (*batch, error) {
+	b := &batch{stanzas: make([]Stanza, 0, len(m.sources))}
+	if g, ok := m.primary.(Generator); ok {
+		key, s, err := g.GenerateDataKey(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("keysource: generate data key with %s: %w", sourceName(m.primary), err)
+		}
+		if len(key) != DataKeySize {
+			clear(key)
+			return nil, fmt.Errorf("keysource: %s generated a %d-byte data key, want %d: %w",
+				sourceName(m.primary), len(key), DataKeySize, ErrInvalid)
+		}
+		b.key = key
+		b.stanzas = append(b.stanzas, s)
+	} else {
+		b.key = make([]byte, DataKeySize)
+		if _, err := io.ReadFull(m.rand, b.key); err != nil {
+			return nil, fmt.Errorf("keysource: random data key: %w", err)
+		}
+		s, err := m.primary.Wrap(ctx, b.key)
+		if err != nil {
+			b.retire()
+			return nil, fmt.Errorf("keysource: wrap data key with %s: %w", sourceName(m.primary), err)
+		}
+		b.stanzas = append(b.stanzas, s)
+	}
+	for _, e := range m.sources[1:] {
+		s, err := e.Wrap(ctx, b.key)
+		if err != nil {
+			b.retire()
+			return nil, fmt.Errorf("keysource: wrap data key with escrow key %s: %w", sourceName(e), err)
+		}
+		b.stanzas = append(b.stanzas, s)
+	}
+	return b, nil
+}
