@@ -9,7 +9,6 @@ LOCAL_KMS_VERSION := v0.0.0-20260228092603-2a5e92d09ab6
 STATICCHECK_VERSION := v0.8.2
 BENCHSTAT_VERSION := v0.0.0-20260908200009-22c9c6c9d4da
 
-# Packages whose tests need no FUSE, emulator or token.
 TEST_TIMEOUT ?= 30m
 BENCH_COUNT ?= 6
 
@@ -23,13 +22,13 @@ build:
 test: build
 	$(GO) test -timeout $(TEST_TIMEOUT) ./...
 
-# The envelope benchmarks, each run BENCH_COUNT times, summarised by benchstat.
+# The envelope benchmarks, each run BENCH_COUNT times; the table shows
+# medians. Compare two runs with: bin/benchstat old.txt out/bench-envelope.txt
 bench: $(BIN)/benchstat
 	@mkdir -p out
 	$(GO) test -run '^$$' -bench . -benchmem -count $(BENCH_COUNT) ./envelope/ | tee out/bench-envelope.txt
 	@echo
-	@$(BIN)/benchstat -col /path out/bench-envelope.txt 2>/dev/null | tee out/bench-envelope-table.txt || true
-	@$(GO) run ./envelope/internal/benchtable < out/bench-envelope.txt
+	@$(GO) run ./envelope/internal/benchtable < out/bench-envelope.txt | tee out/bench-envelope-table.txt
 
 lint: $(BIN)/staticcheck
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi

@@ -134,14 +134,7 @@ func (c *Codec) Seal(dst, p []byte, first, fileLast int64) error {
 	for i := n - 1; i > 0; i-- {
 		copy(dst[i*ss:i*ss+nonceSize], dst[i*nonceSize:(i+1)*nonceSize])
 	}
-	_, err := c.v.run(n, len(p), func(lo, hi int, aad *[aadSize]byte) (int, error) {
-		for i := lo; i < hi; i++ {
-			pe := min((i+1)*bs, len(p))
-			idx := first + int64(i)
-			c.sealOne(dst[i*ss:i*ss+pe-i*bs+BlockOverhead], p[i*bs:pe], idx, idx == fileLast, aad)
-		}
-		return hi, nil
-	})
+	_, err := c.v.run(job{c: c, dst: dst, src: p, first: first, fileLast: fileLast, seal: true}, n, len(p))
 	return err
 }
 
@@ -155,21 +148,40 @@ func (c *Codec) Open(dst, sealed []byte, first, fileLast int64) (int, error) {
 	if len(sealed) != l.SealedLen(len(dst)) {
 		return 0, fmt.Errorf("envelope: open %d sealed bytes into %d", len(sealed), len(dst))
 	}
-	bs, ss := l.blockSize, l.blockSize+BlockOverhead
+	bs := l.blockSize
 	n := (len(dst) + bs - 1) / bs
-	bad, err := c.v.run(n, len(dst), func(lo, hi int, aad *[aadSize]byte) (int, error) {
-		for i := lo; i < hi; i++ {
-			pe := min((i+1)*bs, len(dst))
-			idx := first + int64(i)
-			se := min((i+1)*ss, len(sealed))
-			if err := c.openOne(dst[i*bs:pe], sealed[i*ss:se], idx, idx == fileLast, aad); err != nil {
-				return i, err
-			}
-		}
-		return hi, nil
-	})
+	bad, err := c.v.run(job{c: c, dst: dst, src: sealed, first: first, fileLast: fileLast}, n, len(dst))
 	if err != nil {
 		return bad * bs, err
 	}
 	return len(dst), nil
+}
+
+// job is one request's blocks: sealing src into dst, or opening src into dst.
+type job struct {
+	c               *Codec
+	dst, src        []byte
+	first, fileLast int64
+	seal            bool
+}
+
+// do processes blocks [lo, hi) of the job and returns the index of the
+// first block that failed to open (or hi) and its error.
+func (j *job) do(lo, hi int, aad *[aadSize]byte) (int, error) {
+	bs := j.c.v.layout.blockSize
+	ss := bs + BlockOverhead
+	for i := lo; i < hi; i++ {
+		idx := j.first + int64(i)
+		if j.seal {
+			pe := min((i+1)*bs, len(j.src))
+			j.c.sealOne(j.dst[i*ss:i*ss+pe-i*bs+BlockOverhead], j.src[i*bs:pe], idx, idx == j.fileLast, aad)
+			continue
+		}
+		pe := min((i+1)*bs, len(j.dst))
+		se := min((i+1)*ss, len(j.src))
+		if err := j.c.openOne(j.dst[i*bs:pe], j.src[i*ss:se], idx, idx == j.fileLast, aad); err != nil {
+			return i, err
+		}
+	}
+	return hi, nil
 }

@@ -6,42 +6,43 @@ import (
 	"sync"
 )
 
-// run calls work on the block range [0, n) of a request of size bytes:
-// on the calling goroutine, or split into contiguous ranges across up to
-// the Volume's worker cap when size reaches its parallel threshold. work
-// returns the index of its first failed block (or hi) and the error; run
-// returns the lowest failed index (or n) and that range's error.
-func (v *Volume) run(n, size int, work func(lo, hi int, aad *[aadSize]byte) (int, error)) (int, error) {
+// run processes the n blocks of job j, a request of size bytes: on the
+// calling goroutine, or split into contiguous ranges across up to the
+// Volume's worker cap when size reaches its parallel threshold. It returns
+// the lowest failed block index (or n) and that block's error.
+func (v *Volume) run(j job, n, size int) (int, error) {
 	workers := 1
 	if v.parallelMin > 0 && size >= v.parallelMin {
 		workers = min(v.workers, n)
 	}
+	aad := v.aads.Get().(*[aadSize]byte)
+	defer v.aads.Put(aad)
 	if workers <= 1 {
-		aad := v.aads.Get().(*[aadSize]byte)
-		defer v.aads.Put(aad)
-		return work(0, n, aad)
+		return j.do(0, n, aad)
 	}
+	jp := new(job) // only the parallel path shares the job with goroutines
+	*jp = j
+	return v.runParallel(jp, n, workers, aad)
+}
+
+// runParallel is run's parallel path; aad is the calling goroutine's.
+func (v *Volume) runParallel(j *job, n, workers int, aad *[aadSize]byte) (int, error) {
 	type result struct {
 		bad int
 		err error
 	}
 	results := make([]result, workers)
 	var wg sync.WaitGroup
-	chunk := func(w int) {
-		lo, hi := w*n/workers, (w+1)*n/workers
-		aad := v.aads.Get().(*[aadSize]byte)
-		bad, err := work(lo, hi, aad)
-		v.aads.Put(aad)
-		results[w] = result{bad, err}
-	}
-	wg.Add(workers - 1)
 	for w := 1; w < workers; w++ {
-		go func() {
-			defer wg.Done()
-			chunk(w)
-		}()
+		wg.Go(func() {
+			a := v.aads.Get().(*[aadSize]byte)
+			bad, err := j.do(w*n/workers, (w+1)*n/workers, a)
+			v.aads.Put(a)
+			results[w] = result{bad, err}
+		})
 	}
-	chunk(0)
+	bad, err := j.do(0, n/workers, aad)
+	results[0] = result{bad, err}
 	wg.Wait()
 	for _, r := range results {
 		if r.err != nil {
