@@ -188,13 +188,17 @@ func (m *Manager) sweep(every time.Duration) {
 		case <-m.ctx.Done():
 			return
 		case <-t.C:
-			m.mu.Lock()
-			now := m.now()
-			m.cache.sweep(now)
-			m.pool.expire(now, m.policy)
-			m.mu.Unlock()
+			m.sweepOnce()
 		}
 	}
+}
+
+func (m *Manager) sweepOnce() {
+	m.mu.Lock()
+	now := m.now()
+	m.cache.sweep(now)
+	m.pool.expire(now, m.policy)
+	m.mu.Unlock()
 }
 
 // keyNames lists "type:keyID" of every source, for error messages.

@@ -25,11 +25,16 @@ type flight struct {
 // answers without a key-source call; concurrent calls for one stanza make
 // one call. The result is a fresh copy that belongs to the caller.
 //
+// A key-source call runs under the Manager's own context (values of ctx do
+// not reach it) and is cancelled once every caller waiting for it has given
+// up, or when the Manager closes.
+//
 // If no source accepts any stanza, the error wraps ErrNotMine and lists the
-// stanzas and the configured keys. Otherwise the error is the most telling
-// failure (ErrDenied, then ErrInvalid, then ErrUnavailable, then others),
-// wrapped with its stanza; the message also names the other failures. If
-// ctx ends first, the error wraps ctx.Err().
+// stanzas and the configured keys, with the first source's reason if one
+// gave any (such as a wrong passphrase). Otherwise the error is the most
+// telling failure (ErrDenied, then ErrInvalid, then ErrUnavailable, then
+// others), wrapped with its stanza; the message also names the other
+// failures. If ctx ends first, the error wraps ctx.Err().
 func (m *Manager) UnwrapKey(ctx context.Context, stanzas []Stanza) ([]byte, error) {
 	if len(stanzas) == 0 {
 		return nil, fmt.Errorf("keysource: no stanzas to unwrap: %w", ErrInvalid)
@@ -55,6 +60,7 @@ func (m *Manager) UnwrapKey(ctx context.Context, stanzas []Stanza) ([]byte, erro
 	m.mu.Unlock()
 
 	var fails []error
+	var notMine error
 	for i, s := range stanzas {
 		if !m.hasType(s.Type) {
 			continue
@@ -67,6 +73,8 @@ func (m *Manager) UnwrapKey(ctx context.Context, stanzas []Stanza) ([]byte, erro
 			return nil, fmt.Errorf("keysource: stanza %v: %w", s, err)
 		case !errors.Is(err, ErrNotMine):
 			fails = append(fails, fmt.Errorf("keysource: stanza %v: %w", s, err))
+		case notMine == nil:
+			notMine = err
 		}
 	}
 	if len(fails) == 0 {
@@ -74,8 +82,11 @@ func (m *Manager) UnwrapKey(ctx context.Context, stanzas []Stanza) ([]byte, erro
 		for i, s := range stanzas {
 			names[i] = s.String()
 		}
+		if notMine == nil {
+			notMine = ErrNotMine
+		}
 		return nil, fmt.Errorf("keysource: no configured key opens any stanza (stanzas: %s; configured keys: %s): %w",
-			strings.Join(names, ", "), m.keyNames(), ErrNotMine)
+			strings.Join(names, ", "), m.keyNames(), notMine)
 	}
 	best := 0
 	for i, err := range fails {
@@ -177,6 +188,9 @@ func (m *Manager) unwrapOne(ctx context.Context, s Stanza, d digest) ([]byte, er
 		}
 		if f.waiters == 0 {
 			clear(f.key)
+		}
+		if f.err != nil && m.closed {
+			return nil, ErrClosed // the source failed because Close cancelled it
 		}
 		return key, f.err
 	default:

@@ -27,6 +27,7 @@ const (
 	OpGenerate
 )
 
+// String returns "wrap", "unwrap" or "generate".
 func (o Op) String() string {
 	switch o {
 	case OpWrap:

@@ -1,0 +1,50 @@
+package local_test
+
+import (
+	"context"
+	"testing"
+
+	"github.com/kmsfs/kmsfs/keysource/local"
+)
+
+func BenchmarkWrap(b *testing.B) {
+	s, _ := keyFileSource(b, volA)
+	dk := randomBytes(b, 32)
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := s.Wrap(ctx, dk); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkUnwrap(b *testing.B) {
+	s, _ := keyFileSource(b, volA)
+	ctx := context.Background()
+	st, err := s.Wrap(ctx, randomBytes(b, 32))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := s.Unwrap(ctx, st); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkNewPassphrase measures the default KDF: the cost of opening a
+// passphrase volume once per mount.
+func BenchmarkNewPassphrase(b *testing.B) {
+	kdf, err := local.NewKDFParams(nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := local.NewPassphrase(local.Options{KDF: kdf, LookupEnv: env("correct horse battery staple")}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
