@@ -1,7 +1,6 @@
 package pkcs11
 
 import (
-	"crypto"
 	"fmt"
 
 	"github.com/kmsfs/kmsfs/keysource"
@@ -52,9 +51,9 @@ const (
 // body is a parsed stanza body. Its slices alias the stanza's.
 type body struct {
 	kind byte
-	iv   []byte      // kind 1
-	hash crypto.Hash // kind 3
-	data []byte      // ciphertext
+	iv   []byte // kind 1
+	hash byte   // kind 3: hashSHA1 or hashSHA256
+	data []byte // ciphertext
 }
 
 // parseBody checks a body's version, kind and size. The key it was made
@@ -83,10 +82,8 @@ func parseBody(b []byte) (body, error) {
 			return body{}, fmt.Errorf("pkcs11: RSA stanza body of %d bytes: %w", len(b), keysource.ErrInvalid)
 		}
 		switch b[2] {
-		case hashSHA1:
-			bd.hash = crypto.SHA1
-		case hashSHA256:
-			bd.hash = crypto.SHA256
+		case hashSHA1, hashSHA256:
+			bd.hash = b[2]
 		default:
 			return body{}, fmt.Errorf("pkcs11: RSA stanza names OAEP hash %d: %w", b[2], keysource.ErrInvalid)
 		}
@@ -95,11 +92,4 @@ func parseBody(b []byte) (body, error) {
 		return body{}, fmt.Errorf("pkcs11: stanza body kind %d: %w", bd.kind, keysource.ErrInvalid)
 	}
 	return bd, nil
-}
-
-func hashByte(h crypto.Hash) byte {
-	if h == crypto.SHA256 {
-		return hashSHA256
-	}
-	return hashSHA1
 }

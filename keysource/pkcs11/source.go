@@ -1,0 +1,282 @@
+package pkcs11
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+
+	"github.com/kmsfs/kmsfs/keysource"
+	p11 "github.com/miekg/pkcs11"
+)
+
+// Type is the key-source type of PKCS#11 specs and stanzas.
+const Type = "pkcs11"
+
+var (
+	_ keysource.KeySource = (*Source)(nil)
+	_ keysource.Describer = (*Source)(nil)
+	_ io.Closer           = (*Source)(nil)
+)
+
+// Options configure a Source. The zero value is ready to use.
+type Options struct {
+	// Rand supplies AES-GCM IVs (and is handed to RSA-OAEP); nil means
+	// crypto/rand.Reader. It must be safe for concurrent use.
+	Rand io.Reader
+	// LookupEnv reads EnvModule, EnvPIN and pin-source=env: variables;
+	// nil means os.LookupEnv.
+	LookupEnv func(key string) (string, bool)
+	// Sessions caps the sessions the Source holds open, and so the
+	// operations it runs at once on the token; 0 means DefaultSessions.
+	Sessions int
+	// AESKeyWrap makes an AES key wrap with RFC 5649 key wrap
+	// (CKM_AES_KEY_WRAP_PAD) even when the token offers AES-GCM, for
+	// tokens whose policy refuses caller-chosen GCM IVs. Without it, key
+	// wrap is used only when the token lacks CKM_AES_GCM. Unwrap reads
+	// both kinds either way.
+	AESKeyWrap bool
+}
+
+type keyKind int
+
+const (
+	keyAES keyKind = iota + 1
+	keyRSA
+)
+
+// Source is a keysource.KeySource over one key on a PKCS#11 token: an AES
+// secret key that wraps data keys on the token, or an RSA key pair whose
+// public half wraps in Go and whose private half unwraps on the token.
+// It is bound to one volume ID, which every stanza it writes binds and
+// every stanza it opens must carry.
+//
+// A Source is safe for concurrent use; its calls share a bounded pool of
+// sessions (Options.Sessions). PKCS#11 calls cannot be interrupted, so a
+// context only bounds the wait for a session. The owner calls Close,
+// which waits for calls in flight; calls after it fail.
+type Source struct {
+	loader *Loader
+	tok    *token
+	pool   *pool
+	uri    URI
+	keyID  string
+	volume [volumeIDSize]byte
+	rand   io.Reader
+
+	kind    keyKind
+	key     p11.ObjectHandle // AES secret key or RSA private key
+	aesMode byte             // kindGCM or kindKWP, for keyAES
+	pub     *rsa.PublicKey   // for keyRSA
+	hash    byte             // hashSHA1 or hashSHA256, for keyRSA
+	detail  string           // for Describe
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Open returns a Source for the key that spec (a keysource.Spec of type
+// "pkcs11", whose Value is a URI that ParseURI takes) names, bound to the
+// volume volumeID. It loads the module if no other Source has, finds the
+// token by label, logs in with the PIN from the URI's pin-source or
+// EnvPIN unless the token is logged in already, and finds the key by
+// label and id.
+//
+// Errors wrap keysource.ErrDenied when the token refuses the PIN,
+// keysource.ErrInvalid for a bad URI or a token or key that is not there
+// (naming it and, for a token, the labels present), and
+// keysource.ErrUnavailable when the module cannot be loaded. No error
+// holds the PIN. The caller closes the Source.
+func (l *Loader) Open(ctx context.Context, spec keysource.Spec, volumeID [16]byte, o Options) (*Source, error) {
+	if spec.Type != Type {
+		return nil, fmt.Errorf("pkcs11: key spec of type %q, want %q: %w", spec.Type, Type, keysource.ErrInvalid)
+	}
+	u, err := ParseURI(spec.Value)
+	if err != nil {
+		return nil, err
+	}
+	lookup := o.LookupEnv
+	if lookup == nil {
+		lookup = os.LookupEnv
+	}
+	path, err := u.modulePath(lookup)
+	if err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("pkcs11: open %s: %w", u.KeyID(), err)
+	}
+	m, err := l.acquire(path)
+	if err != nil {
+		return nil, err
+	}
+	tok, err := m.openToken(u.Token)
+	if err != nil {
+		_ = l.release(m)
+		return nil, err
+	}
+	if err := tok.login(u, func() ([]byte, error) { return u.readPIN(lookup) }); err != nil {
+		tok.release()
+		_ = l.release(m)
+		return nil, err
+	}
+	n := o.Sessions
+	if n <= 0 {
+		n = DefaultSessions
+	}
+	s := &Source{
+		loader: l,
+		tok:    tok,
+		pool:   newPool(tok, n),
+		uri:    u,
+		keyID:  u.KeyID(),
+		volume: volumeID,
+		rand:   o.Rand,
+	}
+	if s.rand == nil {
+		s.rand = rand.Reader
+	}
+	if err := s.findKey(ctx, o.AESKeyWrap); err != nil {
+		_ = s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Type returns "pkcs11".
+func (s *Source) Type() string { return Type }
+
+// KeyID returns the canonical URI of the key (see URI.KeyID) that the
+// Source writes into its stanzas.
+func (s *Source) KeyID() string { return s.keyID }
+
+// Wrap returns a stanza holding dataKey, which must be DataKeySize bytes
+// and stays the caller's, wrapped under the Source's key and bound to its
+// volume. An AES key wraps on the token; an RSA key wraps in Go with its
+// public key and makes no token call.
+func (s *Source) Wrap(ctx context.Context, dataKey []byte) (keysource.Stanza, error) {
+	if len(dataKey) != keysource.DataKeySize {
+		return keysource.Stanza{}, fmt.Errorf("pkcs11: data key of %d bytes, want %d: %w", len(dataKey), keysource.DataKeySize, keysource.ErrInvalid)
+	}
+	if err := s.usable(ctx); err != nil {
+		return keysource.Stanza{}, err
+	}
+	var body []byte
+	var err error
+	switch {
+	case s.kind == keyRSA:
+		body, err = s.wrapRSA(dataKey)
+	case s.aesMode == kindKWP:
+		body, err = s.wrapKWP(ctx, dataKey)
+	default:
+		body, err = s.wrapGCM(ctx, dataKey)
+	}
+	if err != nil {
+		return keysource.Stanza{}, err
+	}
+	return keysource.Stanza{Type: Type, KeyID: s.keyID, Body: body}, nil
+}
+
+// Unwrap returns the data key in st; the caller owns it. It returns an
+// error wrapping keysource.ErrNotMine if st is not a pkcs11 stanza for
+// this token, object and id, and one wrapping keysource.ErrInvalid if st
+// is malformed, was changed, or belongs to another volume.
+func (s *Source) Unwrap(ctx context.Context, st keysource.Stanza) ([]byte, error) {
+	if st.Type != Type {
+		return nil, fmt.Errorf("pkcs11: stanza of type %q: %w", st.Type, keysource.ErrNotMine)
+	}
+	if st.KeyID != s.keyID {
+		if u, err := ParseURI(st.KeyID); err != nil || !u.sameKey(s.uri) {
+			return nil, fmt.Errorf("pkcs11: stanza for %s, this key is %s: %w", st.KeyID, s.keyID, keysource.ErrNotMine)
+		}
+	}
+	bd, err := parseBody(st.Body)
+	if err != nil {
+		return nil, err
+	}
+	if (bd.kind == kindRSA) != (s.kind == keyRSA) {
+		return nil, fmt.Errorf("pkcs11: stanza body kind %d does not fit the %s on token %q: %w",
+			bd.kind, s.keyName(), s.uri.Token, keysource.ErrInvalid)
+	}
+	if err := s.usable(ctx); err != nil {
+		return nil, err
+	}
+	switch bd.kind {
+	case kindGCM:
+		return s.unwrapGCM(ctx, bd)
+	case kindKWP:
+		return s.unwrapKWP(ctx, bd)
+	default:
+		return s.unwrapRSA(ctx, bd)
+	}
+}
+
+// usable fails once the Source is closed or ctx is done.
+func (s *Source) usable(ctx context.Context) error {
+	select {
+	case <-s.pool.done:
+		return errClosed
+	default:
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("pkcs11: %s: %w", s.keyID, err)
+	}
+	return nil
+}
+
+// Describe reports the key: its type and token in Detail, State
+// "Present", "Restricted" (its attributes no longer allow the operations
+// kmsfs needs), "Missing" (the object is gone) or "Unavailable" (the
+// token does not answer), and Usable. It returns an error only when the
+// Source is closed or ctx ends while it waits for a session.
+func (s *Source) Describe(ctx context.Context) (keysource.KeyState, error) {
+	st := keysource.KeyState{KeyID: s.keyID, Detail: s.detail}
+	if err := s.usable(ctx); err != nil {
+		return st, err
+	}
+	sh, err := s.pool.get(ctx)
+	if err != nil {
+		if errors.Is(err, errClosed) || ctx.Err() != nil {
+			return st, err
+		}
+		st.State = "Unavailable"
+		st.Detail += fmt.Sprintf("; token does not answer: %v", err)
+		return st, nil
+	}
+	ok, err := s.permitted(sh)
+	s.pool.put(sh, err == nil)
+	switch {
+	case err == nil && ok:
+		st.State, st.Usable = "Present", true
+	case err == nil:
+		st.State = "Restricted"
+		st.Detail += "; the key's attributes no longer allow " + s.needs()
+	case ckr(err) == p11.CKR_OBJECT_HANDLE_INVALID || ckr(err) == p11.CKR_KEY_HANDLE_INVALID:
+		st.State = "Missing"
+		st.Detail += "; the key is no longer on the token"
+	default:
+		st.State = "Unavailable"
+		st.Detail += fmt.Sprintf("; token does not answer: %v", err)
+	}
+	return st, nil
+}
+
+// Close waits for calls in flight, closes the Source's sessions, and
+// releases its token and module: the last Source on a token ends the
+// login, the last on a module finalises it. Later calls on the Source
+// fail. Close is idempotent.
+func (s *Source) Close() error {
+	s.closeOnce.Do(func() {
+		s.pool.close()
+		s.tok.release()
+		s.closeErr = s.loader.release(s.tok.mod)
+	})
+	return s.closeErr
+}
+
+// ck returns the module's PKCS#11 context.
+func (s *Source) ck() *p11.Ctx { return s.tok.mod.ctx }
