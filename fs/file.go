@@ -1,0 +1,274 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"os"
+	"sync"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"golang.org/x/sys/unix"
+
+	"github.com/kmsfs/kmsfs/envelope"
+)
+
+// openFile is the state that all open handles of one inode share: the
+// backing descriptor and the envelope File. A backing file of zero bytes
+// has no header yet; it gets one (and a data key) on its first write.
+type openFile struct {
+	refs int // guarded by Node.mu
+	back *backing
+
+	mu sync.RWMutex // guards ef
+	ef *envelope.File
+}
+
+func (of *openFile) size() int64 {
+	of.mu.RLock()
+	defer of.mu.RUnlock()
+	if of.ef == nil {
+		return 0
+	}
+	return of.ef.Size()
+}
+
+// backing is a cipher file descriptor that reserves space before each
+// write, so a full disk fails the write before any byte of a block lands.
+type backing struct {
+	*os.File
+	writable bool
+}
+
+func (b *backing) WriteAt(p []byte, off int64) (int, error) {
+	if !b.writable {
+		return 0, syscall.EBADF
+	}
+	err := unix.Fallocate(int(b.Fd()), unix.FALLOC_FL_KEEP_SIZE, off, int64(len(p)))
+	if err != nil && err != unix.EOPNOTSUPP {
+		return 0, err
+	}
+	return b.File.WriteAt(p, off)
+}
+
+func (b *backing) Sync() error { return unix.Fdatasync(int(b.Fd())) }
+
+// acquire returns the node's shared open state, opening the backing file
+// and reading its header if no handle has it open yet. Each acquire is
+// paired with a release.
+func (n *Node) acquire(ctx context.Context) (*openFile, syscall.Errno) {
+	n.mu.Lock()
+	if n.open != nil {
+		n.open.refs++
+		of := n.open
+		n.mu.Unlock()
+		return of, 0
+	}
+	n.mu.Unlock()
+	pfd, name, errno := n.loc()
+	if errno != 0 {
+		return nil, errno
+	}
+	of, errno := n.openBacking(ctx, pfd, name, 0, 0)
+	if errno != 0 {
+		return nil, errno
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.open != nil { // another open won the race
+		n.open.refs++
+		of.close()
+		return n.open, 0
+	}
+	of.refs = 1
+	n.open = of
+	return of, 0
+}
+
+// openBacking opens (or with O_CREAT creates) the backing file and its
+// envelope File. A new or empty file gets no header until its first write.
+func (n *Node) openBacking(ctx context.Context, pfd int, name string, extra int, mode uint32) (*openFile, syscall.Errno) {
+	flags := unix.O_RDWR
+	if n.r.opts.ReadOnly {
+		flags = unix.O_RDONLY
+	}
+	// O_NOATIME: kmsfs's own reads (headers, read-modify-write) must not
+	// move the access time; it is refused for files we do not own.
+	flags |= unix.O_NOFOLLOW | unix.O_CLOEXEC | unix.O_NOATIME
+	fd, err := unix.Openat(pfd, name, flags|extra, mode)
+	if err == unix.EPERM {
+		flags &^= unix.O_NOATIME
+		fd, err = unix.Openat(pfd, name, flags|extra, mode)
+	}
+	writable := flags&unix.O_ACCMODE == unix.O_RDWR
+	if err != nil && extra == 0 && (err == unix.EACCES || err == unix.EPERM || err == unix.EROFS || err == unix.ETXTBSY) {
+		fd, err = unix.Openat(pfd, name, (flags&^unix.O_ACCMODE)|unix.O_RDONLY, 0)
+		writable = false
+	}
+	if err != nil {
+		return nil, gofs.ToErrno(err)
+	}
+	of := &openFile{back: &backing{File: os.NewFile(uintptr(fd), name), writable: writable}}
+	fi, err := of.back.Stat()
+	if err != nil {
+		of.close()
+		return nil, gofs.ToErrno(err)
+	}
+	if fi.Size() == 0 {
+		return of, 0
+	}
+	kctx, cancel := context.WithTimeout(ctx, n.r.opts.KeyTimeout)
+	defer cancel()
+	ef, err := n.r.vol.Open(kctx, of.back, n.r.opts.Keys)
+	if err != nil {
+		of.close()
+		return nil, n.fail("open", err)
+	}
+	of.ef = ef
+	return of, 0
+}
+
+func (of *openFile) close() {
+	of.mu.Lock()
+	if of.ef != nil {
+		of.ef.Close()
+		of.ef = nil
+	}
+	of.mu.Unlock()
+	of.back.Close()
+}
+
+// release drops one reference to the shared state and closes it with the last.
+func (n *Node) release(of *openFile) {
+	n.mu.Lock()
+	of.refs--
+	last := of.refs == 0
+	if last && n.open == of {
+		n.open = nil
+	}
+	n.mu.Unlock()
+	if last {
+		of.close()
+	}
+}
+
+func (n *Node) openState() *openFile {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.open
+}
+
+// acquireExisting returns a reference to the shared state if the node is
+// open, or nil. Pair it with release.
+func (n *Node) acquireExisting() *openFile {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.open != nil {
+		n.open.refs++
+	}
+	return n.open
+}
+
+// file returns the envelope File, giving a headerless file its header and
+// data key first when forWrite is set; it returns nil for a headerless
+// file that is only read.
+func (n *Node) file(ctx context.Context, of *openFile, forWrite bool) (*envelope.File, syscall.Errno) {
+	of.mu.RLock()
+	ef := of.ef
+	of.mu.RUnlock()
+	if ef != nil || !forWrite {
+		return ef, 0
+	}
+	of.mu.Lock()
+	defer of.mu.Unlock()
+	if of.ef != nil {
+		return of.ef, 0
+	}
+	if !of.back.writable {
+		return nil, syscall.EBADF
+	}
+	kctx, cancel := context.WithTimeout(ctx, n.r.opts.KeyTimeout)
+	defer cancel()
+	dk, stanzas, err := n.r.opts.Keys.NewDataKey(kctx)
+	if err != nil {
+		return nil, n.fail("create header", err)
+	}
+	ef, err = n.r.vol.Create(of.back, dk, stanzas)
+	clear(dk)
+	if err != nil {
+		return nil, n.fail("create header", err)
+	}
+	of.ef = ef
+	return ef, 0
+}
+
+// truncate sets the plaintext size, through handle f's state if given.
+func (n *Node) truncate(ctx context.Context, f gofs.FileHandle, size int64) syscall.Errno {
+	if n.IsDir() {
+		return syscall.EISDIR
+	}
+	var of *openFile
+	if h, ok := f.(*handle); ok {
+		of = h.of
+	} else {
+		var errno syscall.Errno
+		if of, errno = n.acquireForTruncate(ctx, size); errno != 0 || of == nil {
+			return errno
+		}
+		defer n.release(of)
+	}
+	if size == 0 && of.size() == 0 {
+		return 0
+	}
+	ef, errno := n.file(ctx, of, true)
+	if errno != 0 {
+		return errno
+	}
+	if err := ef.Truncate(size); err != nil {
+		return n.fail("truncate", err)
+	}
+	return 0
+}
+
+// acquireForTruncate is acquire for a truncate without a handle. Cutting
+// a file that nobody has open to zero needs no key: the backing file is
+// emptied, and the next write gives it a fresh header. It returns a nil
+// state when that is done.
+func (n *Node) acquireForTruncate(ctx context.Context, size int64) (*openFile, syscall.Errno) {
+	if size == 0 && n.openState() == nil {
+		pfd, name, errno := n.loc()
+		if errno != 0 {
+			return nil, errno
+		}
+		fd, err := unix.Openat(pfd, name, unix.O_WRONLY|unix.O_TRUNC|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil, gofs.ToErrno(err)
+		}
+		unix.Close(fd)
+		return nil, 0
+	}
+	return n.acquire(ctx)
+}
+
+// fail logs a failed operation on the node and returns its errno.
+func (n *Node) fail(op string, err error) syscall.Errno {
+	errno := errnoOf(err)
+	n.r.log.WithFields(map[string]any{"op": op, "path": n.Path(nil), "errno": errno.Error()}).Error(err.Error())
+	return errno
+}
+
+// errnoOf maps an error to the errno a caller sees.
+func errnoOf(err error) syscall.Errno {
+	var e syscall.Errno
+	switch {
+	case isKeyErr(err):
+		return keyErrno(err)
+	case errors.Is(err, context.DeadlineExceeded):
+		return syscall.ETIMEDOUT
+	case errors.Is(err, context.Canceled):
+		return syscall.EINTR
+	case errors.As(err, &e):
+		return e
+	}
+	return syscall.EIO
+}

@@ -1,0 +1,224 @@
+package fs_test
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+
+	"github.com/hanwen/go-fuse/v2/posixtest"
+	"golang.org/x/sys/unix"
+)
+
+// posixNotApplicable lists the posixtest cases kmsfs does not run, and why.
+var posixNotApplicable = map[string]string{
+	// kmsfs leaves POSIX record locks to the kernel, which keeps them per
+	// process as a local filesystem does; this case expects the go-fuse
+	// loopback's per-descriptor locks (two descriptors of one process
+	// conflicting). TestLocks checks flock and OFD locks instead.
+	"FcntlFlockLocksFile": "POSIX locks are per process (kernel-local), not per descriptor",
+}
+
+func TestPosix(t *testing.T) {
+	m := mount(t, 4096)
+	for name, fn := range posixtest.All {
+		t.Run(name, func(t *testing.T) {
+			if why, ok := posixNotApplicable[name]; ok {
+				t.Skip(why)
+			}
+			dir := filepath.Join(m.mnt, name)
+			if err := os.Mkdir(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			fn(t, dir)
+		})
+	}
+}
+
+func TestWriteReadAndCiphertext(t *testing.T) {
+	m := mount(t, 4096)
+	for _, size := range []int{0, 1, 4095, 4096, 4097, 3*4096 + 17, 1 << 20} {
+		t.Run(fmt.Sprintf("size=%d", size), func(t *testing.T) {
+			name := fmt.Sprintf("f%d", size)
+			data := bytes.Repeat([]byte("kmsfs plaintext "), size/16+1)[:size]
+			if err := os.WriteFile(filepath.Join(m.mnt, name), data, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			got, err := os.ReadFile(filepath.Join(m.mnt, name))
+			if err != nil || !bytes.Equal(got, data) {
+				t.Fatalf("read back %d bytes, %v", len(got), err)
+			}
+			fi, err := os.Stat(filepath.Join(m.mnt, name))
+			if err != nil || fi.Size() != int64(size) {
+				t.Fatalf("stat size %v, %v", fi, err)
+			}
+			raw, err := os.ReadFile(filepath.Join(m.cipher, name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if size > 16 && bytes.Contains(raw, data[:16]) {
+				t.Fatal("cipher file contains plaintext")
+			}
+		})
+	}
+}
+
+func TestConfHidden(t *testing.T) {
+	m := mount(t, 4096)
+	if _, err := os.Stat(filepath.Join(m.mnt, "kmsfs.conf")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("kmsfs.conf visible: %v", err)
+	}
+	ents, err := os.ReadDir(m.mnt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		if e.Name() == "kmsfs.conf" {
+			t.Fatal("kmsfs.conf listed")
+		}
+	}
+	if err := os.WriteFile(filepath.Join(m.mnt, "kmsfs.conf"), []byte("x"), 0o644); err == nil {
+		t.Fatal("kmsfs.conf writable through the mount")
+	}
+}
+
+func TestTwoHandlesShareState(t *testing.T) {
+	m := mount(t, 4096)
+	p := filepath.Join(m.mnt, "shared")
+	a, err := os.OpenFile(p, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := os.OpenFile(p, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if _, err := a.WriteAt([]byte("hello from a"), 5000); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 12)
+	if _, err := b.ReadAt(got, 5000); err != nil || string(got) != "hello from a" {
+		t.Fatalf("b reads %q, %v", got, err)
+	}
+	if _, err := b.WriteAt([]byte("B"), 5000); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.ReadAt(got[:1], 5000); err != nil || got[0] != 'B' {
+		t.Fatalf("a reads %q, %v", got[:1], err)
+	}
+}
+
+func TestHardLinkAndRename(t *testing.T) {
+	m := mount(t, 4096)
+	p := filepath.Join(m.mnt, "orig")
+	if err := os.WriteFile(p, []byte("linked content"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Link(p, filepath.Join(m.mnt, "link")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(m.mnt, "d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(m.mnt, "link"), filepath.Join(m.mnt, "d", "moved")); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(filepath.Join(m.mnt, "d", "moved"))
+	if err != nil || string(got) != "linked content" {
+		t.Fatalf("read %q, %v", got, err)
+	}
+	// RENAME_EXCHANGE and RENAME_NOREPLACE pass through.
+	if err := os.WriteFile(filepath.Join(m.mnt, "other"), []byte("other"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Renameat2(unix.AT_FDCWD, p, unix.AT_FDCWD, filepath.Join(m.mnt, "other"), unix.RENAME_NOREPLACE); err != unix.EEXIST {
+		t.Fatalf("RENAME_NOREPLACE onto an existing name: %v", err)
+	}
+	if err := unix.Renameat2(unix.AT_FDCWD, p, unix.AT_FDCWD, filepath.Join(m.mnt, "other"), unix.RENAME_EXCHANGE); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(p); string(got) != "other" {
+		t.Fatalf("after exchange: %q", got)
+	}
+}
+
+func TestTamperedBlockIsEIO(t *testing.T) {
+	m := mount(t, 4096)
+	p := filepath.Join(m.mnt, "t")
+	data := bytes.Repeat([]byte{7}, 3*4096)
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cp := filepath.Join(m.cipher, "t")
+	raw, err := os.ReadFile(cp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw[2048+4128+100] ^= 1 // inside block 1
+	if err := os.WriteFile(cp, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 4096)
+	if _, err := f.ReadAt(buf, 0); err != nil || !bytes.Equal(buf, data[:4096]) {
+		t.Fatalf("block 0: %v", err)
+	}
+	if _, err := f.ReadAt(buf, 4096); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("block 1: %v, want EIO", err)
+	}
+	if _, err := f.ReadAt(buf, 8192); err != nil && err != io.EOF {
+		t.Fatalf("block 2: %v", err)
+	}
+}
+
+func TestLocks(t *testing.T) {
+	m := mount(t, 4096)
+	p := filepath.Join(m.mnt, "locked")
+	if err := os.WriteFile(p, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a, err := os.OpenFile(p, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := os.OpenFile(p, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	t.Run("flock", func(t *testing.T) {
+		if err := unix.Flock(int(a.Fd()), unix.LOCK_EX); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Flock(int(b.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != unix.EWOULDBLOCK {
+			t.Fatalf("second flock: %v, want EWOULDBLOCK", err)
+		}
+		if err := unix.Flock(int(a.Fd()), unix.LOCK_UN); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Flock(int(b.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+			t.Fatalf("flock after unlock: %v", err)
+		}
+		unix.Flock(int(b.Fd()), unix.LOCK_UN)
+	})
+	t.Run("ofd", func(t *testing.T) {
+		lk := unix.Flock_t{Type: unix.F_WRLCK}
+		if err := unix.FcntlFlock(a.Fd(), unix.F_OFD_SETLK, &lk); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.FcntlFlock(b.Fd(), unix.F_OFD_SETLK, &lk); err != unix.EAGAIN {
+			t.Fatalf("second OFD lock: %v, want EAGAIN", err)
+		}
+	})
+}

@@ -1,0 +1,77 @@
+package fs_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"os"
+	"sync/atomic"
+	"testing"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/kmsfs/kmsfs/envelope"
+	kfs "github.com/kmsfs/kmsfs/fs"
+	"github.com/kmsfs/kmsfs/keysource"
+)
+
+// fakeKeys is an in-memory key source for the fs unit tests: the stanza
+// body is the data key itself. It counts calls.
+type fakeKeys struct{ unwraps, creates atomic.Int64 }
+
+func (k *fakeKeys) UnwrapKey(_ context.Context, ss []keysource.Stanza) ([]byte, error) {
+	k.unwraps.Add(1)
+	for _, s := range ss {
+		if s.Type == "test" {
+			return bytes.Clone(s.Body), nil
+		}
+	}
+	return nil, keysource.ErrNotMine
+}
+
+func (k *fakeKeys) NewDataKey(context.Context) ([]byte, []keysource.Stanza, error) {
+	k.creates.Add(1)
+	dk := make([]byte, keysource.DataKeySize)
+	rand.Read(dk)
+	return dk, []keysource.Stanza{{Type: "test", KeyID: "fake", Body: bytes.Clone(dk)}}, nil
+}
+
+type mounted struct {
+	mnt, cipher string
+	keys        *fakeKeys
+	srv         *fuse.Server
+}
+
+// mount mounts a fresh volume in a temporary directory for the test.
+func mount(t testing.TB, blockSize int) *mounted {
+	t.Helper()
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("no /dev/fuse under CI: %v", err)
+		}
+		t.Skip("no /dev/fuse")
+	}
+	m := &mounted{mnt: t.TempDir(), cipher: t.TempDir(), keys: &fakeKeys{}}
+	l, err := envelope.NewLayout(blockSize, envelope.DefaultSlotSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vol, err := envelope.NewVolume(envelope.Options{Layout: l, Volume: envelope.VolumeID{1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(m.cipher+"/"+kfs.ConfName, []byte("{}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	mo := kfs.MountOptions("kmsfs-test", []string{"default_permissions"}, true)
+	m.srv, err = kfs.Mount(m.mnt, kfs.Options{CipherDir: m.cipher, Volume: vol, Keys: m.keys}, mo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := m.srv.Unmount(); err != nil {
+			t.Errorf("unmount: %v", err)
+		}
+	})
+	return m
+}

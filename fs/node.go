@@ -1,0 +1,221 @@
+package fs
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+)
+
+// Node is one file, directory, link or special file of the mount. It
+// finds its backing object through its parent's directory descriptor and
+// its name; a directory keeps a descriptor of its own while the kernel
+// knows it.
+type Node struct {
+	gofs.Inode
+	r *root
+
+	mu    sync.Mutex
+	dirfd int       // directories: open descriptor, -1 until first use
+	open  *openFile // regular files: shared state of all open handles
+}
+
+var (
+	_ = (gofs.NodeOnForgetter)((*Node)(nil))
+	_ = (gofs.NodeGetattrer)((*Node)(nil))
+	_ = (gofs.NodeSetattrer)((*Node)(nil))
+	_ = (gofs.NodeStatfser)((*Node)(nil))
+)
+
+func (n *Node) isRoot() bool { return n.IsRoot() }
+
+// newChild returns a Node for a child with the given stat.
+func (n *Node) newChild(ctx context.Context, st *unix.Stat_t) *gofs.Inode {
+	return n.NewInode(ctx, &Node{r: n.r, dirfd: -1}, n.r.stableAttr(st))
+}
+
+func (r *root) stableAttr(st *unix.Stat_t) gofs.StableAttr {
+	return gofs.StableAttr{Mode: st.Mode & unix.S_IFMT, Ino: st.Ino ^ (uint64(st.Dev)^r.dev)<<48, Gen: 1}
+}
+
+// dir returns the node's own directory descriptor, opening it on first use.
+func (n *Node) dir() (int, syscall.Errno) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.dirfd >= 0 {
+		return n.dirfd, 0
+	}
+	pfd, name, errno := n.loc()
+	if errno != 0 {
+		return -1, errno
+	}
+	fd, err := unix.Openat(pfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err == unix.EACCES {
+		fd, err = unix.Openat(pfd, name, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	}
+	if err != nil {
+		return -1, gofs.ToErrno(err)
+	}
+	n.dirfd = fd
+	return fd, 0
+}
+
+// loc returns the descriptor of the node's parent directory and the
+// node's name in it.
+func (n *Node) loc() (int, string, syscall.Errno) {
+	name, parent := n.Parent()
+	if parent == nil {
+		return -1, "", syscall.ENOENT // unlinked since the kernel looked it up
+	}
+	p, ok := parent.Operations().(*Node)
+	if !ok {
+		return -1, "", syscall.EXDEV
+	}
+	pfd, errno := p.dir()
+	return pfd, name, errno
+}
+
+// OnForget closes the directory descriptor once the kernel forgets the node.
+func (n *Node) OnForget() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.dirfd >= 0 && !n.isRoot() {
+		unix.Close(n.dirfd)
+		n.dirfd = -1
+	}
+}
+
+// procPath names the node's backing object for calls that take a path: a
+// /proc/self/fd path that resolves through a descriptor, never from /.
+func (n *Node) procPath() (string, syscall.Errno) {
+	if n.IsDir() {
+		fd, errno := n.dir()
+		return fmt.Sprintf("/proc/self/fd/%d", fd), errno
+	}
+	pfd, name, errno := n.loc()
+	return fmt.Sprintf("/proc/self/fd/%d/%s", pfd, name), errno
+}
+
+// lstat stats the node's backing object without following links.
+func (n *Node) lstat(st *unix.Stat_t) syscall.Errno {
+	if n.IsDir() {
+		fd, errno := n.dir()
+		if errno != 0 {
+			return errno
+		}
+		return gofs.ToErrno(unix.Fstat(fd, st))
+	}
+	pfd, name, errno := n.loc()
+	if errno != 0 {
+		return errno
+	}
+	return gofs.ToErrno(unix.Fstatat(pfd, name, st, unix.AT_SYMLINK_NOFOLLOW))
+}
+
+// fillAttr converts a backing stat into the attributes the mount shows:
+// regular files show their plaintext size.
+func (r *root) fillAttr(st *unix.Stat_t, out *fuse.Attr) {
+	var s syscall.Stat_t
+	s.Dev, s.Ino, s.Nlink, s.Mode, s.Uid, s.Gid, s.Rdev = st.Dev, st.Ino, st.Nlink, st.Mode, st.Uid, st.Gid, st.Rdev
+	s.Size, s.Blksize, s.Blocks = st.Size, st.Blksize, st.Blocks
+	s.Atim = syscall.Timespec(st.Atim)
+	s.Mtim = syscall.Timespec(st.Mtim)
+	s.Ctim = syscall.Timespec(st.Ctim)
+	out.FromStat(&s)
+	out.Ino = r.stableAttr(st).Ino
+	if st.Mode&unix.S_IFMT == unix.S_IFREG {
+		out.Size = uint64(r.layout.PlainSize(st.Size))
+	}
+}
+
+// Getattr reports the node's attributes, with the plaintext size.
+func (n *Node) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	if h, ok := f.(*handle); ok {
+		return h.Getattr(ctx, out)
+	}
+	if of := n.acquireExisting(); of != nil {
+		// Open somewhere: stat through the descriptor, which works even
+		// when the last name is gone.
+		defer n.release(of)
+		return (&handle{n: n, of: of}).Getattr(ctx, out)
+	}
+	var st unix.Stat_t
+	if errno := n.lstat(&st); errno != 0 {
+		return errno
+	}
+	n.r.fillAttr(&st, &out.Attr)
+	return 0
+}
+
+// Setattr changes mode, owner, size and times.
+func (n *Node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if n.r.opts.ReadOnly {
+		return syscall.EROFS
+	}
+	path, errno := n.procPath()
+	if errno != 0 {
+		return errno
+	}
+	if m, ok := in.GetMode(); ok {
+		if err := unix.Chmod(path, m&07777); err != nil {
+			return gofs.ToErrno(err)
+		}
+	}
+	uid, uok := in.GetUID()
+	gid, gok := in.GetGID()
+	if uok || gok {
+		u, g := -1, -1
+		if uok {
+			u = int(uid)
+		}
+		if gok {
+			g = int(gid)
+		}
+		if err := unix.Lchown(path, u, g); err != nil {
+			return gofs.ToErrno(err)
+		}
+	}
+	if sz, ok := in.GetSize(); ok {
+		if errno := n.truncate(ctx, f, int64(sz)); errno != 0 {
+			return errno
+		}
+	}
+	mtime, mok := in.GetMTime()
+	atime, aok := in.GetATime()
+	if mok || aok {
+		ts := []unix.Timespec{{Nsec: unix.UTIME_OMIT}, {Nsec: unix.UTIME_OMIT}}
+		if aok {
+			ts[0] = unix.NsecToTimespec(atime.UnixNano())
+		}
+		if mok {
+			ts[1] = unix.NsecToTimespec(mtime.UnixNano())
+		}
+		if in.Valid&fuse.FATTR_ATIME_NOW != 0 {
+			ts[0] = unix.Timespec{Nsec: unix.UTIME_NOW}
+		}
+		if in.Valid&fuse.FATTR_MTIME_NOW != 0 {
+			ts[1] = unix.Timespec{Nsec: unix.UTIME_NOW}
+		}
+		if err := unix.UtimesNanoAt(unix.AT_FDCWD, path, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return gofs.ToErrno(err)
+		}
+	}
+	return n.Getattr(ctx, f, out)
+}
+
+// Statfs reports the cipher dir's filesystem.
+func (n *Node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	var s unix.Statfs_t
+	if err := unix.Fstatfs(n.r.fd, &s); err != nil {
+		return gofs.ToErrno(err)
+	}
+	var ss syscall.Statfs_t
+	ss.Blocks, ss.Bfree, ss.Bavail, ss.Files, ss.Ffree = s.Blocks, s.Bfree, s.Bavail, s.Files, s.Ffree
+	ss.Bsize, ss.Namelen, ss.Frsize = s.Bsize, s.Namelen, s.Frsize
+	out.FromStatfsT(&ss)
+	return 0
+}

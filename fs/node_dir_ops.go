@@ -1,0 +1,244 @@
+package fs
+
+import (
+	"context"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+)
+
+var (
+	_ = (gofs.NodeLookuper)((*Node)(nil))
+	_ = (gofs.NodeMkdirer)((*Node)(nil))
+	_ = (gofs.NodeMknoder)((*Node)(nil))
+	_ = (gofs.NodeRmdirer)((*Node)(nil))
+	_ = (gofs.NodeUnlinker)((*Node)(nil))
+	_ = (gofs.NodeRenamer)((*Node)(nil))
+	_ = (gofs.NodeLinker)((*Node)(nil))
+	_ = (gofs.NodeSymlinker)((*Node)(nil))
+	_ = (gofs.NodeReadlinker)((*Node)(nil))
+	_ = (gofs.NodeReaddirer)((*Node)(nil))
+)
+
+// hidden reports whether name in this directory is kmsfs's own and not
+// part of the mount.
+func (n *Node) hidden(name string) bool { return name == ConfName && n.isRoot() }
+
+// Lookup finds a child by name.
+func (n *Node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if n.hidden(name) {
+		return nil, syscall.ENOENT
+	}
+	fd, errno := n.dir()
+	if errno != 0 {
+		return nil, errno
+	}
+	var st unix.Stat_t
+	if err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return nil, gofs.ToErrno(err)
+	}
+	n.r.fillAttr(&st, &out.Attr)
+	return n.newChild(ctx, &st), 0
+}
+
+// created finishes a new entry: owner set to the caller (when running as
+// root), attributes filled, child node made. On failure the entry is removed.
+func (n *Node) created(ctx context.Context, fd int, name string, isDir bool, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	undo := func() {
+		flag := 0
+		if isDir {
+			flag = unix.AT_REMOVEDIR
+		}
+		unix.Unlinkat(fd, name, flag)
+	}
+	if errno := n.chownToCaller(ctx, fd, name); errno != 0 {
+		undo()
+		return nil, errno
+	}
+	var st unix.Stat_t
+	if err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		undo()
+		return nil, gofs.ToErrno(err)
+	}
+	n.r.fillAttr(&st, &out.Attr)
+	return n.newChild(ctx, &st), 0
+}
+
+// chownToCaller gives a new entry to the calling user, and to the calling
+// group unless this directory is set-group-ID (then the directory's group,
+// as the kernel chose). Only a daemon running as root can, and needs to.
+func (n *Node) chownToCaller(ctx context.Context, fd int, name string) syscall.Errno {
+	if !n.r.asRoot {
+		return 0
+	}
+	caller, ok := fuse.FromContext(ctx)
+	if !ok {
+		return 0
+	}
+	gid := int(caller.Gid)
+	var dst unix.Stat_t
+	if err := unix.Fstat(fd, &dst); err == nil && dst.Mode&unix.S_ISGID != 0 {
+		gid = -1
+	}
+	return gofs.ToErrno(unix.Fchownat(fd, name, int(caller.Uid), gid, unix.AT_SYMLINK_NOFOLLOW))
+}
+
+// dirForChange returns the directory descriptor for an operation that
+// changes the entry name, refusing read-only mounts and kmsfs's own files.
+func (n *Node) dirForChange(name string) (int, syscall.Errno) {
+	if n.r.opts.ReadOnly {
+		return -1, syscall.EROFS
+	}
+	if n.hidden(name) {
+		return -1, syscall.EPERM
+	}
+	return n.dir()
+}
+
+// Mkdir creates a directory.
+func (n *Node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	fd, errno := n.dirForChange(name)
+	if errno != 0 {
+		return nil, errno
+	}
+	if err := unix.Mkdirat(fd, name, mode); err != nil {
+		return nil, gofs.ToErrno(err)
+	}
+	return n.created(ctx, fd, name, true, out)
+}
+
+// Mknod creates a fifo, socket, device or empty regular file.
+func (n *Node) Mknod(ctx context.Context, name string, mode, rdev uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	fd, errno := n.dirForChange(name)
+	if errno != 0 {
+		return nil, errno
+	}
+	if err := unix.Mknodat(fd, name, mode, int(rdev)); err != nil {
+		return nil, gofs.ToErrno(err)
+	}
+	return n.created(ctx, fd, name, false, out)
+}
+
+// Symlink creates a symbolic link; its target is stored as given.
+func (n *Node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	fd, errno := n.dirForChange(name)
+	if errno != 0 {
+		return nil, errno
+	}
+	if err := unix.Symlinkat(target, fd, name); err != nil {
+		return nil, gofs.ToErrno(err)
+	}
+	return n.created(ctx, fd, name, false, out)
+}
+
+// Readlink returns a symbolic link's target.
+func (n *Node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	pfd, name, errno := n.loc()
+	if errno != 0 {
+		return nil, errno
+	}
+	for size := 256; size <= 1<<20; size *= 4 {
+		buf := make([]byte, size)
+		m, err := unix.Readlinkat(pfd, name, buf)
+		if err != nil {
+			return nil, gofs.ToErrno(err)
+		}
+		if m < len(buf) {
+			return buf[:m], 0
+		}
+	}
+	return nil, syscall.ENAMETOOLONG
+}
+
+// Rmdir removes an empty directory.
+func (n *Node) Rmdir(ctx context.Context, name string) syscall.Errno {
+	fd, errno := n.dirForChange(name)
+	if errno != 0 {
+		return errno
+	}
+	return gofs.ToErrno(unix.Unlinkat(fd, name, unix.AT_REMOVEDIR))
+}
+
+// Unlink removes a name.
+func (n *Node) Unlink(ctx context.Context, name string) syscall.Errno {
+	fd, errno := n.dirForChange(name)
+	if errno != 0 {
+		return errno
+	}
+	return gofs.ToErrno(unix.Unlinkat(fd, name, 0))
+}
+
+// Rename renames, replacing an existing target, with RENAME_NOREPLACE and
+// RENAME_EXCHANGE passed through. Headers are bound to files, not names,
+// so no key is involved.
+func (n *Node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	np, ok := newParent.(*Node)
+	if !ok {
+		return syscall.EXDEV
+	}
+	fd, errno := n.dirForChange(name)
+	if errno != 0 {
+		return errno
+	}
+	nfd, errno := np.dirForChange(newName)
+	if errno != 0 {
+		return errno
+	}
+	return gofs.ToErrno(unix.Renameat2(fd, name, nfd, newName, uint(flags)))
+}
+
+// Link makes a hard link to target. The header is bound to the file, not
+// its name, so both names read the same content.
+func (n *Node) Link(ctx context.Context, target gofs.InodeEmbedder, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	t, ok := target.(*Node)
+	if !ok {
+		return nil, syscall.EXDEV
+	}
+	fd, errno := n.dirForChange(name)
+	if errno != 0 {
+		return nil, errno
+	}
+	tfd, tname, errno := t.loc()
+	if errno != 0 {
+		return nil, errno
+	}
+	if err := unix.Linkat(tfd, tname, fd, name, 0); err != nil {
+		return nil, gofs.ToErrno(err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return nil, gofs.ToErrno(err)
+	}
+	n.r.fillAttr(&st, &out.Attr)
+	return n.newChild(ctx, &st), 0
+}
+
+// Readdir lists the directory, without kmsfs's own files.
+func (n *Node) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	fd, errno := n.dir()
+	if errno != 0 {
+		return nil, errno
+	}
+	dfd, err := unix.Openat(fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, gofs.ToErrno(err)
+	}
+	ds, errno := gofs.NewLoopbackDirStreamFd(dfd)
+	if errno != 0 || !n.isRoot() {
+		return ds, errno
+	}
+	defer ds.Close()
+	var list []fuse.DirEntry
+	for ds.HasNext() {
+		e, errno := ds.Next()
+		if errno != 0 {
+			return nil, errno
+		}
+		if e.Name != ConfName {
+			list = append(list, e)
+		}
+	}
+	return gofs.NewListDirStream(list), 0
+}

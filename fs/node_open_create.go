@@ -1,0 +1,84 @@
+package fs
+
+import (
+	"context"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+)
+
+var (
+	_ = (gofs.NodeOpener)((*Node)(nil))
+	_ = (gofs.NodeCreater)((*Node)(nil))
+)
+
+// Open opens a file. All handles share the inode's state; the backing file
+// is always opened read-write when it can be (partial-block writes read
+// before they write), and O_APPEND is left to the kernel, which sends
+// appends at the file's end.
+func (n *Node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	if n.r.opts.ReadOnly && flags&(unix.O_WRONLY|unix.O_RDWR|unix.O_TRUNC) != 0 {
+		return nil, 0, syscall.EROFS
+	}
+	if flags&unix.O_TRUNC != 0 {
+		if errno := n.truncate(ctx, nil, 0); errno != 0 {
+			return nil, 0, errno
+		}
+	}
+	of, errno := n.acquire(ctx)
+	if errno != 0 {
+		return nil, 0, errno
+	}
+	if flags&(unix.O_WRONLY|unix.O_RDWR) != 0 && !of.back.writable {
+		n.release(of)
+		return nil, 0, syscall.EACCES
+	}
+	return &handle{n: n, of: of}, 0, 0
+}
+
+// Create creates and opens a regular file. Its header is written with its
+// first write, from a data key the key source prepared in advance.
+func (n *Node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	fd, errno := n.dirForChange(name)
+	if errno != 0 {
+		return nil, nil, 0, errno
+	}
+	of, errno := n.openBacking(ctx, fd, name, unix.O_CREAT|int(flags&unix.O_EXCL), mode)
+	if errno != 0 {
+		return nil, nil, 0, errno
+	}
+	if flags&unix.O_TRUNC != 0 && of.size() > 0 {
+		// An existing file (created by someone else since the kernel
+		// looked): cut it as O_TRUNC asks.
+		if err := of.ef.Truncate(0); err != nil {
+			of.close()
+			return nil, nil, 0, n.fail("create", err)
+		}
+	}
+	if errno := n.chownToCaller(ctx, fd, name); errno != 0 {
+		of.close()
+		return nil, nil, 0, errno
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(of.back.Fd()), &st); err != nil {
+		of.close()
+		return nil, nil, 0, gofs.ToErrno(err)
+	}
+	n.r.fillAttr(&st, &out.Attr)
+	child := n.newChild(ctx, &st)
+	cn := child.Operations().(*Node)
+	cn.mu.Lock()
+	if cn.open != nil { // the inode was already open through another name
+		cn.open.refs++
+		shared := cn.open
+		cn.mu.Unlock()
+		of.close()
+		return child, &handle{n: cn, of: shared}, 0, 0
+	}
+	of.refs = 1
+	cn.open = of
+	cn.mu.Unlock()
+	return child, &handle{n: cn, of: of}, 0, 0
+}

@@ -1,0 +1,142 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"syscall"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+
+	"github.com/kmsfs/kmsfs/envelope"
+	"github.com/kmsfs/kmsfs/keysource"
+)
+
+// ConfName is the volume configuration file at the root of a cipher dir.
+// It is not visible through the mount.
+const ConfName = "kmsfs.conf"
+
+// DefaultKeyTimeout bounds one key-source call made for an open or create.
+const DefaultKeyTimeout = 30 * time.Second
+
+// Keys supplies data keys: the keysource data-key manager implements it.
+// Both methods must be safe for concurrent use; returned keys belong to the
+// caller.
+type Keys interface {
+	envelope.KeyUnwrapper
+	NewDataKey(ctx context.Context) ([]byte, []keysource.Stanza, error)
+}
+
+// Options configure a kmsfs filesystem.
+type Options struct {
+	// CipherDir is the backing directory.
+	CipherDir string
+	// Volume is the cipher dir's envelope volume (layout, volume ID).
+	Volume *envelope.Volume
+	// Keys unwraps the data keys of existing files and supplies new ones.
+	Keys Keys
+	// Log receives one line per failed operation; nil discards.
+	Log *logrus.Entry
+	// ReadOnly refuses every change.
+	ReadOnly bool
+	// KeyTimeout bounds a key call made for an open or create; 0 means
+	// DefaultKeyTimeout.
+	KeyTimeout time.Duration
+}
+
+// root holds what every node of one mount shares.
+type root struct {
+	opts   Options
+	vol    *envelope.Volume
+	layout envelope.Layout
+	log    *logrus.Entry
+	fd     int // the cipher dir, open for the life of the mount
+	dev    uint64
+	asRoot bool // the daemon runs as root: new files are chowned to the caller
+}
+
+// NewRoot opens the cipher dir and returns the root node of its
+// filesystem. Mount it with Mount or go-fuse's fs.Mount; the root's
+// directory descriptor is closed when the filesystem is unmounted.
+func NewRoot(o Options) (gofs.InodeEmbedder, error) {
+	if o.Volume == nil || o.Keys == nil {
+		return nil, errors.New("fs: options need a Volume and Keys")
+	}
+	fd, err := unix.Open(o.CipherDir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("fs: open cipher dir %s: %w", o.CipherDir, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("fs: stat cipher dir %s: %w", o.CipherDir, err)
+	}
+	if o.KeyTimeout <= 0 {
+		o.KeyTimeout = DefaultKeyTimeout
+	}
+	log := o.Log
+	if log == nil {
+		l := logrus.New()
+		l.Out = discard{}
+		log = logrus.NewEntry(l)
+	}
+	r := &root{opts: o, vol: o.Volume, layout: o.Volume.Layout(), log: log, fd: fd, dev: uint64(st.Dev), asRoot: os.Geteuid() == 0}
+	return &Node{r: r, dirfd: fd}, nil
+}
+
+type discard struct{}
+
+func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+// MountOptions returns the go-fuse options kmsfs mounts with: kernel
+// permission checks left to the caller's -o default_permissions, entry and
+// attribute caching of one second, large requests.
+func MountOptions(fsName string, extra []string, allowOther bool) *gofs.Options {
+	sec := time.Second
+	return &gofs.Options{
+		MountOptions: fuse.MountOptions{
+			FsName:       fsName,
+			Name:         "kmsfs",
+			AllowOther:   allowOther,
+			Options:      extra,
+			MaxWrite:     1 << 20,
+			MaxReadAhead: 1 << 20,
+			DirectMount:  true,
+		},
+		EntryTimeout:    &sec,
+		AttrTimeout:     &sec,
+		NegativeTimeout: &sec,
+		NullPermissions: true,
+	}
+}
+
+// Mount mounts the filesystem of o at mountpoint and returns the running
+// server; Unmount it (or fusermount3 -u) to stop. It sets the process
+// umask to 0: the kernel has applied the caller's umask already, and a
+// second one would strip modes the caller asked for.
+func Mount(mountpoint string, o Options, mo *gofs.Options) (*fuse.Server, error) {
+	rootNode, err := NewRoot(o)
+	if err != nil {
+		return nil, err
+	}
+	syscall.Umask(0)
+	if mo == nil {
+		mo = MountOptions("kmsfs", nil, false)
+	}
+	srv, err := gofs.Mount(mountpoint, rootNode, mo)
+	if err != nil && mo.DirectMount {
+		// Not root, or no direct mount: let fusermount3 do it.
+		mo.DirectMount = false
+		srv, err = gofs.Mount(mountpoint, rootNode, mo)
+	}
+	if err != nil {
+		unix.Close(rootNode.(*Node).dirfd)
+		return nil, fmt.Errorf("fs: mount %s: %w", mountpoint, err)
+	}
+	return srv, nil
+}
