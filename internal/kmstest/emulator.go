@@ -243,6 +243,9 @@ func ClosedEndpoint(t testing.TB) string {
 // portLine matches the emulator's "Local KMS started on 0.0.0.0:PORT".
 var portLine = regexp.MustCompile(`started on [^\s:]*:(\d+)`)
 
+// ansiColour matches the colour codes of the emulator's logger.
+var ansiColour = regexp.MustCompile(`\x1b\[[0-9;]*m`)
+
 // tailBuffer keeps the last max bytes written to it and reports, once, the
 // port from the emulator's start line. It is safe for concurrent use.
 type tailBuffer struct {
@@ -267,14 +270,15 @@ func (b *tailBuffer) Write(p []byte) (int, error) {
 			b.port <- string(m[1])
 		}
 	}
-	if n := b.buf.Len() - b.max; n > 0 && b.found {
+	if n := b.buf.Len() - b.max; n > 0 {
 		b.buf.Next(n)
 	}
 	return len(p), nil
 }
 
+// String returns the output kept, without terminal colour codes.
 func (b *tailBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return strings.TrimSpace(b.buf.String())
+	return strings.TrimSpace(ansiColour.ReplaceAllString(b.buf.String(), ""))
 }

@@ -1,7 +1,9 @@
 package kmstest
 
 import (
+	"bytes"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -15,6 +17,8 @@ import (
 // MaxLatency bounds the latency a Proxy may add to one request.
 const MaxLatency = 5 * time.Second
 
+const maxRequestBody = 1 << 20 // far above any KMS request
+
 // Proxy is a loopback HTTP proxy in front of the emulator. It can delay
 // every request by a fixed latency, and answer the next n requests with a
 // KMS error (ThrottlingException, say) instead of forwarding them. Point a
@@ -23,12 +27,13 @@ const MaxLatency = 5 * time.Second
 type Proxy struct {
 	URL string // "http://127.0.0.1:PORT"
 
-	mu       sync.Mutex
-	latency  time.Duration
-	failN    int
-	failCode string
-	failed   int
-	requests map[string]int // by operation, forwarded or not
+	mu         sync.Mutex
+	latency    time.Duration
+	failN      int
+	failStatus int
+	failCode   string
+	failed     int
+	requests   map[string]int // by operation, forwarded or not
 }
 
 // NewProxy starts a proxy on 127.0.0.1 forwarding to target (an emulator's
@@ -40,9 +45,25 @@ func NewProxy(t testing.TB, target string) *Proxy {
 		t.Fatalf("kmstest: proxy target: %v", err)
 	}
 	p := &Proxy{requests: map[string]int{}}
-	rp := &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) { r.SetURL(u) }}
+	transport := &http.Transport{MaxIdleConnsPerHost: 64} // its own pool, closed with the proxy
+	rp := &httputil.ReverseProxy{
+		Rewrite:   func(r *httputil.ProxyRequest) { r.SetURL(u) },
+		Transport: transport,
+		// A client that gave up (a test's deadline) is no news: answer
+		// 502 without logging.
+		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, _ error) { w.WriteHeader(http.StatusBadGateway) },
+	}
+	closing := make(chan struct{})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		delay, code := p.next(operation(r))
+		// Read the body first: only then does the server watch the
+		// connection, and cancel r's context when the client gives up.
+		reqBody, err := io.ReadAll(io.LimitReader(r.Body, maxRequestBody))
+		if err != nil {
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		r.Body = io.NopCloser(bytes.NewReader(reqBody))
+		delay, status, code := p.next(operation(r))
 		if delay > 0 {
 			timer := time.NewTimer(delay)
 			select {
@@ -50,17 +71,25 @@ func NewProxy(t testing.TB, target string) *Proxy {
 			case <-r.Context().Done():
 				timer.Stop()
 				return
+			case <-closing:
+				timer.Stop()
+				w.WriteHeader(http.StatusServiceUnavailable)
+				return
 			}
 		}
 		if code != "" {
 			w.Header().Set("Content-Type", "application/x-amz-json-1.1")
-			w.WriteHeader(http.StatusBadRequest)
+			w.WriteHeader(status)
 			fmt.Fprintf(w, `{"__type":%q,"message":"injected by kmstest.Proxy"}`, code)
 			return
 		}
 		rp.ServeHTTP(w, r)
 	}))
-	t.Cleanup(srv.Close)
+	t.Cleanup(func() {
+		close(closing) // cut delayed requests short
+		srv.Close()
+		transport.CloseIdleConnections()
+	})
 	p.URL = srv.URL
 	return p
 }
@@ -77,16 +106,16 @@ func operation(r *http.Request) string {
 
 // next records a request and says how long to delay it and which error, if
 // any, to answer with.
-func (p *Proxy) next(op string) (time.Duration, string) {
+func (p *Proxy) next(op string) (time.Duration, int, string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.requests[op]++
 	if p.failN > 0 {
 		p.failN--
 		p.failed++
-		return p.latency, p.failCode
+		return p.latency, p.failStatus, p.failCode
 	}
-	return p.latency, ""
+	return p.latency, 0, ""
 }
 
 // SetLatency makes every later request wait d before it is answered.
@@ -100,11 +129,12 @@ func (p *Proxy) SetLatency(d time.Duration) {
 	p.mu.Unlock()
 }
 
-// FailNext makes the next n requests answer HTTP 400 with the KMS error
-// code (e.g. "ThrottlingException") instead of reaching the emulator.
-func (p *Proxy) FailNext(n int, code string) {
+// FailNext makes the next n requests answer with HTTP status and the KMS
+// error code (400 and "ThrottlingException", say, as KMS throttles)
+// instead of reaching the emulator.
+func (p *Proxy) FailNext(n, status int, code string) {
 	p.mu.Lock()
-	p.failN, p.failCode = n, code
+	p.failN, p.failStatus, p.failCode = n, status, code
 	p.mu.Unlock()
 }
 

@@ -98,6 +98,7 @@ type options struct {
 	endpoint    string
 	httpClient  aws.HTTPClient
 	apiOptions  []func(*middleware.Stack) error
+	retrySet    bool
 	maxAttempts int
 	baseDelay   time.Duration
 	maxBackoff  time.Duration
@@ -132,9 +133,14 @@ func WithAPIOptions(fns ...func(*middleware.Stack) error) Option {
 // WithRetry bounds retries of throttled and transient failures:
 // maxAttempts counts the first attempt; the wait before retry n is drawn
 // uniformly from [0, min(maxBackoff, baseDelay·2^(n-1))) (full jitter).
-// maxAttempts 1 disables retries.
+// maxAttempts 1 (or less) disables retries. Without WithRetry, a source
+// makes AWS_MAX_ATTEMPTS (max_attempts in the profile) attempts if set,
+// else DefaultMaxAttempts, with DefaultBaseDelay and DefaultMaxBackoff.
 func WithRetry(maxAttempts int, baseDelay, maxBackoff time.Duration) Option {
-	return func(o *options) { o.maxAttempts, o.baseDelay, o.maxBackoff = maxAttempts, baseDelay, maxBackoff }
+	return func(o *options) {
+		o.retrySet = true
+		o.maxAttempts, o.baseDelay, o.maxBackoff = maxAttempts, baseDelay, maxBackoff
+	}
 }
 
 // WithPublicKeyFile builds a public-key-only source from the RSA public key
@@ -186,6 +192,9 @@ func New(ctx context.Context, key string, volumeID [VolumeIDSize]byte, opts ...O
 	if err := ref.checkRegion(cfg.Region); err != nil {
 		return nil, err
 	}
+	if !o.retrySet && cfg.RetryMaxAttempts > 0 {
+		o.maxAttempts = cfg.RetryMaxAttempts
+	}
 	client := kms.NewFromConfig(cfg, func(ko *kms.Options) {
 		if o.endpoint != "" {
 			ko.BaseEndpoint = aws.String(o.endpoint)
@@ -196,6 +205,9 @@ func New(ctx context.Context, key string, volumeID [VolumeIDSize]byte, opts ...O
 		ko.APIOptions = append(ko.APIOptions, o.apiOptions...)
 		ko.Retryer = newRetryer(o)
 		ko.RetryMaxAttempts = 0 // the retryer above has the say
+		if ko.Credentials != nil && !aws.IsCredentialsProvider(ko.Credentials, (*aws.AnonymousCredentials)(nil)) {
+			ko.Credentials = markCredentials{ko.Credentials}
+		}
 	})
 
 	s := &source{client: client, region: cfg.Region, rand: o.rand}
@@ -228,6 +240,23 @@ func loadConfig(ctx context.Context, o options) (aws.Config, error) {
 	}
 	return cfg, nil
 }
+
+// markCredentials tags a failure to obtain credentials, which the SDK
+// otherwise reports only as text.
+type markCredentials struct{ aws.CredentialsProvider }
+
+func (m markCredentials) Retrieve(ctx context.Context) (aws.Credentials, error) {
+	c, err := m.CredentialsProvider.Retrieve(ctx)
+	if err != nil {
+		return c, &credentialsError{err}
+	}
+	return c, nil
+}
+
+type credentialsError struct{ err error }
+
+func (e *credentialsError) Error() string { return e.err.Error() }
+func (e *credentialsError) Unwrap() error { return e.err }
 
 // source is what both kinds of key share: the client, the key ARN and the
 // volume binding. Its fields do not change after New.

@@ -1,0 +1,155 @@
+package awskms
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws/ratelimit"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
+	"github.com/aws/aws-sdk-go-v2/service/kms/types"
+	"github.com/aws/smithy-go"
+
+	"github.com/kmsfs/kmsfs/keysource"
+)
+
+// opError is a failed KMS operation, explained for the user. It unwraps to
+// its sentinel (keysource.ErrDenied, …), to the SDK error (for errors.As on
+// smithy.APIError), and to the context's error if the call was cut short.
+type opError struct {
+	op     string // KMS operation: "Decrypt", "DescribeKey", …
+	key    string // key ARN, or the key as given before it was resolved
+	msg    string // what happened and what the user can do about it
+	detail string // KMS error code and message, or the transport error
+	kind   error
+	errs   []error
+}
+
+func (e *opError) Error() string {
+	s := "awskms: " + e.op + " " + e.key + ": " + e.msg
+	if e.detail != "" {
+		s += " [" + e.detail + "]"
+	}
+	return s
+}
+
+func (e *opError) Unwrap() []error { return append([]error{e.kind}, e.errs...) }
+
+// fail explains err, returned by KMS operation op on key.
+func (s *source) fail(ctx context.Context, op, key string, err error) error {
+	e := &opError{op: op, key: key, errs: []error{err}}
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		e.kind, e.msg, e.detail = keysource.ErrUnavailable, "no answer from KMS before the context ended", ctxErr.Error()
+		e.errs = append(e.errs, ctxErr)
+		return e
+	}
+	var apiErr smithy.APIError
+	if !errors.As(err, &apiErr) {
+		var credErr *credentialsError
+		var signErr *v4.SigningError
+		if errors.As(err, &credErr) || errors.As(err, &signErr) {
+			e.kind = keysource.ErrDenied
+			e.msg = "no usable AWS credentials (environment, shared config or profile, SSO, instance or task role)"
+		} else {
+			e.kind = keysource.ErrUnavailable
+			e.msg = fmt.Sprintf("cannot reach KMS%s; check the endpoint, network and proxy settings", afterAttempts(err))
+		}
+		e.detail = err.Error()
+		return e
+	}
+	e.detail = apiErr.ErrorCode()
+	if m := apiErr.ErrorMessage(); m != "" {
+		e.detail += ": " + m
+	}
+	e.msg, e.kind = s.explain(ctx, op, key, apiErr.ErrorCode(), err)
+	return e
+}
+
+// explain maps a KMS error code to a sentence and a sentinel, following
+// the KMS API reference. It may call DescribeKey once to learn the key
+// state when KMS only says the state is wrong.
+func (s *source) explain(ctx context.Context, op, key, code string, err error) (string, error) {
+	switch code {
+	case "AccessDeniedException":
+		return fmt.Sprintf("access denied: the key policy must allow this caller kms:%s on the key; "+
+			"an IAM policy alone is not enough unless the key policy delegates to IAM", op), keysource.ErrDenied
+	case "DisabledException":
+		return disabledMsg(key), keysource.ErrDenied
+	case "KMSInvalidStateException":
+		// Decrypt, Encrypt and GenerateDataKey refuse a key pending
+		// deletion with this code; DescribeKey says which state and until
+		// when.
+		if md, derr := s.describeOnly(ctx, key); derr == nil {
+			if msg, kind := stateProblem(key, md); kind != nil {
+				return msg, kind
+			}
+		}
+		return "the key's state does not allow " + op + " (disabled, pending deletion or pending import)", keysource.ErrDenied
+	case "NotFoundException":
+		return fmt.Sprintf("no such key or alias in region %s; check its name, region and account", s.region), keysource.ErrInvalid
+	case "InvalidCiphertextException":
+		return "the wrapped data key does not authenticate under this key and volume: " +
+			"it belongs to another volume, or it is corrupt", keysource.ErrInvalid
+	case "IncorrectKeyException":
+		return "the wrapped data key was made under another KMS key than its stanza names", keysource.ErrInvalid
+	case "InvalidKeyUsageException", "UnsupportedOperationException":
+		return "the key cannot do " + op + "; kmsfs needs a symmetric or RSA key with usage ENCRYPT_DECRYPT", keysource.ErrInvalid
+	case "ThrottlingException", "LimitExceededException":
+		return "throttled by KMS" + afterAttempts(err) + "; the account's KMS request quota " +
+			"is shared by Encrypt, Decrypt and GenerateDataKey: retry later, lower the call rate or raise the quota", keysource.ErrUnavailable
+	case "KeyUnavailableException":
+		return "the key material is unavailable right now (custom key store?); retry later", keysource.ErrUnavailable
+	case "DependencyTimeoutException", "KMSInternalException", "InternalFailureException", "ServiceUnavailableException":
+		return "KMS failed" + afterAttempts(err) + "; retry later", keysource.ErrUnavailable
+	case "UnrecognizedClientException", "InvalidSignatureException", "IncompleteSignature",
+		"InvalidClientTokenId", "ExpiredTokenException", "MissingAuthenticationToken":
+		return "KMS refused the AWS credentials; check the credential chain (environment, profile, SSO session, role)", keysource.ErrDenied
+	}
+	var status interface{ HTTPStatusCode() int }
+	if errors.As(err, &status) && status.HTTPStatusCode() >= 500 {
+		return "KMS failed" + afterAttempts(err) + "; retry later", keysource.ErrUnavailable
+	}
+	return "KMS refused the request", keysource.ErrInvalid
+}
+
+// afterAttempts says how many attempts were made, when the retryer gave up.
+func afterAttempts(err error) string {
+	var maxErr *retry.MaxAttemptsError
+	if errors.As(err, &maxErr) {
+		return fmt.Sprintf(" after %d attempts", maxErr.Attempt)
+	}
+	var quotaErr ratelimit.QuotaExceededError
+	if errors.As(err, &quotaErr) {
+		return " (retry quota of this client exhausted)"
+	}
+	return ""
+}
+
+// stateProblem returns a sentence and a sentinel for a key state that
+// forbids use, or "" and nil if the key is enabled.
+func stateProblem(key string, md *types.KeyMetadata) (string, error) {
+	switch md.KeyState {
+	case types.KeyStateEnabled:
+		return "", nil
+	case types.KeyStateDisabled:
+		return disabledMsg(key), keysource.ErrDenied
+	case types.KeyStatePendingDeletion, types.KeyStatePendingReplicaDeletion:
+		when := "on a date KMS did not give"
+		if md.DeletionDate != nil {
+			when = "on " + md.DeletionDate.UTC().Format(time.RFC3339)
+		}
+		return fmt.Sprintf("key is pending deletion, to be deleted %s; "+
+			"cancel with `aws kms cancel-key-deletion --key-id %s` and then enable it", when, key), keysource.ErrDenied
+	case types.KeyStatePendingImport:
+		return "key has no key material yet (PendingImport); import it first", keysource.ErrDenied
+	case types.KeyStateUnavailable, types.KeyStateCreating, types.KeyStateUpdating:
+		return fmt.Sprintf("key is %s (custom key store disconnected, or being created); retry later", md.KeyState), keysource.ErrUnavailable
+	}
+	return fmt.Sprintf("key is in state %s", md.KeyState), keysource.ErrDenied
+}
+
+func disabledMsg(key string) string {
+	return fmt.Sprintf("key is disabled; enable it with `aws kms enable-key --key-id %s`", key)
+}
