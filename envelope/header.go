@@ -218,3 +218,20 @@ func verifySlot(slot, headerKey []byte) bool {
 	var sum [macSize]byte
 	return hmac.Equal(m.Sum(sum[:0]), slot[len(slot)-macSize:])
 }
+
+// SlotSizeFor returns the slot size a volume should use for headers with
+// stanzas like these: room for twice their size (so a rotation to keys of
+// similar size fits), rounded up to a multiple of 512, and at least
+// DefaultSlotSize. It returns an error if they cannot fit any slot.
+func SlotSizeFor(stanzas []keysource.Stanza) (int, error) {
+	h := Header{Stanzas: stanzas}
+	need := 2*(h.encodedLen()-slotFixedSize) + slotFixedSize + macSize
+	size := max(DefaultSlotSize, (need+slotAlign-1)/slotAlign*slotAlign)
+	if size > MaxSlotSize {
+		if min := (h.encodedLen() + macSize + slotAlign - 1) / slotAlign * slotAlign; min <= MaxSlotSize {
+			return min, nil
+		}
+		return 0, fmt.Errorf("envelope: stanzas need %d bytes, more than a header slot can hold (%d)", h.encodedLen()+macSize, MaxSlotSize)
+	}
+	return size, nil
+}

@@ -3,7 +3,10 @@ package envelope
 import (
 	"io"
 	"math/bits"
+	"runtime"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // run processes the n blocks of job j, a request of size bytes: on the
@@ -26,30 +29,120 @@ func (v *Volume) run(j job, n, size int) (int, error) {
 }
 
 // runParallel is run's parallel path; aad is the calling goroutine's.
+//
+// The request is cut into contiguous chunks of blocks. The caller
+// publishes it to the Volume's helper goroutines and then works through
+// the chunks itself; helpers that are awake take chunks too. The caller
+// waits only for chunks a helper has already taken, never for a helper to
+// wake up, so a request is never slower than the serial path. (Waking an
+// idle core can take longer than a whole 1 MiB request on a VM.)
 func (v *Volume) runParallel(j *job, n, workers int, aad *[aadSize]byte) (int, error) {
-	type result struct {
-		bad int
-		err error
+	t := &task{j: j, n: n, chunk: max(1, n/(4*workers))}
+	t.bad.Store(int64(n))
+	v.helpers.publish(t, workers-1)
+	t.work(aad)
+	for t.active.Load() > 0 {
+		runtime.Gosched() // a helper is finishing its last chunk
 	}
-	results := make([]result, workers)
-	var wg sync.WaitGroup
-	for w := 1; w < workers; w++ {
-		wg.Go(func() {
-			a := v.aads.Get().(*[aadSize]byte)
-			bad, err := j.do(w*n/workers, (w+1)*n/workers, a)
-			v.aads.Put(a)
-			results[w] = result{bad, err}
-		})
-	}
-	bad, err := j.do(0, n/workers, aad)
-	results[0] = result{bad, err}
-	wg.Wait()
-	for _, r := range results {
-		if r.err != nil {
-			return r.bad, r.err
-		}
+	if bad := int(t.bad.Load()); bad < n {
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		return bad, t.err
 	}
 	return n, nil
+}
+
+// task is one parallel request.
+type task struct {
+	j      *job
+	n      int // blocks
+	chunk  int // blocks per chunk
+	next   atomic.Int64
+	active atomic.Int32 // participants between taking and finishing chunks
+	bad    atomic.Int64 // lowest failed block, n if none
+	mu     sync.Mutex
+	err    error // the error of block bad
+}
+
+// work takes and processes chunks until none are left.
+func (t *task) work(aad *[aadSize]byte) {
+	t.active.Add(1)
+	defer t.active.Add(-1)
+	for {
+		lo := int(t.next.Add(int64(t.chunk))) - t.chunk
+		if lo >= t.n {
+			return
+		}
+		hi := min(lo+t.chunk, t.n)
+		if bad, err := t.j.do(lo, hi, aad); err != nil {
+			t.mu.Lock()
+			if int64(bad) < t.bad.Load() {
+				t.bad.Store(int64(bad))
+				t.err = err
+			}
+			t.mu.Unlock()
+		}
+	}
+}
+
+func (t *task) exhausted() bool { return t.next.Load() >= int64(t.n) }
+
+// helpers are a Volume's goroutines that help with parallel requests.
+// They start on demand, spin for a short while after each task so that
+// back-to-back requests find them awake, park when idle, and exit after a
+// longer idle spell, so a Volume needs no closing.
+type helpers struct {
+	cur     atomic.Pointer[task]
+	running atomic.Int32
+	wake    chan struct{}
+	aads    *sync.Pool
+	spin    time.Duration
+	idle    time.Duration
+}
+
+func (h *helpers) publish(t *task, want int) {
+	h.cur.Store(t)
+	for {
+		r := h.running.Load()
+		if int(r) >= want {
+			break
+		}
+		if h.running.CompareAndSwap(r, r+1) {
+			go h.loop()
+		}
+	}
+	for range want {
+		select {
+		case h.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (h *helpers) loop() {
+	defer h.running.Add(-1)
+	aad := h.aads.Get().(*[aadSize]byte)
+	defer h.aads.Put(aad)
+	timer := time.NewTimer(h.idle)
+	defer timer.Stop()
+	for {
+		// Spin: look for work until spin has passed without any.
+		deadline := time.Now().Add(h.spin)
+		for time.Now().Before(deadline) {
+			if t := h.cur.Load(); t != nil && !t.exhausted() {
+				t.work(aad)
+				deadline = time.Now().Add(h.spin)
+				continue
+			}
+			runtime.Gosched()
+		}
+		timer.Reset(h.idle)
+		select {
+		case <-h.wake:
+		case <-timer.C:
+			return
+		}
+	}
 }
 
 // bufPool hands out byte buffers in power-of-two size classes, so that

@@ -9,6 +9,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"time"
 
 	"github.com/kmsfs/kmsfs/keysource"
 )
@@ -17,6 +18,13 @@ import (
 // opened in parallel, chosen from BenchmarkCodec on a 2-core machine: below
 // it, starting goroutines costs more than it saves.
 const DefaultParallelMin = 64 << 10
+
+// Helper goroutines spin this long after their last chunk before parking,
+// and exit after this long parked.
+const (
+	helperSpin = 200 * time.Microsecond
+	helperIdle = 2 * time.Second
+)
 
 // Options configure a Volume.
 type Options struct {
@@ -45,6 +53,7 @@ type Volume struct {
 	parallelMin int
 	bufs        bufPool
 	aads        sync.Pool
+	helpers     helpers
 }
 
 // NewVolume returns a Volume configured by o.
@@ -66,6 +75,7 @@ func NewVolume(o Options) (*Volume, error) {
 		v.parallelMin = 0
 	}
 	v.aads.New = func() any { return new([aadSize]byte) }
+	v.helpers = helpers{wake: make(chan struct{}, v.workers), aads: &v.aads, spin: helperSpin, idle: helperIdle}
 	return v, nil
 }
 
