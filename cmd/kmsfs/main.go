@@ -1,20 +1,39 @@
-// Command kmsfs mounts a cipher dir whose files are encrypted with data keys
-// held in a key-management service. The subcommands arrive with issue 4;
-// until then it reports its version.
+// Command kmsfs creates, mounts and manages kmsfs volumes: directories
+// whose files are encrypted with per-file data keys held in AWS KMS, a
+// PKCS#11 token, or a local key.
 package main
 
 import (
 	"fmt"
 	"os"
+
+	"github.com/spf13/cobra"
 )
 
-const version = "0.1.0-dev"
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "0.1.0-dev"
 
 func main() {
-	if len(os.Args) == 2 && (os.Args[1] == "--version" || os.Args[1] == "version") {
-		fmt.Println("kmsfs", version)
-		return
+	if err := newRootCmd().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "kmsfs:", err)
+		os.Exit(1)
 	}
-	fmt.Fprintln(os.Stderr, "kmsfs: no commands yet (see the project's issues); try --version")
-	os.Exit(2)
+}
+
+func newRootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "kmsfs",
+		Short: "Transparent file encryption with keys held in a KMS",
+		Long: `kmsfs mounts a cipher dir as a plain directory. Every file in the cipher dir
+carries its own data key, wrapped by AWS KMS, a PKCS#11 token or a local key;
+applications read and write plain files at the mount point.`,
+		Example: `  kmsfs init --key awskms:alias/backups /srv/cipher
+  kmsfs mount /srv/cipher /mnt/plain
+  kmsfs unmount /mnt/plain`,
+		Version:       version,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(newInitCmd(), newMountCmd(), newUnmountCmd())
+	return root
 }

@@ -1,0 +1,329 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/kmsfs/kmsfs/envelope"
+	kfs "github.com/kmsfs/kmsfs/fs"
+	"github.com/kmsfs/kmsfs/internal/volconf"
+	"github.com/kmsfs/kmsfs/keysource"
+)
+
+type mountFlags struct {
+	foreground     bool
+	readOnly       bool
+	allowOther     bool
+	options        []string
+	logLevel       string
+	logFormat      string
+	logFile        string
+	passphraseFile string
+	publicKeyFile  string
+	timeout        time.Duration
+	keyTimeout     time.Duration
+	readyFD        int // internal: the background child reports readiness here
+	passphraseFD   int // internal: the parent hands a prompted passphrase over here
+}
+
+func newMountCmd() *cobra.Command {
+	f := &mountFlags{}
+	c := &cobra.Command{
+		Use:   "mount [-f] [--ro] [--allow-other] [-o OPTS] CIPHERDIR MOUNTPOINT",
+		Short: "Mount a cipher dir",
+		Long: `mount makes the plaintext of CIPHERDIR appear at MOUNTPOINT. Like mount(8) it
+returns once the mount is ready, or fails with the reason (key unusable, cipher
+dir missing, mount point busy); the filesystem keeps running in the background
+until 'kmsfs unmount MOUNTPOINT'. With -f it stays in the foreground and logs to
+stderr (for systemd: the journal reads stderr).
+
+As root kmsfs mounts directly; an ordinary user mounts through fusermount3.
+-o passes FUSE mount options, e.g. -o default_permissions.`,
+		Example: `  kmsfs mount /srv/cipher /mnt/plain
+  kmsfs mount -f --log-format json /srv/cipher /mnt/plain
+  kmsfs mount --allow-other -o default_permissions /srv/cipher /mnt/plain`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if !f.foreground {
+				return mountInBackground(f, args)
+			}
+			return runMount(cmd.Context(), f, args[0], args[1])
+		},
+	}
+	fl := c.Flags()
+	fl.BoolVarP(&f.foreground, "foreground", "f", false, "stay in the foreground")
+	fl.BoolVar(&f.readOnly, "ro", false, "mount read-only")
+	fl.BoolVar(&f.allowOther, "allow-other", false, "let other users access the mount (new files belong to their creator)")
+	fl.StringSliceVarP(&f.options, "options", "o", nil, "FUSE mount options, comma-separated")
+	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fl.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
+	fl.StringVar(&f.logFile, "log-file", "", "log to this file (background mounts log nowhere without it)")
+	fl.StringVar(&f.passphraseFile, "passphrase-file", "", "file holding the passphrase for local:passphrase")
+	fl.StringVar(&f.publicKeyFile, "public-key-file", "", "awskms RSA key: wrap with this public key (DER) only; files written cannot be read here")
+	fl.DurationVar(&f.timeout, "timeout", 60*time.Second, "bound on mounting, key checks included")
+	fl.DurationVar(&f.keyTimeout, "key-timeout", kfs.DefaultKeyTimeout, "bound on one key call made while opening or creating a file")
+	fl.IntVar(&f.readyFD, "ready-fd", -1, "")
+	fl.IntVar(&f.passphraseFD, "passphrase-fd", -1, "")
+	fl.MarkHidden("ready-fd")
+	fl.MarkHidden("passphrase-fd")
+	return c
+}
+
+// mountInBackground starts this program again with -f as a session
+// leader and waits until it reports the mount ready, or its error.
+func mountInBackground(f *mountFlags, args []string) error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	childArgs := append([]string{}, os.Args[1:]...)
+	childArgs = append(childArgs, "--foreground", "--ready-fd=3")
+	extra := []*os.File{pw}
+	if needsPrompt(args[0], f) {
+		pp, err := promptPassphrase(false)
+		if err != nil {
+			return err
+		}
+		ppr, ppw, err := os.Pipe()
+		if err != nil {
+			return err
+		}
+		go func() { ppw.Write(append(pp, '\n')); clear(pp); ppw.Close() }()
+		extra = append(extra, ppr)
+		childArgs = append(childArgs, "--passphrase-fd=4")
+		defer ppr.Close()
+	}
+	cmd := exec.Command(self, childArgs...)
+	cmd.ExtraFiles = extra
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	pw.Close()
+	msg, _ := io.ReadAll(bufio.NewReader(pr))
+	pr.Close()
+	if s := strings.TrimSpace(string(msg)); s != "ready" {
+		cmd.Wait()
+		if s == "" {
+			s = "the mount process exited without saying why"
+		}
+		return errors.New(s)
+	}
+	cmd.Process.Release()
+	return nil
+}
+
+// needsPrompt reports whether mounting needs a passphrase from the terminal.
+func needsPrompt(dir string, f *mountFlags) bool {
+	if f.passphraseFile != "" || os.Getenv("KMSFS_PASSPHRASE") != "" {
+		return false
+	}
+	c, err := volconf.Load(dir)
+	if err != nil {
+		return false
+	}
+	for _, k := range c.Keys {
+		if k.Spec == "local:passphrase" {
+			return true
+		}
+	}
+	return false
+}
+
+func newLogger(f *mountFlags) (*logrus.Entry, error) {
+	l := logrus.New()
+	lvl, err := logrus.ParseLevel(f.logLevel)
+	if err != nil {
+		return nil, err
+	}
+	l.SetLevel(lvl)
+	switch f.logFormat {
+	case "json":
+		l.SetFormatter(&logrus.JSONFormatter{})
+	case "text":
+		l.SetFormatter(&logrus.TextFormatter{DisableColors: true, FullTimestamp: true})
+	default:
+		return nil, fmt.Errorf("--log-format %q: want text or json", f.logFormat)
+	}
+	l.Out = os.Stderr
+	if f.logFile != "" {
+		lf, err := os.OpenFile(f.logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			return nil, err
+		}
+		l.Out = lf
+	} else if f.readyFD >= 0 {
+		l.Out = io.Discard
+	}
+	return logrus.NewEntry(l), nil
+}
+
+// runMount mounts in the foreground and serves until unmounted or signalled.
+func runMount(ctx context.Context, f *mountFlags, cipherDir, mnt string) (err error) {
+	var ready *os.File
+	if f.readyFD >= 0 {
+		ready = os.NewFile(uintptr(f.readyFD), "ready")
+		defer func() {
+			if err != nil {
+				fmt.Fprintln(ready, "kmsfs:", err)
+			}
+			ready.Close()
+		}()
+		devnull, _ := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+		unix.Dup2(int(devnull.Fd()), 0)
+		unix.Dup2(int(devnull.Fd()), 1)
+		unix.Dup2(int(devnull.Fd()), 2)
+	}
+	log, err := newLogger(f)
+	if err != nil {
+		return err
+	}
+	signal.Ignore(syscall.SIGHUP)
+	raiseFileLimit()
+
+	conf, err := volconf.Load(cipherDir)
+	if err != nil {
+		return err
+	}
+	if err := checkMountpoint(mnt); err != nil {
+		return err
+	}
+	so := &secretOptions{passphraseFile: f.passphraseFile, publicKeyFile: f.publicKeyFile}
+	if f.passphraseFD >= 0 {
+		pf := os.NewFile(uintptr(f.passphraseFD), "passphrase")
+		line, _ := bufio.NewReader(pf).ReadBytes('\n')
+		pf.Close()
+		so.passphrase = []byte(strings.TrimRight(string(line), "\r\n"))
+		clear(line)
+	} else if f.readyFD < 0 {
+		so.prompt = promptPassphrase
+	}
+	mctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	srcs, err := openConf(mctx, conf, so)
+	clear(so.passphrase)
+	if err != nil {
+		return err
+	}
+	defer srcs.Close()
+	policy, _ := conf.Policy()
+	mgr, err := keysource.NewManager(keysource.Options{Primary: srcs.list[0], Escrow: srcs.list[1:], Policy: policy, DeferPool: f.readOnly})
+	if err != nil {
+		return err
+	}
+	defer mgr.Close()
+	if !f.readOnly {
+		if err := checkRoundTrip(mctx, srcs.list[0], f.publicKeyFile != ""); err != nil {
+			return fmt.Errorf("key not usable: %w", err)
+		}
+		if err := mgr.WaitReady(mctx); err != nil {
+			return fmt.Errorf("key not usable: %w", err)
+		}
+	}
+	vid, _ := conf.ID()
+	layout, _ := conf.Layout()
+	vol, err := envelope.NewVolume(envelope.Options{Layout: layout, Volume: vid})
+	if err != nil {
+		return err
+	}
+	var extra []string
+	for _, o := range f.options {
+		extra = append(extra, strings.Split(o, ",")...)
+	}
+	if f.readOnly {
+		extra = append(extra, "ro")
+	}
+	abs, _ := filepath.Abs(cipherDir)
+	mo := kfs.MountOptions(abs, extra, f.allowOther)
+	srv, err := kfs.Mount(mnt, kfs.Options{CipherDir: cipherDir, Volume: vol, Keys: mgr, Log: log,
+		ReadOnly: f.readOnly, KeyTimeout: f.keyTimeout}, mo)
+	if err != nil {
+		return err
+	}
+	log.WithFields(logrus.Fields{"cipherdir": abs, "mountpoint": mnt, "volume": conf.VolumeID}).Info("mounted")
+	if ready != nil {
+		fmt.Fprintln(ready, "ready")
+		ready.Close()
+		ready = nil
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		s := <-sig
+		log.WithField("signal", s.String()).Info("unmounting")
+		if err := srv.Unmount(); err != nil {
+			log.WithError(err).Error("unmount failed (busy?): unmount with kmsfs unmount once files are closed")
+		}
+	}()
+	srv.Wait()
+	log.Info("unmounted")
+	return nil
+}
+
+// checkMountpoint refuses a mount point that is missing, not a directory,
+// or already a mount point.
+func checkMountpoint(mnt string) error {
+	var st, pst unix.Stat_t
+	if err := unix.Stat(mnt, &st); err != nil {
+		return fmt.Errorf("mount point %s: %w", mnt, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return fmt.Errorf("mount point %s is not a directory", mnt)
+	}
+	if err := unix.Stat(filepath.Join(mnt, ".."), &pst); err == nil && (pst.Dev != st.Dev || pst.Ino == st.Ino) {
+		return fmt.Errorf("mount point %s is busy: something is mounted there already", mnt)
+	}
+	return nil
+}
+
+// raiseFileLimit lifts the soft limit on open files to the hard limit: the
+// mount holds a descriptor per known directory and per open file.
+func raiseFileLimit() {
+	var lim unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &lim) == nil && lim.Cur < lim.Max {
+		lim.Cur = lim.Max
+		unix.Setrlimit(unix.RLIMIT_NOFILE, &lim)
+	}
+}
+
+func newUnmountCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:     "unmount MOUNTPOINT",
+		Aliases: []string{"umount"},
+		Short:   "Unmount a kmsfs mount",
+		Example: "  kmsfs unmount /mnt/plain",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			mnt := args[0]
+			if os.Geteuid() == 0 {
+				if err := unix.Unmount(mnt, 0); err != nil {
+					return fmt.Errorf("unmount %s: %w", mnt, err)
+				}
+				return nil
+			}
+			out, err := exec.Command("fusermount3", "-u", mnt).CombinedOutput()
+			if err != nil {
+				return fmt.Errorf("fusermount3 -u %s: %v: %s", mnt, err, strings.TrimSpace(string(out)))
+			}
+			return nil
+		},
+	}
+}

@@ -1,0 +1,170 @@
+// Package volconf reads and writes kmsfs.conf, the volume configuration at
+// the root of a cipher dir: format version, volume ID, layout, key
+// specifications and data-key policy. It holds no secrets. Unknown
+// versions and feature flags refuse to load, with a message that says so.
+package volconf
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/kmsfs/kmsfs/envelope"
+	"github.com/kmsfs/kmsfs/keysource"
+	"github.com/kmsfs/kmsfs/keysource/local"
+)
+
+// Name is the file name of the configuration in the cipher dir.
+const Name = "kmsfs.conf"
+
+// Version is the configuration version this kmsfs writes and reads.
+const Version = 1
+
+// knownFeatures lists the feature flags this version understands (none yet).
+var knownFeatures = map[string]bool{}
+
+// Conf is the content of kmsfs.conf.
+type Conf struct {
+	Version       int      `json:"version"`
+	VolumeID      string   `json:"volume_id"` // 32 hex digits
+	FormatVersion int      `json:"format_version"`
+	BlockSize     int      `json:"block_size"`
+	SlotSize      int      `json:"header_slot_size"`
+	DataKeyPolicy string   `json:"data_key_policy"`
+	Keys          []Key    `json:"keys"` // the first generates data keys; the others hold escrow stanzas
+	Features      []string `json:"features"`
+}
+
+// Key is one key source of the volume.
+type Key struct {
+	// Spec is the key as given to kmsfs init (awskms:alias/NAME,
+	// pkcs11:token=…;object=…?…, local:/path, local:passphrase).
+	Spec string `json:"spec"`
+	// KeyID is the ID the source writes into stanzas; for AWS the key ARN
+	// the alias resolved to at init.
+	KeyID string `json:"key_id"`
+	// KDF holds the passphrase parameters of local:passphrase.
+	KDF *local.KDFParams `json:"kdf,omitempty"`
+}
+
+// NewVolumeID returns a random volume ID.
+func NewVolumeID() (envelope.VolumeID, error) {
+	var id envelope.VolumeID
+	_, err := rand.Read(id[:])
+	return id, err
+}
+
+// ID returns the volume ID.
+func (c *Conf) ID() (envelope.VolumeID, error) {
+	var id envelope.VolumeID
+	b, err := hex.DecodeString(c.VolumeID)
+	if err != nil || len(b) != len(id) {
+		return id, fmt.Errorf("volconf: volume_id %q is not 32 hex digits", c.VolumeID)
+	}
+	copy(id[:], b)
+	return id, nil
+}
+
+// Layout returns the volume's envelope layout.
+func (c *Conf) Layout() (envelope.Layout, error) { return envelope.NewLayout(c.BlockSize, c.SlotSize) }
+
+// Policy returns the data-key reuse policy.
+func (c *Conf) Policy() (keysource.Policy, error) { return keysource.ParsePolicy(c.DataKeyPolicy) }
+
+// Check validates everything a mount depends on.
+func (c *Conf) Check() error {
+	if c.Version != Version {
+		return fmt.Errorf("volconf: configuration version %d; this kmsfs understands version %d (upgrade kmsfs)", c.Version, Version)
+	}
+	if c.FormatVersion != envelope.Version {
+		return fmt.Errorf("volconf: file format version %d; this kmsfs reads version %d (upgrade kmsfs)", c.FormatVersion, envelope.Version)
+	}
+	for _, f := range c.Features {
+		if !knownFeatures[f] {
+			return fmt.Errorf("volconf: feature %q is unknown to this kmsfs (upgrade kmsfs)", f)
+		}
+	}
+	if _, err := c.ID(); err != nil {
+		return err
+	}
+	if _, err := c.Layout(); err != nil {
+		return fmt.Errorf("volconf: %w", err)
+	}
+	if _, err := c.Policy(); err != nil {
+		return fmt.Errorf("volconf: %w", err)
+	}
+	if len(c.Keys) == 0 {
+		return errors.New("volconf: no keys configured")
+	}
+	for i, k := range c.Keys {
+		if _, err := keysource.ParseSpec(k.Spec); err != nil {
+			return fmt.Errorf("volconf: key %d: %w", i, err)
+		}
+	}
+	return nil
+}
+
+// Load reads and checks dir's kmsfs.conf.
+func Load(dir string) (*Conf, error) {
+	p := filepath.Join(dir, Name)
+	raw, err := os.ReadFile(p)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("volconf: %s is not a kmsfs cipher dir (no %s; run kmsfs init first)", dir, Name)
+		}
+		return nil, fmt.Errorf("volconf: %w", err)
+	}
+	var c Conf
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return nil, fmt.Errorf("volconf: %s is corrupt or from another kmsfs version: %v", p, err)
+	}
+	if err := c.Check(); err != nil {
+		return nil, fmt.Errorf("%w (in %s)", err, p)
+	}
+	return &c, nil
+}
+
+// Save writes c to dir's kmsfs.conf atomically: a temporary file, fsync,
+// rename, fsync of the directory.
+func Save(dir string, c *Conf) error {
+	if err := c.Check(); err != nil {
+		return err
+	}
+	raw, err := json.MarshalIndent(c, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(dir, Name+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("volconf: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(append(raw, '\n')); err == nil {
+		err = tmp.Chmod(0o644)
+		if err == nil {
+			err = tmp.Sync()
+		}
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), filepath.Join(dir, Name))
+	}
+	if err != nil {
+		return fmt.Errorf("volconf: write %s: %w", filepath.Join(dir, Name), err)
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("volconf: %w", err)
+	}
+	defer d.Close()
+	return d.Sync()
+}
