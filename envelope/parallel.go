@@ -37,7 +37,7 @@ func (v *Volume) run(j job, n, size int) (int, error) {
 // wake up, so a request is never slower than the serial path. (Waking an
 // idle core can take longer than a whole 1 MiB request on a VM.)
 func (v *Volume) runParallel(j *job, n, workers int, aad *[aadSize]byte) (int, error) {
-	t := &task{j: j, n: n, chunk: max(1, n/(4*workers))}
+	t := &task{j: j, n: n, chunk: max(1, n/(16*workers))}
 	t.bad.Store(int64(n))
 	v.helpers.publish(t, workers-1)
 	t.work(aad)
