@@ -12,7 +12,7 @@ BENCHSTAT_VERSION := v0.0.0-20260908200009-22c9c6c9d4da
 TEST_TIMEOUT ?= 30m
 BENCH_COUNT ?= 6
 
-.PHONY: all build test bench lint vectors tools clean
+.PHONY: all build test bench lint vectors tools clean demo demo-stop
 
 all: build
 
@@ -29,6 +29,14 @@ bench: $(BIN)/benchstat
 	$(GO) test -run '^$$' -bench . -benchmem -count $(BENCH_COUNT) ./envelope/ | tee out/bench-envelope.txt
 	@echo
 	@$(GO) run ./envelope/internal/benchtable < out/bench-envelope.txt | tee out/bench-envelope-table.txt
+
+# Start the bundled KMS emulator on loopback, init and mount a demo volume,
+# show a file and its ciphertext. `make demo-stop` tears it down.
+demo: build $(BIN)/local-kms
+	@scripts/demo.sh
+
+demo-stop:
+	@scripts/demo.sh stop
 
 lint: $(BIN)/staticcheck
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
