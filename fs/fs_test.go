@@ -222,3 +222,38 @@ func TestLocks(t *testing.T) {
 		}
 	})
 }
+
+// TestSetattrAfterUnlink: fchmod, fchown, futimens and ftruncate on a file
+// whose last name is gone still work through its descriptor.
+func TestSetattrAfterUnlink(t *testing.T) {
+	m := mount(t, 4096)
+	p := filepath.Join(m.mnt, "gone")
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Write([]byte("still here")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(p); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Chmod(0o600); err != nil {
+		t.Fatalf("fchmod: %v", err)
+	}
+	if err := f.Chown(1, 1); err != nil {
+		t.Fatalf("fchown: %v", err)
+	}
+	if err := f.Truncate(5); err != nil {
+		t.Fatalf("ftruncate: %v", err)
+	}
+	fi, err := f.Stat()
+	if err != nil || fi.Mode().Perm() != 0o600 || fi.Size() != 5 {
+		t.Fatalf("fstat: %v, %v", fi, err)
+	}
+	got := make([]byte, 10)
+	if n, _ := f.ReadAt(got, 0); string(got[:n]) != "still" {
+		t.Fatalf("read %q", got[:n])
+	}
+}

@@ -156,9 +156,20 @@ func (n *Node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrI
 	if n.r.opts.ReadOnly {
 		return syscall.EROFS
 	}
-	path, errno := n.procPath()
-	if errno != 0 {
-		return errno
+	// An open file is changed through its descriptor, which works even
+	// when its last name is gone.
+	of := n.acquireExisting()
+	if of != nil {
+		defer n.release(of)
+	}
+	var path string
+	if of != nil {
+		path = fmt.Sprintf("/proc/self/fd/%d", of.back.Fd())
+	} else {
+		var errno syscall.Errno
+		if path, errno = n.procPath(); errno != 0 {
+			return errno
+		}
 	}
 	if m, ok := in.GetMode(); ok {
 		if err := unix.Chmod(path, m&07777); err != nil {
