@@ -19,7 +19,7 @@ all: build
 build:
 	$(GO) build -o $(BIN)/kmsfs ./cmd/kmsfs
 
-test: build
+test: build $(BIN)/local-kms
 	$(GO) test -timeout $(TEST_TIMEOUT) ./...
 
 # The envelope benchmarks, each run BENCH_COUNT times; the table shows
