@@ -79,7 +79,7 @@ func (c *Codec) sealOne(dst, plain []byte, i int64, last bool, aad *[aadSize]byt
 // last is a hole and reads as zeros.
 func (c *Codec) openOne(dst, sealed []byte, i int64, last bool, aad *[aadSize]byte) error {
 	if len(sealed) <= BlockOverhead {
-		return fmt.Errorf("block %d: %w", i, ErrAuth)
+		return &BlockError{Block: i, Err: ErrAuth}
 	}
 	nonce, ct := sealed[:nonceSize], sealed[nonceSize:]
 	c.setAAD(aad, i, last)
@@ -96,7 +96,7 @@ func (c *Codec) openOne(dst, sealed []byte, i int64, last bool, aad *[aadSize]by
 			return nil
 		}
 	}
-	return fmt.Errorf("block %d: %w", i, ErrAuth)
+	return &BlockError{Block: i, Err: ErrAuth}
 }
 
 func allZero(b []byte) bool {

@@ -1,6 +1,9 @@
 package envelope
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // Sentinel errors. Functions wrap them with %w and context ("block 7: …");
 // test them with errors.Is. Messages never say which part of an
@@ -21,3 +24,15 @@ var (
 	// ErrClosed means the File was closed.
 	ErrClosed = errors.New("envelope: file closed")
 )
+
+// BlockError is a failure of one content block: Block is its index, Err
+// the cause (ErrAuth). errors.As finds it, so callers can log the block.
+type BlockError struct {
+	Block int64
+	Err   error
+}
+
+func (e *BlockError) Error() string { return fmt.Sprintf("block %d: %v", e.Block, e.Err) }
+
+// Unwrap returns the cause.
+func (e *BlockError) Unwrap() error { return e.Err }

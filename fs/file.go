@@ -253,7 +253,12 @@ func (n *Node) acquireForTruncate(ctx context.Context, size int64) (*openFile, s
 // fail logs a failed operation on the node and returns its errno.
 func (n *Node) fail(op string, err error) syscall.Errno {
 	errno := errnoOf(err)
-	n.r.log.WithFields(map[string]any{"op": op, "path": n.Path(nil), "errno": errno.Error()}).Error(err.Error())
+	fields := map[string]any{"op": op, "path": n.Path(nil), "errno": errno.Error()}
+	var be *envelope.BlockError
+	if errors.As(err, &be) {
+		fields["block"] = be.Block
+	}
+	n.r.log.WithFields(fields).Error(err.Error())
 	return errno
 }
 

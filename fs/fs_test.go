@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -175,6 +176,9 @@ func TestTamperedBlockIsEIO(t *testing.T) {
 	}
 	if _, err := f.ReadAt(buf, 4096); !errors.Is(err, syscall.EIO) {
 		t.Fatalf("block 1: %v, want EIO", err)
+	}
+	if log := m.log.String(); !strings.Contains(log, "block=1") || !strings.Contains(log, "path=t") || !strings.Contains(log, "op=read") {
+		t.Fatalf("log does not name op, file and block:\n%s", log)
 	}
 	if _, err := f.ReadAt(buf, 8192); err != nil && err != io.EOF {
 		t.Fatalf("block 2: %v", err)

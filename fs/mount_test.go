@@ -5,10 +5,12 @@ import (
 	"context"
 	"crypto/rand"
 	"os"
+	"sync"
 	"sync/atomic"
 	"testing"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/sirupsen/logrus"
 
 	"github.com/kmsfs/kmsfs/envelope"
 	kfs "github.com/kmsfs/kmsfs/fs"
@@ -40,6 +42,25 @@ type mounted struct {
 	mnt, cipher string
 	keys        *fakeKeys
 	srv         *fuse.Server
+	log         *syncBuffer
+}
+
+// syncBuffer is a log sink that tests read while the mount writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // mount mounts a fresh volume in a temporary directory for the test.
@@ -51,7 +72,9 @@ func mount(t testing.TB, blockSize int) *mounted {
 		}
 		t.Skip("no /dev/fuse")
 	}
-	m := &mounted{mnt: t.TempDir(), cipher: t.TempDir(), keys: &fakeKeys{}}
+	m := &mounted{mnt: t.TempDir(), cipher: t.TempDir(), keys: &fakeKeys{}, log: &syncBuffer{}}
+	logger := logrus.New()
+	logger.Out = m.log
 	l, err := envelope.NewLayout(blockSize, envelope.DefaultSlotSize)
 	if err != nil {
 		t.Fatal(err)
@@ -64,7 +87,7 @@ func mount(t testing.TB, blockSize int) *mounted {
 		t.Fatal(err)
 	}
 	mo := kfs.MountOptions("kmsfs-test", []string{"default_permissions"}, true)
-	m.srv, err = kfs.Mount(m.mnt, kfs.Options{CipherDir: m.cipher, Volume: vol, Keys: m.keys}, mo)
+	m.srv, err = kfs.Mount(m.mnt, kfs.Options{CipherDir: m.cipher, Volume: vol, Keys: m.keys, Log: logrus.NewEntry(logger)}, mo)
 	if err != nil {
 		t.Fatal(err)
 	}
