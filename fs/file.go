@@ -3,6 +3,7 @@ package fs
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"sync"
 	"syscall"
@@ -217,17 +218,19 @@ func (n *Node) truncate(ctx context.Context, f gofs.FileHandle, size int64) sysc
 		}
 		defer n.release(of)
 	}
-	if size == 0 && of.size() == 0 {
-		return 0
+	if size != 0 || of.size() != 0 {
+		ef, errno := n.file(ctx, of, true)
+		if errno != 0 {
+			return errno
+		}
+		if err := ef.Truncate(size); err != nil {
+			return n.fail("truncate", err)
+		}
 	}
-	ef, errno := n.file(ctx, of, true)
-	if errno != 0 {
-		return errno
-	}
-	if err := ef.Truncate(size); err != nil {
-		return n.fail("truncate", err)
-	}
-	return 0
+	// truncate(2) sets mtime and ctime even when the size stays the same;
+	// the backing file saw no change then, so say it.
+	now := []unix.Timespec{{Nsec: unix.UTIME_OMIT}, {Nsec: unix.UTIME_NOW}}
+	return gofs.ToErrno(unix.UtimesNanoAt(unix.AT_FDCWD, fmt.Sprintf("/proc/self/fd/%d", of.back.Fd()), now, 0))
 }
 
 // acquireForTruncate is acquire for a truncate without a handle. Cutting

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 	"syscall"
+	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -100,6 +101,32 @@ func (n *Node) procPath() (string, syscall.Errno) {
 	return fmt.Sprintf("/proc/self/fd/%d/%s", pfd, name), errno
 }
 
+// target names the node's backing object for the *at calls of setattr:
+// an open file through its descriptor and a directory through its own
+// (both as /proc/self/fd links, followed), anything else by parent
+// descriptor and name, not followed (a symlink is changed itself).
+type target struct {
+	dirfd int
+	name  string
+	flags int // 0 or AT_SYMLINK_NOFOLLOW
+}
+
+func (n *Node) target(of *openFile) (target, syscall.Errno) {
+	switch {
+	case of != nil:
+		return target{unix.AT_FDCWD, fmt.Sprintf("/proc/self/fd/%d", of.back.Fd()), 0}, 0
+	case n.IsDir():
+		fd, errno := n.dir()
+		return target{unix.AT_FDCWD, fmt.Sprintf("/proc/self/fd/%d", fd), 0}, errno
+	}
+	pfd, name, errno := n.loc()
+	return target{pfd, name, unix.AT_SYMLINK_NOFOLLOW}, errno
+}
+
+func timespec(t time.Time) unix.Timespec {
+	return unix.Timespec{Sec: t.Unix(), Nsec: int64(t.Nanosecond())}
+}
+
 // lstat stats the node's backing object without following links.
 func (n *Node) lstat(st *unix.Stat_t) syscall.Errno {
 	if n.IsDir() {
@@ -157,22 +184,17 @@ func (n *Node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrI
 		return syscall.EROFS
 	}
 	// An open file is changed through its descriptor, which works even
-	// when its last name is gone.
+	// when its last name is gone; a directory through its own descriptor.
 	of := n.acquireExisting()
 	if of != nil {
 		defer n.release(of)
 	}
-	var path string
-	if of != nil {
-		path = fmt.Sprintf("/proc/self/fd/%d", of.back.Fd())
-	} else {
-		var errno syscall.Errno
-		if path, errno = n.procPath(); errno != 0 {
-			return errno
-		}
+	t, errno := n.target(of)
+	if errno != 0 {
+		return errno
 	}
 	if m, ok := in.GetMode(); ok {
-		if err := unix.Chmod(path, m&07777); err != nil {
+		if err := unix.Fchmodat(t.dirfd, t.name, m&07777, 0); err != nil {
 			return gofs.ToErrno(err)
 		}
 	}
@@ -186,7 +208,7 @@ func (n *Node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrI
 		if gok {
 			g = int(gid)
 		}
-		if err := unix.Lchown(path, u, g); err != nil {
+		if err := unix.Fchownat(t.dirfd, t.name, u, g, t.flags); err != nil {
 			return gofs.ToErrno(err)
 		}
 	}
@@ -200,10 +222,10 @@ func (n *Node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrI
 	if mok || aok {
 		ts := []unix.Timespec{{Nsec: unix.UTIME_OMIT}, {Nsec: unix.UTIME_OMIT}}
 		if aok {
-			ts[0] = unix.NsecToTimespec(atime.UnixNano())
+			ts[0] = timespec(atime)
 		}
 		if mok {
-			ts[1] = unix.NsecToTimespec(mtime.UnixNano())
+			ts[1] = timespec(mtime)
 		}
 		if in.Valid&fuse.FATTR_ATIME_NOW != 0 {
 			ts[0] = unix.Timespec{Nsec: unix.UTIME_NOW}
@@ -211,7 +233,7 @@ func (n *Node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrI
 		if in.Valid&fuse.FATTR_MTIME_NOW != 0 {
 			ts[1] = unix.Timespec{Nsec: unix.UTIME_NOW}
 		}
-		if err := unix.UtimesNanoAt(unix.AT_FDCWD, path, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		if err := unix.UtimesNanoAt(t.dirfd, t.name, ts, t.flags); err != nil {
 			return gofs.ToErrno(err)
 		}
 	}

@@ -82,7 +82,20 @@ func (n *Node) chownToCaller(ctx context.Context, fd int, name string) syscall.E
 	if err := unix.Fstat(fd, &dst); err == nil && dst.Mode&unix.S_ISGID != 0 {
 		gid = -1
 	}
-	return gofs.ToErrno(unix.Fchownat(fd, name, int(caller.Uid), gid, unix.AT_SYMLINK_NOFOLLOW))
+	var st unix.Stat_t
+	if err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return gofs.ToErrno(err)
+	}
+	if err := unix.Fchownat(fd, name, int(caller.Uid), gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return gofs.ToErrno(err)
+	}
+	// chown clears set-user-ID and set-group-ID on files; the caller asked
+	// for them (the kernel already dropped what it may not have).
+	kind := st.Mode & unix.S_IFMT
+	if st.Mode&(unix.S_ISUID|unix.S_ISGID) != 0 && kind != unix.S_IFDIR && kind != unix.S_IFLNK {
+		return gofs.ToErrno(unix.Fchmodat(fd, name, st.Mode&07777, 0))
+	}
+	return 0
 }
 
 // dirForChange returns the directory descriptor for an operation that
