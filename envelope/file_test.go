@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/kmsfs/kmsfs/envelope"
@@ -260,4 +261,39 @@ func TestConcurrentAccess(t *testing.T) {
 		t.Fatal(err)
 	}
 	readAll(t, f, next)
+}
+
+// noSpace is a backing file on a full disk: reservations fail.
+type noSpace struct{ *memfile.File }
+
+func (noSpace) Reserve(off, n int64) error { return syscall.ENOSPC }
+
+// TestFullDiskLeavesFileUnchanged: a write past a partial last block that
+// leaves a hole is refused before the file changes when space cannot be
+// reserved.
+func TestFullDiskLeavesFileUnchanged(t *testing.T) {
+	const bs = 4096
+	v := newVolume(t, bs)
+	f, m := newFile(t, v, dataKey(30))
+	if _, err := f.WriteAt(fill(bs+10, 1), 0); err != nil {
+		t.Fatal(err)
+	}
+	before := m.Bytes()
+	g := reopen(t, v, noSpace{m})
+	for _, op := range []struct {
+		name string
+		do   func() error
+	}{
+		{"write-past-hole", func() error { _, err := g.WriteAt([]byte("x"), 5*bs); return err }},
+		{"truncate-up", func() error { return g.Truncate(9 * bs) }},
+	} {
+		t.Run(op.name, func(t *testing.T) {
+			if err := op.do(); !errors.Is(err, syscall.ENOSPC) {
+				t.Fatalf("got %v, want ENOSPC", err)
+			}
+			if !bytes.Equal(m.Bytes(), before) || g.Size() != bs+10 {
+				t.Fatalf("the file changed: size %d", g.Size())
+			}
+		})
+	}
 }

@@ -43,7 +43,14 @@ func (f *File) writeAt(p []byte, off int64) (int, error) {
 	case gap && f.size%bs != 0:
 		// A partial last block before a hole is first padded to a full
 		// block, still marked last, so that every stop leaves the file
-		// readable.
+		// readable. Space for the whole write is reserved first, so a
+		// full disk refuses the write before the file changes.
+		if r, ok := f.b.(Reserver); ok {
+			lo := l.BlockOffset(oldLast)
+			if err := r.Reserve(lo, l.CipherSize(end)-lo); err != nil {
+				return 0, fmt.Errorf("envelope: reserve space: %w", err)
+			}
+		}
 		if err := f.rewriteBlock(oldLast, f.size, int(bs), true); err != nil {
 			return 0, err
 		}

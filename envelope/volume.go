@@ -92,6 +92,14 @@ type Backing interface {
 	Stat() (os.FileInfo, error)
 }
 
+// Reserver is a Backing that can reserve space for a range before it is
+// written (fallocate with KEEP_SIZE). A File uses it before a write that
+// changes the file in more than one step, so that a full disk refuses the
+// write before anything changes.
+type Reserver interface {
+	Reserve(off, n int64) error
+}
+
 // KeyUnwrapper recovers a file's data key from the stanzas of its header:
 // the data-key manager of package keysource implements it. The returned
 // key is a copy that belongs to the caller: Open clears it once it has

@@ -18,20 +18,25 @@ import (
 // backing descriptor and the envelope File. A backing file of zero bytes
 // has no header yet; it gets one (and a data key) on its first write.
 type openFile struct {
-	refs int // guarded by Node.mu
-	back *backing
+	refs   int // guarded by Node.mu
+	back   *backing
+	layout envelope.Layout
 
-	mu sync.RWMutex // guards ef
-	ef *envelope.File
+	mu  sync.RWMutex // guards ef and bad
+	ef  *envelope.File
+	bad error // the header could not be opened: reads and writes fail, truncating to 0 repairs
 }
 
 func (of *openFile) size() int64 {
 	of.mu.RLock()
 	defer of.mu.RUnlock()
-	if of.ef == nil {
-		return 0
+	if of.ef != nil {
+		return of.ef.Size()
 	}
-	return of.ef.Size()
+	if fi, err := of.back.Stat(); err == nil {
+		return of.layout.PlainSize(fi.Size())
+	}
+	return 0
 }
 
 // backing is a cipher file descriptor that reserves space before each
@@ -45,11 +50,19 @@ func (b *backing) WriteAt(p []byte, off int64) (int, error) {
 	if !b.writable {
 		return 0, syscall.EBADF
 	}
-	err := unix.Fallocate(int(b.Fd()), unix.FALLOC_FL_KEEP_SIZE, off, int64(len(p)))
-	if err != nil && err != unix.EOPNOTSUPP {
+	if err := b.Reserve(off, int64(len(p))); err != nil {
 		return 0, err
 	}
 	return b.File.WriteAt(p, off)
+}
+
+// Reserve allocates backing space for [off, off+n) without changing the size.
+func (b *backing) Reserve(off, n int64) error {
+	err := unix.Fallocate(int(b.Fd()), unix.FALLOC_FL_KEEP_SIZE, off, n)
+	if err == unix.EOPNOTSUPP {
+		return nil
+	}
+	return err
 }
 
 func (b *backing) Sync() error { return unix.Fdatasync(int(b.Fd())) }
@@ -57,7 +70,12 @@ func (b *backing) Sync() error { return unix.Fdatasync(int(b.Fd())) }
 // acquire returns the node's shared open state, opening the backing file
 // and reading its header if no handle has it open yet. Each acquire is
 // paired with a release.
-func (n *Node) acquire(ctx context.Context) (*openFile, syscall.Errno) {
+//
+// With forWrite, a file whose header cannot be opened (damaged, another
+// volume's, key unavailable) is still opened, in a failed state: reads and
+// writes return the error, and truncating it to zero (as O_TRUNC and
+// "> file" do) replaces it with a fresh empty file.
+func (n *Node) acquire(ctx context.Context, forWrite bool) (*openFile, syscall.Errno) {
 	n.mu.Lock()
 	if n.open != nil {
 		n.open.refs++
@@ -70,7 +88,7 @@ func (n *Node) acquire(ctx context.Context) (*openFile, syscall.Errno) {
 	if errno != 0 {
 		return nil, errno
 	}
-	of, errno := n.openBacking(ctx, pfd, name, 0, 0)
+	of, errno := n.openBacking(ctx, pfd, name, 0, 0, forWrite)
 	if errno != 0 {
 		return nil, errno
 	}
@@ -88,7 +106,7 @@ func (n *Node) acquire(ctx context.Context) (*openFile, syscall.Errno) {
 
 // openBacking opens (or with O_CREAT creates) the backing file and its
 // envelope File. A new or empty file gets no header until its first write.
-func (n *Node) openBacking(ctx context.Context, pfd int, name string, extra int, mode uint32) (*openFile, syscall.Errno) {
+func (n *Node) openBacking(ctx context.Context, pfd int, name string, extra int, mode uint32, keepBad bool) (*openFile, syscall.Errno) {
 	flags := unix.O_RDWR
 	if n.r.opts.ReadOnly {
 		flags = unix.O_RDONLY
@@ -109,7 +127,7 @@ func (n *Node) openBacking(ctx context.Context, pfd int, name string, extra int,
 	if err != nil {
 		return nil, gofs.ToErrno(err)
 	}
-	of := &openFile{back: &backing{File: os.NewFile(uintptr(fd), name), writable: writable}}
+	of := &openFile{back: &backing{File: os.NewFile(uintptr(fd), name), writable: writable}, layout: n.r.layout}
 	fi, err := of.back.Stat()
 	if err != nil {
 		of.close()
@@ -122,8 +140,13 @@ func (n *Node) openBacking(ctx context.Context, pfd int, name string, extra int,
 	defer cancel()
 	ef, err := n.r.vol.Open(kctx, of.back, n.r.opts.Keys)
 	if err != nil {
+		errno := n.fail("open", err)
+		if keepBad && writable {
+			of.bad = err
+			return of, 0
+		}
 		of.close()
-		return nil, n.fail("open", err)
+		return nil, errno
 	}
 	of.ef = ef
 	return of, 0
@@ -175,8 +198,11 @@ func (n *Node) acquireExisting() *openFile {
 // file that is only read.
 func (n *Node) file(ctx context.Context, of *openFile, forWrite bool) (*envelope.File, syscall.Errno) {
 	of.mu.RLock()
-	ef := of.ef
+	ef, bad := of.ef, of.bad
 	of.mu.RUnlock()
+	if bad != nil {
+		return nil, errnoOf(bad)
+	}
 	if ef != nil || !forWrite {
 		return ef, 0
 	}
@@ -218,6 +244,22 @@ func (n *Node) truncate(ctx context.Context, f gofs.FileHandle, size int64) sysc
 		}
 		defer n.release(of)
 	}
+	return n.truncateOf(ctx, of, size)
+}
+
+// truncateOf sets the plaintext size of an open state.
+func (n *Node) truncateOf(ctx context.Context, of *openFile, size int64) syscall.Errno {
+	of.mu.Lock()
+	if of.bad != nil && size == 0 {
+		// A file whose header could not be opened is replaced by a
+		// fresh empty one: its old content was unreadable anyway.
+		if err := of.back.Truncate(0); err != nil {
+			of.mu.Unlock()
+			return gofs.ToErrno(err)
+		}
+		of.bad = nil
+	}
+	of.mu.Unlock()
 	if size != 0 || of.size() != 0 {
 		ef, errno := n.file(ctx, of, true)
 		if errno != 0 {
@@ -250,7 +292,7 @@ func (n *Node) acquireForTruncate(ctx context.Context, size int64) (*openFile, s
 		unix.Close(fd)
 		return nil, 0
 	}
-	return n.acquire(ctx)
+	return n.acquire(ctx, true)
 }
 
 // fail logs a failed operation on the node and returns its errno.

@@ -20,7 +20,37 @@ var (
 	_ = (gofs.NodeSymlinker)((*Node)(nil))
 	_ = (gofs.NodeReadlinker)((*Node)(nil))
 	_ = (gofs.NodeReaddirer)((*Node)(nil))
+	_ = (gofs.NodeOpendirer)((*Node)(nil))
+	_ = (gofs.NodeFsyncer)((*Node)(nil))
 )
+
+// Opendir opens the directory's own descriptor now, so that an open
+// directory stays reachable (fstat, fsync) even if it is renamed over.
+func (n *Node) Opendir(ctx context.Context) syscall.Errno {
+	_, errno := n.dir()
+	return errno
+}
+
+// Fsync flushes a directory (the write-temp, fsync, rename, fsync-dir
+// pattern), or a file through its handle.
+func (n *Node) Fsync(ctx context.Context, f gofs.FileHandle, flags uint32) syscall.Errno {
+	if h, ok := f.(*handle); ok {
+		return h.Fsync(ctx, flags)
+	}
+	if !n.IsDir() {
+		return 0
+	}
+	fd, errno := n.dir()
+	if errno != 0 {
+		return errno
+	}
+	dfd, err := unix.Openat(fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return gofs.ToErrno(err)
+	}
+	defer unix.Close(dfd)
+	return gofs.ToErrno(unix.Fsync(dfd))
+}
 
 // hidden reports whether name in this directory is kmsfs's own and not
 // part of the mount.

@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"fmt"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -16,15 +17,31 @@ var (
 )
 
 // Extended attributes pass through to the backing object, unencrypted
-// (docs/FORMAT.md lists them among what leaks).
+// (docs/FORMAT.md lists them among what leaks). A directory is reached
+// through its /proc/self/fd link, which the calls must follow; anything
+// else by its name under its parent's link, which they must not (a
+// symlink's own attributes).
+
+func (n *Node) xattrPath() (path string, follow bool, errno syscall.Errno) {
+	if n.IsDir() {
+		fd, errno := n.dir()
+		return fmt.Sprintf("/proc/self/fd/%d", fd), true, errno
+	}
+	p, errno := n.procPath()
+	return p, false, errno
+}
 
 // Getxattr reads an extended attribute.
 func (n *Node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
-	p, errno := n.procPath()
+	p, follow, errno := n.xattrPath()
 	if errno != 0 {
 		return 0, errno
 	}
-	sz, err := unix.Lgetxattr(p, attr, dest)
+	get := unix.Lgetxattr
+	if follow {
+		get = unix.Getxattr
+	}
+	sz, err := get(p, attr, dest)
 	return uint32(max(sz, 0)), gofs.ToErrno(err)
 }
 
@@ -33,20 +50,27 @@ func (n *Node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 	if n.r.opts.ReadOnly {
 		return syscall.EROFS
 	}
-	p, errno := n.procPath()
+	p, follow, errno := n.xattrPath()
 	if errno != 0 {
 		return errno
+	}
+	if follow {
+		return gofs.ToErrno(unix.Setxattr(p, attr, data, int(flags)))
 	}
 	return gofs.ToErrno(unix.Lsetxattr(p, attr, data, int(flags)))
 }
 
 // Listxattr lists extended attribute names.
 func (n *Node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
-	p, errno := n.procPath()
+	p, follow, errno := n.xattrPath()
 	if errno != 0 {
 		return 0, errno
 	}
-	sz, err := unix.Llistxattr(p, dest)
+	list := unix.Llistxattr
+	if follow {
+		list = unix.Listxattr
+	}
+	sz, err := list(p, dest)
 	return uint32(max(sz, 0)), gofs.ToErrno(err)
 }
 
@@ -55,9 +79,12 @@ func (n *Node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	if n.r.opts.ReadOnly {
 		return syscall.EROFS
 	}
-	p, errno := n.procPath()
+	p, follow, errno := n.xattrPath()
 	if errno != 0 {
 		return errno
+	}
+	if follow {
+		return gofs.ToErrno(unix.Removexattr(p, attr))
 	}
 	return gofs.ToErrno(unix.Lremovexattr(p, attr))
 }

@@ -107,6 +107,12 @@ func (m *Manager) NewDataKey(ctx context.Context) ([]byte, []Stanza, error) {
 		if len(p.ready) > 0 {
 			p.cur = p.ready[0]
 			p.cur.firstUse = now
+			// Files made with this key reopen without asking the key
+			// service (and while it is unreachable): cache it under each
+			// of its stanzas, as an unwrap would.
+			for _, st := range p.cur.stanzas {
+				m.cache.put(stanzaDigest(st), bytes.Clone(p.cur.key), now)
+			}
 			copy(p.ready, p.ready[1:])
 			p.ready[len(p.ready)-1] = nil
 			p.ready = p.ready[:len(p.ready)-1]

@@ -183,7 +183,7 @@ func runMount(ctx context.Context, f *mountFlags, cipherDir, mnt string) (err er
 		ready = os.NewFile(uintptr(f.readyFD), "ready")
 		defer func() {
 			if err != nil {
-				fmt.Fprintln(ready, "kmsfs:", err)
+				fmt.Fprintln(ready, err) // the parent adds the "kmsfs:" prefix
 			}
 			ready.Close()
 		}()
@@ -197,6 +197,11 @@ func runMount(ctx context.Context, f *mountFlags, cipherDir, mnt string) (err er
 		return err
 	}
 	signal.Ignore(syscall.SIGHUP)
+	// Catch SIGINT/SIGTERM from the start: a stop that arrives while the
+	// mount is being set up must unmount, not leave a dead mount behind.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sig)
 	raiseFileLimit()
 
 	conf, err := volconf.Load(cipherDir)
@@ -264,8 +269,6 @@ func runMount(ctx context.Context, f *mountFlags, cipherDir, mnt string) (err er
 		ready.Close()
 		ready = nil
 	}
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	go func() {
 		s := <-sig
 		log.WithField("signal", s.String()).Info("unmounting")

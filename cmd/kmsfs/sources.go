@@ -103,6 +103,11 @@ func openConf(ctx context.Context, c *volconf.Conf, so *secretOptions) (*sources
 			s.Close()
 			return nil, fmt.Errorf("key %d (%s): %w", i+1, redactSpec(k.Spec), err)
 		}
+		if k.KeyID != "" && src.KeyID() != k.KeyID && spec.Type != "awskms" {
+			s.Close()
+			return nil, fmt.Errorf("key %d (%s) is not the key this volume was created with: it has key ID %s, kmsfs.conf records %s",
+				i+1, redactSpec(k.Spec), src.KeyID(), k.KeyID)
+		}
 		if k.KeyID != "" && src.KeyID() != k.KeyID && spec.Type == "awskms" {
 			// The alias now points at another key (rotation): new files use
 			// the new key; files of the old key open through it too.

@@ -115,6 +115,9 @@ func Load(dir string) (*Conf, error) {
 	raw, err := os.ReadFile(p)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
+			if _, derr := os.Stat(dir); derr != nil {
+				return nil, fmt.Errorf("volconf: cipher dir %s does not exist", dir)
+			}
 			return nil, fmt.Errorf("volconf: %s is not a kmsfs cipher dir (no %s; run kmsfs init first)", dir, Name)
 		}
 		return nil, fmt.Errorf("volconf: %w", err)

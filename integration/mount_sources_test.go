@@ -1,0 +1,132 @@
+package integration_test
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/kmsfs/kmsfs/internal/hsmtest"
+	"github.com/kmsfs/kmsfs/internal/kmstest"
+)
+
+// mntSourceCase is one key source a volume is made with.
+type mntSourceCase struct {
+	name string
+	// keys returns the --key specs, the environment and the key ID that
+	// kmsfs.conf must record ("" checks none).
+	keys func(t *testing.T) (specs, env []string, keyID string)
+}
+
+// TestMountKeySources writes files through a mount of each key source,
+// remounts, reads them back, and checks that the cipher dir never holds
+// the plaintext.
+func TestMountKeySources(t *testing.T) {
+	// One emulator, started here so that it outlives the subtests.
+	e := kmstest.Start(t)
+	cases := []mntSourceCase{
+		{"source=local", func(t *testing.T) ([]string, []string, string) {
+			return []string{"local:" + mntKeyFile(t, t.TempDir(), nil)}, nil, ""
+		}},
+		{"source=awskms/alias", func(t *testing.T) ([]string, []string, string) {
+			// The alias resolves to the key's ARN, which the volume records.
+			return []string{"awskms:" + kmstest.Alias}, mntAWSEnv(e), e.Symmetric.ARN
+		}},
+		{"source=awskms/rsa-arn", func(t *testing.T) ([]string, []string, string) {
+			return []string{"awskms:" + e.RSAEncrypt.ARN}, mntAWSEnv(e), e.RSAEncrypt.ARN
+		}},
+		{"source=pkcs11/aes", func(t *testing.T) ([]string, []string, string) {
+			h := hsmtest.Need(t, testHSM, testHSMErr)
+			return []string{h.Token("main").AESSpec()}, nil, ""
+		}},
+		{"source=pkcs11/rsa", func(t *testing.T) ([]string, []string, string) {
+			h := hsmtest.Need(t, testHSM, testHSMErr)
+			return []string{h.Token("main").RSASpec()}, nil, ""
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			specs, env, keyID := c.keys(t)
+			v := mntStart(t, mntOptions{Keys: specs, Env: env})
+			if keyID != "" {
+				mntCheckConfKeyID(t, v.Cipher, keyID)
+			}
+			files := mntSourceFiles()
+			for name, data := range files {
+				p := v.path(name)
+				if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(p, data, 0o644); err != nil {
+					t.Fatalf("write %s: %v", name, err)
+				}
+			}
+			v.remount(t)
+			for name, data := range files {
+				got, err := os.ReadFile(v.path(name))
+				if err != nil {
+					t.Fatalf("read %s after remount: %v", name, err)
+				}
+				if !bytes.Equal(got, data) {
+					t.Fatalf("%s after remount: %d bytes differ from the %d written", name, len(got), len(data))
+				}
+			}
+			// Every file but the empty one carries the marker.
+			if leaks := mntCipherLeaks(t, v.Cipher, mntMarker(files)); len(leaks) > 0 {
+				t.Fatalf("cipher files hold plaintext: %v", leaks)
+			}
+		})
+	}
+}
+
+// mntSourceFiles returns files of boundary sizes around the 4 KiB block,
+// each filled with a random marker that must never reach the cipher dir.
+func mntSourceFiles() map[string][]byte {
+	marker := make([]byte, 16)
+	rand.Read(marker)
+	m := []byte("secret-" + hex.EncodeToString(marker) + "\n")
+	files := map[string][]byte{}
+	for _, size := range []int{0, len(m), 4095, 4096, 4097, 2*4096 + 100, 1<<20 + 3} {
+		files[fmt.Sprintf("dir/size-%d", size)] = bytes.Repeat(m, size/len(m)+1)[:size]
+	}
+	return files
+}
+
+// mntMarker returns the marker line of mntSourceFiles' files.
+func mntMarker(files map[string][]byte) []byte {
+	for _, data := range files {
+		if i := bytes.IndexByte(data, '\n'); i > 0 {
+			return data[:i]
+		}
+	}
+	panic("mntMarker: no file holds a marker")
+}
+
+// mntCheckConfKeyID checks that kmsfs.conf records want as the volume's
+// first key ID (for AWS the resolved ARN, never only an alias).
+func mntCheckConfKeyID(t *testing.T, cipher, want string) {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(cipher, "kmsfs.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conf struct {
+		Keys []struct {
+			KeyID string `json:"key_id"`
+		} `json:"keys"`
+	}
+	if err := json.Unmarshal(raw, &conf); err != nil {
+		t.Fatalf("kmsfs.conf: %v", err)
+	}
+	if len(conf.Keys) == 0 || conf.Keys[0].KeyID != want {
+		t.Fatalf("kmsfs.conf keys %+v, want key_id %s", conf.Keys, want)
+	}
+	if strings.Contains(want, "alias/") {
+		t.Fatalf("bad test: %s is an alias", want)
+	}
+}

@@ -1,0 +1,88 @@
+package integration_test
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// mntOps mounts a fresh local-key volume with the CLI for one operation
+// test.
+func mntOps(t testing.TB, mountArgs ...string) *mntVolume {
+	t.Helper()
+	return mntStart(t, mntOptions{MountArgs: mountArgs})
+}
+
+// mntRandom returns n bytes of seeded random data.
+func mntRandom(seed uint64, n int) []byte {
+	b := make([]byte, n)
+	rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8), byte(seed >> 16), 'o', 'p', 's'}).Read(b)
+	return b
+}
+
+// mntWriteFile writes data to p (created 0644) or fails the test.
+func mntWriteFile(t testing.TB, p string, data []byte) {
+	t.Helper()
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatalf("write %s: %v", p, err)
+	}
+}
+
+// mntCheckFile fails the test unless the file at p holds exactly want.
+func mntCheckFile(t testing.TB, p string, want []byte) {
+	t.Helper()
+	got, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatalf("read %s: %v", p, err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("%s: %s", p, mntDiff(got, want))
+	}
+}
+
+// mntDiff describes how got differs from want.
+func mntDiff(got, want []byte) string {
+	if len(got) != len(want) {
+		return fmt.Sprintf("got %d bytes, want %d", len(got), len(want))
+	}
+	for i := range got {
+		if got[i] != want[i] {
+			return fmt.Sprintf("first difference at byte %d of %d: %#x, want %#x", i, len(want), got[i], want[i])
+		}
+	}
+	return "equal"
+}
+
+// mntLstat lstats p or fails the test.
+func mntLstat(t testing.TB, p string) unix.Stat_t {
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Lstat(p, &st); err != nil {
+		t.Fatalf("lstat %s: %v", p, err)
+	}
+	return st
+}
+
+// mntOpen opens p or fails the test; the file is closed when the test ends.
+func mntOpen(t testing.TB, p string, flag int, perm os.FileMode) *os.File {
+	t.Helper()
+	f, err := os.OpenFile(p, flag, perm)
+	if err != nil {
+		t.Fatalf("open %s: %v", p, err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+// mntUmask sets the process umask for the test and restores it after:
+// modes the kernel gives new entries depend on it.
+func mntUmask(t testing.TB, mask int) {
+	t.Helper()
+	old := syscall.Umask(mask)
+	t.Cleanup(func() { syscall.Umask(old) })
+}
