@@ -136,7 +136,7 @@ func (n *Node) openBacking(ctx context.Context, pfd int, name string, extra int,
 	if fi.Size() == 0 {
 		return of, 0
 	}
-	kctx, cancel := context.WithTimeout(ctx, n.r.opts.KeyTimeout)
+	kctx, cancel := n.r.keyContext()
 	defer cancel()
 	ef, err := n.r.vol.Open(kctx, of.back, n.r.opts.Keys)
 	if err != nil {
@@ -214,7 +214,7 @@ func (n *Node) file(ctx context.Context, of *openFile, forWrite bool) (*envelope
 	if !of.back.writable {
 		return nil, syscall.EBADF
 	}
-	kctx, cancel := context.WithTimeout(ctx, n.r.opts.KeyTimeout)
+	kctx, cancel := n.r.keyContext()
 	defer cancel()
 	dk, stanzas, err := n.r.opts.Keys.NewDataKey(kctx)
 	if err != nil {

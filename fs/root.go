@@ -89,6 +89,15 @@ func NewRoot(o Options) (gofs.InodeEmbedder, error) {
 	return &Node{r: r, dirfd: fd}, nil
 }
 
+// keyContext bounds one key call by KeyTimeout. It is deliberately not
+// the FUSE request's context: the kernel interrupts a request whenever the
+// calling thread takes a signal (Go programs get SIGURG for preemption all
+// the time), and the unwrap would be thrown away and redone on every
+// restart of the system call. The kernel waits for the answer anyway.
+func (r *root) keyContext() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), r.opts.KeyTimeout)
+}
+
 type discard struct{}
 
 func (discard) Write(p []byte) (int, error) { return len(p), nil }
