@@ -149,11 +149,12 @@ func Save(dir string, c *Conf) error {
 		return fmt.Errorf("volconf: %w", err)
 	}
 	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(append(raw, '\n')); err == nil {
+	_, err = tmp.Write(append(raw, '\n'))
+	if err == nil {
 		err = tmp.Chmod(0o644)
-		if err == nil {
-			err = tmp.Sync()
-		}
+	}
+	if err == nil {
+		err = tmp.Sync()
 	}
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
