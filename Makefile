@@ -12,7 +12,7 @@ BENCHSTAT_VERSION := v0.0.0-20260908200009-22c9c6c9d4da
 TEST_TIMEOUT ?= 30m
 BENCH_COUNT ?= 6
 
-.PHONY: all build test bench lint vectors tools clean demo demo-stop
+.PHONY: all build test soak bench lint vectors tools clean demo demo-stop
 
 all: build
 
@@ -21,6 +21,12 @@ build:
 
 test: build $(BIN)/local-kms
 	$(GO) test -timeout $(TEST_TIMEOUT) ./...
+
+# The long stress runs of issue 5: 1,000,000 exerciser operations per block
+# size and 200 crash rounds per block size (seeds printed; KMSFS_SEED=N
+# replays one).
+soak: build $(BIN)/local-kms
+	KMSFS_SOAK=1 KMSFS_SOAK_OPS=1000000 $(GO) test -count=1 -timeout 3h -v -run 'TestExerciser|TestConcurrent|TestCrash' ./integration/ 2>&1 | tee out/soak.txt | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|seed|rounds|ops'
 
 # The envelope benchmarks, each run BENCH_COUNT times; the table shows
 # medians. Compare two runs with: bin/benchstat old.txt out/bench-envelope.txt
