@@ -26,6 +26,7 @@ test: build $(BIN)/local-kms
 # size and 200 crash rounds per block size (seeds printed; KMSFS_SEED=N
 # replays one).
 soak: build $(BIN)/local-kms
+	@mkdir -p out
 	KMSFS_SOAK=1 KMSFS_SOAK_OPS=1000000 $(GO) test -count=1 -timeout 3h -v -run 'TestExerciser|TestConcurrent|TestCrash' ./integration/ 2>&1 | tee out/soak.txt | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|seed|rounds|ops'
 
 # The envelope benchmarks, each run BENCH_COUNT times; the table shows
