@@ -391,26 +391,11 @@ func ftIsMounted(path string) bool {
 	}
 	for line := range strings.Lines(string(raw)) {
 		// ID PARENT MAJ:MIN ROOT MOUNTPOINT ...; octal escapes for blanks.
-		if f := strings.Fields(line); len(f) > 4 && ftUnescape(f[4]) == path {
+		if f := strings.Fields(line); len(f) > 4 && mntUnescape(f[4]) == path {
 			return true
 		}
 	}
 	return false
-}
-
-func ftUnescape(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // ftWait polls cond until it holds, failing the test after timeout.
