@@ -80,13 +80,36 @@ func (n *Node) loc() (int, string, syscall.Errno) {
 	return pfd, name, errno
 }
 
-// OnForget closes the directory descriptor once the kernel forgets the node.
+// OnForget closes the directory descriptor once the kernel forgets the
+// node. The root is forgotten when the filesystem is unmounted: then the
+// descriptors of every directory still known are closed too (the kernel
+// sends no forget for them), and the root's own last.
 func (n *Node) OnForget() {
+	if n.isRoot() {
+		n.closeDirs(n.EmbeddedInode())
+	}
+	n.closeDir()
+}
+
+func (n *Node) closeDir() {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.dirfd >= 0 && !n.isRoot() {
+	if n.dirfd >= 0 {
 		unix.Close(n.dirfd)
 		n.dirfd = -1
+	}
+}
+
+// closeDirs closes the descriptors of the directories below in.
+func (n *Node) closeDirs(in *gofs.Inode) {
+	for _, ch := range in.Children() {
+		if !ch.IsDir() {
+			continue
+		}
+		if c, ok := ch.Operations().(*Node); ok {
+			c.closeDirs(ch)
+			c.closeDir()
+		}
 	}
 }
 

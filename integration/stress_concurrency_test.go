@@ -4,7 +4,6 @@ import (
 	"fmt"
 	mrand "math/rand/v2"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -551,56 +550,4 @@ func (m *sxMany) readAll(when string) {
 	})
 	wg.Wait()
 	m.errs.check(m.t, m.seed)
-}
-
-// sxErrs collects the errors of concurrent workers; the first one tells
-// every worker to stop.
-type sxErrs struct {
-	failed atomic.Bool
-	mu     sync.Mutex
-	list   []string
-	more   int
-}
-
-func (e *sxErrs) add(format string, args ...any) {
-	e.failed.Store(true)
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if len(e.list) == 10 {
-		e.more++
-		return
-	}
-	e.list = append(e.list, fmt.Sprintf(format, args...))
-}
-
-// check fails t with the errors collected, if any.
-func (e *sxErrs) check(t *testing.T, seed uint64) {
-	t.Helper()
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if len(e.list) > 0 {
-		t.Fatalf("%d errors (%d more not shown):\n  %s\nseed %d; rerun with:\n  %s",
-			len(e.list)+e.more, e.more, strings.Join(e.list, "\n  "), seed, sxRepro(t, seed, 0))
-	}
-}
-
-// sxOpen opens path with flags, and O_DIRECT if direct.
-func sxOpen(path string, flags int, direct bool) (int, error) {
-	flags |= unix.O_CLOEXEC
-	if direct {
-		flags |= unix.O_DIRECT
-	}
-	return unix.Open(path, flags, 0)
-}
-
-// sxAligned returns a page-aligned buffer of n bytes for O_DIRECT,
-// unmapped when the test ends. Call it on the test's goroutine.
-func sxAligned(t testing.TB, n int) []byte {
-	t.Helper()
-	b, err := unix.Mmap(-1, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
-	if err != nil {
-		t.Fatalf("mmap %d bytes: %v", n, err)
-	}
-	t.Cleanup(func() { unix.Munmap(b) })
-	return b
 }

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -374,4 +375,109 @@ func sxParseBlock(b, scratch []byte, seed uint64, block int64) (sxBlockVersion, 
 		return v, fmt.Errorf("block %d is torn: header says writer %d seq %d, but %s", block, v.writer, v.seq, d)
 	}
 	return v, nil
+}
+
+// sxErrs collects the errors of concurrent workers; the first one tells
+// every worker to stop.
+type sxErrs struct {
+	failed atomic.Bool
+	mu     sync.Mutex
+	list   []string
+	more   int
+}
+
+func (e *sxErrs) add(format string, args ...any) {
+	e.failed.Store(true)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if len(e.list) == 10 {
+		e.more++
+		return
+	}
+	e.list = append(e.list, fmt.Sprintf(format, args...))
+}
+
+// check fails t with the errors collected, if any.
+func (e *sxErrs) check(t *testing.T, seed uint64) {
+	t.Helper()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if len(e.list) > 0 {
+		t.Fatalf("%d errors (%d more not shown):\n  %s\nseed %d; rerun with:\n  %s",
+			len(e.list)+e.more, e.more, strings.Join(e.list, "\n  "), seed, sxRepro(t, seed, 0))
+	}
+}
+
+// sxOpen opens path with flags, and O_DIRECT if direct.
+func sxOpen(path string, flags int, direct bool) (int, error) {
+	flags |= unix.O_CLOEXEC
+	if direct {
+		flags |= unix.O_DIRECT
+	}
+	return unix.Open(path, flags, 0)
+}
+
+// sxAligned returns a page-aligned buffer of n bytes for O_DIRECT,
+// unmapped when the test ends. Call it on the test's goroutine.
+func sxAligned(t testing.TB, n int) []byte {
+	t.Helper()
+	b, err := unix.Mmap(-1, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		t.Fatalf("mmap %d bytes: %v", n, err)
+	}
+	t.Cleanup(func() { unix.Munmap(b) })
+	return b
+}
+
+// TestExerciserUnmountReleasesFDs checks what the exerciser's remount
+// cycles rely on: an unmount of an in-process mount (fs.Mount, then
+// Server.Unmount) leaves no descriptor of the cipher dir, or of anything
+// in it, open in the process. NewRoot documents that the root's
+// descriptor is closed when the filesystem is unmounted.
+func TestExerciserUnmountReleasesFDs(t *testing.T) {
+	v := sxNewVolume(t, sxBlockSizes[0])
+	if err := os.Mkdir(v.path("sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"f", "sub/g"} {
+		if err := os.WriteFile(v.path(name), []byte("data"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for cycle := range 3 {
+		for _, name := range []string{"f", "sub/g"} {
+			if b, err := os.ReadFile(v.path(name)); err != nil || string(b) != "data" {
+				t.Fatalf("cycle %d: read %s: %q, %v", cycle, name, b, err)
+			}
+		}
+		if err := v.unmount(); err != nil {
+			t.Fatal(err)
+		}
+		if open := sxOpenUnder(t, v.Cipher); len(open) > 0 {
+			t.Errorf("cycle %d: after unmount the process still has %d descriptors into the cipher dir: %s",
+				cycle, len(open), strings.Join(open, ", "))
+		}
+		v.mount()
+	}
+}
+
+// sxOpenUnder lists this process's descriptors of dir and of anything in
+// it, as "fd -> path".
+func sxOpenUnder(t *testing.T, dir string) []string {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range ents {
+		target, err := os.Readlink(filepath.Join("/proc/self/fd", e.Name()))
+		if err != nil {
+			continue // the descriptor ReadDir itself used, now closed
+		}
+		if target == dir || strings.HasPrefix(target, dir+"/") {
+			out = append(out, e.Name()+" -> "+target)
+		}
+	}
+	return out
 }
