@@ -22,7 +22,9 @@ type File struct {
 
 	mu     sync.RWMutex
 	size   int64
-	cut    bool // the cipher file ends in a fragment too short for a block
+	stored int64 // the size of the cipher file
+	cut    bool  // the cipher file ends in a fragment too short for a block
+	inTx   bool  // a journal record covers the change in progress
 	closed bool
 }
 

@@ -29,6 +29,28 @@ func (f *File) writeAt(p []byte, off int64) (int, error) {
 		return 0, nil
 	}
 	l := f.v.layout
+	oldLast := l.lastBlock(f.size)
+	if f.v.journal == nil || f.inTx || oldLast < 0 || oldLast >= off/int64(l.blockSize)-1 {
+		return f.writeSteps(p, off)
+	}
+	// A write past the end with a gap takes up to three steps; the
+	// journal undoes them as one.
+	size, cut := f.size, f.cut
+	var n int
+	err := f.undoable(l.BlockOffset(oldLast), l.CipherSize(off+int64(len(p))), func() (err error) {
+		n, err = f.writeSteps(p, off)
+		return err
+	})
+	if err != nil {
+		f.size, f.cut = size, cut
+		return 0, err
+	}
+	return n, nil
+}
+
+// writeSteps is writeAt without the journal record for a gap.
+func (f *File) writeSteps(p []byte, off int64) (int, error) {
+	l := f.v.layout
 	bs := int64(l.blockSize)
 	end := off + int64(len(p))
 	b0, b1 := off/bs, (end-1)/bs
@@ -51,7 +73,7 @@ func (f *File) writeAt(p []byte, off int64) (int, error) {
 				return 0, fmt.Errorf("envelope: reserve space: %w", err)
 			}
 		}
-		if err := f.rewriteBlock(oldLast, f.size, int(bs), true); err != nil {
+		if err := f.rewriteBlock(oldLast, f.size, int(bs), true, -1); err != nil {
 			return 0, err
 		}
 		f.size = (oldLast + 1) * bs
@@ -107,12 +129,12 @@ func (f *File) writeAt(p []byte, off int64) (int, error) {
 			return 0, err
 		}
 	}
-	if _, err := f.b.WriteAt(sealed, l.BlockOffset(first)); err != nil {
+	if err := f.store(sealed, l.BlockOffset(first), -1); err != nil {
 		return 0, fmt.Errorf("envelope: write blocks %d-%d: %w", first, b1, err)
 	}
 	if gap {
 		// The old last block, now followed by a hole, loses its last mark.
-		if err := f.rewriteBlock(oldLast, f.size, int(bs), false); err != nil {
+		if err := f.rewriteBlock(oldLast, f.size, int(bs), false, -1); err != nil {
 			f.size = newSize
 			return len(p), err
 		}
@@ -145,8 +167,9 @@ func (f *File) openBlock(dst []byte, i, size int64) error {
 
 // rewriteBlock reseals block i of a file of size plaintext bytes with
 // plaintext length newLen (cut, or padded with zeros) and the given last
-// mark, and writes it in place.
-func (f *File) rewriteBlock(i, size int64, newLen int, last bool) error {
+// mark, writes it in place and then, if cut >= 0, cuts the cipher file to
+// cut bytes.
+func (f *File) rewriteBlock(i, size int64, newLen int, last bool, cut int64) error {
 	l := f.v.layout
 	oldLen := l.blockLen(i, size)
 	sb := f.v.bufs.get(max(oldLen, newLen))
@@ -165,8 +188,98 @@ func (f *File) rewriteBlock(i, size int64, newLen int, last bool) error {
 	if err := f.codec.Seal(*buf, blk[:newLen], i, lastIdx); err != nil {
 		return err
 	}
-	if _, err := f.b.WriteAt(*buf, l.BlockOffset(i)); err != nil {
+	if err := f.store(*buf, l.BlockOffset(i), cut); err != nil {
 		return fmt.Errorf("envelope: write block %d: %w", i, err)
+	}
+	return nil
+}
+
+// store writes sealed at cipher offset at and then, if cut >= 0, cuts the
+// cipher file to cut bytes. With a journal, a crash anywhere in between is
+// finished or undone by the next Open (see Journal); without one, a crash
+// can leave a block that spans pages torn.
+func (f *File) store(sealed []byte, at, cut int64) error {
+	j := f.v.journal
+	if j == nil || f.inTx {
+		return f.apply(sealed, at, cut)
+	}
+	before := f.stored
+	end := at + int64(len(sealed))
+	if end > before {
+		return f.undoable(at, end, func() error { return f.apply(sealed, at, cut) })
+	}
+	// An overwrite: record the new bytes, to be written again.
+	rec := journalRecord{file: f.header.File, at: at, cut: cut, min: before, max: before, hint: f.hint()}
+	if cut >= 0 {
+		rec.min = min(cut, before)
+	}
+	s, err := j.begin(&rec, sealed)
+	if err != nil {
+		return err
+	}
+	err = f.apply(sealed, at, cut)
+	if eerr := j.end(s, len(sealed)); err == nil {
+		err = eerr
+	}
+	return err
+}
+
+// undoable runs change, which rewrites the cipher file from offset at on
+// and grows it to at most end bytes, under a journal record of the bytes
+// from at to the current end and of the current size, which a crash (or
+// change failing) puts back.
+func (f *File) undoable(at, end int64, change func() error) error {
+	j := f.v.journal
+	if j == nil || f.inTx {
+		return change()
+	}
+	before := f.stored
+	buf := f.v.bufs.get(int(max(0, before-at)))
+	defer f.v.bufs.put(buf)
+	m, err := f.b.ReadAt(*buf, at)
+	if err != nil && err != io.EOF {
+		return err
+	}
+	body := (*buf)[:m]
+	rec := journalRecord{file: f.header.File, at: at, cut: before, min: before, max: max(before, end), hint: f.hint()}
+	s, err := j.begin(&rec, body)
+	if err != nil {
+		return err
+	}
+	f.inTx = true
+	err = change()
+	f.inTx = false
+	if err != nil {
+		if aerr := applyJournal(journalPending{path: s.f.Name(), rec: rec}, f.b); aerr == nil {
+			f.stored = before
+		}
+	}
+	if eerr := j.end(s, len(body)); err == nil {
+		err = eerr
+	}
+	return err
+}
+
+// hint returns where the backing file is, for a journal record.
+func (f *File) hint() string {
+	if h, ok := f.b.(JournalHinter); ok {
+		return h.JournalHint()
+	}
+	return ""
+}
+
+// apply writes sealed at cipher offset at and then, if cut >= 0, cuts the
+// cipher file to cut bytes.
+func (f *File) apply(sealed []byte, at, cut int64) error {
+	if _, err := f.b.WriteAt(sealed, at); err != nil {
+		return err
+	}
+	f.stored = max(f.stored, at+int64(len(sealed)))
+	if cut >= 0 {
+		if err := f.b.Truncate(cut); err != nil {
+			return fmt.Errorf("truncate: %w", err)
+		}
+		f.stored = cut
 	}
 	return nil
 }
@@ -202,14 +315,13 @@ func (f *File) Truncate(size int64) error {
 		if err := f.b.Truncate(l.HeaderSize()); err != nil {
 			return fmt.Errorf("envelope: truncate: %w", err)
 		}
+		f.stored = l.HeaderSize()
 	default:
 		// Mark the new last block last (and cut it) before cutting the
-		// file, so a stop in between leaves a tolerated crash remnant.
-		if err := f.rewriteBlock(newLast, f.size, l.blockLen(newLast, size), true); err != nil {
+		// file, so a stop in between leaves a tolerated crash remnant
+		// (or, inside a block, is finished by the journal).
+		if err := f.rewriteBlock(newLast, f.size, l.blockLen(newLast, size), true, l.CipherSize(size)); err != nil {
 			return err
-		}
-		if err := f.b.Truncate(l.CipherSize(size)); err != nil {
-			return fmt.Errorf("envelope: truncate: %w", err)
 		}
 	}
 	f.size, f.cut = size, false

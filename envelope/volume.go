@@ -40,6 +40,10 @@ type Options struct {
 	// ParallelMin is the request size in bytes from which blocks are
 	// processed in parallel; 0 means DefaultParallelMin, negative never.
 	ParallelMin int
+	// Journal, if set, makes every change to a cipher file atomic with
+	// respect to a crash of the process, and Open applies what a crash
+	// left in it. The Volume does not close it.
+	Journal *Journal
 }
 
 // Volume holds what all files of one cipher dir share: the layout, the
@@ -54,6 +58,7 @@ type Volume struct {
 	bufs        bufPool
 	aads        sync.Pool
 	helpers     helpers
+	journal     *Journal
 }
 
 // NewVolume returns a Volume configured by o.
@@ -61,7 +66,7 @@ func NewVolume(o Options) (*Volume, error) {
 	if o.Layout == (Layout{}) {
 		return nil, errors.New("envelope: volume options need a Layout")
 	}
-	v := &Volume{layout: o.Layout, id: o.Volume, rand: o.Rand, workers: o.Workers, parallelMin: o.ParallelMin}
+	v := &Volume{layout: o.Layout, id: o.Volume, rand: o.Rand, workers: o.Workers, parallelMin: o.ParallelMin, journal: o.Journal}
 	if v.rand == nil {
 		v.rand = rand.Reader
 	}
@@ -134,7 +139,7 @@ func (v *Volume) Create(b Backing, dataKey []byte, stanzas []keysource.Stanza) (
 	if err != nil {
 		return nil, err
 	}
-	return &File{v: v, b: b, codec: codec, headerKey: hkey, header: h, slotSeq: [2]uint64{1, 1}}, nil
+	return &File{v: v, b: b, codec: codec, headerKey: hkey, header: h, slotSeq: [2]uint64{1, 1}, stored: v.layout.HeaderSize()}, nil
 }
 
 // Open reads b's header, recovers the data key through u from the newest
@@ -205,7 +210,18 @@ func (v *Volume) Open(ctx context.Context, b Backing, u KeyUnwrapper) (*File, er
 			}
 			continue
 		}
-		f := &File{v: v, b: b, headerKey: hkey, header: *h, size: l.PlainSize(size)}
+		if v.journal != nil {
+			// Finish or undo the change a crash interrupted, before
+			// anything reads the file. If that fails the file still
+			// opens; a torn block then fails to authenticate.
+			if changed, _ := v.journal.recover(h.File, b); changed {
+				if fi, err = b.Stat(); err != nil {
+					return nil, fmt.Errorf("envelope: stat: %w", err)
+				}
+				size = fi.Size()
+			}
+		}
+		f := &File{v: v, b: b, headerKey: hkey, header: *h, size: l.PlainSize(size), stored: size}
 		f.cut = size != l.CipherSize(f.size)
 		f.slotSeq[i] = h.Seq
 		if o := hs[1-i]; o != nil && o.File == h.File && verifySlot(slots[1-i], hkey) {

@@ -44,7 +44,12 @@ func (of *openFile) size() int64 {
 type backing struct {
 	*os.File
 	writable bool
+	node     *Node
 }
+
+// JournalHint tells the write journal where the file is, relative to the
+// cipher dir, so that a mount after a crash finds it (envelope.Journal).
+func (b *backing) JournalHint() string { return b.node.Path(nil) }
 
 func (b *backing) WriteAt(p []byte, off int64) (int, error) {
 	if !b.writable {
@@ -127,7 +132,7 @@ func (n *Node) openBacking(ctx context.Context, pfd int, name string, extra int,
 	if err != nil {
 		return nil, gofs.ToErrno(err)
 	}
-	of := &openFile{back: &backing{File: os.NewFile(uintptr(fd), name), writable: writable}, layout: n.r.layout}
+	of := &openFile{back: &backing{File: os.NewFile(uintptr(fd), name), writable: writable, node: n}, layout: n.r.layout}
 	fi, err := of.back.Stat()
 	if err != nil {
 		of.close()

@@ -13,6 +13,8 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/posixtest"
 	"golang.org/x/sys/unix"
+
+	kfs "github.com/kmsfs/kmsfs/fs"
 )
 
 // posixNotApplicable lists the posixtest cases kmsfs does not run, and why.
@@ -68,22 +70,33 @@ func TestWriteReadAndCiphertext(t *testing.T) {
 	}
 }
 
-func TestConfHidden(t *testing.T) {
+func TestOwnFilesHidden(t *testing.T) {
 	m := mount(t, 4096)
-	if _, err := os.Stat(filepath.Join(m.mnt, "kmsfs.conf")); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("kmsfs.conf visible: %v", err)
-	}
-	ents, err := os.ReadDir(m.mnt)
-	if err != nil {
+	if err := os.WriteFile(filepath.Join(m.mnt, "f"), []byte("data"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	for _, e := range ents {
-		if e.Name() == "kmsfs.conf" {
-			t.Fatal("kmsfs.conf listed")
+	for _, name := range []string{kfs.ConfName, kfs.JournalName} {
+		if _, err := os.Stat(filepath.Join(m.cipher, name)); err != nil {
+			t.Fatalf("%s missing from the cipher dir: %v", name, err)
 		}
-	}
-	if err := os.WriteFile(filepath.Join(m.mnt, "kmsfs.conf"), []byte("x"), 0o644); err == nil {
-		t.Fatal("kmsfs.conf writable through the mount")
+		if _, err := os.Stat(filepath.Join(m.mnt, name)); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("%s visible: %v", name, err)
+		}
+		ents, err := os.ReadDir(m.mnt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range ents {
+			if e.Name() == name {
+				t.Fatalf("%s listed", name)
+			}
+		}
+		if err := os.WriteFile(filepath.Join(m.mnt, name), []byte("x"), 0o644); err == nil {
+			t.Fatalf("%s writable through the mount", name)
+		}
+		if err := os.Mkdir(filepath.Join(m.mnt, name), 0o755); err == nil {
+			t.Fatalf("%s can be made through the mount", name)
+		}
 	}
 }
 

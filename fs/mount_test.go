@@ -79,7 +79,12 @@ func mount(t testing.TB, blockSize int) *mounted {
 	if err != nil {
 		t.Fatal(err)
 	}
-	vol, err := envelope.NewVolume(envelope.Options{Layout: l, Volume: envelope.VolumeID{1}})
+	// As kmsfs mount does, with a write journal.
+	j, err := envelope.OpenJournal(m.cipher+"/"+kfs.JournalName, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vol, err := envelope.NewVolume(envelope.Options{Layout: l, Volume: envelope.VolumeID{1}, Journal: j})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,6 +100,8 @@ func mount(t testing.TB, blockSize int) *mounted {
 		if err := m.srv.Unmount(); err != nil {
 			t.Errorf("unmount: %v", err)
 		}
+		m.srv.Wait()
+		j.Close()
 	})
 	return m
 }

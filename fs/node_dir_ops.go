@@ -54,7 +54,9 @@ func (n *Node) Fsync(ctx context.Context, f gofs.FileHandle, flags uint32) sysca
 
 // hidden reports whether name in this directory is kmsfs's own and not
 // part of the mount.
-func (n *Node) hidden(name string) bool { return name == ConfName && n.isRoot() }
+func (n *Node) hidden(name string) bool {
+	return (name == ConfName || name == JournalName) && n.isRoot()
+}
 
 // Lookup finds a child by name.
 func (n *Node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
@@ -279,7 +281,7 @@ func (n *Node) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 		if errno != 0 {
 			return nil, errno
 		}
-		if e.Name != ConfName {
+		if !n.hidden(e.Name) {
 			list = append(list, e)
 		}
 	}

@@ -21,6 +21,11 @@ import (
 // It is not visible through the mount.
 const ConfName = "kmsfs.conf"
 
+// JournalName is the directory at the root of a cipher dir where a
+// read-write mount keeps its write journal (see envelope.Journal). It is
+// not visible through the mount.
+const JournalName = "kmsfs.journal"
+
 // DefaultKeyTimeout bounds one key-source call made for an open or create.
 const DefaultKeyTimeout = 30 * time.Second
 

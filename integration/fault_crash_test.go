@@ -33,12 +33,9 @@ const (
 // operation in flight at the kill; every acknowledged operation is there.
 // That last check is stricter than "fsync'ed data is there": a killed
 // daemon (unlike a crashed machine) loses nothing the backing file system
-// already has, and kmsfs acknowledges a write only after its pwrite.
-//
-// The one exception is the crash window that docs/FORMAT.md documents: a
-// truncate down to a size inside a block, killed between its two system
-// calls, leaves that one block unreadable. It is accepted for that block
-// only, counted and logged; the file is then cut at the block boundary.
+// already has, and kmsfs acknowledges a write only after its pwrite. No
+// block may be unreadable, not even one the operation in flight was
+// writing: the write journal (envelope.Journal) finishes or undoes it.
 //
 // Each state after verification is the next round's starting state, so
 // damage a round leaves behind is found by the next.
@@ -57,8 +54,6 @@ func TestCrash(t *testing.T) {
 type ftCrashStats struct {
 	rounds, acked, inflight int
 	outcome                 map[string]int // old, new, between
-	windowHits              int            // the documented truncate window
-	tornHits                int            // other unreadable blocks the op in flight wrote
 	synced                  bool           // the round ended with the model matching the files
 }
 
@@ -80,8 +75,8 @@ func ftCrashRun(t *testing.T, seed uint64, bs, rounds int) {
 			break
 		}
 	}
-	t.Logf("bs=%d: %d rounds in %v, %d operations acknowledged, %d in flight at the kill (outcomes %v), crash-window hits %d, torn blocks %d",
-		bs, st.rounds, time.Since(start).Round(time.Millisecond), st.acked, st.inflight, st.outcome, st.windowHits, st.tornHits)
+	t.Logf("bs=%d: %d rounds in %v, %d operations acknowledged, %d in flight at the kill (outcomes %v)",
+		bs, st.rounds, time.Since(start).Round(time.Millisecond), st.acked, st.inflight, st.outcome)
 }
 
 func ftCrashRound(t *testing.T, v *ftVolume, rng *mrand.Rand, bs int, delay time.Duration, model map[string][]byte, st *ftCrashStats) {
@@ -216,37 +211,19 @@ func ftCrashVerify(t *testing.T, v *ftVolume, bs int, acked map[string][]byte, j
 			model[name] = got
 			continue
 		}
-		// The documented window: truncate down inside a block, killed
-		// between resealing the new last block and cutting the file.
-		window := int64(-1)
-		if touched && inf.kind == "truncate" && inf.size < int64(len(old)) && inf.size%int64(bs) != 0 && len(got) == len(old) {
-			window = inf.size / int64(bs)
-		}
-		touchedBlocks := ftTouchedBlocks(inf, name, int64(len(old)), int64(bs))
 		bad, firstBad := false, int64(-1)
 		for i := int64(0); i*int64(bs) < int64(len(got)); i++ {
 			lo, hi := i*int64(bs), min((i+1)*int64(bs), int64(len(got)))
 			if err, ok := blocks.Bad[i]; ok {
+				// The write journal finishes or undoes the change in
+				// flight, so not even the blocks it was writing may be
+				// torn.
 				if firstBad < 0 {
 					firstBad = i
 				}
-				switch {
-				case i == window:
-					st.windowHits++
-					t.Logf("crash window: %s block %d unreadable (%v) after %v was cut short, as docs/FORMAT.md allows", name, i, err, *inf)
-				case touchedBlocks[i]:
-					// The second documented window: the kernel stops a
-					// multi-page pwrite between pages once the daemon is
-					// killed, so a block of the write in flight can be
-					// half old, half new (docs/FORMAT.md).
-					st.tornHits++
-					t.Logf("torn block (documented crash window): %s block %d unreadable (%v) after the kill; in flight: %v (cipher file: %s)",
-						name, i, err, ftInflight(inf, name), ftCipherSize(v, name))
-				default:
-					bad = true
-					t.Errorf("%s block %d unreadable after the crash (%v), and the operation in flight (%v) does not write it%s",
-						name, i, err, ftInflight(inf, name), ftCrashHistory(j, name))
-				}
+				bad = true
+				t.Errorf("%s block %d unreadable after the crash (%v); in flight: %v (cipher file: %s)%s",
+					name, i, err, ftInflight(inf, name), ftCipherSize(v, name), ftCrashHistory(j, name))
 				continue
 			}
 			if !bytes.Equal(got[lo:hi], ftCrashWant(old, nw, lo, hi, false)) && !bytes.Equal(got[lo:hi], ftCrashWant(old, nw, lo, hi, true)) {
@@ -322,33 +299,6 @@ func ftCrashHistory(j *ftJournal, name string) string {
 }
 
 func ftNotExist(err error) bool { return ftErrno(err) == syscall.ENOENT }
-
-// ftTouchedBlocks returns the blocks of name that op (in flight on a file
-// of oldSize plaintext bytes) rewrites: those its pwrite covers, and the
-// old last block it reseals.
-func ftTouchedBlocks(op *ftCrashOp, name string, oldSize, bs int64) map[int64]bool {
-	m := map[int64]bool{}
-	if op == nil || op.file != name {
-		return m
-	}
-	oldLast := (oldSize+bs-1)/bs - 1
-	var lo, hi int64 // blocks [lo, hi]
-	switch op.kind {
-	case "write":
-		lo, hi = op.off/bs, (op.off+int64(len(op.data))-1)/bs
-	case "truncate":
-		lo, hi = (op.size+bs-1)/bs-1, (op.size+bs-1)/bs-1
-	default:
-		return m
-	}
-	for i := lo; i <= hi; i++ {
-		m[i] = true
-	}
-	if oldLast >= 0 {
-		m[oldLast] = true
-	}
-	return m
-}
 
 // ftCipherSize describes the cipher file behind name, for messages.
 func ftCipherSize(v *ftVolume, name string) string {

@@ -245,7 +245,26 @@ func runMount(ctx context.Context, f *mountFlags, cipherDir, mnt string) (err er
 	}
 	vid, _ := conf.ID()
 	layout, _ := conf.Layout()
-	vol, err := envelope.NewVolume(envelope.Options{Layout: layout, Volume: vid})
+	var journal *envelope.Journal
+	if !f.readOnly {
+		journal, err = envelope.OpenJournal(filepath.Join(cipherDir, kfs.JournalName), 0)
+		if errors.Is(err, envelope.ErrJournalBusy) {
+			return fmt.Errorf("cipher dir %s is already mounted read-write by another kmsfs process", cipherDir)
+		}
+		if err != nil {
+			return err
+		}
+		defer journal.Close()
+		if n := journal.Pending(); n > 0 {
+			done, err := journal.RecoverFiles(cipherDir, layout)
+			fields := logrus.Fields{"records": n, "recovered": done}
+			if err != nil {
+				fields["error"] = err.Error()
+			}
+			log.WithFields(fields).Info("journal: finished or undid the writes a crash interrupted; any left are recovered when their files are next opened")
+		}
+	}
+	vol, err := envelope.NewVolume(envelope.Options{Layout: layout, Volume: vid, Journal: journal})
 	if err != nil {
 		return err
 	}

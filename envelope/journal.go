@@ -1,0 +1,456 @@
+package envelope
+
+import (
+	"cmp"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+)
+
+// DefaultJournalSlots is the number of writes a Journal lets be in flight
+// at once when OpenJournal is given 0.
+const DefaultJournalSlots = 16
+
+const (
+	journalMagic   = "KMFJ"
+	journalVersion = 1
+	journalRecLen  = 80
+	// The body of a record starts on the second page of its slot file, so
+	// the record itself (written after the body) sits alone on the first
+	// page and is written whole or not at all.
+	journalBodyOff = 4096
+	// A slot whose body was larger than this is emptied after use rather
+	// than only cleared, so that idle slots do not hold disk space.
+	journalShrinkAbove = 256 << 10
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Journal makes each change a File makes to its cipher file atomic with
+// respect to a crash of the process. A write covers several pages of the
+// cipher file, and when the process is killed the kernel may stop it
+// between two pages, leaving a block half old and half new: a torn block,
+// which would no longer authenticate.
+//
+// Before each change, the File records in a journal slot either the bytes
+// it is about to write (an overwrite: recovery writes them again) or the
+// bytes it is about to replace together with the old size (a change that
+// grows the file: recovery puts them back and cuts the file to its old
+// size). Once the change is done the slot is cleared. So after a crash
+// every block reads its old or its new contents. The records hold only
+// ciphertext and offsets, no keys.
+//
+// OpenJournal keeps the records a crash left behind as pending; each is
+// applied when its file is next opened (Volume.Open), before anything
+// reads the file, and then removed. The journal does not help against
+// power loss: that needs fsync, as without it.
+type Journal struct {
+	dir  string
+	lock *os.File // the journal directory, flock'ed for the life of the Journal
+	free chan *journalSlot
+	seq  atomic.Uint64
+
+	mu      sync.Mutex
+	pending map[FileID][]journalPending
+	closed  bool
+}
+
+type journalSlot struct {
+	idx int
+	f   *os.File
+}
+
+type journalPending struct {
+	path string
+	rec  journalRecord
+}
+
+// journalRecord describes one change: write n bytes of body at offset at,
+// then cut the file to cut if cut >= 0. It applies only while the cipher
+// file's size is within [min, max]: the sizes the interrupted change can
+// have left.
+type journalRecord struct {
+	seq      uint64
+	file     FileID
+	at, n    int64
+	cut      int64
+	min, max int64
+	hint     string // where the file was, relative to the cipher dir; may be empty or stale
+}
+
+// journalMaxHint keeps a record and its hint on the first page of a slot.
+const journalMaxHint = journalBodyOff - journalRecLen
+
+// marshal encodes r into b, which has room for journalRecLen+len(r.hint)
+// bytes, and returns the encoding.
+func (r *journalRecord) marshal(b []byte) []byte {
+	b = b[:journalRecLen+len(r.hint)]
+	clear(b[:journalRecLen])
+	copy(b, journalMagic)
+	b[4] = journalVersion
+	binary.BigEndian.PutUint64(b[8:], r.seq)
+	copy(b[16:32], r.file[:])
+	binary.BigEndian.PutUint64(b[32:], uint64(r.at))
+	binary.BigEndian.PutUint64(b[40:], uint64(r.n))
+	binary.BigEndian.PutUint64(b[48:], uint64(r.cut))
+	binary.BigEndian.PutUint64(b[56:], uint64(r.min))
+	binary.BigEndian.PutUint64(b[64:], uint64(r.max))
+	binary.BigEndian.PutUint16(b[72:], uint16(len(r.hint)))
+	copy(b[journalRecLen:], r.hint)
+	binary.BigEndian.PutUint32(b[76:], journalChecksum(b))
+	return b
+}
+
+func journalChecksum(b []byte) uint32 {
+	return crc32.Update(crc32.Checksum(b[:76], castagnoli), castagnoli, b[journalRecLen:])
+}
+
+func parseJournalRecord(b []byte) (journalRecord, bool) {
+	var r journalRecord
+	if len(b) < journalRecLen || string(b[:4]) != journalMagic || b[4] != journalVersion {
+		return r, false
+	}
+	hl := int(binary.BigEndian.Uint16(b[72:]))
+	if hl > journalMaxHint || len(b) < journalRecLen+hl {
+		return r, false
+	}
+	b = b[:journalRecLen+hl]
+	if binary.BigEndian.Uint32(b[76:]) != journalChecksum(b) {
+		return r, false
+	}
+	r.seq = binary.BigEndian.Uint64(b[8:])
+	copy(r.file[:], b[16:32])
+	r.at = int64(binary.BigEndian.Uint64(b[32:]))
+	r.n = int64(binary.BigEndian.Uint64(b[40:]))
+	r.cut = int64(binary.BigEndian.Uint64(b[48:]))
+	r.min = int64(binary.BigEndian.Uint64(b[56:]))
+	r.max = int64(binary.BigEndian.Uint64(b[64:]))
+	r.hint = string(b[journalRecLen:])
+	if r.at < 0 || r.n < 0 || r.min < 0 || r.max < r.min || r.cut < -1 {
+		return r, false
+	}
+	return r, true
+}
+
+// JournalHinter is an optional interface of a Backing: the path of the
+// file relative to the cipher dir, recorded with each journal record so
+// that Journal.RecoverFiles finds the file at mount time.
+type JournalHinter interface {
+	JournalHint() string
+}
+
+// ErrJournalBusy is returned by OpenJournal when another process holds the
+// journal: the cipher dir is mounted read-write elsewhere.
+var ErrJournalBusy = errors.New("journal is in use by another process (is the cipher dir mounted elsewhere?)")
+
+// OpenJournal opens (creating it if needed) the journal directory dir,
+// locks it against other processes, and keeps the records that an earlier
+// process left behind as pending. slots is the number of changes that can
+// be in flight at once; 0 means DefaultJournalSlots.
+func OpenJournal(dir string, slots int) (*Journal, error) {
+	if slots <= 0 {
+		slots = DefaultJournalSlots
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return nil, fmt.Errorf("envelope: journal: %w", err)
+	}
+	lock, err := os.Open(dir)
+	if err != nil {
+		return nil, fmt.Errorf("envelope: journal: %w", err)
+	}
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		lock.Close()
+		if err == unix.EWOULDBLOCK {
+			return nil, fmt.Errorf("envelope: %s: %w", dir, ErrJournalBusy)
+		}
+		return nil, fmt.Errorf("envelope: journal: lock %s: %w", dir, err)
+	}
+	j := &Journal{dir: dir, lock: lock, free: make(chan *journalSlot, slots), pending: map[FileID][]journalPending{}}
+	if err := j.load(); err != nil {
+		lock.Close()
+		return nil, err
+	}
+	for i := range slots {
+		j.free <- &journalSlot{idx: i}
+	}
+	return j, nil
+}
+
+// load turns every record left in the directory into a pending one and
+// removes the files that hold none.
+func (j *Journal) load() error {
+	ents, err := os.ReadDir(j.dir)
+	if err != nil {
+		return fmt.Errorf("envelope: journal: %w", err)
+	}
+	var maxSeq uint64
+	for _, e := range ents {
+		name := e.Name()
+		p := filepath.Join(j.dir, name)
+		if !e.Type().IsRegular() || !(strings.HasPrefix(name, "slot-") || strings.HasPrefix(name, "pending-")) {
+			continue
+		}
+		rec, ok, err := readJournalRecord(p)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			if err := os.Remove(p); err != nil {
+				return fmt.Errorf("envelope: journal: %w", err)
+			}
+			continue
+		}
+		if strings.HasPrefix(name, "slot-") {
+			var rnd [8]byte
+			if _, err := rand.Read(rnd[:]); err != nil {
+				return fmt.Errorf("envelope: journal: %w", err)
+			}
+			np := filepath.Join(j.dir, "pending-"+hex.EncodeToString(rnd[:]))
+			if err := os.Rename(p, np); err != nil {
+				return fmt.Errorf("envelope: journal: %w", err)
+			}
+			p = np
+		}
+		j.pending[rec.file] = append(j.pending[rec.file], journalPending{path: p, rec: rec})
+		maxSeq = max(maxSeq, rec.seq)
+	}
+	j.seq.Store(maxSeq)
+	return nil
+}
+
+func readJournalRecord(path string) (journalRecord, bool, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return journalRecord{}, false, fmt.Errorf("envelope: journal: %w", err)
+	}
+	defer f.Close()
+	var b [journalBodyOff]byte
+	if _, err := f.ReadAt(b[:], 0); err != nil && err != io.EOF {
+		return journalRecord{}, false, fmt.Errorf("envelope: journal: %w", err)
+	}
+	rec, ok := parseJournalRecord(b[:])
+	return rec, ok, nil
+}
+
+// Pending returns the number of records left by an earlier process that
+// have not been applied yet.
+func (j *Journal) Pending() int {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	n := 0
+	for _, ps := range j.pending {
+		n += len(ps)
+	}
+	return n
+}
+
+// Close closes the slot files and releases the lock. Changes must not be
+// in flight; the Journal must not be used afterwards.
+func (j *Journal) Close() error {
+	j.mu.Lock()
+	if j.closed {
+		j.mu.Unlock()
+		return nil
+	}
+	j.closed = true
+	j.mu.Unlock()
+	for {
+		select {
+		case s := <-j.free:
+			if s.f != nil {
+				s.f.Close()
+			}
+		default:
+			return j.lock.Close()
+		}
+	}
+}
+
+// begin records rec with its body in a free slot (waiting for one) and
+// returns the slot, to be handed to end once the change is done.
+func (j *Journal) begin(rec *journalRecord, body []byte) (*journalSlot, error) {
+	s := <-j.free
+	if s.f == nil {
+		f, err := os.OpenFile(filepath.Join(j.dir, fmt.Sprintf("slot-%d", s.idx)), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+		if err != nil {
+			j.free <- s
+			return nil, fmt.Errorf("envelope: journal: %w", err)
+		}
+		s.f = f
+	}
+	rec.seq = j.seq.Add(1)
+	rec.n = int64(len(body))
+	if len(body) > 0 {
+		if _, err := s.f.WriteAt(body, journalBodyOff); err != nil {
+			j.free <- s
+			return nil, fmt.Errorf("envelope: journal: %w", err)
+		}
+	}
+	if len(rec.hint) > journalMaxHint {
+		rec.hint = ""
+	}
+	var b [journalBodyOff]byte
+	if _, err := s.f.WriteAt(rec.marshal(b[:]), 0); err != nil {
+		j.end(s, len(body))
+		return nil, fmt.Errorf("envelope: journal: %w", err)
+	}
+	return s, nil
+}
+
+// end clears the slot's record and frees the slot.
+func (j *Journal) end(s *journalSlot, bodyLen int) error {
+	var err error
+	if bodyLen > journalShrinkAbove {
+		err = s.f.Truncate(0)
+	} else {
+		var zero [4]byte
+		_, err = s.f.WriteAt(zero[:], 0)
+	}
+	if err != nil {
+		// A record that cannot be cleared must not be applied later:
+		// try to remove the whole slot file.
+		if rerr := os.Remove(s.f.Name()); rerr == nil || errors.Is(rerr, os.ErrNotExist) {
+			err = nil
+		}
+		s.f.Close()
+		s.f = nil
+	}
+	j.free <- s
+	if err != nil {
+		return fmt.Errorf("envelope: journal: clear record: %w", err)
+	}
+	return nil
+}
+
+// recover applies the pending records of file id to b, oldest first, and
+// removes them. A record whose size range does not match b (the file was
+// changed or replaced since) is dropped without being applied. It reports
+// whether it changed b.
+func (j *Journal) recover(id FileID, b Backing) (bool, error) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	ps := j.pending[id]
+	if len(ps) == 0 {
+		return false, nil
+	}
+	slices.SortFunc(ps, func(a, b journalPending) int { return cmp.Compare(a.rec.seq, b.rec.seq) })
+	changed := false
+	for k, p := range ps {
+		fi, err := b.Stat()
+		if err != nil {
+			j.pending[id] = ps[k:]
+			return changed, fmt.Errorf("envelope: journal: stat: %w", err)
+		}
+		if size := fi.Size(); size >= p.rec.min && size <= p.rec.max {
+			if err := applyJournal(p, b); err != nil {
+				j.pending[id] = ps[k:]
+				return changed, err
+			}
+			changed = true
+		}
+		if err := os.Remove(p.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			j.pending[id] = ps[k+1:]
+			return changed, fmt.Errorf("envelope: journal: %w", err)
+		}
+	}
+	delete(j.pending, id)
+	return changed, nil
+}
+
+func applyJournal(p journalPending, b Backing) error {
+	f, err := os.Open(p.path)
+	if err != nil {
+		return fmt.Errorf("envelope: journal: %w", err)
+	}
+	defer f.Close()
+	body := make([]byte, p.rec.n)
+	if _, err := f.ReadAt(body, journalBodyOff); err != nil {
+		return fmt.Errorf("envelope: journal: read record body: %w", err)
+	}
+	if len(body) > 0 {
+		if _, err := b.WriteAt(body, p.rec.at); err != nil {
+			return fmt.Errorf("envelope: journal: replay write at %d: %w", p.rec.at, err)
+		}
+	}
+	if p.rec.cut >= 0 {
+		if err := b.Truncate(p.rec.cut); err != nil {
+			return fmt.Errorf("envelope: journal: replay truncate to %d: %w", p.rec.cut, err)
+		}
+	}
+	if err := b.Sync(); err != nil {
+		return fmt.Errorf("envelope: journal: sync after replay: %w", err)
+	}
+	return nil
+}
+
+// RecoverFiles applies, at mount time, the pending records whose file is
+// still where the record says (relative to the cipher dir dir, holding the
+// record's file ID in a header slot of layout l). The others stay pending
+// until Volume.Open meets their file. It returns the number of records
+// applied and the first error; an error leaves the record pending.
+func (j *Journal) RecoverFiles(dir string, l Layout) (int, error) {
+	j.mu.Lock()
+	hints := map[FileID]string{}
+	for id, ps := range j.pending {
+		for _, p := range ps {
+			if p.rec.hint != "" {
+				hints[id] = p.rec.hint
+			}
+		}
+	}
+	j.mu.Unlock()
+	if len(hints) == 0 {
+		return 0, nil
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return 0, fmt.Errorf("envelope: journal: %w", err)
+	}
+	defer root.Close()
+	applied := 0
+	var firstErr error
+	for id, hint := range hints {
+		n, err := j.recoverAt(root, hint, id, l)
+		applied += n
+		if err != nil && firstErr == nil {
+			firstErr = fmt.Errorf("envelope: journal: recover %s: %w", hint, err)
+		}
+	}
+	return applied, firstErr
+}
+
+func (j *Journal) recoverAt(root *os.Root, hint string, id FileID, l Layout) (int, error) {
+	f, err := root.OpenFile(hint, os.O_RDWR|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return 0, nil // gone or moved: Volume.Open recovers it if it is met
+	}
+	defer f.Close()
+	raw := make([]byte, l.HeaderSize())
+	if _, err := f.ReadAt(raw, 0); err != nil {
+		return 0, nil
+	}
+	for k := range 2 {
+		if h, err := ParseHeaderSlot(l, raw[k*l.slotSize:(k+1)*l.slotSize]); err == nil && h.File == id {
+			j.mu.Lock()
+			n := len(j.pending[id])
+			j.mu.Unlock()
+			if _, err := j.recover(id, f); err != nil {
+				return 0, err
+			}
+			return n, nil
+		}
+	}
+	return 0, nil
+}

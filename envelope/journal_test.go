@@ -1,0 +1,242 @@
+package envelope_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/kmsfs/kmsfs/envelope"
+	"github.com/kmsfs/kmsfs/internal/memfile"
+	"github.com/kmsfs/kmsfs/keysource"
+)
+
+// errCrash is what a killBacking panics with when the process "dies".
+var errCrash = errors.New("process killed")
+
+// killBacking simulates a SIGKILL of the process during a change to the
+// cipher file: at mutation number at (counting WriteAt and Truncate calls)
+// it does what the kernel does to a buffered write cut short by a fatal
+// signal — keeps a prefix that ends on a page boundary — and panics.
+type killBacking struct {
+	*memfile.File
+	at, n int
+	cut   func(lo, hi int64) int64 // chooses the page boundary the write stops at
+}
+
+func (k *killBacking) WriteAt(p []byte, off int64) (int, error) {
+	k.n++
+	if k.n == k.at {
+		c := k.cut(off, off+int64(len(p)))
+		k.File.WriteAt(p[:c-off], off)
+		panic(errCrash)
+	}
+	return k.File.WriteAt(p, off)
+}
+
+func (k *killBacking) Truncate(n int64) error {
+	k.n++
+	if k.n == k.at {
+		panic(errCrash)
+	}
+	return k.File.Truncate(n)
+}
+
+// crashed runs op and reports whether it was killed.
+func crashed(op func() error) (killed bool, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			if r != errCrash {
+				panic(r)
+			}
+			killed = true
+		}
+	}()
+	return false, op()
+}
+
+func fileBytes(t *testing.T, f *envelope.File) ([]byte, error) {
+	t.Helper()
+	got := make([]byte, f.Size())
+	if _, err := f.ReadAt(got, 0); err != nil && err != io.EOF {
+		return nil, err
+	}
+	return got, nil
+}
+
+// TestJournalCrashLeavesOldOrNew kills a write or truncate at a random
+// page boundary of a random system call and checks that, after the journal
+// is reopened and the file opened, the file holds exactly its contents
+// before or after the operation. Without the journal the same cuts leave
+// blocks that fail to authenticate: the test counts those too, to show
+// the cuts hit.
+func TestJournalCrashLeavesOldOrNew(t *testing.T) {
+	for _, bs := range []int{4096, 65536} {
+		t.Run(fmt.Sprintf("bs=%d", bs), func(t *testing.T) {
+			seed := uint64(time.Now().UnixNano())
+			if *diffSeed != 0 {
+				seed = *diffSeed
+			}
+			t.Logf("seed %d (rerun with -seed %d)", seed, seed)
+			r := seeded(seed)
+			const rounds = 400
+			var kills, tornWithout, sawOld, sawNew int
+			for round := range rounds {
+				dir := filepath.Join(t.TempDir(), "journal")
+				j, err := envelope.OpenJournal(dir, 4)
+				if err != nil {
+					t.Fatal(err)
+				}
+				v := newVolume(t, bs, func(o *envelope.Options) { o.Journal = j })
+				dk := dataKey(byte(round))
+				mem := &memfile.File{}
+				kb := &killBacking{File: mem}
+				f, err := v.Create(kb, dk, []keysource.Stanza{clearStanza(dk)})
+				if err != nil {
+					t.Fatal(err)
+				}
+				// Some contents, written without a crash.
+				model := fill(int(r.Uint64()%uint64(4*bs)), r.Uint64())
+				if _, err := f.WriteAt(model, 0); err != nil {
+					t.Fatal(err)
+				}
+				before := bytes.Clone(model)
+				after := bytes.Clone(model)
+				var op func() error
+				switch r.Uint64() % 3 {
+				case 0, 1:
+					off := int64(r.Uint64() % uint64(len(model)+2*bs))
+					p := fill(1+int(r.Uint64()%uint64(3*bs)), r.Uint64())
+					if end := off + int64(len(p)); end > int64(len(after)) {
+						after = append(after, make([]byte, end-int64(len(after)))...)
+					}
+					copy(after[off:], p)
+					op = func() error { _, err := f.WriteAt(p, off); return err }
+				default:
+					size := int64(r.Uint64() % uint64(len(model)+2*bs))
+					if size < int64(len(after)) {
+						after = after[:size]
+					} else {
+						after = append(after, make([]byte, size-int64(len(after)))...)
+					}
+					op = func() error { return f.Truncate(size) }
+				}
+				kb.n, kb.at = 0, 1+int(r.Uint64()%3)
+				kb.cut = func(lo, hi int64) int64 {
+					first := (lo/4096 + 1) * 4096
+					if first >= hi {
+						return lo + int64(r.Uint64()%2)*(hi-lo) // within one page: all or nothing
+					}
+					return first + int64(r.Uint64()%uint64((hi-1-first)/4096+1))*4096
+				}
+				killed, err := crashed(op)
+				if err != nil {
+					t.Fatalf("round %d: %v", round, err)
+				}
+				if !killed {
+					continue
+				}
+				kills++
+				// What a reader without the journal would see.
+				plain := newVolume(t, bs)
+				if g, err := plain.Open(context.Background(), memfile.New(mem.Bytes()), &clearKeys{}); err != nil {
+					tornWithout++
+				} else if got, err := fileBytes(t, g); err != nil || (!bytes.Equal(got, before) && !bytes.Equal(got, after)) {
+					tornWithout++
+				}
+
+				// The process is gone; a new one opens the journal.
+				j.Close()
+				j2, err := envelope.OpenJournal(dir, 4)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if j2.Pending() != 1 {
+					t.Fatalf("round %d: %d pending records after a kill, want 1", round, j2.Pending())
+				}
+				v2 := newVolume(t, bs, func(o *envelope.Options) { o.Journal = j2 })
+				g, err := v2.Open(context.Background(), mem, &clearKeys{})
+				if err != nil {
+					t.Fatalf("round %d: open after kill: %v", round, err)
+				}
+				got, err := fileBytes(t, g)
+				switch {
+				case err != nil:
+					t.Fatalf("round %d: read after kill: %v", round, err)
+				case bytes.Equal(got, after):
+					sawNew++
+				case bytes.Equal(got, before):
+					sawOld++
+				default:
+					t.Fatalf("round %d: after the kill the file is neither its old (%d bytes) nor its new (%d bytes) contents (%d bytes)", round, len(before), len(after), len(got))
+				}
+				if j2.Pending() != 0 {
+					t.Fatalf("round %d: %d records still pending after open", round, j2.Pending())
+				}
+				// The file keeps working.
+				if _, err := g.WriteAt([]byte("x"), 0); err != nil {
+					t.Fatal(err)
+				}
+				j2.Close()
+			}
+			t.Logf("%d rounds, %d kills: %d old, %d new; without the journal %d would have been neither", rounds, kills, sawOld, sawNew, tornWithout)
+			if kills < rounds/4 || tornWithout == 0 || sawOld == 0 || sawNew == 0 {
+				t.Fatalf("the kills did not exercise the journal: %d kills, %d torn without it, %d old, %d new", kills, tornWithout, sawOld, sawNew)
+			}
+		})
+	}
+}
+
+// TestJournalCleanRunLeavesNothing: writes and truncates that complete
+// leave no record behind, and the slot files hold no large bodies.
+func TestJournalCleanRunLeavesNothing(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "journal")
+	j, err := envelope.OpenJournal(dir, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := newVolume(t, 4096, func(o *envelope.Options) { o.Journal = j })
+	f, b := newFile(t, v, dataKey(1))
+	want := fill(3<<20, 7)
+	if _, err := f.WriteAt(want, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(want[:1<<20], 100); err != nil { // overwrite
+		t.Fatal(err)
+	}
+	copy(want[100:], want[:1<<20])
+	if err := f.Truncate(12345); err != nil {
+		t.Fatal(err)
+	}
+	want = want[:12345]
+	if _, err := f.WriteAt([]byte("tail"), 20000); err != nil { // past the end, with a gap
+		t.Fatal(err)
+	}
+	want = append(append(want, make([]byte, 20000-len(want))...), "tail"...)
+	if _, err := envelope.OpenJournal(dir, 2); !errors.Is(err, envelope.ErrJournalBusy) {
+		t.Fatalf("second OpenJournal of a journal in use: %v, want ErrJournalBusy", err)
+	}
+	j.Close()
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		fi, _ := e.Info()
+		if fi.Size() > 64<<10 {
+			t.Errorf("slot %s keeps %d bytes after use", e.Name(), fi.Size())
+		}
+	}
+	j2, err := envelope.OpenJournal(dir, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j2.Close()
+	if n := j2.Pending(); n != 0 {
+		t.Fatalf("%d records pending after a clean run", n)
+	}
+	g := reopen(t, newVolume(t, 4096, func(o *envelope.Options) { o.Journal = j2 }), b)
+	readAll(t, g, want)
+}
