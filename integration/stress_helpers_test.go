@@ -55,8 +55,9 @@ type sxVolume struct {
 	vid    envelope.VolumeID
 	log    *sxLogBuffer
 
-	srv *fuse.Server       // nil while unmounted
-	mgr *keysource.Manager // nil while unmounted
+	srv     *fuse.Server       // nil while unmounted
+	mgr     *keysource.Manager // nil while unmounted
+	journal *envelope.Journal  // nil while unmounted
 }
 
 // sxNeedFUSE skips the test without /dev/fuse, or fails it under CI=true.
@@ -113,7 +114,12 @@ func (v *sxVolume) mount() {
 	if err != nil {
 		v.t.Fatal(err)
 	}
-	vol, err := envelope.NewVolume(envelope.Options{Layout: layout, Volume: v.vid})
+	// With a write journal, as kmsfs mount has.
+	j, err := envelope.OpenJournal(filepath.Join(v.Cipher, kfs.JournalName), 0)
+	if err != nil {
+		v.t.Fatal(err)
+	}
+	vol, err := envelope.NewVolume(envelope.Options{Layout: layout, Volume: v.vid, Journal: j})
 	if err != nil {
 		v.t.Fatal(err)
 	}
@@ -131,25 +137,32 @@ func (v *sxVolume) mount() {
 	srv, err := kfs.Mount(v.Mnt, o, kfs.MountOptions("kmsfs-test", []string{"default_permissions"}, true))
 	if err != nil {
 		mgr.Close()
+		j.Close()
 		v.t.Fatalf("mount %s: %v", v.Mnt, err)
 	}
-	v.srv, v.mgr = srv, mgr
+	v.srv, v.mgr, v.journal = srv, mgr, j
 }
 
 // unmount unmounts the volume, bounded by sxMountTimeout, and closes its
 // Manager. Every descriptor into the mount must be closed.
 func (v *sxVolume) unmount() error {
-	srv, mgr := v.srv, v.mgr
-	v.srv, v.mgr = nil, nil
+	srv, mgr, j := v.srv, v.mgr, v.journal
+	v.srv, v.mgr, v.journal = nil, nil, nil
 	done := make(chan error, 1)
-	go func() { done <- srv.Unmount() }()
+	go func() {
+		err := srv.Unmount()
+		if err == nil {
+			srv.Wait()
+		}
+		done <- err
+	}()
 	defer mgr.Close()
 	select {
 	case err := <-done:
 		if err != nil {
 			return fmt.Errorf("unmount %s: %w", v.Mnt, err)
 		}
-		return nil
+		return j.Close()
 	case <-time.After(sxMountTimeout):
 		return fmt.Errorf("unmount %s: not done after %v", v.Mnt, sxMountTimeout)
 	}
