@@ -31,11 +31,31 @@ soak: build $(BIN)/local-kms
 
 # The envelope benchmarks, each run BENCH_COUNT times; the table shows
 # medians. Compare two runs with: bin/benchstat old.txt out/bench-envelope.txt
+# Then the filesystem benchmark, bench-fs below.
 bench: $(BIN)/benchstat
 	@mkdir -p out
 	$(GO) test -run '^$$' -bench . -benchmem -count $(BENCH_COUNT) ./envelope/ | tee out/bench-envelope.txt
 	@echo
 	@$(GO) run ./envelope/internal/benchtable < out/bench-envelope.txt | tee out/bench-envelope-table.txt
+	@echo
+	@$(MAKE) --no-print-directory bench-fs
+
+# The filesystem benchmark of issue 6 (needs root): kmsfs against a plain
+# go-fuse loopback with passthrough off, backing dirs on a tmpfs, medians of
+# BENCH_ROUNDS (3) alternating rounds. BENCH_PHASES=seq,rand,small,untar,
+# small-kms10ms,untar-kms10ms runs a subset, BENCH_QUICK=1 a small smoke run,
+# KMSFS_MOUNT_FLAGS adds flags to `kmsfs mount`. Writes out/bench-fs.json and
+# out/bench-fs-table.txt.
+.PHONY: bench-fs fio
+bench-fs: build $(BIN)/local-kms fio
+	@mkdir -p out
+	$(GO) build -o $(BIN)/loopbackfs ./internal/loopbackfs
+	$(GO) build -o $(BIN)/fsbench ./internal/fsbench
+	$(BIN)/fsbench -kmsfs $(BIN)/kmsfs -loopbackfs $(BIN)/loopbackfs -out out
+
+# fio from the Debian archive, installed on first use.
+fio:
+	@command -v fio >/dev/null || { export DEBIAN_FRONTEND=noninteractive; apt-get install -y fio || { apt-get update && apt-get install -y fio; }; }
 
 # Start the bundled KMS emulator on loopback, init and mount a demo volume,
 # show a file and its ciphertext. `make demo-stop` tears it down.

@@ -295,6 +295,9 @@ func runMount(ctx context.Context, f *mountFlags, cipherDir, mnt string) (err er
 			log.WithError(err).Error("unmount failed (busy?): unmount with kmsfs unmount once files are closed")
 		}
 	}()
+	if stop := startProfile(log); stop != nil {
+		defer stop()
+	}
 	srv.Wait()
 	log.Info("unmounted")
 	return nil

@@ -1,0 +1,33 @@
+package main
+
+import (
+	"os"
+	"runtime/pprof"
+
+	"github.com/sirupsen/logrus"
+)
+
+// startProfile writes a CPU profile of the mounted daemon to the file
+// KMSFS_CPUPROFILE names, if set, until the returned function is called
+// (at unmount). It is for performance work (docs/PERFORMANCE.md); the
+// profile holds function names and sample counts, no file data or keys.
+func startProfile(log *logrus.Entry) func() {
+	path := os.Getenv("KMSFS_CPUPROFILE")
+	if path == "" {
+		return nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		log.WithError(err).Warn("KMSFS_CPUPROFILE: cannot create the profile")
+		return nil
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		log.WithError(err).Warn("KMSFS_CPUPROFILE: cannot start profiling")
+		return nil
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}
+}

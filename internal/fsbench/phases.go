@@ -1,0 +1,320 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Units of a phase's value.
+const (
+	unitMBps = "MB/s" // 10^6 bytes per second, higher is better
+	unitIOPS = "IOPS" // higher is better
+	unitSec  = "s"    // wall time, lower is better
+)
+
+// fioLimit bounds one fio run: far above any phase on a working mount.
+const fioLimit = 10 * time.Minute
+
+// phase is one measured step of a group.
+type phase struct {
+	key   string // stable name in the JSON output
+	label string // row label in the table
+	unit  string
+	drop  bool // drop the kernel caches first (a cold phase)
+	// run does the work in dir (inside the mount). For unitSec phases
+	// the value is the wall time of run and the returned value is
+	// ignored.
+	run func(ctx context.Context, r *groupRun) (value float64, detail map[string]float64, err error)
+}
+
+// group is a sequence of phases run on one fresh mount per filesystem
+// and round; setup (not measured) prepares the mount first.
+type group struct {
+	name    string
+	setup   func(ctx context.Context, r *groupRun) error
+	phases  []phase
+	slowKMS bool   // kmsfs only, its volume behind the 10 ms proxy
+	base    string // slowKMS: the group whose loopback samples stand in
+}
+
+// groupRun is one run of a group on one filesystem.
+type groupRun struct {
+	b     *bench
+	fs    string // fsKmsfs or fsLoop
+	round int
+	dir   string // the mount point
+}
+
+// groups returns every group in the order they run.
+func (b *bench) groups() []group {
+	s := b.sizes
+	seq := group{name: "seq", phases: []phase{
+		{key: "seq-write", label: fmt.Sprintf("seq write %s bs=1M", human(s.seq)), unit: unitMBps, run: b.seqWrite},
+		{key: "seq-read-cold", label: fmt.Sprintf("seq read %s bs=1M, cold", human(s.seq)), unit: unitMBps, drop: true, run: b.seqRead},
+	}}
+	rand := group{name: "rand", setup: b.randLayout, phases: []phase{
+		{key: "randread-1", label: "rand read 4K, 1 job, cold", unit: unitIOPS, drop: true, run: b.randIO("randread", 1)},
+		{key: "randread-4", label: "rand read 4K, 4 jobs, cold", unit: unitIOPS, drop: true, run: b.randIO("randread", 4)},
+		{key: "randwrite-1", label: "rand write 4K, 1 job", unit: unitIOPS, drop: true, run: b.randIO("randwrite", 1)},
+		{key: "randwrite-4", label: "rand write 4K, 4 jobs", unit: unitIOPS, drop: true, run: b.randIO("randwrite", 4)},
+	}}
+	n := s.smallDirs * s.smallPerDir
+	small := []phase{
+		{key: "small-create", label: fmt.Sprintf("create %d x 4K files", n), unit: unitSec, run: b.smallCreate},
+		{key: "small-read-cold", label: fmt.Sprintf("read %d files, cold", n), unit: unitSec, drop: true, run: b.smallRead},
+		{key: "small-remove", label: fmt.Sprintf("remove %d files", n), unit: unitSec, run: b.smallRemove},
+	}
+	untar := []phase{
+		{key: "untar", label: "untar " + b.tarName, unit: unitSec, run: b.untar},
+		{key: "find", label: "find | wc -l, cold", unit: unitSec, drop: true, run: b.find},
+		{key: "du", label: "du -s, cold", unit: unitSec, drop: true, run: b.du},
+		{key: "rm-rf", label: "rm -rf", unit: unitSec, run: b.rmrf},
+	}
+	return []group{
+		seq, rand,
+		{name: "small", phases: small},
+		{name: "untar", phases: untar},
+		{name: "small-kms10ms", phases: withSlowKMS(small), slowKMS: true, base: "small"},
+		{name: "untar-kms10ms", phases: withSlowKMS(untar), slowKMS: true, base: "untar"},
+	}
+}
+
+func withSlowKMS(ps []phase) []phase {
+	out := make([]phase, len(ps))
+	for i, p := range ps {
+		p.key += "-kms10ms"
+		p.label += ", KMS +10ms"
+		out[i] = p
+	}
+	return out
+}
+
+// human renders a byte count as "1 GiB" or "128 MiB".
+func human(n int64) string {
+	if n >= 1<<30 && n%(1<<30) == 0 {
+		return fmt.Sprintf("%d GiB", n>>30)
+	}
+	return fmt.Sprintf("%d MiB", n>>20)
+}
+
+func (b *bench) seqWrite(ctx context.Context, r *groupRun) (float64, map[string]float64, error) {
+	_, w, err := runFio(ctx, b.work, fioLimit, "--name=seqwrite", "--filename="+filepath.Join(r.dir, "seq.dat"),
+		"--rw=write", "--bs=1M", "--size="+strconv.FormatInt(b.sizes.seq, 10), "--end_fsync=1")
+	if err != nil {
+		return 0, nil, err
+	}
+	return w.BWBytes / 1e6, map[string]float64{"io_bytes": float64(w.IOBytes), "ios": float64(w.TotalIOs)}, nil
+}
+
+func (b *bench) seqRead(ctx context.Context, r *groupRun) (float64, map[string]float64, error) {
+	rd, _, err := runFio(ctx, b.work, fioLimit, "--name=seqread", "--filename="+filepath.Join(r.dir, "seq.dat"),
+		"--rw=read", "--bs=1M", "--size="+strconv.FormatInt(b.sizes.seq, 10))
+	if err != nil {
+		return 0, nil, err
+	}
+	if rd.IOBytes != b.sizes.seq {
+		return 0, nil, fmt.Errorf("fio read %d bytes, want %d", rd.IOBytes, b.sizes.seq)
+	}
+	return rd.BWBytes / 1e6, map[string]float64{"io_bytes": float64(rd.IOBytes), "ios": float64(rd.TotalIOs)}, nil
+}
+
+// randFiles names the random-I/O files: fio job clone k uses rand.k.
+func randFiles(dir string) []string {
+	return []string{"--directory=" + dir, "--filename_format=rand.$jobnum"}
+}
+
+// randLayout writes the four files the random phases use (job 0 alone
+// uses rand.0).
+func (b *bench) randLayout(ctx context.Context, r *groupRun) error {
+	args := append(randFiles(r.dir), "--name=layout", "--rw=write", "--bs=1M",
+		"--size="+strconv.FormatInt(b.sizes.rand, 10), "--numjobs=4", "--end_fsync=1")
+	_, w, err := runFio(ctx, b.work, fioLimit, args...)
+	if err == nil && w.IOBytes != 4*b.sizes.rand {
+		err = fmt.Errorf("layout wrote %d bytes, want %d", w.IOBytes, 4*b.sizes.rand)
+	}
+	return err
+}
+
+// randIO returns a phase running fio's rw (randread or randwrite) with 4
+// KiB blocks and jobs jobs, each on its own laid-out file, for the
+// configured time. fio's random map makes every pass over a file touch
+// each block once, and on a read fio advises the kernel of random access
+// (no read-ahead).
+func (b *bench) randIO(rw string, jobs int) func(context.Context, *groupRun) (float64, map[string]float64, error) {
+	return func(ctx context.Context, r *groupRun) (float64, map[string]float64, error) {
+		args := append(randFiles(r.dir), "--name="+rw, "--rw="+rw, "--bs=4k",
+			"--size="+strconv.FormatInt(b.sizes.rand, 10), "--numjobs="+strconv.Itoa(jobs),
+			"--time_based", "--runtime="+strconv.Itoa(int(b.sizes.randTime/time.Second)))
+		if rw == "randwrite" {
+			args = append(args, "--end_fsync=1")
+		}
+		rd, w, err := runFio(ctx, b.work, fioLimit, args...)
+		if err != nil {
+			return 0, nil, err
+		}
+		st := rd
+		if rw == "randwrite" {
+			st = w
+		}
+		if st.TotalIOs == 0 {
+			return 0, nil, fmt.Errorf("fio %s did no I/O", rw)
+		}
+		return st.IOPS, map[string]float64{"ios": float64(st.TotalIOs), "io_bytes": float64(st.IOBytes)}, nil
+	}
+}
+
+// smallSize is the size of every file of the small-file phases.
+const smallSize = 4096
+
+// smallContent returns file i's content: a fixed random block with i in
+// its first 8 bytes, so a read checks it got its own file.
+func (b *bench) smallContent(i int) []byte {
+	buf := bytes.Clone(b.smallBlock)
+	binary.LittleEndian.PutUint64(buf, uint64(i))
+	return buf
+}
+
+func (b *bench) smallPath(dir string, d, f int) string {
+	return filepath.Join(dir, "small", fmt.Sprintf("d%02d", d), fmt.Sprintf("f%03d", f))
+}
+
+// smallCreate writes smallDirs directories of smallPerDir files, in this
+// process so that no process start-up is measured.
+func (b *bench) smallCreate(ctx context.Context, r *groupRun) (float64, map[string]float64, error) {
+	if err := os.Mkdir(filepath.Join(r.dir, "small"), 0o755); err != nil {
+		return 0, nil, err
+	}
+	for d := range b.sizes.smallDirs {
+		if err := ctx.Err(); err != nil {
+			return 0, nil, err
+		}
+		if err := os.Mkdir(filepath.Dir(b.smallPath(r.dir, d, 0)), 0o755); err != nil {
+			return 0, nil, err
+		}
+		for f := range b.sizes.smallPerDir {
+			if err := os.WriteFile(b.smallPath(r.dir, d, f), b.smallContent(d*b.sizes.smallPerDir+f), 0o644); err != nil {
+				return 0, nil, err
+			}
+		}
+	}
+	return 0, nil, nil
+}
+
+// smallRead reads every small file back and checks its content.
+func (b *bench) smallRead(ctx context.Context, r *groupRun) (float64, map[string]float64, error) {
+	for d := range b.sizes.smallDirs {
+		if err := ctx.Err(); err != nil {
+			return 0, nil, err
+		}
+		for f := range b.sizes.smallPerDir {
+			p := b.smallPath(r.dir, d, f)
+			got, err := os.ReadFile(p)
+			if err != nil {
+				return 0, nil, err
+			}
+			if !bytes.Equal(got, b.smallContent(d*b.sizes.smallPerDir+f)) {
+				return 0, nil, fmt.Errorf("%s: wrong content (%d bytes)", p, len(got))
+			}
+		}
+	}
+	return 0, nil, nil
+}
+
+// smallRemove removes every small file by name, then the directories.
+func (b *bench) smallRemove(ctx context.Context, r *groupRun) (float64, map[string]float64, error) {
+	for d := range b.sizes.smallDirs {
+		if err := ctx.Err(); err != nil {
+			return 0, nil, err
+		}
+		for f := range b.sizes.smallPerDir {
+			if err := os.Remove(b.smallPath(r.dir, d, f)); err != nil {
+				return 0, nil, err
+			}
+		}
+		if err := os.Remove(filepath.Dir(b.smallPath(r.dir, d, 0))); err != nil {
+			return 0, nil, err
+		}
+	}
+	return 0, nil, os.Remove(filepath.Join(r.dir, "small"))
+}
+
+// shell runs a command line with bash in dir, bounded by ctx and fioLimit,
+// and returns its standard output.
+func shell(ctx context.Context, dir, line string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, fioLimit)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "bash", "-c", line)
+	cmd.Dir = dir
+	cmd.WaitDelay = 5 * time.Second
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("%s: %w\n%s", line, err, stderr.Bytes())
+	}
+	return string(out), nil
+}
+
+func (b *bench) untar(ctx context.Context, r *groupRun) (float64, map[string]float64, error) {
+	dir := filepath.Join(r.dir, "untar")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return 0, nil, err
+	}
+	_, err := shell(ctx, dir, "tar -xf "+shellQuote(b.tarPath))
+	return 0, nil, err
+}
+
+func (b *bench) find(ctx context.Context, r *groupRun) (float64, map[string]float64, error) {
+	out, err := shell(ctx, filepath.Join(r.dir, "untar"), "find . | wc -l")
+	if err != nil {
+		return 0, nil, err
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(out))
+	if err != nil {
+		return 0, nil, fmt.Errorf("find | wc -l: %q", out)
+	}
+	if n != b.tarEntries+1 { // find lists "." too
+		return 0, nil, fmt.Errorf("find listed %d names, the tar holds %d entries (+1 for .)", n, b.tarEntries)
+	}
+	return 0, map[string]float64{"names": float64(n)}, nil
+}
+
+func (b *bench) du(ctx context.Context, r *groupRun) (float64, map[string]float64, error) {
+	out, err := shell(ctx, filepath.Join(r.dir, "untar"), "du -s .")
+	if err != nil {
+		return 0, nil, err
+	}
+	kib, _ := strconv.ParseFloat(strings.Fields(out + " 0")[0], 64)
+	return 0, map[string]float64{"du_kib": kib}, nil
+}
+
+func (b *bench) rmrf(ctx context.Context, r *groupRun) (float64, map[string]float64, error) {
+	dir := filepath.Join(r.dir, "untar")
+	if _, err := shell(ctx, r.dir, "rm -rf "+shellQuote(dir)); err != nil {
+		return 0, nil, err
+	}
+	if _, err := os.Lstat(dir); !os.IsNotExist(err) {
+		return 0, nil, fmt.Errorf("rm -rf left %s behind (%v)", dir, err)
+	}
+	return 0, nil, nil
+}
+
+func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+
+// newSmallBlock returns the random base content of the small files.
+func newSmallBlock() []byte {
+	buf := make([]byte, smallSize)
+	for i := 0; i < len(buf); i += 8 {
+		binary.LittleEndian.PutUint64(buf[i:], rand.Uint64())
+	}
+	return buf
+}
