@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 )
 
 // WriteAt writes p at plaintext offset off, as io.WriterAt. Blocks that p
@@ -200,28 +201,75 @@ func (f *File) rewriteBlock(i, size int64, newLen int, last bool, cut int64) err
 // can leave a block that spans pages torn.
 func (f *File) store(sealed []byte, at, cut int64) error {
 	j := f.v.journal
-	if j == nil || f.inTx {
+	if j == nil {
+		// Reserve first, so that a full disk refuses the write before it
+		// changes anything.
+		if err := f.reserve(at, int64(len(sealed))); err != nil {
+			return err
+		}
+		return f.apply(sealed, at, cut)
+	}
+	if f.inTx {
 		return f.apply(sealed, at, cut)
 	}
 	before := f.stored
 	end := at + int64(len(sealed))
+	if cut < 0 && at/pageSize == (end-1)/pageSize {
+		// Within one page: the kernel writes it whole or not at all.
+		return f.apply(sealed, at, cut)
+	}
 	if end > before {
+		// If it fails, undoable puts the old bytes back.
 		return f.undoable(at, end, func() error { return f.apply(sealed, at, cut) })
 	}
-	// An overwrite: record the new bytes, to be written again.
+	// An overwrite: record the new bytes, to be written again. Over holes
+	// only (a preallocated or sparse file), record instead that the range
+	// is to be punched again, which undoes the write without a copy.
 	rec := journalRecord{file: f.header.File, at: at, cut: cut, min: before, max: before, hint: f.hint()}
 	if cut >= 0 {
 		rec.min = min(cut, before)
 	}
-	s, err := j.begin(&rec, sealed)
+	body := sealed
+	allHole, allData := false, false
+	if hf, ok := f.b.(HoleFinder); ok {
+		allHole, allData, _ = hf.Holes(at, int64(len(sealed)))
+	}
+	if !allData {
+		// Filling holes allocates: reserve, so a full disk refuses the
+		// write before it changes anything.
+		if err := f.reserve(at, int64(len(sealed))); err != nil {
+			return err
+		}
+	}
+	if allHole && cut < 0 {
+		rec.punch, rec.n, body = true, int64(len(sealed)), nil
+	}
+	s, err := j.begin(&rec, body)
 	if err != nil {
 		return err
 	}
 	err = f.apply(sealed, at, cut)
-	if eerr := j.end(s, len(sealed)); err == nil {
+	if err != nil && rec.punch {
+		applyJournal(journalPending{path: s.f.Name(), rec: rec}, f.b)
+	}
+	if eerr := j.end(s, len(body)); err == nil {
 		err = eerr
 	}
 	return err
+}
+
+// pageSize is the unit in which the kernel copies a write into the page
+// cache: a write killed by a signal stops at a multiple of it.
+var pageSize = int64(os.Getpagesize())
+
+// reserve allocates backing space for [at, at+n) if the backing can.
+func (f *File) reserve(at, n int64) error {
+	if r, ok := f.b.(Reserver); ok {
+		if err := r.Reserve(at, n); err != nil {
+			return fmt.Errorf("envelope: reserve space: %w", err)
+		}
+	}
+	return nil
 }
 
 // undoable runs change, which rewrites the cipher file from offset at on

@@ -87,6 +87,7 @@ type journalRecord struct {
 	at, n    int64
 	cut      int64
 	min, max int64
+	punch    bool   // instead of writing a body, punch a hole of n bytes at at
 	hint     string // where the file was, relative to the cipher dir; may be empty or stale
 }
 
@@ -100,6 +101,9 @@ func (r *journalRecord) marshal(b []byte) []byte {
 	clear(b[:journalRecLen])
 	copy(b, journalMagic)
 	b[4] = journalVersion
+	if r.punch {
+		b[5] = 1
+	}
 	binary.BigEndian.PutUint64(b[8:], r.seq)
 	copy(b[16:32], r.file[:])
 	binary.BigEndian.PutUint64(b[32:], uint64(r.at))
@@ -119,7 +123,7 @@ func journalChecksum(b []byte) uint32 {
 
 func parseJournalRecord(b []byte) (journalRecord, bool) {
 	var r journalRecord
-	if len(b) < journalRecLen || string(b[:4]) != journalMagic || b[4] != journalVersion {
+	if len(b) < journalRecLen || string(b[:4]) != journalMagic || b[4] != journalVersion || b[5] > 1 {
 		return r, false
 	}
 	hl := int(binary.BigEndian.Uint16(b[72:]))
@@ -138,6 +142,7 @@ func parseJournalRecord(b []byte) (journalRecord, bool) {
 	r.min = int64(binary.BigEndian.Uint64(b[56:]))
 	r.max = int64(binary.BigEndian.Uint64(b[64:]))
 	r.hint = string(b[journalRecLen:])
+	r.punch = b[5] == 1
 	if r.at < 0 || r.n < 0 || r.min < 0 || r.max < r.min || r.cut < -1 {
 		return r, false
 	}
@@ -291,7 +296,9 @@ func (j *Journal) begin(rec *journalRecord, body []byte) (*journalSlot, error) {
 		s.f = f
 	}
 	rec.seq = j.seq.Add(1)
-	rec.n = int64(len(body))
+	if !rec.punch {
+		rec.n = int64(len(body))
+	}
 	if len(body) > 0 {
 		if _, err := s.f.WriteAt(body, journalBodyOff); err != nil {
 			j.free <- s
@@ -301,8 +308,12 @@ func (j *Journal) begin(rec *journalRecord, body []byte) (*journalSlot, error) {
 	if len(rec.hint) > journalMaxHint {
 		rec.hint = ""
 	}
-	var b [journalBodyOff]byte
-	if _, err := s.f.WriteAt(rec.marshal(b[:]), 0); err != nil {
+	var small [512]byte
+	b := small[:]
+	if n := journalRecLen + len(rec.hint); n > len(b) {
+		b = make([]byte, n)
+	}
+	if _, err := s.f.WriteAt(rec.marshal(b), 0); err != nil {
 		j.end(s, len(body))
 		return nil, fmt.Errorf("envelope: journal: %w", err)
 	}
@@ -370,16 +381,21 @@ func (j *Journal) recover(id FileID, b Backing) (bool, error) {
 }
 
 func applyJournal(p journalPending, b Backing) error {
-	f, err := os.Open(p.path)
-	if err != nil {
-		return fmt.Errorf("envelope: journal: %w", err)
-	}
-	defer f.Close()
-	body := make([]byte, p.rec.n)
-	if _, err := f.ReadAt(body, journalBodyOff); err != nil {
-		return fmt.Errorf("envelope: journal: read record body: %w", err)
-	}
-	if len(body) > 0 {
+	if p.rec.punch {
+		if err := punch(b, p.rec.at, p.rec.n); err != nil {
+			return fmt.Errorf("envelope: journal: replay punch at %d: %w", p.rec.at, err)
+		}
+	} else if p.rec.n > 0 {
+		f, err := os.Open(p.path)
+		if err != nil {
+			return fmt.Errorf("envelope: journal: %w", err)
+		}
+		body := make([]byte, p.rec.n)
+		_, err = f.ReadAt(body, journalBodyOff)
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("envelope: journal: read record body: %w", err)
+		}
 		if _, err := b.WriteAt(body, p.rec.at); err != nil {
 			return fmt.Errorf("envelope: journal: replay write at %d: %w", p.rec.at, err)
 		}
@@ -395,6 +411,28 @@ func applyJournal(p journalPending, b Backing) error {
 	return nil
 }
 
+// punch makes [off, off+n) of b a hole again: deallocated if b can punch
+// holes, else written with zeros (an all-zero block reads as a hole too).
+func punch(b Backing, off, n int64) error {
+	if p, ok := b.(Puncher); ok {
+		if err := p.Punch(off, n); err == nil {
+			return nil
+		}
+	} else if fd, ok := b.(interface{ Fd() uintptr }); ok {
+		if err := unix.Fallocate(int(fd.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n); err == nil {
+			return nil
+		}
+	}
+	zero := make([]byte, min(n, 1<<20))
+	for n > 0 {
+		k := min(n, int64(len(zero)))
+		if _, err := b.WriteAt(zero[:k], off); err != nil {
+			return err
+		}
+		off, n = off+k, n-k
+	}
+	return nil
+}
 // RecoverFiles applies, at mount time, the pending records whose file is
 // still where the record says (relative to the cipher dir dir, holding the
 // record's file ID in a header slot of layout l). The others stay pending
@@ -454,3 +492,4 @@ func (j *Journal) recoverAt(root *os.Root, hint string, id FileID, l Layout) (in
 	}
 	return 0, nil
 }
+

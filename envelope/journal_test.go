@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -45,6 +46,15 @@ func (k *killBacking) Truncate(n int64) error {
 		panic(errCrash)
 	}
 	return k.File.Truncate(n)
+}
+
+// Holes treats all-zero bytes as holes (memfile has no real ones), so
+// that overwrites of gaps take the journal's punch path.
+func (k *killBacking) Holes(off, n int64) (allHole, allData bool, err error) {
+	b := make([]byte, n)
+	m, _ := k.File.ReadAt(b, off)
+	zero := !slices.ContainsFunc(b[:m], func(c byte) bool { return c != 0 })
+	return zero, false, nil
 }
 
 // crashed runs op and reports whether it was killed.
@@ -105,6 +115,14 @@ func TestJournalCrashLeavesOldOrNew(t *testing.T) {
 				if _, err := f.WriteAt(model, 0); err != nil {
 					t.Fatal(err)
 				}
+				if r.Uint64()%2 == 0 {
+					// A gap of holes for the op to overwrite.
+					grown := len(model) + bs + int(r.Uint64()%uint64(4*bs))
+					if err := f.Truncate(int64(grown)); err != nil {
+						t.Fatal(err)
+					}
+					model = append(model, make([]byte, grown-len(model))...)
+				}
 				before := bytes.Clone(model)
 				after := bytes.Clone(model)
 				var op func() error
@@ -156,8 +174,8 @@ func TestJournalCrashLeavesOldOrNew(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if j2.Pending() != 1 {
-					t.Fatalf("round %d: %d pending records after a kill, want 1", round, j2.Pending())
+				if j2.Pending() > 1 {
+					t.Fatalf("round %d: %d pending records after a kill, want at most 1 (a write within one page needs none)", round, j2.Pending())
 				}
 				v2 := newVolume(t, bs, func(o *envelope.Options) { o.Journal = j2 })
 				g, err := v2.Open(context.Background(), mem, &clearKeys{})

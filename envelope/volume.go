@@ -105,6 +105,22 @@ type Reserver interface {
 	Reserve(off, n int64) error
 }
 
+// HoleFinder is a Backing that tells holes from data (lseek SEEK_DATA and
+// SEEK_HOLE). With a journal, a File uses it to reserve space only for
+// writes that fill holes, and to journal an overwrite of holes as a hole
+// to punch again rather than as a copy of the data.
+type HoleFinder interface {
+	// Holes reports whether [off, off+n) is all holes or all data (or,
+	// neither, both).
+	Holes(off, n int64) (allHole, allData bool, err error)
+}
+
+// Puncher is a Backing that can deallocate a range (fallocate
+// PUNCH_HOLE|KEEP_SIZE), which then reads as zeros.
+type Puncher interface {
+	Punch(off, n int64) error
+}
+
 // KeyUnwrapper recovers a file's data key from the stanzas of its header:
 // the data-key manager of package keysource implements it. The returned
 // key is a copy that belongs to the caller: Open clears it once it has

@@ -39,8 +39,10 @@ func (of *openFile) size() int64 {
 	return 0
 }
 
-// backing is a cipher file descriptor that reserves space before each
-// write, so a full disk fails the write before any byte of a block lands.
+// backing is a cipher file descriptor. It offers the envelope space
+// reservation, hole finding and hole punching (envelope.Reserver,
+// HoleFinder, Puncher), so that a full disk fails a write before any byte
+// of a block lands and the write journal stays cheap over holes.
 type backing struct {
 	*os.File
 	writable bool
@@ -55,9 +57,6 @@ func (b *backing) WriteAt(p []byte, off int64) (int, error) {
 	if !b.writable {
 		return 0, syscall.EBADF
 	}
-	if err := b.Reserve(off, int64(len(p))); err != nil {
-		return 0, err
-	}
 	return b.File.WriteAt(p, off)
 }
 
@@ -68,6 +67,31 @@ func (b *backing) Reserve(off, n int64) error {
 		return nil
 	}
 	return err
+}
+
+// Holes reports whether [off, off+n) is all holes or all data.
+func (b *backing) Holes(off, n int64) (allHole, allData bool, err error) {
+	fd := int(b.Fd())
+	h, err := unix.Seek(fd, off, unix.SEEK_HOLE)
+	if err != nil {
+		return false, false, err
+	}
+	if h >= off+n {
+		return false, true, nil
+	}
+	d, err := unix.Seek(fd, off, unix.SEEK_DATA)
+	if err == unix.ENXIO {
+		return true, false, nil
+	}
+	if err != nil {
+		return false, false, err
+	}
+	return d >= off+n, false, nil
+}
+
+// Punch deallocates [off, off+n), which then reads as zeros.
+func (b *backing) Punch(off, n int64) error {
+	return unix.Fallocate(int(b.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
 }
 
 func (b *backing) Sync() error { return unix.Fdatasync(int(b.Fd())) }

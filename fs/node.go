@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -23,6 +24,10 @@ type Node struct {
 	mu    sync.Mutex
 	dirfd int       // directories: open descriptor, -1 until first use
 	open  *openFile // regular files: shared state of all open handles
+
+	// noCap records that the object has no security.capability
+	// attribute, which the kernel asks for before every write.
+	noCap atomic.Bool
 }
 
 var (

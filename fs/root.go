@@ -26,6 +26,10 @@ const ConfName = "kmsfs.conf"
 // not visible through the mount.
 const JournalName = "kmsfs.journal"
 
+// DefaultCacheTimeout is how long the kernel caches entries, attributes
+// and negative lookups by default.
+const DefaultCacheTimeout = time.Second
+
 // DefaultKeyTimeout bounds one key-source call made for an open or create.
 const DefaultKeyTimeout = 30 * time.Second
 
@@ -111,7 +115,7 @@ func (discard) Write(p []byte) (int, error) { return len(p), nil }
 // permission checks left to the caller's -o default_permissions, entry and
 // attribute caching of one second, large requests.
 func MountOptions(fsName string, extra []string, allowOther bool) *gofs.Options {
-	sec := time.Second
+	sec := DefaultCacheTimeout
 	return &gofs.Options{
 		MountOptions: fuse.MountOptions{
 			FsName:       fsName,

@@ -31,8 +31,26 @@ func (n *Node) xattrPath() (path string, follow bool, errno syscall.Errno) {
 	return p, false, errno
 }
 
-// Getxattr reads an extended attribute.
+// capabilityAttr is the attribute the kernel reads before every write to
+// see whether the write must drop file capabilities.
+const capabilityAttr = "security.capability"
+
+// Getxattr reads an extended attribute. That a file has no
+// security.capability is remembered until an attribute of it changes
+// (through the mount: the cipher dir must not change behind it), which
+// spares a lookup per write.
 func (n *Node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	if attr == capabilityAttr && n.noCap.Load() {
+		return 0, syscall.ENODATA
+	}
+	sz, errno := n.getxattr(attr, dest)
+	if attr == capabilityAttr && errno == syscall.ENODATA {
+		n.noCap.Store(true)
+	}
+	return sz, errno
+}
+
+func (n *Node) getxattr(attr string, dest []byte) (uint32, syscall.Errno) {
 	p, follow, errno := n.xattrPath()
 	if errno != 0 {
 		return 0, errno
@@ -50,6 +68,7 @@ func (n *Node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 	if n.r.opts.ReadOnly {
 		return syscall.EROFS
 	}
+	n.noCap.Store(false)
 	p, follow, errno := n.xattrPath()
 	if errno != 0 {
 		return errno
@@ -79,6 +98,7 @@ func (n *Node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	if n.r.opts.ReadOnly {
 		return syscall.EROFS
 	}
+	n.noCap.Store(false)
 	p, follow, errno := n.xattrPath()
 	if errno != 0 {
 		return errno

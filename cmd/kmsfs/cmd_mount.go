@@ -36,6 +36,7 @@ type mountFlags struct {
 	publicKeyFile  string
 	timeout        time.Duration
 	keyTimeout     time.Duration
+	cacheTimeout   time.Duration
 	readyFD        int // internal: the background child reports readiness here
 	passphraseFD   int // internal: the parent hands a prompted passphrase over here
 }
@@ -76,6 +77,7 @@ As root kmsfs mounts directly; an ordinary user mounts through fusermount3.
 	fl.StringVar(&f.publicKeyFile, "public-key-file", "", "awskms RSA key: wrap with this public key (DER) only; files written cannot be read here")
 	fl.DurationVar(&f.timeout, "timeout", 60*time.Second, "bound on mounting, key checks included")
 	fl.DurationVar(&f.keyTimeout, "key-timeout", kfs.DefaultKeyTimeout, "bound on one key call made while opening or creating a file")
+	fl.DurationVar(&f.cacheTimeout, "cache-timeout", kfs.DefaultCacheTimeout, "how long the kernel may cache names, attributes and absent names (the cipher dir must not change behind the mount)")
 	fl.IntVar(&f.readyFD, "ready-fd", -1, "")
 	fl.IntVar(&f.passphraseFD, "passphrase-fd", -1, "")
 	fl.MarkHidden("ready-fd")
@@ -277,6 +279,7 @@ func runMount(ctx context.Context, f *mountFlags, cipherDir, mnt string) (err er
 	}
 	abs, _ := filepath.Abs(cipherDir)
 	mo := kfs.MountOptions(abs, extra, f.allowOther)
+	mo.EntryTimeout, mo.AttrTimeout, mo.NegativeTimeout = &f.cacheTimeout, &f.cacheTimeout, &f.cacheTimeout
 	srv, err := kfs.Mount(mnt, kfs.Options{CipherDir: cipherDir, Volume: vol, Keys: mgr, Log: log,
 		ReadOnly: f.readOnly, KeyTimeout: f.keyTimeout}, mo)
 	if err != nil {
