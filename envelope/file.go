@@ -25,7 +25,11 @@ type File struct {
 	stored int64 // the size of the cipher file
 	cut    bool  // the cipher file ends in a fragment too short for a block
 	inTx   bool  // a journal record covers the change in progress
-	closed bool
+
+	holes        []span // holes in the cipher file, if !holesUnknown
+	holesUnknown bool   // the cipher file may have holes the File does not know of
+	holesUnread  bool   // holes is not read from the backing yet
+	closed       bool
 }
 
 // Size returns the plaintext size.

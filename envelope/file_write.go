@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 )
 
@@ -133,6 +134,9 @@ func (f *File) writeSteps(p []byte, off int64) (int, error) {
 	if err := f.store(sealed, l.BlockOffset(first), -1); err != nil {
 		return 0, fmt.Errorf("envelope: write blocks %d-%d: %w", first, b1, err)
 	}
+	if first > oldLast+1 {
+		f.addHole(l.BlockOffset(oldLast+1), l.BlockOffset(first))
+	}
 	if gap {
 		// The old last block, now followed by a hole, loses its last mark.
 		if err := f.rewriteBlock(oldLast, f.size, int(bs), false, -1); err != nil {
@@ -230,13 +234,11 @@ func (f *File) store(sealed []byte, at, cut int64) error {
 		rec.min = min(cut, before)
 	}
 	body := sealed
-	allHole, allData := false, false
-	if hf, ok := f.b.(HoleFinder); ok {
-		allHole, allData, _ = hf.Holes(at, int64(len(sealed)))
-	}
-	if !allData {
-		// Filling holes allocates: reserve, so a full disk refuses the
-		// write before it changes anything.
+	allHole, allData := f.classify(at, end)
+	if !allData && !(allHole && cut < 0) {
+		// Filling some holes allocates: reserve, so a full disk refuses
+		// the write before it changes anything. (Over holes only, a
+		// failed write is undone by punching them again.)
 		if err := f.reserve(at, int64(len(sealed))); err != nil {
 			return err
 		}
@@ -249,8 +251,11 @@ func (f *File) store(sealed []byte, at, cut int64) error {
 		return err
 	}
 	err = f.apply(sealed, at, cut)
-	if err != nil && rec.punch {
-		applyJournal(journalPending{path: s.f.Name(), rec: rec}, f.b)
+	if err != nil {
+		f.holesUnknown = true
+		if rec.punch {
+			applyJournal(journalPending{path: s.f.Name(), rec: rec}, f.b)
+		}
 	}
 	if eerr := j.end(s, len(body)); err == nil {
 		err = eerr
@@ -301,6 +306,7 @@ func (f *File) undoable(at, end int64, change func() error) error {
 		if aerr := applyJournal(journalPending{path: s.f.Name(), rec: rec}, f.b); aerr == nil {
 			f.stored = before
 		}
+		f.holesUnknown = true
 	}
 	if eerr := j.end(s, len(body)); err == nil {
 		err = eerr
@@ -323,13 +329,74 @@ func (f *File) apply(sealed []byte, at, cut int64) error {
 		return err
 	}
 	f.stored = max(f.stored, at+int64(len(sealed)))
+	f.fillHoles(at, at+int64(len(sealed)))
 	if cut >= 0 {
 		if err := f.b.Truncate(cut); err != nil {
 			return fmt.Errorf("truncate: %w", err)
 		}
 		f.stored = cut
+		f.fillHoles(cut, math.MaxInt64)
 	}
 	return nil
+}
+
+// span is a range [lo, hi) of cipher file offsets.
+type span struct{ lo, hi int64 }
+
+// classify reports whether the cipher range [lo, hi) is all holes or all
+// data, as far as the File knows: it lists the holes of a file it opened
+// (HoleLister) on first use, and then tracks the holes it makes (writes
+// past the end, truncates up) and fills. Otherwise it reports neither.
+func (f *File) classify(lo, hi int64) (allHole, allData bool) {
+	if f.holesUnread {
+		// Holes include ranges allocated but never written (fallocate).
+		f.holesUnread, f.holesUnknown, f.holes = false, true, nil
+		if hl, ok := f.b.(HoleLister); ok {
+			hs, err := hl.ListHoles(f.stored)
+			f.holesUnknown = err != nil
+			for _, h := range hs {
+				f.addHole(h[0], h[1])
+			}
+		}
+	}
+	if f.holesUnknown {
+		return false, false
+	}
+	var in int64
+	for _, h := range f.holes {
+		if h.hi > lo && h.lo < hi {
+			in += min(h.hi, hi) - max(h.lo, lo)
+		}
+	}
+	return in == hi-lo, in == 0
+}
+
+// addHole records that [lo, hi) is a hole.
+func (f *File) addHole(lo, hi int64) {
+	if !f.holesUnknown && !f.holesUnread && lo < hi {
+		f.holes = append(f.holes, span{lo, hi})
+	}
+}
+
+// fillHoles records that [lo, hi) holds data (or, beyond the end, nothing).
+func (f *File) fillHoles(lo, hi int64) {
+	if len(f.holes) == 0 {
+		return
+	}
+	out := f.holes[:0:0]
+	for _, h := range f.holes {
+		if h.hi <= lo || h.lo >= hi {
+			out = append(out, h)
+			continue
+		}
+		if h.lo < lo {
+			out = append(out, span{h.lo, lo})
+		}
+		if h.hi > hi {
+			out = append(out, span{hi, h.hi})
+		}
+	}
+	f.holes = out
 }
 
 // Truncate sets the plaintext size. Growing writes a sealed last block of
@@ -363,7 +430,7 @@ func (f *File) Truncate(size int64) error {
 		if err := f.b.Truncate(l.HeaderSize()); err != nil {
 			return fmt.Errorf("envelope: truncate: %w", err)
 		}
-		f.stored = l.HeaderSize()
+		f.stored, f.holes = l.HeaderSize(), nil
 	default:
 		// Mark the new last block last (and cut it) before cutting the
 		// file, so a stop in between leaves a tolerated crash remnant

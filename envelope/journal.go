@@ -433,6 +433,7 @@ func punch(b Backing, off, n int64) error {
 	}
 	return nil
 }
+
 // RecoverFiles applies, at mount time, the pending records whose file is
 // still where the record says (relative to the cipher dir dir, holding the
 // record's file ID in a header slot of layout l). The others stay pending
@@ -492,4 +493,3 @@ func (j *Journal) recoverAt(root *os.Root, hint string, id FileID, l Layout) (in
 	}
 	return 0, nil
 }
-

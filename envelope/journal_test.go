@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"slices"
 	"testing"
 	"time"
 
@@ -46,15 +45,6 @@ func (k *killBacking) Truncate(n int64) error {
 		panic(errCrash)
 	}
 	return k.File.Truncate(n)
-}
-
-// Holes treats all-zero bytes as holes (memfile has no real ones), so
-// that overwrites of gaps take the journal's punch path.
-func (k *killBacking) Holes(off, n int64) (allHole, allData bool, err error) {
-	b := make([]byte, n)
-	m, _ := k.File.ReadAt(b, off)
-	zero := !slices.ContainsFunc(b[:m], func(c byte) bool { return c != 0 })
-	return zero, false, nil
 }
 
 // crashed runs op and reports whether it was killed.

@@ -105,14 +105,11 @@ type Reserver interface {
 	Reserve(off, n int64) error
 }
 
-// HoleFinder is a Backing that tells holes from data (lseek SEEK_DATA and
-// SEEK_HOLE). With a journal, a File uses it to reserve space only for
-// writes that fill holes, and to journal an overwrite of holes as a hole
-// to punch again rather than as a copy of the data.
-type HoleFinder interface {
-	// Holes reports whether [off, off+n) is all holes or all data (or,
-	// neither, both).
-	Holes(off, n int64) (allHole, allData bool, err error)
+// HoleLister is a Backing that can list its holes below size (lseek
+// SEEK_HOLE and SEEK_DATA), as [start, end) pairs. Open uses it for a
+// sparse file, so that the write journal knows which writes fill holes.
+type HoleLister interface {
+	ListHoles(size int64) ([][2]int64, error)
 }
 
 // Puncher is a Backing that can deallocate a range (fallocate
@@ -238,6 +235,8 @@ func (v *Volume) Open(ctx context.Context, b Backing, u KeyUnwrapper) (*File, er
 			}
 		}
 		f := &File{v: v, b: b, headerKey: hkey, header: *h, size: l.PlainSize(size), stored: size}
+		// The holes are listed when the journal first needs them.
+		f.holesUnread = true
 		f.cut = size != l.CipherSize(f.size)
 		f.slotSeq[i] = h.Seq
 		if o := hs[1-i]; o != nil && o.File == h.File && verifySlot(slots[1-i], hkey) {

@@ -40,9 +40,9 @@ func (of *openFile) size() int64 {
 }
 
 // backing is a cipher file descriptor. It offers the envelope space
-// reservation, hole finding and hole punching (envelope.Reserver,
-// HoleFinder, Puncher), so that a full disk fails a write before any byte
-// of a block lands and the write journal stays cheap over holes.
+// reservation and hole punching (envelope.Reserver, Puncher), so that a
+// full disk fails a write before any byte of a block lands and the write
+// journal stays cheap over holes.
 type backing struct {
 	*os.File
 	writable bool
@@ -69,24 +69,31 @@ func (b *backing) Reserve(off, n int64) error {
 	return err
 }
 
-// Holes reports whether [off, off+n) is all holes or all data.
-func (b *backing) Holes(off, n int64) (allHole, allData bool, err error) {
+// ListHoles lists the holes below size, up to 4096 of them.
+func (b *backing) ListHoles(size int64) ([][2]int64, error) {
 	fd := int(b.Fd())
-	h, err := unix.Seek(fd, off, unix.SEEK_HOLE)
-	if err != nil {
-		return false, false, err
+	var hs [][2]int64
+	for off := int64(0); off < size; {
+		h, err := unix.Seek(fd, off, unix.SEEK_HOLE)
+		if err != nil {
+			return nil, err
+		}
+		if h >= size {
+			break
+		}
+		d, err := unix.Seek(fd, h, unix.SEEK_DATA)
+		if err == unix.ENXIO {
+			d = size
+		} else if err != nil {
+			return nil, err
+		}
+		if len(hs) == 4096 {
+			return nil, errors.New("too many holes")
+		}
+		hs = append(hs, [2]int64{h, min(d, size)})
+		off = d
 	}
-	if h >= off+n {
-		return false, true, nil
-	}
-	d, err := unix.Seek(fd, off, unix.SEEK_DATA)
-	if err == unix.ENXIO {
-		return true, false, nil
-	}
-	if err != nil {
-		return false, false, err
-	}
-	return d >= off+n, false, nil
+	return hs, nil
 }
 
 // Punch deallocates [off, off+n), which then reads as zeros.
