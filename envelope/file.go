@@ -29,6 +29,7 @@ type File struct {
 	holes        []span // holes in the cipher file, if !holesUnknown
 	holesUnknown bool   // the cipher file may have holes the File does not know of
 	holesUnread  bool   // holes is not read from the backing yet
+	recovered    bool   // Open applied journal records to the backing
 	closed       bool
 }
 
@@ -38,6 +39,11 @@ func (f *File) Size() int64 {
 	defer f.mu.RUnlock()
 	return f.size
 }
+
+// Recovered reports whether Open finished or undid, from the journal, a
+// change that a crash interrupted: the backing file's size may have
+// changed since the caller last looked.
+func (f *File) Recovered() bool { return f.recovered }
 
 // ID returns the file ID from the header.
 func (f *File) ID() FileID { return f.header.File }

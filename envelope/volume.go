@@ -223,18 +223,19 @@ func (v *Volume) Open(ctx context.Context, b Backing, u KeyUnwrapper) (*File, er
 			}
 			continue
 		}
+		recovered := false
 		if v.journal != nil {
 			// Finish or undo the change a crash interrupted, before
 			// anything reads the file. If that fails the file still
 			// opens; a torn block then fails to authenticate.
-			if changed, _ := v.journal.recover(h.File, b); changed {
+			if recovered, _ = v.journal.recover(h.File, b); recovered {
 				if fi, err = b.Stat(); err != nil {
 					return nil, fmt.Errorf("envelope: stat: %w", err)
 				}
 				size = fi.Size()
 			}
 		}
-		f := &File{v: v, b: b, headerKey: hkey, header: *h, size: l.PlainSize(size), stored: size}
+		f := &File{v: v, b: b, headerKey: hkey, header: *h, size: l.PlainSize(size), stored: size, recovered: recovered}
 		// The holes are listed when the journal first needs them.
 		f.holesUnread = true
 		f.cut = size != l.CipherSize(f.size)

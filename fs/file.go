@@ -185,6 +185,12 @@ func (n *Node) openBacking(ctx context.Context, pfd int, name string, extra int,
 		return nil, errno
 	}
 	of.ef = ef
+	if ef.Recovered() {
+		// The journal finished or undid a change a crash interrupted:
+		// the size the kernel may have cached from a lookup is stale.
+		// (Notifying from inside a request can deadlock, hence go.)
+		go n.NotifyContent(0, 0)
+	}
 	return of, 0
 }
 

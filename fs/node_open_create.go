@@ -69,6 +69,7 @@ func (n *Node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	n.r.fillAttr(&st, &out.Attr)
 	child := n.newChild(ctx, &st)
 	cn := child.Operations().(*Node)
+	of.back.node = cn // for journal hints: the file, not its directory
 	cn.mu.Lock()
 	if cn.open != nil { // the inode was already open through another name
 		cn.open.refs++
