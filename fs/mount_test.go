@@ -9,7 +9,6 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/sirupsen/logrus"
 
 	"github.com/kmsfs/kmsfs/envelope"
@@ -41,7 +40,7 @@ func (k *fakeKeys) NewDataKey(context.Context) ([]byte, []keysource.Stanza, erro
 type mounted struct {
 	mnt, cipher string
 	keys        *fakeKeys
-	srv         *fuse.Server
+	srv         *kfs.Server
 	log         *syncBuffer
 }
 

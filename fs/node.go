@@ -92,6 +92,9 @@ func (n *Node) loc() (int, string, syscall.Errno) {
 func (n *Node) OnForget() {
 	if n.isRoot() {
 		n.closeDirs(n.EmbeddedInode())
+		n.closeDir()
+		n.r.unmountedOnce.Do(func() { close(n.r.unmounted) })
+		return
 	}
 	n.closeDir()
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"syscall"
 	"time"
 
@@ -67,6 +68,9 @@ type root struct {
 	fd     int // the cipher dir, open for the life of the mount
 	dev    uint64
 	asRoot bool // the daemon runs as root: new files are chowned to the caller
+
+	unmounted     chan struct{} // closed once the unmounted root has closed its descriptors
+	unmountedOnce sync.Once
 }
 
 // NewRoot opens the cipher dir and returns the root node of its
@@ -94,7 +98,8 @@ func NewRoot(o Options) (gofs.InodeEmbedder, error) {
 		l.Out = discard{}
 		log = logrus.NewEntry(l)
 	}
-	r := &root{opts: o, vol: o.Volume, layout: o.Volume.Layout(), log: log, fd: fd, dev: uint64(st.Dev), asRoot: os.Geteuid() == 0}
+	r := &root{opts: o, vol: o.Volume, layout: o.Volume.Layout(), log: log, fd: fd, dev: uint64(st.Dev), asRoot: os.Geteuid() == 0,
+		unmounted: make(chan struct{})}
 	return &Node{r: r, dirfd: fd}, nil
 }
 
@@ -137,7 +142,7 @@ func MountOptions(fsName string, extra []string, allowOther bool) *gofs.Options 
 // server; Unmount it (or fusermount3 -u) to stop. It sets the process
 // umask to 0: the kernel has applied the caller's umask already, and a
 // second one would strip modes the caller asked for.
-func Mount(mountpoint string, o Options, mo *gofs.Options) (*fuse.Server, error) {
+func Mount(mountpoint string, o Options, mo *gofs.Options) (*Server, error) {
 	rootNode, err := NewRoot(o)
 	if err != nil {
 		return nil, err
@@ -156,5 +161,20 @@ func Mount(mountpoint string, o Options, mo *gofs.Options) (*fuse.Server, error)
 		unix.Close(rootNode.(*Node).dirfd)
 		return nil, fmt.Errorf("fs: mount %s: %w", mountpoint, err)
 	}
-	return srv, nil
+	return &Server{Server: srv, unmounted: rootNode.(*Node).r.unmounted}, nil
+}
+
+// Server is a mounted kmsfs filesystem: the go-fuse server, whose Wait
+// also waits until the filesystem has let go of the cipher dir.
+type Server struct {
+	*fuse.Server
+	unmounted <-chan struct{}
+}
+
+// Wait waits until the filesystem is unmounted and has closed every
+// descriptor it held into the cipher dir. (go-fuse's own Wait returns
+// before it tells the filesystem of the unmount.)
+func (s *Server) Wait() {
+	s.Server.Wait()
+	<-s.unmounted
 }

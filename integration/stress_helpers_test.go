@@ -16,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
@@ -55,7 +54,7 @@ type sxVolume struct {
 	vid    envelope.VolumeID
 	log    *sxLogBuffer
 
-	srv     *fuse.Server       // nil while unmounted
+	srv     *kfs.Server        // nil while unmounted
 	mgr     *keysource.Manager // nil while unmounted
 	journal *envelope.Journal  // nil while unmounted
 }
