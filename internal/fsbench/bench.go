@@ -222,6 +222,14 @@ func (b *bench) runGroup(ctx context.Context, g group, fs string, round int) (er
 		if err := ctx.Err(); err != nil {
 			return err
 		}
+		if p.restart {
+			nd, err := d.restart(ctx)
+			if err != nil {
+				return fmt.Errorf("%s: restart: %w", p.key, err)
+			}
+			d, pid = nd, nd.pid()
+			r.dir = d.mnt
+		}
 		if p.drop {
 			if err := dropCaches(); err != nil {
 				return fmt.Errorf("drop caches: %w", err)

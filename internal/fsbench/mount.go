@@ -116,6 +116,19 @@ type daemon struct {
 	log    string // its stdout and stderr
 	cmd    *exec.Cmd
 	exited chan struct{} // closed once cmd.Wait returned
+
+	bin       string // what started it, for restart
+	args, env []string
+}
+
+// restart stops the daemon and starts it again on the same mount point,
+// with its log in a new file: the new daemon starts with empty caches
+// (kmsfs: no data keys).
+func (d *daemon) restart(ctx context.Context) (*daemon, error) {
+	if err := d.stop(); err != nil {
+		return nil, err
+	}
+	return startDaemon(ctx, d.name, d.bin, d.args, d.env, d.mnt, d.log+".restart")
 }
 
 // startDaemon runs bin with args (which mount at mnt in the foreground)
@@ -135,7 +148,7 @@ func startDaemon(ctx context.Context, name, bin string, args, env []string, mnt,
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	d := &daemon{name: name, mnt: mnt, log: logPath, cmd: cmd, exited: make(chan struct{})}
+	d := &daemon{name: name, mnt: mnt, log: logPath, cmd: cmd, exited: make(chan struct{}), bin: bin, args: args, env: env}
 	go func() { cmd.Wait(); close(d.exited) }()
 
 	deadline := time.Now().Add(mountTimeout)
