@@ -23,7 +23,6 @@ type File struct {
 	mu     sync.RWMutex
 	size   int64
 	stored int64 // the size of the cipher file
-	cut    bool  // the cipher file ends in a fragment too short for a block
 	inTx   bool  // a journal record covers the change in progress
 
 	holes        []span // holes in the cipher file, if !holesUnknown
@@ -90,7 +89,8 @@ func (f *File) ReadAt(p []byte, off int64) (int, error) {
 	n, err := f.readRange(p[:want], off, f.size)
 	if err == nil && want < len(p) {
 		err = io.EOF
-		if f.cut {
+		if f.stored != f.v.layout.CipherSize(f.size) {
+			// The cipher file ends in a fragment too short for a block.
 			err = fmt.Errorf("envelope: read: stored file cut short after byte %d: %w", f.size, ErrAuth)
 		}
 	}

@@ -37,14 +37,14 @@ func (f *File) writeAt(p []byte, off int64) (int, error) {
 	}
 	// A write past the end with a gap takes up to three steps; the
 	// journal undoes them as one.
-	size, cut := f.size, f.cut
+	size := f.size
 	var n int
 	err := f.undoable(l.BlockOffset(oldLast), l.CipherSize(off+int64(len(p))), func() (err error) {
 		n, err = f.writeSteps(p, off)
 		return err
 	})
 	if err != nil {
-		f.size, f.cut = size, cut
+		f.size = size
 		return 0, err
 	}
 	return n, nil
@@ -69,11 +69,9 @@ func (f *File) writeSteps(p []byte, off int64) (int, error) {
 		// block, still marked last, so that every stop leaves the file
 		// readable. Space for the whole write is reserved first, so a
 		// full disk refuses the write before the file changes.
-		if r, ok := f.b.(Reserver); ok {
-			lo := l.BlockOffset(oldLast)
-			if err := r.Reserve(lo, l.CipherSize(end)-lo); err != nil {
-				return 0, fmt.Errorf("envelope: reserve space: %w", err)
-			}
+		lo := l.BlockOffset(oldLast)
+		if err := f.reserve(lo, l.CipherSize(end)-lo); err != nil {
+			return 0, err
 		}
 		if err := f.rewriteBlock(oldLast, f.size, int(bs), true, -1); err != nil {
 			return 0, err
@@ -144,7 +142,7 @@ func (f *File) writeSteps(p []byte, off int64) (int, error) {
 			return len(p), err
 		}
 	}
-	f.size, f.cut = newSize, false
+	f.size = newSize
 	return len(p), nil
 }
 
@@ -246,15 +244,26 @@ func (f *File) store(sealed []byte, at, cut int64) error {
 	if allHole && cut < 0 {
 		rec.punch, rec.n, body = true, int64(len(sealed)), nil
 	}
-	s, err := j.begin(&rec, body)
+	return f.journaled(&rec, body, rec.punch, func() error { return f.apply(sealed, at, cut) })
+}
+
+// journaled runs change under journal record rec with body. If change
+// fails and undo is set, the record (which then undoes the change) is
+// carried out at once.
+func (f *File) journaled(rec *journalRecord, body []byte, undo bool, change func() error) error {
+	j := f.v.journal
+	s, err := j.begin(rec, body)
 	if err != nil {
 		return err
 	}
-	err = f.apply(sealed, at, cut)
+	before := f.stored
+	f.inTx = true
+	err = change()
+	f.inTx = false
 	if err != nil {
 		f.holesUnknown = true
-		if rec.punch {
-			applyJournal(journalPending{path: s.f.Name(), rec: rec}, f.b)
+		if undo && rec.apply(body, f.b) == nil {
+			f.stored = before
 		}
 	}
 	if eerr := j.end(s, len(body)); err == nil {
@@ -293,25 +302,8 @@ func (f *File) undoable(at, end int64, change func() error) error {
 	if err != nil && err != io.EOF {
 		return err
 	}
-	body := (*buf)[:m]
 	rec := journalRecord{file: f.header.File, at: at, cut: before, min: before, max: max(before, end), hint: f.hint()}
-	s, err := j.begin(&rec, body)
-	if err != nil {
-		return err
-	}
-	f.inTx = true
-	err = change()
-	f.inTx = false
-	if err != nil {
-		if aerr := applyJournal(journalPending{path: s.f.Name(), rec: rec}, f.b); aerr == nil {
-			f.stored = before
-		}
-		f.holesUnknown = true
-	}
-	if eerr := j.end(s, len(body)); err == nil {
-		err = eerr
-	}
-	return err
+	return f.journaled(&rec, (*buf)[:m], true, change)
 }
 
 // hint returns where the backing file is, for a journal record.
@@ -439,6 +431,6 @@ func (f *File) Truncate(size int64) error {
 			return err
 		}
 	}
-	f.size, f.cut = size, false
+	f.size = size
 	return nil
 }

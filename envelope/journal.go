@@ -347,66 +347,76 @@ func (j *Journal) end(s *journalSlot, bodyLen int) error {
 
 // recover applies the pending records of file id to b, oldest first, and
 // removes them. A record whose size range does not match b (the file was
-// changed or replaced since) is dropped without being applied. It reports
-// whether it changed b.
-func (j *Journal) recover(id FileID, b Backing) (bool, error) {
+// changed or replaced since) is dropped without being applied. It returns
+// how many records it handled (applied or dropped) and whether it changed
+// b.
+func (j *Journal) recover(id FileID, b Backing) (handled int, changed bool, err error) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	ps := j.pending[id]
-	if len(ps) == 0 {
-		return false, nil
-	}
 	slices.SortFunc(ps, func(a, b journalPending) int { return cmp.Compare(a.rec.seq, b.rec.seq) })
-	changed := false
 	for k, p := range ps {
 		fi, err := b.Stat()
 		if err != nil {
 			j.pending[id] = ps[k:]
-			return changed, fmt.Errorf("envelope: journal: stat: %w", err)
+			return k, changed, fmt.Errorf("envelope: journal: stat: %w", err)
 		}
 		if size := fi.Size(); size >= p.rec.min && size <= p.rec.max {
-			if err := applyJournal(p, b); err != nil {
+			if err := p.replay(b); err != nil {
 				j.pending[id] = ps[k:]
-				return changed, err
+				return k, changed, err
 			}
 			changed = true
 		}
 		if err := os.Remove(p.path); err != nil && !errors.Is(err, os.ErrNotExist) {
 			j.pending[id] = ps[k+1:]
-			return changed, fmt.Errorf("envelope: journal: %w", err)
+			return k + 1, changed, fmt.Errorf("envelope: journal: %w", err)
 		}
 	}
 	delete(j.pending, id)
-	return changed, nil
+	return len(ps), changed, nil
 }
 
-func applyJournal(p journalPending, b Backing) error {
-	if p.rec.punch {
-		if err := punch(b, p.rec.at, p.rec.n); err != nil {
-			return fmt.Errorf("envelope: journal: replay punch at %d: %w", p.rec.at, err)
-		}
-	} else if p.rec.n > 0 {
+// replay applies a record a crash left: its body read back from the
+// record's file, then made durable.
+func (p journalPending) replay(b Backing) error {
+	var body []byte
+	if !p.rec.punch && p.rec.n > 0 {
 		f, err := os.Open(p.path)
 		if err != nil {
 			return fmt.Errorf("envelope: journal: %w", err)
 		}
-		body := make([]byte, p.rec.n)
+		body = make([]byte, p.rec.n)
 		_, err = f.ReadAt(body, journalBodyOff)
 		f.Close()
 		if err != nil {
 			return fmt.Errorf("envelope: journal: read record body: %w", err)
 		}
-		if _, err := b.WriteAt(body, p.rec.at); err != nil {
-			return fmt.Errorf("envelope: journal: replay write at %d: %w", p.rec.at, err)
-		}
 	}
-	if p.rec.cut >= 0 {
-		if err := b.Truncate(p.rec.cut); err != nil {
-			return fmt.Errorf("envelope: journal: replay truncate to %d: %w", p.rec.cut, err)
-		}
+	if err := p.rec.apply(body, b); err != nil {
+		return err
 	}
 	if err := b.Sync(); err != nil {
 		return fmt.Errorf("envelope: journal: sync after replay: %w", err)
+	}
+	return nil
+}
+
+// apply carries out record r with its body on b: punch or write, then cut.
+func (r *journalRecord) apply(body []byte, b Backing) error {
+	if r.punch {
+		if err := punch(b, r.at, r.n); err != nil {
+			return fmt.Errorf("envelope: journal: replay punch at %d: %w", r.at, err)
+		}
+	} else if len(body) > 0 {
+		if _, err := b.WriteAt(body, r.at); err != nil {
+			return fmt.Errorf("envelope: journal: replay write at %d: %w", r.at, err)
+		}
+	}
+	if r.cut >= 0 {
+		if err := b.Truncate(r.cut); err != nil {
+			return fmt.Errorf("envelope: journal: replay truncate to %d: %w", r.cut, err)
+		}
 	}
 	return nil
 }
@@ -482,13 +492,8 @@ func (j *Journal) recoverAt(root *os.Root, hint string, id FileID, l Layout) (in
 	}
 	for k := range 2 {
 		if h, err := ParseHeaderSlot(l, raw[k*l.slotSize:(k+1)*l.slotSize]); err == nil && h.File == id {
-			j.mu.Lock()
-			n := len(j.pending[id])
-			j.mu.Unlock()
-			if _, err := j.recover(id, f); err != nil {
-				return 0, err
-			}
-			return n, nil
+			n, _, err := j.recover(id, f)
+			return n, err
 		}
 	}
 	return 0, nil

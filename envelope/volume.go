@@ -228,17 +228,15 @@ func (v *Volume) Open(ctx context.Context, b Backing, u KeyUnwrapper) (*File, er
 			// Finish or undo the change a crash interrupted, before
 			// anything reads the file. If that fails the file still
 			// opens; a torn block then fails to authenticate.
-			if recovered, _ = v.journal.recover(h.File, b); recovered {
+			if _, recovered, _ = v.journal.recover(h.File, b); recovered {
 				if fi, err = b.Stat(); err != nil {
 					return nil, fmt.Errorf("envelope: stat: %w", err)
 				}
 				size = fi.Size()
 			}
 		}
-		f := &File{v: v, b: b, headerKey: hkey, header: *h, size: l.PlainSize(size), stored: size, recovered: recovered}
 		// The holes are listed when the journal first needs them.
-		f.holesUnread = true
-		f.cut = size != l.CipherSize(f.size)
+		f := &File{v: v, b: b, headerKey: hkey, header: *h, size: l.PlainSize(size), stored: size, recovered: recovered, holesUnread: true}
 		f.slotSeq[i] = h.Seq
 		if o := hs[1-i]; o != nil && o.File == h.File && verifySlot(slots[1-i], hkey) {
 			f.slotSeq[1-i] = o.Seq
