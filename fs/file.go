@@ -33,6 +33,9 @@ func (of *openFile) size() int64 {
 	if of.ef != nil {
 		return of.ef.Size()
 	}
+	if of.bad == nil {
+		return 0 // a file without a header is empty
+	}
 	if fi, err := of.back.Stat(); err == nil {
 		return of.layout.PlainSize(fi.Size())
 	}
@@ -111,7 +114,7 @@ func (b *backing) Sync() error { return unix.Fdatasync(int(b.Fd())) }
 // volume's, key unavailable) is still opened, in a failed state: reads and
 // writes return the error, and truncating it to zero (as O_TRUNC and
 // "> file" do) replaces it with a fresh empty file.
-func (n *Node) acquire(ctx context.Context, forWrite bool) (*openFile, syscall.Errno) {
+func (n *Node) acquire(forWrite bool) (*openFile, syscall.Errno) {
 	n.mu.Lock()
 	if n.open != nil {
 		n.open.refs++
@@ -124,7 +127,7 @@ func (n *Node) acquire(ctx context.Context, forWrite bool) (*openFile, syscall.E
 	if errno != 0 {
 		return nil, errno
 	}
-	of, errno := n.openBacking(ctx, pfd, name, 0, 0, forWrite)
+	of, errno := n.openBacking(pfd, name, 0, 0, forWrite)
 	if errno != 0 {
 		return nil, errno
 	}
@@ -142,7 +145,7 @@ func (n *Node) acquire(ctx context.Context, forWrite bool) (*openFile, syscall.E
 
 // openBacking opens (or with O_CREAT creates) the backing file and its
 // envelope File. A new or empty file gets no header until its first write.
-func (n *Node) openBacking(ctx context.Context, pfd int, name string, extra int, mode uint32, keepBad bool) (*openFile, syscall.Errno) {
+func (n *Node) openBacking(pfd int, name string, extra int, mode uint32, keepBad bool) (*openFile, syscall.Errno) {
 	flags := unix.O_RDWR
 	if n.r.opts.ReadOnly {
 		flags = unix.O_RDONLY
@@ -238,7 +241,7 @@ func (n *Node) acquireExisting() *openFile {
 // file returns the envelope File, giving a headerless file its header and
 // data key first when forWrite is set; it returns nil for a headerless
 // file that is only read.
-func (n *Node) file(ctx context.Context, of *openFile, forWrite bool) (*envelope.File, syscall.Errno) {
+func (n *Node) file(of *openFile, forWrite bool) (*envelope.File, syscall.Errno) {
 	of.mu.RLock()
 	ef, bad := of.ef, of.bad
 	of.mu.RUnlock()
@@ -272,7 +275,7 @@ func (n *Node) file(ctx context.Context, of *openFile, forWrite bool) (*envelope
 }
 
 // truncate sets the plaintext size, through handle f's state if given.
-func (n *Node) truncate(ctx context.Context, f gofs.FileHandle, size int64) syscall.Errno {
+func (n *Node) truncate(f gofs.FileHandle, size int64) syscall.Errno {
 	if n.IsDir() {
 		return syscall.EISDIR
 	}
@@ -281,16 +284,17 @@ func (n *Node) truncate(ctx context.Context, f gofs.FileHandle, size int64) sysc
 		of = h.of
 	} else {
 		var errno syscall.Errno
-		if of, errno = n.acquireForTruncate(ctx, size); errno != 0 || of == nil {
+		if of, errno = n.acquireForTruncate(size); errno != 0 || of == nil {
 			return errno
 		}
 		defer n.release(of)
 	}
-	return n.truncateOf(ctx, of, size)
+	return n.truncateOf(of, size)
 }
 
 // truncateOf sets the plaintext size of an open state.
-func (n *Node) truncateOf(ctx context.Context, of *openFile, size int64) syscall.Errno {
+func (n *Node) truncateOf(of *openFile, size int64) syscall.Errno {
+	old := of.size()
 	of.mu.Lock()
 	if of.bad != nil && size == 0 {
 		// A file whose header could not be opened is replaced by a
@@ -303,13 +307,16 @@ func (n *Node) truncateOf(ctx context.Context, of *openFile, size int64) syscall
 	}
 	of.mu.Unlock()
 	if size != 0 || of.size() != 0 {
-		ef, errno := n.file(ctx, of, true)
+		ef, errno := n.file(of, true)
 		if errno != 0 {
 			return errno
 		}
 		if err := ef.Truncate(size); err != nil {
 			return n.fail("truncate", err)
 		}
+	}
+	if size != old {
+		return 0 // changing the backing file set its mtime and ctime
 	}
 	// truncate(2) sets mtime and ctime even when the size stays the same;
 	// the backing file saw no change then, so say it.
@@ -321,7 +328,7 @@ func (n *Node) truncateOf(ctx context.Context, of *openFile, size int64) syscall
 // a file that nobody has open to zero needs no key: the backing file is
 // emptied, and the next write gives it a fresh header. It returns a nil
 // state when that is done.
-func (n *Node) acquireForTruncate(ctx context.Context, size int64) (*openFile, syscall.Errno) {
+func (n *Node) acquireForTruncate(size int64) (*openFile, syscall.Errno) {
 	if size == 0 && n.openState() == nil {
 		pfd, name, errno := n.loc()
 		if errno != 0 {
@@ -334,7 +341,7 @@ func (n *Node) acquireForTruncate(ctx context.Context, size int64) (*openFile, s
 		unix.Close(fd)
 		return nil, 0
 	}
-	return n.acquire(ctx, true)
+	return n.acquire(true)
 }
 
 // fail logs a failed operation on the node and returns its errno.

@@ -31,7 +31,7 @@ var (
 // Read reads plaintext; a block that fails authentication fails the read
 // with EIO (and a log line naming file and block).
 func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	ef, errno := h.n.file(ctx, h.of, false)
+	ef, errno := h.n.file(h.of, false)
 	if errno != 0 || ef == nil {
 		return fuse.ReadResultData(nil), errno
 	}
@@ -47,7 +47,7 @@ func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, sys
 	if h.n.r.opts.ReadOnly {
 		return 0, syscall.EROFS
 	}
-	ef, errno := h.n.file(ctx, h.of, true)
+	ef, errno := h.n.file(h.of, true)
 	if errno != 0 {
 		return 0, errno
 	}
@@ -103,7 +103,7 @@ func (h *handle) Allocate(ctx context.Context, off, size uint64, mode uint32) sy
 	if mode&unix.FALLOC_FL_KEEP_SIZE != 0 || end <= h.of.size() {
 		return 0
 	}
-	ef, errno := h.n.file(ctx, h.of, true)
+	ef, errno := h.n.file(h.of, true)
 	if errno != 0 {
 		return errno
 	}

@@ -6,7 +6,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
-	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -154,10 +153,6 @@ func (n *Node) target(of *openFile) (target, syscall.Errno) {
 	return target{pfd, name, unix.AT_SYMLINK_NOFOLLOW}, errno
 }
 
-func timespec(t time.Time) unix.Timespec {
-	return unix.Timespec{Sec: t.Unix(), Nsec: int64(t.Nanosecond())}
-}
-
 // lstat stats the node's backing object without following links.
 func (n *Node) lstat(st *unix.Stat_t) syscall.Errno {
 	if n.IsDir() {
@@ -244,7 +239,7 @@ func (n *Node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrI
 		}
 	}
 	if sz, ok := in.GetSize(); ok {
-		if errno := n.truncate(ctx, f, int64(sz)); errno != 0 {
+		if errno := n.truncate(f, int64(sz)); errno != 0 {
 			return errno
 		}
 	}
@@ -252,11 +247,15 @@ func (n *Node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrI
 	atime, aok := in.GetATime()
 	if mok || aok {
 		ts := []unix.Timespec{{Nsec: unix.UTIME_OMIT}, {Nsec: unix.UTIME_OMIT}}
+		var err error
 		if aok {
-			ts[0] = timespec(atime)
+			ts[0], err = unix.TimeToTimespec(atime)
 		}
-		if mok {
-			ts[1] = timespec(mtime)
+		if mok && err == nil {
+			ts[1], err = unix.TimeToTimespec(mtime)
+		}
+		if err != nil {
+			return gofs.ToErrno(err)
 		}
 		if in.Valid&fuse.FATTR_ATIME_NOW != 0 {
 			ts[0] = unix.Timespec{Nsec: unix.UTIME_NOW}

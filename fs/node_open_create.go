@@ -23,11 +23,11 @@ func (n *Node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 		return nil, 0, syscall.EROFS
 	}
 	if flags&unix.O_TRUNC != 0 {
-		if errno := n.truncate(ctx, nil, 0); errno != 0 {
+		if errno := n.truncate(nil, 0); errno != 0 {
 			return nil, 0, errno
 		}
 	}
-	of, errno := n.acquire(ctx, flags&(unix.O_WRONLY|unix.O_RDWR) != 0)
+	of, errno := n.acquire(flags&(unix.O_WRONLY|unix.O_RDWR) != 0)
 	if errno != 0 {
 		return nil, 0, errno
 	}
@@ -45,14 +45,14 @@ func (n *Node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	if errno != 0 {
 		return nil, nil, 0, errno
 	}
-	of, errno := n.openBacking(ctx, fd, name, unix.O_CREAT|int(flags&unix.O_EXCL), mode, true)
+	of, errno := n.openBacking(fd, name, unix.O_CREAT|int(flags&unix.O_EXCL), mode, true)
 	if errno != 0 {
 		return nil, nil, 0, errno
 	}
 	if flags&unix.O_TRUNC != 0 && of.size() > 0 {
 		// An existing file (created by someone else since the kernel
 		// looked): cut it as O_TRUNC asks.
-		if errno := n.truncateOf(ctx, of, 0); errno != 0 {
+		if errno := n.truncateOf(of, 0); errno != 0 {
 			of.close()
 			return nil, nil, 0, errno
 		}
