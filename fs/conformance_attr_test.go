@@ -7,12 +7,10 @@ import (
 	"testing"
 )
 
-// allTypes are pjdfstest's file types.
+// TestConformanceChmod: chmod/00.t, chmod/11.t, chmod/12.t.
 func TestConformanceChmod(t *testing.T) {
-	c := newConf(t)
-	d := c.dir(t)
-	n0, n1 := filepath.Join(d, "n0"), filepath.Join(d, "n1")
-	for _, typ := range []string{"regular", "dir", "fifo", "block", "char", "socket"} {
+	c, _, n0, n1, _ := newConfDir(t)
+	for _, typ := range nonSymlinkTypes {
 		t.Run("type="+typ, func(t *testing.T) {
 			c.createFile(t, typ, n0)
 			c.expect(t, "0", nil, "chmod", n0, "0111")
@@ -80,9 +78,7 @@ func TestConformanceChmod(t *testing.T) {
 
 // TestConformanceChown: chown/00.t.
 func TestConformanceChown(t *testing.T) {
-	c := newConf(t)
-	d := c.dir(t)
-	n0, n1 := filepath.Join(d, "n0"), filepath.Join(d, "n1")
+	c, _, n0, n1, _ := newConfDir(t)
 	for _, typ := range allTypes {
 		t.Run("type="+typ, func(t *testing.T) {
 			ch := "chown"
@@ -188,15 +184,13 @@ func TestConformanceChown(t *testing.T) {
 // TestConformanceUtimensat: utimensat/00.t to 09.t (birth times, 03.t,
 // are not on Linux).
 func TestConformanceUtimensat(t *testing.T) {
-	c := newConf(t)
-	d := c.dir(t)
-	n0, n2 := filepath.Join(d, "n0"), filepath.Join(d, "n2")
+	c, _, n0, _, n2 := newConfDir(t)
 	const (
 		date1, date2 = "1900000000", "1950000000"
 		date3, date4 = "1960000000", "1970000000"
 		date5, date6 = "1980000000", "1990000000"
 	)
-	for _, typ := range []string{"regular", "dir", "fifo", "block", "char", "socket"} {
+	for _, typ := range nonSymlinkTypes {
 		t.Run("00/type="+typ, func(t *testing.T) {
 			c.createFile(t, typ, n0)
 			c.expect(t, "0", nil, "utimensat", n0, date1, "0", date2, "0", "0")
@@ -317,9 +311,7 @@ func TestConformanceUtimensat(t *testing.T) {
 // TestConformanceTruncate: truncate/00.t, 05.t, 12.t; ftruncate/00.t;
 // open/00.t (O_TRUNC); posix_fallocate/00.t.
 func TestConformanceTruncate(t *testing.T) {
-	c := newConf(t)
-	d := c.dir(t)
-	n0, n1 := filepath.Join(d, "n0"), filepath.Join(d, "n1")
+	c, d, n0, n1, _ := newConfDir(t)
 	t.Run("truncate/00", func(t *testing.T) {
 		c.mustRun(t, "create", n0, "0644")
 		for _, size := range []string{"1234567", "567", "0", "4095", "4096", "4097", "1"} {
@@ -488,7 +480,3 @@ func TestConformanceTruncate(t *testing.T) {
 		c.mustRun(t, "chmod", d, "0755")
 	})
 }
-
-// TestConformanceLinks: link/00.t, unlink/00.t, rmdir/00.t, rename/00.t,
-// rename/23.t, rename/24.t — link counts, inode numbers and the ctime and
-// mtime that linking, unlinking and renaming mark.

@@ -8,11 +8,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// allTypes are pjdfstest's file types.
+// TestConformanceErrors: the error cases of rename (rename/12.t to 21.t),
+// mkdir, mkfifo, mknod, link and symlink (EEXIST), rmdir and unlink
+// (ENOTEMPTY, ENOTDIR, EISDIR), ENAMETOOLONG for names and for paths
+// (*/02.t, */03.t) and ELOOP (*/13.t).
 func TestConformanceErrors(t *testing.T) {
-	c := newConf(t)
-	d := c.dir(t)
-	n0, n1 := filepath.Join(d, "n0"), filepath.Join(d, "n1")
+	c, d, n0, n1, _ := newConfDir(t)
 	for _, typ := range allTypes {
 		t.Run("EEXIST/type="+typ, func(t *testing.T) {
 			c.createFile(t, typ, n0)

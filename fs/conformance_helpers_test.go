@@ -75,7 +75,6 @@ func (c *cred) String() string {
 
 // conf is one mount prepared for the conformance cases.
 type conf struct {
-	t   *testing.T
 	m   *mounted
 	bin string // the test binary, where other users may run it
 	seq int
@@ -111,7 +110,16 @@ func newConf(t *testing.T) *conf {
 	if err := copyFile(self, bin); err != nil {
 		t.Fatal(err)
 	}
-	return &conf{t: t, m: m, bin: bin}
+	return &conf{m: m, bin: bin}
+}
+
+// newConfDir is newConf with a fresh directory (see dir) and the paths of
+// pjdfstest's names n0, n1 and n2 in it.
+func newConfDir(t *testing.T) (c *conf, d, n0, n1, n2 string) {
+	t.Helper()
+	c = newConf(t)
+	d = c.dir(t)
+	return c, d, filepath.Join(d, "n0"), filepath.Join(d, "n1"), filepath.Join(d, "n2")
 }
 
 func copyFile(src, dst string) error {

@@ -6,11 +6,11 @@ import (
 	"testing"
 )
 
-// allTypes are pjdfstest's file types.
+// TestConformanceLinks: link/00.t, unlink/00.t, rmdir/00.t, rename/00.t,
+// rename/23.t, rename/24.t — link counts, inode numbers and the ctime and
+// mtime that linking, unlinking and renaming mark.
 func TestConformanceLinks(t *testing.T) {
-	c := newConf(t)
-	d := c.dir(t)
-	n0, n1, n2 := filepath.Join(d, "n0"), filepath.Join(d, "n1"), filepath.Join(d, "n2")
+	c, d, n0, n1, n2 := newConfDir(t)
 	for _, typ := range []string{"regular", "fifo", "block", "char", "socket"} {
 		t.Run("link/00/type="+typ, func(t *testing.T) {
 			c.createFile(t, typ, n0)
@@ -280,8 +280,3 @@ func TestConformanceSticky(t *testing.T) {
 		}
 	}
 }
-
-// TestConformanceErrors: the error cases of rename (rename/12.t to 21.t),
-// mkdir, mkfifo, mknod, link and symlink (EEXIST), rmdir and unlink
-// (ENOTEMPTY, ENOTDIR, EISDIR), ENAMETOOLONG for names and for paths
-// (*/02.t, */03.t) and ELOOP (*/13.t).
