@@ -298,9 +298,7 @@ func runMount(ctx context.Context, f *mountFlags, cipherDir, mnt string) (err er
 			log.WithError(err).Error("unmount failed (busy?): unmount with kmsfs unmount once files are closed")
 		}
 	}()
-	if stop := startProfile(log); stop != nil {
-		defer stop()
-	}
+	defer startProfile(log)()
 	srv.Wait()
 	log.Info("unmounted")
 	return nil

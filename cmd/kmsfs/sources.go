@@ -103,18 +103,17 @@ func openConf(ctx context.Context, c *volconf.Conf, so *secretOptions) (*sources
 			s.Close()
 			return nil, fmt.Errorf("key %d (%s): %w", i+1, redactSpec(k.Spec), err)
 		}
-		if k.KeyID != "" && src.KeyID() != k.KeyID && spec.Type != "awskms" {
-			s.Close()
-			return nil, fmt.Errorf("key %d (%s) is not the key this volume was created with: it has key ID %s, kmsfs.conf records %s",
-				i+1, redactSpec(k.Spec), src.KeyID(), k.KeyID)
-		}
-		if k.KeyID != "" && src.KeyID() != k.KeyID && spec.Type == "awskms" {
+		if k.KeyID != "" && src.KeyID() != k.KeyID {
+			if spec.Type != "awskms" {
+				s.Close()
+				return nil, fmt.Errorf("key %d (%s) is not the key this volume was created with: it has key ID %s, kmsfs.conf records %s",
+					i+1, redactSpec(k.Spec), src.KeyID(), k.KeyID)
+			}
 			// The alias now points at another key (rotation): new files use
 			// the new key; files of the old key open through it too.
 			old, _, err := s.open(ctx, keysource.Spec{Type: "awskms", Value: k.KeyID}, vid, nil, so, false)
 			if err == nil {
-				s.list = append(s.list, src)
-				s.list = append(s.list, old)
+				s.list = append(s.list, src, old)
 				continue
 			}
 		}
