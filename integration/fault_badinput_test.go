@@ -128,7 +128,7 @@ func TestBadInput(t *testing.T) {
 				if err == nil {
 					f.Close()
 				}
-				if ftErrno(err) != syscall.EIO {
+				if mntErrno(err) != syscall.EIO {
 					t.Errorf("open %s: got %v, want EIO", b.name, err)
 				}
 				return nil

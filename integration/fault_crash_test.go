@@ -41,7 +41,7 @@ const (
 // Each state after verification is the next round's starting state, so
 // damage a round leaves behind is found by the next.
 func TestCrash(t *testing.T) {
-	seed := ftSeed(t)
+	seed := envSeed(t)
 	rounds := 20
 	if ftSoak() {
 		rounds = 200
@@ -136,8 +136,8 @@ func ftCrashRound(t *testing.T, v *ftVolume, rng *mrand.Rand, bs int, delay time
 	close(stop)
 	select {
 	case <-done:
-	case <-time.After(ftExitTimeout):
-		t.Fatalf("the writer is still blocked %v after the daemon was killed", ftExitTimeout)
+	case <-time.After(mntExitTimeout):
+		t.Fatalf("the writer is still blocked %v after the daemon was killed", mntExitTimeout)
 	}
 	if w.j.inflight != nil && !ftConnGone(w.j.err) {
 		t.Errorf("%v failed with %v after the kill; want ENOTCONN, ECONNABORTED, EIO or a short write", *w.j.inflight, w.j.err)
@@ -179,7 +179,7 @@ func ftConnGone(err error) bool {
 	if errors.As(err, &short) {
 		return true // the kernel split the write, and the kill cut off its rest
 	}
-	e := ftErrno(err)
+	e := mntErrno(err)
 	return e == syscall.ENOTCONN || e == syscall.ECONNABORTED || e == syscall.EIO
 }
 
@@ -309,7 +309,7 @@ func ftCrashHistory(j *ftJournal, name string) string {
 	return "; last acknowledged: " + strings.Join(ops, ", ")
 }
 
-func ftNotExist(err error) bool { return ftErrno(err) == syscall.ENOENT }
+func ftNotExist(err error) bool { return mntErrno(err) == syscall.ENOENT }
 
 // ftCipherSize describes the cipher file behind name, for messages.
 func ftCipherSize(v *ftVolume, name string) string {

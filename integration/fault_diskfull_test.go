@@ -33,7 +33,7 @@ const (
 // exactly as acknowledged, a file can be written again once space is
 // freed, and all of it holds after a remount.
 func TestDiskFull(t *testing.T) {
-	seed := ftSeed(t)
+	seed := envSeed(t)
 	for _, bs := range []int{4096, 65536} {
 		t.Run(fmt.Sprintf("bs=%d", bs), func(t *testing.T) { ftDiskFull(t, seed, bs) })
 	}
@@ -184,7 +184,7 @@ func (w *ftFullWriter) do(op ftCrashOp) {
 		w.acked++
 		return
 	}
-	if ftErrno(err) != syscall.ENOSPC {
+	if mntErrno(err) != syscall.ENOSPC {
 		t.Fatalf("%v: got %v, want success or ENOSPC", op, err)
 	}
 	w.enospc++

@@ -2,8 +2,6 @@ package integration_test
 
 import (
 	"bufio"
-	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
@@ -17,16 +15,13 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kmsfs/kmsfs/internal/mountinfo"
 )
 
-// Bounds on the fault tests' waits. Every wait polls with ftPollPause
-// until its condition holds or its deadline passes.
-const (
-	ftCmdTimeout   = 60 * time.Second // one kmsfs init or unmount command
-	ftMountTimeout = 30 * time.Second // kmsfs mount -f until it logs "mounted"
-	ftExitTimeout  = 10 * time.Second // a killed or unmounted daemon until it exits
-	ftPollPause    = 5 * time.Millisecond
-)
+// ftMountTimeout bounds `kmsfs mount -f` until it logs "mounted"; the
+// other waits use mntCmdTimeout, mntExitTimeout and mntPoll.
+const ftMountTimeout = 30 * time.Second
 
 // ftOptions say how ftNew makes a volume.
 type ftOptions struct {
@@ -47,14 +42,11 @@ type ftOptions struct {
 // it. Its cleanup unmounts (or detaches and kills) and, when the test
 // failed, prints the daemon's log.
 type ftVolume struct {
-	t      testing.TB
-	bin    string
-	o      ftOptions
-	Dir    string // holds the mount point, the log, the key file
-	Cipher string
-	Mnt    string
-	Log    string // the daemon's --log-file (text format), appended by every mount
-	Key    string // the local key file, if ftNew made one
+	t   testing.TB
+	bin string
+	o   ftOptions
+	Dir string // holds the mount point, the log (text format), the key file
+	volFiles
 	proc   *ftProc
 	mounts int
 }
@@ -81,8 +73,8 @@ func ftNew(t testing.TB, o ftOptions) *ftVolume {
 	t.Helper()
 	bin := needBinary(t)
 	dir := t.TempDir()
-	v := &ftVolume{t: t, bin: bin, o: o, Dir: dir, Cipher: o.Cipher,
-		Mnt: filepath.Join(dir, "plain"), Log: filepath.Join(dir, "kmsfs.log")}
+	v := &ftVolume{t: t, bin: bin, o: o, Dir: dir, volFiles: volFiles{Cipher: o.Cipher,
+		Mnt: filepath.Join(dir, "plain"), Log: filepath.Join(dir, "kmsfs.log")}}
 	if v.Cipher == "" {
 		v.Cipher = filepath.Join(dir, "cipher")
 	}
@@ -93,46 +85,15 @@ func ftNew(t testing.TB, o ftOptions) *ftVolume {
 		t.Fatal(err)
 	}
 	if len(v.o.Keys) == 0 {
-		v.Key = ftKeyFile(t, dir)
+		v.Key = mntKeyFile(t, dir, nil)
 		v.o.Keys = []string{"local:" + v.Key}
 	}
-	args := []string{"init"}
-	for _, k := range v.o.Keys {
-		args = append(args, "--key", k)
-	}
-	args = append(append(args, v.o.InitArgs...), v.Cipher)
-	if out, err := ftRun(bin, v.o.Env, args...); err != nil {
+	args := mntInitArgs(v.o.Keys, v.o.InitArgs, v.Cipher)
+	if out, err := mntRunKmsfs(bin, nil, v.o.Env, args...); err != nil {
 		t.Fatalf("kmsfs %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	t.Cleanup(v.cleanup)
 	return v
-}
-
-// ftKeyFile writes a fresh 32-byte local key file into dir.
-func ftKeyFile(t testing.TB, dir string) string {
-	t.Helper()
-	key := make([]byte, 32)
-	rand.Read(key)
-	p := filepath.Join(dir, "local.key")
-	if err := os.WriteFile(p, key, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
-// ftRun runs the kmsfs binary with env added, bounded by ftCmdTimeout, and
-// returns its combined output.
-func ftRun(bin string, env []string, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), ftCmdTimeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Env = append(os.Environ(), env...)
-	cmd.WaitDelay = time.Second
-	out, err := cmd.CombinedOutput()
-	if ctx.Err() != nil {
-		err = fmt.Errorf("%w (kmsfs %s did not finish within %v)", err, args[0], ftCmdTimeout)
-	}
-	return string(out), err
 }
 
 // mount starts `kmsfs mount -f` and returns once it has logged "mounted".
@@ -168,23 +129,23 @@ func (v *ftVolume) tryMount(extra ...string) error {
 	}
 	p := &ftProc{cmd: cmd, done: make(chan struct{}), stderr: stderr}
 	go func() { p.err = cmd.Wait(); close(p.done) }()
-	deadline := time.Now().Add(ftMountTimeout)
-	for {
-		if p.exited() {
-			out, _ := os.ReadFile(stderr)
-			return fmt.Errorf("kmsfs %s: exited (%v) before mounting:\n%s", strings.Join(args, " "), p.err, out)
-		}
-		if ftIsMounted(v.Mnt) && v.logHas(mark, func(l ftLogLine) bool { return l.F["msg"] == "mounted" }) {
-			v.proc = p
-			return nil
-		}
-		if time.Now().After(deadline) {
-			cmd.Process.Kill()
-			<-p.done
-			unix.Unmount(v.Mnt, unix.MNT_DETACH)
-			return fmt.Errorf("kmsfs %s: not mounted after %v", strings.Join(args, " "), ftMountTimeout)
-		}
-		time.Sleep(ftPollPause) // between bounded checks of the log and mountinfo
+	ready := false
+	mntPoll(ftMountTimeout, func() bool {
+		ready = !p.exited() && ftIsMounted(v.Mnt) && v.logHas(mark, func(l ftLogLine) bool { return l.F["msg"] == "mounted" })
+		return ready || p.exited()
+	})
+	switch {
+	case ready:
+		v.proc = p
+		return nil
+	case p.exited():
+		out, _ := os.ReadFile(stderr)
+		return fmt.Errorf("kmsfs %s: exited (%v) before mounting:\n%s", strings.Join(args, " "), p.err, out)
+	default:
+		cmd.Process.Kill()
+		<-p.done
+		unix.Unmount(v.Mnt, unix.MNT_DETACH)
+		return fmt.Errorf("kmsfs %s: not mounted after %v", strings.Join(args, " "), ftMountTimeout)
 	}
 }
 
@@ -200,8 +161,8 @@ func (v *ftVolume) kill(t testing.TB) {
 	p.cmd.Process.Signal(syscall.SIGKILL)
 	select {
 	case <-p.done:
-	case <-time.After(ftExitTimeout):
-		t.Fatalf("kmsfs (pid %d) still running %v after SIGKILL", p.cmd.Process.Pid, ftExitTimeout)
+	case <-time.After(mntExitTimeout):
+		t.Fatalf("kmsfs (pid %d) still running %v after SIGKILL", p.cmd.Process.Pid, mntExitTimeout)
 	}
 }
 
@@ -211,7 +172,7 @@ func (v *ftVolume) detach(t testing.TB) {
 	if err := unix.Unmount(v.Mnt, unix.MNT_DETACH); err != nil && err != unix.EINVAL {
 		t.Fatalf("umount -l %s: %v", v.Mnt, err)
 	}
-	ftWait(t, "dead mount detached", ftExitTimeout, func() bool { return !ftIsMounted(v.Mnt) })
+	ftWait(t, "dead mount detached", mntExitTimeout, func() bool { return !ftIsMounted(v.Mnt) })
 }
 
 // unmount unmounts (retrying while the kernel still releases files) and
@@ -228,16 +189,12 @@ func (v *ftVolume) tryUnmount() error {
 	if p == nil {
 		return nil
 	}
-	deadline := time.Now().Add(ftExitTimeout)
-	for {
-		err := unix.Unmount(v.Mnt, 0)
-		if err == nil {
-			break
-		}
-		if err != unix.EBUSY || time.Now().After(deadline) {
-			return fmt.Errorf("unmount %s: %v", v.Mnt, err)
-		}
-		time.Sleep(ftPollPause) // the kernel releases closed files asynchronously
+	deadline := time.Now().Add(mntExitTimeout)
+	var err error
+	// Retry on EBUSY: the kernel releases closed files asynchronously.
+	mntPoll(mntExitTimeout, func() bool { err = unix.Unmount(v.Mnt, 0); return err != unix.EBUSY })
+	if err != nil {
+		return fmt.Errorf("unmount %s: %v", v.Mnt, err)
 	}
 	v.proc = nil
 	select {
@@ -273,17 +230,7 @@ func (v *ftVolume) cleanup() {
 			<-p.done
 		}
 	}
-	if v.t.Failed() {
-		v.t.Logf("kmsfs log %s:\n%s", v.Log, v.logText())
-	}
-}
-
-// path returns the mount's path of a slash-separated name.
-func (v *ftVolume) path(name string) string { return filepath.Join(v.Mnt, filepath.FromSlash(name)) }
-
-// cipherPath returns the cipher dir's path of a slash-separated name.
-func (v *ftVolume) cipherPath(name string) string {
-	return filepath.Join(v.Cipher, filepath.FromSlash(name))
+	v.logIfFailed(v.t)
 }
 
 // waitReleased waits, bounded, until the daemon holds no descriptor of the
@@ -291,19 +238,10 @@ func (v *ftVolume) cipherPath(name string) string {
 // the daemon rereads a header only on a fresh open.
 func (v *ftVolume) waitReleased(t testing.TB, name string) {
 	t.Helper()
-	target := v.cipherPath(name)
-	dir := fmt.Sprintf("/proc/%d/fd", v.pid())
-	ftWait(t, "daemon releases "+name, ftExitTimeout, func() bool {
-		ents, err := os.ReadDir(dir)
-		if err != nil {
-			return false
-		}
-		for _, e := range ents {
-			if l, err := os.Readlink(filepath.Join(dir, e.Name())); err == nil && (l == target || l == target+" (deleted)") {
-				return false
-			}
-		}
-		return true
+	pid, target := v.pid(), v.cipherPath(name)
+	ftWait(t, "daemon releases "+name, mntExitTimeout, func() bool {
+		held, err := mntHolds(pid, target)
+		return err == nil && len(held) == 0
 	})
 }
 
@@ -375,58 +313,19 @@ func (v *ftVolume) logHas(mark int64, match func(ftLogLine) bool) bool {
 	return false
 }
 
-func (v *ftVolume) logText() string {
-	b, err := os.ReadFile(v.Log)
-	if err != nil {
-		return err.Error()
-	}
-	return string(b)
-}
-
-// ftIsMounted reports whether path is a mount point in this namespace.
+// ftIsMounted reports whether path is a mount point in this namespace;
+// unlike mntIsMounted it needs no test (false if mountinfo is unreadable).
 func ftIsMounted(path string) bool {
-	raw, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return false
-	}
-	for line := range strings.Lines(string(raw)) {
-		// ID PARENT MAJ:MIN ROOT MOUNTPOINT ...; octal escapes for blanks.
-		if f := strings.Fields(line); len(f) > 4 && mntUnescape(f[4]) == path {
-			return true
-		}
-	}
-	return false
+	_, ok, _ := mountinfo.Lookup(path)
+	return ok
 }
 
 // ftWait polls cond until it holds, failing the test after timeout.
 func ftWait(t testing.TB, what string, timeout time.Duration, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not reached within %v", what, timeout)
-		}
-		time.Sleep(ftPollPause) // between bounded checks
+	if !mntPoll(timeout, cond) {
+		t.Fatalf("%s: not reached within %v", what, timeout)
 	}
-}
-
-// ftSeed returns the run's seed: $KMSFS_SEED if set, else a random one.
-// It logs the seed so that a failure can be replayed.
-func ftSeed(t testing.TB) uint64 {
-	t.Helper()
-	if s := os.Getenv("KMSFS_SEED"); s != "" {
-		seed, err := strconv.ParseUint(s, 0, 64)
-		if err != nil {
-			t.Fatalf("KMSFS_SEED=%q: %v", s, err)
-		}
-		t.Logf("seed=%d (from KMSFS_SEED)", seed)
-		return seed
-	}
-	var b [8]byte
-	rand.Read(b[:])
-	seed := uint64(b[0]) | uint64(b[1])<<8 | uint64(b[2])<<16 | uint64(b[3])<<24 | uint64(b[4])<<32 | uint64(b[5])<<40
-	t.Logf("seed=%d (replay with KMSFS_SEED=%d)", seed, seed)
-	return seed
 }
 
 // ftSoak reports whether the long versions run (KMSFS_SOAK=1).
@@ -443,15 +342,6 @@ func ftBytes(r *mrand.Rand, n int) []byte {
 		}
 	}
 	return b
-}
-
-// ftErrno returns the errno inside err, or 0.
-func ftErrno(err error) syscall.Errno {
-	var e syscall.Errno
-	if errors.As(err, &e) {
-		return e
-	}
-	return 0
 }
 
 // ftBlocks is a file read back block by block through the mount.

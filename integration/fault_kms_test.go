@@ -233,7 +233,7 @@ func ftFailingOpen(t *testing.T, v *ftVolume, name, cause string) {
 		return nil
 	})
 	took := time.Since(start)
-	switch ftErrno(openErr) {
+	switch mntErrno(openErr) {
 	case syscall.EIO, syscall.ETIMEDOUT, syscall.EACCES:
 	default:
 		t.Errorf("open %s: got %v, want EIO, ETIMEDOUT or EACCES", name, openErr)

@@ -175,7 +175,7 @@ func ftTamperOpen(t *testing.T, v *ftVolume, l ftLayout) {
 	}
 	ftFlip(t, v.cipherPath("open-flip"), l.Off(1)+16+7)
 	mark := v.logMark()
-	if _, err := f.ReadAt(buf, 4096); ftErrno(err) != syscall.EIO {
+	if _, err := f.ReadAt(buf, 4096); mntErrno(err) != syscall.EIO {
 		t.Errorf("block 1 after the damage, same descriptor: got %v, want EIO", err)
 	}
 	lines := v.logSince(mark)
@@ -205,7 +205,7 @@ func ftTamperCheck(t *testing.T, v *ftVolume, c ftTamperCase, plain map[string][
 	blocks, err := ftReadBlocks(p, bs)
 	lines := v.logSince(mark)
 	if c.open {
-		if ftErrno(err) != syscall.EIO {
+		if mntErrno(err) != syscall.EIO {
 			t.Fatalf("open %s: got %v, want EIO", c.file, err)
 		}
 		if n := ftCountLines(lines, c.file, "open", ""); n != 1 {
@@ -228,7 +228,7 @@ func ftTamperCheck(t *testing.T, v *ftVolume, c ftTamperCase, plain map[string][
 		berr, failed := blocks.Bad[i]
 		switch {
 		case bad[i] || c.allBad:
-			if ftErrno(berr) != syscall.EIO {
+			if mntErrno(berr) != syscall.EIO {
 				t.Errorf("%s block %d: read got %v, want EIO", c.file, i, berr)
 			}
 			if n := ftCountLines(lines, c.file, "read", strconv.FormatInt(i, 10)); n != 1 {

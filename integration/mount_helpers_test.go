@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/internal/kmstest"
+	"github.com/kmsfs/kmsfs/internal/mountinfo"
 )
 
 // Bounds on waiting for the kmsfs binary and its mount daemon.
@@ -58,14 +59,54 @@ type mntOptions struct {
 // where `kmsfs mount` shows it. Its cleanup unmounts (bounded) and, when
 // the test failed, prints the mount daemon's log.
 type mntVolume struct {
-	t      testing.TB // the test that made it: its cleanup reports there
-	bin    string
-	o      mntOptions
+	t   testing.TB // the test that made it: its cleanup reports there
+	bin string
+	o   mntOptions
+	volFiles
+	pid int // the mount daemon while mounted, else 0
+}
+
+// volFiles are the paths of a test volume, mntVolume's or ftVolume's.
+type volFiles struct {
 	Cipher string // the cipher dir
 	Mnt    string // the mount point
-	Log    string // the mount daemon's --log-file
-	Key    string // the local key file, if mntNew made one
-	pid    int    // the mount daemon while mounted, else 0
+	Log    string // the mount daemon's --log-file, appended by every mount
+	Key    string // the local key file, if the volume's constructor made one
+}
+
+// path returns the mount's path of a slash-separated name.
+func (f *volFiles) path(name string) string { return filepath.Join(f.Mnt, filepath.FromSlash(name)) }
+
+// cipherPath returns the cipher dir's path of a slash-separated name.
+func (f *volFiles) cipherPath(name string) string {
+	return filepath.Join(f.Cipher, filepath.FromSlash(name))
+}
+
+// logText returns the mount daemon's log.
+func (f *volFiles) logText() string {
+	b, err := os.ReadFile(f.Log)
+	if err != nil {
+		return err.Error()
+	}
+	return string(b)
+}
+
+// logIfFailed prints the mount daemon's log if t failed: the last step of
+// a volume's cleanup.
+func (f *volFiles) logIfFailed(t testing.TB) {
+	if t.Failed() {
+		t.Logf("kmsfs log %s:\n%s", f.Log, f.logText())
+	}
+}
+
+// mntInitArgs returns the arguments of `kmsfs init` for cipher: a --key
+// for each of keys, then extra.
+func mntInitArgs(keys, extra []string, cipher string) []string {
+	args := []string{"init"}
+	for _, k := range keys {
+		args = append(args, "--key", k)
+	}
+	return append(append(args, extra...), cipher)
 }
 
 // mntNew inits a volume with the kmsfs binary; it does not mount it.
@@ -75,8 +116,8 @@ func mntNew(t testing.TB, o mntOptions) *mntVolume {
 	if o.Dir == "" {
 		o.Dir = t.TempDir()
 	}
-	v := &mntVolume{t: t, bin: bin, o: o,
-		Cipher: filepath.Join(o.Dir, "cipher"), Mnt: filepath.Join(o.Dir, "plain"), Log: filepath.Join(o.Dir, "kmsfs.log")}
+	v := &mntVolume{t: t, bin: bin, o: o, volFiles: volFiles{
+		Cipher: filepath.Join(o.Dir, "cipher"), Mnt: filepath.Join(o.Dir, "plain"), Log: filepath.Join(o.Dir, "kmsfs.log")}}
 	if err := os.Mkdir(v.Cipher, 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -93,11 +134,7 @@ func mntNew(t testing.TB, o mntOptions) *mntVolume {
 		v.Key = mntKeyFile(t, o.Dir, o.Cred)
 		v.o.Keys = []string{"local:" + v.Key}
 	}
-	args := []string{"init"}
-	for _, k := range v.o.Keys {
-		args = append(args, "--key", k)
-	}
-	args = append(append(args, v.o.InitArgs...), v.Cipher)
+	args := mntInitArgs(v.o.Keys, v.o.InitArgs, v.Cipher)
 	if out, err := v.run(args...); err != nil {
 		t.Fatalf("kmsfs %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
@@ -181,12 +218,8 @@ func (v *mntVolume) tryUnmount(t testing.TB) error {
 	}
 	pid := v.pid
 	v.pid = 0
-	deadline := time.Now().Add(mntExitTimeout)
-	for mntIsMounted(t, v.Mnt) || !mntExited(pid) {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s still mounted or its daemon (pid %d) still running %v after kmsfs unmount", v.Mnt, pid, mntExitTimeout)
-		}
-		time.Sleep(mntPollPause) // between bounded checks of /proc
+	if !mntPoll(mntExitTimeout, func() bool { return !mntIsMounted(t, v.Mnt) && mntExited(pid) }) {
+		return fmt.Errorf("%s still mounted or its daemon (pid %d) still running %v after kmsfs unmount", v.Mnt, pid, mntExitTimeout)
 	}
 	return nil
 }
@@ -212,22 +245,8 @@ func (v *mntVolume) cleanup() {
 			}
 		}
 	}
-	if v.t.Failed() {
-		v.t.Logf("kmsfs log %s:\n%s", v.Log, v.logText())
-	}
+	v.logIfFailed(v.t)
 }
-
-// logText returns the mount daemon's log.
-func (v *mntVolume) logText() string {
-	b, err := os.ReadFile(v.Log)
-	if err != nil {
-		return err.Error()
-	}
-	return string(b)
-}
-
-// path returns the mount's path of a slash-separated name.
-func (v *mntVolume) path(name string) string { return filepath.Join(v.Mnt, filepath.FromSlash(name)) }
 
 // mntKeyFile writes a fresh 32-byte local key file into dir, private to
 // cred (nil: to the test).
@@ -305,36 +324,28 @@ func mntIsMounted(t testing.TB, path string) bool {
 }
 
 // mntMountInfo returns the mountinfo line of the mount at path, split
-// into fields, and whether there is one.
+// into fields (ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS ... - FSTYPE
+// SOURCE SUPEROPTIONS), and whether there is one.
 func mntMountInfo(t testing.TB, path string) ([]string, bool) {
 	t.Helper()
-	raw, err := os.ReadFile("/proc/self/mountinfo")
+	m, ok, err := mountinfo.Lookup(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for line := range strings.Lines(string(raw)) {
-		// ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS ... - FSTYPE SOURCE
-		// SUPEROPTIONS; octal escapes for blanks.
-		if f := strings.Fields(line); len(f) > 4 && mntUnescape(f[4]) == path {
-			return f, true
-		}
-	}
-	return nil, false
+	return m.Fields, ok
 }
 
-func mntUnescape(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
+// mntPoll polls cond, mntPollPause apart, until it holds or timeout has
+// passed, and returns whether it held.
+func mntPoll(timeout time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
 		}
-		b.WriteByte(s[i])
+		time.Sleep(mntPollPause) // between bounded checks
 	}
-	return b.String()
+	return true
 }
 
 // mntDaemon returns the pid of the running kmsfs mount daemon serving
@@ -377,11 +388,20 @@ func mntExited(pid int) bool {
 // the cipher dir at name (slash-separated, relative to the cipher dir).
 func (v *mntVolume) daemonHolds(t testing.TB, name string) []string {
 	t.Helper()
-	target := filepath.Join(v.Cipher, filepath.FromSlash(name))
-	dir := fmt.Sprintf("/proc/%d/fd", v.pid)
-	ents, err := os.ReadDir(dir)
+	held, err := mntHolds(v.pid, v.cipherPath(name))
 	if err != nil {
 		t.Fatalf("daemon descriptors: %v", err)
+	}
+	return held
+}
+
+// mntHolds returns the descriptors of process pid open on target (which
+// may since have been deleted).
+func mntHolds(pid int, target string) ([]string, error) {
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
 	}
 	var held []string
 	for _, e := range ents {
@@ -389,7 +409,7 @@ func (v *mntVolume) daemonHolds(t testing.TB, name string) []string {
 			held = append(held, e.Name())
 		}
 	}
-	return held
+	return held, nil
 }
 
 // mntCipherLeaks walks a cipher dir and returns the regular files that
@@ -438,12 +458,8 @@ func mntWantErrno(t testing.TB, what string, err error, want syscall.Errno) {
 // returns, so a test that needs the file closed in the daemon waits here.
 func (v *mntVolume) waitReleased(t testing.TB, name string) {
 	t.Helper()
-	deadline := time.Now().Add(mntExitTimeout)
-	for len(v.daemonHolds(t, name)) > 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the mount daemon still holds %s open %v after it was closed", name, mntExitTimeout)
-		}
-		time.Sleep(mntPollPause) // between bounded checks of /proc
+	if !mntPoll(mntExitTimeout, func() bool { return len(v.daemonHolds(t, name)) == 0 }) {
+		t.Fatalf("the mount daemon still holds %s open %v after it was closed", name, mntExitTimeout)
 	}
 }
 

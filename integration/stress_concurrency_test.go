@@ -51,7 +51,7 @@ func sxConcShape(bs int) (blocks, writes int) {
 // newer than its latest begun one; and at the end, that the file holds
 // each owner's last write.
 func TestConcurrentDisjoint(t *testing.T) {
-	seed := sxSeed(t)
+	seed := envSeed(t)
 	for _, bs := range sxBlockSizes {
 		t.Run(fmt.Sprintf("bs=%d", bs), func(t *testing.T) {
 			blocks, writes := sxConcShape(bs)
@@ -75,7 +75,7 @@ func TestConcurrentDisjoint(t *testing.T) {
 // one write to it, and at the end that each block holds the last write
 // to it of one writer.
 func TestConcurrentOverlapping(t *testing.T) {
-	seed := sxSeed(t)
+	seed := envSeed(t)
 	for _, bs := range sxBlockSizes {
 		t.Run(fmt.Sprintf("bs=%d", bs), func(t *testing.T) {
 			blocks, writes := sxConcShape(bs)
@@ -320,7 +320,7 @@ func (c *sxConc) checkFinal(when string) {
 // then all read all files, with listings and stats alongside; then again
 // after a remount. Every file must match its model at every read.
 func TestConcurrentManyFiles(t *testing.T) {
-	seed := sxSeed(t)
+	seed := envSeed(t)
 	for _, bs := range sxBlockSizes {
 		t.Run(fmt.Sprintf("bs=%d", bs), func(t *testing.T) {
 			m := &sxMany{t: t, v: sxNewVolume(t, bs), bs: bs, seed: seed, stop: sxStop(t, sxConcBudget)}

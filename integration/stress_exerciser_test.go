@@ -47,7 +47,7 @@ const (
 
 // TestExerciser runs the exerciser on a 4 KiB and a 64 KiB volume.
 func TestExerciser(t *testing.T) {
-	seed := sxSeed(t)
+	seed := envSeed(t)
 	ops := sxOps(t, sxDefaultOps)
 	for _, bs := range sxBlockSizes {
 		t.Run(fmt.Sprintf("bs=%d", bs), func(t *testing.T) {

@@ -199,9 +199,10 @@ func (l *sxLogBuffer) tail(n int) string {
 	return string(b[max(0, len(b)-n):])
 }
 
-// sxSeed returns the run's seed: KMSFS_SEED if set, else a random one. It
-// logs the seed, so every failure shows it.
-func sxSeed(t testing.TB) uint64 {
+// envSeed returns the run's seed: KMSFS_SEED if set, else a random one. It
+// logs the seed, so every failure shows it. The fault and stress tests
+// share it.
+func envSeed(t testing.TB) uint64 {
 	t.Helper()
 	if s := os.Getenv("KMSFS_SEED"); s != "" {
 		seed, err := strconv.ParseUint(s, 0, 64)
