@@ -95,7 +95,7 @@ func (b *bench) prepare(ctx context.Context) error {
 	root := strings.TrimSpace(string(goroot))
 	b.tarPath = filepath.Join(b.tmpfs, "gosrc.tar")
 	src := filepath.Join(root, b.sizes.tarSubdir) // tarred as its base name: find lists exactly the tar's entries and "."
-	if _, err := runCmd(ctx, nil, "tar", "-cf", b.tarPath, "-C", filepath.Dir(src), filepath.Base(src)); err != nil {
+	if err := runCmd(ctx, nil, "tar", "-cf", b.tarPath, "-C", filepath.Dir(src), filepath.Base(src)); err != nil {
 		return err
 	}
 	list, err := exec.CommandContext(ctx, "tar", "-tf", b.tarPath).Output()
@@ -139,6 +139,14 @@ func (b *bench) awsEnv(p *kmstest.Proxy) []string {
 	}
 }
 
+// proxy returns the KMS proxy of group g's kmsfs volumes.
+func (b *bench) proxy(g group) *kmstest.Proxy {
+	if g.slowKMS {
+		return b.slow
+	}
+	return b.direct
+}
+
 // kmsCounts returns how many requests of each counted operation reached p.
 func kmsCounts(p *kmstest.Proxy) map[string]int {
 	m := map[string]int{}
@@ -160,20 +168,10 @@ func (b *bench) mount(ctx context.Context, g group, fs string, round int) (*daem
 	logPath := filepath.Join(b.work, fmt.Sprintf("%s-r%d-%s.log", g.name, round, fs))
 	if fs == fsLoop {
 		d, err := startDaemon(ctx, fs, b.cfg.loopBin, []string{backing, mnt}, nil, mnt, logPath)
-		if err == nil && b.meta.LoopbackOptions == "" {
-			if line, ok := findLine(logPath, "loopbackfs: mounted"); ok {
-				_, b.meta.LoopbackOptions, _ = strings.Cut(line, ": MaxWrite")
-				b.meta.LoopbackOptions = "MaxWrite" + b.meta.LoopbackOptions
-			}
-		}
 		return d, top, err
 	}
-	p := b.direct
-	if g.slowKMS {
-		p = b.slow
-	}
-	env := b.awsEnv(p)
-	if _, err := runCmd(ctx, env, b.cfg.kmsfsBin, "init", "--key", keySpec, backing); err != nil {
+	env := b.awsEnv(b.proxy(g))
+	if err := runCmd(ctx, env, b.cfg.kmsfsBin, "init", "--key", keySpec, backing); err != nil {
 		return nil, top, err
 	}
 	if b.meta.Volume == "" {
@@ -213,10 +211,7 @@ func (b *bench) runGroup(ctx context.Context, g group, fs string, round int) (er
 			return fmt.Errorf("setup: %w", err)
 		}
 	}
-	proxy := b.direct
-	if g.slowKMS {
-		proxy = b.slow
-	}
+	proxy := b.proxy(g)
 	pid := d.pid()
 	for _, p := range g.phases {
 		if err := ctx.Err(); err != nil {
@@ -278,8 +273,15 @@ func (b *bench) runGroup(ctx context.Context, g group, fs string, round int) (er
 // servedLine is the loopback's exit line.
 var servedLine = regexp.MustCompile(`loopbackfs: served reads=(\d+) read_bytes=(\d+) writes=(\d+) write_bytes=(\d+)`)
 
-// recordLoopStats keeps what the loopback daemon says it served.
+// recordLoopStats keeps what the stopped loopback daemon says it served,
+// and the first time the options it mounted with (read only now: the mount
+// shows before the daemon prints them).
 func (b *bench) recordLoopStats(g group, round int, d *daemon) {
+	if line, ok := findLine(d.log, "loopbackfs: mounted"); ok && b.meta.LoopbackOptions == "" {
+		if i := strings.Index(line, ": MaxWrite="); i >= 0 {
+			b.meta.LoopbackOptions = line[i+2:]
+		}
+	}
 	line, ok := findLine(d.log, "loopbackfs: served")
 	if !ok {
 		return

@@ -23,7 +23,11 @@ type fioStats struct {
 	BWBytes  float64 `json:"bw_bytes"` // bytes per second
 	IOPS     float64 `json:"iops"`
 	TotalIOs int64   `json:"total_ios"`
-	Runtime  int64   `json:"runtime"` // milliseconds
+}
+
+// detail is the phase detail of s: bytes and I/Os done.
+func (s fioStats) detail() map[string]float64 {
+	return map[string]float64{"io_bytes": float64(s.IOBytes), "ios": float64(s.TotalIOs)}
 }
 
 type fioReport struct {
@@ -37,9 +41,9 @@ type fioReport struct {
 
 // runFio runs one fio job (group-reported) with fioCommon and args and
 // returns its read and write statistics. The JSON report goes to a file
-// in scratch, outside the mounts. The run is bounded by ctx and by limit.
-func runFio(ctx context.Context, scratch string, limit time.Duration, args ...string) (read, write fioStats, err error) {
-	ctx, cancel := context.WithTimeout(ctx, limit)
+// in scratch, outside the mounts. The run is bounded by ctx and fioLimit.
+func runFio(ctx context.Context, scratch string, args ...string) (read, write fioStats, err error) {
+	ctx, cancel := context.WithTimeout(ctx, fioLimit)
 	defer cancel()
 	report := filepath.Join(scratch, "fio.json")
 	os.Remove(report)
@@ -49,7 +53,7 @@ func runFio(ctx context.Context, scratch string, limit time.Duration, args ...st
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		if ctx.Err() == context.DeadlineExceeded {
-			err = fmt.Errorf("%w (fio did not finish within %v)", err, limit)
+			err = fmt.Errorf("%w (fio did not finish within %v)", err, fioLimit)
 		}
 		return read, write, fmt.Errorf("fio %s: %w\n%s", strings.Join(args, " "), err, out)
 	}

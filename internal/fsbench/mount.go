@@ -6,12 +6,13 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kmsfs/kmsfs/internal/mountinfo"
 )
 
 // Bounds on waiting for mounts and daemons.
@@ -26,43 +27,15 @@ const (
 // mountInfo returns the mount points in this mount namespace and their
 // filesystem types.
 func mountInfo() (map[string]string, error) {
-	raw, err := os.ReadFile("/proc/self/mountinfo")
+	ms, err := mountinfo.Read()
 	if err != nil {
 		return nil, err
 	}
 	m := map[string]string{}
-	for line := range strings.Lines(string(raw)) {
-		// ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER
-		f := strings.Fields(line)
-		if len(f) < 5 {
-			continue
-		}
-		typ := ""
-		for i, s := range f {
-			if s == "-" && i+1 < len(f) {
-				typ = f[i+1]
-				break
-			}
-		}
-		m[unescape(f[4])] = typ
+	for _, mt := range ms {
+		m[mt.Point] = mt.FSType
 	}
 	return m, nil
-}
-
-// unescape undoes mountinfo's octal escapes of blanks and backslashes.
-func unescape(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // isMounted reports whether path is a mount point, and its type.
@@ -222,16 +195,15 @@ func (d *daemon) logTail() string {
 }
 
 // runCmd runs bin with args and env added, bounded by cmdTimeout and ctx,
-// and returns its combined output.
-func runCmd(ctx context.Context, env []string, bin string, args ...string) (string, error) {
+// and returns an error with its combined output if it fails.
+func runCmd(ctx context.Context, env []string, bin string, args ...string) error {
 	ctx, cancel := context.WithTimeout(ctx, cmdTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Env = append(os.Environ(), env...)
 	cmd.WaitDelay = time.Second
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return string(out), fmt.Errorf("%s %s: %w\n%s", bin, strings.Join(args, " "), err, out)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("%s %s: %w\n%s", bin, strings.Join(args, " "), err, out)
 	}
-	return string(out), nil
+	return nil
 }

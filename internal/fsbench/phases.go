@@ -110,16 +110,16 @@ func human(n int64) string {
 }
 
 func (b *bench) seqWrite(ctx context.Context, r *groupRun) (float64, map[string]float64, error) {
-	_, w, err := runFio(ctx, b.work, fioLimit, "--name=seqwrite", "--filename="+filepath.Join(r.dir, "seq.dat"),
+	_, w, err := runFio(ctx, b.work, "--name=seqwrite", "--filename="+filepath.Join(r.dir, "seq.dat"),
 		"--rw=write", "--bs=1M", "--size="+strconv.FormatInt(b.sizes.seq, 10), "--end_fsync=1")
 	if err != nil {
 		return 0, nil, err
 	}
-	return w.BWBytes / 1e6, map[string]float64{"io_bytes": float64(w.IOBytes), "ios": float64(w.TotalIOs)}, nil
+	return w.BWBytes / 1e6, w.detail(), nil
 }
 
 func (b *bench) seqRead(ctx context.Context, r *groupRun) (float64, map[string]float64, error) {
-	rd, _, err := runFio(ctx, b.work, fioLimit, "--name=seqread", "--filename="+filepath.Join(r.dir, "seq.dat"),
+	rd, _, err := runFio(ctx, b.work, "--name=seqread", "--filename="+filepath.Join(r.dir, "seq.dat"),
 		"--rw=read", "--bs=1M", "--size="+strconv.FormatInt(b.sizes.seq, 10))
 	if err != nil {
 		return 0, nil, err
@@ -127,7 +127,7 @@ func (b *bench) seqRead(ctx context.Context, r *groupRun) (float64, map[string]f
 	if rd.IOBytes != b.sizes.seq {
 		return 0, nil, fmt.Errorf("fio read %d bytes, want %d", rd.IOBytes, b.sizes.seq)
 	}
-	return rd.BWBytes / 1e6, map[string]float64{"io_bytes": float64(rd.IOBytes), "ios": float64(rd.TotalIOs)}, nil
+	return rd.BWBytes / 1e6, rd.detail(), nil
 }
 
 // randFiles names the random-I/O files: fio job clone k uses rand.k.
@@ -140,7 +140,7 @@ func randFiles(dir string) []string {
 func (b *bench) randLayout(ctx context.Context, r *groupRun) error {
 	args := append(randFiles(r.dir), "--name=layout", "--rw=write", "--bs=1M",
 		"--size="+strconv.FormatInt(b.sizes.rand, 10), "--numjobs=4", "--end_fsync=1")
-	_, w, err := runFio(ctx, b.work, fioLimit, args...)
+	_, w, err := runFio(ctx, b.work, args...)
 	if err == nil && w.IOBytes != 4*b.sizes.rand {
 		err = fmt.Errorf("layout wrote %d bytes, want %d", w.IOBytes, 4*b.sizes.rand)
 	}
@@ -160,7 +160,7 @@ func (b *bench) randIO(rw string, jobs int) func(context.Context, *groupRun) (fl
 		if rw == "randwrite" {
 			args = append(args, "--end_fsync=1")
 		}
-		rd, w, err := runFio(ctx, b.work, fioLimit, args...)
+		rd, w, err := runFio(ctx, b.work, args...)
 		if err != nil {
 			return 0, nil, err
 		}
@@ -171,7 +171,7 @@ func (b *bench) randIO(rw string, jobs int) func(context.Context, *groupRun) (fl
 		if st.TotalIOs == 0 {
 			return 0, nil, fmt.Errorf("fio %s did no I/O", rw)
 		}
-		return st.IOPS, map[string]float64{"ios": float64(st.TotalIOs), "io_bytes": float64(st.IOBytes)}, nil
+		return st.IOPS, st.detail(), nil
 	}
 }
 
@@ -186,8 +186,22 @@ func (b *bench) smallContent(i int) []byte {
 	return buf
 }
 
-func (b *bench) smallPath(dir string, d, f int) string {
-	return filepath.Join(dir, "small", fmt.Sprintf("d%02d", d), fmt.Sprintf("f%03d", f))
+// eachSmall calls fn with the path and number of every small file under
+// dir, small/dDD/fFFF, a directory's files in a row; it checks ctx before
+// each directory.
+func (b *bench) eachSmall(ctx context.Context, dir string, fn func(path string, i int) error) error {
+	for d := range b.sizes.smallDirs {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		for f := range b.sizes.smallPerDir {
+			p := filepath.Join(dir, "small", fmt.Sprintf("d%02d", d), fmt.Sprintf("f%03d", f))
+			if err := fn(p, d*b.sizes.smallPerDir+f); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // smallCreate writes smallDirs directories of smallPerDir files, in this
@@ -196,56 +210,44 @@ func (b *bench) smallCreate(ctx context.Context, r *groupRun) (float64, map[stri
 	if err := os.Mkdir(filepath.Join(r.dir, "small"), 0o755); err != nil {
 		return 0, nil, err
 	}
-	for d := range b.sizes.smallDirs {
-		if err := ctx.Err(); err != nil {
-			return 0, nil, err
-		}
-		if err := os.Mkdir(filepath.Dir(b.smallPath(r.dir, d, 0)), 0o755); err != nil {
-			return 0, nil, err
-		}
-		for f := range b.sizes.smallPerDir {
-			if err := os.WriteFile(b.smallPath(r.dir, d, f), b.smallContent(d*b.sizes.smallPerDir+f), 0o644); err != nil {
-				return 0, nil, err
+	return 0, nil, b.eachSmall(ctx, r.dir, func(p string, i int) error {
+		if i%b.sizes.smallPerDir == 0 { // a directory's first file
+			if err := os.Mkdir(filepath.Dir(p), 0o755); err != nil {
+				return err
 			}
 		}
-	}
-	return 0, nil, nil
+		return os.WriteFile(p, b.smallContent(i), 0o644)
+	})
 }
 
 // smallRead reads every small file back and checks its content.
 func (b *bench) smallRead(ctx context.Context, r *groupRun) (float64, map[string]float64, error) {
-	for d := range b.sizes.smallDirs {
-		if err := ctx.Err(); err != nil {
-			return 0, nil, err
+	return 0, nil, b.eachSmall(ctx, r.dir, func(p string, i int) error {
+		got, err := os.ReadFile(p)
+		if err != nil {
+			return err
 		}
-		for f := range b.sizes.smallPerDir {
-			p := b.smallPath(r.dir, d, f)
-			got, err := os.ReadFile(p)
-			if err != nil {
-				return 0, nil, err
-			}
-			if !bytes.Equal(got, b.smallContent(d*b.sizes.smallPerDir+f)) {
-				return 0, nil, fmt.Errorf("%s: wrong content (%d bytes)", p, len(got))
-			}
+		if !bytes.Equal(got, b.smallContent(i)) {
+			return fmt.Errorf("%s: wrong content (%d bytes)", p, len(got))
 		}
-	}
-	return 0, nil, nil
+		return nil
+	})
 }
 
-// smallRemove removes every small file by name, then the directories.
+// smallRemove removes every small file by name, each directory after its
+// last file, then small itself.
 func (b *bench) smallRemove(ctx context.Context, r *groupRun) (float64, map[string]float64, error) {
-	for d := range b.sizes.smallDirs {
-		if err := ctx.Err(); err != nil {
-			return 0, nil, err
+	err := b.eachSmall(ctx, r.dir, func(p string, i int) error {
+		if err := os.Remove(p); err != nil {
+			return err
 		}
-		for f := range b.sizes.smallPerDir {
-			if err := os.Remove(b.smallPath(r.dir, d, f)); err != nil {
-				return 0, nil, err
-			}
+		if (i+1)%b.sizes.smallPerDir == 0 { // a directory's last file
+			return os.Remove(filepath.Dir(p))
 		}
-		if err := os.Remove(filepath.Dir(b.smallPath(r.dir, d, 0))); err != nil {
-			return 0, nil, err
-		}
+		return nil
+	})
+	if err != nil {
+		return 0, nil, err
 	}
 	return 0, nil, os.Remove(filepath.Join(r.dir, "small"))
 }

@@ -9,13 +9,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	kfs "github.com/kmsfs/kmsfs/fs"
+	"github.com/kmsfs/kmsfs/internal/benchfmt"
 )
 
 // sample is one phase on one filesystem in one round.
@@ -124,18 +124,6 @@ type row struct {
 	HaveLoop bool               `json:"-"`
 }
 
-func median(xs []float64) float64 {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
-
 // pick returns the samples of one phase on one filesystem.
 func (b *bench) pick(group, phase, fs string) []sample {
 	var out []sample
@@ -152,11 +140,9 @@ func (b *bench) rows(groups []group) []row {
 	for _, g := range groups {
 		for _, p := range g.phases {
 			k := b.pick(g.name, p.key, fsKmsfs)
-			var l []sample
+			l := b.pick(g.name, p.key, fsLoop)
 			if g.slowKMS {
 				l = b.pick(g.base, strings.TrimSuffix(p.key, "-kms10ms"), fsLoop)
-			} else {
-				l = b.pick(g.name, p.key, fsLoop)
 			}
 			r := row{Group: g.name, Phase: p.key, Label: p.label, Unit: p.unit, KMSCalls: map[string]float64{}, HaveLoop: len(l) > 0}
 			r.Kmsfs, r.CPUKmsfs, r.RSSKmsfs = stats(k)
@@ -172,7 +158,7 @@ func (b *bench) rows(groups []group) []row {
 				for _, s := range k {
 					xs = append(xs, float64(s.KMSCalls[op]))
 				}
-				if v := median(xs); v > 0 {
+				if v := benchfmt.Median(xs); v > 0 {
 					r.KMSCalls[op] = v
 				}
 			}
@@ -192,7 +178,7 @@ func stats(ss []sample) (value, cpu, rssMiB float64) {
 		cs = append(cs, s.CPUSeconds)
 		rssMiB = max(rssMiB, float64(s.PeakRSSKiB)/1024)
 	}
-	return median(vs), median(cs), rssMiB
+	return benchfmt.Median(vs), benchfmt.Median(cs), rssMiB
 }
 
 // Acceptance of issue 6, as ratios kmsfs/loopback.
@@ -230,13 +216,14 @@ func judge(g group, p phase, r row) (string, string) {
 	if strings.HasPrefix(p.key, "untar") {
 		check(fmt.Sprintf("rss<=%d", untarRSSMax), r.RSSKmsfs <= untarRSSMax)
 	}
-	if !r.HaveLoop {
-		return strings.Join(targets, " "), "-"
+	target := strings.Join(targets, " ")
+	switch {
+	case !r.HaveLoop:
+		return target, "-"
+	case len(misses) > 0:
+		return target, "MISS " + strings.Join(misses, " ")
 	}
-	if len(misses) > 0 {
-		return strings.Join(targets, " "), "MISS " + strings.Join(misses, " ")
-	}
-	return strings.Join(targets, " "), "ok"
+	return target, "ok"
 }
 
 // opAbbrev shortens KMS operation names in the table.

@@ -33,11 +33,19 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+
+	kfs "github.com/kmsfs/kmsfs/fs"
 )
 
 // counters are the data requests the daemon served; safe for concurrent use.
 type counters struct {
 	reads, readBytes, writes, writeBytes atomic.Int64
+}
+
+// wrote counts a write request of n bytes.
+func (c *counters) wrote(n uint32) {
+	c.writes.Add(1)
+	c.writeBytes.Add(int64(n))
 }
 
 // node is a loopback node whose files never offer passthrough.
@@ -102,8 +110,7 @@ var _ = (fs.FileWriter)((*file)(nil))
 
 func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
 	n, errno := f.LoopbackFile.Write(ctx, data, off)
-	f.c.writes.Add(1)
-	f.c.writeBytes.Add(int64(n))
+	f.c.wrote(n)
 	return n, errno
 }
 
@@ -111,17 +118,17 @@ var _ = (fs.FileWritever)((*file)(nil))
 
 func (f *file) Writev(ctx context.Context, data [][]byte, off int64) (uint32, syscall.Errno) {
 	n, errno := f.LoopbackFile.Writev(ctx, data, off)
-	f.c.writes.Add(1)
-	f.c.writeBytes.Add(int64(n))
+	f.c.wrote(n)
 	return n, errno
 }
 
 func main() {
-	maxWrite := flag.Int("max-write", 1<<20, "FUSE MaxWrite in bytes (kmsfs: 1 MiB)")
-	maxReadAhead := flag.Int("max-readahead", 1<<20, "FUSE MaxReadAhead in bytes (kmsfs: 1 MiB)")
-	entry := flag.Duration("entry-timeout", time.Second, "entry cache timeout (kmsfs: 1s)")
-	attr := flag.Duration("attr-timeout", time.Second, "attribute cache timeout (kmsfs: 1s)")
-	negative := flag.Duration("negative-timeout", time.Second, "negative entry cache timeout (kmsfs: 1s)")
+	k := kfs.MountOptions("", nil, false) // the defaults are kmsfs's
+	maxWrite := flag.Int("max-write", k.MaxWrite, "FUSE MaxWrite in bytes")
+	maxReadAhead := flag.Int("max-readahead", k.MaxReadAhead, "FUSE MaxReadAhead in bytes")
+	entry := flag.Duration("entry-timeout", *k.EntryTimeout, "entry cache timeout")
+	attr := flag.Duration("attr-timeout", *k.AttrTimeout, "attribute cache timeout")
+	negative := flag.Duration("negative-timeout", *k.NegativeTimeout, "negative entry cache timeout")
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: %s [flags] BACKINGDIR MOUNTPOINT\n", os.Args[0])
 		flag.PrintDefaults()

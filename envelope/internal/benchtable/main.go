@@ -9,27 +9,16 @@ import (
 	"fmt"
 	"os"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/kmsfs/kmsfs/internal/benchfmt"
 )
 
 // BenchmarkSeal/bs=4096/size=4KiB/mode=serial-2  1000  1149 ns/op  3563.32 MB/s  0 B/op  0 allocs/op
 var line = regexp.MustCompile(`^Benchmark(\w+)/(?:op=(\w+)/)?bs=(\d+)/size=(\w+)/mode=(\w+)(?:-\d+)?\s+\d+\s+[\d.]+ ns/op\s+([\d.]+) MB/s(?:\s+\d+ B/op\s+(\d+) allocs/op)?`)
 
 type key struct{ op, bs, size string }
-
-func median(xs []float64) float64 {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
 
 func main() {
 	mbs := map[key]map[string][]float64{}
@@ -62,8 +51,8 @@ func main() {
 	fmt.Printf("%-15s %6s %7s %12s %12s %8s %10s %8s %14s\n",
 		"benchmark", "bs", "size", "serial MB/s", "parallel MB/s", "par/ser", "raw MB/s", "ser/raw", "allocs ser/par")
 	for _, k := range order {
-		ser, par := median(mbs[k]["serial"]), median(mbs[k]["parallel"])
-		raw := median(mbs[key{"raw", k.bs, k.size}]["raw"])
+		ser, par := benchfmt.Median(mbs[k]["serial"]), benchfmt.Median(mbs[k]["parallel"])
+		raw := benchfmt.Median(mbs[key{"raw", k.bs, k.size}]["raw"])
 		ratio := func(a, b float64) string {
 			if a == 0 || b == 0 {
 				return "-"
