@@ -70,6 +70,56 @@ func TestWriteReadAndCiphertext(t *testing.T) {
 	}
 }
 
+// TestXattrOff checks a mount without Options.Xattr: every xattr call
+// fails with EOPNOTSUPP, nothing reaches the cipher file, and files stay
+// writable (the kernel no longer asks for security.capability).
+func TestXattrOff(t *testing.T) {
+	m := mountWith(t, 4096, kfs.Options{})
+	p := filepath.Join(m.mnt, "f")
+	if err := os.WriteFile(p, []byte("data"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 256)
+	for name, op := range map[string]func() error{
+		"set":    func() error { return unix.Setxattr(p, "user.secret", []byte("plaintext"), 0) },
+		"get":    func() error { _, err := unix.Getxattr(p, "user.secret", buf); return err },
+		"list":   func() error { _, err := unix.Listxattr(p, buf); return err },
+		"remove": func() error { return unix.Removexattr(p, "user.secret") },
+		"dir":    func() error { return unix.Setxattr(m.mnt, "user.secret", []byte("plaintext"), 0) },
+	} {
+		// Twice: the kernel answers the second call itself.
+		for i := range 2 {
+			if err := op(); !errors.Is(err, unix.EOPNOTSUPP) {
+				t.Errorf("%s #%d: %v, want EOPNOTSUPP", name, i, err)
+			}
+		}
+	}
+	for _, back := range []string{filepath.Join(m.cipher, "f"), m.cipher} {
+		n, err := unix.Llistxattr(back, buf)
+		if err != nil && !errors.Is(err, unix.EOPNOTSUPP) {
+			t.Fatal(err)
+		}
+		if n > 0 && bytes.Contains(buf[:n], []byte("user.")) {
+			t.Errorf("%s has attributes %q", back, buf[:n])
+		}
+	}
+	for i := range 3 {
+		f, err := os.OpenFile(p, os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.Write([]byte("more")); err != nil {
+			t.Fatalf("write #%d: %v", i, err)
+		}
+		if err := f.Close(); err != nil {
+			t.Fatalf("close #%d: %v", i, err)
+		}
+	}
+	if got, err := os.ReadFile(p); err != nil || string(got) != "datamoremoremore" {
+		t.Fatalf("read back %q, %v", got, err)
+	}
+}
+
 func TestOwnFilesHidden(t *testing.T) {
 	m := mount(t, 4096)
 	if err := os.WriteFile(filepath.Join(m.mnt, "f"), []byte("data"), 0o644); err != nil {

@@ -62,8 +62,16 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// mount mounts a fresh volume in a temporary directory for the test.
+// mount mounts a fresh volume in a temporary directory for the test, with
+// extended attributes on (posixtest covers them).
 func mount(t testing.TB, blockSize int) *mounted {
+	t.Helper()
+	return mountWith(t, blockSize, kfs.Options{Xattr: true})
+}
+
+// mountWith mounts a fresh volume with o's flags (ReadOnly, Xattr,
+// KeyTimeout); mountWith fills in the rest.
+func mountWith(t testing.TB, blockSize int, o kfs.Options) *mounted {
 	t.Helper()
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		if os.Getenv("CI") == "true" {
@@ -91,7 +99,8 @@ func mount(t testing.TB, blockSize int) *mounted {
 		t.Fatal(err)
 	}
 	mo := kfs.MountOptions("kmsfs-test", []string{"default_permissions"}, true)
-	m.srv, err = kfs.Mount(m.mnt, kfs.Options{CipherDir: m.cipher, Volume: vol, Keys: m.keys, Log: logrus.NewEntry(logger)}, mo)
+	o.CipherDir, o.Volume, o.Keys, o.Log = m.cipher, vol, m.keys, logrus.NewEntry(logger)
+	m.srv, err = kfs.Mount(m.mnt, o, mo)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -106,7 +106,9 @@ func (n *Node) chownToCaller(ctx context.Context, fd int, name string) syscall.E
 		return 0
 	}
 	caller, ok := fuse.FromContext(ctx)
-	if !ok {
+	if !ok || caller.Uid == 0 && int(caller.Gid) == n.r.gid {
+		// Made by the caller's own credentials already (a set-group-ID
+		// directory gave it the directory's group, as it must).
 		return 0
 	}
 	gid := int(caller.Gid)

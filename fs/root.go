@@ -54,6 +54,12 @@ type Options struct {
 	Log *logrus.Entry
 	// ReadOnly refuses every change.
 	ReadOnly bool
+	// Xattr passes extended attributes through to the backing objects,
+	// unencrypted. Without it every xattr call fails with ENOSYS, which
+	// the kernel remembers for the life of the mount (callers see
+	// EOPNOTSUPP), so it also stops asking for security.capability
+	// before every write.
+	Xattr bool
 	// KeyTimeout bounds a key call made for an open or create; 0 means
 	// DefaultKeyTimeout.
 	KeyTimeout time.Duration
@@ -68,6 +74,7 @@ type root struct {
 	fd     int // the cipher dir, open for the life of the mount
 	dev    uint64
 	asRoot bool // the daemon runs as root: new files are chowned to the caller
+	gid    int  // the daemon's effective group
 
 	unmounted     chan struct{} // closed once the unmounted root has closed its descriptors
 	unmountedOnce sync.Once
@@ -98,7 +105,7 @@ func NewRoot(o Options) (gofs.InodeEmbedder, error) {
 		l.Out = discard{}
 		log = logrus.NewEntry(l)
 	}
-	r := &root{opts: o, vol: o.Volume, layout: o.Volume.Layout(), log: log, fd: fd, dev: uint64(st.Dev), asRoot: os.Geteuid() == 0,
+	r := &root{opts: o, vol: o.Volume, layout: o.Volume.Layout(), log: log, fd: fd, dev: uint64(st.Dev), asRoot: os.Geteuid() == 0, gid: os.Getegid(),
 		unmounted: make(chan struct{})}
 	return &Node{r: r, dirfd: fd}, nil
 }

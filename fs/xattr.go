@@ -16,8 +16,10 @@ var (
 	_ = (gofs.NodeRemovexattrer)((*Node)(nil))
 )
 
-// Extended attributes pass through to the backing object, unencrypted
-// (docs/FORMAT.md lists them among what leaks). A directory is reached
+// Extended attributes are off unless the mount asks for them
+// (Options.Xattr): they would be stored in plaintext. When on, they pass
+// through to the backing object, unencrypted (docs/FORMAT.md lists them
+// among what leaks). A directory is reached
 // through its /proc/self/fd link, which the calls must follow; anything
 // else by its name under its parent's link, which they must not (a
 // symlink's own attributes).
@@ -40,6 +42,9 @@ const capabilityAttr = "security.capability"
 // (through the mount: the cipher dir must not change behind it), which
 // spares a lookup per write.
 func (n *Node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	if !n.r.opts.Xattr {
+		return 0, syscall.ENOSYS
+	}
 	if attr == capabilityAttr && n.noCap.Load() {
 		return 0, syscall.ENODATA
 	}
@@ -65,6 +70,9 @@ func (n *Node) getxattr(attr string, dest []byte) (uint32, syscall.Errno) {
 
 // Setxattr writes an extended attribute.
 func (n *Node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	if !n.r.opts.Xattr {
+		return syscall.ENOSYS
+	}
 	if n.r.opts.ReadOnly {
 		return syscall.EROFS
 	}
@@ -81,6 +89,9 @@ func (n *Node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 
 // Listxattr lists extended attribute names.
 func (n *Node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	if !n.r.opts.Xattr {
+		return 0, syscall.ENOSYS
+	}
 	p, follow, errno := n.xattrPath()
 	if errno != 0 {
 		return 0, errno
@@ -95,6 +106,9 @@ func (n *Node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errn
 
 // Removexattr removes an extended attribute.
 func (n *Node) Removexattr(ctx context.Context, attr string) syscall.Errno {
+	if !n.r.opts.Xattr {
+		return syscall.ENOSYS
+	}
 	if n.r.opts.ReadOnly {
 		return syscall.EROFS
 	}

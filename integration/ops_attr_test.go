@@ -295,9 +295,10 @@ func TestOpsStatfs(t *testing.T) {
 }
 
 // TestOpsXattr checks get/set/list/remove of extended attributes on files
-// and dirs, their flags and sizes, and that they survive a remount.
+// and dirs, their flags and sizes, and that they survive a remount, on a
+// mount with --xattr; without it they fail with EOPNOTSUPP.
 func TestOpsXattr(t *testing.T) {
-	v := mntOps(t)
+	v := mntOps(t, "--xattr")
 	mntWriteFile(t, v.path("file"), []byte("x"))
 	if err := os.Mkdir(v.path("dir"), 0o755); err != nil {
 		t.Fatal(err)
@@ -356,6 +357,19 @@ func TestOpsXattr(t *testing.T) {
 			t.Fatal(err)
 		}
 		mntCheckXattr(t, v.Mnt, "user.kmsfs.root", []byte("r"))
+	})
+	t.Run("off", func(t *testing.T) {
+		v.remount(t, "--xattr=false")
+		buf := make([]byte, 64<<10)
+		_, err := unix.Getxattr(v.path("file"), "user.kmsfs.a", buf)
+		mntWantErrno(t, "getxattr without --xattr", err, syscall.EOPNOTSUPP)
+		mntWantErrno(t, "setxattr without --xattr", unix.Setxattr(v.path("file"), "user.kmsfs.b", []byte("b"), 0), syscall.EOPNOTSUPP)
+		_, err = unix.Listxattr(v.path("dir"), buf)
+		mntWantErrno(t, "listxattr without --xattr", err, syscall.EOPNOTSUPP)
+		v.remount(t)
+		if names := mntListXattr(t, v.path("file")); !slices.Equal(names, []string{"user.kmsfs.a", "user.kmsfs.large"}) {
+			t.Fatalf("listxattr after a mount without --xattr: %q", names)
+		}
 	})
 }
 

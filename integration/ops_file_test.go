@@ -360,7 +360,7 @@ func TestOpsReadOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	v.unmount(t)
-	v.mount(t, "--ro")
+	v.mount(t, "--ro", "--xattr")
 	mntCheckFile(t, v.path("f"), []byte("content"))
 	for name, op := range map[string]func() error{
 		"create":   func() error { _, err := os.Create(v.path("new")); return err },

@@ -25,7 +25,7 @@ var mntPosixNotRun = map[string]string{
 // TestOpsPosixtest runs go-fuse's posixtest conformance cases against a
 // mount made by the CLI with a local key.
 func TestOpsPosixtest(t *testing.T) {
-	v := mntOps(t, "-o", "default_permissions")
+	v := mntOps(t, "-o", "default_permissions", "--xattr")
 	for name, fn := range posixtest.All {
 		if _, skip := mntPosixNotRun[name]; skip {
 			continue

@@ -27,6 +27,7 @@ import (
 type mountFlags struct {
 	foreground     bool
 	readOnly       bool
+	xattr          bool
 	allowOther     bool
 	options        []string
 	logLevel       string
@@ -68,6 +69,7 @@ As root kmsfs mounts directly; an ordinary user mounts through fusermount3.
 	fl := c.Flags()
 	fl.BoolVarP(&f.foreground, "foreground", "f", false, "stay in the foreground")
 	fl.BoolVar(&f.readOnly, "ro", false, "mount read-only")
+	fl.BoolVar(&f.xattr, "xattr", false, "support extended attributes, stored UNENCRYPTED in the cipher dir (off: they fail with EOPNOTSUPP)")
 	fl.BoolVar(&f.allowOther, "allow-other", false, "let other users access the mount (new files belong to their creator)")
 	fl.StringSliceVarP(&f.options, "options", "o", nil, "FUSE mount options, comma-separated")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
@@ -281,7 +283,7 @@ func runMount(ctx context.Context, f *mountFlags, cipherDir, mnt string) (err er
 	mo := kfs.MountOptions(abs, extra, f.allowOther)
 	mo.EntryTimeout, mo.AttrTimeout, mo.NegativeTimeout = &f.cacheTimeout, &f.cacheTimeout, &f.cacheTimeout
 	srv, err := kfs.Mount(mnt, kfs.Options{CipherDir: cipherDir, Volume: vol, Keys: mgr, Log: log,
-		ReadOnly: f.readOnly, KeyTimeout: f.keyTimeout}, mo)
+		ReadOnly: f.readOnly, KeyTimeout: f.keyTimeout, Xattr: f.xattr}, mo)
 	if err != nil {
 		return err
 	}
