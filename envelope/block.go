@@ -120,22 +120,47 @@ func allZero(b []byte) bool {
 // Nonces are read from the Volume's random source in one call, in block
 // order, so the output does not depend on how the work is split.
 func (c *Codec) Seal(dst, p []byte, first, fileLast int64) error {
+	j, n, err := c.sealJob(dst, p, first, fileLast)
+	if err != nil {
+		return err
+	}
+	_, err = c.v.run(j, n, len(p))
+	return err
+}
+
+// sealPiped is Seal as a pipeline (Volume.pipeline): the blocks are
+// sealed while the caller drains them. A nil pipe means the blocks are
+// already sealed (too few for a pipeline).
+func (c *Codec) sealPiped(dst, p []byte, first, fileLast int64) (*sealPipe, error) {
+	j, n, err := c.sealJob(dst, p, first, fileLast)
+	if err != nil {
+		return nil, err
+	}
+	if sp := c.v.pipeline(j, n); sp != nil {
+		return sp, nil
+	}
+	_, err = c.v.run(j, n, len(p))
+	return nil, err
+}
+
+// sealJob checks dst's length, puts the nonces in place and returns the
+// job that seals p's n blocks.
+func (c *Codec) sealJob(dst, p []byte, first, fileLast int64) (job, int, error) {
 	l := c.v.layout
 	if len(dst) != l.SealedLen(len(p)) {
-		return fmt.Errorf("envelope: seal into %d bytes, want %d", len(dst), l.SealedLen(len(p)))
+		return job{}, 0, fmt.Errorf("envelope: seal into %d bytes, want %d", len(dst), l.SealedLen(len(p)))
 	}
 	bs, ss := l.blockSize, l.blockSize+BlockOverhead
 	n := (len(p) + bs - 1) / bs
 	// Read all nonces into the front of dst, then move each into place,
 	// highest first so no nonce is overwritten before it moves.
 	if _, err := readFull(c.v.rand, dst[:n*nonceSize]); err != nil {
-		return fmt.Errorf("envelope: nonce: %w", err)
+		return job{}, 0, fmt.Errorf("envelope: nonce: %w", err)
 	}
 	for i := n - 1; i > 0; i-- {
 		copy(dst[i*ss:i*ss+nonceSize], dst[i*nonceSize:(i+1)*nonceSize])
 	}
-	_, err := c.v.run(job{c: c, dst: dst, src: p, first: first, fileLast: fileLast, seal: true}, n, len(p))
-	return err
+	return job{c: c, dst: dst, src: p, first: first, fileLast: fileLast, seal: true}, n, nil
 }
 
 // Open opens the sealed blocks in sealed, which start at block first, into

@@ -22,8 +22,9 @@ type File struct {
 
 	mu     sync.RWMutex
 	size   int64
-	stored int64 // the size of the cipher file
-	inTx   bool  // a journal record covers the change in progress
+	stored int64       // the size of the cipher file
+	inTx   bool        // a journal record covers the change in progress
+	pipe   *pipedWrite // the write in progress is sealed as it is stored
 
 	holes        []span // holes in the cipher file, if !holesUnknown
 	holesUnknown bool   // the cipher file may have holes the File does not know of

@@ -125,8 +125,14 @@ func (f *File) writeSteps(p []byte, off int64) (int, error) {
 	if mid1 > mid0 {
 		pOff, pEnd := mid0*bs-off, min(mid1*bs, end)-off
 		so := (mid0 - first) * ss
-		if err := f.codec.Seal(sealed[so:so+int64(l.SealedLen(int(pEnd-pOff)))], p[pOff:pEnd], mid0, newLast); err != nil {
+		sp, err := f.codec.sealPiped(sealed[so:so+int64(l.SealedLen(int(pEnd-pOff)))], p[pOff:pEnd], mid0, newLast)
+		if err != nil {
 			return 0, err
+		}
+		if sp != nil {
+			// store writes the blocks as they are sealed.
+			f.pipe = &pipedWrite{sp: sp, sealed: sealed, base: so, ss: ss}
+			defer func() { sp.finish(); f.pipe = nil }()
 		}
 	}
 	if err := f.store(sealed, l.BlockOffset(first), -1); err != nil {
@@ -231,6 +237,9 @@ func (f *File) store(sealed []byte, at, cut int64) error {
 	if cut >= 0 {
 		rec.min = min(cut, before)
 	}
+	if f.pipe != nil {
+		f.pipe.wait() // the record carries the sealed bytes
+	}
 	body := sealed
 	allHole, allData := f.classify(at, end)
 	if !allData && !(allHole && cut < 0) {
@@ -272,6 +281,28 @@ func (f *File) journaled(rec *journalRecord, body []byte, undo bool, change func
 	return err
 }
 
+// write writes sealed at cipher offset at and notes what it filled.
+func (f *File) write(sealed []byte, at int64) error {
+	if _, err := f.b.WriteAt(sealed, at); err != nil {
+		return err
+	}
+	f.stored = max(f.stored, at+int64(len(sealed)))
+	f.fillHoles(at, at+int64(len(sealed)))
+	return nil
+}
+
+// pipedWrite is a write whose middle blocks are still being sealed
+// (Volume.pipeline) when store starts: sealed holds the whole write, the
+// pipeline's blocks from byte base on, ss bytes each.
+type pipedWrite struct {
+	sp       *sealPipe
+	sealed   []byte
+	base, ss int64
+}
+
+// wait finishes sealing (for a record that must carry the bytes).
+func (pw *pipedWrite) wait() { pw.sp.finish() }
+
 // pageSize is the unit in which the kernel copies a write into the page
 // cache: a write killed by a signal stops at a multiple of it.
 var pageSize = int64(os.Getpagesize())
@@ -296,13 +327,17 @@ func (f *File) undoable(at, end int64, change func() error) error {
 		return change()
 	}
 	before := f.stored
-	buf := f.v.bufs.get(int(max(0, before-at)))
+	rec := journalRecord{file: f.header.File, at: at, cut: before, min: before, max: max(before, end), hint: f.hint()}
+	if before <= at {
+		// Only growth: the record is the old size alone.
+		return f.journaled(&rec, nil, true, change)
+	}
+	buf := f.v.bufs.get(int(before - at))
 	defer f.v.bufs.put(buf)
 	m, err := f.b.ReadAt(*buf, at)
 	if err != nil && err != io.EOF {
 		return err
 	}
-	rec := journalRecord{file: f.header.File, at: at, cut: before, min: before, max: max(before, end), hint: f.hint()}
 	return f.journaled(&rec, (*buf)[:m], true, change)
 }
 
@@ -317,11 +352,26 @@ func (f *File) hint() string {
 // apply writes sealed at cipher offset at and then, if cut >= 0, cuts the
 // cipher file to cut bytes.
 func (f *File) apply(sealed []byte, at, cut int64) error {
-	if _, err := f.b.WriteAt(sealed, at); err != nil {
+	if pw := f.pipe; pw != nil && len(sealed) > 0 && &sealed[0] == &pw.sealed[0] && len(sealed) == len(pw.sealed) {
+		// Write the blocks as they are sealed, the sealed ones before
+		// the pipeline with its first run, the ones after with its last.
+		n := pw.sp.t.n
+		err := pw.sp.drain(func(lo, hi int) error {
+			from, to := pw.base+int64(lo)*pw.ss, pw.base+int64(hi)*pw.ss
+			if lo == 0 {
+				from = 0
+			}
+			if hi == n {
+				to = int64(len(sealed))
+			}
+			return f.write(sealed[from:to], at+from)
+		})
+		if err != nil {
+			return err
+		}
+	} else if err := f.write(sealed, at); err != nil {
 		return err
 	}
-	f.stored = max(f.stored, at+int64(len(sealed)))
-	f.fillHoles(at, at+int64(len(sealed)))
 	if cut >= 0 {
 		if err := f.b.Truncate(cut); err != nil {
 			return fmt.Errorf("truncate: %w", err)

@@ -116,10 +116,17 @@ func TestJournalCrashLeavesOldOrNew(t *testing.T) {
 				before := bytes.Clone(model)
 				after := bytes.Clone(model)
 				var op func() error
+				calls := 3 // system calls the kill may land in
 				switch r.Uint64() % 3 {
 				case 0, 1:
 					off := int64(r.Uint64() % uint64(len(model)+2*bs))
-					p := fill(1+int(r.Uint64()%uint64(3*bs)), r.Uint64())
+					n := 1 + int(r.Uint64()%uint64(3*bs))
+					if r.Uint64()%4 == 0 {
+						// Large enough to be sealed while it is written,
+						// in several writes.
+						n, calls = 256<<10+int(r.Uint64()%(512<<10)), 8
+					}
+					p := fill(n, r.Uint64())
 					if end := off + int64(len(p)); end > int64(len(after)) {
 						after = append(after, make([]byte, end-int64(len(after)))...)
 					}
@@ -134,7 +141,7 @@ func TestJournalCrashLeavesOldOrNew(t *testing.T) {
 					}
 					op = func() error { return f.Truncate(size) }
 				}
-				kb.n, kb.at = 0, 1+int(r.Uint64()%3)
+				kb.n, kb.at = 0, 1+int(r.Uint64()%uint64(calls))
 				kb.cut = func(lo, hi int64) int64 {
 					first := (lo/4096 + 1) * 4096
 					if first >= hi {

@@ -61,28 +61,107 @@ type task struct {
 	active atomic.Int32 // participants between taking and finishing chunks
 	bad    atomic.Int64 // lowest failed block, n if none
 	mu     sync.Mutex
-	err    error // the error of block bad
+	err    error         // the error of block bad
+	done   []atomic.Bool // per chunk, for a pipeline; nil otherwise
 }
 
 // work takes and processes chunks until none are left.
 func (t *task) work(aad *[aadSize]byte) {
 	t.active.Add(1)
 	defer t.active.Add(-1)
-	for {
-		lo := int(t.next.Add(int64(t.chunk))) - t.chunk
-		if lo >= t.n {
-			return
-		}
-		hi := min(lo+t.chunk, t.n)
-		if bad, err := t.j.do(lo, hi, aad); err != nil {
-			t.mu.Lock()
-			if int64(bad) < t.bad.Load() {
-				t.bad.Store(int64(bad))
-				t.err = err
-			}
-			t.mu.Unlock()
-		}
+	for t.takeOne(aad) {
 	}
+}
+
+// takeOne takes and processes one chunk; false if none was left.
+func (t *task) takeOne(aad *[aadSize]byte) bool {
+	lo := int(t.next.Add(int64(t.chunk))) - t.chunk
+	if lo >= t.n {
+		return false
+	}
+	hi := min(lo+t.chunk, t.n)
+	if bad, err := t.j.do(lo, hi, aad); err != nil {
+		t.mu.Lock()
+		if int64(bad) < t.bad.Load() {
+			t.bad.Store(int64(bad))
+			t.err = err
+		}
+		t.mu.Unlock()
+	}
+	if t.done != nil {
+		t.done[lo/t.chunk].Store(true)
+	}
+	return true
+}
+
+// pipeChunk is the plaintext a pipeline seals per chunk: large enough that
+// a chunk's write costs far more than a system call, small enough that the
+// first write starts early.
+const pipeChunk = 128 << 10
+
+// sealPipe seals a request's blocks on the Volume's helpers while the
+// caller writes out the ones already sealed (drain), so that on two cores
+// sealing hides behind the write instead of preceding it.
+type sealPipe struct {
+	v   *Volume
+	t   *task
+	aad *[aadSize]byte
+}
+
+// pipeline starts sealing job j of n blocks as a pipeline, or returns nil
+// when the request is too small or the Volume has one worker: then the
+// caller seals it in one go.
+func (v *Volume) pipeline(j job, n int) *sealPipe {
+	chunk := max(1, pipeChunk/v.layout.blockSize)
+	if v.workers < 2 || v.parallelMin <= 0 || n < 2*chunk || len(j.src) < v.parallelMin {
+		return nil
+	}
+	jp := new(job)
+	*jp = j
+	t := &task{j: jp, n: n, chunk: chunk, done: make([]atomic.Bool, (n+chunk-1)/chunk)}
+	t.bad.Store(int64(n))
+	v.helpers.publish(t, v.workers-1)
+	return &sealPipe{v: v, t: t, aad: v.aads.Get().(*[aadSize]byte)}
+}
+
+// drain calls write for runs of sealed blocks [lo, hi), in order, as they
+// become ready, sealing chunks itself whenever the next one to write has
+// not been taken by a helper. It stops at write's first error. Call finish
+// afterwards in any case.
+func (p *sealPipe) drain(write func(lo, hi int) error) error {
+	t := p.t
+	chunks := len(t.done)
+	for next := 0; next < chunks; {
+		if !t.done[next].Load() {
+			if !t.takeOne(p.aad) {
+				runtime.Gosched() // a helper is sealing it
+			}
+			continue
+		}
+		end := next + 1
+		for end < chunks && t.done[end].Load() {
+			end++
+		}
+		if err := write(next*t.chunk, min(end*t.chunk, t.n)); err != nil {
+			return err
+		}
+		next = end
+	}
+	return nil
+}
+
+// finish seals whatever is left and waits until no helper is still
+// working on the request, so that its buffers can be reused.
+func (p *sealPipe) finish() {
+	if p.aad == nil {
+		return
+	}
+	p.t.work(p.aad)
+	for p.t.active.Load() > 0 {
+		runtime.Gosched()
+	}
+	p.v.aads.Put(p.aad)
+	p.aad = nil
 }
 
 func (t *task) exhausted() bool { return t.next.Load() >= int64(t.n) }

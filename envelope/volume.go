@@ -238,7 +238,7 @@ func (v *Volume) Open(ctx context.Context, b Backing, u KeyUnwrapper) (*File, er
 		// The holes are listed when the journal first needs them.
 		f := &File{v: v, b: b, headerKey: hkey, header: *h, size: l.PlainSize(size), stored: size, recovered: recovered, holesUnread: true}
 		f.slotSeq[i] = h.Seq
-		if o := hs[1-i]; o != nil && o.File == h.File && verifySlot(slots[1-i], hkey) {
+		if o := hs[1-i]; o != nil && o.File == h.File && (string(slots[0]) == string(slots[1]) || verifySlot(slots[1-i], hkey)) {
 			f.slotSeq[1-i] = o.Seq
 		}
 		if f.codec, err = v.newCodec(content, h.File); err != nil {

@@ -167,17 +167,12 @@ func (n *Node) openBacking(pfd int, name string, extra int, mode uint32, keepBad
 		return nil, gofs.ToErrno(err)
 	}
 	of := &openFile{back: &backing{File: os.NewFile(uintptr(fd), name), writable: writable, node: n}, layout: n.r.layout}
-	fi, err := of.back.Stat()
-	if err != nil {
-		of.close()
-		return nil, gofs.ToErrno(err)
-	}
-	if fi.Size() == 0 {
-		return of, 0
-	}
 	kctx, cancel := n.r.keyContext()
 	defer cancel()
 	ef, err := n.r.vol.Open(kctx, of.back, n.r.opts.Keys)
+	if errors.Is(err, envelope.ErrNoHeader) {
+		return of, 0 // empty: the header comes with the first write
+	}
 	if err != nil {
 		errno := n.fail("open", err)
 		if keepBad && writable {

@@ -171,7 +171,13 @@ func run(ctx context.Context) error {
 	}
 	for _, g := range groups {
 		for round := 1; round <= cfg.rounds; round++ {
-			for _, fs := range []string{fsKmsfs, fsLoop} {
+			// Which filesystem goes first alternates too: the first run
+			// after a pause finds colder caches and memory.
+			order := []string{fsKmsfs, fsLoop}
+			if round%2 == 0 {
+				order = []string{fsLoop, fsKmsfs}
+			}
+			for _, fs := range order {
 				if g.slowKMS && fs == fsLoop {
 					continue
 				}

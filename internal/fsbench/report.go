@@ -262,7 +262,7 @@ func (b *bench) table(rows []row) string {
 	if m.OtherCPUSeconds > 0.05*m.BusyCPUSeconds {
 		fmt.Fprintln(&w, "NOTE: other processes competed for the CPUs during the run: the numbers are noisy")
 	}
-	fmt.Fprintf(&w, "runs: %d rounds (medians; peak RSS: the largest), kmsfs and loopback alternating, fresh mount and backing dir per group and round, backing dirs on tmpfs (%s)", m.Rounds, m.Tmpfs)
+	fmt.Fprintf(&w, "runs: %d rounds (medians; peak RSS: the largest), kmsfs and loopback alternating (loopback first in even rounds), fresh mount and backing dir per group and round, backing dirs on tmpfs (%s)", m.Rounds, m.Tmpfs)
 	if m.Quick {
 		fmt.Fprint(&w, ", BENCH_QUICK=1 (reduced sizes)")
 	}
