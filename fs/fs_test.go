@@ -120,6 +120,28 @@ func TestXattrOff(t *testing.T) {
 	}
 }
 
+// TestReadAhead: a mount by root raises its read-ahead window from the
+// kernel's 128 KiB to MaxReadAhead, so sequential reads come in 1 MiB
+// requests.
+func TestReadAhead(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("only root may set a mount's read-ahead")
+	}
+	m := mount(t, 4096)
+	var st unix.Stat_t
+	if err := unix.Stat(m.mnt, &st); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := kfs.MountOptions("", nil, false).MaxReadAhead >> 10
+	if got := strings.TrimSpace(string(raw)); got != fmt.Sprint(want) {
+		t.Fatalf("read_ahead_kb %s, want %d", got, want)
+	}
+}
+
 func TestOwnFilesHidden(t *testing.T) {
 	m := mount(t, 4096)
 	if err := os.WriteFile(filepath.Join(m.mnt, "f"), []byte("data"), 0o644); err != nil {
