@@ -24,9 +24,17 @@ import (
 const DefaultJournalSlots = 16
 
 const (
-	journalMagic   = "KMFJ"
-	journalVersion = 1
-	journalRecLen  = 80
+	journalMagic = "KMFJ"
+	// Version 1: the record's checksum covers the record and its hint;
+	// the body was written before it. Version 2: it also covers the body,
+	// record and body written in one go (journalInlineMax).
+	journalVersion       = 1
+	journalVersionInline = 2
+	journalRecLen        = 80
+	// A body up to this size is written with its record in one pwrite
+	// (a torn body then fails the checksum); a larger one first, so that
+	// recovery need not checksum it.
+	journalInlineMax = 64 << 10
 	// The body of a record starts on the second page of its slot file, so
 	// the record itself (written after the body) sits alone on the first
 	// page and is written whole or not at all.
@@ -62,6 +70,8 @@ type Journal struct {
 	free chan *journalSlot
 	seq  atomic.Uint64
 
+	bufs bufPool // inline records
+
 	mu      sync.Mutex
 	pending map[FileID][]journalPending
 	closed  bool
@@ -89,18 +99,25 @@ type journalRecord struct {
 	min, max int64
 	punch    bool   // instead of writing a body, punch a hole of n bytes at at
 	hint     string // where the file was, relative to the cipher dir; may be empty or stale
+	inline   bool   // version 2: sum covers the body too
+	sum      uint32 // the stored checksum
 }
 
 // journalMaxHint keeps a record and its hint on the first page of a slot.
 const journalMaxHint = journalBodyOff - journalRecLen
 
 // marshal encodes r into b, which has room for journalRecLen+len(r.hint)
-// bytes, and returns the encoding.
-func (r *journalRecord) marshal(b []byte) []byte {
+// bytes, and returns the encoding; with r.inline its checksum covers body.
+func (r *journalRecord) marshal(b, body []byte) []byte {
 	b = b[:journalRecLen+len(r.hint)]
 	clear(b[:journalRecLen])
 	copy(b, journalMagic)
 	b[4] = journalVersion
+	if r.inline {
+		b[4] = journalVersionInline
+	} else {
+		body = nil
+	}
 	if r.punch {
 		b[5] = 1
 	}
@@ -113,17 +130,18 @@ func (r *journalRecord) marshal(b []byte) []byte {
 	binary.BigEndian.PutUint64(b[64:], uint64(r.max))
 	binary.BigEndian.PutUint16(b[72:], uint16(len(r.hint)))
 	copy(b[journalRecLen:], r.hint)
-	binary.BigEndian.PutUint32(b[76:], journalChecksum(b))
+	binary.BigEndian.PutUint32(b[76:], journalChecksum(b, body))
 	return b
 }
 
-func journalChecksum(b []byte) uint32 {
-	return crc32.Update(crc32.Checksum(b[:76], castagnoli), castagnoli, b[journalRecLen:])
+func journalChecksum(b, body []byte) uint32 {
+	c := crc32.Update(crc32.Checksum(b[:76], castagnoli), castagnoli, b[journalRecLen:])
+	return crc32.Update(c, castagnoli, body)
 }
 
 func parseJournalRecord(b []byte) (journalRecord, bool) {
 	var r journalRecord
-	if len(b) < journalRecLen || string(b[:4]) != journalMagic || b[4] != journalVersion || b[5] > 1 {
+	if len(b) < journalRecLen || string(b[:4]) != journalMagic || (b[4] != journalVersion && b[4] != journalVersionInline) || b[5] > 1 {
 		return r, false
 	}
 	hl := int(binary.BigEndian.Uint16(b[72:]))
@@ -131,8 +149,13 @@ func parseJournalRecord(b []byte) (journalRecord, bool) {
 		return r, false
 	}
 	b = b[:journalRecLen+hl]
-	if binary.BigEndian.Uint32(b[76:]) != journalChecksum(b) {
+	r.inline = b[4] == journalVersionInline
+	r.sum = binary.BigEndian.Uint32(b[76:])
+	if !r.inline && r.sum != journalChecksum(b, nil) {
 		return r, false
+	}
+	if r.inline && (b[5] == 1 || binary.BigEndian.Uint64(b[40:]) > journalInlineMax) {
+		return r, false // no such record is written
 	}
 	r.seq = binary.BigEndian.Uint64(b[8:])
 	copy(r.file[:], b[16:32])
@@ -246,6 +269,18 @@ func readJournalRecord(path string) (journalRecord, bool, error) {
 		return journalRecord{}, false, fmt.Errorf("envelope: journal: %w", err)
 	}
 	rec, ok := parseJournalRecord(b[:])
+	if ok && rec.inline {
+		// The checksum covers the body: a body torn by a kill (written
+		// with its record, after it) makes the record invalid, and the
+		// change it announced had not begun.
+		body := make([]byte, rec.n)
+		if rec.punch {
+			body = nil
+		}
+		if n, _ := f.ReadAt(body, journalBodyOff); n != len(body) || journalChecksum(b[:journalRecLen+len(rec.hint)], body) != rec.sum {
+			return rec, false, nil
+		}
+	}
 	return rec, ok, nil
 }
 
@@ -299,21 +334,36 @@ func (j *Journal) begin(rec *journalRecord, body []byte) (*journalSlot, error) {
 	if !rec.punch {
 		rec.n = int64(len(body))
 	}
+	if len(rec.hint) > journalMaxHint {
+		rec.hint = ""
+	}
+	rec.inline = len(body) > 0 && len(body) <= journalInlineMax
+	if rec.inline {
+		// Record and body in one write.
+		buf := j.bufs.get(journalBodyOff + len(body))
+		defer j.bufs.put(buf)
+		b := *buf
+		rec.marshal(b, body)
+		clear(b[journalRecLen+len(rec.hint) : journalBodyOff])
+		copy(b[journalBodyOff:], body)
+		if _, err := s.f.WriteAt(b, 0); err != nil {
+			j.end(s, len(body))
+			return nil, fmt.Errorf("envelope: journal: %w", err)
+		}
+		return s, nil
+	}
 	if len(body) > 0 {
 		if _, err := s.f.WriteAt(body, journalBodyOff); err != nil {
 			j.free <- s
 			return nil, fmt.Errorf("envelope: journal: %w", err)
 		}
 	}
-	if len(rec.hint) > journalMaxHint {
-		rec.hint = ""
-	}
 	var small [512]byte
 	b := small[:]
 	if n := journalRecLen + len(rec.hint); n > len(b) {
 		b = make([]byte, n)
 	}
-	if _, err := s.f.WriteAt(rec.marshal(b), 0); err != nil {
+	if _, err := s.f.WriteAt(rec.marshal(b, nil), 0); err != nil {
 		j.end(s, len(body))
 		return nil, fmt.Errorf("envelope: journal: %w", err)
 	}

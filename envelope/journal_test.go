@@ -3,8 +3,10 @@ package envelope_test
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"os"
 	"path/filepath"
@@ -254,4 +256,81 @@ func TestJournalCleanRunLeavesNothing(t *testing.T) {
 	}
 	g := reopen(t, newVolume(t, 4096, func(o *envelope.Options) { o.Journal = j2 }), b)
 	readAll(t, g, want)
+}
+
+// TestJournalTornInlineRecord builds, as docs/FORMAT.md specifies, a
+// version 2 record (its checksum covers the body, written with it in one
+// go) for an overwrite of a file's first block, and checks that a new
+// Journal takes it as pending when whole, and ignores it when a kill cut
+// its body at a page boundary: the change it announced had not begun.
+func TestJournalTornInlineRecord(t *testing.T) {
+	const bs = 4096
+	for _, torn := range []bool{false, true} {
+		t.Run(fmt.Sprintf("torn=%t", torn), func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "journal")
+			j, err := envelope.OpenJournal(dir, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			v := newVolume(t, bs, func(o *envelope.Options) { o.Journal = j })
+			f, mem := newFile(t, v, dataKey(7))
+			want := fill(3*bs, 7)
+			if _, err := f.WriteAt(want, 0); err != nil {
+				t.Fatal(err)
+			}
+			j.Close()
+
+			l := v.Layout()
+			raw := mem.Bytes()
+			h, err := envelope.ParseHeaderSlot(l, raw[:l.HeaderSize()/2])
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The redo body: the first block as it is stored.
+			at := l.BlockOffset(0)
+			body := bytes.Clone(raw[at : at+bs+envelope.BlockOverhead])
+			rec := make([]byte, 80)
+			copy(rec, "KMFJ")
+			rec[4] = 2
+			binary.BigEndian.PutUint64(rec[8:], 1)
+			copy(rec[16:32], h.File[:])
+			binary.BigEndian.PutUint64(rec[32:], uint64(at))
+			binary.BigEndian.PutUint64(rec[40:], uint64(len(body)))
+			binary.BigEndian.PutUint64(rec[48:], ^uint64(0)) // cut −1
+			binary.BigEndian.PutUint64(rec[56:], uint64(len(raw)))
+			binary.BigEndian.PutUint64(rec[64:], uint64(len(raw)))
+			tab := crc32.MakeTable(crc32.Castagnoli)
+			binary.BigEndian.PutUint32(rec[76:], crc32.Update(crc32.Checksum(rec[:76], tab), tab, body))
+			slot := make([]byte, 4096+len(body))
+			copy(slot, rec)
+			copy(slot[4096:], body)
+			if torn {
+				// The kill stopped the write after the body's first page.
+				clear(slot[8192:])
+			}
+			if err := os.WriteFile(filepath.Join(dir, "slot-0"), slot, 0o600); err != nil {
+				t.Fatal(err)
+			}
+
+			j2, err := envelope.OpenJournal(dir, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer j2.Close()
+			if wantPending := map[bool]int{false: 1, true: 0}[torn]; j2.Pending() != wantPending {
+				t.Fatalf("%d pending records, want %d", j2.Pending(), wantPending)
+			}
+			v2 := newVolume(t, bs, func(o *envelope.Options) { o.Journal = j2 })
+			g, err := v2.Open(context.Background(), mem, &clearKeys{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, err := fileBytes(t, g); err != nil || !bytes.Equal(got, want) {
+				t.Fatalf("after the record: %d bytes, %v", len(got), err)
+			}
+			if j2.Pending() != 0 {
+				t.Fatalf("%d records pending after open", j2.Pending())
+			}
+		})
+	}
 }
