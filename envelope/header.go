@@ -63,19 +63,20 @@ func deriveKeys(dataKey []byte, id FileID) (content, header []byte, err error) {
 	// key is the first Expand block, T(1) = HMAC(PRK, info ‖ 0x01).
 	// Byte for byte what hkdf.Key gives (TestVectorsDecrypt), in a third
 	// of the time: it runs for every file opened or created.
-	ext := hmac.New(sha256.New, id[:])
-	ext.Write(dataKey)
-	prk := ext.Sum(make([]byte, 0, sha256.Size))
-	exp := hmac.New(sha256.New, prk)
-	clear(prk)
-	t1 := func(info string) []byte {
-		exp.Reset()
-		exp.Write([]byte(info))
-		exp.Write([]byte{1})
-		return exp.Sum(make([]byte, 0, sha256.Size))
-	}
-	return t1(labelContentKey), t1(labelHeaderKey), nil
+	var prk [sha256.Size]byte
+	hmacSHA256(prk[:0], id[:], dataKey)
+	keys := make([]byte, 0, 2*sha256.Size)
+	keys = hmacSHA256(keys, prk[:], expandContentKey)
+	keys = hmacSHA256(keys, prk[:], expandHeaderKey)
+	clear(prk[:])
+	return keys[:sha256.Size:sha256.Size], keys[sha256.Size:], nil
 }
+
+// The HKDF-Expand inputs of the first block: info ‖ 0x01.
+var (
+	expandContentKey = []byte(labelContentKey + "\x01")
+	expandHeaderKey  = []byte(labelHeaderKey + "\x01")
+)
 
 // encodedLen returns the bytes the slot needs before padding and MAC.
 func (h *Header) encodedLen() int {
@@ -145,9 +146,7 @@ func (h *Header) marshalSlot(l Layout, headerKey []byte) ([]byte, error) {
 		b = append(b, s.Body...)
 	}
 	b = b[:l.slotSize-macSize]
-	m := hmac.New(sha256.New, headerKey)
-	m.Write(b)
-	return m.Sum(b), nil
+	return hmacSHA256(b, headerKey, b), nil
 }
 
 // ParseHeaderSlot decodes one header slot of layout l. It checks structure
@@ -222,10 +221,8 @@ func ParseHeaderSlot(l Layout, slot []byte) (*Header, error) {
 
 // verifySlot reports whether slot's MAC is valid under headerKey.
 func verifySlot(slot, headerKey []byte) bool {
-	m := hmac.New(sha256.New, headerKey)
-	m.Write(slot[:len(slot)-macSize])
 	var sum [macSize]byte
-	return hmac.Equal(m.Sum(sum[:0]), slot[len(slot)-macSize:])
+	return hmac.Equal(hmacSHA256(sum[:0], headerKey, slot[:len(slot)-macSize]), slot[len(slot)-macSize:])
 }
 
 // SlotSizeFor returns the slot size a volume should use for headers with

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"sync"
 	"syscall"
 
@@ -47,7 +46,7 @@ func (of *openFile) size() int64 {
 // full disk fails a write before any byte of a block lands and the write
 // journal stays cheap over holes.
 type backing struct {
-	*os.File
+	*fdFile
 	writable bool
 	node     *Node
 }
@@ -60,7 +59,7 @@ func (b *backing) WriteAt(p []byte, off int64) (int, error) {
 	if !b.writable {
 		return 0, syscall.EBADF
 	}
-	return b.File.WriteAt(p, off)
+	return b.fdFile.WriteAt(p, off)
 }
 
 // Reserve allocates backing space for [off, off+n) without changing the size.
@@ -166,7 +165,7 @@ func (n *Node) openBacking(pfd int, name string, extra int, mode uint32, keepBad
 	if err != nil {
 		return nil, gofs.ToErrno(err)
 	}
-	of := &openFile{back: &backing{File: os.NewFile(uintptr(fd), name), writable: writable, node: n}, layout: n.r.layout}
+	of := &openFile{back: &backing{fdFile: &fdFile{fd: fd, name: name}, writable: writable, node: n}, layout: n.r.layout}
 	kctx, cancel := n.r.keyContext()
 	defer cancel()
 	ef, err := n.r.vol.Open(kctx, of.back, n.r.opts.Keys)

@@ -115,9 +115,55 @@ func NewRoot(o Options) (gofs.InodeEmbedder, error) {
 // calling thread takes a signal (Go programs get SIGURG for preemption all
 // the time), and the unwrap would be thrown away and redone on every
 // restart of the system call. The kernel waits for the answer anyway.
+//
+// Its timer starts only if the key call waits for something (asks for
+// Done): the data-key cache answers most opens without looking at the
+// context, and a timer per open was a tenth of an open's time.
 func (r *root) keyContext() (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.Background(), r.opts.KeyTimeout)
+	c := &lazyDeadline{deadline: time.Now().Add(r.opts.KeyTimeout)}
+	return c, c.cancel
 }
+
+// lazyDeadline is context.WithDeadline(context.Background(), deadline)
+// that makes the underlying context on first use of Done.
+type lazyDeadline struct {
+	deadline time.Time
+	once     sync.Once
+	ctx      context.Context
+	stop     context.CancelFunc
+}
+
+func (c *lazyDeadline) init() {
+	c.once.Do(func() { c.ctx, c.stop = context.WithDeadline(context.Background(), c.deadline) })
+}
+
+func (c *lazyDeadline) Deadline() (time.Time, bool) { return c.deadline, true }
+func (c *lazyDeadline) Value(key any) any             { return nil }
+
+func (c *lazyDeadline) Done() <-chan struct{} {
+	c.init()
+	return c.ctx.Done()
+}
+
+func (c *lazyDeadline) Err() error {
+	c.init()
+	return c.ctx.Err()
+}
+
+// cancel releases the timer, if there is one, and ends the context.
+func (c *lazyDeadline) cancel() {
+	unused := false
+	c.once.Do(func() { c.ctx, c.stop, unused = canceled, func() {}, true })
+	if !unused {
+		c.stop()
+	}
+}
+
+var canceled = func() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}()
 
 type discard struct{}
 
