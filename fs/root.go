@@ -138,7 +138,7 @@ func (c *lazyDeadline) init() {
 }
 
 func (c *lazyDeadline) Deadline() (time.Time, bool) { return c.deadline, true }
-func (c *lazyDeadline) Value(key any) any             { return nil }
+func (c *lazyDeadline) Value(key any) any           { return nil }
 
 func (c *lazyDeadline) Done() <-chan struct{} {
 	c.init()
