@@ -69,6 +69,61 @@ func TestCodecParallelOpenReportsFirstBadBlock(t *testing.T) {
 	}
 }
 
+// TestLargeReads: large reads, opened in parallel, return what a serial
+// volume returns at any offset; a damaged block in the middle stops the
+// read at that block with ErrAuth and the bytes before it; a damaged head
+// block, a failing backing and a file cut short fail the read too.
+func TestLargeReads(t *testing.T) {
+	const bs = 4096
+	const size = 300*bs + 123
+	want := fill(size, 11)
+	par := newVolume(t, bs, func(o *envelope.Options) { o.Workers = 2; o.ParallelMin = 1 })
+	f, mem := newFile(t, par, dataKey(4))
+	if _, err := f.WriteAt(want, 0); err != nil {
+		t.Fatal(err)
+	}
+	ser := newVolume(t, bs, func(o *envelope.Options) { o.ParallelMin = -1 })
+	for _, r := range []struct{ off, n int }{{0, size}, {1, size - 1}, {bs, 200 * bs}, {bs + 7, 150*bs + 9}, {5, 64*bs - 10}, {size - 70*bs, 70 * bs}} {
+		for name, v := range map[string]*envelope.Volume{"parallel": par, "serial": ser} {
+			g := reopen(t, v, mem)
+			got := make([]byte, r.n)
+			if n, err := g.ReadAt(got, int64(r.off)); n != r.n || (err != nil && err != io.EOF) || !bytes.Equal(got, want[r.off:r.off+r.n]) {
+				t.Fatalf("%s: read %d at %d: %d, %v", name, r.n, r.off, n, err)
+			}
+		}
+	}
+	l := par.Layout()
+	for _, bad := range []int{0, 31, 32, 33, 100, 250} {
+		raw := mem.Bytes()
+		raw[l.BlockOffset(int64(bad))+30] ^= 1
+		g := reopen(t, par, memfile.New(raw))
+		got := make([]byte, size)
+		n, err := g.ReadAt(got, 0)
+		if !errors.Is(err, envelope.ErrAuth) || n != bad*bs || !bytes.Equal(got[:n], want[:n]) {
+			t.Fatalf("block %d damaged: %d, %v; want %d bytes and ErrAuth", bad, n, err, bad*bs)
+		}
+	}
+	// A damaged head block of a read that starts inside it, and a read
+	// that fails.
+	raw := mem.Bytes()
+	raw[l.BlockOffset(0)+30] ^= 1
+	if n, err := reopen(t, par, memfile.New(raw)).ReadAt(make([]byte, size-1), 1); n != 0 || !errors.Is(err, envelope.ErrAuth) {
+		t.Fatalf("damaged head block: %d, %v", n, err)
+	}
+	fb := &failingReads{File: memfile.New(mem.Bytes())}
+	g0 := reopen(t, par, fb)
+	fb.after = 1
+	if n, err := g0.ReadAt(make([]byte, size), 0); n != 0 || !errors.Is(err, syscall.EIO) {
+		t.Fatalf("failing backing: %d, %v", n, err)
+	}
+	cut := memfile.New(mem.Bytes()[:l.BlockOffset(200)+100])
+	g := reopen(t, par, cut)
+	got := make([]byte, 250*bs)
+	if n, err := g.ReadAt(got, 0); err == nil || n > 200*bs || !bytes.Equal(got[:n], want[:n]) {
+		t.Fatalf("cut short: %d, %v", n, err)
+	}
+}
+
 func TestHoles(t *testing.T) {
 	const bs = 4096
 	v := newVolume(t, bs)
@@ -296,4 +351,20 @@ func TestFullDiskLeavesFileUnchanged(t *testing.T) {
 			}
 		})
 	}
+}
+
+// failingReads fails the after-th read from when after is set with EIO.
+type failingReads struct {
+	*memfile.File
+	after int
+}
+
+func (f *failingReads) ReadAt(p []byte, off int64) (int, error) {
+	if f.after > 0 {
+		f.after--
+		if f.after == 0 {
+			return 0, syscall.EIO
+		}
+	}
+	return f.File.ReadAt(p, off)
 }
