@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -139,6 +140,47 @@ func TestReadAhead(t *testing.T) {
 	want := kfs.MountOptions("", nil, false).MaxReadAhead >> 10
 	if got := strings.TrimSpace(string(raw)); got != fmt.Sprint(want) {
 		t.Fatalf("read_ahead_kb %s, want %d", got, want)
+	}
+}
+
+// TestDirListingCached: a directory listed again is answered from the
+// kernel's cache (a file slipped into the cipher dir behind the mount does
+// not show), and a change through the mount drops the cache.
+func TestDirListingCached(t *testing.T) {
+	m := mount(t, 4096)
+	dir := filepath.Join(m.mnt, "d")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "a"), []byte("a"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	names := func() []string {
+		t.Helper()
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ns []string
+		for _, e := range ents {
+			ns = append(ns, e.Name())
+		}
+		return ns
+	}
+	if got := names(); !slices.Equal(got, []string{"a"}) {
+		t.Fatalf("listing %q", got)
+	}
+	if err := os.WriteFile(filepath.Join(m.cipher, "d", "behind"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got := names(); !slices.Equal(got, []string{"a"}) {
+		t.Fatalf("second listing %q: not from the kernel's cache", got)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "b"), []byte("b"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got := names(); !slices.Equal(got, []string{"a", "b", "behind"}) {
+		t.Fatalf("listing after a create through the mount %q", got)
 	}
 }
 
