@@ -20,10 +20,12 @@ type openFile struct {
 	refs   int // guarded by Node.mu
 	back   *backing
 	layout envelope.Layout
+	r      *root
 
-	mu  sync.RWMutex // guards ef and bad
-	ef  *envelope.File
-	bad error // the header could not be opened: reads and writes fail, truncating to 0 repairs
+	mu     sync.RWMutex // guards ef, bad and closed
+	ef     *envelope.File
+	bad    error // the header could not be opened: reads and writes fail, truncating to 0 repairs
+	closed bool
 }
 
 func (of *openFile) size() int64 {
@@ -165,7 +167,8 @@ func (n *Node) openBacking(pfd int, name string, extra int, mode uint32, keepBad
 	if err != nil {
 		return nil, gofs.ToErrno(err)
 	}
-	of := &openFile{back: &backing{fdFile: &fdFile{fd: fd, name: name}, writable: writable, node: n}, layout: n.r.layout}
+	of := &openFile{back: &backing{fdFile: &fdFile{fd: fd, name: name}, writable: writable, node: n}, layout: n.r.layout, r: n.r}
+	n.r.opened(of)
 	kctx, cancel := n.r.keyContext()
 	defer cancel()
 	ef, err := n.r.vol.Open(kctx, of.back, n.r.opts.Keys)
@@ -191,14 +194,49 @@ func (n *Node) openBacking(pfd int, name string, extra int, mode uint32, keepBad
 	return of, 0
 }
 
+// close closes the file; a second close does nothing.
 func (of *openFile) close() {
 	of.mu.Lock()
+	if of.closed {
+		of.mu.Unlock()
+		return
+	}
+	of.closed = true
 	if of.ef != nil {
 		of.ef.Close()
 		of.ef = nil
 	}
 	of.mu.Unlock()
 	of.back.Close()
+	of.r.closed(of)
+}
+
+// opened and closed track the open files, so that an unmount closes the
+// ones whose RELEASE the kernel never sent: close(2) does not wait for
+// RELEASE, and an unmount right after drops the ones still queued.
+func (r *root) opened(of *openFile) {
+	r.openMu.Lock()
+	r.opens[of] = struct{}{}
+	r.openMu.Unlock()
+}
+
+func (r *root) closed(of *openFile) {
+	r.openMu.Lock()
+	delete(r.opens, of)
+	r.openMu.Unlock()
+}
+
+// closeOpenFiles closes every file still open; for the unmounted root.
+func (r *root) closeOpenFiles() {
+	r.openMu.Lock()
+	ofs := make([]*openFile, 0, len(r.opens))
+	for of := range r.opens {
+		ofs = append(ofs, of)
+	}
+	r.openMu.Unlock()
+	for _, of := range ofs {
+		of.close()
+	}
 }
 
 // release drops one reference to the shared state and closes it with the last.

@@ -86,10 +86,12 @@ func (n *Node) loc() (int, string, syscall.Errno) {
 
 // OnForget closes the directory descriptor once the kernel forgets the
 // node. The root is forgotten when the filesystem is unmounted: then the
+// files still open (their RELEASE was dropped by the unmount) and the
 // descriptors of every directory still known are closed too (the kernel
 // sends no forget for them), and the root's own last.
 func (n *Node) OnForget() {
 	if n.isRoot() {
+		n.r.closeOpenFiles()
 		n.closeDirs(n.EmbeddedInode())
 		n.closeDir()
 		n.r.unmountedOnce.Do(func() { close(n.r.unmounted) })

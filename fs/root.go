@@ -78,6 +78,9 @@ type root struct {
 
 	unmounted     chan struct{} // closed once the unmounted root has closed its descriptors
 	unmountedOnce sync.Once
+
+	openMu sync.Mutex
+	opens  map[*openFile]struct{} // files open now
 }
 
 // NewRoot opens the cipher dir and returns the root node of its
@@ -106,7 +109,7 @@ func NewRoot(o Options) (gofs.InodeEmbedder, error) {
 		log = logrus.NewEntry(l)
 	}
 	r := &root{opts: o, vol: o.Volume, layout: o.Volume.Layout(), log: log, fd: fd, dev: uint64(st.Dev), asRoot: os.Geteuid() == 0, gid: os.Getegid(),
-		unmounted: make(chan struct{})}
+		unmounted: make(chan struct{}), opens: map[*openFile]struct{}{}}
 	return &Node{r: r, dirfd: fd}, nil
 }
 
