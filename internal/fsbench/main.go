@@ -178,9 +178,6 @@ func run(ctx context.Context) error {
 				order = []string{fsLoop, fsKmsfs}
 			}
 			for _, fs := range order {
-				if g.slowKMS && fs == fsLoop {
-					continue
-				}
 				if err := b.runGroup(ctx, g, fs, round); err != nil {
 					return fmt.Errorf("group %s, %s, round %d: %w", g.name, fs, round, err)
 				}
