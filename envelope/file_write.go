@@ -130,12 +130,14 @@ func (f *File) writeSteps(p []byte, off int64) (int, error) {
 			return 0, err
 		}
 		if sp != nil {
-			// store writes the blocks as they are sealed.
-			f.pipe = &pipedWrite{sp: sp, sealed: sealed, base: so, ss: ss}
-			defer func() { sp.finish(); f.pipe = nil }()
+			// This store writes the blocks as they are sealed.
+			defer sp.finish()
+			f.pipe = &pipedWrite{sp: sp, base: so, ss: ss}
 		}
 	}
-	if err := f.store(sealed, l.BlockOffset(first), -1); err != nil {
+	err := f.store(sealed, l.BlockOffset(first), -1)
+	f.pipe = nil
+	if err != nil {
 		return 0, fmt.Errorf("envelope: write blocks %d-%d: %w", first, b1, err)
 	}
 	if first > oldLast+1 {
@@ -238,7 +240,7 @@ func (f *File) store(sealed []byte, at, cut int64) error {
 		rec.min = min(cut, before)
 	}
 	if f.pipe != nil {
-		f.pipe.wait() // the record carries the sealed bytes
+		f.pipe.sp.finish() // the record carries the sealed bytes
 	}
 	body := sealed
 	allHole, allData := f.classify(at, end)
@@ -291,17 +293,13 @@ func (f *File) write(sealed []byte, at int64) error {
 	return nil
 }
 
-// pipedWrite is a write whose middle blocks are still being sealed
-// (Volume.pipeline) when store starts: sealed holds the whole write, the
-// pipeline's blocks from byte base on, ss bytes each.
+// pipedWrite is the write that writeSteps stores while its middle blocks
+// are still being sealed (Volume.pipeline): the pipeline's blocks start at
+// byte base of the stored bytes, ss bytes each.
 type pipedWrite struct {
 	sp       *sealPipe
-	sealed   []byte
 	base, ss int64
 }
-
-// wait finishes sealing (for a record that must carry the bytes).
-func (pw *pipedWrite) wait() { pw.sp.finish() }
 
 // pageSize is the unit in which the kernel copies a write into the page
 // cache: a write killed by a signal stops at a multiple of it.
@@ -352,7 +350,7 @@ func (f *File) hint() string {
 // apply writes sealed at cipher offset at and then, if cut >= 0, cuts the
 // cipher file to cut bytes.
 func (f *File) apply(sealed []byte, at, cut int64) error {
-	if pw := f.pipe; pw != nil && len(sealed) > 0 && &sealed[0] == &pw.sealed[0] && len(sealed) == len(pw.sealed) {
+	if pw := f.pipe; pw != nil {
 		// Write the blocks as they are sealed, the sealed ones before
 		// the pipeline with its first run, the ones after with its last.
 		n := pw.sp.t.n

@@ -85,6 +85,7 @@ type journalSlot struct {
 type journalPending struct {
 	path string
 	rec  journalRecord
+	body []byte // an inline record's body, read (and checked) at load
 }
 
 // journalRecord describes one change: write n bytes of body at offset at,
@@ -115,8 +116,6 @@ func (r *journalRecord) marshal(b, body []byte) []byte {
 	b[4] = journalVersion
 	if r.inline {
 		b[4] = journalVersionInline
-	} else {
-		body = nil
 	}
 	if r.punch {
 		b[5] = 1
@@ -230,7 +229,7 @@ func (j *Journal) load() error {
 		if !e.Type().IsRegular() || !(strings.HasPrefix(name, "slot-") || strings.HasPrefix(name, "pending-")) {
 			continue
 		}
-		rec, ok, err := readJournalRecord(p)
+		rec, body, ok, err := readJournalRecord(p)
 		if err != nil {
 			return err
 		}
@@ -251,37 +250,36 @@ func (j *Journal) load() error {
 			}
 			p = np
 		}
-		j.pending[rec.file] = append(j.pending[rec.file], journalPending{path: p, rec: rec})
+		j.pending[rec.file] = append(j.pending[rec.file], journalPending{path: p, rec: rec, body: body})
 		maxSeq = max(maxSeq, rec.seq)
 	}
 	j.seq.Store(maxSeq)
 	return nil
 }
 
-func readJournalRecord(path string) (journalRecord, bool, error) {
+// readJournalRecord reads the record in the slot file at path, and the
+// body of an inline record, which its checksum covers.
+func readJournalRecord(path string) (rec journalRecord, body []byte, ok bool, err error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return journalRecord{}, false, fmt.Errorf("envelope: journal: %w", err)
+		return rec, nil, false, fmt.Errorf("envelope: journal: %w", err)
 	}
 	defer f.Close()
 	var b [journalBodyOff]byte
 	if _, err := f.ReadAt(b[:], 0); err != nil && err != io.EOF {
-		return journalRecord{}, false, fmt.Errorf("envelope: journal: %w", err)
+		return rec, nil, false, fmt.Errorf("envelope: journal: %w", err)
 	}
-	rec, ok := parseJournalRecord(b[:])
+	rec, ok = parseJournalRecord(b[:])
 	if ok && rec.inline {
-		// The checksum covers the body: a body torn by a kill (written
-		// with its record, after it) makes the record invalid, and the
-		// change it announced had not begun.
-		body := make([]byte, rec.n)
-		if rec.punch {
-			body = nil
-		}
+		// A body torn by a kill (written with its record, after it)
+		// makes the record invalid: the change it announced had not
+		// begun.
+		body = make([]byte, rec.n)
 		if n, _ := f.ReadAt(body, journalBodyOff); n != len(body) || journalChecksum(b[:journalRecLen+len(rec.hint)], body) != rec.sum {
-			return rec, false, nil
+			return rec, nil, false, nil
 		}
 	}
-	return rec, ok, nil
+	return rec, body, ok, nil
 }
 
 // Pending returns the number of records left by an earlier process that
@@ -338,32 +336,26 @@ func (j *Journal) begin(rec *journalRecord, body []byte) (*journalSlot, error) {
 		rec.hint = ""
 	}
 	rec.inline = len(body) > 0 && len(body) <= journalInlineMax
+	var out []byte // what goes to offset 0: the record, and an inline body
 	if rec.inline {
-		// Record and body in one write.
 		buf := j.bufs.get(journalBodyOff + len(body))
 		defer j.bufs.put(buf)
-		b := *buf
-		rec.marshal(b, body)
-		clear(b[journalRecLen+len(rec.hint) : journalBodyOff])
-		copy(b[journalBodyOff:], body)
-		if _, err := s.f.WriteAt(b, 0); err != nil {
-			j.end(s, len(body))
-			return nil, fmt.Errorf("envelope: journal: %w", err)
+		out = *buf
+		clear(out[:journalBodyOff])
+		copy(out[journalBodyOff:], body)
+		rec.marshal(out, body)
+	} else {
+		if len(body) > 0 {
+			if _, err := s.f.WriteAt(body, journalBodyOff); err != nil {
+				j.free <- s
+				return nil, fmt.Errorf("envelope: journal: %w", err)
+			}
 		}
-		return s, nil
+		buf := j.bufs.get(journalRecLen + len(rec.hint))
+		defer j.bufs.put(buf)
+		out = rec.marshal(*buf, nil)
 	}
-	if len(body) > 0 {
-		if _, err := s.f.WriteAt(body, journalBodyOff); err != nil {
-			j.free <- s
-			return nil, fmt.Errorf("envelope: journal: %w", err)
-		}
-	}
-	var small [512]byte
-	b := small[:]
-	if n := journalRecLen + len(rec.hint); n > len(b) {
-		b = make([]byte, n)
-	}
-	if _, err := s.f.WriteAt(rec.marshal(b, nil), 0); err != nil {
+	if _, err := s.f.WriteAt(out, 0); err != nil {
 		j.end(s, len(body))
 		return nil, fmt.Errorf("envelope: journal: %w", err)
 	}
@@ -427,11 +419,11 @@ func (j *Journal) recover(id FileID, b Backing) (handled int, changed bool, err 
 	return len(ps), changed, nil
 }
 
-// replay applies a record a crash left: its body read back from the
-// record's file, then made durable.
+// replay applies a record a crash left: its body (read back from the
+// record's file unless load kept it), then made durable.
 func (p journalPending) replay(b Backing) error {
-	var body []byte
-	if !p.rec.punch && p.rec.n > 0 {
+	body := p.body
+	if body == nil && !p.rec.punch && p.rec.n > 0 {
 		f, err := os.Open(p.path)
 		if err != nil {
 			return fmt.Errorf("envelope: journal: %w", err)

@@ -23,9 +23,7 @@ func (v *Volume) run(j job, n, size int) (int, error) {
 	if workers <= 1 {
 		return j.do(0, n, aad)
 	}
-	jp := new(job) // only the parallel path shares the job with goroutines
-	*jp = j
-	return v.runParallel(jp, n, workers, aad)
+	return v.runParallel(j, n, workers, aad)
 }
 
 // runParallel is run's parallel path; aad is the calling goroutine's.
@@ -36,14 +34,9 @@ func (v *Volume) run(j job, n, size int) (int, error) {
 // waits only for chunks a helper has already taken, never for a helper to
 // wake up, so a request is never slower than the serial path. (Waking an
 // idle core can take longer than a whole 1 MiB request on a VM.)
-func (v *Volume) runParallel(j *job, n, workers int, aad *[aadSize]byte) (int, error) {
-	t := &task{j: j, n: n, chunk: max(1, n/(16*workers))}
-	t.bad.Store(int64(n))
-	v.helpers.publish(t, workers-1)
-	t.work(aad)
-	for t.active.Load() > 0 {
-		runtime.Gosched() // a helper is finishing its last chunk
-	}
+func (v *Volume) runParallel(j job, n, workers int, aad *[aadSize]byte) (int, error) {
+	t := v.start(j, n, max(1, n/(16*workers)), workers, false)
+	t.finish(aad)
 	if bad := int(t.bad.Load()); bad < n {
 		t.mu.Lock()
 		defer t.mu.Unlock()
@@ -63,6 +56,29 @@ type task struct {
 	mu     sync.Mutex
 	err    error         // the error of block bad
 	done   []atomic.Bool // per chunk, for a pipeline; nil otherwise
+}
+
+// start publishes job j of n blocks, in chunks of chunk blocks, to
+// workers-1 helpers; with pipelined, the task notes each chunk done.
+func (v *Volume) start(j job, n, chunk, workers int, pipelined bool) *task {
+	jp := new(job) // only the parallel path shares the job with goroutines
+	*jp = j
+	t := &task{j: jp, n: n, chunk: chunk}
+	if pipelined {
+		t.done = make([]atomic.Bool, (n+chunk-1)/chunk)
+	}
+	t.bad.Store(int64(n))
+	v.helpers.publish(t, workers-1)
+	return t
+}
+
+// finish processes the chunks no one has taken and waits until no helper
+// is still working on the task, so that its buffers can be reused.
+func (t *task) finish(aad *[aadSize]byte) {
+	t.work(aad)
+	for t.active.Load() > 0 {
+		runtime.Gosched() // a helper is finishing its last chunk
+	}
 }
 
 // work takes and processes chunks until none are left.
@@ -116,12 +132,7 @@ func (v *Volume) pipeline(j job, n int) *sealPipe {
 	if v.workers < 2 || v.parallelMin <= 0 || n < 2*chunk || len(j.src) < v.parallelMin {
 		return nil
 	}
-	jp := new(job)
-	*jp = j
-	t := &task{j: jp, n: n, chunk: chunk, done: make([]atomic.Bool, (n+chunk-1)/chunk)}
-	t.bad.Store(int64(n))
-	v.helpers.publish(t, v.workers-1)
-	return &sealPipe{v: v, t: t, aad: v.aads.Get().(*[aadSize]byte)}
+	return &sealPipe{v: v, t: v.start(j, n, chunk, v.workers, true), aad: v.aads.Get().(*[aadSize]byte)}
 }
 
 // drain calls write for runs of sealed blocks [lo, hi), in order, as they
@@ -156,10 +167,7 @@ func (p *sealPipe) finish() {
 	if p.aad == nil {
 		return
 	}
-	p.t.work(p.aad)
-	for p.t.active.Load() > 0 {
-		runtime.Gosched()
-	}
+	p.t.finish(p.aad)
 	p.v.aads.Put(p.aad)
 	p.aad = nil
 }
