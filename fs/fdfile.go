@@ -25,33 +25,27 @@ func (f *fdFile) Close() error { return unix.Close(f.fd) }
 
 // ReadAt reads len(p) bytes at off, or fewer and io.EOF at the end.
 func (f *fdFile) ReadAt(p []byte, off int64) (int, error) {
-	n := 0
-	for n < len(p) {
-		m, err := unix.Pread(f.fd, p[n:], off+int64(n))
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return n, &fs.PathError{Op: "read", Path: f.name, Err: err}
-		}
-		if m == 0 {
-			return n, io.EOF
-		}
-		n += m
-	}
-	return n, nil
+	return f.all("read", unix.Pread, io.EOF, p, off)
 }
 
 // WriteAt writes all of p at off.
 func (f *fdFile) WriteAt(p []byte, off int64) (int, error) {
+	return f.all("write", unix.Pwrite, io.ErrShortWrite, p, off)
+}
+
+// all repeats call (pread or pwrite) until p is done, through EINTR and
+// short transfers; a transfer of nothing ends it with short.
+func (f *fdFile) all(op string, call func(int, []byte, int64) (int, error), short error, p []byte, off int64) (int, error) {
 	n := 0
 	for n < len(p) {
-		m, err := unix.Pwrite(f.fd, p[n:], off+int64(n))
-		if err == unix.EINTR {
+		m, err := call(f.fd, p[n:], off+int64(n))
+		switch {
+		case err == unix.EINTR:
 			continue
-		}
-		if err != nil {
-			return n, &fs.PathError{Op: "write", Path: f.name, Err: err}
+		case err != nil:
+			return n, &fs.PathError{Op: op, Path: f.name, Err: err}
+		case m == 0:
+			return n, short
 		}
 		n += m
 	}
@@ -79,7 +73,8 @@ func (f *fdFile) Stat() (os.FileInfo, error) {
 	return fileInfo{name: f.name, st: st}, nil
 }
 
-// fileInfo is os.FileInfo over a Stat_t.
+// fileInfo is os.FileInfo over the Stat_t of a cipher file, which is
+// always a regular file (opened O_NOFOLLOW through a regular-file node).
 type fileInfo struct {
 	name string
 	st   unix.Stat_t
@@ -87,24 +82,7 @@ type fileInfo struct {
 
 func (fi fileInfo) Name() string       { return fi.name }
 func (fi fileInfo) Size() int64        { return fi.st.Size }
+func (fi fileInfo) Mode() fs.FileMode  { return fs.FileMode(fi.st.Mode & 0o777) }
 func (fi fileInfo) ModTime() time.Time { return time.Unix(fi.st.Mtim.Unix()) }
-func (fi fileInfo) IsDir() bool        { return fi.st.Mode&unix.S_IFMT == unix.S_IFDIR }
+func (fi fileInfo) IsDir() bool        { return false }
 func (fi fileInfo) Sys() any           { return &fi.st }
-func (fi fileInfo) Mode() fs.FileMode {
-	m := fs.FileMode(fi.st.Mode & 0o777)
-	switch fi.st.Mode & unix.S_IFMT {
-	case unix.S_IFDIR:
-		m |= fs.ModeDir
-	case unix.S_IFLNK:
-		m |= fs.ModeSymlink
-	case unix.S_IFIFO:
-		m |= fs.ModeNamedPipe
-	case unix.S_IFSOCK:
-		m |= fs.ModeSocket
-	case unix.S_IFCHR:
-		m |= fs.ModeDevice | fs.ModeCharDevice
-	case unix.S_IFBLK:
-		m |= fs.ModeDevice
-	}
-	return m
-}

@@ -20,7 +20,6 @@ type openFile struct {
 	refs   int // guarded by Node.mu
 	back   *backing
 	layout envelope.Layout
-	r      *root
 
 	mu     sync.RWMutex // guards ef, bad and closed
 	ef     *envelope.File
@@ -167,7 +166,7 @@ func (n *Node) openBacking(pfd int, name string, extra int, mode uint32, keepBad
 	if err != nil {
 		return nil, gofs.ToErrno(err)
 	}
-	of := &openFile{back: &backing{fdFile: &fdFile{fd: fd, name: name}, writable: writable, node: n}, layout: n.r.layout, r: n.r}
+	of := &openFile{back: &backing{fdFile: &fdFile{fd: fd, name: name}, writable: writable, node: n}, layout: n.r.layout}
 	n.r.opened(of)
 	kctx, cancel := n.r.keyContext()
 	defer cancel()
@@ -208,7 +207,7 @@ func (of *openFile) close() {
 	}
 	of.mu.Unlock()
 	of.back.Close()
-	of.r.closed(of)
+	of.back.node.r.closed(of)
 }
 
 // opened and closed track the open files, so that an unmount closes the

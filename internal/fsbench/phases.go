@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -109,11 +110,11 @@ func human(n int64) string {
 }
 
 // prefault writes and removes a file of twice the sequential size plus
-// an eighth on the tmpfs, so that the run's write finds the memory for
-// the backing file and for the mount's page cache already backed. This VM returns freed guest pages to its host (free
-// page reporting), and the first write to such a page costs a host fault:
-// without this, whichever filesystem writes first after a pause is
-// measured at half its speed.
+// an eighth on the tmpfs, so that the run's write finds the memory for the
+// backing file and for the mount's page cache already backed. This VM
+// returns freed guest pages to its host (free page reporting), and the
+// first write to such a page costs a host fault: without this, whichever
+// filesystem writes first after a pause is measured at half its speed.
 func (b *bench) prefault(ctx context.Context, r *groupRun) error {
 	p := filepath.Join(b.tmpfs, "prefault")
 	f, err := os.Create(p)
@@ -122,17 +123,12 @@ func (b *bench) prefault(ctx context.Context, r *groupRun) error {
 	}
 	defer os.Remove(p)
 	buf := bytes.Repeat([]byte{1}, 1<<20)
-	for n := int64(0); n < 2*b.sizes.seq+b.sizes.seq/8; n += int64(len(buf)) {
-		if err := ctx.Err(); err != nil {
-			f.Close()
-			return err
-		}
-		if _, err := f.Write(buf); err != nil {
-			f.Close()
-			return err
+	for n := int64(0); n < 2*b.sizes.seq+b.sizes.seq/8 && err == nil; n += int64(len(buf)) {
+		if err = ctx.Err(); err == nil {
+			_, err = f.Write(buf)
 		}
 	}
-	return f.Close()
+	return errors.Join(err, f.Close())
 }
 
 func (b *bench) seqWrite(ctx context.Context, r *groupRun) (float64, map[string]float64, error) {
