@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"sync"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -22,11 +23,14 @@ var (
 	_ = (gofs.NodeReaddirer)((*Node)(nil))
 	_ = (gofs.NodeOpendirHandler)((*Node)(nil))
 	_ = (gofs.NodeFsyncer)((*Node)(nil))
+
+	_ = (gofs.FileReaddirenter)((*dirHandle)(nil))
+	_ = (gofs.FileSeekdirer)((*dirHandle)(nil))
+	_ = (gofs.FileReleasedirer)((*dirHandle)(nil))
 )
 
 // OpendirHandle opens the directory's own descriptor now, so that an open
-// directory stays reachable (fstat, fsync) even if it is renamed over, and
-// its listing, which go-fuse reads, seeks and releases as the handle. It
+// directory stays reachable (fstat, fsync) even if it is renamed over. It
 // lets the kernel cache the listing (FOPEN_CACHE_DIR; go-fuse adds
 // KEEP_CACHE): the kernel drops it when the directory changes through the
 // mount or its mtime moves, and the cipher dir must not change behind the
@@ -34,11 +38,69 @@ var (
 // listed again (rm -rf after du, ls, a build scanning its tree) then costs
 // no READDIR requests.
 func (n *Node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
-	ds, errno := n.Readdir(ctx)
-	if errno != 0 {
+	if _, errno := n.dir(); errno != 0 {
 		return nil, 0, errno
 	}
-	return ds, fuse.FOPEN_CACHE_DIR, 0
+	return &dirHandle{n: n}, fuse.FOPEN_CACHE_DIR, 0
+}
+
+// dirHandle is an open directory: Readdir's stream, made on first read.
+// Lazily, not at opendir: while the kernel serves a listing from its
+// cache it sends no READDIR, and the stream (a descriptor opened and
+// closed) would be made for nothing. (Returning the stream itself as the
+// handle cost rm -rf 0.66-0.87x -> 0.90x of the loopback, daemon CPU
+// 1.2-1.55 -> 1.94 s.)
+type dirHandle struct {
+	n  *Node
+	mu sync.Mutex
+	ds gofs.DirStream
+}
+
+func (d *dirHandle) stream(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	if d.ds == nil {
+		ds, errno := d.n.Readdir(ctx)
+		if errno != 0 {
+			return nil, errno
+		}
+		d.ds = ds
+	}
+	return d.ds, 0
+}
+
+// Readdirent returns the next entry, or nil at the end.
+func (d *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ds, errno := d.stream(ctx)
+	if errno != 0 || !ds.HasNext() {
+		return nil, errno
+	}
+	e, errno := ds.Next()
+	return &e, errno
+}
+
+// Seekdir moves the stream to off, where the stream can.
+func (d *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ds, errno := d.stream(ctx)
+	if errno != 0 {
+		return errno
+	}
+	if sd, ok := ds.(gofs.FileSeekdirer); ok {
+		return sd.Seekdir(ctx, off)
+	}
+	return syscall.ENOTSUP
+}
+
+// Releasedir closes the stream.
+func (d *dirHandle) Releasedir(ctx context.Context, flags uint32) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.ds != nil {
+		d.ds.Close()
+		d.ds = nil
+	}
 }
 
 // Fsync flushes a directory (the write-temp, fsync, rename, fsync-dir
