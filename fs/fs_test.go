@@ -122,8 +122,8 @@ func TestXattrOff(t *testing.T) {
 }
 
 // TestReadAhead: a mount by root raises its read-ahead window from the
-// kernel's 128 KiB to MaxReadAhead, so sequential reads come in 1 MiB
-// requests.
+// kernel's 128 KiB to ReadAhead, so sequential reads come in several 1 MiB
+// requests at once.
 func TestReadAhead(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("only root may set a mount's read-ahead")
@@ -137,7 +137,7 @@ func TestReadAhead(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := kfs.MountOptions("", nil, false).MaxReadAhead >> 10
+	want := kfs.ReadAhead >> 10
 	if got := strings.TrimSpace(string(raw)); got != fmt.Sprint(want) {
 		t.Fatalf("read_ahead_kb %s, want %d", got, want)
 	}
