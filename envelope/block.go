@@ -137,30 +137,45 @@ func (c *Codec) sealPiped(dst, p []byte, first, fileLast int64) (*sealPipe, erro
 		return nil, err
 	}
 	if sp := c.v.pipeline(j, n); sp != nil {
+		if err := sp.t.nonces(); err != nil {
+			sp.finish()
+			return nil, err
+		}
 		return sp, nil
 	}
 	_, err = c.v.run(j, n, len(p))
 	return nil, err
 }
 
-// sealJob checks dst's length, puts the nonces in place and returns the
-// job that seals p's n blocks.
+// sealJob checks dst's length and returns the job that seals p's n blocks.
+// Its nonces are not in place yet: run and the pipeline put them there
+// (putNonces) before the blocks are sealed.
 func (c *Codec) sealJob(dst, p []byte, first, fileLast int64) (job, int, error) {
 	l := c.v.layout
 	if len(dst) != l.SealedLen(len(p)) {
 		return job{}, 0, fmt.Errorf("envelope: seal into %d bytes, want %d", len(dst), l.SealedLen(len(p)))
 	}
-	bs, ss := l.blockSize, l.blockSize+BlockOverhead
-	n := (len(p) + bs - 1) / bs
-	// Read all nonces into the front of dst, then move each into place,
-	// highest first so no nonce is overwritten before it moves.
-	if _, err := readFull(c.v.rand, dst[:n*nonceSize]); err != nil {
-		return job{}, 0, fmt.Errorf("envelope: nonce: %w", err)
+	n := (len(p) + l.blockSize - 1) / l.blockSize
+	return job{c: c, dst: dst, src: p, first: first, fileLast: fileLast, seal: true}, n, nil
+}
+
+// putNonces reads the nonces of blocks [lo, hi) from the volume's random
+// source and puts each in front of its block. Successive calls over
+// consecutive ranges read the source exactly as one call over their union,
+// so the batching does not change the ciphertext.
+func (j *job) putNonces(lo, hi int) error {
+	ss := j.c.v.layout.blockSize + BlockOverhead
+	dst := j.dst[lo*ss:]
+	n := hi - lo
+	// Read all nonces into the front of the range, then move each into
+	// place, highest first so no nonce is overwritten before it moves.
+	if _, err := readFull(j.c.v.rand, dst[:n*nonceSize]); err != nil {
+		return fmt.Errorf("envelope: nonce: %w", err)
 	}
 	for i := n - 1; i > 0; i-- {
 		copy(dst[i*ss:i*ss+nonceSize], dst[i*nonceSize:(i+1)*nonceSize])
 	}
-	return job{c: c, dst: dst, src: p, first: first, fileLast: fileLast, seal: true}, n, nil
+	return nil
 }
 
 // Open opens the sealed blocks in sealed, which start at block first, into

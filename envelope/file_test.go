@@ -368,3 +368,69 @@ func (f *failingReads) ReadAt(p []byte, off int64) (int, error) {
 	}
 	return f.File.ReadAt(p, off)
 }
+
+// budgetRand is a random source that fails once it has given left bytes.
+type budgetRand struct {
+	mu   sync.Mutex
+	r    io.Reader
+	left int
+}
+
+var errNoEntropy = errors.New("random source exhausted")
+
+func (b *budgetRand) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(p) > b.left {
+		return 0, errNoEntropy
+	}
+	b.left -= len(p)
+	return b.r.Read(p)
+}
+
+func (b *budgetRand) set(left int) {
+	b.mu.Lock()
+	b.left = left
+	b.mu.Unlock()
+}
+
+// TestNonceSourceFails: a random source failing partway through a write's
+// nonces fails the write with its error on the serial, parallel and
+// pipelined paths (where helpers seal while the nonces are still being
+// read), no helper is left waiting, and the file keeps its contents.
+func TestNonceSourceFails(t *testing.T) {
+	const bs = 4096
+	for _, tc := range []struct {
+		name          string
+		workers, size int
+	}{
+		{"serial", 1, 64 * bs},
+		{"parallel", 2, 32 * bs},   // fewer blocks than a pipeline takes
+		{"pipelined", 2, 256 * bs}, // sealed while it is written
+	} {
+		nonces := tc.size / bs * 12 // bytes of nonces the write reads
+		for _, budget := range []int{0, nonces / 4, nonces * 3 / 4} {
+			t.Run(fmt.Sprintf("%s/budget=%d", tc.name, budget), func(t *testing.T) {
+				src := &budgetRand{r: seeded(7), left: 1 << 30}
+				v := newVolume(t, bs, func(o *envelope.Options) {
+					o.Rand = src
+					o.Workers = tc.workers
+					o.ParallelMin = 1
+				})
+				f, _ := newFile(t, v, dataKey(3))
+				old := fill(tc.size, 1)
+				if _, err := f.WriteAt(old, 0); err != nil {
+					t.Fatal(err)
+				}
+				src.set(budget)
+				if _, err := f.WriteAt(fill(tc.size, 2), 0); !errors.Is(err, errNoEntropy) {
+					t.Fatalf("write with a failing random source: %v, want %v", err, errNoEntropy)
+				}
+				got := make([]byte, tc.size)
+				if _, err := f.ReadAt(got, 0); err != nil || !bytes.Equal(got, old) {
+					t.Fatalf("after the failed write: %v, contents changed: %t", err, !bytes.Equal(got, old))
+				}
+			})
+		}
+	}
+}

@@ -21,6 +21,11 @@ func (v *Volume) run(j job, n, size int) (int, error) {
 	aad := v.aads.Get().(*[aadSize]byte)
 	defer v.aads.Put(aad)
 	if workers <= 1 {
+		if j.seal {
+			if err := j.putNonces(0, n); err != nil {
+				return 0, err
+			}
+		}
 		return j.do(0, n, aad)
 	}
 	return v.runParallel(j, n, workers, aad)
@@ -36,7 +41,11 @@ func (v *Volume) run(j job, n, size int) (int, error) {
 // idle core can take longer than a whole 1 MiB request on a VM.)
 func (v *Volume) runParallel(j job, n, workers int, aad *[aadSize]byte) (int, error) {
 	t := v.start(j, n, max(1, n/(16*workers)), workers, false)
+	err := t.nonces()
 	t.finish(aad)
+	if err != nil {
+		return 0, err
+	}
 	if bad := int(t.bad.Load()); bad < n {
 		t.mu.Lock()
 		defer t.mu.Unlock()
@@ -56,6 +65,7 @@ type task struct {
 	mu     sync.Mutex
 	err    error         // the error of block bad
 	done   []atomic.Bool // per chunk, for a pipeline; nil otherwise
+	ready  atomic.Int64  // blocks [0, ready) may be processed: a seal job's nonces are in place
 }
 
 // start publishes job j of n blocks, in chunks of chunk blocks, to
@@ -68,8 +78,37 @@ func (v *Volume) start(j job, n, chunk, workers int, pipelined bool) *task {
 		t.done = make([]atomic.Bool, (n+chunk-1)/chunk)
 	}
 	t.bad.Store(int64(n))
+	if !j.seal {
+		t.ready.Store(int64(n))
+	}
 	v.helpers.publish(t, workers-1)
 	return t
+}
+
+// nonces puts a seal task's nonces in place in growing batches (a chunk,
+// a chunk, two, four…), publishing each, so that helpers start sealing
+// after the first batch instead of after all of them: reading the nonces
+// of a 1 MiB request of 4 KiB blocks from the system's random source takes
+// 9-14 µs of the request's ~120 µs on two cores. On an error the rest is
+// published unfilled, so no helper waits for it, and the caller discards
+// the request.
+func (t *task) nonces() error {
+	if !t.j.seal {
+		return nil
+	}
+	for lo, batch := 0, t.chunk; lo < t.n; {
+		hi := min(lo+batch, t.n)
+		if err := t.j.putNonces(lo, hi); err != nil {
+			t.ready.Store(int64(t.n))
+			return err
+		}
+		t.ready.Store(int64(hi))
+		if lo > 0 {
+			batch *= 2
+		}
+		lo = hi
+	}
+	return nil
 }
 
 // finish processes the chunks no one has taken and waits until no helper
@@ -96,6 +135,9 @@ func (t *task) takeOne(aad *[aadSize]byte) bool {
 		return false
 	}
 	hi := min(lo+t.chunk, t.n)
+	for t.ready.Load() < int64(hi) {
+		runtime.Gosched() // the caller is still putting nonces in place
+	}
 	if bad, err := t.j.do(lo, hi, aad); err != nil {
 		t.mu.Lock()
 		if int64(bad) < t.bad.Load() {
