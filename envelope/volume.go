@@ -177,14 +177,21 @@ func (v *Volume) Open(ctx context.Context, b Backing, u KeyUnwrapper) (*File, er
 	if size < l.HeaderSize() {
 		return nil, fmt.Errorf("envelope: file of %d bytes is shorter than its header: %w", size, ErrFormat)
 	}
-	raw := make([]byte, l.HeaderSize())
+	rawBuf := v.bufs.get(int(l.HeaderSize()))
+	defer v.bufs.put(rawBuf) // the parsed headers keep no reference to it
+	raw := *rawBuf
 	if _, err := b.ReadAt(raw, 0); err != nil {
 		return nil, fmt.Errorf("envelope: read header: %w", err)
 	}
 	slots := [2][]byte{raw[:l.slotSize], raw[l.slotSize:]}
+	same := string(slots[0]) == string(slots[1]) // both slots written alike, as after a create
 	var hs [2]*Header
 	var firstErr error
 	for i, s := range slots {
+		if i == 1 && same {
+			hs[1] = hs[0] // the same bytes parse the same
+			break
+		}
 		h, err := ParseHeaderSlot(l, s)
 		if err == nil && h.Volume != v.id {
 			err = fmt.Errorf("header names volume %x: %w", h.Volume, ErrOtherVolume)
@@ -206,7 +213,7 @@ func (v *Volume) Open(ctx context.Context, b Backing, u KeyUnwrapper) (*File, er
 		if h == nil {
 			continue
 		}
-		if k == 1 && hs[order[0]] != nil && string(slots[0]) == string(slots[1]) {
+		if k == 1 && hs[order[0]] != nil && same {
 			break // the same bytes failed already
 		}
 		dk, err := u.UnwrapKey(ctx, h.Stanzas)
@@ -243,7 +250,7 @@ func (v *Volume) Open(ctx context.Context, b Backing, u KeyUnwrapper) (*File, er
 		// The holes are listed when the journal first needs them.
 		f := &File{v: v, b: b, headerKey: hkey, header: *h, size: l.PlainSize(size), stored: size, recovered: recovered, holesUnread: true}
 		f.slotSeq[i] = h.Seq
-		if o := hs[1-i]; o != nil && o.File == h.File && (string(slots[0]) == string(slots[1]) || verifySlot(slots[1-i], hkey)) {
+		if o := hs[1-i]; o != nil && o.File == h.File && (same || verifySlot(slots[1-i], hkey)) {
 			f.slotSeq[1-i] = o.Seq
 		}
 		if f.codec, err = v.newCodec(content, h.File); err != nil {
