@@ -136,12 +136,8 @@ func (c *Codec) sealPiped(dst, p []byte, first, fileLast int64) (*sealPipe, erro
 	if err != nil {
 		return nil, err
 	}
-	if sp := c.v.pipeline(j, n); sp != nil {
-		if err := sp.t.nonces(); err != nil {
-			sp.finish()
-			return nil, err
-		}
-		return sp, nil
+	if sp, err := c.v.pipeline(j, n); sp != nil || err != nil {
+		return sp, err
 	}
 	_, err = c.v.run(j, n, len(p))
 	return nil, err

@@ -408,7 +408,7 @@ func TestNonceSourceFails(t *testing.T) {
 		{"parallel", 2, 32 * bs},   // fewer blocks than a pipeline takes
 		{"pipelined", 2, 256 * bs}, // sealed while it is written
 	} {
-		nonces := tc.size / bs * 12 // bytes of nonces the write reads
+		nonces := tc.size / bs * 16 // bytes of nonces the write reads (16 per block)
 		for _, budget := range []int{0, nonces / 4, nonces * 3 / 4} {
 			t.Run(fmt.Sprintf("%s/budget=%d", tc.name, budget), func(t *testing.T) {
 				src := &budgetRand{r: seeded(7), left: 1 << 30}

@@ -40,8 +40,7 @@ func (v *Volume) run(j job, n, size int) (int, error) {
 // wake up, so a request is never slower than the serial path. (Waking an
 // idle core can take longer than a whole 1 MiB request on a VM.)
 func (v *Volume) runParallel(j job, n, workers int, aad *[aadSize]byte) (int, error) {
-	t := v.start(j, n, max(1, n/(16*workers)), workers, false)
-	err := t.nonces()
+	t, err := v.start(j, n, max(1, n/(16*workers)), workers, false)
 	t.finish(aad)
 	if err != nil {
 		return 0, err
@@ -69,8 +68,10 @@ type task struct {
 }
 
 // start publishes job j of n blocks, in chunks of chunk blocks, to
-// workers-1 helpers; with pipelined, the task notes each chunk done.
-func (v *Volume) start(j job, n, chunk, workers int, pipelined bool) *task {
+// workers-1 helpers and, for a seal job, puts its nonces in place
+// (nonces); with pipelined, the task notes each chunk done. The caller
+// finishes the task in any case, also after an error.
+func (v *Volume) start(j job, n, chunk, workers int, pipelined bool) (*task, error) {
 	jp := new(job) // only the parallel path shares the job with goroutines
 	*jp = j
 	t := &task{j: jp, n: n, chunk: chunk}
@@ -82,7 +83,7 @@ func (v *Volume) start(j job, n, chunk, workers int, pipelined bool) *task {
 		t.ready.Store(int64(n))
 	}
 	v.helpers.publish(t, workers-1)
-	return t
+	return t, t.nonces()
 }
 
 // nonces puts a seal task's nonces in place in growing batches (a chunk,
@@ -168,13 +169,20 @@ type sealPipe struct {
 
 // pipeline starts sealing job j of n blocks as a pipeline, or returns nil
 // when the request is too small or the Volume has one worker: then the
-// caller seals it in one go.
-func (v *Volume) pipeline(j job, n int) *sealPipe {
+// caller seals it in one go. An error (reading the nonces) comes with no
+// pipe, the helpers already done with it.
+func (v *Volume) pipeline(j job, n int) (*sealPipe, error) {
 	chunk := max(1, pipeChunk/v.layout.blockSize)
 	if v.workers < 2 || v.parallelMin <= 0 || n < 2*chunk || len(j.src) < v.parallelMin {
-		return nil
+		return nil, nil
 	}
-	return &sealPipe{v: v, t: v.start(j, n, chunk, v.workers, true), aad: v.aads.Get().(*[aadSize]byte)}
+	t, err := v.start(j, n, chunk, v.workers, true)
+	sp := &sealPipe{v: v, t: t, aad: v.aads.Get().(*[aadSize]byte)}
+	if err != nil {
+		sp.finish()
+		return nil, err
+	}
+	return sp, nil
 }
 
 // drain calls write for runs of sealed blocks [lo, hi), in order, as they

@@ -184,7 +184,7 @@ func MountOptions(fsName string, extra []string, allowOther bool) *gofs.Options 
 			AllowOther:   allowOther,
 			Options:      extra,
 			MaxWrite:     1 << 20,
-			MaxReadAhead: 1 << 20,
+			MaxReadAhead: ReadAhead,
 			DirectMount:  true,
 		},
 		EntryTimeout:    &sec,
@@ -217,13 +217,14 @@ func Mount(mountpoint string, o Options, mo *gofs.Options) (*Server, error) {
 		unix.Close(rootNode.(*Node).dirfd)
 		return nil, fmt.Errorf("fs: mount %s: %w", mountpoint, err)
 	}
-	if err := setReadAhead(mountpoint, ReadAhead); err != nil {
+	if err := setReadAhead(mountpoint, mo.MaxReadAhead); err != nil {
 		rootNode.(*Node).r.log.WithError(err).Debug("read-ahead left at the kernel's default")
 	}
 	return &Server{Server: srv, unmounted: rootNode.(*Node).r.unmounted}, nil
 }
 
-// ReadAhead is the read-ahead window a mount by root sets for itself.
+// ReadAhead is the read-ahead window (MountOptions' MaxReadAhead) that a
+// mount by root sets for itself.
 // The kernel caps a FUSE mount's window at its default (128 KiB), whatever
 // the filesystem offers, so sequential reads would arrive as 128 KiB
 // requests. It splits a larger window into READs of at most 1 MiB
