@@ -42,6 +42,7 @@ type mounted struct {
 	keys        *fakeKeys
 	srv         *kfs.Server
 	log         *syncBuffer
+	unmounted   bool
 }
 
 // syncBuffer is a log sink that tests read while the mount writes.
@@ -105,11 +106,21 @@ func mountWith(t testing.TB, blockSize int, o kfs.Options) *mounted {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if err := m.srv.Unmount(); err != nil {
-			t.Errorf("unmount: %v", err)
+		if !m.unmounted {
+			m.unmount(t)
 		}
-		m.srv.Wait()
 		j.Close()
 	})
 	return m
+}
+
+// unmount unmounts m and waits until the filesystem has let go of the
+// cipher dir.
+func (m *mounted) unmount(t testing.TB) {
+	t.Helper()
+	if err := m.srv.Unmount(); err != nil {
+		t.Errorf("unmount: %v", err)
+	}
+	m.srv.Wait()
+	m.unmounted = true
 }

@@ -58,6 +58,12 @@ func (n *Node) dir() (int, syscall.Errno) {
 	if errno != 0 {
 		return -1, errno
 	}
+	return n.openDir(pfd, name)
+}
+
+// openDir opens the node's directory descriptor as name in pfd; n.mu is
+// held and the node has none yet.
+func (n *Node) openDir(pfd int, name string) (int, syscall.Errno) {
 	fd, err := unix.Openat(pfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err == unix.EACCES {
 		fd, err = unix.Openat(pfd, name, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
@@ -67,6 +73,20 @@ func (n *Node) dir() (int, syscall.Errno) {
 	}
 	n.dirfd = fd
 	return fd, 0
+}
+
+// pinDir makes sure that name's node in this directory, if it is a
+// directory the kernel knows, holds its own descriptor before the name
+// goes (rmdir, or a rename over it). The kernel opens directories without
+// telling kmsfs (see listings), and a process may hold this one open: its
+// fstat, fsync and listing then keep working through the descriptor, as
+// on a local filesystem. A failure is left for that use to report.
+func (n *Node) pinDir(name string) {
+	if c := n.GetChild(name); c != nil && c.IsDir() {
+		if cn, ok := c.Operations().(*Node); ok {
+			cn.dir()
+		}
+	}
 }
 
 // loc returns the descriptor of the node's parent directory and the

@@ -29,19 +29,14 @@ var (
 	_ = (gofs.FileReleasedirer)((*dirHandle)(nil))
 )
 
-// OpendirHandle opens the directory's own descriptor now, so that an open
-// directory stays reachable (fstat, fsync) even if it is renamed over. It
-// lets the kernel cache the listing (FOPEN_CACHE_DIR; go-fuse adds
-// KEEP_CACHE): the kernel drops it when the directory changes through the
-// mount or its mtime moves, and the cipher dir must not change behind the
-// mount anyway (as for the entry and attribute caches). A directory
-// listed again (rm -rf after du, ls, a build scanning its tree) then costs
-// no READDIR requests.
+// OpendirHandle opens a listing handle for listings (the kernel sends no
+// OPENDIR): the directory's own descriptor now, and the stream on the
+// first read.
 func (n *Node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	if _, errno := n.dir(); errno != 0 {
 		return nil, 0, errno
 	}
-	return &dirHandle{n: n}, fuse.FOPEN_CACHE_DIR, 0
+	return &dirHandle{n: n}, 0, 0
 }
 
 // dirHandle is an open directory: Readdir's stream, made on first read.
@@ -277,6 +272,7 @@ func (n *Node) Rmdir(ctx context.Context, name string) syscall.Errno {
 	if errno != 0 {
 		return errno
 	}
+	n.pinDir(name)
 	return gofs.ToErrno(unix.Unlinkat(fd, name, unix.AT_REMOVEDIR))
 }
 
@@ -304,6 +300,9 @@ func (n *Node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	nfd, errno := np.dirForChange(newName)
 	if errno != 0 {
 		return errno
+	}
+	if flags&unix.RENAME_EXCHANGE == 0 {
+		np.pinDir(newName)
 	}
 	return gofs.ToErrno(unix.Renameat2(fd, name, nfd, newName, uint(flags)))
 }

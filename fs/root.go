@@ -207,11 +207,11 @@ func Mount(mountpoint string, o Options, mo *gofs.Options) (*Server, error) {
 	if mo == nil {
 		mo = MountOptions("kmsfs", nil, false)
 	}
-	srv, err := gofs.Mount(mountpoint, rootNode, mo)
+	srv, err := mount(mountpoint, rootNode, mo)
 	if err != nil && mo.DirectMount {
 		// Not root, or no direct mount: let fusermount3 do it.
 		mo.DirectMount = false
-		srv, err = gofs.Mount(mountpoint, rootNode, mo)
+		srv, err = mount(mountpoint, rootNode, mo)
 	}
 	if err != nil {
 		unix.Close(rootNode.(*Node).dirfd)
@@ -221,6 +221,20 @@ func Mount(mountpoint string, o Options, mo *gofs.Options) (*Server, error) {
 		rootNode.(*Node).r.log.WithError(err).Debug("read-ahead left at the kernel's default")
 	}
 	return &Server{Server: srv, unmounted: rootNode.(*Node).r.unmounted}, nil
+}
+
+// mount is gofs.Mount with listings between the server and the node
+// bridge.
+func mount(mountpoint string, root gofs.InodeEmbedder, mo *gofs.Options) (*fuse.Server, error) {
+	srv, err := fuse.NewServer(newListings(gofs.NewNodeFS(root, mo)), mountpoint, &mo.MountOptions)
+	if err != nil {
+		return nil, err
+	}
+	go srv.Serve()
+	if err := srv.WaitMount(); err != nil {
+		return nil, err
+	}
+	return srv, nil
 }
 
 // ReadAhead is the read-ahead window (MountOptions' MaxReadAhead) that a

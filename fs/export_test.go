@@ -1,0 +1,4 @@
+package fs
+
+// MaxListings is maxListings, for the tests.
+const MaxListings = maxListings

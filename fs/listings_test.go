@@ -1,0 +1,213 @@
+package fs_test
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	kfs "github.com/kmsfs/kmsfs/fs"
+)
+
+// getdents lists dir with getdents(2) through a buffer of bufSize bytes,
+// stopping after calls calls (0: at the end), and returns the names
+// without "." and "..".
+func getdents(t *testing.T, dir string, bufSize, calls int) []string {
+	t.Helper()
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Error(err)
+		return nil
+	}
+	defer unix.Close(fd)
+	buf := make([]byte, bufSize)
+	var names []string
+	for i := 0; calls == 0 || i < calls; i++ {
+		n, err := unix.Getdents(fd, buf)
+		if err != nil {
+			t.Errorf("getdents %s: %v", dir, err)
+			return nil
+		}
+		if n == 0 {
+			break
+		}
+		_, _, names = unix.ParseDirent(buf[:n], -1, names)
+	}
+	return names
+}
+
+// TestListingsConcurrent: without OPENDIR, concurrent listings of one
+// directory share the daemon's handle for it and seek it to their own
+// offsets; each still gets every name exactly once, in listings of many
+// READDIRPLUS requests, also right after a change dropped the kernel's
+// cached listing.
+func TestListingsConcurrent(t *testing.T) {
+	m := mount(t, 4096)
+	dir := filepath.Join(m.mnt, "big")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for i := range 2000 {
+		name := fmt.Sprintf("entry-%04d-%s", i, strings.Repeat("x", 40))
+		if err := os.WriteFile(filepath.Join(dir, name), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, name)
+	}
+	for round := range 5 {
+		// A change through the mount drops the cached listing, so the
+		// listings below go to the daemon.
+		name := fmt.Sprintf("round-%d", round)
+		if err := os.WriteFile(filepath.Join(dir, name), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, name)
+		slices.Sort(want)
+		var wg sync.WaitGroup
+		for g := range 4 {
+			wg.Go(func() {
+				got := getdents(t, dir, 512+256*g, 0)
+				slices.Sort(got)
+				if !slices.Equal(got, want) {
+					t.Errorf("round %d, lister %d: %d names, want %d", round, g, len(got), len(want))
+				}
+			})
+		}
+		wg.Wait()
+	}
+}
+
+// TestListingsAbandoned: listings read part-way and closed leave at most
+// kfs.MaxListings directory streams open in the daemon, every directory
+// still lists in full afterwards, and unmounting closes the rest (the
+// kernel forgets every directory then; OnUnmount releases what is left).
+func TestListingsAbandoned(t *testing.T) {
+	m := mount(t, 4096)
+	const dirs = 3 * kfs.MaxListings
+	for d := range dirs {
+		dir := filepath.Join(m.mnt, fmt.Sprintf("d%03d", d))
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 40 {
+			if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("file-%02d-%s", i, strings.Repeat("y", 30))), nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for d := range dirs {
+		dir := filepath.Join(m.mnt, fmt.Sprintf("d%03d", d))
+		if got := getdents(t, dir, 512, 1); len(got) == 0 || len(got) >= 40 {
+			t.Fatalf("%s: a 512-byte getdents gave %d of 40 names", dir, len(got))
+		}
+	}
+	// The daemon is this process: a directory with two descriptors open
+	// into it has a listing stream besides the node's own.
+	perDir := map[string]int{}
+	for _, target := range openUnder(t, m.cipher) {
+		perDir[target]++
+	}
+	streams := 0
+	for _, n := range perDir {
+		if n > 1 {
+			streams++
+		}
+	}
+	if streams > kfs.MaxListings {
+		t.Errorf("%d directories hold a listing stream after %d abandoned listings, want at most %d", streams, dirs, kfs.MaxListings)
+	}
+	for d := range dirs {
+		dir := filepath.Join(m.mnt, fmt.Sprintf("d%03d", d))
+		if got := getdents(t, dir, 4096, 0); len(got) != 40 {
+			t.Fatalf("%s lists %d names after an abandoned listing, want 40", dir, len(got))
+		}
+	}
+	for d := range dirs {
+		getdents(t, filepath.Join(m.mnt, fmt.Sprintf("d%03d", d)), 512, 1)
+	}
+	m.unmount(t)
+	// The journal is the test's own, closed at its end.
+	open := slices.DeleteFunc(openUnder(t, m.cipher), func(p string) bool { return p == filepath.Join(m.cipher, kfs.JournalName) })
+	if len(open) > 0 {
+		t.Errorf("after unmount %d descriptors into the cipher dir are open: %v", len(open), open)
+	}
+}
+
+// openUnder returns the targets of this process's descriptors of dir and
+// of anything in it.
+func openUnder(t *testing.T, dir string) []string {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range ents {
+		target, err := os.Readlink(filepath.Join("/proc/self/fd", e.Name()))
+		if err != nil {
+			continue // the descriptor ReadDir itself used, now closed
+		}
+		if target == dir || strings.HasPrefix(target, dir+"/") {
+			out = append(out, target)
+		}
+	}
+	return out
+}
+
+// TestOpenDirRemoved: the kernel opens directories without telling the
+// daemon, yet a directory held open stays usable after it is removed or
+// renamed over, as on a local filesystem: fstat and fsync work.
+func TestOpenDirRemoved(t *testing.T) {
+	m := mount(t, 4096)
+	for _, how := range []string{"rmdir", "renamed-over"} {
+		t.Run(how, func(t *testing.T) {
+			dir := filepath.Join(m.mnt, how)
+			if err := os.Mkdir(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(fd)
+			var before unix.Stat_t
+			if err := unix.Fstat(fd, &before); err != nil {
+				t.Fatal(err)
+			}
+			switch how {
+			case "rmdir":
+				err = unix.Rmdir(dir)
+			case "renamed-over":
+				other := dir + ".new"
+				if err := os.Mkdir(other, 0o755); err != nil {
+					t.Fatal(err)
+				}
+				err = unix.Rename(other, dir)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var after unix.Stat_t
+			if err := unix.Fstat(fd, &after); err != nil {
+				t.Fatalf("fstat of the open directory after %s: %v", how, err)
+			}
+			if after.Ino != before.Ino {
+				t.Fatalf("fstat after %s: inode %d, was %d", how, after.Ino, before.Ino)
+			}
+			// Listing it fails as on a local filesystem (the kernel's
+			// answer for a removed directory), not with another error.
+			if _, err := unix.Getdents(fd, make([]byte, 4096)); err != unix.ENOENT {
+				t.Fatalf("listing the open directory after %s: %v, want ENOENT", how, err)
+			}
+			if err := unix.Fsync(fd); err != nil {
+				t.Fatalf("fsync of the open directory after %s: %v", how, err)
+			}
+		})
+	}
+}
