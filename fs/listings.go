@@ -12,7 +12,8 @@ import (
 // directory listing (find, du, ls, rm -rf), 30-45 µs each on this kind of
 // VM, for a handle kmsfs does not need.
 //
-// It answers OPENDIR with ENOSYS. From then on the kernel opens
+// It answers OPENDIR with ENOSYS (on kernels that take that, Linux 5.1
+// and later; older ones get the bridge's answer). From then on the kernel opens
 // directories without asking (it does not send RELEASEDIR either), caches
 // their listings as FOPEN_CACHE_DIR did (its default for a filesystem
 // without OPENDIR: dropped when the directory changes through the mount or
@@ -22,9 +23,12 @@ import (
 // handle to each request's offset), and releases it when a listing
 // reaches its end, when the kernel forgets the directory, when more than
 // maxListings are open (least recently used first: a listing abandoned
-// half-way never reaches its end) and at unmount.
+// half-way never reaches its end) and at unmount. Concurrent listings of
+// one directory take turns on its handle, each seeking it to its offset;
+// with the kernel's cache in front that is rare.
 type listings struct {
 	fuse.RawFileSystem
+	srv *fuse.Server
 
 	mu   sync.Mutex
 	open map[uint64]*listing // by node ID
@@ -46,9 +50,17 @@ func newListings(fs fuse.RawFileSystem) *listings {
 	return &listings{RawFileSystem: fs, open: make(map[uint64]*listing)}
 }
 
+func (l *listings) Init(srv *fuse.Server) {
+	l.srv = srv
+	l.RawFileSystem.Init(srv)
+}
+
 // OpenDir declines, so that the kernel stops sending OPENDIR and
 // RELEASEDIR.
 func (l *listings) OpenDir(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
+	if l.srv.KernelSettings().Flags64()&fuse.CAP_NO_OPENDIR_SUPPORT == 0 {
+		return l.RawFileSystem.OpenDir(cancel, in, out) // the kernel would fail the open
+	}
 	return fuse.ENOSYS
 }
 
@@ -71,10 +83,12 @@ func (l *listings) read(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEn
 	if !st.Ok() {
 		return st
 	}
+	end := true // also if the bridge panics (go-fuse recovers), so that ls is not kept forever
+	defer func() { l.done(ls, end) }()
 	handled := *in
 	handled.Fh = ls.fh
 	st = read(cancel, &handled, out)
-	l.done(ls, !st.Ok() || out.Offset == in.Offset)
+	end = !st.Ok() || out.Offset == in.Offset
 	return st
 }
 
@@ -105,9 +119,12 @@ func (l *listings) acquire(cancel <-chan struct{}, in *fuse.ReadIn) (*listing, f
 		l.release(fresh)
 		return ls, fuse.OK
 	}
+	defer l.mu.Unlock()
 	fresh.used = l.tick
 	l.open[in.NodeId] = fresh
-	var idle []*listing
+	// Evicted handles are released with l.mu held: a FORGET of their
+	// directory waits in drop meanwhile, so the bridge still knows the
+	// node when its handle goes.
 	for len(l.open) > maxListings {
 		var old *listing
 		for _, ls := range l.open {
@@ -119,11 +136,7 @@ func (l *listings) acquire(cancel <-chan struct{}, in *fuse.ReadIn) (*listing, f
 			break // all in use: over the bound until they finish
 		}
 		delete(l.open, old.node)
-		idle = append(idle, old)
-	}
-	l.mu.Unlock()
-	for _, ls := range idle {
-		l.release(ls)
+		l.release(old)
 	}
 	return fresh, fuse.OK
 }

@@ -211,3 +211,45 @@ func TestOpenDirRemoved(t *testing.T) {
 		})
 	}
 }
+
+// TestListingsRoot: the root's listing hides kmsfs's own entries yet
+// keeps the cipher dir's offsets, so a listing that starts after an
+// abandoned one (whose handle the daemon keeps) sees the directory as it
+// is now: a name created in between shows, a removed one does not.
+func TestListingsRoot(t *testing.T) {
+	m := mount(t, 4096)
+	want := map[string]bool{}
+	for i := range 200 {
+		name := fmt.Sprintf("root-%03d-%s", i, strings.Repeat("z", 30))
+		if err := os.WriteFile(filepath.Join(m.mnt, name), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		want[name] = true
+	}
+	for round := range 3 {
+		if got := getdents(t, m.mnt, 512, 1); len(got) == 0 || len(got) >= len(want) {
+			t.Fatalf("round %d: a 512-byte getdents gave %d of %d names", round, len(got), len(want))
+		}
+		late := fmt.Sprintf("late-%d", round)
+		if err := os.WriteFile(filepath.Join(m.mnt, late), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		want[late] = true
+		gone := fmt.Sprintf("root-%03d-%s", round, strings.Repeat("z", 30))
+		if err := os.Remove(filepath.Join(m.mnt, gone)); err != nil {
+			t.Fatal(err)
+		}
+		delete(want, gone)
+		got := getdents(t, m.mnt, 4096, 0)
+		seen := map[string]bool{}
+		for _, name := range got {
+			if !want[name] || seen[name] {
+				t.Fatalf("round %d: listed %q (hidden, removed or twice)", round, name)
+			}
+			seen[name] = true
+		}
+		if len(seen) != len(want) {
+			t.Fatalf("round %d: listed %d names, want %d", round, len(seen), len(want))
+		}
+	}
+}

@@ -347,16 +347,56 @@ func (n *Node) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	if errno != 0 || !n.isRoot() {
 		return ds, errno
 	}
-	defer ds.Close()
-	var list []fuse.DirEntry
-	for ds.HasNext() {
-		e, errno := ds.Next()
+	return &hidingStream{ds: ds, n: n}, 0
+}
+
+// hidingStream is the root's listing without kmsfs's own entries. It
+// keeps the cipher dir's own offsets and seeks the underlying stream, so
+// that a listing handle shared between listings (see listings) reads the
+// directory afresh from offset 0 and resumes any other at its place.
+type hidingStream struct {
+	ds      gofs.DirStream
+	n       *Node
+	pending *fuse.DirEntry
+	errno   syscall.Errno
+}
+
+var _ = (gofs.FileSeekdirer)((*hidingStream)(nil))
+
+// fill reads ahead to the next entry to show, if there is one.
+func (h *hidingStream) fill() {
+	for h.pending == nil && h.errno == 0 && h.ds.HasNext() {
+		e, errno := h.ds.Next()
 		if errno != 0 {
-			return nil, errno
+			h.errno = errno
+			return
 		}
-		if !n.hidden(e.Name) {
-			list = append(list, e)
+		if !h.n.hidden(e.Name) {
+			h.pending = &e
 		}
 	}
-	return gofs.NewListDirStream(list), 0
 }
+
+func (h *hidingStream) HasNext() bool {
+	h.fill()
+	return h.pending != nil || h.errno != 0
+}
+
+func (h *hidingStream) Next() (fuse.DirEntry, syscall.Errno) {
+	h.fill()
+	if h.errno != 0 {
+		errno := h.errno
+		h.errno = 0
+		return fuse.DirEntry{}, errno
+	}
+	e := *h.pending
+	h.pending = nil
+	return e, 0
+}
+
+func (h *hidingStream) Seekdir(ctx context.Context, off uint64) syscall.Errno {
+	h.pending, h.errno = nil, 0
+	return h.ds.(gofs.FileSeekdirer).Seekdir(ctx, off)
+}
+
+func (h *hidingStream) Close() { h.ds.Close() }
