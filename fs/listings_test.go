@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	kfs "github.com/kmsfs/kmsfs/fs"
+	"github.com/kmsfs/kmsfs/internal/procfd"
 )
 
 // getdents lists dir with getdents(2) through a buffer of bufSize bytes,
@@ -143,19 +144,13 @@ func TestListingsAbandoned(t *testing.T) {
 // of anything in it.
 func openUnder(t *testing.T, dir string) []string {
 	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
+	ds, err := procfd.Under(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var out []string
-	for _, e := range ents {
-		target, err := os.Readlink(filepath.Join("/proc/self/fd", e.Name()))
-		if err != nil {
-			continue // the descriptor ReadDir itself used, now closed
-		}
-		if target == dir || strings.HasPrefix(target, dir+"/") {
-			out = append(out, target)
-		}
+	for _, d := range ds {
+		out = append(out, d.Target)
 	}
 	return out
 }

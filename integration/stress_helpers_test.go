@@ -21,6 +21,7 @@ import (
 
 	"github.com/kmsfs/kmsfs/envelope"
 	kfs "github.com/kmsfs/kmsfs/fs"
+	"github.com/kmsfs/kmsfs/internal/procfd"
 	"github.com/kmsfs/kmsfs/keysource"
 	"github.com/kmsfs/kmsfs/keysource/local"
 )
@@ -478,19 +479,13 @@ func TestExerciserUnmountReleasesFDs(t *testing.T) {
 // it, as "fd -> path".
 func sxOpenUnder(t *testing.T, dir string) []string {
 	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
+	ds, err := procfd.Under(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var out []string
-	for _, e := range ents {
-		target, err := os.Readlink(filepath.Join("/proc/self/fd", e.Name()))
-		if err != nil {
-			continue // the descriptor ReadDir itself used, now closed
-		}
-		if target == dir || strings.HasPrefix(target, dir+"/") {
-			out = append(out, e.Name()+" -> "+target)
-		}
+	for _, d := range ds {
+		out = append(out, d.String())
 	}
 	return out
 }
