@@ -77,7 +77,7 @@ func (l *listings) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fus
 // the end), and so does an error: the next request opens a fresh handle.
 func (l *listings) read(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList, read func(<-chan struct{}, *fuse.ReadIn, *fuse.DirEntryList) fuse.Status) fuse.Status {
 	if in.Fh != 0 {
-		return read(cancel, in, out) // opened before OPENDIR was declined: cannot happen, but the handle is the bridge's
+		return read(cancel, in, out) // the bridge's OPENDIR handle, on a kernel that needs OPENDIR
 	}
 	ls, st := l.acquire(cancel, in)
 	if !st.Ok() {
@@ -96,13 +96,11 @@ func (l *listings) read(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEn
 func (l *listings) acquire(cancel <-chan struct{}, in *fuse.ReadIn) (*listing, fuse.Status) {
 	l.mu.Lock()
 	l.tick++
-	if ls := l.open[in.NodeId]; ls != nil {
-		ls.refs++
-		ls.used = l.tick
-		l.mu.Unlock()
+	ls := l.use(in.NodeId)
+	l.mu.Unlock()
+	if ls != nil {
 		return ls, fuse.OK
 	}
-	l.mu.Unlock()
 
 	var oo fuse.OpenOut
 	st := l.RawFileSystem.OpenDir(cancel, &fuse.OpenIn{InHeader: in.InHeader, Flags: syscall.O_RDONLY | syscall.O_DIRECTORY}, &oo)
@@ -111,20 +109,17 @@ func (l *listings) acquire(cancel <-chan struct{}, in *fuse.ReadIn) (*listing, f
 	}
 	fresh := &listing{node: in.NodeId, fh: oo.Fh, refs: 1}
 
+	// Handles are released here with l.mu held: a FORGET of their
+	// directory waits in drop meanwhile, so the bridge still knows the
+	// node when its handle goes.
 	l.mu.Lock()
-	if ls := l.open[in.NodeId]; ls != nil { // another request opened one meanwhile
-		ls.refs++
-		ls.used = l.tick
-		l.mu.Unlock()
+	defer l.mu.Unlock()
+	if ls := l.use(in.NodeId); ls != nil { // another request opened one meanwhile
 		l.release(fresh)
 		return ls, fuse.OK
 	}
-	defer l.mu.Unlock()
 	fresh.used = l.tick
 	l.open[in.NodeId] = fresh
-	// Evicted handles are released with l.mu held: a FORGET of their
-	// directory waits in drop meanwhile, so the bridge still knows the
-	// node when its handle goes.
 	for len(l.open) > maxListings {
 		var old *listing
 		for _, ls := range l.open {
@@ -141,16 +136,32 @@ func (l *listings) acquire(cancel <-chan struct{}, in *fuse.ReadIn) (*listing, f
 	return fresh, fuse.OK
 }
 
-// done ends a request's use of ls; with end, the listing is over and ls
-// leaves the map.
+// use returns node's listing, counted as used by one more request, or nil;
+// l.mu is held.
+func (l *listings) use(node uint64) *listing {
+	ls := l.open[node]
+	if ls != nil {
+		ls.refs++
+		ls.used = l.tick
+	}
+	return ls
+}
+
+// retire takes ls out of the map for good: the last request using it
+// releases it. l.mu is held.
+func (l *listings) retire(ls *listing) {
+	ls.gone = true
+	if l.open[ls.node] == ls {
+		delete(l.open, ls.node)
+	}
+}
+
+// done ends a request's use of ls; with end, the listing is over.
 func (l *listings) done(ls *listing, end bool) {
 	l.mu.Lock()
 	ls.refs--
-	if end && !ls.gone {
-		ls.gone = true
-		if l.open[ls.node] == ls {
-			delete(l.open, ls.node)
-		}
+	if end {
+		l.retire(ls)
 	}
 	free := ls.gone && ls.refs == 0
 	l.mu.Unlock()
@@ -159,16 +170,14 @@ func (l *listings) done(ls *listing, end bool) {
 	}
 }
 
-// drop takes node's listing out of the map, releasing it unless a request
-// still uses it (that request then does).
+// drop retires node's listing, releasing it unless a request still uses
+// it (that request then does).
 func (l *listings) drop(node uint64) {
 	l.mu.Lock()
 	ls := l.open[node]
-	free := false
+	free := ls != nil && ls.refs == 0
 	if ls != nil {
-		delete(l.open, node)
-		ls.gone = true
-		free = ls.refs == 0
+		l.retire(ls)
 	}
 	l.mu.Unlock()
 	if free {
@@ -191,13 +200,12 @@ func (l *listings) Forget(nodeID, nlookup uint64) {
 // descriptors are closed with the rest.
 func (l *listings) OnUnmount() {
 	l.mu.Lock()
-	nodes := make([]uint64, 0, len(l.open))
-	for n := range l.open {
-		nodes = append(nodes, n)
+	for _, ls := range l.open {
+		l.retire(ls)
+		if ls.refs == 0 {
+			l.release(ls)
+		}
 	}
 	l.mu.Unlock()
-	for _, n := range nodes {
-		l.drop(n)
-	}
 	l.RawFileSystem.OnUnmount()
 }

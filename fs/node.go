@@ -58,12 +58,6 @@ func (n *Node) dir() (int, syscall.Errno) {
 	if errno != 0 {
 		return -1, errno
 	}
-	return n.openDir(pfd, name)
-}
-
-// openDir opens the node's directory descriptor as name in pfd; n.mu is
-// held and the node has none yet.
-func (n *Node) openDir(pfd int, name string) (int, syscall.Errno) {
 	fd, err := unix.Openat(pfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err == unix.EACCES {
 		fd, err = unix.Openat(pfd, name, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
