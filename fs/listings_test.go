@@ -91,8 +91,9 @@ func TestListingsConcurrent(t *testing.T) {
 func TestListingsAbandoned(t *testing.T) {
 	m := mount(t, 4096)
 	const dirs = 3 * kfs.MaxListings
+	dirOf := func(d int) string { return filepath.Join(m.mnt, fmt.Sprintf("d%03d", d)) }
 	for d := range dirs {
-		dir := filepath.Join(m.mnt, fmt.Sprintf("d%03d", d))
+		dir := dirOf(d)
 		if err := os.Mkdir(dir, 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -103,7 +104,7 @@ func TestListingsAbandoned(t *testing.T) {
 		}
 	}
 	for d := range dirs {
-		dir := filepath.Join(m.mnt, fmt.Sprintf("d%03d", d))
+		dir := dirOf(d)
 		if got := getdents(t, dir, 512, 1); len(got) == 0 || len(got) >= 40 {
 			t.Fatalf("%s: a 512-byte getdents gave %d of 40 names", dir, len(got))
 		}
@@ -111,8 +112,8 @@ func TestListingsAbandoned(t *testing.T) {
 	// The daemon is this process: a directory with two descriptors open
 	// into it has a listing stream besides the node's own.
 	perDir := map[string]int{}
-	for _, target := range openUnder(t, m.cipher) {
-		perDir[target]++
+	for _, d := range procfd.Under(t, m.cipher) {
+		perDir[d.Target]++
 	}
 	streams := 0
 	for _, n := range perDir {
@@ -124,35 +125,20 @@ func TestListingsAbandoned(t *testing.T) {
 		t.Errorf("%d directories hold a listing stream after %d abandoned listings, want at most %d", streams, dirs, kfs.MaxListings)
 	}
 	for d := range dirs {
-		dir := filepath.Join(m.mnt, fmt.Sprintf("d%03d", d))
+		dir := dirOf(d)
 		if got := getdents(t, dir, 4096, 0); len(got) != 40 {
 			t.Fatalf("%s lists %d names after an abandoned listing, want 40", dir, len(got))
 		}
 	}
 	for d := range dirs {
-		getdents(t, filepath.Join(m.mnt, fmt.Sprintf("d%03d", d)), 512, 1)
+		getdents(t, dirOf(d), 512, 1)
 	}
 	m.unmount(t)
 	// The journal is the test's own, closed at its end.
-	open := slices.DeleteFunc(openUnder(t, m.cipher), func(p string) bool { return p == filepath.Join(m.cipher, kfs.JournalName) })
+	open := slices.DeleteFunc(procfd.Under(t, m.cipher), func(d procfd.Desc) bool { return d.Target == filepath.Join(m.cipher, kfs.JournalName) })
 	if len(open) > 0 {
 		t.Errorf("after unmount %d descriptors into the cipher dir are open: %v", len(open), open)
 	}
-}
-
-// openUnder returns the targets of this process's descriptors of dir and
-// of anything in it.
-func openUnder(t *testing.T, dir string) []string {
-	t.Helper()
-	ds, err := procfd.Under(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	for _, d := range ds {
-		out = append(out, d.Target)
-	}
-	return out
 }
 
 // TestOpenDirRemoved: the kernel opens directories without telling the

@@ -467,25 +467,10 @@ func TestExerciserUnmountReleasesFDs(t *testing.T) {
 		if err := v.unmount(); err != nil {
 			t.Fatal(err)
 		}
-		if open := sxOpenUnder(t, v.Cipher); len(open) > 0 {
-			t.Errorf("cycle %d: after unmount the process still has %d descriptors into the cipher dir: %s",
-				cycle, len(open), strings.Join(open, ", "))
+		if open := procfd.Under(t, v.Cipher); len(open) > 0 {
+			t.Errorf("cycle %d: after unmount the process still has %d descriptors into the cipher dir: %v",
+				cycle, len(open), open)
 		}
 		v.mount()
 	}
-}
-
-// sxOpenUnder lists this process's descriptors of dir and of anything in
-// it, as "fd -> path".
-func sxOpenUnder(t *testing.T, dir string) []string {
-	t.Helper()
-	ds, err := procfd.Under(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	for _, d := range ds {
-		out = append(out, d.String())
-	}
-	return out
 }

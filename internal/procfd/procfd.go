@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"testing"
 )
 
 // Desc is one open descriptor and what it refers to.
@@ -16,11 +17,13 @@ type Desc struct {
 
 func (d Desc) String() string { return d.FD + " -> " + d.Target }
 
-// Under returns this process's descriptors of dir and of anything in it.
-func Under(dir string) ([]Desc, error) {
+// Under returns this process's descriptors of dir and of anything in it;
+// it fails tb if /proc cannot be read.
+func Under(tb testing.TB, dir string) []Desc {
+	tb.Helper()
 	ents, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
-		return nil, err
+		tb.Fatal(err)
 	}
 	var out []Desc
 	for _, e := range ents {
@@ -32,5 +35,5 @@ func Under(dir string) ([]Desc, error) {
 			out = append(out, Desc{FD: e.Name(), Target: target})
 		}
 	}
-	return out, nil
+	return out
 }
