@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"slices"
 	"sync"
 	"syscall"
 
@@ -18,36 +19,44 @@ import (
 // their listings as FOPEN_CACHE_DIR did (its default for a filesystem
 // without OPENDIR: dropped when the directory changes through the mount or
 // its mtime moves), and sends READDIR(PLUS) with file handle 0. For those,
-// listings opens a directory handle of its own through the bridge, one per
-// directory, shared by concurrent listings of it (the bridge seeks the
-// handle to each request's offset), and releases it when a listing
-// reaches its end, when the kernel forgets the directory, when more than
-// maxListings are open (least recently used first: a listing abandoned
-// half-way never reaches its end) and at unmount. Concurrent listings of
-// one directory take turns on its handle, each seeking it to its offset;
-// with the kernel's cache in front that is rare.
+// listings opens a directory handle of its own through the bridge per
+// listing: a request at offset 0 starts one, and a request continues a
+// listing whose handle is idle and whose last reply ended at the request's
+// offset. Any other request (another lister, a seek) gets a fresh handle,
+// which the bridge seeks to the offset. Two listings never share a handle:
+// the bridge answers a request at an offset inside its handle's last reply
+// by replaying that reply's rest, which fits only if the same lister (with
+// the same reply size) asked for it. A handle is released when its listing
+// reaches its end, on an error, when the directory changes through the
+// mount (its stream may hold entries read before), when the kernel forgets
+// the directory, when more than maxListings are open (least recently used
+// first: a listing abandoned half-way never reaches its end) and at
+// unmount.
 type listings struct {
 	fuse.RawFileSystem
 	srv *fuse.Server
 
-	mu   sync.Mutex
-	open map[uint64]*listing // by node ID
-	tick uint64
+	mu      sync.Mutex
+	open    map[uint64][]*listing // by node ID, in use or idle
+	count   int                   // handles in open
+	tick    uint64
+	changes uint64 // directory changes through the mount so far
 }
 
-// listing is a directory handle that listings opened.
+// listing is a directory handle that listings opened for one listing.
 type listing struct {
 	node, fh uint64
-	refs     int    // requests using it
+	busy     bool   // a request is using it
+	next     uint64 // the offset its last reply ended at, where its listing goes on
 	used     uint64 // listings.tick at its last use
-	gone     bool   // out of the map: the last request using it releases it
+	gone     bool   // out of open: the request using it releases it
 }
 
 // maxListings bounds the directory handles listings keeps open.
 const maxListings = 64
 
 func newListings(fs fuse.RawFileSystem) *listings {
-	return &listings{RawFileSystem: fs, open: make(map[uint64]*listing)}
+	return &listings{RawFileSystem: fs, open: make(map[uint64][]*listing)}
 }
 
 func (l *listings) Init(srv *fuse.Server) {
@@ -72,9 +81,9 @@ func (l *listings) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fus
 	return l.read(cancel, in, out, l.RawFileSystem.ReadDirPlus)
 }
 
-// read answers a READDIR(PLUS) through the directory's listing handle.
-// A reply with no entries ends the listing (the bridge adds none only at
-// the end), and so does an error: the next request opens a fresh handle.
+// read answers a READDIR(PLUS) through the handle of the listing it
+// belongs to. A reply with no entries ends the listing (the bridge adds
+// none only at the end), and so does an error.
 func (l *listings) read(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList, read func(<-chan struct{}, *fuse.ReadIn, *fuse.DirEntryList) fuse.Status) fuse.Status {
 	if in.Fh != 0 {
 		return read(cancel, in, out) // the bridge's OPENDIR handle, on a kernel that needs OPENDIR
@@ -84,7 +93,7 @@ func (l *listings) read(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEn
 		return st
 	}
 	end := true // also if the bridge panics (go-fuse recovers), so that ls is not kept forever
-	defer func() { l.done(ls, end) }()
+	defer func() { l.done(ls, end, out.Offset) }()
 	handled := *in
 	handled.Fh = ls.fh
 	st = read(cancel, &handled, out)
@@ -92,95 +101,110 @@ func (l *listings) read(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEn
 	return st
 }
 
-// acquire returns the directory's listing handle, opening one if needed.
+// acquire returns the idle handle of the listing that the request
+// continues, or opens a fresh one.
 func (l *listings) acquire(cancel <-chan struct{}, in *fuse.ReadIn) (*listing, fuse.Status) {
 	l.mu.Lock()
 	l.tick++
-	ls := l.use(in.NodeId)
-	l.mu.Unlock()
-	if ls != nil {
-		return ls, fuse.OK
+	changes := l.changes
+	if in.Offset != 0 {
+		for _, ls := range l.open[in.NodeId] {
+			if !ls.busy && ls.next == in.Offset {
+				ls.busy, ls.used = true, l.tick
+				l.mu.Unlock()
+				return ls, fuse.OK
+			}
+		}
 	}
+	l.mu.Unlock()
 
 	var oo fuse.OpenOut
 	st := l.RawFileSystem.OpenDir(cancel, &fuse.OpenIn{InHeader: in.InHeader, Flags: syscall.O_RDONLY | syscall.O_DIRECTORY}, &oo)
 	if !st.Ok() {
 		return nil, st
 	}
-	fresh := &listing{node: in.NodeId, fh: oo.Fh, refs: 1}
+	fresh := &listing{node: in.NodeId, fh: oo.Fh, busy: true}
 
 	// Handles are released here with l.mu held: a FORGET of their
 	// directory waits in drop meanwhile, so the bridge still knows the
 	// node when its handle goes.
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if ls := l.use(in.NodeId); ls != nil { // another request opened one meanwhile
-		l.release(fresh)
-		return ls, fuse.OK
+	if l.changes != changes {
+		// A directory changed while the handle opened: it may have read
+		// this one before the change, so it serves this request only.
+		fresh.gone = true
+		return fresh, fuse.OK
 	}
 	fresh.used = l.tick
-	l.open[in.NodeId] = fresh
-	for len(l.open) > maxListings {
+	l.open[in.NodeId] = append(l.open[in.NodeId], fresh)
+	l.count++
+	for l.count > maxListings {
 		var old *listing
-		for _, ls := range l.open {
-			if ls.refs == 0 && (old == nil || ls.used < old.used) {
-				old = ls
+		for _, lss := range l.open {
+			for _, ls := range lss {
+				if !ls.busy && (old == nil || ls.used < old.used) {
+					old = ls
+				}
 			}
 		}
 		if old == nil {
 			break // all in use: over the bound until they finish
 		}
-		delete(l.open, old.node)
+		l.retire(old)
 		l.release(old)
 	}
 	return fresh, fuse.OK
 }
 
-// use returns node's listing, counted as used by one more request, or nil;
-// l.mu is held.
-func (l *listings) use(node uint64) *listing {
-	ls := l.open[node]
-	if ls != nil {
-		ls.refs++
-		ls.used = l.tick
-	}
-	return ls
-}
-
-// retire takes ls out of the map for good: the last request using it
-// releases it. l.mu is held.
+// retire takes ls out of open for good: whoever retires an idle handle
+// releases it, a busy one is released by the request using it. l.mu is
+// held.
 func (l *listings) retire(ls *listing) {
+	if ls.gone {
+		return
+	}
 	ls.gone = true
-	if l.open[ls.node] == ls {
+	l.count--
+	lss := slices.DeleteFunc(l.open[ls.node], func(o *listing) bool { return o == ls })
+	if len(lss) == 0 {
 		delete(l.open, ls.node)
+	} else {
+		l.open[ls.node] = lss
 	}
 }
 
-// done ends a request's use of ls; with end, the listing is over.
-func (l *listings) done(ls *listing, end bool) {
+// done ends a request's use of ls, whose reply ended at offset next; with
+// end, the listing is over.
+func (l *listings) done(ls *listing, end bool, next uint64) {
 	l.mu.Lock()
-	ls.refs--
+	ls.busy, ls.next = false, next
 	if end {
 		l.retire(ls)
 	}
-	free := ls.gone && ls.refs == 0
+	free := ls.gone
 	l.mu.Unlock()
 	if free {
 		l.release(ls)
 	}
 }
 
-// drop retires node's listing, releasing it unless a request still uses
-// it (that request then does).
+// drop retires node's handles, releasing the idle ones (a request still
+// using one releases it when done), after a change of the directory or
+// when the kernel forgets it. A handle that opens meanwhile (acquire)
+// serves only its own request.
 func (l *listings) drop(node uint64) {
 	l.mu.Lock()
-	ls := l.open[node]
-	free := ls != nil && ls.refs == 0
-	if ls != nil {
+	l.changes++
+	var idle []*listing
+	for _, ls := range slices.Clone(l.open[node]) {
 		l.retire(ls)
+		if !ls.busy {
+			idle = append(idle, ls)
+		}
 	}
 	l.mu.Unlock()
-	if free {
+	for _, ls := range idle {
 		l.release(ls)
 	}
 }
@@ -189,8 +213,54 @@ func (l *listings) release(ls *listing) {
 	l.RawFileSystem.ReleaseDir(&fuse.ReleaseIn{InHeader: fuse.InHeader{NodeId: ls.node}, Fh: ls.fh})
 }
 
-// Forget releases the directory's listing handle before the bridge lets go
-// of the node.
+// A change of a directory through the mount drops its listing handles:
+// a handle's stream may hold entries read before the change, and a listing
+// that starts after it must not continue on one. (The kernel drops its
+// cached listing of the directory too.)
+
+func (l *listings) Mknod(cancel <-chan struct{}, in *fuse.MknodIn, name string, out *fuse.EntryOut) fuse.Status {
+	defer l.drop(in.NodeId)
+	return l.RawFileSystem.Mknod(cancel, in, name, out)
+}
+
+func (l *listings) Mkdir(cancel <-chan struct{}, in *fuse.MkdirIn, name string, out *fuse.EntryOut) fuse.Status {
+	defer l.drop(in.NodeId)
+	return l.RawFileSystem.Mkdir(cancel, in, name, out)
+}
+
+func (l *listings) Unlink(cancel <-chan struct{}, in *fuse.InHeader, name string) fuse.Status {
+	defer l.drop(in.NodeId)
+	return l.RawFileSystem.Unlink(cancel, in, name)
+}
+
+func (l *listings) Rmdir(cancel <-chan struct{}, in *fuse.InHeader, name string) fuse.Status {
+	defer l.drop(in.NodeId)
+	return l.RawFileSystem.Rmdir(cancel, in, name)
+}
+
+func (l *listings) Rename(cancel <-chan struct{}, in *fuse.RenameIn, oldName, newName string) fuse.Status {
+	defer l.drop(in.Newdir)
+	defer l.drop(in.NodeId)
+	return l.RawFileSystem.Rename(cancel, in, oldName, newName)
+}
+
+func (l *listings) Link(cancel <-chan struct{}, in *fuse.LinkIn, name string, out *fuse.EntryOut) fuse.Status {
+	defer l.drop(in.NodeId)
+	return l.RawFileSystem.Link(cancel, in, name, out)
+}
+
+func (l *listings) Symlink(cancel <-chan struct{}, in *fuse.InHeader, target, name string, out *fuse.EntryOut) fuse.Status {
+	defer l.drop(in.NodeId)
+	return l.RawFileSystem.Symlink(cancel, in, target, name, out)
+}
+
+func (l *listings) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, out *fuse.CreateOut) fuse.Status {
+	defer l.drop(in.NodeId)
+	return l.RawFileSystem.Create(cancel, in, name, out)
+}
+
+// Forget releases the directory's listing handles before the bridge lets
+// go of the node.
 func (l *listings) Forget(nodeID, nlookup uint64) {
 	l.drop(nodeID)
 	l.RawFileSystem.Forget(nodeID, nlookup)
@@ -200,10 +270,12 @@ func (l *listings) Forget(nodeID, nlookup uint64) {
 // descriptors are closed with the rest.
 func (l *listings) OnUnmount() {
 	l.mu.Lock()
-	for _, ls := range l.open {
-		l.retire(ls)
-		if ls.refs == 0 {
-			l.release(ls)
+	for node := range l.open {
+		for _, ls := range slices.Clone(l.open[node]) {
+			l.retire(ls)
+			if !ls.busy {
+				l.release(ls)
+			}
 		}
 	}
 	l.mu.Unlock()

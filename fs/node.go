@@ -71,10 +71,12 @@ func (n *Node) dir() (int, syscall.Errno) {
 
 // pinDir makes sure that name's node in this directory, if it is a
 // directory the kernel knows, holds its own descriptor before the name
-// goes (rmdir, or a rename over it). The kernel opens directories without
-// telling kmsfs (see listings), and a process may hold this one open: its
-// fstat, fsync and listing then keep working through the descriptor, as
-// on a local filesystem. A failure is left for that use to report.
+// goes or changes (rmdir, a rename of it or over it). The kernel opens
+// directories without telling kmsfs (see listings), and a process may hold
+// this one open: its fstat, fsync and listing then keep working through
+// the descriptor, as on a local filesystem, and a request in it that comes
+// between the rename and go-fuse moving the node does not open whatever
+// the old name then is. A failure is left for that use to report.
 func (n *Node) pinDir(name string) {
 	if c := n.GetChild(name); c != nil && c.IsDir() {
 		if cn, ok := c.Operations().(*Node); ok {

@@ -301,9 +301,12 @@ func (n *Node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	if errno != 0 {
 		return errno
 	}
-	if flags&unix.RENAME_EXCHANGE == 0 {
-		np.pinDir(newName)
-	}
+	// A directory that moves (or, at newName, is replaced) gets its own
+	// descriptor first: until go-fuse moves the node after the rename, a
+	// listing or lookup in it would otherwise open whatever its old name
+	// then is.
+	n.pinDir(name)
+	np.pinDir(newName)
 	return gofs.ToErrno(unix.Renameat2(fd, name, nfd, newName, uint(flags)))
 }
 
