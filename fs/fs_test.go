@@ -147,6 +147,15 @@ func TestReadAhead(t *testing.T) {
 // kernel's cache (a file slipped into the cipher dir behind the mount does
 // not show), and a change through the mount drops the cache.
 func TestDirListingCached(t *testing.T) {
+	for _, opendir := range []bool{false, true} {
+		t.Run(fmt.Sprintf("opendir=%v", opendir), func(t *testing.T) {
+			kfs.ForceOpendir(t, opendir)
+			testDirListingCached(t)
+		})
+	}
+}
+
+func testDirListingCached(t *testing.T) {
 	m := mount(t, 4096)
 	dir := filepath.Join(m.mnt, "d")
 	if err := os.Mkdir(dir, 0o755); err != nil {

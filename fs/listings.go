@@ -1,11 +1,13 @@
 package fs
 
 import (
+	"fmt"
 	"slices"
 	"sync"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 )
 
 // listings sits between the FUSE server and go-fuse's node bridge so that
@@ -14,7 +16,8 @@ import (
 // VM, for a handle kmsfs does not need.
 //
 // It answers OPENDIR with ENOSYS (on kernels that take that, Linux 5.1
-// and later; older ones get the bridge's answer). From then on the kernel opens
+// and later, and only over a cipher dir whose filesystem keeps directory
+// offsets stable, see stableDirOffsets; otherwise the bridge answers). From then on the kernel opens
 // directories without asking (it does not send RELEASEDIR either), caches
 // their listings as FOPEN_CACHE_DIR did (its default for a filesystem
 // without OPENDIR: dropped when the directory changes through the mount or
@@ -36,11 +39,12 @@ type listings struct {
 	fuse.RawFileSystem
 	srv *fuse.Server
 
-	mu      sync.Mutex
-	open    map[uint64][]*listing // by node ID, in use or idle
-	count   int                   // handles in open
-	tick    uint64
-	changes uint64 // directory changes through the mount so far
+	noOpendir bool // decline OPENDIR (if the kernel takes that)
+
+	mu    sync.Mutex
+	open  map[uint64][]*listing // by node ID, in use or idle
+	count int                   // handles in open
+	tick  uint64
 }
 
 // listing is a directory handle that listings opened for one listing.
@@ -55,8 +59,44 @@ type listing struct {
 // maxListings bounds the directory handles listings keeps open.
 const maxListings = 64
 
-func newListings(fs fuse.RawFileSystem) *listings {
-	return &listings{RawFileSystem: fs, open: make(map[uint64][]*listing)}
+func newListings(fs fuse.RawFileSystem, noOpendir bool) *listings {
+	return &listings{RawFileSystem: fs, noOpendir: noOpendir, open: make(map[uint64][]*listing)}
+}
+
+// stableDirOffsets reports whether the filesystem of the directory open
+// as fd gives directory entries offsets that stay valid across changes
+// (hashes or indexes, not positions): ext2/3/4, XFS, btrfs, and tmpfs from
+// Linux 6.6. Only there may listings decline OPENDIR: a directory changed
+// through the mount drops its listing handles (see Mknod), and a listing
+// that goes on past the change seeks a fresh handle to its offset, which
+// over positions (overlayfs, older tmpfs) would skip names after an
+// unlink. It is a variable for the tests.
+var stableDirOffsets = func(fd int) bool {
+	var st unix.Statfs_t
+	if unix.Fstatfs(fd, &st) != nil {
+		return false
+	}
+	switch st.Type {
+	case unix.EXT4_SUPER_MAGIC, unix.XFS_SUPER_MAGIC, unix.BTRFS_SUPER_MAGIC:
+		return true
+	case unix.TMPFS_MAGIC:
+		return kernelAtLeast(6, 6)
+	}
+	return false
+}
+
+// kernelAtLeast reports whether the running kernel is at least
+// major.minor.
+func kernelAtLeast(major, minor int) bool {
+	var u unix.Utsname
+	if unix.Uname(&u) != nil {
+		return false
+	}
+	var ma, mi int
+	if _, err := fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &ma, &mi); err != nil {
+		return false
+	}
+	return ma > major || ma == major && mi >= minor
 }
 
 func (l *listings) Init(srv *fuse.Server) {
@@ -67,8 +107,8 @@ func (l *listings) Init(srv *fuse.Server) {
 // OpenDir declines, so that the kernel stops sending OPENDIR and
 // RELEASEDIR.
 func (l *listings) OpenDir(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
-	if l.srv.KernelSettings().Flags64()&fuse.CAP_NO_OPENDIR_SUPPORT == 0 {
-		return l.RawFileSystem.OpenDir(cancel, in, out) // the kernel would fail the open
+	if !l.noOpendir || l.srv.KernelSettings().Flags64()&fuse.CAP_NO_OPENDIR_SUPPORT == 0 {
+		return l.RawFileSystem.OpenDir(cancel, in, out) // the kernel would fail the open without one
 	}
 	return fuse.ENOSYS
 }
@@ -106,7 +146,6 @@ func (l *listings) read(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEn
 func (l *listings) acquire(cancel <-chan struct{}, in *fuse.ReadIn) (*listing, fuse.Status) {
 	l.mu.Lock()
 	l.tick++
-	changes := l.changes
 	if in.Offset != 0 {
 		for _, ls := range l.open[in.NodeId] {
 			if !ls.busy && ls.next == in.Offset {
@@ -130,12 +169,6 @@ func (l *listings) acquire(cancel <-chan struct{}, in *fuse.ReadIn) (*listing, f
 	// node when its handle goes.
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.changes != changes {
-		// A directory changed while the handle opened: it may have read
-		// this one before the change, so it serves this request only.
-		fresh.gone = true
-		return fresh, fuse.OK
-	}
 	fresh.used = l.tick
 	l.open[in.NodeId] = append(l.open[in.NodeId], fresh)
 	l.count++
@@ -191,11 +224,10 @@ func (l *listings) done(ls *listing, end bool, next uint64) {
 
 // drop retires node's handles, releasing the idle ones (a request still
 // using one releases it when done), after a change of the directory or
-// when the kernel forgets it. A handle that opens meanwhile (acquire)
-// serves only its own request.
+// when the kernel forgets it. (A handle reads its directory only once it
+// is in open: from then on, a change drops it.)
 func (l *listings) drop(node uint64) {
 	l.mu.Lock()
-	l.changes++
 	var idle []*listing
 	for _, ls := range slices.Clone(l.open[node]) {
 		l.retire(ls)

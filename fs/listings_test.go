@@ -51,6 +51,15 @@ func getdents(t *testing.T, dir string, bufSize, calls int) []string {
 // of another listing that did not fit; a handle kept from before a change
 // lost the new name.)
 func TestListingsConcurrent(t *testing.T) {
+	for _, opendir := range []bool{false, true} {
+		t.Run(fmt.Sprintf("opendir=%v", opendir), func(t *testing.T) {
+			kfs.ForceOpendir(t, opendir)
+			testListingsConcurrent(t)
+		})
+	}
+}
+
+func testListingsConcurrent(t *testing.T) {
 	m := mount(t, 4096)
 	dir := filepath.Join(m.mnt, "big")
 	if err := os.Mkdir(dir, 0o755); err != nil {
@@ -101,6 +110,102 @@ func TestListingsConcurrent(t *testing.T) {
 		check(round, "lister alone afterwards", getdents(t, dir, 64<<10, 0))
 		if t.Failed() {
 			break
+		}
+	}
+}
+
+// TestListingWhileRemoving: a process that lists a directory and removes
+// each name it read before reading on (a streaming cleaner) removes every
+// name, with or without OPENDIR. (Without OPENDIR each removal drops the
+// listing's handle and the next request seeks a fresh one, which is right
+// only over stable directory offsets; stableDirOffsets keeps OPENDIR
+// elsewhere.)
+func TestListingWhileRemoving(t *testing.T) {
+	for _, opendir := range []bool{false, true} {
+		t.Run(fmt.Sprintf("opendir=%v", opendir), func(t *testing.T) {
+			kfs.ForceOpendir(t, opendir)
+			m := mount(t, 4096)
+			dir := filepath.Join(m.mnt, "many")
+			if err := os.Mkdir(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			for i := range 1500 {
+				if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("f-%04d-%s", i, strings.Repeat("y", 30))), nil, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(fd)
+			buf := make([]byte, 4096)
+			removed := 0
+			for {
+				n, err := unix.Getdents(fd, buf)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if n == 0 {
+					break
+				}
+				_, _, names := unix.ParseDirent(buf[:n], -1, nil)
+				for _, name := range names {
+					if err := unix.Unlinkat(fd, name, 0); err != nil {
+						t.Fatalf("unlink %s: %v", name, err)
+					}
+					removed++
+				}
+			}
+			left, err := os.ReadDir(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if removed != 1500 || len(left) != 0 {
+				t.Errorf("the listing removed %d names, %d left: %v", removed, len(left), left[:min(3, len(left))])
+			}
+		})
+	}
+}
+
+// TestStableDirOffsets: listings declines OPENDIR over tmpfs (Linux 6.6
+// and later), not over overlayfs, whose merged directories
+// number entries by position.
+func TestStableDirOffsets(t *testing.T) {
+	base := t.TempDir()
+	tmpfs, ovl := filepath.Join(base, "tmpfs"), filepath.Join(base, "ovl")
+	for _, d := range []string{tmpfs, ovl, base + "/lower", base + "/upper", base + "/work"} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := unix.Mount("tmpfs", tmpfs, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(tmpfs, unix.MNT_DETACH) })
+	if err := unix.Mount("overlay", ovl, "overlay", 0, "lowerdir="+base+"/lower,upperdir="+base+"/upper,workdir="+base+"/work"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(ovl, unix.MNT_DETACH) })
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		t.Fatal(err)
+	}
+	var major, minor int
+	fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &major, &minor)
+	for _, c := range []struct {
+		dir  string
+		want bool
+	}{
+		{tmpfs, major > 6 || major == 6 && minor >= 6},
+		{ovl, false},
+	} {
+		got, err := kfs.StableDirOffsets(c.dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != c.want {
+			t.Errorf("%s: stable directory offsets %v, want %v", c.dir, got, c.want)
 		}
 	}
 }

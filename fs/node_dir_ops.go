@@ -29,14 +29,20 @@ var (
 	_ = (gofs.FileReleasedirer)((*dirHandle)(nil))
 )
 
-// OpendirHandle opens a listing handle for listings (the kernel sends no
-// OPENDIR): the directory's own descriptor now, and the stream on the
-// first read.
+// OpendirHandle opens a directory handle, for an OPENDIR or for listings
+// (which declines OPENDIR where it can): the directory's own descriptor
+// now, so that an open directory stays reachable (fstat, fsync) even if it
+// is renamed over, and the stream on the first read. An OPENDIR lets the
+// kernel cache the listing (FOPEN_CACHE_DIR; go-fuse adds KEEP_CACHE), as
+// it does by itself without OPENDIR: the kernel drops it when the
+// directory changes through the mount or its mtime moves, and the cipher
+// dir must not change behind the mount anyway (as for the entry and
+// attribute caches).
 func (n *Node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	if _, errno := n.dir(); errno != 0 {
 		return nil, 0, errno
 	}
-	return &dirHandle{n: n}, 0, 0
+	return &dirHandle{n: n}, fuse.FOPEN_CACHE_DIR, 0
 }
 
 // dirHandle is an open directory: Readdir's stream, made on first read.

@@ -226,7 +226,8 @@ func Mount(mountpoint string, o Options, mo *gofs.Options) (*Server, error) {
 // mount is gofs.Mount with listings between the server and the node
 // bridge.
 func mount(mountpoint string, root gofs.InodeEmbedder, mo *gofs.Options) (*fuse.Server, error) {
-	srv, err := fuse.NewServer(newListings(gofs.NewNodeFS(root, mo)), mountpoint, &mo.MountOptions)
+	ls := newListings(gofs.NewNodeFS(root, mo), stableDirOffsets(root.(*Node).r.fd))
+	srv, err := fuse.NewServer(ls, mountpoint, &mo.MountOptions)
 	if err != nil {
 		return nil, err
 	}
