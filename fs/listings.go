@@ -70,7 +70,8 @@ func newListings(fs fuse.RawFileSystem, noOpendir bool) *listings {
 // through the mount drops its listing handles (see Mknod), and a listing
 // that goes on past the change seeks a fresh handle to its offset, which
 // over positions (overlayfs, older tmpfs) would skip names after an
-// unlink. It is a variable for the tests.
+// unlink. It looks at the cipher dir's own filesystem only: one mounted
+// inside the cipher dir is not checked. It is a variable for the tests.
 var stableDirOffsets = func(fd int) bool {
 	var st unix.Statfs_t
 	if unix.Fstatfs(fd, &st) != nil {
