@@ -5,13 +5,20 @@ import "golang.org/x/sys/unix"
 // MaxListings is maxListings, for the tests.
 const MaxListings = maxListings
 
-// ForceOpendir makes mounts made until the test ends take OPENDIR (as over
-// a cipher dir whose directory offsets are positions), or decline it.
-func ForceOpendir(t interface{ Cleanup(func()) }, opendir bool) {
+// ForceOpendir makes mounts made until the test ends take OPENDIR, as over
+// a cipher dir whose directory offsets are positions; without force they
+// decide as always (declining it over ext4, XFS, btrfs, recent tmpfs).
+func ForceOpendir(t interface{ Cleanup(func()) }, force bool) {
+	if !force {
+		return
+	}
 	old := stableDirOffsets
-	stableDirOffsets = func(int) bool { return !opendir }
+	stableDirOffsets = func(int) bool { return false }
 	t.Cleanup(func() { stableDirOffsets = old })
 }
+
+// ReleaseAtLeast is releaseAtLeast, for the tests.
+var ReleaseAtLeast = releaseAtLeast
 
 // StableDirOffsets is stableDirOffsets of the directory dir.
 func StableDirOffsets(dir string) (bool, error) {

@@ -148,7 +148,7 @@ func TestReadAhead(t *testing.T) {
 // not show), and a change through the mount drops the cache.
 func TestDirListingCached(t *testing.T) {
 	for _, opendir := range []bool{false, true} {
-		t.Run(fmt.Sprintf("opendir=%v", opendir), func(t *testing.T) {
+		t.Run(fmt.Sprintf("forced-opendir=%v", opendir), func(t *testing.T) {
 			kfs.ForceOpendir(t, opendir)
 			testDirListingCached(t)
 		})

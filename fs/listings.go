@@ -93,8 +93,14 @@ func kernelAtLeast(major, minor int) bool {
 	if unix.Uname(&u) != nil {
 		return false
 	}
+	return releaseAtLeast(unix.ByteSliceToString(u.Release[:]), major, minor)
+}
+
+// releaseAtLeast reports whether the kernel release string release (as
+// uname -r prints it) is at least major.minor; false if it cannot tell.
+func releaseAtLeast(release string, major, minor int) bool {
 	var ma, mi int
-	if _, err := fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &ma, &mi); err != nil {
+	if _, err := fmt.Sscanf(release, "%d.%d", &ma, &mi); err != nil {
 		return false
 	}
 	return ma > major || ma == major && mi >= minor

@@ -52,7 +52,7 @@ func getdents(t *testing.T, dir string, bufSize, calls int) []string {
 // lost the new name.)
 func TestListingsConcurrent(t *testing.T) {
 	for _, opendir := range []bool{false, true} {
-		t.Run(fmt.Sprintf("opendir=%v", opendir), func(t *testing.T) {
+		t.Run(fmt.Sprintf("forced-opendir=%v", opendir), func(t *testing.T) {
 			kfs.ForceOpendir(t, opendir)
 			testListingsConcurrent(t)
 		})
@@ -122,7 +122,7 @@ func testListingsConcurrent(t *testing.T) {
 // elsewhere.)
 func TestListingWhileRemoving(t *testing.T) {
 	for _, opendir := range []bool{false, true} {
-		t.Run(fmt.Sprintf("opendir=%v", opendir), func(t *testing.T) {
+		t.Run(fmt.Sprintf("forced-opendir=%v", opendir), func(t *testing.T) {
 			kfs.ForceOpendir(t, opendir)
 			m := mount(t, 4096)
 			dir := filepath.Join(m.mnt, "many")
@@ -191,13 +191,11 @@ func TestStableDirOffsets(t *testing.T) {
 	if err := unix.Uname(&u); err != nil {
 		t.Fatal(err)
 	}
-	var major, minor int
-	fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &major, &minor)
 	for _, c := range []struct {
 		dir  string
 		want bool
 	}{
-		{tmpfs, major > 6 || major == 6 && minor >= 6},
+		{tmpfs, kfs.ReleaseAtLeast(unix.ByteSliceToString(u.Release[:]), 6, 6)},
 		{ovl, false},
 	} {
 		got, err := kfs.StableDirOffsets(c.dir)
@@ -206,6 +204,27 @@ func TestStableDirOffsets(t *testing.T) {
 		}
 		if got != c.want {
 			t.Errorf("%s: stable directory offsets %v, want %v", c.dir, got, c.want)
+		}
+	}
+}
+
+func TestReleaseAtLeast(t *testing.T) {
+	for _, c := range []struct {
+		release string
+		want    bool
+	}{
+		{"6.18.44-fc-v782", true},
+		{"6.6.0", true},
+		{"6.6", true},
+		{"6.5.13-amd64", false},
+		{"5.19.0", false},
+		{"7.0-rc1", true},
+		{"10.1", true},
+		{"garbage", false},
+		{"", false},
+	} {
+		if got := kfs.ReleaseAtLeast(c.release, 6, 6); got != c.want {
+			t.Errorf("release %q at least 6.6: %v, want %v", c.release, got, c.want)
 		}
 	}
 }
@@ -327,6 +346,15 @@ func TestOpenDirRemoved(t *testing.T) {
 // one opened by name after the rename and before go-fuse moved the node
 // was the other directory, or none.
 func TestOpenDirRenamed(t *testing.T) {
+	for _, opendir := range []bool{false, true} {
+		t.Run(fmt.Sprintf("forced-opendir=%v", opendir), func(t *testing.T) {
+			kfs.ForceOpendir(t, opendir)
+			testOpenDirRenamed(t)
+		})
+	}
+}
+
+func testOpenDirRenamed(t *testing.T) {
 	m := mount(t, 4096)
 	for _, how := range []string{"rename", "exchange"} {
 		t.Run(how, func(t *testing.T) {
