@@ -66,6 +66,7 @@ type task struct {
 	j      *job
 	n      int           // blocks
 	chunk  int           // blocks per chunk
+	chunks uint64        // chunks in all
 	taken  atomic.Uint64 // chunks taken from the front (low 32 bits) and from the back (high 32 bits)
 	active atomic.Int32  // participants between taking and finishing chunks
 	bad    atomic.Int64  // lowest failed block, n if none
@@ -82,9 +83,9 @@ type task struct {
 func (v *Volume) start(j job, n, chunk, workers int, pipelined bool) (*task, error) {
 	jp := new(job) // only the parallel path shares the job with goroutines
 	*jp = j
-	t := &task{j: jp, n: n, chunk: chunk}
+	t := &task{j: jp, n: n, chunk: chunk, chunks: uint64((n + chunk - 1) / chunk)}
 	if pipelined {
-		t.done = make([]atomic.Bool, t.chunks())
+		t.done = make([]atomic.Bool, t.chunks)
 	}
 	t.bad.Store(int64(n))
 	if !j.seal {
@@ -142,16 +143,15 @@ func (t *task) work(aad *[aadSize]byte, fromBack bool) {
 // take takes the lowest chunk not yet taken or, with fromBack, the
 // highest; false if none was left.
 func (t *task) take(fromBack bool) (int, bool) {
-	chunks := uint64(t.chunks())
 	for {
 		old := t.taken.Load()
 		front, back := old&(1<<32-1), old>>32
-		if front+back >= chunks {
+		if front+back >= t.chunks {
 			return 0, false
 		}
 		k, nw := front, old+1
 		if fromBack {
-			k, nw = chunks-1-back, old+1<<32
+			k, nw = t.chunks-1-back, old+1<<32
 		}
 		if t.taken.CompareAndSwap(old, nw) {
 			return int(k), true
@@ -159,11 +159,9 @@ func (t *task) take(fromBack bool) (int, bool) {
 	}
 }
 
-func (t *task) chunks() int { return (t.n + t.chunk - 1) / t.chunk }
-
 func (t *task) exhausted() bool {
 	x := t.taken.Load()
-	return x&(1<<32-1)+x>>32 >= uint64(t.chunks())
+	return x&(1<<32-1)+x>>32 >= t.chunks
 }
 
 // takeOne takes and processes one chunk (see take); false if none was
