@@ -147,12 +147,7 @@ func TestReadAhead(t *testing.T) {
 // kernel's cache (a file slipped into the cipher dir behind the mount does
 // not show), and a change through the mount drops the cache.
 func TestDirListingCached(t *testing.T) {
-	for _, opendir := range []bool{false, true} {
-		t.Run(fmt.Sprintf("forced-opendir=%v", opendir), func(t *testing.T) {
-			kfs.ForceOpendir(t, opendir)
-			testDirListingCached(t)
-		})
-	}
+	inBothDirModes(t, testDirListingCached)
 }
 
 func testDirListingCached(t *testing.T) {

@@ -16,8 +16,8 @@ import (
 // VM, for a handle kmsfs does not need.
 //
 // It answers OPENDIR with ENOSYS (on kernels that take that, Linux 5.1
-// and later, and only over a cipher dir whose filesystem keeps directory
-// offsets stable, see stableDirOffsets; otherwise the bridge answers). From then on the kernel opens
+// and later; Mount puts it in place only over a cipher dir whose
+// filesystem keeps directory offsets stable, see stableDirOffsets). From then on the kernel opens
 // directories without asking (it does not send RELEASEDIR either), caches
 // their listings as FOPEN_CACHE_DIR did (its default for a filesystem
 // without OPENDIR: dropped when the directory changes through the mount or
@@ -39,8 +39,6 @@ type listings struct {
 	fuse.RawFileSystem
 	srv *fuse.Server
 
-	noOpendir bool // decline OPENDIR (if the kernel takes that)
-
 	mu    sync.Mutex
 	open  map[uint64][]*listing // by node ID, in use or idle
 	count int                   // handles in open
@@ -59,8 +57,8 @@ type listing struct {
 // maxListings bounds the directory handles listings keeps open.
 const maxListings = 64
 
-func newListings(fs fuse.RawFileSystem, noOpendir bool) *listings {
-	return &listings{RawFileSystem: fs, noOpendir: noOpendir, open: make(map[uint64][]*listing)}
+func newListings(fs fuse.RawFileSystem) *listings {
+	return &listings{RawFileSystem: fs, open: make(map[uint64][]*listing)}
 }
 
 // stableDirOffsets reports whether the filesystem of the directory open
@@ -114,7 +112,7 @@ func (l *listings) Init(srv *fuse.Server) {
 // OpenDir declines, so that the kernel stops sending OPENDIR and
 // RELEASEDIR.
 func (l *listings) OpenDir(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
-	if !l.noOpendir || l.srv.KernelSettings().Flags64()&fuse.CAP_NO_OPENDIR_SUPPORT == 0 {
+	if l.srv.KernelSettings().Flags64()&fuse.CAP_NO_OPENDIR_SUPPORT == 0 {
 		return l.RawFileSystem.OpenDir(cancel, in, out) // the kernel would fail the open without one
 	}
 	return fuse.ENOSYS
@@ -235,17 +233,23 @@ func (l *listings) done(ls *listing, end bool, next uint64) {
 // is in open: from then on, a change drops it.)
 func (l *listings) drop(node uint64) {
 	l.mu.Lock()
-	var idle []*listing
+	idle := l.retireAll(nil, node)
+	l.mu.Unlock()
+	for _, ls := range idle {
+		l.release(ls)
+	}
+}
+
+// retireAll retires node's handles and appends the idle ones, which the
+// caller is to release, to idle. l.mu is held.
+func (l *listings) retireAll(idle []*listing, node uint64) []*listing {
 	for _, ls := range slices.Clone(l.open[node]) {
 		l.retire(ls)
 		if !ls.busy {
 			idle = append(idle, ls)
 		}
 	}
-	l.mu.Unlock()
-	for _, ls := range idle {
-		l.release(ls)
-	}
+	return idle
 }
 
 func (l *listings) release(ls *listing) {
@@ -309,14 +313,13 @@ func (l *listings) Forget(nodeID, nlookup uint64) {
 // descriptors are closed with the rest.
 func (l *listings) OnUnmount() {
 	l.mu.Lock()
+	var idle []*listing
 	for node := range l.open {
-		for _, ls := range slices.Clone(l.open[node]) {
-			l.retire(ls)
-			if !ls.busy {
-				l.release(ls)
-			}
-		}
+		idle = l.retireAll(idle, node)
 	}
 	l.mu.Unlock()
+	for _, ls := range idle {
+		l.release(ls)
+	}
 	l.RawFileSystem.OnUnmount()
 }

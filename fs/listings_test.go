@@ -42,6 +42,17 @@ func getdents(t *testing.T, dir string, bufSize, calls int) []string {
 	return names
 }
 
+// inBothDirModes runs test with OPENDIR declined where the host's
+// filesystem allows it (see stableDirOffsets), and with OPENDIR forced.
+func inBothDirModes(t *testing.T, test func(t *testing.T)) {
+	for _, opendir := range []bool{false, true} {
+		t.Run(fmt.Sprintf("forced-opendir=%v", opendir), func(t *testing.T) {
+			kfs.ForceOpendir(t, opendir)
+			test(t)
+		})
+	}
+}
+
 // TestListingsConcurrent: without OPENDIR, concurrent listings of one
 // directory, each through a getdents buffer of its own size (the kernel
 // sizes READDIRPLUS replies by it), each get every name exactly once, in
@@ -51,12 +62,7 @@ func getdents(t *testing.T, dir string, bufSize, calls int) []string {
 // of another listing that did not fit; a handle kept from before a change
 // lost the new name.)
 func TestListingsConcurrent(t *testing.T) {
-	for _, opendir := range []bool{false, true} {
-		t.Run(fmt.Sprintf("forced-opendir=%v", opendir), func(t *testing.T) {
-			kfs.ForceOpendir(t, opendir)
-			testListingsConcurrent(t)
-		})
-	}
+	inBothDirModes(t, testListingsConcurrent)
 }
 
 func testListingsConcurrent(t *testing.T) {
@@ -121,51 +127,48 @@ func testListingsConcurrent(t *testing.T) {
 // only over stable directory offsets; stableDirOffsets keeps OPENDIR
 // elsewhere.)
 func TestListingWhileRemoving(t *testing.T) {
-	for _, opendir := range []bool{false, true} {
-		t.Run(fmt.Sprintf("forced-opendir=%v", opendir), func(t *testing.T) {
-			kfs.ForceOpendir(t, opendir)
-			m := mount(t, 4096)
-			dir := filepath.Join(m.mnt, "many")
-			if err := os.Mkdir(dir, 0o755); err != nil {
+	inBothDirModes(t, func(t *testing.T) {
+		m := mount(t, 4096)
+		dir := filepath.Join(m.mnt, "many")
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 1500 {
+			if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("f-%04d-%s", i, strings.Repeat("y", 30))), nil, 0o644); err != nil {
 				t.Fatal(err)
 			}
-			for i := range 1500 {
-				if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("f-%04d-%s", i, strings.Repeat("y", 30))), nil, 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		}
+		fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(fd)
+		buf := make([]byte, 4096)
+		removed := 0
+		for {
+			n, err := unix.Getdents(fd, buf)
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer unix.Close(fd)
-			buf := make([]byte, 4096)
-			removed := 0
-			for {
-				n, err := unix.Getdents(fd, buf)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if n == 0 {
-					break
-				}
-				_, _, names := unix.ParseDirent(buf[:n], -1, nil)
-				for _, name := range names {
-					if err := unix.Unlinkat(fd, name, 0); err != nil {
-						t.Fatalf("unlink %s: %v", name, err)
-					}
-					removed++
-				}
+			if n == 0 {
+				break
 			}
-			left, err := os.ReadDir(dir)
-			if err != nil {
-				t.Fatal(err)
+			_, _, names := unix.ParseDirent(buf[:n], -1, nil)
+			for _, name := range names {
+				if err := unix.Unlinkat(fd, name, 0); err != nil {
+					t.Fatalf("unlink %s: %v", name, err)
+				}
+				removed++
 			}
-			if removed != 1500 || len(left) != 0 {
-				t.Errorf("the listing removed %d names, %d left: %v", removed, len(left), left[:min(3, len(left))])
-			}
-		})
-	}
+		}
+		left, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if removed != 1500 || len(left) != 0 {
+			t.Errorf("the listing removed %d names, %d left: %v", removed, len(left), left[:min(3, len(left))])
+		}
+	})
 }
 
 // TestStableDirOffsets: listings declines OPENDIR over tmpfs (Linux 6.6
@@ -346,12 +349,7 @@ func TestOpenDirRemoved(t *testing.T) {
 // one opened by name after the rename and before go-fuse moved the node
 // was the other directory, or none.
 func TestOpenDirRenamed(t *testing.T) {
-	for _, opendir := range []bool{false, true} {
-		t.Run(fmt.Sprintf("forced-opendir=%v", opendir), func(t *testing.T) {
-			kfs.ForceOpendir(t, opendir)
-			testOpenDirRenamed(t)
-		})
-	}
+	inBothDirModes(t, testOpenDirRenamed)
 }
 
 func testOpenDirRenamed(t *testing.T) {

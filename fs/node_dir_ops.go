@@ -361,8 +361,8 @@ func (n *Node) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 
 // hidingStream is the root's listing without kmsfs's own entries. It
 // keeps the cipher dir's own offsets and seeks the underlying stream, so
-// that a listing handle shared between listings (see listings) reads the
-// directory afresh from offset 0 and resumes any other at its place.
+// that a fresh handle that listings seeks to a listing's offset (see
+// listings) resumes it at its place.
 type hidingStream struct {
 	ds      gofs.DirStream
 	n       *Node

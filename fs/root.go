@@ -207,11 +207,12 @@ func Mount(mountpoint string, o Options, mo *gofs.Options) (*Server, error) {
 	if mo == nil {
 		mo = MountOptions("kmsfs", nil, false)
 	}
-	srv, err := mount(mountpoint, rootNode, mo)
+	noOpendir := stableDirOffsets(rootNode.(*Node).r.fd)
+	srv, err := mount(mountpoint, rootNode, mo, noOpendir)
 	if err != nil && mo.DirectMount {
 		// Not root, or no direct mount: let fusermount3 do it.
 		mo.DirectMount = false
-		srv, err = mount(mountpoint, rootNode, mo)
+		srv, err = mount(mountpoint, rootNode, mo, noOpendir)
 	}
 	if err != nil {
 		unix.Close(rootNode.(*Node).dirfd)
@@ -223,11 +224,14 @@ func Mount(mountpoint string, o Options, mo *gofs.Options) (*Server, error) {
 	return &Server{Server: srv, unmounted: rootNode.(*Node).r.unmounted}, nil
 }
 
-// mount is gofs.Mount with listings between the server and the node
-// bridge.
-func mount(mountpoint string, root gofs.InodeEmbedder, mo *gofs.Options) (*fuse.Server, error) {
-	ls := newListings(gofs.NewNodeFS(root, mo), stableDirOffsets(root.(*Node).r.fd))
-	srv, err := fuse.NewServer(ls, mountpoint, &mo.MountOptions)
+// mount is gofs.Mount, with listings between the server and the node
+// bridge if noOpendir.
+func mount(mountpoint string, root gofs.InodeEmbedder, mo *gofs.Options, noOpendir bool) (*fuse.Server, error) {
+	raw := gofs.NewNodeFS(root, mo)
+	if noOpendir {
+		raw = newListings(raw)
+	}
+	srv, err := fuse.NewServer(raw, mountpoint, &mo.MountOptions)
 	if err != nil {
 		return nil, err
 	}
