@@ -3,6 +3,7 @@ package envelope
 import (
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/fips140"
 	"encoding/binary"
 	"fmt"
 	"os"
@@ -12,8 +13,9 @@ import (
 
 // wideGCM says whether codecs use vaesgcm where the processor supports it.
 // KMSFS_GCM=go in the environment makes them use crypto/cipher instead:
-// both produce the same bytes, so the switch is for comparing the two.
-var wideGCM = os.Getenv("KMSFS_GCM") != "go"
+// both produce the same bytes, so the switch is for comparing the two. In
+// FIPS 140 mode (GODEBUG=fips140) AES-GCM stays in Go's validated module.
+var wideGCM = os.Getenv("KMSFS_GCM") != "go" && !fips140.Enabled()
 
 // Block additional data: file ID, block index (u64 big-endian), last flag.
 const aadSize = fileIDSize + 8 + 1

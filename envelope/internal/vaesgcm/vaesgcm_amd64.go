@@ -14,7 +14,8 @@ var supported = cpu.X86.HasAVX2 && cpu.X86.HasAES && cpu.X86.HasPCLMULQDQ &&
 	cpu.X86.HasAVX512VAES && cpu.X86.HasAVX512VPCLMULQDQ
 
 // New returns AES-256-GCM with 16-byte nonces under key, and false if the
-// processor lacks VAES or VPCLMULQDQ (or len(key) is not KeySize).
+// processor lacks AVX2, AVX-512 F and BW, VAES or VPCLMULQDQ (or their
+// state is not saved by the OS), or len(key) is not KeySize.
 func New(key []byte) (cipher.AEAD, bool) {
 	if !supported || len(key) != KeySize {
 		return nil, false

@@ -1,5 +1,6 @@
-// AES-256-GCM with VAES and VPCLMULQDQ on 256-bit registers (two blocks per
-// instruction). The GHASH arithmetic follows Gueron and Kounavis, "Intel
+// AES-256-GCM with VAES on 256-bit registers (counter mode, two blocks per
+// instruction) and VPCLMULQDQ on 512-bit registers (GHASH, four blocks per
+// multiply, one reduction per 32 blocks). The GHASH arithmetic follows Gueron and Kounavis, "Intel
 // Carry-Less Multiplication Instruction and its Usage for Computing the GCM
 // Mode": blocks are byte-reflected, the hash key is premultiplied by x
 // ("H*2"), and a product is reduced by two folds with the constant POLY.

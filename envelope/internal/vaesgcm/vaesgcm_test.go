@@ -179,12 +179,19 @@ func TestInPlace(t *testing.T) {
 	if err != nil || !bytes.Equal(opened, pt) {
 		t.Fatalf("in-place Open: %v", err)
 	}
-	defer func() {
-		if recover() == nil {
-			t.Fatal("Seal into a shifted overlap of its input did not panic")
-		}
-	}()
-	g.Seal(buf[1:1], nonce, buf[:100], ad)
+	for name, f := range map[string]func(){
+		"Seal": func() { g.Seal(buf[1:1], nonce, buf[:100], ad) },
+		"Open": func() { g.Open(sealed[1:1], nonce, sealed, ad) },
+	} {
+		func() {
+			defer func() {
+				if recover() == nil {
+					t.Fatalf("%s into a shifted overlap of its input did not panic", name)
+				}
+			}()
+			f()
+		}()
+	}
 }
 
 func TestAppends(t *testing.T) {
