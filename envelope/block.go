@@ -17,6 +17,10 @@ import (
 // FIPS 140 mode (GODEBUG=fips140) AES-GCM stays in Go's validated module.
 var wideGCM = os.Getenv("KMSFS_GCM") != "go" && !fips140.Enabled()
 
+// WideGCM reports whether codecs seal and open with vaesgcm (VAES and
+// VPCLMULQDQ), rather than crypto/cipher.
+func WideGCM() bool { return wideGCM && vaesgcm.Supported() }
+
 // Block additional data: file ID, block index (u64 big-endian), last flag.
 const aadSize = fileIDSize + 8 + 1
 

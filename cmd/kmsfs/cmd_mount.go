@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -268,7 +269,7 @@ func runMount(ctx context.Context, f *mountFlags, cipherDir, mnt string) (err er
 			log.WithFields(fields).Info("journal: finished or undid the writes a crash interrupted; any left are recovered when their files are next opened")
 		}
 	}
-	vol, err := envelope.NewVolume(envelope.Options{Layout: layout, Volume: vid, Journal: journal})
+	vol, err := envelope.NewVolume(envelope.Options{Layout: layout, Volume: vid, Journal: journal, ParallelMin: mountParallelMin()})
 	if err != nil {
 		return err
 	}
@@ -354,4 +355,19 @@ func newUnmountCmd() *cobra.Command {
 			return nil
 		},
 	}
+}
+
+// mountParallelMin is the Volume's ParallelMin for a mount. On two cores
+// with the wide GCM (envelope.WideGCM) a 1 MiB request is sealed or opened
+// alone: one core runs the application and the other the request, so a
+// helper taking part of it starts late and only adds CPU. Measured through
+// the mount (fio, 1 GiB, five alternating pairs): sequential write 986 vs
+// 995 MB/s at 0.80 vs 0.98 daemon CPU-s, cold read 2,022 vs 1,963 MB/s at
+// 0.49 vs 0.52 CPU-s. With crypto/cipher's slower GCM the helpers still
+// pay (write 951 vs 870 MB/s), and more cores leave them room.
+func mountParallelMin() int {
+	if envelope.WideGCM() && runtime.GOMAXPROCS(0) <= 2 {
+		return -1
+	}
+	return 0
 }

@@ -13,6 +13,9 @@ var supported = cpu.X86.HasAVX2 && cpu.X86.HasAES && cpu.X86.HasPCLMULQDQ &&
 	cpu.X86.HasAVX512F && cpu.X86.HasAVX512BW &&
 	cpu.X86.HasAVX512VAES && cpu.X86.HasAVX512VPCLMULQDQ
 
+// Supported reports whether New works on this processor.
+func Supported() bool { return supported }
+
 // New returns AES-256-GCM with 16-byte nonces under key, and false if the
 // processor lacks AVX2, AVX-512 F and BW, VAES or VPCLMULQDQ (or their
 // state is not saved by the OS), or len(key) is not KeySize.

@@ -4,6 +4,9 @@ package vaesgcm
 
 import "crypto/cipher"
 
+// Supported reports false: this build has no VAES implementation.
+func Supported() bool { return false }
+
 // New reports false: this build has no VAES implementation.
 func New(key []byte) (cipher.AEAD, bool) { return nil, false }
 
