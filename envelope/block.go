@@ -48,22 +48,28 @@ func (v *Volume) NewCodec(dataKey []byte, id FileID) (*Codec, error) {
 }
 
 func (v *Volume) newCodec(contentKey []byte, id FileID) (*Codec, error) {
-	if wideGCM {
-		if aead, ok := vaesgcm.New(contentKey); ok {
-			clear(contentKey)
-			return &Codec{v: v, aead: aead, id: id}, nil
-		}
-	}
-	blk, err := aes.NewCipher(contentKey)
+	aead, err := newAEAD(contentKey)
 	clear(contentKey)
 	if err != nil {
 		return nil, err
 	}
-	aead, err := cipher.NewGCMWithNonceSize(blk, nonceSize)
+	return &Codec{v: v, aead: aead, id: id}, nil
+}
+
+// newAEAD returns AES-256-GCM with nonceSize-byte nonces under key: vaesgcm
+// where wideGCM allows it and the processor supports it, crypto/cipher
+// otherwise.
+func newAEAD(key []byte) (cipher.AEAD, error) {
+	if wideGCM {
+		if aead, ok := vaesgcm.New(key); ok {
+			return aead, nil
+		}
+	}
+	blk, err := aes.NewCipher(key)
 	if err != nil {
 		return nil, err
 	}
-	return &Codec{v: v, aead: aead, id: id}, nil
+	return cipher.NewGCMWithNonceSize(blk, nonceSize)
 }
 
 // SealedLen returns the stored size of n plaintext bytes that start on a

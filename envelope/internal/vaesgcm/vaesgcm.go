@@ -12,6 +12,7 @@ import (
 	"crypto/subtle"
 	"encoding/binary"
 	"errors"
+	"unsafe"
 )
 
 const (
@@ -49,9 +50,7 @@ func (g *gcm) Seal(dst, nonce, plaintext, additionalData []byte) []byte {
 	if inexactOverlap(out, plaintext) {
 		panic("vaesgcm: invalid buffer overlap of output and input")
 	}
-	var j0, mask [16]byte
-	g.preCounter(&j0, nonce)
-	ctr(&g.rk, &j0, mask[:], mask[:])
+	j0, mask := g.preCounter(nonce)
 	g.crypt(out[:len(plaintext)], plaintext, &j0)
 	g.tag(out[len(plaintext):], out[:len(plaintext)], additionalData, &mask)
 	return ret
@@ -72,9 +71,7 @@ func (g *gcm) Open(dst, nonce, ciphertext, additionalData []byte) ([]byte, error
 	if inexactOverlap(out, ciphertext) {
 		panic("vaesgcm: invalid buffer overlap of output and input")
 	}
-	var j0, mask [16]byte
-	g.preCounter(&j0, nonce)
-	ctr(&g.rk, &j0, mask[:], mask[:])
+	j0, mask := g.preCounter(nonce)
 	var want [TagSize]byte
 	g.tag(want[:], ct, additionalData, &mask)
 	if subtle.ConstantTimeCompare(want[:], tag) != 1 {
@@ -84,13 +81,15 @@ func (g *gcm) Open(dst, nonce, ciphertext, additionalData []byte) ([]byte, error
 	return ret, nil
 }
 
-// preCounter sets j0 to GCM's pre-counter block for a 16-byte nonce:
-// GHASH(nonce ‖ 0^64 ‖ [128]_64).
-func (g *gcm) preCounter(j0 *[16]byte, nonce []byte) {
+// preCounter returns GCM's pre-counter block for a 16-byte nonce,
+// GHASH(nonce ‖ 0^64 ‖ [128]_64), and its encryption, which masks the tag.
+func (g *gcm) preCounter(nonce []byte) (j0, mask [16]byte) {
 	var b [32]byte
 	copy(b[:], nonce)
 	binary.BigEndian.PutUint64(b[24:], NonceSize*8)
-	ghash(&g.htab, j0, b[:])
+	ghash(&g.htab, &j0, b[:])
+	ctr(&g.rk, &j0, mask[:], mask[:])
+	return j0, mask
 }
 
 // crypt XORs src with the key stream that starts at inc32(j0) into dst.
@@ -166,5 +165,6 @@ func inexactOverlap(x, y []byte) bool {
 	if len(x) == 0 || len(y) == 0 || &x[0] == &y[0] {
 		return false
 	}
-	return subtleAnyOverlap(x, y)
+	return uintptr(unsafe.Pointer(&x[0])) <= uintptr(unsafe.Pointer(&y[len(y)-1])) &&
+		uintptr(unsafe.Pointer(&y[0])) <= uintptr(unsafe.Pointer(&x[len(x)-1]))
 }

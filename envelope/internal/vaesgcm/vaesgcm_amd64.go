@@ -4,7 +4,6 @@ package vaesgcm
 
 import (
 	"crypto/cipher"
-	"unsafe"
 
 	"golang.org/x/sys/cpu"
 )
@@ -36,8 +35,3 @@ func ghash(htab *[64][16]byte, acc *[16]byte, data []byte)
 
 //go:noescape
 func ctr(rk *[15][32]byte, counter *[16]byte, dst, src []byte)
-
-func subtleAnyOverlap(x, y []byte) bool {
-	return uintptr(unsafe.Pointer(&x[0])) <= uintptr(unsafe.Pointer(&y[len(y)-1])) &&
-		uintptr(unsafe.Pointer(&y[0])) <= uintptr(unsafe.Pointer(&x[len(x)-1]))
-}

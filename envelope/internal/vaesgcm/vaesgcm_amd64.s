@@ -1,8 +1,8 @@
 // AES-256-GCM with VAES on 256-bit registers (counter mode, two blocks per
 // instruction) and VPCLMULQDQ on 512-bit registers (GHASH, four blocks per
-// multiply, one reduction per 32 blocks). The GHASH arithmetic follows Gueron and Kounavis, "Intel
-// Carry-Less Multiplication Instruction and its Usage for Computing the GCM
-// Mode": blocks are byte-reflected, the hash key is premultiplied by x
+// multiply, one reduction per 32 blocks). The GHASH arithmetic follows
+// Gueron and Kounavis, "Intel Carry-Less Multiplication Instruction and its
+// Usage for Computing the GCM Mode": blocks are byte-reflected, the hash key is premultiplied by x
 // ("H*2"), and a product is reduced by two folds with the constant POLY.
 
 //go:build !purego
@@ -57,6 +57,32 @@ GLOBL one<>(SB), RODATA|NOPTR, $16
 	VPSHUFD    $78, T1, T1; \
 	VPXOR      T3, T1, T1; \
 	VPXOR      T2, T1, D
+
+// AES1 encrypts the block in R with the round keys at DI.
+#define AES1(R) \
+	VPXOR       0(DI), R, R; \
+	VAESENC     32(DI), R, R; \
+	VAESENC     64(DI), R, R; \
+	VAESENC     96(DI), R, R; \
+	VAESENC     128(DI), R, R; \
+	VAESENC     160(DI), R, R; \
+	VAESENC     192(DI), R, R; \
+	VAESENC     224(DI), R, R; \
+	VAESENC     256(DI), R, R; \
+	VAESENC     288(DI), R, R; \
+	VAESENC     320(DI), R, R; \
+	VAESENC     352(DI), R, R; \
+	VAESENC     384(DI), R, R; \
+	VAESENC     416(DI), R, R; \
+	VAESENCLAST 448(DI), R, R
+
+// KSTORE stores the power of H in R at off(SI)(CX*1) and its Karatsuba
+// term (R.lo^R.hi) 512 bytes further; T is clobbered.
+#define KSTORE(R, off, T) \
+	VMOVDQU R, off(SI)(CX*1); \
+	VPSHUFD $78, R, T; \
+	VPXOR   R, T, T; \
+	VMOVDQU T, off+512(SI)(CX*1)
 
 // Key expansion steps of AES-256 (FIPS 197, 5.2). EXPA derives the next
 // even round key in X1 from X1 and X3; EXPB the next odd one in X3.
@@ -113,22 +139,8 @@ TEXT ·initKey(SB), NOSPLIT, $0-24
 	EXPA(0x40, 448)
 
 	// H = AES_K(0^128)
-	VPXOR       X0, X0, X0
-	VPXOR       0(DI), X0, X0
-	VAESENC     32(DI), X0, X0
-	VAESENC     64(DI), X0, X0
-	VAESENC     96(DI), X0, X0
-	VAESENC     128(DI), X0, X0
-	VAESENC     160(DI), X0, X0
-	VAESENC     192(DI), X0, X0
-	VAESENC     224(DI), X0, X0
-	VAESENC     256(DI), X0, X0
-	VAESENC     288(DI), X0, X0
-	VAESENC     320(DI), X0, X0
-	VAESENC     352(DI), X0, X0
-	VAESENC     384(DI), X0, X0
-	VAESENC     416(DI), X0, X0
-	VAESENCLAST 448(DI), X0, X0
+	VPXOR X0, X0, X0
+	AES1(X0)
 
 	// H*2 in the reflected form.
 	VMOVDQU bswap<>(SB), X15
@@ -143,23 +155,25 @@ TEXT ·initKey(SB), NOSPLIT, $0-24
 	VPXOR   X5, X0, X0
 	VPXOR   X6, X0, X0
 
-	// htab holds H^32 … H^1, highest first, then for each H^i
-	// H^i.lo^H^i.hi (for Karatsuba) in the same order.
-	VMOVDQU X0, 496(SI)
-	VPSHUFD $78, X0, X9
-	VPXOR   X0, X9, X9
-	VMOVDQU X9, 1008(SI)
-	VMOVDQA X0, X7
+	// htab holds H^32 … H^1, highest first (H^k at 512-16k), then for each
+	// H^k H^k.lo^H^k.hi (for Karatsuba) in the same order. Odd and even
+	// powers are two independent chains, each multiplied by H^2.
 	MOVQ    $480, CX
+	KSTORE(X0, 16, X11)
+	GFMUL(X0, X0, X12, X14, X1, X2, X3)
+	KSTORE(X12, 0, X11)
+	VMOVDQA X0, X7
+	VMOVDQA X12, X8
+	MOVQ    $464, CX
 
 powers:
-	GFMUL(X7, X0, X8, X14, X9, X10, X11)
-	VMOVDQU X8, (SI)(CX*1)
-	VPSHUFD $78, X8, X9
-	VPXOR   X8, X9, X9
-	VMOVDQU X9, 512(SI)(CX*1)
-	VMOVDQA X8, X7
-	SUBQ    $16, CX
+	GFMUL(X7, X12, X9, X14, X1, X2, X3)
+	GFMUL(X8, X12, X10, X14, X4, X5, X6)
+	KSTORE(X9, 0, X11)
+	KSTORE(X10, -16, X11)
+	VMOVDQA X9, X7
+	VMOVDQA X10, X8
+	SUBQ    $32, CX
 	JGE     powers
 
 	VZEROUPPER
@@ -427,21 +441,7 @@ ctrsingles:
 ctrsingle:
 	VPSHUFB     X15, X14, X0
 	VPADDD      one<>(SB), X14, X14
-	VPXOR       0(DI), X0, X0
-	VAESENC     32(DI), X0, X0
-	VAESENC     64(DI), X0, X0
-	VAESENC     96(DI), X0, X0
-	VAESENC     128(DI), X0, X0
-	VAESENC     160(DI), X0, X0
-	VAESENC     192(DI), X0, X0
-	VAESENC     224(DI), X0, X0
-	VAESENC     256(DI), X0, X0
-	VAESENC     288(DI), X0, X0
-	VAESENC     320(DI), X0, X0
-	VAESENC     352(DI), X0, X0
-	VAESENC     384(DI), X0, X0
-	VAESENC     416(DI), X0, X0
-	VAESENCLAST 448(DI), X0, X0
+	AES1(X0)
 	VPXOR       (CX), X0, X0
 	VMOVDQU     X0, (DX)
 	ADDQ        $16, CX
