@@ -17,6 +17,10 @@ import (
 type fdFile struct {
 	fd   int
 	name string
+	// opened is the stat taken right after the open, if any: the first
+	// Stat (envelope.Volume.Open's, which follows) returns it instead of
+	// asking again.
+	opened *unix.Stat_t
 }
 
 func (f *fdFile) Fd() uintptr  { return uintptr(f.fd) }
@@ -66,6 +70,10 @@ func (f *fdFile) Truncate(size int64) error {
 }
 
 func (f *fdFile) Stat() (os.FileInfo, error) {
+	if st := f.opened; st != nil {
+		f.opened = nil
+		return fileInfo{name: f.name, st: *st}, nil
+	}
 	var st unix.Stat_t
 	if err := unix.Fstat(f.fd, &st); err != nil {
 		return nil, &fs.PathError{Op: "stat", Path: f.name, Err: err}

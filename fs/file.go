@@ -127,7 +127,7 @@ func (n *Node) acquire(forWrite bool) (*openFile, syscall.Errno) {
 	if errno != 0 {
 		return nil, errno
 	}
-	of, errno := n.openBacking(pfd, name, 0, 0, forWrite)
+	of, errno := n.openBacking(pfd, name, 0, 0, forWrite, true)
 	if errno != 0 {
 		return nil, errno
 	}
@@ -145,7 +145,9 @@ func (n *Node) acquire(forWrite bool) (*openFile, syscall.Errno) {
 
 // openBacking opens (or with O_CREAT creates) the backing file and its
 // envelope File. A new or empty file gets no header until its first write.
-func (n *Node) openBacking(pfd int, name string, extra int, mode uint32, keepBad bool) (*openFile, syscall.Errno) {
+// With self, name is the node's own and must still name its object
+// (checkSelf); without, name is a child of the node.
+func (n *Node) openBacking(pfd int, name string, extra int, mode uint32, keepBad, self bool) (*openFile, syscall.Errno) {
 	flags := unix.O_RDWR
 	if n.r.opts.ReadOnly {
 		flags = unix.O_RDONLY
@@ -164,9 +166,20 @@ func (n *Node) openBacking(pfd int, name string, extra int, mode uint32, keepBad
 		writable = false
 	}
 	if err != nil {
+		if self {
+			return nil, staleIfGone(err)
+		}
 		return nil, gofs.ToErrno(err)
 	}
-	of := &openFile{back: &backing{fdFile: &fdFile{fd: fd, name: name}, writable: writable, node: n}, layout: n.r.layout}
+	ff := &fdFile{fd: fd, name: name}
+	if self {
+		ff.opened = new(unix.Stat_t)
+		if errno := n.checkSelfFd(fd, ff.opened); errno != 0 {
+			unix.Close(fd)
+			return nil, errno
+		}
+	}
+	of := &openFile{back: &backing{fdFile: ff, writable: writable, node: n}, layout: n.r.layout}
 	n.r.opened(of)
 	kctx, cancel := n.r.keyContext()
 	defer cancel()
@@ -365,12 +378,17 @@ func (n *Node) acquireForTruncate(size int64) (*openFile, syscall.Errno) {
 		if errno != 0 {
 			return nil, errno
 		}
-		fd, err := unix.Openat(pfd, name, unix.O_WRONLY|unix.O_TRUNC|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		// Opened first and cut once it is known to be this file (checkSelf).
+		fd, err := unix.Openat(pfd, name, unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 		if err != nil {
-			return nil, gofs.ToErrno(err)
+			return nil, staleIfGone(err)
 		}
-		unix.Close(fd)
-		return nil, 0
+		defer unix.Close(fd)
+		var st unix.Stat_t
+		if errno := n.checkSelfFd(fd, &st); errno != 0 {
+			return nil, errno
+		}
+		return nil, gofs.ToErrno(unix.Ftruncate(fd, 0))
 	}
 	return n.acquire(true)
 }

@@ -184,7 +184,50 @@ func (n *Node) lstat(st *unix.Stat_t) syscall.Errno {
 	if errno != 0 {
 		return errno
 	}
-	return gofs.ToErrno(unix.Fstatat(pfd, name, st, unix.AT_SYMLINK_NOFOLLOW))
+	if err := unix.Fstatat(pfd, name, st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return staleIfGone(err)
+	}
+	return n.checkSelf(st)
+}
+
+// A file, link or special file has no descriptor of its own: kmsfs finds
+// it by its parent's descriptor and its name in go-fuse's tree. A rename
+// is done in the cipher dir before go-fuse moves the nodes, so a request
+// that comes in between (an open, a stat, a readlink: the kernel holds no
+// lock of the file for those) finds the old name naming another object,
+// the other file of an exchange or the file renamed over it, or nothing.
+// Opening that object would give one file's plaintext to another file's
+// reader and a truncate would cut the wrong file. So the by-name calls
+// check, by inode number, that they reached the node's own object
+// (checkSelf), and answer ESTALE when they did not or the name is gone:
+// the kernel then looks the path up again and retries, as it does for
+// NFS, and that lookup waits for the rename to finish. The same answer
+// serves a cipher dir changed behind the mount: the retry finds the new
+// object under a new node.
+
+// checkSelf returns ESTALE unless st is of the node's own object.
+func (n *Node) checkSelf(st *unix.Stat_t) syscall.Errno {
+	if n.r.stableAttr(st).Ino != n.StableAttr().Ino {
+		return syscall.ESTALE
+	}
+	return 0
+}
+
+// checkSelfFd is checkSelf for an open descriptor; it fills st.
+func (n *Node) checkSelfFd(fd int, st *unix.Stat_t) syscall.Errno {
+	if err := unix.Fstat(fd, st); err != nil {
+		return gofs.ToErrno(err)
+	}
+	return n.checkSelf(st)
+}
+
+// staleIfGone is the errno of a by-name call on a node: ESTALE for a name
+// that is gone (see checkSelf).
+func staleIfGone(err error) syscall.Errno {
+	if err == unix.ENOENT {
+		return syscall.ESTALE
+	}
+	return gofs.ToErrno(err)
 }
 
 // fillAttr converts a backing stat into the attributes the mount shows:

@@ -259,9 +259,20 @@ func (n *Node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 	if errno != 0 {
 		return nil, errno
 	}
+	// Through a descriptor of the link itself, checked to be this node's
+	// (checkSelf).
+	fd, err := unix.Openat(pfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, staleIfGone(err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if errno := n.checkSelfFd(fd, &st); errno != 0 {
+		return nil, errno
+	}
 	for size := 256; size <= 1<<20; size *= 4 {
 		buf := make([]byte, size)
-		m, err := unix.Readlinkat(pfd, name, buf)
+		m, err := unix.Readlinkat(fd, "", buf)
 		if err != nil {
 			return nil, gofs.ToErrno(err)
 		}
