@@ -5,9 +5,11 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"fmt"
+	"os"
 	"testing"
 
 	"github.com/kmsfs/kmsfs/envelope"
+	"github.com/kmsfs/kmsfs/keysource"
 )
 
 var benchSizes = []struct {
@@ -159,5 +161,63 @@ func BenchmarkVolumeOpen(b *testing.B) {
 			b.Fatal(err)
 		}
 		g.Close()
+	}
+}
+
+// BenchmarkFileTmpfs measures File.ReadAt of 1 MiB requests in sequence
+// over a 512 MiB cipher file on tmpfs (/dev/shm where it exists), larger
+// than the processor's caches, as a mount's cold sequential read does
+// before it replies: op=pread only reads the sealed bytes from the
+// backing file, op=ReadAt also opens them. Their difference is the
+// AES-GCM cost and the first is the ciphertext copy, the two costs a
+// FUSE loopback does not have (docs/PERFORMANCE.md).
+func BenchmarkFileTmpfs(b *testing.B) {
+	const size, span = 1 << 20, 512 << 20
+	dir := "/dev/shm"
+	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+		dir = b.TempDir()
+	}
+	for _, op := range []string{"pread", "ReadAt"} {
+		for _, mode := range benchModes {
+			if op == "pread" && mode.name != "serial" {
+				continue
+			}
+			b.Run(fmt.Sprintf("op=%s/bs=4096/size=1MiB/mode=%s", op, mode.name), func(b *testing.B) {
+				v := newVolume(b, 4096, mode.opt)
+				back, err := os.CreateTemp(dir, "kmsfs-bench-*")
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer os.Remove(back.Name())
+				defer back.Close()
+				dk := dataKey(3)
+				f, err := v.Create(back, dk, []keysource.Stanza{clearStanza(dk)})
+				if err != nil {
+					b.Fatal(err)
+				}
+				p := fill(size, 1)
+				for off := int64(0); off < span; off += size {
+					if _, err := f.WriteAt(p, off); err != nil {
+						b.Fatal(err)
+					}
+				}
+				l := v.Layout()
+				sealed := make([]byte, l.SealedLen(size))
+				b.SetBytes(size)
+				b.ReportAllocs()
+				off := int64(0)
+				for b.Loop() {
+					if op == "pread" {
+						_, err = back.ReadAt(sealed, l.BlockOffset(off/4096))
+					} else {
+						_, err = f.ReadAt(p, off)
+					}
+					if err != nil {
+						b.Fatal(err)
+					}
+					off = (off + size) % span
+				}
+			})
+		}
 	}
 }

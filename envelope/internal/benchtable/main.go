@@ -48,7 +48,7 @@ func main() {
 		mbs[k][m[5]] = append(mbs[k][m[5]], v)
 		allocs[k][m[5]] = m[7]
 	}
-	fmt.Printf("%-15s %6s %7s %12s %12s %8s %10s %8s %14s\n",
+	fmt.Printf("%-17s %6s %7s %12s %12s %8s %10s %8s %14s\n",
 		"benchmark", "bs", "size", "serial MB/s", "parallel MB/s", "par/ser", "raw MB/s", "ser/raw", "allocs ser/par")
 	for _, k := range order {
 		ser, par := benchfmt.Median(mbs[k]["serial"]), benchfmt.Median(mbs[k]["parallel"])
@@ -63,7 +63,17 @@ func main() {
 		if !strings.Contains(k.op, ".") {
 			rawCol, serRaw = fmt.Sprintf("%.0f", raw), ratio(ser, raw)
 		}
-		fmt.Printf("%-15s %6s %7s %12.0f %12.0f %8s %10s %8s %14s\n", k.op, k.bs, k.size, ser, par,
-			ratio(par, ser), rawCol, serRaw, allocs[k]["serial"]+"/"+allocs[k]["parallel"])
+		num := func(v float64) string {
+			if v == 0 {
+				return "-" // not measured (FileTmpfs.pread has no parallel mode)
+			}
+			return fmt.Sprintf("%.0f", v)
+		}
+		al := allocs[k]["serial"]
+		if par != 0 {
+			al += "/" + allocs[k]["parallel"]
+		}
+		fmt.Printf("%-17s %6s %7s %12s %12s %8s %10s %8s %14s\n", k.op, k.bs, k.size, num(ser), num(par),
+			ratio(par, ser), rawCol, serRaw, al)
 	}
 }
