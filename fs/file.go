@@ -123,11 +123,11 @@ func (n *Node) acquire(forWrite bool) (*openFile, syscall.Errno) {
 		return of, 0
 	}
 	n.mu.Unlock()
-	pfd, name, errno := n.loc()
+	c, errno := n.openSelf()
 	if errno != 0 {
 		return nil, errno
 	}
-	of, errno := n.openBacking(pfd, name, 0, 0, forWrite, true)
+	of, errno := n.openBacking(c, forWrite)
 	if errno != 0 {
 		return nil, errno
 	}
@@ -143,11 +143,18 @@ func (n *Node) acquire(forWrite bool) (*openFile, syscall.Errno) {
 	return of, 0
 }
 
-// openBacking opens (or with O_CREAT creates) the backing file and its
-// envelope File. A new or empty file gets no header until its first write.
-// With self, name is the node's own and must still name its object
-// (checkSelf); without, name is a child of the node.
-func (n *Node) openBacking(pfd int, name string, extra int, mode uint32, keepBad, self bool) (*openFile, syscall.Errno) {
+// cipherFile is a cipher file just opened.
+type cipherFile struct {
+	fd       int
+	name     string
+	writable bool
+	st       *unix.Stat_t // its stat, if taken
+}
+
+// openCipher opens (or with O_CREAT creates) the cipher file name in
+// directory pfd: read-write when it can, read-only when only that is
+// allowed.
+func (n *Node) openCipher(pfd int, name string, extra int, mode uint32) (cipherFile, error) {
 	flags := unix.O_RDWR
 	if n.r.opts.ReadOnly {
 		flags = unix.O_RDONLY
@@ -165,31 +172,46 @@ func (n *Node) openBacking(pfd int, name string, extra int, mode uint32, keepBad
 		fd, err = unix.Openat(pfd, name, (flags&^unix.O_ACCMODE)|unix.O_RDONLY, 0)
 		writable = false
 	}
+	return cipherFile{fd: fd, name: name, writable: writable}, err
+}
+
+// openSelf opens the node's own cipher file by name, outside any rename's
+// window, and checks that it is the node's object (checkSelf).
+func (n *Node) openSelf() (cipherFile, syscall.Errno) {
+	n.r.renames.mu.RLock()
+	defer n.r.renames.mu.RUnlock()
+	pfd, name, errno := n.loc()
+	if errno != 0 {
+		return cipherFile{}, errno
+	}
+	c, err := n.openCipher(pfd, name, 0, 0)
 	if err != nil {
-		if self {
-			return nil, staleIfGone(err)
-		}
-		return nil, gofs.ToErrno(err)
+		return c, staleIfGone(err)
 	}
-	ff := &fdFile{fd: fd, name: name}
-	if self {
-		ff.opened = new(unix.Stat_t)
-		if errno := n.checkSelfFd(fd, ff.opened); errno != 0 {
-			unix.Close(fd)
-			return nil, errno
-		}
+	c.st = new(unix.Stat_t)
+	if errno := n.checkSelfFd(c.fd, c.st); errno != 0 {
+		unix.Close(c.fd)
+		return cipherFile{}, errno
 	}
-	of := &openFile{back: &backing{fdFile: ff, writable: writable, node: n}, layout: n.r.layout}
+	return c, 0
+}
+
+// openBacking makes the open state of cipher file c, reading its header
+// (a key call). A new or empty file gets no header until its first write.
+func (n *Node) openBacking(c cipherFile, keepBad bool) (*openFile, syscall.Errno) {
+	ff := &fdFile{fd: c.fd, name: c.name, opened: c.st}
+	of := &openFile{back: &backing{fdFile: ff, writable: c.writable, node: n}, layout: n.r.layout}
 	n.r.opened(of)
 	kctx, cancel := n.r.keyContext()
 	defer cancel()
 	ef, err := n.r.vol.Open(kctx, of.back, n.r.opts.Keys)
+	ff.opened = nil // Open took it, if it needed it
 	if errors.Is(err, envelope.ErrNoHeader) {
 		return of, 0 // empty: the header comes with the first write
 	}
 	if err != nil {
 		errno := n.fail("open", err)
-		if keepBad && writable {
+		if keepBad && c.writable {
 			of.bad = err
 			return of, 0
 		}
@@ -374,6 +396,8 @@ func (n *Node) truncateOf(of *openFile, size int64) syscall.Errno {
 // state when that is done.
 func (n *Node) acquireForTruncate(size int64) (*openFile, syscall.Errno) {
 	if size == 0 && n.openState() == nil {
+		n.r.renames.mu.RLock()
+		defer n.r.renames.mu.RUnlock()
 		pfd, name, errno := n.loc()
 		if errno != 0 {
 			return nil, errno

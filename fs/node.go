@@ -180,6 +180,8 @@ func (n *Node) lstat(st *unix.Stat_t) syscall.Errno {
 		}
 		return gofs.ToErrno(unix.Fstat(fd, st))
 	}
+	n.r.renames.mu.RLock()
+	defer n.r.renames.mu.RUnlock()
 	pfd, name, errno := n.loc()
 	if errno != 0 {
 		return errno
@@ -190,20 +192,12 @@ func (n *Node) lstat(st *unix.Stat_t) syscall.Errno {
 	return n.checkSelf(st)
 }
 
-// A file, link or special file has no descriptor of its own: kmsfs finds
-// it by its parent's descriptor and its name in go-fuse's tree. A rename
-// is done in the cipher dir before go-fuse moves the nodes, so a request
-// that comes in between (an open, a stat, a readlink: the kernel holds no
-// lock of the file for those) finds the old name naming another object,
-// the other file of an exchange or the file renamed over it, or nothing.
-// Opening that object would give one file's plaintext to another file's
-// reader and a truncate would cut the wrong file. So the by-name calls
-// check, by inode number, that they reached the node's own object
-// (checkSelf), and answer ESTALE when they did not or the name is gone:
-// the kernel then looks the path up again and retries, as it does for
-// NFS, and that lookup waits for the rename to finish. The same answer
-// serves a cipher dir changed behind the mount: the retry finds the new
-// object under a new node.
+// The by-name calls on a node (open, stat, readlink, extended attributes)
+// run outside renames' windows (renames.go) and check, by inode number,
+// that they reached the node's own object (checkSelf). When they did not
+// or the name is gone, the cipher dir changed behind the mount: they
+// answer ESTALE, and the kernel looks the path up again and retries, as it
+// does for NFS, which finds the new object under a new node.
 
 // checkSelf returns ESTALE unless st is of the node's own object.
 func (n *Node) checkSelf(st *unix.Stat_t) syscall.Errno {

@@ -255,21 +255,11 @@ func (n *Node) Symlink(ctx context.Context, target, name string, out *fuse.Entry
 
 // Readlink returns a symbolic link's target.
 func (n *Node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
-	pfd, name, errno := n.loc()
+	fd, errno := n.openLink()
 	if errno != 0 {
 		return nil, errno
 	}
-	// Through a descriptor of the link itself, checked to be this node's
-	// (checkSelf).
-	fd, err := unix.Openat(pfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, staleIfGone(err)
-	}
 	defer unix.Close(fd)
-	var st unix.Stat_t
-	if errno := n.checkSelfFd(fd, &st); errno != 0 {
-		return nil, errno
-	}
 	for size := 256; size <= 1<<20; size *= 4 {
 		buf := make([]byte, size)
 		m, err := unix.Readlinkat(fd, "", buf)
@@ -281,6 +271,27 @@ func (n *Node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 		}
 	}
 	return nil, syscall.ENAMETOOLONG
+}
+
+// openLink returns an O_PATH descriptor of the symlink, found by name
+// outside any rename's window and checked to be this node's (checkSelf).
+func (n *Node) openLink() (int, syscall.Errno) {
+	n.r.renames.mu.RLock()
+	defer n.r.renames.mu.RUnlock()
+	pfd, name, errno := n.loc()
+	if errno != 0 {
+		return -1, errno
+	}
+	fd, err := unix.Openat(pfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, staleIfGone(err)
+	}
+	var st unix.Stat_t
+	if errno := n.checkSelfFd(fd, &st); errno != 0 {
+		unix.Close(fd)
+		return -1, errno
+	}
+	return fd, 0
 }
 
 // Rmdir removes an empty directory.

@@ -45,7 +45,11 @@ func (n *Node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	if errno != 0 {
 		return nil, nil, 0, errno
 	}
-	of, errno := n.openBacking(fd, name, unix.O_CREAT|int(flags&unix.O_EXCL), mode, true, false)
+	c, err := n.openCipher(fd, name, unix.O_CREAT|int(flags&unix.O_EXCL), mode)
+	if err != nil {
+		return nil, nil, 0, gofs.ToErrno(err)
+	}
+	of, errno := n.openBacking(c, true)
 	if errno != 0 {
 		return nil, nil, 0, errno
 	}

@@ -81,6 +81,8 @@ type root struct {
 
 	openMu sync.Mutex
 	opens  map[*openFile]struct{} // files open now
+
+	renames renameGate // by-name resolutions against renames (renames.go)
 }
 
 // NewRoot opens the cipher dir and returns the root node of its
@@ -224,13 +226,14 @@ func Mount(mountpoint string, o Options, mo *gofs.Options) (*Server, error) {
 	return &Server{Server: srv, unmounted: rootNode.(*Node).r.unmounted}, nil
 }
 
-// mount is gofs.Mount, with listings between the server and the node
-// bridge if noOpendir.
+// mount is gofs.Mount, with renames, and listings if noOpendir, between
+// the server and the node bridge.
 func mount(mountpoint string, root gofs.InodeEmbedder, mo *gofs.Options, noOpendir bool) (*fuse.Server, error) {
 	raw := gofs.NewNodeFS(root, mo)
 	if noOpendir {
 		raw = newListings(raw)
 	}
+	raw = &renames{RawFileSystem: raw, gate: &root.(*Node).r.renames}
 	srv, err := fuse.NewServer(raw, mountpoint, &mo.MountOptions)
 	if err != nil {
 		return nil, err

@@ -22,7 +22,7 @@ var (
 // among what leaks). A directory is reached
 // through its /proc/self/fd link, which the calls must follow; anything
 // else by its name under its parent's link, which they must not (a
-// symlink's own attributes).
+// symlink's own attributes), outside renames' windows (renames.go).
 
 func (n *Node) xattrPath() (path string, follow bool, errno syscall.Errno) {
 	if n.IsDir() {
@@ -56,6 +56,8 @@ func (n *Node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 }
 
 func (n *Node) getxattr(attr string, dest []byte) (uint32, syscall.Errno) {
+	n.r.renames.mu.RLock()
+	defer n.r.renames.mu.RUnlock()
 	p, follow, errno := n.xattrPath()
 	if errno != 0 {
 		return 0, errno
@@ -77,6 +79,8 @@ func (n *Node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 		return syscall.EROFS
 	}
 	n.noCap.Store(false)
+	n.r.renames.mu.RLock()
+	defer n.r.renames.mu.RUnlock()
 	p, follow, errno := n.xattrPath()
 	if errno != 0 {
 		return errno
@@ -92,6 +96,8 @@ func (n *Node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errn
 	if !n.r.opts.Xattr {
 		return 0, syscall.ENOSYS
 	}
+	n.r.renames.mu.RLock()
+	defer n.r.renames.mu.RUnlock()
 	p, follow, errno := n.xattrPath()
 	if errno != 0 {
 		return 0, errno
@@ -113,6 +119,8 @@ func (n *Node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 		return syscall.EROFS
 	}
 	n.noCap.Store(false)
+	n.r.renames.mu.RLock()
+	defer n.r.renames.mu.RUnlock()
 	p, follow, errno := n.xattrPath()
 	if errno != 0 {
 		return errno
