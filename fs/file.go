@@ -179,12 +179,16 @@ func (n *Node) openCipher(pfd int, name string, extra int, mode uint32) (cipherF
 // window, and checks that it is the node's object (checkSelf).
 func (n *Node) openSelf() (cipherFile, syscall.Errno) {
 	n.r.renames.mu.RLock()
-	defer n.r.renames.mu.RUnlock()
 	pfd, name, errno := n.loc()
-	if errno != 0 {
-		return cipherFile{}, errno
+	var c cipherFile
+	var err error
+	if errno == 0 {
+		c, err = n.openCipher(pfd, name, 0, 0)
 	}
-	c, err := n.openCipher(pfd, name, 0, 0)
+	n.r.renames.mu.RUnlock() // the descriptor holds on to what the name named
+	if errno != 0 {
+		return c, errno
+	}
 	if err != nil {
 		return c, staleIfGone(err)
 	}
@@ -396,14 +400,18 @@ func (n *Node) truncateOf(of *openFile, size int64) syscall.Errno {
 // state when that is done.
 func (n *Node) acquireForTruncate(size int64) (*openFile, syscall.Errno) {
 	if size == 0 && n.openState() == nil {
+		// Opened by name outside renames' windows, then cut once it is
+		// known to be this file (checkSelf).
 		n.r.renames.mu.RLock()
-		defer n.r.renames.mu.RUnlock()
 		pfd, name, errno := n.loc()
+		fd, err := -1, error(nil)
+		if errno == 0 {
+			fd, err = unix.Openat(pfd, name, unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		}
+		n.r.renames.mu.RUnlock()
 		if errno != 0 {
 			return nil, errno
 		}
-		// Opened first and cut once it is known to be this file (checkSelf).
-		fd, err := unix.Openat(pfd, name, unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 		if err != nil {
 			return nil, staleIfGone(err)
 		}

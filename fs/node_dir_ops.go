@@ -277,12 +277,15 @@ func (n *Node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 // outside any rename's window and checked to be this node's (checkSelf).
 func (n *Node) openLink() (int, syscall.Errno) {
 	n.r.renames.mu.RLock()
-	defer n.r.renames.mu.RUnlock()
 	pfd, name, errno := n.loc()
+	fd, err := -1, error(nil)
+	if errno == 0 {
+		fd, err = unix.Openat(pfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	}
+	n.r.renames.mu.RUnlock()
 	if errno != 0 {
 		return -1, errno
 	}
-	fd, err := unix.Openat(pfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return -1, staleIfGone(err)
 	}

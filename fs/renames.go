@@ -31,7 +31,8 @@ import (
 // renameGate orders by-name resolutions against renames: held for
 // writing by a RENAME, for reading by whatever resolves a name, and never
 // across a key call (a RENAME would wait for it, and every request after
-// the RENAME for both).
+// the RENAME for both) and, where it can, only around the by-name call
+// itself: a descriptor then holds on to what the name named.
 type renameGate struct{ mu sync.RWMutex }
 
 // renames is the raw filesystem that closes the rename window (see above)
@@ -47,6 +48,10 @@ func (r *renames) Rename(cancel <-chan struct{}, in *fuse.RenameIn, oldName, new
 	return r.RawFileSystem.Rename(cancel, in, oldName, newName)
 }
 
+// Lookup holds the gate for reading. go-fuse answers a LOOKUP of "." or
+// ".." (sent only to filesystems exported over NFS, which kmsfs is not)
+// with the node's Getattr, which takes it again: were a RENAME waiting in
+// between, that would deadlock.
 func (r *renames) Lookup(cancel <-chan struct{}, header *fuse.InHeader, name string, out *fuse.EntryOut) fuse.Status {
 	r.gate.mu.RLock()
 	defer r.gate.mu.RUnlock()

@@ -226,14 +226,13 @@ func Mount(mountpoint string, o Options, mo *gofs.Options) (*Server, error) {
 	return &Server{Server: srv, unmounted: rootNode.(*Node).r.unmounted}, nil
 }
 
-// mount is gofs.Mount, with renames, and listings if noOpendir, between
+// mount is gofs.Mount, with listings if noOpendir, and renames between
 // the server and the node bridge.
 func mount(mountpoint string, root gofs.InodeEmbedder, mo *gofs.Options, noOpendir bool) (*fuse.Server, error) {
-	raw := gofs.NewNodeFS(root, mo)
+	var raw fuse.RawFileSystem = &renames{RawFileSystem: gofs.NewNodeFS(root, mo), gate: &root.(*Node).r.renames}
 	if noOpendir {
-		raw = newListings(raw)
+		raw = newListings(raw) // outside renames: its drops need no gate
 	}
-	raw = &renames{RawFileSystem: raw, gate: &root.(*Node).r.renames}
 	srv, err := fuse.NewServer(raw, mountpoint, &mo.MountOptions)
 	if err != nil {
 		return nil, err
