@@ -175,29 +175,17 @@ func (n *Node) openCipher(pfd int, name string, extra int, mode uint32) (cipherF
 	return cipherFile{fd: fd, name: name, writable: writable}, err
 }
 
-// openSelf opens the node's own cipher file by name, outside any rename's
-// window, and checks that it is the node's object (checkSelf).
+// openSelf opens the node's own cipher file (openByName).
 func (n *Node) openSelf() (cipherFile, syscall.Errno) {
-	n.r.renames.mu.RLock()
-	pfd, name, errno := n.loc()
 	var c cipherFile
-	var err error
-	if errno == 0 {
+	st := new(unix.Stat_t)
+	_, errno := n.openByName(st, func(pfd int, name string) (int, error) {
+		var err error
 		c, err = n.openCipher(pfd, name, 0, 0)
-	}
-	n.r.renames.mu.RUnlock() // the descriptor holds on to what the name named
-	if errno != 0 {
-		return c, errno
-	}
-	if err != nil {
-		return c, staleIfGone(err)
-	}
-	c.st = new(unix.Stat_t)
-	if errno := n.checkSelfFd(c.fd, c.st); errno != 0 {
-		unix.Close(c.fd)
-		return cipherFile{}, errno
-	}
-	return c, 0
+		return c.fd, err
+	})
+	c.st = st
+	return c, errno
 }
 
 // openBacking makes the open state of cipher file c, reading its header
@@ -400,26 +388,15 @@ func (n *Node) truncateOf(of *openFile, size int64) syscall.Errno {
 // state when that is done.
 func (n *Node) acquireForTruncate(size int64) (*openFile, syscall.Errno) {
 	if size == 0 && n.openState() == nil {
-		// Opened by name outside renames' windows, then cut once it is
-		// known to be this file (checkSelf).
-		n.r.renames.mu.RLock()
-		pfd, name, errno := n.loc()
-		fd, err := -1, error(nil)
-		if errno == 0 {
-			fd, err = unix.Openat(pfd, name, unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-		}
-		n.r.renames.mu.RUnlock()
+		// Opened first and cut once it is known to be this file.
+		var st unix.Stat_t
+		fd, errno := n.openByName(&st, func(pfd int, name string) (int, error) {
+			return unix.Openat(pfd, name, unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		})
 		if errno != 0 {
 			return nil, errno
 		}
-		if err != nil {
-			return nil, staleIfGone(err)
-		}
 		defer unix.Close(fd)
-		var st unix.Stat_t
-		if errno := n.checkSelfFd(fd, &st); errno != 0 {
-			return nil, errno
-		}
 		return nil, gofs.ToErrno(unix.Ftruncate(fd, 0))
 	}
 	return n.acquire(true)

@@ -207,6 +207,31 @@ func (n *Node) checkSelf(st *unix.Stat_t) syscall.Errno {
 	return 0
 }
 
+// openByName opens the node's own object with open, given its parent's
+// descriptor and its name, outside any rename's window, and checks that it
+// is the node's (checkSelf); st gets its stat. The gate is held only
+// around open: the descriptor holds on to what the name named.
+func (n *Node) openByName(st *unix.Stat_t, open func(pfd int, name string) (int, error)) (int, syscall.Errno) {
+	n.r.renames.mu.RLock()
+	pfd, name, errno := n.loc()
+	fd, err := -1, error(nil)
+	if errno == 0 {
+		fd, err = open(pfd, name)
+	}
+	n.r.renames.mu.RUnlock()
+	if errno != 0 {
+		return -1, errno
+	}
+	if err != nil {
+		return -1, staleIfGone(err)
+	}
+	if errno := n.checkSelfFd(fd, st); errno != 0 {
+		unix.Close(fd)
+		return -1, errno
+	}
+	return fd, 0
+}
+
 // checkSelfFd is checkSelf for an open descriptor; it fills st.
 func (n *Node) checkSelfFd(fd int, st *unix.Stat_t) syscall.Errno {
 	if err := unix.Fstat(fd, st); err != nil {

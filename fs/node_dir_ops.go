@@ -273,28 +273,12 @@ func (n *Node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 	return nil, syscall.ENAMETOOLONG
 }
 
-// openLink returns an O_PATH descriptor of the symlink, found by name
-// outside any rename's window and checked to be this node's (checkSelf).
+// openLink returns an O_PATH descriptor of the symlink (openByName).
 func (n *Node) openLink() (int, syscall.Errno) {
-	n.r.renames.mu.RLock()
-	pfd, name, errno := n.loc()
-	fd, err := -1, error(nil)
-	if errno == 0 {
-		fd, err = unix.Openat(pfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	}
-	n.r.renames.mu.RUnlock()
-	if errno != 0 {
-		return -1, errno
-	}
-	if err != nil {
-		return -1, staleIfGone(err)
-	}
 	var st unix.Stat_t
-	if errno := n.checkSelfFd(fd, &st); errno != 0 {
-		unix.Close(fd)
-		return -1, errno
-	}
-	return fd, 0
+	return n.openByName(&st, func(pfd int, name string) (int, error) {
+		return unix.Openat(pfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	})
 }
 
 // Rmdir removes an empty directory.

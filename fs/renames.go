@@ -25,8 +25,8 @@ import (
 // before renameat2 until the tree has moved (renames wraps the whole raw
 // request), and a LOOKUP, and a node's by-name resolution for an open, a
 // stat without a handle, a readlink or an extended attribute, hold it for
-// reading, never across a key call. What remains, a cipher
-// dir changed behind the mount, checkSelf answers with ESTALE.
+// reading, never across a key call. What remains, a cipher dir changed
+// behind the mount, checkSelf answers with ESTALE.
 
 // renameGate orders by-name resolutions against renames: held for
 // writing by a RENAME, for reading by whatever resolves a name, and never
