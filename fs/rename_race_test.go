@@ -56,7 +56,7 @@ type opened struct {
 // give the other file's size ("exchange-stat"). (An O_TRUNC open does not
 // race: the kernel truncates after the open, with the file locked against
 // renames.) Three opens (stats) race each rename. Without renames' gate
-// and without checkSelf, in 1,500 rounds 13-33 reads got the other file,
+// and without checkSelf, in 1,500 rounds 13-16 reads got the other file,
 // 2-4 truncates emptied it and about 20 stats gave its size. With only
 // checkSelf's ESTALE those went, but the lookups that the kernel's retries
 // sent into the window left go-fuse's tree wrong, and a later chmod
