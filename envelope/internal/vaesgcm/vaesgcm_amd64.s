@@ -38,6 +38,23 @@ DATA one<>+0(SB)/8, $1
 DATA one<>+8(SB)/8, $0
 GLOBL one<>(SB), RODATA|NOPTR, $16
 
+// FOLD sets D to the reduced product whose low, high and middle 128-bit
+// halves are LO, HI and MID (MID straddles the two: its halves go into
+// LO's high and HI's low), folding LO twice with POLY in P. LO, HI and MID
+// are clobbered.
+#define FOLD(LO, HI, MID, P, D) \
+	VPSLLDQ    $8, MID, D; \
+	VPXOR      D, LO, LO; \
+	VPSRLDQ    $8, MID, MID; \
+	VPXOR      MID, HI, HI; \
+	VPCLMULQDQ $0x01, LO, P, MID; \
+	VPSHUFD    $78, LO, LO; \
+	VPXOR      MID, LO, LO; \
+	VPCLMULQDQ $0x01, LO, P, MID; \
+	VPSHUFD    $78, LO, LO; \
+	VPXOR      MID, LO, LO; \
+	VPXOR      HI, LO, D
+
 // GFMUL sets D to A*B in GHASH's field (reflected, B premultiplied by x).
 // P holds POLY; T1..T3 are clobbered.
 #define GFMUL(A, B, D, P, T1, T2, T3) \
@@ -46,17 +63,7 @@ GLOBL one<>(SB), RODATA|NOPTR, $16
 	VPCLMULQDQ $0x01, B, A, T3; \
 	VPCLMULQDQ $0x10, B, A, D; \
 	VPXOR      D, T3, T3; \
-	VPSLLDQ    $8, T3, D; \
-	VPXOR      D, T1, T1; \
-	VPSRLDQ    $8, T3, T3; \
-	VPXOR      T3, T2, T2; \
-	VPCLMULQDQ $0x01, T1, P, T3; \
-	VPSHUFD    $78, T1, T1; \
-	VPXOR      T3, T1, T1; \
-	VPCLMULQDQ $0x01, T1, P, T3; \
-	VPSHUFD    $78, T1, T1; \
-	VPXOR      T3, T1, T1; \
-	VPXOR      T2, T1, D
+	FOLD(T1, T2, T3, P, D)
 
 // AES1 encrypts the block in R with the round keys at DI.
 #define AES1(R) \
@@ -84,33 +91,26 @@ GLOBL one<>(SB), RODATA|NOPTR, $16
 	VPXOR   R, T, T; \
 	VMOVDQU T, off+512(SI)(CX*1)
 
-// Key expansion steps of AES-256 (FIPS 197, 5.2). EXPA derives the next
-// even round key in X1 from X1 and X3; EXPB the next odd one in X3.
-#define EXPA(rcon, off) \
-	VAESKEYGENASSIST $rcon, X3, X2; \
-	VPSHUFD  $0xff, X2, X2; \
-	VPSLLDQ  $4, X1, X4; \
-	VPXOR    X4, X1, X1; \
+// EXPAND derives the next AES-256 round key (FIPS 197, 5.2) in DST from
+// DST and SRC, with VAESKEYGENASSIST's rcon and the word of its result that
+// the step takes (shuf: 0xff, the rotated one, for even keys; 0xaa for odd
+// ones), and stores it in both halves of the round key at off(DI).
+#define EXPAND(SRC, DST, rcon, shuf, off) \
+	VAESKEYGENASSIST $rcon, SRC, X2; \
+	VPSHUFD  $shuf, X2, X2; \
+	VPSLLDQ  $4, DST, X4; \
+	VPXOR    X4, DST, DST; \
 	VPSLLDQ  $4, X4, X4; \
-	VPXOR    X4, X1, X1; \
+	VPXOR    X4, DST, DST; \
 	VPSLLDQ  $4, X4, X4; \
-	VPXOR    X4, X1, X1; \
-	VPXOR    X2, X1, X1; \
-	VMOVDQU  X1, off(DI); \
-	VMOVDQU  X1, off+16(DI)
+	VPXOR    X4, DST, DST; \
+	VPXOR    X2, DST, DST; \
+	VMOVDQU  DST, off(DI); \
+	VMOVDQU  DST, off+16(DI)
 
-#define EXPB(off) \
-	VAESKEYGENASSIST $0, X1, X4; \
-	VPSHUFD  $0xaa, X4, X2; \
-	VPSLLDQ  $4, X3, X4; \
-	VPXOR    X4, X3, X3; \
-	VPSLLDQ  $4, X4, X4; \
-	VPXOR    X4, X3, X3; \
-	VPSLLDQ  $4, X4, X4; \
-	VPXOR    X4, X3, X3; \
-	VPXOR    X2, X3, X3; \
-	VMOVDQU  X3, off(DI); \
-	VMOVDQU  X3, off+16(DI)
+// EXPA derives the next even round key in X1, EXPB the next odd one in X3.
+#define EXPA(rcon, off) EXPAND(X3, X1, rcon, 0xff, off)
+#define EXPB(off) EXPAND(X1, X3, 0, 0xaa, off)
 
 // func initKey(key *[32]byte, rk *[15][32]byte, htab *[64][16]byte)
 TEXT ·initKey(SB), NOSPLIT, $0-24
@@ -217,19 +217,9 @@ powers:
 // REDUCE sets the accumulator X13 to the product whose low, high and
 // Karatsuba middle halves are X4, X5 and X6.
 #define REDUCE \
-	VPXOR      X4, X6, X6; \
-	VPXOR      X5, X6, X6; \
-	VPSLLDQ    $8, X6, X7; \
-	VPXOR      X7, X4, X4; \
-	VPSRLDQ    $8, X6, X6; \
-	VPXOR      X6, X5, X5; \
-	VPCLMULQDQ $0x01, X4, X14, X7; \
-	VPSHUFD    $78, X4, X4; \
-	VPXOR      X7, X4, X4; \
-	VPCLMULQDQ $0x01, X4, X14, X7; \
-	VPSHUFD    $78, X4, X4; \
-	VPXOR      X7, X4, X4; \
-	VPXOR      X5, X4, X13
+	VPXOR X4, X6, X6; \
+	VPXOR X5, X6, X6; \
+	FOLD(X4, X5, X6, X14, X13)
 
 // func ghash(htab *[64][16]byte, acc *[16]byte, data []byte)
 // Folds the whole 16-byte blocks of data into acc: 32 blocks per reduction,
@@ -341,16 +331,19 @@ done:
 	VZEROUPPER
 	RET
 
-#define ROUND(off) \
+// EACH8 applies op with the round key at off(DI) to Y0..Y7.
+#define EACH8(op, off) \
 	VMOVDQU off(DI), Y12; \
-	VAESENC Y12, Y0, Y0; \
-	VAESENC Y12, Y1, Y1; \
-	VAESENC Y12, Y2, Y2; \
-	VAESENC Y12, Y3, Y3; \
-	VAESENC Y12, Y4, Y4; \
-	VAESENC Y12, Y5, Y5; \
-	VAESENC Y12, Y6, Y6; \
-	VAESENC Y12, Y7, Y7
+	op      Y12, Y0, Y0; \
+	op      Y12, Y1, Y1; \
+	op      Y12, Y2, Y2; \
+	op      Y12, Y3, Y3; \
+	op      Y12, Y4, Y4; \
+	op      Y12, Y5, Y5; \
+	op      Y12, Y6, Y6; \
+	op      Y12, Y7, Y7
+
+#define ROUND(off) EACH8(VAESENC, off)
 
 #define NEXTCTR(R) \
 	VPSHUFB Y15, Y14, R; \
@@ -389,15 +382,7 @@ ctrloop:
 	NEXTCTR(Y5)
 	NEXTCTR(Y6)
 	NEXTCTR(Y7)
-	VMOVDQU (DI), Y12
-	VPXOR   Y12, Y0, Y0
-	VPXOR   Y12, Y1, Y1
-	VPXOR   Y12, Y2, Y2
-	VPXOR   Y12, Y3, Y3
-	VPXOR   Y12, Y4, Y4
-	VPXOR   Y12, Y5, Y5
-	VPXOR   Y12, Y6, Y6
-	VPXOR   Y12, Y7, Y7
+	EACH8(VPXOR, 0)
 	ROUND(32)
 	ROUND(64)
 	ROUND(96)
@@ -411,15 +396,7 @@ ctrloop:
 	ROUND(352)
 	ROUND(384)
 	ROUND(416)
-	VMOVDQU     448(DI), Y12
-	VAESENCLAST Y12, Y0, Y0
-	VAESENCLAST Y12, Y1, Y1
-	VAESENCLAST Y12, Y2, Y2
-	VAESENCLAST Y12, Y3, Y3
-	VAESENCLAST Y12, Y4, Y4
-	VAESENCLAST Y12, Y5, Y5
-	VAESENCLAST Y12, Y6, Y6
-	VAESENCLAST Y12, Y7, Y7
+	EACH8(VAESENCLAST, 448)
 	XORSTORE(Y0, 0)
 	XORSTORE(Y1, 32)
 	XORSTORE(Y2, 64)
