@@ -178,13 +178,12 @@ func (n *Node) openCipher(pfd int, name string, extra int, mode uint32) (cipherF
 // openSelf opens the node's own cipher file (openByName).
 func (n *Node) openSelf() (cipherFile, syscall.Errno) {
 	var c cipherFile
-	st := new(unix.Stat_t)
-	_, errno := n.openByName(st, func(pfd int, name string) (int, error) {
+	_, st, errno := n.openByName(func(pfd int, name string) (int, error) {
 		var err error
 		c, err = n.openCipher(pfd, name, 0, 0)
 		return c.fd, err
 	})
-	c.st = st
+	c.st = &st
 	return c, errno
 }
 
@@ -389,8 +388,7 @@ func (n *Node) truncateOf(of *openFile, size int64) syscall.Errno {
 func (n *Node) acquireForTruncate(size int64) (*openFile, syscall.Errno) {
 	if size == 0 && n.openState() == nil {
 		// Opened first and cut once it is known to be this file.
-		var st unix.Stat_t
-		fd, errno := n.openByName(&st, func(pfd int, name string) (int, error) {
+		fd, _, errno := n.openByName(func(pfd int, name string) (int, error) {
 			return unix.Openat(pfd, name, unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 		})
 		if errno != 0 {

@@ -138,17 +138,6 @@ func (n *Node) closeDirs(in *gofs.Inode) {
 	}
 }
 
-// procPath names the node's backing object for calls that take a path: a
-// /proc/self/fd path that resolves through a descriptor, never from /.
-func (n *Node) procPath() (string, syscall.Errno) {
-	if n.IsDir() {
-		fd, errno := n.dir()
-		return fmt.Sprintf("/proc/self/fd/%d", fd), errno
-	}
-	pfd, name, errno := n.loc()
-	return fmt.Sprintf("/proc/self/fd/%d/%s", pfd, name), errno
-}
-
 // target names the node's backing object for the *at calls of setattr:
 // an open file through its descriptor and a directory through its own
 // (both as /proc/self/fd links, followed), anything else by parent
@@ -180,14 +169,10 @@ func (n *Node) lstat(st *unix.Stat_t) syscall.Errno {
 		}
 		return gofs.ToErrno(unix.Fstat(fd, st))
 	}
-	n.r.renames.mu.RLock()
-	defer n.r.renames.mu.RUnlock()
-	pfd, name, errno := n.loc()
-	if errno != 0 {
+	if errno := n.atName(func(pfd int, name string) error {
+		return unix.Fstatat(pfd, name, st, unix.AT_SYMLINK_NOFOLLOW)
+	}); errno != 0 {
 		return errno
-	}
-	if err := unix.Fstatat(pfd, name, st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		return staleIfGone(err)
 	}
 	return n.checkSelf(st)
 }
@@ -207,29 +192,35 @@ func (n *Node) checkSelf(st *unix.Stat_t) syscall.Errno {
 	return 0
 }
 
-// openByName opens the node's own object with open, given its parent's
-// descriptor and its name, outside any rename's window, and checks that it
-// is the node's (checkSelf); st gets its stat. The gate is held only
-// around open: the descriptor holds on to what the name named.
-func (n *Node) openByName(st *unix.Stat_t, open func(pfd int, name string) (int, error)) (int, syscall.Errno) {
+// atName runs call with the node's parent descriptor and name, outside
+// any rename's window (renames.go), and answers ESTALE for a name that is
+// gone (staleIfGone).
+func (n *Node) atName(call func(pfd int, name string) error) syscall.Errno {
 	n.r.renames.mu.RLock()
+	defer n.r.renames.mu.RUnlock()
 	pfd, name, errno := n.loc()
-	fd, err := -1, error(nil)
-	if errno == 0 {
-		fd, err = open(pfd, name)
-	}
-	n.r.renames.mu.RUnlock()
 	if errno != 0 {
-		return -1, errno
+		return errno
 	}
-	if err != nil {
-		return -1, staleIfGone(err)
+	return staleIfGone(call(pfd, name))
+}
+
+// openByName opens the node's own object with open (atName) and checks
+// that it is the node's (checkSelf), returning its stat too. The gate is
+// held only around open: the descriptor holds on to what the name named.
+func (n *Node) openByName(open func(pfd int, name string) (int, error)) (int, unix.Stat_t, syscall.Errno) {
+	fd := -1
+	var st unix.Stat_t
+	errno := n.atName(func(pfd int, name string) (err error) {
+		fd, err = open(pfd, name)
+		return err
+	})
+	if errno == 0 {
+		if errno = n.checkSelfFd(fd, &st); errno != 0 {
+			unix.Close(fd)
+		}
 	}
-	if errno := n.checkSelfFd(fd, st); errno != 0 {
-		unix.Close(fd)
-		return -1, errno
-	}
-	return fd, 0
+	return fd, st, errno
 }
 
 // checkSelfFd is checkSelf for an open descriptor; it fills st.
@@ -240,8 +231,8 @@ func (n *Node) checkSelfFd(fd int, st *unix.Stat_t) syscall.Errno {
 	return n.checkSelf(st)
 }
 
-// staleIfGone is the errno of a by-name call on a node: ESTALE for a name
-// that is gone (see checkSelf).
+// staleIfGone is the errno of a by-name call on a node (nil: 0): ESTALE
+// for a name that is gone (see checkSelf).
 func staleIfGone(err error) syscall.Errno {
 	if err == unix.ENOENT {
 		return syscall.ESTALE

@@ -275,10 +275,10 @@ func (n *Node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 
 // openLink returns an O_PATH descriptor of the symlink (openByName).
 func (n *Node) openLink() (int, syscall.Errno) {
-	var st unix.Stat_t
-	return n.openByName(&st, func(pfd int, name string) (int, error) {
+	fd, _, errno := n.openByName(func(pfd int, name string) (int, error) {
 		return unix.Openat(pfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	})
+	return fd, errno
 }
 
 // Rmdir removes an empty directory.

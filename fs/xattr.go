@@ -19,18 +19,32 @@ var (
 // Extended attributes are off unless the mount asks for them
 // (Options.Xattr): they would be stored in plaintext. When on, they pass
 // through to the backing object, unencrypted (docs/FORMAT.md lists them
-// among what leaks). A directory is reached
-// through its /proc/self/fd link, which the calls must follow; anything
-// else by its name under its parent's link, which they must not (a
-// symlink's own attributes), outside renames' windows (renames.go).
+// among what leaks).
 
-func (n *Node) xattrPath() (path string, follow bool, errno syscall.Errno) {
-	if n.IsDir() {
+// xattrCall runs call with a path to the node's backing object: a
+// directory's /proc/self/fd link, which the call must follow; anything
+// else by its name under its parent's link, which it must not (a
+// symlink's own attributes), outside renames' windows (renames.go).
+func (n *Node) xattrCall(call func(path string, follow bool) (int, error)) (uint32, syscall.Errno) {
+	n.r.renames.mu.RLock()
+	defer n.r.renames.mu.RUnlock()
+	var path string
+	follow := n.IsDir()
+	if follow {
 		fd, errno := n.dir()
-		return fmt.Sprintf("/proc/self/fd/%d", fd), true, errno
+		if errno != 0 {
+			return 0, errno
+		}
+		path = fmt.Sprintf("/proc/self/fd/%d", fd)
+	} else {
+		pfd, name, errno := n.loc()
+		if errno != 0 {
+			return 0, errno
+		}
+		path = fmt.Sprintf("/proc/self/fd/%d/%s", pfd, name)
 	}
-	p, errno := n.procPath()
-	return p, false, errno
+	sz, err := call(path, follow)
+	return uint32(max(sz, 0)), gofs.ToErrno(err)
 }
 
 // capabilityAttr is the attribute the kernel reads before every write to
@@ -56,18 +70,12 @@ func (n *Node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 }
 
 func (n *Node) getxattr(attr string, dest []byte) (uint32, syscall.Errno) {
-	n.r.renames.mu.RLock()
-	defer n.r.renames.mu.RUnlock()
-	p, follow, errno := n.xattrPath()
-	if errno != 0 {
-		return 0, errno
-	}
-	get := unix.Lgetxattr
-	if follow {
-		get = unix.Getxattr
-	}
-	sz, err := get(p, attr, dest)
-	return uint32(max(sz, 0)), gofs.ToErrno(err)
+	return n.xattrCall(func(p string, follow bool) (int, error) {
+		if follow {
+			return unix.Getxattr(p, attr, dest)
+		}
+		return unix.Lgetxattr(p, attr, dest)
+	})
 }
 
 // Setxattr writes an extended attribute.
@@ -79,16 +87,13 @@ func (n *Node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 		return syscall.EROFS
 	}
 	n.noCap.Store(false)
-	n.r.renames.mu.RLock()
-	defer n.r.renames.mu.RUnlock()
-	p, follow, errno := n.xattrPath()
-	if errno != 0 {
-		return errno
-	}
-	if follow {
-		return gofs.ToErrno(unix.Setxattr(p, attr, data, int(flags)))
-	}
-	return gofs.ToErrno(unix.Lsetxattr(p, attr, data, int(flags)))
+	_, errno := n.xattrCall(func(p string, follow bool) (int, error) {
+		if follow {
+			return 0, unix.Setxattr(p, attr, data, int(flags))
+		}
+		return 0, unix.Lsetxattr(p, attr, data, int(flags))
+	})
+	return errno
 }
 
 // Listxattr lists extended attribute names.
@@ -96,18 +101,12 @@ func (n *Node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errn
 	if !n.r.opts.Xattr {
 		return 0, syscall.ENOSYS
 	}
-	n.r.renames.mu.RLock()
-	defer n.r.renames.mu.RUnlock()
-	p, follow, errno := n.xattrPath()
-	if errno != 0 {
-		return 0, errno
-	}
-	list := unix.Llistxattr
-	if follow {
-		list = unix.Listxattr
-	}
-	sz, err := list(p, dest)
-	return uint32(max(sz, 0)), gofs.ToErrno(err)
+	return n.xattrCall(func(p string, follow bool) (int, error) {
+		if follow {
+			return unix.Listxattr(p, dest)
+		}
+		return unix.Llistxattr(p, dest)
+	})
 }
 
 // Removexattr removes an extended attribute.
@@ -119,14 +118,11 @@ func (n *Node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 		return syscall.EROFS
 	}
 	n.noCap.Store(false)
-	n.r.renames.mu.RLock()
-	defer n.r.renames.mu.RUnlock()
-	p, follow, errno := n.xattrPath()
-	if errno != 0 {
-		return errno
-	}
-	if follow {
-		return gofs.ToErrno(unix.Removexattr(p, attr))
-	}
-	return gofs.ToErrno(unix.Lremovexattr(p, attr))
+	_, errno := n.xattrCall(func(p string, follow bool) (int, error) {
+		if follow {
+			return 0, unix.Removexattr(p, attr)
+		}
+		return 0, unix.Lremovexattr(p, attr)
+	})
+	return errno
 }
