@@ -82,7 +82,7 @@ lint: $(BIN)/staticcheck
 
 # Regenerate the golden test vectors (never done by tests).
 vectors:
-	$(GO) run ./envelope/internal/vectorgen/cmd/vectorgen -out envelope/testdata/vectors
+	$(GO) run ./envelope/internal/vectorgen/cmd/vectorgen
 
 tools: $(BIN)/local-kms $(BIN)/staticcheck $(BIN)/benchstat
 

@@ -32,28 +32,44 @@ const aadSize = fileIDSize + 8 + 1
 // use; it draws nonces from its Volume's random source and processes large
 // requests in parallel as the Volume's options say.
 type Codec struct {
-	v    *Volume
-	aead cipher.AEAD
-	id   FileID
+	v     *Volume
+	aead  cipher.AEAD
+	id    FileID
+	zeros zeroRule // which all-zero blocks read as holes; nil: none
 }
 
-// NewCodec returns the Codec of the file with ID id whose data key is
-// dataKey. It derives the content key and keeps no reference to dataKey.
+// zeroRule says whether an all-zero stored block i, not the file's last,
+// is a hole and reads as zeros. Its answer must not change while a Codec
+// call that consults it runs.
+type zeroRule interface {
+	zeroOK(i int64) bool
+}
+
+// anyZeros is the version 1 rule: every all-zero block but the last is a
+// hole.
+type anyZeros struct{}
+
+func (anyZeros) zeroOK(int64) bool { return true }
+
+// NewCodec returns the Codec of a version 2 file with ID id whose data key
+// is dataKey. It derives the content key and keeps no reference to
+// dataKey. Alone, a Codec vouches for no holes: an all-zero block fails to
+// open (a File knows its holes).
 func (v *Volume) NewCodec(dataKey []byte, id FileID) (*Codec, error) {
-	content, _, err := deriveKeys(dataKey, id)
+	content, _, err := deriveKeys(dataKey, id, Version)
 	if err != nil {
 		return nil, err
 	}
-	return v.newCodec(content, id)
+	return v.newCodec(content, id, nil)
 }
 
-func (v *Volume) newCodec(contentKey []byte, id FileID) (*Codec, error) {
+func (v *Volume) newCodec(contentKey []byte, id FileID, zeros zeroRule) (*Codec, error) {
 	aead, err := newAEAD(contentKey)
 	clear(contentKey)
 	if err != nil {
 		return nil, err
 	}
-	return &Codec{v: v, aead: aead, id: id}, nil
+	return &Codec{v: v, aead: aead, id: id, zeros: zeros}, nil
 }
 
 // newAEAD returns AES-256-GCM with nonceSize-byte nonces under key: vaesgcm
@@ -102,7 +118,8 @@ func (c *Codec) sealOne(dst, plain []byte, i int64, last bool, aad *[aadSize]byt
 // openOne opens sealed block i into dst (len(sealed)-BlockOverhead bytes).
 // A block that fails as its position's flag says but opens marked last is a
 // crash remnant and is accepted; an all-zero block that is not the file's
-// last is a hole and reads as zeros.
+// last and that the codec's zero rule vouches for is a hole and reads as
+// zeros.
 func (c *Codec) openOne(dst, sealed []byte, i int64, last bool, aad *[aadSize]byte) error {
 	if len(sealed) <= BlockOverhead {
 		return &BlockError{Block: i, Err: ErrAuth}
@@ -117,7 +134,7 @@ func (c *Codec) openOne(dst, sealed []byte, i int64, last bool, aad *[aadSize]by
 		if _, err := c.aead.Open(dst[:0], nonce, ct, aad[:]); err == nil {
 			return nil
 		}
-		if allZero(sealed) {
+		if c.zeros != nil && c.zeros.zeroOK(i) && allZero(sealed) {
 			clear(dst[:len(ct)-tagSize])
 			return nil
 		}

@@ -26,7 +26,17 @@ type File struct {
 	inTx   bool        // a journal record covers the change in progress
 	pipe   *pipedWrite // the write in progress is sealed as it is stored
 
-	holes        []span // holes in the cipher file, if !holesUnknown
+	// sparse is a version 2 file's holes as they are now (file_sparse.go);
+	// sparseDirty says the header's list still has blocks since filled.
+	sparse      sparseList
+	sparseDirty bool
+	sparseStale bool // Open dropped holes past the end; the next change writes the header
+	// Header slot writes are counted: slotGen is the count at each slot's
+	// last write, syncedGen the count at the last Sync that followed it.
+	hdrGen, syncedGen uint64
+	slotGen           [2]uint64
+
+	holes        []span // holes in the cipher file (for the journal), if !holesUnknown
 	holesUnknown bool   // the cipher file may have holes the File does not know of
 	holesUnread  bool   // holes is not read from the backing yet
 	recovered    bool   // Open applied journal records to the backing
@@ -57,17 +67,56 @@ func (f *File) Header() Header {
 	return h
 }
 
-// Sync flushes the backing file to stable storage.
-func (f *File) Sync() error { return f.b.Sync() }
+// Sync writes the header's sparse list if it is behind (see
+// file_sparse.go) and flushes the backing file to stable storage.
+func (f *File) Sync() error {
+	f.mu.Lock()
+	if f.closed {
+		f.mu.Unlock()
+		return ErrClosed
+	}
+	err := f.flushSparse()
+	gen := f.hdrGen
+	f.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if err := f.b.Sync(); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	f.syncedGen = max(f.syncedGen, gen)
+	f.mu.Unlock()
+	return nil
+}
 
-// Close forgets the file's keys. It does not close the Backing.
+// Flush writes the header's sparse list if it is behind (see
+// file_sparse.go), without syncing. Whoever shares one File between
+// handles calls it before the File's last user lets go, so that no other
+// File is opened on the cipher file while this one may still write.
+func (f *File) Flush() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return ErrClosed
+	}
+	return f.flushSparse()
+}
+
+// Close writes the header's sparse list if it is behind and forgets the
+// file's keys. It does not close the Backing. The error is the header
+// write's: the keys are forgotten either way.
 func (f *File) Close() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.closed {
+		return nil
+	}
+	err := f.flushSparse()
 	clear(f.headerKey)
 	f.closed = true
 	f.codec = nil
-	return nil
+	return err
 }
 
 // ReadAt reads len(p) plaintext bytes at off, as io.ReaderAt. It reads and
@@ -98,6 +147,19 @@ func (f *File) ReadAt(p []byte, off int64) (int, error) {
 	return n, err
 }
 
+// cutShort reads the part of p before block bad, which the cipher file is
+// missing, and fails naming that block.
+func (f *File) cutShort(p []byte, off, size, bad int64) (int, error) {
+	n := 0
+	if good := bad*int64(f.v.layout.blockSize) - off; good > 0 {
+		var err error
+		if n, err = f.readRange(p[:good], off, size); err != nil {
+			return n, err
+		}
+	}
+	return n, fmt.Errorf("envelope: read: stored file cut short: %w", &BlockError{Block: bad, Err: ErrAuth})
+}
+
 // readRange fills p from plaintext offset off of a file of size bytes;
 // off+len(p) <= size. Blocks fully inside p are opened straight into p;
 // the partial blocks at either edge go through a scratch block.
@@ -121,7 +183,9 @@ func (f *File) readRange(p []byte, off, size int64) (int, error) {
 		if err != nil && err != io.EOF {
 			return 0, fmt.Errorf("envelope: read blocks %d-%d: %w", b0, b1, err)
 		}
-		clear(sealed[m:]) // a cipher file cut short: its blocks fail to open
+		// The cipher file is shorter than the File knows (cut behind its
+		// back): the block holding byte m is missing, never zeros.
+		return f.cutShort(p, off, size, b0+int64(m)/l.SealedBlockSize())
 	}
 
 	// The edge blocks that p covers only in part go through a scratch

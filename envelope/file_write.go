@@ -22,6 +22,7 @@ func (f *File) WriteAt(p []byte, off int64) (int, error) {
 	if f.closed {
 		return 0, ErrClosed
 	}
+	f.changing()
 	return f.writeAt(p, off)
 }
 
@@ -32,8 +33,23 @@ func (f *File) writeAt(p []byte, off int64) (int, error) {
 	}
 	l := f.v.layout
 	oldLast := l.lastBlock(f.size)
+	if first := off / int64(l.blockSize); f.vouches() && first > oldLast+1 {
+		// The blocks between the end and the write become holes: the
+		// header vouches for them first (or they are filled with zeros).
+		// Space for the write is reserved before, so that a full disk
+		// refuses it before anything changes.
+		if err := f.reserveGapWrite(oldLast, off, off+int64(len(p))); err != nil {
+			return 0, err
+		}
+		if err := f.addHoles(oldLast+1, first); err != nil {
+			return 0, err
+		}
+		oldLast = l.lastBlock(f.size)
+	}
 	if f.v.journal == nil || f.inTx || oldLast < 0 || oldLast >= off/int64(l.blockSize)-1 {
-		return f.writeSteps(p, off)
+		n, err := f.writeSteps(p, off)
+		f.keepSparseFit()
+		return n, err
 	}
 	// A write past the end with a gap takes up to three steps; the
 	// journal undoes them as one.
@@ -47,7 +63,17 @@ func (f *File) writeAt(p []byte, off int64) (int, error) {
 		f.size = size
 		return 0, err
 	}
+	f.keepSparseFit()
 	return n, nil
+}
+
+// keepSparseFit fills the smallest holes if a write split one so that the
+// list no longer fits the header. A failure is left for the next header
+// write to report: the write itself is done.
+func (f *File) keepSparseFit() {
+	if f.vouches() && f.sparseDirty && !f.sparseFits(f.header.Stanzas) {
+		f.fitSparse(f.header.Stanzas)
+	}
 }
 
 // writeSteps is writeAt without the journal record for a gap.
@@ -69,8 +95,7 @@ func (f *File) writeSteps(p []byte, off int64) (int, error) {
 		// block, still marked last, so that every stop leaves the file
 		// readable. Space for the whole write is reserved first, so a
 		// full disk refuses the write before the file changes.
-		lo := l.BlockOffset(oldLast)
-		if err := f.reserve(lo, l.CipherSize(end)-lo); err != nil {
+		if err := f.reserveGapWrite(oldLast, off, end); err != nil {
 			return 0, err
 		}
 		if err := f.rewriteBlock(oldLast, f.size, int(bs), true, -1); err != nil {
@@ -140,6 +165,7 @@ func (f *File) writeSteps(p []byte, off int64) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("envelope: write blocks %d-%d: %w", first, b1, err)
 	}
+	f.filled(first, b1+1)
 	if first > oldLast+1 {
 		f.addHole(l.BlockOffset(oldLast+1), l.BlockOffset(first))
 	}
@@ -168,7 +194,7 @@ func (f *File) openBlock(dst []byte, i, size int64) error {
 		if err != nil && err != io.EOF {
 			return fmt.Errorf("envelope: read block %d: %w", i, err)
 		}
-		clear((*buf)[m:])
+		return fmt.Errorf("envelope: stored file cut short: %w", &BlockError{Block: i, Err: ErrAuth})
 	}
 	if _, err := f.codec.Open(dst, *buf, i, l.lastBlock(size)); err != nil {
 		return fmt.Errorf("envelope: %w", err)
@@ -202,6 +228,7 @@ func (f *File) rewriteBlock(i, size int64, newLen int, last bool, cut int64) err
 	if err := f.store(*buf, l.BlockOffset(i), cut); err != nil {
 		return fmt.Errorf("envelope: write block %d: %w", i, err)
 	}
+	f.filled(i, i+1)
 	return nil
 }
 
@@ -304,6 +331,20 @@ type pipedWrite struct {
 // pageSize is the unit in which the kernel copies a write into the page
 // cache: a write killed by a signal stops at a multiple of it.
 var pageSize = int64(os.Getpagesize())
+
+// reserveGapWrite reserves what a write of [off, end) past a gap changes:
+// the old last block (padded to a full block) and the new blocks; the gap
+// stays a hole.
+func (f *File) reserveGapWrite(oldLast, off, end int64) error {
+	l := f.v.layout
+	if oldLast >= 0 {
+		if err := f.reserve(l.BlockOffset(oldLast), l.SealedBlockSize()); err != nil {
+			return err
+		}
+	}
+	lo := l.BlockOffset(off / int64(l.blockSize))
+	return f.reserve(lo, l.CipherSize(end)-lo)
+}
 
 // reserve allocates backing space for [at, at+n) if the backing can.
 func (f *File) reserve(at, n int64) error {
@@ -451,6 +492,7 @@ func (f *File) Truncate(size int64) error {
 	if f.closed {
 		return ErrClosed
 	}
+	f.changing()
 	l := f.v.layout
 	bs := int64(l.blockSize)
 	newLast := l.lastBlock(size)
@@ -471,6 +513,7 @@ func (f *File) Truncate(size int64) error {
 			return fmt.Errorf("envelope: truncate: %w", err)
 		}
 		f.stored, f.holes = l.HeaderSize(), nil
+		f.cutHoles(0)
 	default:
 		// Mark the new last block last (and cut it) before cutting the
 		// file, so a stop in between leaves a tolerated crash remnant
@@ -478,6 +521,7 @@ func (f *File) Truncate(size int64) error {
 		if err := f.rewriteBlock(newLast, f.size, l.blockLen(newLast, size), true, l.CipherSize(size)); err != nil {
 			return err
 		}
+		f.cutHoles(newLast)
 	}
 	f.size = size
 	return nil

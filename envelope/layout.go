@@ -4,8 +4,12 @@ import "fmt"
 
 // Format constants, each derived from the ones before it.
 const (
-	// Version is the file format version this package writes and reads.
-	Version = 1
+	// Version is the file format version this package writes; it reads
+	// versions 1 and 2.
+	Version = 2
+	// MinVersion is the oldest format version this package reads (and
+	// writes, for existing files).
+	MinVersion = 1
 
 	fileIDSize   = 16 // random file ID
 	volumeIDSize = 16 // random volume ID, from kmsfs.conf

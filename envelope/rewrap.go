@@ -21,7 +21,7 @@ func (f *File) Rewrap(dataKey []byte, stanzas []keysource.Stanza) error {
 	if f.closed {
 		return ErrClosed
 	}
-	_, hkey, err := deriveKeys(dataKey, f.header.File)
+	_, hkey, err := deriveKeys(dataKey, f.header.File, f.header.Version)
 	if err != nil {
 		return err
 	}
@@ -33,9 +33,15 @@ func (f *File) Rewrap(dataKey []byte, stanzas []keysource.Stanza) error {
 	if f.slotSeq[1] <= f.slotSeq[0] {
 		target = 1
 	}
+	if f.vouches() {
+		if err := f.fitSparse(stanzas); err != nil {
+			return err
+		}
+	}
 	seq := max(f.slotSeq[0], f.slotSeq[1])
 	h := f.header
 	h.Stanzas = slices.Clone(stanzas)
+	h.Sparse = append([]BlockRange(nil), f.sparse...)
 	for _, slot := range [2]int{target, 1 - target} {
 		seq++
 		h.Seq = seq
@@ -52,5 +58,7 @@ func (f *File) Rewrap(dataKey []byte, stanzas []keysource.Stanza) error {
 		f.slotSeq[slot] = seq
 		f.header = h
 	}
+	f.hdrGen++
+	f.syncedGen, f.sparseDirty = f.hdrGen, false
 	return nil
 }

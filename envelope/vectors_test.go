@@ -17,18 +17,33 @@ import (
 	"github.com/kmsfs/kmsfs/internal/memfile"
 )
 
-const vectorDir = "testdata/vectors"
-
 type vector struct {
 	vectorgen.Vector
 	vol    *envelope.Volume
 	cipher []byte
 	plain  []byte
 	key    []byte
+	dir    string
 }
 
-// loadVectors reads the committed golden vectors.
+// vectorVersions are the format versions with committed golden vectors.
+var vectorVersions = []int{1, 2}
+
+// loadVectors reads the committed golden vectors of every version.
 func loadVectors(t testing.TB) []vector {
+	t.Helper()
+	var vs []vector
+	for _, version := range vectorVersions {
+		vs = append(vs, loadVectorDir(t, vectorgen.Dir(version))...)
+	}
+	if len(vs) == 0 {
+		t.Fatal("no golden vectors found")
+	}
+	return vs
+}
+
+// loadVectorDir reads the golden vectors in dir.
+func loadVectorDir(t testing.TB, vectorDir string) []vector {
 	t.Helper()
 	raw, err := os.ReadFile(filepath.Join(vectorDir, "vectors.json"))
 	if err != nil {
@@ -64,10 +79,11 @@ func loadVectors(t testing.TB) []vector {
 		if x.vol, err = envelope.NewVolume(envelope.Options{Layout: l, Volume: id}); err != nil {
 			t.Fatal(err)
 		}
+		x.dir = vectorDir
 		vs = append(vs, x)
 	}
 	if len(vs) == 0 {
-		t.Fatal("no golden vectors found")
+		t.Fatalf("no golden vectors in %s", vectorDir)
 	}
 	return vs
 }
@@ -127,18 +143,21 @@ func TestVectorsHoleIsSparse(t *testing.T) {
 func TestVectorsReproducible(t *testing.T) { bothGCMs(t, testVectorsReproducible) }
 
 func testVectorsReproducible(t *testing.T) {
-	m, files, err := vectorgen.Generate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, v := range m.Vectors {
-		for _, name := range []string{v.Cipher, v.Plain} {
-			committed, err := os.ReadFile(filepath.Join(vectorDir, name))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !bytes.Equal(committed, files[name]) {
-				t.Errorf("%s: generator output differs from the committed vector (format change? run `make vectors` only for a new format version)", name)
+	for _, version := range vectorVersions {
+		m, files, err := vectorgen.Generate(version)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := vectorgen.Dir(version)
+		for _, v := range m.Vectors {
+			for _, name := range []string{v.Cipher, v.Plain} {
+				committed, err := os.ReadFile(filepath.Join(dir, name))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(committed, files[name]) {
+					t.Errorf("%s/%s: generator output differs from the committed vector (format change? run `make vectors` only for a new format version)", dir, name)
+				}
 			}
 		}
 	}

@@ -49,6 +49,9 @@ type Options struct {
 	// respect to a crash of the process, and Open applies what a crash
 	// left in it. The Volume does not close it.
 	Journal *Journal
+	// FormatVersion is the format version Create writes: 0 means Version.
+	// Version 1 (holes unauthenticated) is for tests and golden vectors.
+	FormatVersion int
 }
 
 // Volume holds what all files of one cipher dir share: the layout, the
@@ -64,6 +67,7 @@ type Volume struct {
 	aads        sync.Pool
 	helpers     helpers
 	journal     *Journal
+	format      int
 }
 
 // NewVolume returns a Volume configured by o.
@@ -71,7 +75,14 @@ func NewVolume(o Options) (*Volume, error) {
 	if o.Layout == (Layout{}) {
 		return nil, errors.New("envelope: volume options need a Layout")
 	}
-	v := &Volume{layout: o.Layout, id: o.Volume, rand: o.Rand, workers: o.Workers, parallelMin: o.ParallelMin, journal: o.Journal}
+	v := &Volume{layout: o.Layout, id: o.Volume, rand: o.Rand, workers: o.Workers, parallelMin: o.ParallelMin, journal: o.Journal, format: o.FormatVersion}
+	switch v.format {
+	case 0:
+		v.format = Version
+	case MinVersion, Version:
+	default:
+		return nil, fmt.Errorf("envelope: format version %d, want %d or %d", v.format, MinVersion, Version)
+	}
 	if v.rand == nil {
 		v.rand = rand.Reader
 	}
@@ -139,11 +150,11 @@ func (v *Volume) Create(b Backing, dataKey []byte, stanzas []keysource.Stanza) (
 	if _, err := readFull(v.rand, id[:]); err != nil {
 		return nil, fmt.Errorf("envelope: file ID: %w", err)
 	}
-	content, hkey, err := deriveKeys(dataKey, id)
+	content, hkey, err := deriveKeys(dataKey, id, v.format)
 	if err != nil {
 		return nil, err
 	}
-	h := Header{Volume: v.id, File: id, Seq: 1, Stanzas: stanzas}
+	h := Header{Version: v.format, Volume: v.id, File: id, Seq: 1, Stanzas: stanzas}
 	slot, err := h.marshalSlot(v.layout, hkey)
 	if err != nil {
 		return nil, err
@@ -153,11 +164,11 @@ func (v *Volume) Create(b Backing, dataKey []byte, stanzas []keysource.Stanza) (
 	if _, err := b.WriteAt(hdr, 0); err != nil {
 		return nil, fmt.Errorf("envelope: write header: %w", err)
 	}
-	codec, err := v.newCodec(content, id)
-	if err != nil {
+	f := &File{v: v, b: b, headerKey: hkey, header: h, slotSeq: [2]uint64{1, 1}, stored: v.layout.HeaderSize()}
+	if f.codec, err = v.newCodec(content, id, f.zeroRule()); err != nil {
 		return nil, err
 	}
-	return &File{v: v, b: b, codec: codec, headerKey: hkey, header: h, slotSeq: [2]uint64{1, 1}, stored: v.layout.HeaderSize()}, nil
+	return f, nil
 }
 
 // Open reads b's header, recovers the data key through u from the newest
@@ -224,7 +235,7 @@ func (v *Volume) Open(ctx context.Context, b Backing, u KeyUnwrapper) (*File, er
 			}
 			continue
 		}
-		content, hkey, err := deriveKeys(dk, h.File)
+		content, hkey, err := deriveKeys(dk, h.File, h.Version)
 		clear(dk)
 		if err != nil {
 			return nil, err
@@ -248,13 +259,20 @@ func (v *Volume) Open(ctx context.Context, b Backing, u KeyUnwrapper) (*File, er
 			}
 		}
 		// The holes are listed when the journal first needs them.
-		f := &File{v: v, b: b, headerKey: hkey, header: *h, size: l.PlainSize(size), stored: size, recovered: recovered, holesUnread: true}
+		f := &File{v: v, b: b, headerKey: hkey, header: *h, size: l.PlainSize(size), stored: size, recovered: recovered, holesUnread: true,
+			sparse: sparseList(h.Sparse)}
 		f.slotSeq[i] = h.Seq
 		if o := hs[1-i]; o != nil && o.File == h.File && (same || verifySlot(slots[1-i], hkey)) {
 			f.slotSeq[1-i] = o.Seq
 		}
-		if f.codec, err = v.newCodec(content, h.File); err != nil {
+		if f.codec, err = v.newCodec(content, h.File, f.zeroRule()); err != nil {
 			return nil, err
+		}
+		if last := l.lastBlock(f.size); f.sparse.intersects(max(last, 0), maxBlocks) {
+			// Holes at or past the end (a crash undid the write that
+			// made them part of the file) are none: the last block never
+			// is one. The header follows with the next change.
+			f.sparse, f.sparseStale = f.sparse.remove(max(last, 0), maxBlocks), true
 		}
 		return f, nil
 	}

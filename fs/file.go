@@ -219,6 +219,19 @@ func (n *Node) openBacking(c cipherFile, keepBad bool) (*openFile, syscall.Errno
 	return of, 0
 }
 
+// flush writes the header's list of holes if it is behind.
+func (of *openFile) flush() {
+	of.mu.RLock()
+	ef := of.ef
+	of.mu.RUnlock()
+	if ef == nil {
+		return
+	}
+	if err := ef.Flush(); err != nil && !errors.Is(err, envelope.ErrClosed) {
+		of.back.node.r.log.WithFields(map[string]any{"op": "close", "path": of.back.node.Path(nil)}).Error(err.Error())
+	}
+}
+
 // close closes the file; a second close does nothing.
 func (of *openFile) close() {
 	of.mu.Lock()
@@ -228,7 +241,9 @@ func (of *openFile) close() {
 	}
 	of.closed = true
 	if of.ef != nil {
-		of.ef.Close()
+		if err := of.ef.Close(); err != nil {
+			of.back.node.r.log.WithFields(map[string]any{"op": "close", "path": of.back.node.Path(nil)}).Error(err.Error())
+		}
 		of.ef = nil
 	}
 	of.mu.Unlock()
@@ -264,12 +279,17 @@ func (r *root) closeOpenFiles() {
 	}
 }
 
-// release drops one reference to the shared state and closes it with the last.
+// release drops one reference to the shared state and closes it with the
+// last. The last one first writes what the file's header still lacks,
+// under n.mu: an open that comes meanwhile waits for it instead of
+// reading the header from the cipher file while this state may still
+// write it.
 func (n *Node) release(of *openFile) {
 	n.mu.Lock()
 	of.refs--
 	last := of.refs == 0
 	if last && n.open == of {
+		of.flush()
 		n.open = nil
 	}
 	n.mu.Unlock()

@@ -68,8 +68,15 @@ func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, sys
 // back dirty mmap pages on close).
 func (h *handle) Flush(ctx context.Context) syscall.Errno { return syscall.ENOSYS }
 
-// Fsync flushes the backing file.
+// Fsync flushes the file: its header's list of holes if that is behind
+// (envelope.File.Sync), and the backing file.
 func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
+	if ef, errno := h.n.file(h.of, false); errno == 0 && ef != nil {
+		if err := ef.Sync(); err != nil {
+			return h.n.fail("fsync", err)
+		}
+		return 0
+	}
 	return gofs.ToErrno(h.of.back.Sync())
 }
 

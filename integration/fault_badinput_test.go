@@ -37,7 +37,7 @@ func ftBadFiles(foreign []byte) []ftBadFile {
 		}, "not a valid kmsfs file"},
 		{"header-truncated-in-slot-0", func(g []byte, l ftLayout) []byte { return g[:l.H/2-100] }, "shorter than its header"},
 		{"header-truncated-in-slot-1", func(g []byte, l ftLayout) []byte { return g[:l.H-1] }, "shorter than its header"},
-		{"version=2", patch(4, 2), "version"},
+		{"version=3", patch(4, 3), "version"},
 		{"flags=1", patch(6, 1), "flag"},
 		{"foreign-volume", func([]byte, ftLayout) []byte { return foreign }, "another volume"},
 		{"dir/garbage-nested", func([]byte, ftLayout) []byte { return ftBytes(ftRand(14), 5000) }, "not a valid kmsfs file"},
@@ -159,8 +159,8 @@ func TestBadInput(t *testing.T) {
 			t.Errorf("remove a bad file: %v", err)
 		}
 	})
-	t.Run("rename=version=2", func(t *testing.T) {
-		if err := os.Rename(v.path("version=2"), v.path("dir/version=2")); err != nil {
+	t.Run("rename=version=3", func(t *testing.T) {
+		if err := os.Rename(v.path("version=3"), v.path("dir/version=3")); err != nil {
 			t.Errorf("rename a bad file: %v", err)
 		}
 	})
@@ -218,7 +218,7 @@ func TestBadInputConf(t *testing.T) {
 		{"conf=truncated", orig[:len(orig)/2], "corrupt"},
 		{"conf=unknown-field", edit(func(m map[string]any) { m["compression"] = "zstd" }), "corrupt or from another kmsfs version"},
 		{"conf=version-99", edit(func(m map[string]any) { m["version"] = 99 }), "configuration version 99"},
-		{"conf=format-version-2", edit(func(m map[string]any) { m["format_version"] = 2 }), "file format version 2"},
+		{"conf=format-version-3", edit(func(m map[string]any) { m["format_version"] = 3 }), "file format version 3"},
 		{"conf=unknown-feature", edit(func(m map[string]any) { m["features"] = []string{"compression"} }), `feature "compression" is unknown`},
 		{"conf=bad-volume-id", edit(func(m map[string]any) { m["volume_id"] = "xyz" }), "volume_id"},
 		{"conf=bad-block-size", edit(func(m map[string]any) { m["block_size"] = 1000 }), "block size"},

@@ -81,6 +81,14 @@ func ftTamperCases() []ftTamperCase {
 			tamper: func(t testing.TB, l ftLayout, p func(string) string) {
 				ftWriteAt(t, p("dup"), l.Off(2), ftReadAt(t, p("dup"), l.Off(0), l.BS+32))
 			}},
+		{name: "zero=block-2", file: "zero-one", size: ftTamperSize, bad: []int64{2},
+			tamper: func(t testing.TB, l ftLayout, p func(string) string) {
+				ftWriteAt(t, p("zero-one"), l.Off(2), make([]byte, l.BS+32))
+			}},
+		{name: "zero=blocks-1-to-3", file: "zero-run", size: ftTamperSize, bad: []int64{1, 2, 3},
+			tamper: func(t testing.TB, l ftLayout, p func(string) string) {
+				ftWriteAt(t, p("zero-run"), l.Off(1), make([]byte, 3*(l.BS+32)))
+			}},
 		{name: "truncate=last-block-dropped", file: "cut-block", size: full, bad: []int64{4},
 			tamper: func(t testing.TB, l ftLayout, p func(string) string) { ftTruncate(t, p("cut-block"), l.Off(5)) }},
 		{name: "truncate=inside-last-block", file: "cut-inside", size: ftTamperSize - 10, bad: []int64{5},
@@ -150,6 +158,7 @@ func TestTamper(t *testing.T) {
 		})
 	}
 	t.Run("mounted/open-handle/flip=ciphertext,block=1", func(t *testing.T) { ftTamperOpen(t, v, l) })
+	t.Run("mounted/open-handle/truncate=blocks-2-on", func(t *testing.T) { ftTamperCutOpen(t, v, l) })
 	v.remount(t)
 	for _, c := range cases {
 		t.Run("remounted/"+c.name, func(t *testing.T) { ftTamperCheck(t, v, c, plain) })
@@ -183,6 +192,44 @@ func ftTamperOpen(t *testing.T, v *ftVolume, l ftLayout) {
 		t.Errorf("want one log line naming path=open-flip block=1, got:\n%s", ftRawLines(lines))
 	}
 	for _, i := range []int64{0, 2} {
+		if _, err := f.ReadAt(buf, i*4096); err != nil || !bytes.Equal(buf, data[i*4096:(i+1)*4096]) {
+			t.Errorf("intact block %d: err %v or other bytes", i, err)
+		}
+	}
+}
+
+// ftTamperCutOpen cuts the cipher file of a file the test holds open: the
+// daemon still takes the file for its old size, and the blocks that are
+// gone fail with EIO (they are never read as zeros), a write into one
+// fails rather than sealing zeros as data, and the blocks before read.
+func ftTamperCutOpen(t *testing.T, v *ftVolume, l ftLayout) {
+	data := ftBytes(ftRand(8), 4*4096)
+	if err := os.WriteFile(v.path("open-cut"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(v.path("open-cut"), os.O_RDWR|syscall.O_DIRECT, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 4096)
+	if _, err := f.ReadAt(buf, 0); err != nil || !bytes.Equal(buf, data[:4096]) {
+		t.Fatalf("block 0 before the cut: err %v or other bytes", err)
+	}
+	ftTruncate(t, v.cipherPath("open-cut"), l.Off(2))
+	mark := v.logMark()
+	for _, i := range []int64{2, 3} {
+		if _, err := f.ReadAt(buf, i*4096); mntErrno(err) != syscall.EIO {
+			t.Errorf("block %d after the cut, same descriptor: got %v, want EIO", i, err)
+		}
+	}
+	if n := ftCountLines(v.logSince(mark), "open-cut", "read", "2"); n < 1 {
+		t.Errorf("want a log line naming path=open-cut block=2, got:\n%s", ftRawLines(v.logSince(mark)))
+	}
+	if _, err := f.WriteAt([]byte("x"), 3*4096+5); mntErrno(err) != syscall.EIO {
+		t.Errorf("partial write into a cut block: got %v, want EIO", err)
+	}
+	for _, i := range []int64{0, 1} {
 		if _, err := f.ReadAt(buf, i*4096); err != nil || !bytes.Equal(buf, data[i*4096:(i+1)*4096]) {
 			t.Errorf("intact block %d: err %v or other bytes", i, err)
 		}

@@ -81,8 +81,8 @@ func (c *Conf) Check() error {
 	if c.Version != Version {
 		return fmt.Errorf("volconf: configuration version %d; this kmsfs understands version %d (upgrade kmsfs)", c.Version, Version)
 	}
-	if c.FormatVersion != envelope.Version {
-		return fmt.Errorf("volconf: file format version %d; this kmsfs reads version %d (upgrade kmsfs)", c.FormatVersion, envelope.Version)
+	if c.FormatVersion < envelope.MinVersion || c.FormatVersion > envelope.Version {
+		return fmt.Errorf("volconf: file format version %d; this kmsfs reads versions %d to %d (upgrade kmsfs)", c.FormatVersion, envelope.MinVersion, envelope.Version)
 	}
 	for _, f := range c.Features {
 		if !knownFeatures[f] {

@@ -1,11 +1,13 @@
 // Package vectorgen makes the envelope package's golden test vectors: cipher
 // files of known content, produced with fixed randomness so that the same
 // code always yields the same bytes. The committed copies under
-// envelope/testdata/vectors are what later versions must still read; they
-// are regenerated only by hand (`make vectors`), never by tests.
+// envelope/testdata/ (Dir: one directory per format version) are what
+// later versions must still read; they are regenerated only by hand
+// (`make vectors`, for the current version), never by tests.
 package vectorgen
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -36,6 +38,27 @@ type Vector struct {
 	Note      string `json:"note,omitempty"`
 }
 
+// Dir returns the directory, relative to the envelope package, that holds
+// the vectors of format version.
+func Dir(version int) string {
+	if version == 1 {
+		return "testdata/vectors"
+	}
+	return fmt.Sprintf("testdata/vectors-v%d", version)
+}
+
+// testKeys unwraps the vectors' clear stanzas.
+type testKeys struct{}
+
+func (testKeys) UnwrapKey(_ context.Context, stanzas []keysource.Stanza) ([]byte, error) {
+	for _, s := range stanzas {
+		if s.Type == "test" && len(s.Body) == keysource.DataKeySize {
+			return append([]byte(nil), s.Body...), nil
+		}
+	}
+	return nil, keysource.ErrNotMine
+}
+
 // VolumeID is the volume of every vector.
 var volumeID = envelope.VolumeID{'k', 'm', 's', 'f', 's', '-', 'v', 'e', 'c', 't', 'o', 'r', 's', 0, 0, 1}
 
@@ -60,7 +83,7 @@ func writeRandom(size int) func(f *envelope.File, rng *rand.ChaCha8, bs int) err
 	}
 }
 
-func recipes() []recipe {
+func recipes(version int) []recipe {
 	const b = 4096
 	rs := []recipe{}
 	for _, n := range []int{0, 1, b - 1, b, b + 1, 2*b + 100} {
@@ -83,14 +106,30 @@ func recipes() []recipe {
 				return f.Truncate(3*int64(bs) + 10)
 			}},
 	)
+	if version >= 2 {
+		rs = append(rs, recipe{name: "bs4096-hole-split", blockSize: b,
+			note: "a write at block 9 leaves blocks 0-8 holes; block 4 is then written: holes 0-3 and 5-8 are in the header",
+			build: func(f *envelope.File, rng *rand.ChaCha8, bs int) error {
+				p := make([]byte, bs+7)
+				rng.Read(p)
+				if _, err := f.WriteAt(p, 9*int64(bs)); err != nil {
+					return err
+				}
+				if _, err := f.WriteAt(p[:bs], 4*int64(bs)); err != nil {
+					return err
+				}
+				return f.Close() // writes the header's holes
+			}})
+	}
 	return rs
 }
 
-// Generate returns the manifest and the files it names, deterministically.
-func Generate() (Manifest, map[string][]byte, error) {
-	m := Manifest{Comment: "kmsfs format v1 golden vectors; made by envelope/internal/vectorgen (make vectors). Do not edit."}
+// Generate returns the manifest of format version's vectors and the files
+// it names, deterministically.
+func Generate(version int) (Manifest, map[string][]byte, error) {
+	m := Manifest{Comment: fmt.Sprintf("kmsfs format v%d golden vectors; made by envelope/internal/vectorgen (make vectors). Do not edit.", version)}
 	files := map[string][]byte{}
-	for i, r := range recipes() {
+	for i, r := range recipes(version) {
 		var seed [32]byte
 		copy(seed[:], r.name)
 		rng := rand.NewChaCha8(seed)
@@ -98,7 +137,7 @@ func Generate() (Manifest, map[string][]byte, error) {
 		if err != nil {
 			return m, nil, err
 		}
-		v, err := envelope.NewVolume(envelope.Options{Layout: l, Volume: volumeID, Rand: rng, Workers: 1})
+		v, err := envelope.NewVolume(envelope.Options{Layout: l, Volume: volumeID, Rand: rng, Workers: 1, FormatVersion: version})
 		if err != nil {
 			return m, nil, err
 		}
@@ -119,8 +158,12 @@ func Generate() (Manifest, map[string][]byte, error) {
 			}
 			r.note = "rewrapped to key ID test-key-rotated (slots at sequence 3 and 2)"
 		}
-		plain := make([]byte, f.Size())
-		if _, err := f.ReadAt(plain, 0); err != nil {
+		g, err := v.Open(context.Background(), backing, testKeys{})
+		if err != nil {
+			return m, nil, fmt.Errorf("%s: open: %w", r.name, err)
+		}
+		plain := make([]byte, g.Size())
+		if _, err := g.ReadAt(plain, 0); err != nil {
 			return m, nil, fmt.Errorf("%s: read back: %w", r.name, err)
 		}
 		sum := sha256.Sum256(plain)

@@ -8,13 +8,18 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/kmsfs/kmsfs/envelope"
 	"github.com/kmsfs/kmsfs/envelope/internal/vectorgen"
 )
 
 func main() {
-	out := flag.String("out", "envelope/testdata/vectors", "directory to write the vectors into")
+	version := flag.Int("version", envelope.Version, "format version of the vectors")
+	out := flag.String("out", "", "directory to write the vectors into (default envelope/ + vectorgen.Dir(version))")
 	flag.Parse()
-	m, files, err := vectorgen.Generate()
+	if *out == "" {
+		*out = filepath.Join("envelope", vectorgen.Dir(*version))
+	}
+	m, files, err := vectorgen.Generate(*version)
 	if err == nil {
 		err = os.MkdirAll(*out, 0o755)
 	}
