@@ -3,8 +3,8 @@ package fs
 import (
 	"context"
 	"errors"
-	"fmt"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -20,6 +20,11 @@ type openFile struct {
 	refs   int // guarded by Node.mu
 	back   *backing
 	layout envelope.Layout
+
+	// privs is set while the file may have a set-user-ID or set-group-ID
+	// bit, which a change of content by another user clears (dropPrivs):
+	// set from the stat of the open and by every change of mode.
+	privs atomic.Bool
 
 	mu     sync.RWMutex // guards ef, bad and closed
 	ef     *envelope.File
@@ -153,7 +158,8 @@ type cipherFile struct {
 
 // openCipher opens (or with O_CREAT creates) the cipher file name in
 // directory pfd: read-write when it can, read-only when only that is
-// allowed.
+// allowed. The caller checks that it opened a regular file (checkSelfFd,
+// or isRegular after a create) before any read or write.
 func (n *Node) openCipher(pfd int, name string, extra int, mode uint32) (cipherFile, error) {
 	flags := unix.O_RDWR
 	if n.r.opts.ReadOnly {
@@ -161,7 +167,10 @@ func (n *Node) openCipher(pfd int, name string, extra int, mode uint32) (cipherF
 	}
 	// O_NOATIME: kmsfs's own reads (headers, read-modify-write) must not
 	// move the access time; it is refused for files we do not own.
-	flags |= unix.O_NOFOLLOW | unix.O_CLOEXEC | unix.O_NOATIME
+	// O_NONBLOCK: a FIFO planted in the cipher dir where a file was must
+	// not hang the open (read-only it would wait for a writer forever);
+	// the type check after refuses it. Regular files ignore the flag.
+	flags |= unix.O_NOFOLLOW | unix.O_CLOEXEC | unix.O_NOATIME | unix.O_NONBLOCK
 	fd, err := unix.Openat(pfd, name, flags|extra, mode)
 	if err == unix.EPERM {
 		flags &^= unix.O_NOATIME
@@ -192,6 +201,7 @@ func (n *Node) openSelf() (cipherFile, syscall.Errno) {
 func (n *Node) openBacking(c cipherFile, keepBad bool) (*openFile, syscall.Errno) {
 	ff := &fdFile{fd: c.fd, name: c.name, opened: c.st}
 	of := &openFile{back: &backing{fdFile: ff, writable: c.writable, node: n}, layout: n.r.layout}
+	of.privs.Store(c.st == nil || c.st.Mode&privBits != 0)
 	n.r.opened(of)
 	kctx, cancel := n.r.keyContext()
 	defer cancel()
@@ -351,8 +361,9 @@ func (n *Node) file(of *openFile, forWrite bool) (*envelope.File, syscall.Errno)
 	return ef, 0
 }
 
-// truncate sets the plaintext size, through handle f's state if given.
-func (n *Node) truncate(f gofs.FileHandle, size int64) syscall.Errno {
+// truncate sets the plaintext size, through handle f's state if given,
+// for the caller of ctx (dropPrivs).
+func (n *Node) truncate(ctx context.Context, f gofs.FileHandle, size int64) syscall.Errno {
 	if n.IsDir() {
 		return syscall.EISDIR
 	}
@@ -361,10 +372,13 @@ func (n *Node) truncate(f gofs.FileHandle, size int64) syscall.Errno {
 		of = h.of
 	} else {
 		var errno syscall.Errno
-		if of, errno = n.acquireForTruncate(size); errno != 0 || of == nil {
+		if of, errno = n.acquireForTruncate(ctx, size); errno != 0 || of == nil {
 			return errno
 		}
 		defer n.release(of)
+	}
+	if errno := n.dropPrivs(ctx, of); errno != 0 {
+		return errno
 	}
 	return n.truncateOf(of, size)
 }
@@ -398,23 +412,27 @@ func (n *Node) truncateOf(of *openFile, size int64) syscall.Errno {
 	// truncate(2) sets mtime and ctime even when the size stays the same;
 	// the backing file saw no change then, so say it.
 	now := []unix.Timespec{{Nsec: unix.UTIME_OMIT}, {Nsec: unix.UTIME_NOW}}
-	return gofs.ToErrno(unix.UtimesNanoAt(unix.AT_FDCWD, fmt.Sprintf("/proc/self/fd/%d", of.back.Fd()), now, 0))
+	return gofs.ToErrno(unix.UtimesNanoAt(unix.AT_FDCWD, procFd(of.back.fd), now, 0))
 }
 
 // acquireForTruncate is acquire for a truncate without a handle. Cutting
 // a file that nobody has open to zero needs no key: the backing file is
 // emptied, and the next write gives it a fresh header. It returns a nil
 // state when that is done.
-func (n *Node) acquireForTruncate(size int64) (*openFile, syscall.Errno) {
+func (n *Node) acquireForTruncate(ctx context.Context, size int64) (*openFile, syscall.Errno) {
 	if size == 0 && n.openState() == nil {
-		// Opened first and cut once it is known to be this file.
-		fd, _, errno := n.openByName(func(pfd int, name string) (int, error) {
-			return unix.Openat(pfd, name, unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		// Opened first and cut once it is known to be this file (a FIFO
+		// in its place would block the open without O_NONBLOCK).
+		fd, st, errno := n.openByName(func(pfd int, name string) (int, error) {
+			return unix.Openat(pfd, name, unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 		})
 		if errno != 0 {
 			return nil, errno
 		}
 		defer unix.Close(fd)
+		if errno := dropPrivsFd(ctx, fd, &st); errno != 0 {
+			return nil, errno
+		}
 		return nil, gofs.ToErrno(unix.Ftruncate(fd, 0))
 	}
 	return n.acquire(true)

@@ -46,10 +46,14 @@ func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadRes
 	return fuse.ReadResultVector([][]byte{dest[:n]}), 0
 }
 
-// Write writes plaintext at off.
+// Write writes plaintext at off, clearing set-user-ID and set-group-ID
+// bits first as the writer's credentials require (dropPrivs).
 func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
 	if h.n.r.opts.ReadOnly {
 		return 0, syscall.EROFS
+	}
+	if errno := h.n.dropPrivs(ctx, h.of); errno != 0 {
+		return 0, errno
 	}
 	ef, errno := h.n.file(h.of, true)
 	if errno != 0 {
@@ -99,13 +103,17 @@ func (h *handle) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Errno {
 
 // Allocate implements fallocate: mode 0 and KEEP_SIZE reserve backing
 // space for the range (mode 0 also extends the size); other modes are not
-// supported.
+// supported. Like a write it clears set-user-ID and set-group-ID bits
+// (dropPrivs), which the kernel does not ask for.
 func (h *handle) Allocate(ctx context.Context, off, size uint64, mode uint32) syscall.Errno {
 	if h.n.r.opts.ReadOnly {
 		return syscall.EROFS
 	}
 	if mode&^unix.FALLOC_FL_KEEP_SIZE != 0 {
 		return syscall.EOPNOTSUPP
+	}
+	if errno := h.n.dropPrivs(ctx, h.of); errno != 0 {
+		return errno
 	}
 	l := h.n.r.layout
 	end := int64(off + size)

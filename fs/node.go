@@ -138,26 +138,37 @@ func (n *Node) closeDirs(in *gofs.Inode) {
 	}
 }
 
-// target names the node's backing object for the *at calls of setattr:
-// an open file through its descriptor and a directory through its own
-// (both as /proc/self/fd links, followed), anything else by parent
-// descriptor and name, not followed (a symlink is changed itself).
-type target struct {
-	dirfd int
-	name  string
-	flags int // 0 or AT_SYMLINK_NOFOLLOW
-}
+// procFd is the /proc/self/fd link of descriptor fd. A call given it
+// reaches exactly the object the descriptor holds, and goes no further:
+// for an O_PATH descriptor of a symlink, the symlink itself.
+func procFd(fd int) string { return fmt.Sprintf("/proc/self/fd/%d", fd) }
 
-func (n *Node) target(of *openFile) (target, syscall.Errno) {
+// target returns the /proc/self/fd link (procFd) through which setattr
+// changes the node's backing object, and what closes it: an open file's
+// descriptor, a directory's own, or, for anything else, an O_PATH
+// descriptor of the node's own object (openByName), so that no change
+// follows a symlink planted in the cipher dir in the object's place.
+func (n *Node) target(of *openFile) (string, func(), syscall.Errno) {
 	switch {
 	case of != nil:
-		return target{unix.AT_FDCWD, fmt.Sprintf("/proc/self/fd/%d", of.back.Fd()), 0}, 0
+		return procFd(of.back.fd), func() {}, 0
 	case n.IsDir():
 		fd, errno := n.dir()
-		return target{unix.AT_FDCWD, fmt.Sprintf("/proc/self/fd/%d", fd), 0}, errno
+		return procFd(fd), func() {}, errno
 	}
-	pfd, name, errno := n.loc()
-	return target{pfd, name, unix.AT_SYMLINK_NOFOLLOW}, errno
+	fd, _, errno := n.openPath()
+	if errno != 0 {
+		return "", nil, errno
+	}
+	return procFd(fd), func() { unix.Close(fd) }, 0
+}
+
+// openPath returns an O_PATH descriptor of the node's own object, not
+// followed if it is a symlink, and its stat (openByName).
+func (n *Node) openPath() (int, unix.Stat_t, syscall.Errno) {
+	return n.openByName(func(pfd int, name string) (int, error) {
+		return unix.Openat(pfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	})
 }
 
 // lstat stats the node's backing object without following links.
@@ -184,9 +195,13 @@ func (n *Node) lstat(st *unix.Stat_t) syscall.Errno {
 // answer ESTALE, and the kernel looks the path up again and retries, as it
 // does for NFS, which finds the new object under a new node.
 
-// checkSelf returns ESTALE unless st is of the node's own object.
+// checkSelf returns ESTALE unless st is of the node's own object: its
+// inode number and its type. The type matters on its own: a filesystem
+// may give a new object (a symlink, a FIFO, a device node planted in the
+// file's place) the number the removed file had.
 func (n *Node) checkSelf(st *unix.Stat_t) syscall.Errno {
-	if n.r.stableAttr(st).Ino != n.StableAttr().Ino {
+	sa := n.StableAttr()
+	if n.r.stableAttr(st).Ino != sa.Ino || st.Mode&unix.S_IFMT != sa.Mode {
 		return syscall.ESTALE
 	}
 	return 0
@@ -286,13 +301,17 @@ func (n *Node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrI
 	if of != nil {
 		defer n.release(of)
 	}
-	t, errno := n.target(of)
+	path, closeTarget, errno := n.target(of)
 	if errno != 0 {
 		return errno
 	}
+	defer closeTarget()
 	if m, ok := in.GetMode(); ok {
-		if err := unix.Fchmodat(t.dirfd, t.name, m&07777, 0); err != nil {
+		if err := unix.Fchmodat(unix.AT_FDCWD, path, m&07777, 0); err != nil {
 			return gofs.ToErrno(err)
+		}
+		if of != nil {
+			of.privs.Store(m&privBits != 0)
 		}
 	}
 	uid, uok := in.GetUID()
@@ -305,12 +324,12 @@ func (n *Node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrI
 		if gok {
 			g = int(gid)
 		}
-		if err := unix.Fchownat(t.dirfd, t.name, u, g, t.flags); err != nil {
+		if err := unix.Fchownat(unix.AT_FDCWD, path, u, g, 0); err != nil {
 			return gofs.ToErrno(err)
 		}
 	}
 	if sz, ok := in.GetSize(); ok {
-		if errno := n.truncate(f, int64(sz)); errno != 0 {
+		if errno := n.truncate(ctx, f, int64(sz)); errno != 0 {
 			return errno
 		}
 	}
@@ -334,7 +353,7 @@ func (n *Node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrI
 		if in.Valid&fuse.FATTR_MTIME_NOW != 0 {
 			ts[1] = unix.Timespec{Nsec: unix.UTIME_NOW}
 		}
-		if err := unix.UtimesNanoAt(t.dirfd, t.name, ts, t.flags); err != nil {
+		if err := unix.UtimesNanoAt(unix.AT_FDCWD, path, ts, 0); err != nil {
 			return gofs.ToErrno(err)
 		}
 	}

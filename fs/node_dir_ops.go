@@ -148,22 +148,25 @@ func (n *Node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 	return n.newChild(ctx, &st), 0
 }
 
-// created finishes a new entry: owner set to the caller (when running as
-// root), attributes filled, child node made. On failure the entry is removed.
-func (n *Node) created(ctx context.Context, fd int, name string, isDir bool, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+// created finishes a new entry of type kind: owner set to the caller
+// (when running as root), attributes filled, child node made. On failure
+// the entry is removed.
+func (n *Node) created(ctx context.Context, fd int, name string, kind uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	undo := func() {
 		flag := 0
-		if isDir {
+		if kind == unix.S_IFDIR {
 			flag = unix.AT_REMOVEDIR
 		}
 		unix.Unlinkat(fd, name, flag)
 	}
-	if errno := n.chownToCaller(ctx, fd, name); errno != 0 {
-		undo()
-		return nil, errno
-	}
 	var st unix.Stat_t
-	if err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+	var err error
+	if n.needsChown(ctx) {
+		err = n.chownNew(ctx, fd, name, kind, &st)
+	} else {
+		err = unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW)
+	}
+	if err != nil {
 		undo()
 		return nil, gofs.ToErrno(err)
 	}
@@ -171,36 +174,60 @@ func (n *Node) created(ctx context.Context, fd int, name string, isDir bool, out
 	return n.newChild(ctx, &st), 0
 }
 
-// chownToCaller gives a new entry to the calling user, and to the calling
-// group unless this directory is set-group-ID (then the directory's group,
-// as the kernel chose). Only a daemon running as root can, and needs to.
-func (n *Node) chownToCaller(ctx context.Context, fd int, name string) syscall.Errno {
-	if !n.r.asRoot {
-		return 0
+// chownNew gives the new entry name, of type kind, to the caller
+// (chownToCaller) through an O_PATH descriptor, so that nothing put in its
+// place meanwhile (a symlink) is followed, and fills st after.
+func (n *Node) chownNew(ctx context.Context, fd int, name string, kind uint32, st *unix.Stat_t) error {
+	ofd, err := unix.Openat(fd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
 	}
+	defer unix.Close(ofd)
+	if err := unix.Fstat(ofd, st); err != nil {
+		return err
+	}
+	if st.Mode&unix.S_IFMT != kind {
+		return syscall.ESTALE // replaced in the cipher dir since made
+	}
+	if errno := n.chownToCaller(ctx, fd, ofd, st); errno != 0 {
+		return errno
+	}
+	return unix.Fstat(ofd, st)
+}
+
+// needsChown reports whether a new entry made for the caller of ctx must
+// be given to the caller (chownToCaller).
+func (n *Node) needsChown(ctx context.Context) bool {
 	caller, ok := fuse.FromContext(ctx)
-	if !ok || caller.Uid == 0 && int(caller.Gid) == n.r.gid {
-		// Made by the caller's own credentials already (a set-group-ID
-		// directory gave it the directory's group, as it must).
+	// Otherwise made by the caller's own credentials already (a
+	// set-group-ID directory gave it the directory's group, as it must).
+	return n.r.asRoot && ok && (caller.Uid != 0 || int(caller.Gid) != n.r.gid)
+}
+
+// chownToCaller gives a new entry, held by descriptor obj (open or O_PATH)
+// of directory fd and whose stat is st, to the calling user, and to the
+// calling group unless the directory is set-group-ID (then the directory's
+// group, as the kernel chose). Only a daemon running as root can, and
+// needs to (needsChown).
+func (n *Node) chownToCaller(ctx context.Context, fd, obj int, st *unix.Stat_t) syscall.Errno {
+	if !n.needsChown(ctx) {
 		return 0
 	}
+	caller, _ := fuse.FromContext(ctx)
 	gid := int(caller.Gid)
 	var dst unix.Stat_t
 	if err := unix.Fstat(fd, &dst); err == nil && dst.Mode&unix.S_ISGID != 0 {
 		gid = -1
 	}
-	var st unix.Stat_t
-	if err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		return gofs.ToErrno(err)
-	}
-	if err := unix.Fchownat(fd, name, int(caller.Uid), gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+	path := procFd(obj)
+	if err := unix.Fchownat(unix.AT_FDCWD, path, int(caller.Uid), gid, 0); err != nil {
 		return gofs.ToErrno(err)
 	}
 	// chown clears set-user-ID and set-group-ID on files; the caller asked
 	// for them (the kernel already dropped what it may not have).
 	kind := st.Mode & unix.S_IFMT
-	if st.Mode&(unix.S_ISUID|unix.S_ISGID) != 0 && kind != unix.S_IFDIR && kind != unix.S_IFLNK {
-		return gofs.ToErrno(unix.Fchmodat(fd, name, st.Mode&07777, 0))
+	if st.Mode&privBits != 0 && kind != unix.S_IFDIR && kind != unix.S_IFLNK {
+		return gofs.ToErrno(unix.Fchmodat(unix.AT_FDCWD, path, st.Mode&07777, 0))
 	}
 	return 0
 }
@@ -226,7 +253,7 @@ func (n *Node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 	if err := unix.Mkdirat(fd, name, mode); err != nil {
 		return nil, gofs.ToErrno(err)
 	}
-	return n.created(ctx, fd, name, true, out)
+	return n.created(ctx, fd, name, unix.S_IFDIR, out)
 }
 
 // Mknod creates a fifo, socket, device or empty regular file.
@@ -238,7 +265,11 @@ func (n *Node) Mknod(ctx context.Context, name string, mode, rdev uint32, out *f
 	if err := unix.Mknodat(fd, name, mode, int(rdev)); err != nil {
 		return nil, gofs.ToErrno(err)
 	}
-	return n.created(ctx, fd, name, false, out)
+	kind := mode & unix.S_IFMT
+	if kind == 0 {
+		kind = unix.S_IFREG // mknod(2): a regular file
+	}
+	return n.created(ctx, fd, name, kind, out)
 }
 
 // Symlink creates a symbolic link; its target is stored as given.
@@ -250,12 +281,12 @@ func (n *Node) Symlink(ctx context.Context, target, name string, out *fuse.Entry
 	if err := unix.Symlinkat(target, fd, name); err != nil {
 		return nil, gofs.ToErrno(err)
 	}
-	return n.created(ctx, fd, name, false, out)
+	return n.created(ctx, fd, name, unix.S_IFLNK, out)
 }
 
 // Readlink returns a symbolic link's target.
 func (n *Node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
-	fd, errno := n.openLink()
+	fd, _, errno := n.openPath()
 	if errno != 0 {
 		return nil, errno
 	}
@@ -271,14 +302,6 @@ func (n *Node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 		}
 	}
 	return nil, syscall.ENAMETOOLONG
-}
-
-// openLink returns an O_PATH descriptor of the symlink (openByName).
-func (n *Node) openLink() (int, syscall.Errno) {
-	fd, _, errno := n.openByName(func(pfd int, name string) (int, error) {
-		return unix.Openat(pfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	})
-	return fd, errno
 }
 
 // Rmdir removes an empty directory.

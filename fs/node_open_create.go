@@ -23,7 +23,7 @@ func (n *Node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 		return nil, 0, syscall.EROFS
 	}
 	if flags&unix.O_TRUNC != 0 {
-		if errno := n.truncate(nil, 0); errno != 0 {
+		if errno := n.truncate(ctx, nil, 0); errno != 0 {
 			return nil, 0, errno
 		}
 	}
@@ -49,6 +49,19 @@ func (n *Node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	if err != nil {
 		return nil, nil, 0, gofs.ToErrno(err)
 	}
+	// Without O_EXCL the name may have been something other than a
+	// regular file already (planted in the cipher dir since the kernel
+	// looked): refuse it before reading. The stat serves the header
+	// read too (fdFile.opened).
+	st := new(unix.Stat_t)
+	if err := unix.Fstat(c.fd, st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		unix.Close(c.fd)
+		if err != nil {
+			return nil, nil, 0, gofs.ToErrno(err)
+		}
+		return nil, nil, 0, syscall.ESTALE
+	}
+	c.st = st
 	of, errno := n.openBacking(c, true)
 	if errno != 0 {
 		return nil, nil, 0, errno
@@ -56,22 +69,28 @@ func (n *Node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	if flags&unix.O_TRUNC != 0 && of.size() > 0 {
 		// An existing file (created by someone else since the kernel
 		// looked): cut it as O_TRUNC asks.
-		if errno := n.truncateOf(of, 0); errno != 0 {
+		errno := n.dropPrivs(ctx, of)
+		if errno == 0 {
+			errno = n.truncateOf(of, 0)
+		}
+		if errno != 0 {
 			of.close()
 			return nil, nil, 0, errno
 		}
 	}
-	if errno := n.chownToCaller(ctx, fd, name); errno != 0 {
-		of.close()
-		return nil, nil, 0, errno
+	if n.needsChown(ctx) {
+		// By the descriptor: the name may no longer be the file.
+		if errno := n.chownToCaller(ctx, fd, c.fd, st); errno != 0 {
+			of.close()
+			return nil, nil, 0, errno
+		}
 	}
-	var st unix.Stat_t
-	if err := unix.Fstat(int(of.back.Fd()), &st); err != nil {
+	if err := unix.Fstat(c.fd, st); err != nil {
 		of.close()
 		return nil, nil, 0, gofs.ToErrno(err)
 	}
-	n.r.fillAttr(&st, &out.Attr)
-	child := n.newChild(ctx, &st)
+	n.r.fillAttr(st, &out.Attr)
+	child := n.newChild(ctx, st)
 	cn := child.Operations().(*Node)
 	of.back.node = cn // for journal hints: the file, not its directory
 	cn.mu.Lock()

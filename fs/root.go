@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -174,17 +175,33 @@ type discard struct{}
 
 func (discard) Write(p []byte) (int, error) { return len(p), nil }
 
-// MountOptions returns the go-fuse options kmsfs mounts with: kernel
-// permission checks left to the caller's -o default_permissions, entry and
+// MountOptions returns the go-fuse options kmsfs mounts with: the FUSE
+// options extra, plus nosuid and nodev unless extra says suid or dev, plus
+// default_permissions when other users may enter (allowOther); entry and
 // attribute caching of one second, large requests.
+//
+// kmsfs checks no permissions itself: without default_permissions the
+// kernel would let any user read, write and chmod any file. And whoever
+// controls the cipher dir could plant a set-user-ID program or a device
+// node, both honoured without nosuid and nodev (fusermount3 sets them for
+// ordinary users; a mount by root must ask).
 func MountOptions(fsName string, extra []string, allowOther bool) *gofs.Options {
 	sec := DefaultCacheTimeout
+	opts := slices.Clone(extra)
+	if allowOther && !slices.Contains(opts, "default_permissions") {
+		opts = append(opts, "default_permissions")
+	}
+	for _, o := range [][2]string{{"nosuid", "suid"}, {"nodev", "dev"}} {
+		if !slices.Contains(opts, o[0]) && !slices.Contains(opts, o[1]) {
+			opts = append(opts, o[0])
+		}
+	}
 	return &gofs.Options{
 		MountOptions: fuse.MountOptions{
 			FsName:       fsName,
 			Name:         "kmsfs",
 			AllowOther:   allowOther,
-			Options:      extra,
+			Options:      opts,
 			MaxWrite:     1 << 20,
 			MaxReadAhead: ReadAhead,
 			DirectMount:  true,

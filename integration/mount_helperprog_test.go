@@ -122,6 +122,15 @@ func run(a []string) error {
 		return syscall.Rename(a[1], a[2])
 	case "utimes":
 		return syscall.UtimesNano(a[1], []syscall.Timespec{{Sec: num(a[2])}, {Sec: num(a[2])}})
+	case "truncate":
+		return syscall.Truncate(a[1], num(a[2]))
+	case "fallocate":
+		fd, err := syscall.Open(a[1], syscall.O_WRONLY, 0)
+		if err != nil {
+			return err
+		}
+		defer syscall.Close(fd)
+		return syscall.Fallocate(fd, uint32(num(a[2])), num(a[3]), num(a[4]))
 	case "posixlock":
 		fd, err := syscall.Open(a[1], syscall.O_RDWR, 0)
 		if err != nil {

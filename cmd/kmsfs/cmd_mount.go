@@ -55,10 +55,12 @@ until 'kmsfs unmount MOUNTPOINT'. With -f it stays in the foreground and logs to
 stderr (for systemd: the journal reads stderr).
 
 As root kmsfs mounts directly; an ordinary user mounts through fusermount3.
--o passes FUSE mount options, e.g. -o default_permissions.`,
+--allow-other implies -o default_permissions: kmsfs checks no permissions
+itself, the kernel does. Mounts are nosuid,nodev unless -o suid or -o dev.
+-o passes FUSE mount options, e.g. -o noexec.`,
 		Example: `  kmsfs mount /srv/cipher /mnt/plain
   kmsfs mount -f --log-format json /srv/cipher /mnt/plain
-  kmsfs mount --allow-other -o default_permissions /srv/cipher /mnt/plain`,
+  kmsfs mount --allow-other /srv/cipher /mnt/plain`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if !f.foreground {
@@ -71,7 +73,7 @@ As root kmsfs mounts directly; an ordinary user mounts through fusermount3.
 	fl.BoolVarP(&f.foreground, "foreground", "f", false, "stay in the foreground")
 	fl.BoolVar(&f.readOnly, "ro", false, "mount read-only")
 	fl.BoolVar(&f.xattr, "xattr", false, "support extended attributes, stored UNENCRYPTED in the cipher dir (off: they fail with EOPNOTSUPP)")
-	fl.BoolVar(&f.allowOther, "allow-other", false, "let other users access the mount (new files belong to their creator)")
+	fl.BoolVar(&f.allowOther, "allow-other", false, "let other users access the mount, with the kernel's permission checks (implies -o default_permissions; new files belong to their creator)")
 	fl.StringSliceVarP(&f.options, "options", "o", nil, "FUSE mount options, comma-separated")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fl.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")

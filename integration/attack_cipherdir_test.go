@@ -1,0 +1,286 @@
+package integration_test
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// mntAttackCache is the entry and attribute cache of the mounts below:
+// long, so that the kernel keeps the node of the file it looked up while
+// the cipher dir changes behind it and sends the operation to that node
+// (with a short cache it would look the name up again, see the symlink,
+// and follow it itself, as for any symlink).
+const mntAttackCache = "1h"
+
+// mntOpenBound bounds an open or read through the mount of a planted
+// object: a daemon that opens a FIFO for reading hangs there for ever.
+const mntOpenBound = 10 * time.Second
+
+// mntPlant replaces the cipher file at p with what mk creates there:
+// "rename" makes it under another name and renames it over the file (a
+// new inode number), "recreate" removes the file first (the filesystem
+// may give the new object the file's inode number).
+func mntPlant(t testing.TB, p, how string, mk func(string) error) {
+	t.Helper()
+	switch how {
+	case "rename":
+		tmp := p + ".planted"
+		if err := mk(tmp); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, p); err != nil {
+			t.Fatal(err)
+		}
+	case "recreate":
+		if err := os.Remove(p); err != nil {
+			t.Fatal(err)
+		}
+		if err := mk(p); err != nil {
+			t.Fatal(err)
+		}
+	default:
+		t.Fatalf("unknown way to plant: %s", how)
+	}
+}
+
+// mntKnownFile writes a file through the mount, waits until the daemon
+// has closed it, and stats it through the mount, so that the kernel
+// holds its node.
+func mntKnownFile(t testing.TB, v *mntVolume, name string, data []byte) {
+	t.Helper()
+	mntWriteFile(t, v.path(name), data)
+	v.waitReleased(t, name)
+	if st := mntLstat(t, v.path(name)); st.Mode&unix.S_IFMT != unix.S_IFREG {
+		t.Fatalf("%s: mode %o, want a regular file", name, st.Mode)
+	}
+}
+
+// mntOpenToAll opens the mount's root (the cipher dir's, made 0700) to
+// every user, so that other users reach the files in it.
+func mntOpenToAll(t testing.TB, v *mntVolume) {
+	t.Helper()
+	if err := unix.Chmod(v.Mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// victimState is what an operation could change of a file outside the
+// cipher dir.
+type victimState struct {
+	st    unix.Stat_t
+	data  []byte
+	attrs []byte
+}
+
+// mntVictimState returns the state of the file at p, read without moving
+// its access time.
+func mntVictimState(t testing.TB, p string) victimState {
+	t.Helper()
+	var s victimState
+	if err := unix.Lstat(p, &s.st); err != nil {
+		t.Fatal(err)
+	}
+	fd, err := unix.Open(p, unix.O_RDONLY|unix.O_NOATIME|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(fd), p)
+	defer f.Close()
+	if s.data, err = io.ReadAll(f); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	n, err := unix.Llistxattr(p, buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.attrs = buf[:n]
+	return s
+}
+
+// TestAttackPlantedSymlink is the attack of whoever controls the cipher
+// dir on the files of the mounting host: a symlink to a host file planted
+// where a file of the mount was, after the kernel looked the file up, and
+// then a user of the mount changes the file. No operation of the daemon
+// may follow the symlink: the host file's mode, owner, times, size,
+// content and attributes stay as they were.
+//
+// The user is nobody, on its own file of an --allow-other mount, and the
+// host file sits in a directory only root may enter: once the daemon
+// answers that the file is gone (ESTALE), the kernel looks the path up
+// again and, for calls that follow symlinks, follows the new one itself,
+// as the user, who may not reach the host file. A change of the host
+// file can then only come from the daemon, which runs as root.
+func TestAttackPlantedSymlink(t *testing.T) {
+	dir := mntSharedDir(t)
+	v := mntStart(t, mntOptions{Dir: dir, MountArgs: []string{"--allow-other", "--xattr", "--cache-timeout", mntAttackCache}})
+	nobody := &mntHelper{bin: mntBuildHelper(t, dir), cred: mntNobodyCred()}
+	mntOpenToAll(t, v)
+	victims := t.TempDir() // outside the cipher dir, closed to nobody
+	old := time.Unix(1_000_000_000, 0)
+	ops := []struct {
+		name string
+		do   func(t *testing.T, p string)
+	}{
+		{"chmod", func(t *testing.T, p string) { nobody.do(t, "chmod", p, "4777") }},
+		{"chown", func(t *testing.T, p string) { nobody.do(t, "chown", p, fmt.Sprint(mntNobody), fmt.Sprint(mntNobody)) }},
+		{"utimes", func(t *testing.T, p string) { nobody.do(t, "utimes", p, "1000000000") }},
+		{"truncate", func(t *testing.T, p string) { nobody.do(t, "truncate", p, "1") }},
+		{"truncate-0", func(t *testing.T, p string) { nobody.do(t, "truncate", p, "0") }},
+		{"open-write", func(t *testing.T, p string) { nobody.do(t, "write", p, "attacker") }},
+		{"open-append", func(t *testing.T, p string) { nobody.do(t, "append", p, "attacker") }},
+		{"open-read", func(t *testing.T, p string) { nobody.do(t, "read", p) }},
+		{"setxattr", func(t *testing.T, p string) { unix.Lsetxattr(p, "trusted.attack", []byte("x"), 0) }},
+	}
+	for _, how := range []string{"rename", "recreate"} {
+		for _, op := range ops {
+			t.Run(fmt.Sprintf("plant=%s,op=%s", how, op.name), func(t *testing.T) {
+				name := fmt.Sprintf("%s-%s", how, op.name)
+				victim := filepath.Join(victims, "kmsfs-test-victim-"+name)
+				if err := os.WriteFile(victim, []byte("the host's file"), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Chtimes(victim, old, old); err != nil {
+					t.Fatal(err)
+				}
+				before := mntVictimState(t, victim)
+				mntKnownFile(t, v, name, []byte("the mount's file"))
+				if err := os.Chown(v.path(name), mntNobody, mntNobody); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Chmod(v.path(name), 0o666); err != nil {
+					t.Fatal(err)
+				}
+				mntPlant(t, v.cipherPath(name), how, func(p string) error { return os.Symlink(victim, p) })
+
+				op.do(t, v.path(name))
+
+				after := mntVictimState(t, victim)
+				b, a := before.st, after.st
+				if a.Mode != b.Mode || a.Uid != b.Uid || a.Gid != b.Gid || a.Size != b.Size || a.Mtim != b.Mtim || a.Atim != b.Atim || a.Ctim != b.Ctim {
+					t.Errorf("the host file changed: mode %o owner %d:%d size %d mtime %v atime %v ctime %v, was %o %d:%d %d %v %v %v",
+						a.Mode, a.Uid, a.Gid, a.Size, a.Mtim, a.Atim, a.Ctim, b.Mode, b.Uid, b.Gid, b.Size, b.Mtim, b.Atim, b.Ctim)
+				}
+				if !bytes.Equal(after.data, before.data) {
+					t.Errorf("the host file's content changed: %q, was %q", after.data, before.data)
+				}
+				if !bytes.Equal(after.attrs, before.attrs) {
+					t.Errorf("the host file's attributes changed: %q, were %q", after.attrs, before.attrs)
+				}
+			})
+		}
+	}
+}
+
+// TestAttackPlantedSpecial is the attack of whoever controls the cipher
+// dir on the mount daemon: a FIFO, a socket or a device node planted
+// where a file of the mount was, after the kernel looked it up. The
+// daemon must neither hang on it (a FIFO opened for reading waits for a
+// writer) nor read from it, on a read-write and a read-only mount: an
+// open through the mount fails, or opens what the cipher dir now holds
+// (a FIFO, which the kernel serves itself), never as the file.
+func TestAttackPlantedSpecial(t *testing.T) {
+	var zero unix.Stat_t
+	if err := unix.Stat("/dev/zero", &zero); err != nil {
+		t.Fatal(err)
+	}
+	kinds := []struct {
+		name string
+		make func(p string) error
+	}{
+		{"fifo", func(p string) error { return unix.Mkfifo(p, 0o666) }},
+		{"socket", func(p string) error {
+			fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+			if err != nil {
+				return err
+			}
+			defer unix.Close(fd)
+			return unix.Bind(fd, &unix.SockaddrUnix{Name: p})
+		}},
+		{"chardev", func(p string) error { return unix.Mknod(p, unix.S_IFCHR|0o666, int(zero.Rdev)) }},
+	}
+	hows := []string{"rename", "recreate"}
+	v := mntStart(t, mntOptions{MountArgs: []string{"--cache-timeout", mntAttackCache}})
+	for _, ro := range []bool{false, true} {
+		if ro {
+			// The files are made on the read-write mount first.
+			for _, k := range kinds {
+				for _, how := range hows {
+					mntWriteFile(t, v.path(fmt.Sprintf("ro-%s-%s", how, k.name)), []byte("the mount's file"))
+				}
+			}
+			v.remount(t, "--ro")
+		}
+		for _, k := range kinds {
+			for _, how := range hows {
+				t.Run(fmt.Sprintf("ro=%v,plant=%s,kind=%s", ro, how, k.name), func(t *testing.T) {
+					name := fmt.Sprintf("rw-%s-%s", how, k.name)
+					if ro {
+						name = fmt.Sprintf("ro-%s-%s", how, k.name)
+						mntLstat(t, v.path(name))
+					} else {
+						mntKnownFile(t, v, name, []byte("the mount's file"))
+					}
+					mntPlant(t, v.cipherPath(name), how, k.make)
+					mntOpenPlanted(t, v.path(name))
+					if held := v.daemonHolds(t, name); len(held) != 0 {
+						t.Errorf("the daemon holds the planted %s open: descriptors %v", k.name, held)
+					}
+				})
+			}
+		}
+	}
+}
+
+// mntOpenPlanted opens p through the mount without blocking and reads
+// it, bounded by mntOpenBound, and fails the test if that hangs, reads
+// anything, or opens a regular file of the mount.
+func mntOpenPlanted(t *testing.T, p string) {
+	t.Helper()
+	type result struct {
+		openErr error
+		mode    uint32
+		n       int
+		readErr error
+	}
+	done := make(chan result, 1)
+	go func() {
+		var r result
+		fd, err := unix.Open(p, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+		if r.openErr = err; err != nil {
+			done <- r
+			return
+		}
+		defer unix.Close(fd)
+		var st unix.Stat_t
+		unix.Fstat(fd, &st)
+		r.mode = st.Mode
+		buf := make([]byte, 4096)
+		r.n, r.readErr = unix.Read(fd, buf)
+		done <- r
+	}()
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(mntOpenBound):
+		// The cleanup aborts the mount, which frees the stuck open.
+		t.Fatalf("open and read of %s through the mount did not finish within %v", p, mntOpenBound)
+	}
+	t.Logf("open: %v, mode %o, read %d bytes: %v", r.openErr, r.mode, r.n, r.readErr)
+	if r.openErr != nil {
+		return
+	}
+	if r.mode&unix.S_IFMT == unix.S_IFREG {
+		t.Errorf("the mount opened the planted object as a regular file")
+	}
+	if r.n > 0 {
+		t.Errorf("read %d bytes through the mount from the planted object", r.n)
+	}
+}
