@@ -21,11 +21,14 @@ func (f *File) Rewrap(dataKey []byte, stanzas []keysource.Stanza) error {
 	if f.closed {
 		return ErrClosed
 	}
-	_, hkey, err := deriveKeys(dataKey, f.header.File, f.header.Version)
+	content, hkey, err := deriveKeys(dataKey, f.header.File, f.header.Version)
+	clear(content)
 	if err != nil {
 		return err
 	}
-	if !hmac.Equal(hkey, f.headerKey) {
+	same := hmac.Equal(hkey, f.headerKey)
+	clear(hkey)
+	if !same {
 		return fmt.Errorf("envelope: rewrap: %w (not this file's data key)", keysource.ErrInvalid)
 	}
 	l := f.v.layout

@@ -157,11 +157,15 @@ func (v *Volume) Create(b Backing, dataKey []byte, stanzas []keysource.Stanza) (
 	h := Header{Version: v.format, Volume: v.id, File: id, Seq: 1, Stanzas: stanzas}
 	slot, err := h.marshalSlot(v.layout, hkey)
 	if err != nil {
+		clear(content)
+		clear(hkey)
 		return nil, err
 	}
 	hdr := make([]byte, 0, v.layout.HeaderSize())
 	hdr = append(append(hdr, slot...), slot...)
 	if _, err := b.WriteAt(hdr, 0); err != nil {
+		clear(content)
+		clear(hkey)
 		return nil, fmt.Errorf("envelope: write header: %w", err)
 	}
 	f := &File{v: v, b: b, headerKey: hkey, header: h, slotSeq: [2]uint64{1, 1}, stored: v.layout.HeaderSize()}
@@ -241,6 +245,8 @@ func (v *Volume) Open(ctx context.Context, b Backing, u KeyUnwrapper) (*File, er
 			return nil, err
 		}
 		if !verifySlot(slots[i], hkey) {
+			clear(content)
+			clear(hkey)
 			if firstErr == nil || errors.Is(firstErr, ErrFormat) {
 				firstErr = fmt.Errorf("envelope: header slot %d: %w", i, ErrAuth)
 			}
