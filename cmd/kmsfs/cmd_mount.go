@@ -21,7 +21,6 @@ import (
 
 	"github.com/kmsfs/kmsfs/envelope"
 	kfs "github.com/kmsfs/kmsfs/fs"
-	"github.com/kmsfs/kmsfs/internal/volconf"
 	"github.com/kmsfs/kmsfs/keysource"
 )
 
@@ -36,6 +35,7 @@ type mountFlags struct {
 	logFile        string
 	passphraseFile string
 	publicKeyFile  string
+	trustDir       string
 	timeout        time.Duration
 	keyTimeout     time.Duration
 	cacheTimeout   time.Duration
@@ -61,6 +61,7 @@ As root kmsfs mounts directly; an ordinary user mounts through fusermount3.
   kmsfs mount --allow-other -o default_permissions /srv/cipher /mnt/plain`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			f.trustDir = trustDirOf(cmd)
 			if !f.foreground {
 				return mountInBackground(f, args)
 			}
@@ -141,11 +142,11 @@ func needsPrompt(dir string, f *mountFlags) bool {
 	if f.passphraseFile != "" || os.Getenv("KMSFS_PASSPHRASE") != "" {
 		return false
 	}
-	c, err := volconf.Load(dir)
+	a, err := loadTrusted(dir, f.trustDir)
 	if err != nil {
 		return false
 	}
-	for _, k := range c.Keys {
+	for _, k := range a.Conf.Keys {
 		if k.Spec == "local:passphrase" {
 			return true
 		}
@@ -209,10 +210,11 @@ func runMount(ctx context.Context, f *mountFlags, cipherDir, mnt string) (err er
 	defer signal.Stop(sig)
 	raiseFileLimit()
 
-	conf, err := volconf.Load(cipherDir)
+	anchor, err := loadTrusted(cipherDir, f.trustDir)
 	if err != nil {
 		return err
 	}
+	conf := &anchor.Conf
 	if err := checkMountpoint(mnt); err != nil {
 		return err
 	}
@@ -228,7 +230,7 @@ func runMount(ctx context.Context, f *mountFlags, cipherDir, mnt string) (err er
 	}
 	mctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
-	srcs, err := openConf(mctx, conf, so)
+	srcs, err := openAnchor(mctx, anchor, so, log)
 	clear(so.passphrase)
 	if err != nil {
 		return err
