@@ -95,8 +95,8 @@ func TestCLIMountFails(t *testing.T) {
 
 // mntCheckMountFails runs `kmsfs mount` and checks that it fails with
 // output matching every pattern of want, and leaves mnt unmounted with no
-// daemon serving it.
-func mntCheckMountFails(t *testing.T, bin string, env []string, cipher, mnt string, want []string) {
+// daemon serving it. It returns the output.
+func mntCheckMountFails(t *testing.T, bin string, env []string, cipher, mnt string, want []string) string {
 	t.Helper()
 	wasMounted := mntIsMounted(t, mnt)
 	start := time.Now()
@@ -119,6 +119,7 @@ func mntCheckMountFails(t *testing.T, bin string, env []string, cipher, mnt stri
 	if pid := mntDaemon(mnt); pid != 0 && !wasMounted {
 		t.Errorf("a kmsfs daemon (pid %d) serves %s after a failed mount", pid, mnt)
 	}
+	return out
 }
 
 // TestCLIMountWrongKey replaces a volume's key file with another key:
