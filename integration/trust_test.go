@@ -194,7 +194,7 @@ func TestTrustConfAttack(t *testing.T) {
 			c := trReadConf(t, v.Cipher)
 			c["block_size"] = 8192
 			trWriteConf(t, v.Cipher, c)
-		}, []string{`block size approved 4096, kmsfs\.conf has 8192`}, nil},
+		}, []string{`block size: approved 4096, kmsfs\.conf has 8192`}, nil},
 		{"attack=other-volume-conf", func(t *testing.T, v *mntVolume, orig trConf) {
 			other := mntNew(t, mntOptions{})
 			trWriteConf(t, v.Cipher, trReadConf(t, other.Cipher))

@@ -172,17 +172,18 @@ func Diff(approved, cur *Conf) []string {
 	if approved.VolumeID != cur.VolumeID {
 		add("volume ID: approved %s, kmsfs.conf has %s", approved.VolumeID, cur.VolumeID)
 	}
-	if approved.Version != cur.Version {
-		add("configuration version: approved %d, kmsfs.conf has %d", approved.Version, cur.Version)
-	}
-	if approved.FormatVersion != cur.FormatVersion {
-		add("format version: approved %d, kmsfs.conf has %d", approved.FormatVersion, cur.FormatVersion)
-	}
-	if approved.BlockSize != cur.BlockSize {
-		add("layout: block size approved %d, kmsfs.conf has %d", approved.BlockSize, cur.BlockSize)
-	}
-	if approved.SlotSize != cur.SlotSize {
-		add("layout: header slot size approved %d, kmsfs.conf has %d", approved.SlotSize, cur.SlotSize)
+	for _, f := range []struct {
+		what      string
+		was, have int
+	}{
+		{"configuration version", approved.Version, cur.Version},
+		{"format version", approved.FormatVersion, cur.FormatVersion},
+		{"layout: block size", approved.BlockSize, cur.BlockSize},
+		{"layout: header slot size", approved.SlotSize, cur.SlotSize},
+	} {
+		if f.was != f.have {
+			add("%s: approved %d, kmsfs.conf has %d", f.what, f.was, f.have)
+		}
 	}
 	if approved.DataKeyPolicy != cur.DataKeyPolicy {
 		add("data-key policy: approved %q, kmsfs.conf has %q", approved.DataKeyPolicy, cur.DataKeyPolicy)
@@ -244,9 +245,7 @@ func encodeAnchor(a *Anchor) ([]byte, error) {
 // decodeAnchor parses and checks an anchor; name is for messages.
 func decodeAnchor(raw []byte, name string) (*Anchor, error) {
 	var a Anchor
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&a); err != nil {
+	if err := decodeStrict(raw, &a); err != nil {
 		return nil, fmt.Errorf("volconf: trust anchor %s is corrupt: %v", name, err)
 	}
 	if err := a.Check(); err != nil {

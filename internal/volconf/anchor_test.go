@@ -56,7 +56,7 @@ func TestDiff(t *testing.T) {
 		}, []string{"key added: local:key-file (key ID file:1, escrow)"}},
 		{"volume-id", func(c *volconf.Conf) { c.VolumeID = strings.Repeat("f", 32) }, []string{"volume ID"}},
 		{"policy", func(c *volconf.Conf) { c.DataKeyPolicy = "per-file" }, []string{"data-key policy"}},
-		{"block-size", func(c *volconf.Conf) { c.BlockSize = 8192 }, []string{"block size approved 4096, kmsfs.conf has 8192"}},
+		{"block-size", func(c *volconf.Conf) { c.BlockSize = 8192 }, []string{"block size: approved 4096, kmsfs.conf has 8192"}},
 		{"slot-size", func(c *volconf.Conf) { c.SlotSize = 2048 }, []string{"header slot size"}},
 		{"features", func(c *volconf.Conf) { c.Features = []string{"x"} }, []string{"features"}},
 		{"key-removed", func(c *volconf.Conf) { c.Keys = c.Keys[:1] }, []string{"key removed: local:passphrase"}},

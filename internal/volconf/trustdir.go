@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -22,9 +21,6 @@ const SystemTrustDir = "/etc/kmsfs/trust"
 
 // anchorSuffix ends the name of every anchor file: VOLUMEID.anchor.
 const anchorSuffix = ".anchor"
-
-// maxAnchorSize bounds an anchor file; like kmsfs.conf it is small.
-const maxAnchorSize = MaxSize
 
 // DefaultTrustDir returns the trust dir to use when no flag names one:
 // $KMSFS_TRUST_DIR, else SystemTrustDir for root (euid 0), else
@@ -125,33 +121,21 @@ func (s *Store) Load(volumeID string) (*Anchor, error) {
 // loadAt reads and checks the anchor file name in the trust dir dfd.
 func (s *Store) loadAt(dfd int, name string) (*Anchor, error) {
 	p := filepath.Join(s.dir, name)
-	fd, err := unix.Openat(dfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	raw, st, err := readRegularAt(dfd, name)
 	switch {
 	case errors.Is(err, unix.ENOENT):
 		return nil, fmt.Errorf("volconf: no trust anchor %s: %w", p, ErrNotTrusted)
 	case errors.Is(err, unix.ELOOP):
 		return nil, fmt.Errorf("volconf: trust anchor %s is a symbolic link: refused: %w", p, ErrInsecure)
+	case errors.Is(err, errNotRegular):
+		return nil, fmt.Errorf("volconf: trust anchor %s %w: %w", p, err, ErrInsecure)
+	case errors.Is(err, errTooLarge):
+		return nil, fmt.Errorf("volconf: trust anchor %s %w", p, err)
 	case err != nil:
 		return nil, fmt.Errorf("volconf: trust anchor %s: %w", p, err)
 	}
-	f := os.NewFile(uintptr(fd), p)
-	defer f.Close()
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return nil, fmt.Errorf("volconf: trust anchor %s: %w", p, err)
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return nil, fmt.Errorf("volconf: trust anchor %s is not a regular file: refused: %w", p, ErrInsecure)
-	}
-	if err := s.checkOwner(p, "trust anchor", &st); err != nil {
+	if err := s.checkOwner(p, "trust anchor", st); err != nil {
 		return nil, err
-	}
-	raw, err := io.ReadAll(io.LimitReader(f, maxAnchorSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("volconf: trust anchor %s: %w", p, err)
-	}
-	if len(raw) > maxAnchorSize {
-		return nil, fmt.Errorf("volconf: trust anchor %s is larger than %d bytes", p, maxAnchorSize)
 	}
 	a, err := decodeAnchor(raw, p)
 	if err != nil {

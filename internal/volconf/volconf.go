@@ -127,25 +127,6 @@ const MaxSize = 1 << 20
 // regular file of at most MaxSize bytes, and is parsed only then.
 func Load(dir string) (*Conf, error) {
 	p := filepath.Join(dir, Name)
-	raw, err := readConf(dir)
-	if err != nil {
-		return nil, err
-	}
-	var c Conf
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&c); err != nil {
-		return nil, fmt.Errorf("volconf: %s is corrupt or from another kmsfs version: %v", p, err)
-	}
-	if err := c.Check(); err != nil {
-		return nil, fmt.Errorf("%w (in %s)", err, p)
-	}
-	return &c, nil
-}
-
-// readConf returns the bytes of dir's kmsfs.conf, opened as Load says.
-func readConf(dir string) ([]byte, error) {
-	p := filepath.Join(dir, Name)
 	dfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		if errors.Is(err, unix.ENOENT) {
@@ -154,36 +135,72 @@ func readConf(dir string) ([]byte, error) {
 		return nil, fmt.Errorf("volconf: cipher dir %s: %w", dir, err)
 	}
 	defer unix.Close(dfd)
-	fd, err := unix.Openat(dfd, Name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	raw, _, err := readRegularAt(dfd, Name)
 	switch {
 	case errors.Is(err, unix.ENOENT):
 		return nil, fmt.Errorf("volconf: %s is not a kmsfs cipher dir (no %s; run kmsfs init first)", dir, Name)
 	case errors.Is(err, unix.ELOOP):
 		return nil, fmt.Errorf("volconf: %s is a symbolic link: refused (kmsfs.conf must be a regular file in the cipher dir)", p)
+	case errors.Is(err, errNotRegular) || errors.Is(err, errTooLarge):
+		return nil, fmt.Errorf("volconf: %s %w", p, err)
 	case err != nil:
 		return nil, fmt.Errorf("volconf: %s: %w", p, err)
 	}
-	f := os.NewFile(uintptr(fd), p)
+	var c Conf
+	if err := decodeStrict(raw, &c); err != nil {
+		return nil, fmt.Errorf("volconf: %s is corrupt or from another kmsfs version: %v", p, err)
+	}
+	if err := c.Check(); err != nil {
+		return nil, fmt.Errorf("%w (in %s)", err, p)
+	}
+	return &c, nil
+}
+
+// errNotRegular and errTooLarge are readRegularAt's refusals; their text
+// follows the file's name.
+var (
+	errNotRegular = errors.New("is not a regular file: refused")
+	errTooLarge   = fmt.Errorf("holds more than %d bytes: refused", MaxSize)
+)
+
+// readRegularAt reads the file name in the directory dfd: opened without
+// following a symlink (unix.ELOOP), without blocking on a FIFO, checked
+// to be a regular file (errNotRegular) of at most MaxSize bytes
+// (errTooLarge) before a byte is read. It returns the bytes and the
+// file's stat.
+func readRegularAt(dfd int, name string) ([]byte, *unix.Stat_t, error) {
+	fd, err := unix.Openat(dfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	f := os.NewFile(uintptr(fd), name)
 	defer f.Close()
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
-		return nil, fmt.Errorf("volconf: %s: %w", p, err)
+		return nil, nil, err
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return nil, fmt.Errorf("volconf: %s is not a regular file: refused", p)
+		return nil, nil, errNotRegular
 	}
 	if st.Size > MaxSize {
-		return nil, fmt.Errorf("volconf: %s holds %d bytes, more than a configuration can (%d): refused", p, st.Size, MaxSize)
+		return nil, nil, errTooLarge
 	}
 	// The file may grow after fstat: read one byte past the bound to see it.
 	raw, err := io.ReadAll(io.LimitReader(f, MaxSize+1))
 	if err != nil {
-		return nil, fmt.Errorf("volconf: %s: %w", p, err)
+		return nil, nil, err
 	}
 	if len(raw) > MaxSize {
-		return nil, fmt.Errorf("volconf: %s holds more than %d bytes: refused", p, MaxSize)
+		return nil, nil, errTooLarge
 	}
-	return raw, nil
+	return raw, &st, nil
+}
+
+// decodeStrict parses JSON into v, refusing fields v does not have.
+func decodeStrict(raw []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	return dec.Decode(v)
 }
 
 // Save writes c to dir's kmsfs.conf atomically: a temporary file, fsync,
