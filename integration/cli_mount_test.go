@@ -88,15 +88,15 @@ func TestCLIMountFails(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			v := mntNew(t, mntOptions{})
 			cipher, mnt := c.setup(t, v)
-			mntCheckMountFails(t, bin, nil, cipher, mnt, c.want)
+			mntCheckMountFails(t, bin, v.o.Env, cipher, mnt, c.want)
 		})
 	}
 }
 
 // mntCheckMountFails runs `kmsfs mount` and checks that it fails with
 // output matching every pattern of want, and leaves mnt unmounted with no
-// daemon serving it.
-func mntCheckMountFails(t *testing.T, bin string, env []string, cipher, mnt string, want []string) {
+// daemon serving it. It returns the output.
+func mntCheckMountFails(t *testing.T, bin string, env []string, cipher, mnt string, want []string) string {
 	t.Helper()
 	wasMounted := mntIsMounted(t, mnt)
 	start := time.Now()
@@ -119,6 +119,7 @@ func mntCheckMountFails(t *testing.T, bin string, env []string, cipher, mnt stri
 	if pid := mntDaemon(mnt); pid != 0 && !wasMounted {
 		t.Errorf("a kmsfs daemon (pid %d) serves %s after a failed mount", pid, mnt)
 	}
+	return out
 }
 
 // TestCLIMountWrongKey replaces a volume's key file with another key:
@@ -161,7 +162,7 @@ func TestCLIMountDisabledKey(t *testing.T) {
 	if _, err := e.Client().DisableKey(ctx, &kms.DisableKeyInput{KeyId: aws.String(e.Symmetric2.ID)}); err != nil {
 		t.Fatal(err)
 	}
-	mntCheckMountFails(t, v.bin, mntAWSEnv(e), v.Cipher, v.Mnt, []string{`(?i)disabled`, regexp.QuoteMeta(e.Symmetric2.ID)})
+	mntCheckMountFails(t, v.bin, v.o.Env, v.Cipher, v.Mnt, []string{`(?i)disabled`, regexp.QuoteMeta(e.Symmetric2.ID)})
 	t.Run("enabled-again", func(t *testing.T) {
 		if _, err := e.Client().EnableKey(ctx, &kms.EnableKeyInput{KeyId: aws.String(e.Symmetric2.ID)}); err != nil {
 			t.Fatal(err)
@@ -227,6 +228,7 @@ func mntStartForeground(t *testing.T, v *mntVolume) *mntForeground {
 	t.Helper()
 	f := &mntForeground{exited: make(chan error, 1), mounted: make(chan struct{})}
 	f.cmd = exec.Command(v.bin, "mount", "-f", v.Cipher, v.Mnt)
+	f.cmd.Env = append(os.Environ(), v.o.Env...)
 	stderr, err := f.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -88,6 +88,7 @@ func ftNew(t testing.TB, o ftOptions) *ftVolume {
 		v.Key = mntKeyFile(t, dir, nil)
 		v.o.Keys = []string{"local:" + v.Key}
 	}
+	v.o.Env = mntTrustEnv(t, dir, nil, v.o.Env)
 	args := mntInitArgs(v.o.Keys, v.o.InitArgs, v.Cipher)
 	if out, err := mntRunKmsfs(bin, nil, v.o.Env, args...); err != nil {
 		t.Fatalf("kmsfs %s: %v\n%s", strings.Join(args, " "), err, out)

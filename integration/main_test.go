@@ -42,7 +42,16 @@ func TestMain(m *testing.M) {
 	} else {
 		kmsfsBinErr = err
 	}
+	// Volumes get a trust dir of their own (mntTrustEnv); this one catches
+	// any other kmsfs command, so no test writes the host's trust dir.
+	trustDir, terr := os.MkdirTemp("", "kmsfs-integration-trust-")
+	if terr == nil {
+		os.Setenv("KMSFS_TRUST_DIR", trustDir)
+	}
 	code := m.Run()
+	if terr == nil {
+		os.RemoveAll(trustDir)
+	}
 	if testHSM != nil {
 		testHSM.Close()
 	}

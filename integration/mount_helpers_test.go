@@ -43,7 +43,9 @@ type mntOptions struct {
 	Keys []string
 	// InitArgs and MountArgs are extra flags of kmsfs init and mount.
 	InitArgs, MountArgs []string
-	// Env is added to the environment of every kmsfs command.
+	// Env is added to the environment of every kmsfs command. mntNew
+	// adds KMSFS_TRUST_DIR, a trust dir of the test's own, unless Env
+	// names one.
 	Env []string
 	// Cred runs every kmsfs command as this user; the cipher dir, mount
 	// point, log file and key file are given to that user. nil runs them
@@ -130,6 +132,7 @@ func mntNew(t testing.TB, o mntOptions) *mntVolume {
 	for _, p := range []string{v.Cipher, v.Mnt, v.Log} {
 		mntChown(t, p, o.Cred)
 	}
+	v.o.Env = mntTrustEnv(t, o.Dir, o.Cred, o.Env)
 	if len(v.o.Keys) == 0 {
 		v.Key = mntKeyFile(t, o.Dir, o.Cred)
 		v.o.Keys = []string{"local:" + v.Key}
@@ -246,6 +249,27 @@ func (v *mntVolume) cleanup() {
 		}
 	}
 	v.logIfFailed(v.t)
+}
+
+// trustDirEnv is the variable that points kmsfs at a trust dir.
+const trustDirEnv = "KMSFS_TRUST_DIR"
+
+// mntTrustEnv returns env with KMSFS_TRUST_DIR set to a new trust dir
+// in dir, private to cred (nil: to the test), unless env sets it already:
+// no test approves volumes in the host's own trust dir.
+func mntTrustEnv(t testing.TB, dir string, cred *syscall.Credential, env []string) []string {
+	t.Helper()
+	for _, e := range env {
+		if strings.HasPrefix(e, trustDirEnv+"=") {
+			return env
+		}
+	}
+	td := filepath.Join(dir, "trust")
+	if err := os.Mkdir(td, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	mntChown(t, td, cred)
+	return append(slices.Clone(env), trustDirEnv+"="+td)
 }
 
 // mntKeyFile writes a fresh 32-byte local key file into dir, private to

@@ -61,9 +61,13 @@ fi
 
 export AWS_ENDPOINT_URL_KMS=http://127.0.0.1:$port AWS_REGION=$REGION
 export AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo AWS_EC2_METADATA_DISABLED=true
+# init approves the volume in a trust dir on the host (kmsfs trust); the
+# demo keeps its own inside $DEMO, so make demo-stop removes it too.
+export KMSFS_TRUST_DIR=$DEMO/trust
 cat > "$DEMO/env" <<ENV
 export AWS_ENDPOINT_URL_KMS=$AWS_ENDPOINT_URL_KMS AWS_REGION=$REGION
 export AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo AWS_EC2_METADATA_DISABLED=true
+export KMSFS_TRUST_DIR=$KMSFS_TRUST_DIR
 ENV
 
 echo "== local-kms on 127.0.0.1:$port with alias/kmsfs-demo"

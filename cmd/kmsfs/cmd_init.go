@@ -39,13 +39,18 @@ Key specs:
   local:<path>                                a file of 32 random bytes
   local:passphrase                            from KMSFS_PASSPHRASE, --passphrase-file or a prompt
 
-init checks that each key can wrap and unwrap before it writes anything.`,
+init checks that each key can wrap and unwrap before it writes anything, and
+records what it made in this host's trust dir (see kmsfs trust): kmsfs.conf
+keeps no host setting (PKCS#11 module and PIN source, key file paths), and a
+mount uses only what the host approved.`,
 		Example: `  head -c 32 /dev/urandom > /etc/kmsfs/demo.key && chmod 600 /etc/kmsfs/demo.key
   kmsfs init --key local:/etc/kmsfs/demo.key /srv/cipher
   kmsfs init --key awskms:alias/backups --key 'pkcs11:token=escrow;object=kek?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/kmsfs/pin' /srv/cipher
   kmsfs init --key awskms:alias/shred-me --data-key-policy per-file /srv/cipher`,
 		Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error { return runInit(cmd.Context(), f, args[0]) },
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runInit(cmd.Context(), f, trustDirOf(cmd), args[0])
+		},
 	}
 	c.Flags().StringArrayVar(&f.keys, "key", nil, "key spec (repeatable; the first generates data keys)")
 	c.Flags().IntVar(&f.blockSize, "block-size", envelope.DefaultBlockSize, "plaintext block size: a power of two from 4096 to 1048576")
@@ -56,7 +61,7 @@ init checks that each key can wrap and unwrap before it writes anything.`,
 	return c
 }
 
-func runInit(ctx context.Context, f *initFlags, dir string) error {
+func runInit(ctx context.Context, f *initFlags, trustDir, dir string) error {
 	if len(f.keys) == 0 {
 		return errors.New("init needs at least one --key")
 	}
@@ -64,6 +69,15 @@ func runInit(ctx context.Context, f *initFlags, dir string) error {
 		return err
 	}
 	if _, err := envelope.NewLayout(f.blockSize, envelope.DefaultSlotSize); err != nil {
+		return err
+	}
+	store, err := openStore(trustDir)
+	if err != nil {
+		return err
+	}
+	// Refuse an unsafe trust dir before the keys are checked and anything
+	// is written.
+	if err := store.Check(); err != nil {
 		return err
 	}
 	if err := prepareCipherDir(dir); err != nil {
@@ -83,10 +97,18 @@ func runInit(ctx context.Context, f *initFlags, dir string) error {
 		BlockSize: f.blockSize, DataKeyPolicy: f.policy, Features: []string{},
 	}
 	var stanzas []keysource.Stanza
+	var host []volconf.HostKey
 	for i, k := range f.keys {
 		spec, err := keysource.ParseSpec(k)
 		if err != nil {
 			return err
+		}
+		h, err := initHostKey(spec)
+		if err != nil {
+			return fmt.Errorf("key %d (%s): %w", i+1, redactSpec(k), err)
+		}
+		if h.KeyFile != "" {
+			spec.Value = h.KeyFile
 		}
 		src, kdf, err := srcs.open(ctx, spec, vid, nil, so, true)
 		if err != nil {
@@ -101,7 +123,8 @@ func runInit(ctx context.Context, f *initFlags, dir string) error {
 			return err
 		}
 		stanzas = append(stanzas, st)
-		conf.Keys = append(conf.Keys, volconf.Key{Spec: k, KeyID: src.KeyID(), KDF: kdf})
+		conf.Keys = append(conf.Keys, volconf.Key{Spec: volconf.StorageSpec(k), KeyID: src.KeyID(), KDF: kdf})
+		host = append(host, h)
 	}
 	conf.SlotSize = f.slotSize
 	if conf.SlotSize == 0 {
@@ -112,17 +135,23 @@ func runInit(ctx context.Context, f *initFlags, dir string) error {
 	if _, err := envelope.NewLayout(conf.BlockSize, conf.SlotSize); err != nil {
 		return err
 	}
+	a, err := volconf.NewAnchor(conf, host, dir)
+	if err != nil {
+		return err
+	}
+	// The anchor goes first: an anchor without its kmsfs.conf approves
+	// nothing that exists, a kmsfs.conf without its anchor would not mount.
+	if err := store.Save(a); err != nil {
+		return err
+	}
 	if err := volconf.Save(dir, conf); err != nil {
 		return err
 	}
 	fmt.Printf("kmsfs: initialised %s (volume %s, block size %d)\n", dir, conf.VolumeID, conf.BlockSize)
 	for i, k := range conf.Keys {
-		role := "data keys"
-		if i > 0 {
-			role = "escrow"
-		}
-		fmt.Printf("  key %d (%s): %s\n", i+1, role, k.KeyID)
+		fmt.Printf("  key %d (%s): %s\n", i+1, volconf.Role(i), k.KeyID)
 	}
+	fmt.Printf("trusted on this host: %s\n", store.Path(conf.VolumeID))
 	fmt.Printf("mount it with: kmsfs mount %s MOUNTPOINT\n", dir)
 	return nil
 }

@@ -21,7 +21,6 @@ import (
 
 	"github.com/kmsfs/kmsfs/envelope"
 	kfs "github.com/kmsfs/kmsfs/fs"
-	"github.com/kmsfs/kmsfs/internal/volconf"
 	"github.com/kmsfs/kmsfs/keysource"
 )
 
@@ -36,6 +35,7 @@ type mountFlags struct {
 	logFile        string
 	passphraseFile string
 	publicKeyFile  string
+	trustDir       string
 	timeout        time.Duration
 	keyTimeout     time.Duration
 	cacheTimeout   time.Duration
@@ -63,6 +63,7 @@ itself, the kernel does. Mounts are nosuid,nodev unless -o suid or -o dev.
   kmsfs mount --allow-other /srv/cipher /mnt/plain`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			f.trustDir = trustDirOf(cmd)
 			if !f.foreground {
 				return mountInBackground(f, args)
 			}
@@ -143,11 +144,11 @@ func needsPrompt(dir string, f *mountFlags) bool {
 	if f.passphraseFile != "" || os.Getenv("KMSFS_PASSPHRASE") != "" {
 		return false
 	}
-	c, err := volconf.Load(dir)
+	a, err := loadTrusted(dir, f.trustDir)
 	if err != nil {
 		return false
 	}
-	for _, k := range c.Keys {
+	for _, k := range a.Conf.Keys {
 		if k.Spec == "local:passphrase" {
 			return true
 		}
@@ -211,10 +212,11 @@ func runMount(ctx context.Context, f *mountFlags, cipherDir, mnt string) (err er
 	defer signal.Stop(sig)
 	raiseFileLimit()
 
-	conf, err := volconf.Load(cipherDir)
+	anchor, err := loadTrusted(cipherDir, f.trustDir)
 	if err != nil {
 		return err
 	}
+	conf := &anchor.Conf
 	if err := checkMountpoint(mnt); err != nil {
 		return err
 	}
@@ -230,7 +232,7 @@ func runMount(ctx context.Context, f *mountFlags, cipherDir, mnt string) (err er
 	}
 	mctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
-	srcs, err := openConf(mctx, conf, so)
+	srcs, err := openAnchor(mctx, anchor, so, log)
 	clear(so.passphrase)
 	if err != nil {
 		return err

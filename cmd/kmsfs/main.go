@@ -29,11 +29,13 @@ carries its own data key, wrapped by AWS KMS, a PKCS#11 token or a local key;
 applications read and write plain files at the mount point.`,
 		Example: `  kmsfs init --key awskms:alias/backups /srv/cipher
   kmsfs mount /srv/cipher /mnt/plain
+  kmsfs trust /srv/cipher      # approve a volume synced from another host
   kmsfs unmount /mnt/plain`,
 		Version:       version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newInitCmd(), newMountCmd(), newUnmountCmd())
+	root.PersistentFlags().String(trustDirFlag, "", "the host's trust dir of approved volumes (default $KMSFS_TRUST_DIR, else /etc/kmsfs/trust for root, else ~/.config/kmsfs/trust)")
+	root.AddCommand(newInitCmd(), newMountCmd(), newUnmountCmd(), newTrustCmd())
 	return root
 }

@@ -8,7 +8,6 @@ import (
 	"strings"
 
 	"github.com/kmsfs/kmsfs/envelope"
-	"github.com/kmsfs/kmsfs/internal/volconf"
 	"github.com/kmsfs/kmsfs/keysource"
 	"github.com/kmsfs/kmsfs/keysource/awskms"
 	"github.com/kmsfs/kmsfs/keysource/local"
@@ -83,43 +82,6 @@ func (s *sources) open(ctx context.Context, spec keysource.Spec, vid envelope.Vo
 		return src, nil, err
 	}
 	return nil, nil, fmt.Errorf("unknown key type %q", spec.Type)
-}
-
-// openConf opens every key source a volume's configuration names.
-func openConf(ctx context.Context, c *volconf.Conf, so *secretOptions) (*sources, error) {
-	vid, err := c.ID()
-	if err != nil {
-		return nil, err
-	}
-	s := &sources{}
-	for i, k := range c.Keys {
-		spec, err := keysource.ParseSpec(k.Spec)
-		if err != nil {
-			s.Close()
-			return nil, err
-		}
-		src, _, err := s.open(ctx, spec, vid, k.KDF, so, false)
-		if err != nil {
-			s.Close()
-			return nil, fmt.Errorf("key %d (%s): %w", i+1, redactSpec(k.Spec), err)
-		}
-		if k.KeyID != "" && src.KeyID() != k.KeyID {
-			if spec.Type != "awskms" {
-				s.Close()
-				return nil, fmt.Errorf("key %d (%s) is not the key this volume was created with: it has key ID %s, kmsfs.conf records %s",
-					i+1, redactSpec(k.Spec), src.KeyID(), k.KeyID)
-			}
-			// The alias now points at another key (rotation): new files use
-			// the new key; files of the old key open through it too.
-			old, _, err := s.open(ctx, keysource.Spec{Type: "awskms", Value: k.KeyID}, vid, nil, so, false)
-			if err == nil {
-				s.list = append(s.list, src, old)
-				continue
-			}
-		}
-		s.list = append(s.list, src)
-	}
-	return s, nil
 }
 
 // redactSpec drops the query of a PKCS#11 URI (module path, PIN source),

@@ -170,7 +170,8 @@ func (b *bench) mount(ctx context.Context, g group, fs string, round int) (*daem
 		d, err := startDaemon(ctx, fs, b.cfg.loopBin, []string{backing, mnt}, nil, mnt, logPath)
 		return d, top, err
 	}
-	env := b.awsEnv(b.proxy(g))
+	// The volume is approved in a trust dir of its own, not the host's.
+	env := append(b.awsEnv(b.proxy(g)), "KMSFS_TRUST_DIR="+filepath.Join(top, "trust"))
 	if err := runCmd(ctx, env, b.cfg.kmsfsBin, "init", "--key", keySpec, backing); err != nil {
 		return nil, top, err
 	}

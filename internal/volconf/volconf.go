@@ -11,8 +11,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/envelope"
 	"github.com/kmsfs/kmsfs/keysource"
@@ -103,35 +106,101 @@ func (c *Conf) Check() error {
 	}
 	for i, k := range c.Keys {
 		if _, err := keysource.ParseSpec(k.Spec); err != nil {
-			return fmt.Errorf("volconf: key %d: %w", i, err)
+			return fmt.Errorf("volconf: key %d: %w", i+1, err)
+		}
+		// Without a key ID nothing ties the key that opens to the key the
+		// volume was made with.
+		if k.KeyID == "" {
+			return fmt.Errorf("volconf: key %d (%s) has no key_id: refused (every key must name its key ID)", i+1, k.Spec)
 		}
 	}
 	return nil
 }
 
-// Load reads and checks dir's kmsfs.conf.
+// MaxSize bounds the size of kmsfs.conf: a configuration is a few hundred
+// bytes, and the file comes from untrusted storage.
+const MaxSize = 1 << 20
+
+// Load reads and checks dir's kmsfs.conf. The cipher dir is untrusted
+// storage, so the file is opened relative to the directory's descriptor
+// without following a symlink and without blocking on a FIFO, must be a
+// regular file of at most MaxSize bytes, and is parsed only then.
 func Load(dir string) (*Conf, error) {
 	p := filepath.Join(dir, Name)
-	raw, err := os.ReadFile(p)
+	dfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			if _, derr := os.Stat(dir); derr != nil {
-				return nil, fmt.Errorf("volconf: cipher dir %s does not exist", dir)
-			}
-			return nil, fmt.Errorf("volconf: %s is not a kmsfs cipher dir (no %s; run kmsfs init first)", dir, Name)
+		if errors.Is(err, unix.ENOENT) {
+			return nil, fmt.Errorf("volconf: cipher dir %s does not exist", dir)
 		}
-		return nil, fmt.Errorf("volconf: %w", err)
+		return nil, fmt.Errorf("volconf: cipher dir %s: %w", dir, err)
+	}
+	defer unix.Close(dfd)
+	raw, _, err := readRegularAt(dfd, Name)
+	switch {
+	case errors.Is(err, unix.ENOENT):
+		return nil, fmt.Errorf("volconf: %s is not a kmsfs cipher dir (no %s; run kmsfs init first)", dir, Name)
+	case errors.Is(err, unix.ELOOP):
+		return nil, fmt.Errorf("volconf: %s is a symbolic link: refused (kmsfs.conf must be a regular file in the cipher dir)", p)
+	case errors.Is(err, errNotRegular) || errors.Is(err, errTooLarge):
+		return nil, fmt.Errorf("volconf: %s %w", p, err)
+	case err != nil:
+		return nil, fmt.Errorf("volconf: %s: %w", p, err)
 	}
 	var c Conf
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&c); err != nil {
+	if err := decodeStrict(raw, &c); err != nil {
 		return nil, fmt.Errorf("volconf: %s is corrupt or from another kmsfs version: %v", p, err)
 	}
 	if err := c.Check(); err != nil {
 		return nil, fmt.Errorf("%w (in %s)", err, p)
 	}
 	return &c, nil
+}
+
+// errNotRegular and errTooLarge are readRegularAt's refusals; their text
+// follows the file's name.
+var (
+	errNotRegular = errors.New("is not a regular file: refused")
+	errTooLarge   = fmt.Errorf("holds more than %d bytes: refused", MaxSize)
+)
+
+// readRegularAt reads the file name in the directory dfd: opened without
+// following a symlink (unix.ELOOP), without blocking on a FIFO, checked
+// to be a regular file (errNotRegular) of at most MaxSize bytes
+// (errTooLarge) before a byte is read. It returns the bytes and the
+// file's stat.
+func readRegularAt(dfd int, name string) ([]byte, *unix.Stat_t, error) {
+	fd, err := unix.Openat(dfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	f := os.NewFile(uintptr(fd), name)
+	defer f.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return nil, nil, err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return nil, nil, errNotRegular
+	}
+	if st.Size > MaxSize {
+		return nil, nil, errTooLarge
+	}
+	// The file may grow after fstat: read one byte past the bound to see it.
+	raw, err := io.ReadAll(io.LimitReader(f, MaxSize+1))
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(raw) > MaxSize {
+		return nil, nil, errTooLarge
+	}
+	return raw, &st, nil
+}
+
+// decodeStrict parses JSON into v, refusing fields v does not have.
+func decodeStrict(raw []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	return dec.Decode(v)
 }
 
 // Save writes c to dir's kmsfs.conf atomically: a temporary file, fsync,
