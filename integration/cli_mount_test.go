@@ -227,6 +227,7 @@ func mntStartForeground(t *testing.T, v *mntVolume) *mntForeground {
 	t.Helper()
 	f := &mntForeground{exited: make(chan error, 1), mounted: make(chan struct{})}
 	f.cmd = exec.Command(v.bin, "mount", "-f", v.Cipher, v.Mnt)
+	f.cmd.Env = append(os.Environ(), v.o.Env...)
 	stderr, err := f.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
