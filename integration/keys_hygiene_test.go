@@ -10,7 +10,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/kmsfs/kmsfs/internal/hsmtest"
 )
@@ -128,13 +127,7 @@ func hygMount(t *testing.T, v *mntVolume, mode string) (int, func()) {
 		return v.pid, func() { v.unmount(t) }
 	}
 	f := mntStartForeground(t, v)
-	select {
-	case <-f.mounted:
-	case err := <-f.exited:
-		t.Fatalf("kmsfs mount -f exited before mounting: %v\n%s", err, f.logText())
-	case <-time.After(mntCmdTimeout):
-		t.Fatalf("kmsfs mount -f did not log \"mounted\" within %v\n%s", mntCmdTimeout, f.logText())
-	}
+	f.waitMounted(t)
 	return f.cmd.Process.Pid, func() {
 		if err := f.stop(t, mntExitTimeout); err != nil {
 			t.Fatalf("kmsfs mount -f after SIGTERM: %v\n%s", err, f.logText())
