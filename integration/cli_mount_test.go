@@ -259,6 +259,19 @@ func mntStartForeground(t *testing.T, v *mntVolume) *mntForeground {
 	return f
 }
 
+// waitMounted waits, bounded, until the log says "mounted"; it fails the
+// test if the process exits first.
+func (f *mntForeground) waitMounted(t *testing.T) {
+	t.Helper()
+	select {
+	case <-f.mounted:
+	case err := <-f.exited:
+		t.Fatalf("kmsfs mount -f exited before mounting: %v\n%s", err, f.logText())
+	case <-time.After(mntCmdTimeout):
+		t.Fatalf("kmsfs mount -f did not log \"mounted\" within %v\n%s", mntCmdTimeout, f.logText())
+	}
+}
+
 func (f *mntForeground) logText() string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -285,13 +298,7 @@ func (f *mntForeground) stop(t *testing.T, within time.Duration) error {
 func TestCLIForeground(t *testing.T) {
 	v := mntNew(t, mntOptions{})
 	f := mntStartForeground(t, v)
-	select {
-	case <-f.mounted:
-	case err := <-f.exited:
-		t.Fatalf("kmsfs mount -f exited before mounting: %v\n%s", err, f.logText())
-	case <-time.After(mntCmdTimeout):
-		t.Fatalf("kmsfs mount -f did not log \"mounted\" within %v", mntCmdTimeout)
-	}
+	f.waitMounted(t)
 	if !mntIsMounted(t, v.Mnt) {
 		t.Fatal("kmsfs mount -f logged \"mounted\" before the mount existed")
 	}

@@ -4,6 +4,8 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"time"
+
+	"github.com/kmsfs/kmsfs/internal/secmem"
 )
 
 // Cache defaults: a thousand data keys is far more than the files a mount
@@ -46,11 +48,12 @@ func stanzaDigest(s Stanza) digest {
 // keyCache holds unwrapped data keys by stanza digest, bounded in count
 // (least recently used goes first) and in age (counted from when the key
 // was unwrapped, so a hot key is still fetched again every maxAge). It owns
-// the keys put into it and clears each one when it leaves. It is not safe
-// for concurrent use: the Manager's mutex guards it.
+// the keys put into it (cells of mem) and frees, so zeroes, each one when it
+// leaves. It is not safe for concurrent use: the Manager's mutex guards it.
 type keyCache struct {
 	max    int // < 0: cache nothing
 	maxAge time.Duration
+	mem    *secmem.Arena
 	m      map[digest]*cacheEntry
 	lru    cacheEntry // sentinel: lru.next is the least recently used
 }
@@ -62,8 +65,8 @@ type cacheEntry struct {
 	prev, next *cacheEntry
 }
 
-func newKeyCache(max int, maxAge time.Duration) *keyCache {
-	c := &keyCache{max: max, maxAge: maxAge, m: make(map[digest]*cacheEntry)}
+func newKeyCache(max int, maxAge time.Duration, mem *secmem.Arena) *keyCache {
+	c := &keyCache{max: max, maxAge: maxAge, mem: mem, m: make(map[digest]*cacheEntry)}
 	c.lru.prev, c.lru.next = &c.lru, &c.lru
 	return c
 }
@@ -88,10 +91,10 @@ func (c *keyCache) get(d digest, now time.Time) []byte {
 	return e.key
 }
 
-// put caches key for d and takes ownership of it.
+// put caches key (a cell of c.mem) for d and takes ownership of it.
 func (c *keyCache) put(d digest, key []byte, now time.Time) {
 	if c.max < 0 {
-		clear(key)
+		c.mem.Free(key)
 		return
 	}
 	if old := c.m[d]; old != nil {
@@ -126,7 +129,7 @@ func (c *keyCache) purge() {
 func (c *keyCache) remove(e *cacheEntry) {
 	c.unlink(e)
 	delete(c.m, e.d)
-	clear(e.key)
+	c.mem.Free(e.key)
 	e.key = nil
 }
 

@@ -22,15 +22,18 @@ type KeySource interface {
 	// Wrap returns a stanza holding dataKey wrapped under the source's key.
 	// dataKey stays the caller's.
 	Wrap(ctx context.Context, dataKey []byte) (Stanza, error)
-	// Unwrap returns the data key held by s; the caller owns the result.
-	// It returns an error wrapping ErrNotMine if s is not of this source's
-	// type and key; any other error is fatal for s.
+	// Unwrap returns the data key held by s; the caller owns the result
+	// and clears it (the Manager copies it into locked memory and clears
+	// it at once, so a source may return its client's own slice, such as
+	// an SDK answer's plaintext). It returns an error wrapping ErrNotMine
+	// if s is not of this source's type and key; any other error is fatal
+	// for s.
 	Unwrap(ctx context.Context, s Stanza) ([]byte, error)
 }
 
 // Generator is a KeySource that can generate a data key inside the key
 // service and return it with its wrapped copy in one call (AWS
-// GenerateDataKey).
+// GenerateDataKey). The caller owns and clears dataKey, as with Unwrap.
 type Generator interface {
 	GenerateDataKey(ctx context.Context) (dataKey []byte, s Stanza, err error)
 }

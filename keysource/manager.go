@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/kmsfs/kmsfs/internal/secmem"
 )
 
 // ErrClosed is returned by a Manager's methods after Close.
@@ -58,6 +60,11 @@ type Options struct {
 	// Rand supplies data keys for sources that cannot generate them; nil
 	// means crypto/rand.Reader. It must be safe for concurrent use.
 	Rand io.Reader
+	// Mem holds every data key the Manager keeps (cache, pool, unwraps in
+	// flight): locked cells, zeroed when a key leaves. A key a source
+	// returns is copied into a cell at once and the source's slice cleared.
+	// nil keeps keys on the Go heap (still zeroed when dropped).
+	Mem *secmem.Arena
 }
 
 // Manager is the data-key manager of a mounted volume: it unwraps the
@@ -67,8 +74,8 @@ type Options struct {
 // envelope.KeyUnwrapper.
 //
 // A Manager is safe for concurrent use. It starts goroutines; Close stops
-// them and clears every key it holds. The key sources stay the caller's to
-// close.
+// them and zeroes every key it holds. The key sources and Options.Mem stay
+// the caller's.
 type Manager struct {
 	primary  KeySource
 	sources  []KeySource // primary, then escrow
@@ -76,6 +83,7 @@ type Manager struct {
 	poolSize int
 	now      func() time.Time
 	rand     io.Reader
+	mem      *secmem.Arena
 
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
@@ -115,6 +123,7 @@ func NewManager(o Options) (*Manager, error) {
 		poolSize: o.PoolSize,
 		now:      o.Now,
 		rand:     o.Rand,
+		mem:      o.Mem,
 		flights:  make(map[digest]*flight),
 		changed:  make(chan struct{}),
 	}
@@ -138,7 +147,7 @@ func NewManager(o Options) (*Manager, error) {
 	if maxAge == 0 {
 		maxAge = DefaultCacheMaxAge
 	}
-	m.cache = newKeyCache(entries, maxAge)
+	m.cache = newKeyCache(entries, maxAge, m.mem)
 	m.pool.paused = o.DeferPool
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 
@@ -166,7 +175,7 @@ func (m *Manager) Close() error {
 	m.wg.Wait()
 	m.mu.Lock()
 	m.cache.purge()
-	m.pool.purge()
+	m.pool.purge(m.mem)
 	m.mu.Unlock()
 	return nil
 }
@@ -197,7 +206,7 @@ func (m *Manager) sweepOnce() {
 	m.mu.Lock()
 	now := m.now()
 	m.cache.sweep(now)
-	m.pool.expire(now, m.policy)
+	m.pool.expire(now, m.policy, m.mem)
 	m.mu.Unlock()
 }
 

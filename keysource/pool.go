@@ -1,15 +1,17 @@
 package keysource
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"time"
+
+	"github.com/kmsfs/kmsfs/internal/secmem"
 )
 
-// batch is one data key with its stanzas, serving up to Policy.MaxFiles
-// new files for up to Policy.MaxAge after its first.
+// batch is one data key, in a cell of the Manager's arena, with its
+// stanzas, serving up to Policy.MaxFiles new files for up to Policy.MaxAge
+// after its first.
 type batch struct {
 	key      []byte
 	stanzas  []Stanza
@@ -17,13 +19,15 @@ type batch struct {
 	firstUse time.Time
 }
 
-func (b *batch) retire() {
-	clear(b.key)
+// retire zeroes the batch's key and returns its cell to mem.
+func (b *batch) retire(mem *secmem.Arena) {
+	mem.Free(b.key)
 	b.key = nil
 }
 
-// handOut returns copies of the key and stanzas for one new file.
-func (b *batch) handOut() ([]byte, []Stanza) {
+// handOut copies the key into dst and returns copies of the stanzas for
+// one new file.
+func (b *batch) handOut(dst []byte) []Stanza {
 	n := 0
 	for _, s := range b.stanzas {
 		n += len(s.Body)
@@ -35,7 +39,8 @@ func (b *batch) handOut() ([]byte, []Stanza) {
 		bodies = append(bodies, s.Body...)
 		out[i] = Stanza{Type: s.Type, KeyID: s.KeyID, Body: bodies[lo:len(bodies):len(bodies)]}
 	}
-	return bytes.Clone(b.key), out
+	copy(dst, b.key)
+	return out
 }
 
 // pool is the state of the data-key pool, guarded by Manager.mu.
@@ -56,20 +61,20 @@ type pool struct {
 }
 
 // expire retires the current batch if it has served its age.
-func (p *pool) expire(now time.Time, pol Policy) {
+func (p *pool) expire(now time.Time, pol Policy, mem *secmem.Arena) {
 	if p.cur != nil && now.Sub(p.cur.firstUse) >= pol.MaxAge {
-		p.cur.retire()
+		p.cur.retire(mem)
 		p.cur = nil
 	}
 }
 
-func (p *pool) purge() {
+func (p *pool) purge(mem *secmem.Arena) {
 	if p.cur != nil {
-		p.cur.retire()
+		p.cur.retire(mem)
 		p.cur = nil
 	}
 	for i, b := range p.ready {
-		b.retire()
+		b.retire(mem)
 		p.ready[i] = nil
 	}
 	p.ready = p.ready[:0]
@@ -77,7 +82,9 @@ func (p *pool) purge() {
 
 // NewDataKey returns a data key for a new file and its stanzas: the
 // primary's first, then one per escrow source, all wrapping that key. Both
-// are fresh copies that belong to the caller.
+// are fresh copies that belong to the caller; the key is on the Go heap and
+// the caller clears it when done (NewDataKeyTo writes it into a buffer of
+// the caller's choice, such as a secmem cell, instead).
 //
 // The key comes from the pool, so a create does not wait on the key
 // service unless the pool is empty. Then NewDataKey waits for a refill
@@ -85,24 +92,38 @@ func (p *pool) purge() {
 // since, it returns that error at once (and starts a retry), and a caller
 // waiting when a refill fails gets that error.
 func (m *Manager) NewDataKey(ctx context.Context) ([]byte, []Stanza, error) {
+	key := make([]byte, DataKeySize)
+	stanzas, err := m.NewDataKeyTo(ctx, key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return key, stanzas, nil
+}
+
+// NewDataKeyTo is NewDataKey writing the key into dst, which must hold
+// DataKeySize bytes and stays the caller's (to free or clear).
+func (m *Manager) NewDataKeyTo(ctx context.Context, dst []byte) ([]Stanza, error) {
+	if len(dst) != DataKeySize {
+		return nil, fmt.Errorf("keysource: data key buffer of %d bytes, want %d: %w", len(dst), DataKeySize, ErrInvalid)
+	}
 	m.mu.Lock()
 	p := &m.pool
 	first, seq := true, uint64(0)
 	for {
 		if m.closed {
 			m.mu.Unlock()
-			return nil, nil, ErrClosed
+			return nil, ErrClosed
 		}
 		now := m.now()
-		p.expire(now, m.policy)
+		p.expire(now, m.policy, m.mem)
 		if b := p.cur; b != nil {
-			key, stanzas := b.handOut()
+			stanzas := b.handOut(dst)
 			if b.uses++; b.uses >= m.policy.MaxFiles {
-				b.retire()
+				b.retire(m.mem)
 				p.cur = nil
 			}
 			m.mu.Unlock()
-			return key, stanzas, nil
+			return stanzas, nil
 		}
 		if len(p.ready) > 0 {
 			p.cur = p.ready[0]
@@ -111,7 +132,7 @@ func (m *Manager) NewDataKey(ctx context.Context) ([]byte, []Stanza, error) {
 			// service (and while it is unreachable): cache it under each
 			// of its stanzas, as an unwrap would.
 			for _, st := range p.cur.stanzas {
-				m.cache.put(stanzaDigest(st), bytes.Clone(p.cur.key), now)
+				m.cache.put(stanzaDigest(st), m.mem.Clone(p.cur.key), now)
 			}
 			copy(p.ready, p.ready[1:])
 			p.ready[len(p.ready)-1] = nil
@@ -128,20 +149,20 @@ func (m *Manager) NewDataKey(ctx context.Context) ([]byte, []Stanza, error) {
 				if p.err != nil {
 					err := p.err
 					m.mu.Unlock()
-					return nil, nil, fmt.Errorf("keysource: no data key ready: %w", err)
+					return nil, fmt.Errorf("keysource: no data key ready: %w", err)
 				}
 			}
 		} else if p.errSeq != seq {
 			err := p.err
 			m.mu.Unlock()
-			return nil, nil, fmt.Errorf("keysource: no data key ready: %w", err)
+			return nil, fmt.Errorf("keysource: no data key ready: %w", err)
 		}
 		ch := m.changed
 		m.mu.Unlock()
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			return nil, nil, fmt.Errorf("keysource: waiting for a data key: %w", ctx.Err())
+			return nil, fmt.Errorf("keysource: waiting for a data key: %w", ctx.Err())
 		}
 		m.mu.Lock()
 	}
@@ -210,7 +231,7 @@ func (m *Manager) refill() {
 			p.err, p.paused = err, true
 			p.errSeq++
 		case m.closed:
-			b.retire()
+			b.retire(m.mem)
 		default:
 			p.ready = append(p.ready, b)
 			p.err = nil
@@ -220,8 +241,9 @@ func (m *Manager) refill() {
 }
 
 // newBatch makes a data key and its stanzas: generated by the primary if it
-// is a Generator, else read from m.rand and wrapped by the primary; then
-// wrapped by every escrow source.
+// is a Generator (the key moved into a cell of m.mem and the source's copy
+// cleared), else read from m.rand into a cell and wrapped by the primary;
+// then wrapped by every escrow source.
 func (m *Manager) newBatch(ctx context.Context) (*batch, error) {
 	b := &batch{stanzas: make([]Stanza, 0, len(m.sources))}
 	if g, ok := m.primary.(Generator); ok {
@@ -234,16 +256,18 @@ func (m *Manager) newBatch(ctx context.Context) (*batch, error) {
 			return nil, fmt.Errorf("keysource: %s generated a %d-byte data key, want %d: %w",
 				sourceName(m.primary), len(key), DataKeySize, ErrInvalid)
 		}
-		b.key = key
+		b.key = m.mem.Clone(key)
+		clear(key)
 		b.stanzas = append(b.stanzas, s)
 	} else {
-		b.key = make([]byte, DataKeySize)
+		b.key = m.mem.Alloc(DataKeySize)
 		if _, err := io.ReadFull(m.rand, b.key); err != nil {
+			b.retire(m.mem)
 			return nil, fmt.Errorf("keysource: random data key: %w", err)
 		}
 		s, err := m.primary.Wrap(ctx, b.key)
 		if err != nil {
-			b.retire()
+			b.retire(m.mem)
 			return nil, fmt.Errorf("keysource: wrap data key with %s: %w", sourceName(m.primary), err)
 		}
 		b.stanzas = append(b.stanzas, s)
@@ -251,7 +275,7 @@ func (m *Manager) newBatch(ctx context.Context) (*batch, error) {
 	for _, e := range m.sources[1:] {
 		s, err := e.Wrap(ctx, b.key)
 		if err != nil {
-			b.retire()
+			b.retire(m.mem)
 			return nil, fmt.Errorf("keysource: wrap data key with escrow key %s: %w", sourceName(e), err)
 		}
 		b.stanzas = append(b.stanzas, s)

@@ -14,7 +14,7 @@ import (
 // when every caller waiting for it has given up.
 type flight struct {
 	done    chan struct{} // closed when key and err are set
-	key     []byte        // the flight's copy; cleared by the last waiter
+	key     []byte        // the flight's copy, a cell; freed by the last waiter
 	err     error
 	waiters int // guarded by Manager.mu
 	cancel  context.CancelFunc
@@ -23,7 +23,9 @@ type flight struct {
 // UnwrapKey returns the data key held by one of stanzas, trying them in
 // order with every configured source of the stanza's type. A cached key
 // answers without a key-source call; concurrent calls for one stanza make
-// one call. The result is a fresh copy that belongs to the caller.
+// one call. The result is a fresh copy on the Go heap that belongs to the
+// caller, who clears it when done (UnwrapKeyTo writes it into a buffer of
+// the caller's choice, such as a secmem cell, instead).
 //
 // A key-source call runs under the Manager's own context (values of ctx do
 // not reach it) and is cancelled once every caller waiting for it has given
@@ -36,8 +38,23 @@ type flight struct {
 // others), wrapped with its stanza; the message also names the other
 // failures. If ctx ends first, the error wraps ctx.Err().
 func (m *Manager) UnwrapKey(ctx context.Context, stanzas []Stanza) ([]byte, error) {
+	key := make([]byte, DataKeySize)
+	if err := m.UnwrapKeyTo(ctx, key, stanzas); err != nil {
+		return nil, err
+	}
+	return key, nil
+}
+
+// UnwrapKeyTo is UnwrapKey writing the key into dst, which must hold
+// DataKeySize bytes and stays the caller's (to free or clear). On error dst
+// is left zeroed.
+func (m *Manager) UnwrapKeyTo(ctx context.Context, dst []byte, stanzas []Stanza) error {
+	if len(dst) != DataKeySize {
+		return fmt.Errorf("keysource: data key buffer of %d bytes, want %d: %w", len(dst), DataKeySize, ErrInvalid)
+	}
+	clear(dst)
 	if len(stanzas) == 0 {
-		return nil, fmt.Errorf("keysource: no stanzas to unwrap: %w", ErrInvalid)
+		return fmt.Errorf("keysource: no stanzas to unwrap: %w", ErrInvalid)
 	}
 	var small [4]digest
 	ds := small[:0]
@@ -47,14 +64,14 @@ func (m *Manager) UnwrapKey(ctx context.Context, stanzas []Stanza) ([]byte, erro
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
-		return nil, ErrClosed
+		return ErrClosed
 	}
 	now := m.now()
 	for _, d := range ds {
 		if k := m.cache.get(d, now); k != nil {
-			out := bytes.Clone(k)
+			copy(dst, k)
 			m.mu.Unlock()
-			return out, nil
+			return nil
 		}
 	}
 	m.mu.Unlock()
@@ -65,12 +82,12 @@ func (m *Manager) UnwrapKey(ctx context.Context, stanzas []Stanza) ([]byte, erro
 		if !m.hasType(s.Type) {
 			continue
 		}
-		key, err := m.unwrapOne(ctx, s, ds[i])
+		err := m.unwrapOne(ctx, s, ds[i], dst)
 		switch {
 		case err == nil:
-			return key, nil
+			return nil
 		case ctx.Err() != nil || errors.Is(err, ErrClosed):
-			return nil, fmt.Errorf("keysource: stanza %v: %w", s, err)
+			return fmt.Errorf("keysource: stanza %v: %w", s, err)
 		case !errors.Is(err, ErrNotMine):
 			fails = append(fails, fmt.Errorf("keysource: stanza %v: %w", s, err))
 		case notMine == nil:
@@ -85,7 +102,7 @@ func (m *Manager) UnwrapKey(ctx context.Context, stanzas []Stanza) ([]byte, erro
 		if notMine == nil {
 			notMine = ErrNotMine
 		}
-		return nil, fmt.Errorf("keysource: no configured key opens any stanza (stanzas: %s; configured keys: %s): %w",
+		return fmt.Errorf("keysource: no configured key opens any stanza (stanzas: %s; configured keys: %s): %w",
 			strings.Join(names, ", "), m.keyNames(), notMine)
 	}
 	best := 0
@@ -95,10 +112,10 @@ func (m *Manager) UnwrapKey(ctx context.Context, stanzas []Stanza) ([]byte, erro
 		}
 	}
 	if len(fails) == 1 {
-		return nil, fails[0]
+		return fails[0]
 	}
 	others := append(fails[:best:best], fails[best+1:]...)
-	return nil, &unwrapError{best: fails[best], others: others}
+	return &unwrapError{best: fails[best], others: others}
 }
 
 // unwrapError is the main failure of an unwrap plus the others, which its
@@ -144,18 +161,18 @@ func (m *Manager) hasType(t string) bool {
 	return false
 }
 
-// unwrapOne returns the key of s, whose digest is d, from the cache, from a
-// flight in progress, or from a new flight.
-func (m *Manager) unwrapOne(ctx context.Context, s Stanza, d digest) ([]byte, error) {
+// unwrapOne copies the key of s, whose digest is d, into dst: from the
+// cache, from a flight in progress, or from a new flight.
+func (m *Manager) unwrapOne(ctx context.Context, s Stanza, d digest, dst []byte) error {
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
-		return nil, ErrClosed
+		return ErrClosed
 	}
 	if k := m.cache.get(d, m.now()); k != nil {
-		out := bytes.Clone(k)
+		copy(dst, k)
 		m.mu.Unlock()
-		return out, nil
+		return nil
 	}
 	f := m.flights[d]
 	if f == nil {
@@ -182,17 +199,17 @@ func (m *Manager) unwrapOne(ctx context.Context, s Stanza, d digest) ([]byte, er
 	f.waiters--
 	select {
 	case <-f.done:
-		var key []byte
 		if f.err == nil {
-			key = bytes.Clone(f.key)
+			copy(dst, f.key)
 		}
 		if f.waiters == 0 {
-			clear(f.key)
+			m.mem.Free(f.key)
+			f.key = nil
 		}
 		if f.err != nil && m.closed {
-			return nil, ErrClosed // the source failed because Close cancelled it
+			return ErrClosed // the source failed because Close cancelled it
 		}
-		return key, f.err
+		return f.err
 	default:
 		if f.waiters == 0 {
 			// Nobody wants the answer any more; a later caller starts afresh.
@@ -201,32 +218,39 @@ func (m *Manager) unwrapOne(ctx context.Context, s Stanza, d digest) ([]byte, er
 				delete(m.flights, d)
 			}
 		}
-		return nil, ctx.Err()
+		return ctx.Err()
 	}
 }
 
-// fly runs flight f for stanza s and caches its key.
+// fly runs flight f for stanza s and caches its key. The source's slice
+// is cleared as soon as the key is in cells of m.mem.
 func (m *Manager) fly(ctx context.Context, f *flight, s Stanza, d digest) {
 	defer m.wg.Done()
 	defer f.cancel()
 	key, err := m.unwrapWith(ctx, s)
+	var cached []byte
+	if err == nil {
+		cached = m.mem.Clone(key)
+		clear(key)
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.flights[d] == f {
 		delete(m.flights, d)
 	}
 	if err == nil {
-		f.key = bytes.Clone(key)
+		f.key = m.mem.Clone(cached)
 		if m.closed {
-			clear(key)
+			m.mem.Free(cached)
 		} else {
-			m.cache.put(d, key, m.now()) // the cache now owns the source's slice
+			m.cache.put(d, cached, m.now())
 		}
 	}
 	f.err = err
 	close(f.done)
 	if f.waiters == 0 {
-		clear(f.key)
+		m.mem.Free(f.key)
+		f.key = nil
 	}
 }
 

@@ -5,12 +5,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/kmsfs/kmsfs/internal/secmem"
 	"github.com/kmsfs/kmsfs/keysource"
 	"github.com/kmsfs/kmsfs/keysource/keysourcetest"
 )
@@ -44,8 +46,9 @@ func TestUnwrapCacheHit(t *testing.T) {
 	}
 }
 
-// TestSweep checks that the background sweep clears an expired cached key
-// and an expired data key even when nothing asks for them.
+// TestSweep checks that the background sweep zeroes an expired cached key
+// and an expired data key even when nothing asks for them (the attack: a
+// key read from the memory of an idle mount long after its age).
 func TestSweep(t *testing.T) {
 	clock := keysourcetest.NewClock(time.Unix(1e9, 0))
 	src := keysourcetest.NewGenerating(keysourcetest.Options{})
@@ -60,17 +63,14 @@ func TestSweep(t *testing.T) {
 		t.Fatal(err)
 	}
 	key := randomKey(t)
-	if _, err := m.UnwrapKey(ctx, []keysource.Stanza{wrap(t, src, key)}); err != nil {
+	st := wrap(t, src, key)
+	if _, err := m.UnwrapKey(ctx, []keysource.Stanza{st}); err != nil {
 		t.Fatal(err)
 	}
-	holds := func(k []byte) bool {
-		for _, r := range src.Returned() {
-			if bytes.Equal(r, k) {
-				return true
-			}
-		}
-		return false
-	}
+	// The cells themselves, not copies: they stay readable after they are
+	// freed (a nil arena never reuses them).
+	poolCell, cacheCell := keysource.PoolKeys(m)[0], keysource.CachedKey(m, st)
+	holds := func(cell, k []byte) bool { return bytes.Equal(cell, k) }
 	for _, c := range []struct {
 		advance       time.Duration
 		data, unwrapd bool
@@ -81,16 +81,18 @@ func TestSweep(t *testing.T) {
 	} {
 		clock.Advance(c.advance)
 		keysource.Sweep(m)
-		if holds(dk) != c.data || holds(key) != c.unwrapd {
+		if holds(poolCell, dk) != c.data || holds(cacheCell, key) != c.unwrapd {
 			t.Fatalf("after +%v: data key held %v (want %v), unwrapped key held %v (want %v)",
-				c.advance, holds(dk), c.data, holds(key), c.unwrapd)
+				c.advance, holds(poolCell, dk), c.data, holds(cacheCell, key), c.unwrapd)
+		}
+		if !c.data && !isZero(poolCell) || !c.unwrapd && !isZero(cacheCell) {
+			t.Fatalf("after +%v: a dropped key's cell is not zeroed", c.advance)
 		}
 	}
 }
 
-// TestCacheEvictCount checks least-recently-used eviction. The cache keeps
-// the very slice the source returned, so a test can see it being cleared
-// through keysourcetest.Source.Returned.
+// TestCacheEvictCount checks least-recently-used eviction, and that the
+// evicted key's cell (seen through keysource.CachedKey) is zeroed.
 func TestCacheEvictCount(t *testing.T) {
 	for _, c := range []struct {
 		entries int
@@ -118,8 +120,10 @@ func TestCacheEvictCount(t *testing.T) {
 					t.Fatalf("stanza %d: %v (key equal: %v)", i, err, bytes.Equal(got, keys[i]))
 				}
 			}
+			cells := make([][]byte, n)
 			for i := range n - 1 {
 				unwrap(i)
+				cells[i] = keysource.CachedKey(m, sts[i])
 			}
 			if c.touch && n > 2 {
 				unwrap(0)
@@ -127,10 +131,16 @@ func TestCacheEvictCount(t *testing.T) {
 				t.Fatal("touch needs 2 entries")
 			}
 			unwrap(n - 1)
-			// Returned()[i] is stanza i's key as the cache holds it.
-			for i, k := range src.Returned() {
+			cells[n-1] = keysource.CachedKey(m, sts[n-1])
+			for i, k := range cells {
 				if zero := isZero(k); zero != (i == c.evicted) {
 					t.Fatalf("stanza %d: cached key cleared=%v, want %v", i, zero, i == c.evicted)
+				}
+			}
+			// The source's own slices were cleared once copied into cells.
+			for i, k := range src.Returned() {
+				if !isZero(k) {
+					t.Fatalf("source's key %d still in its slice after the unwrap", i)
 				}
 			}
 			calls := src.Calls(keysourcetest.OpUnwrap)
@@ -162,6 +172,7 @@ func TestCacheEvictAge(t *testing.T) {
 			if _, err := m.UnwrapKey(testCtx(t), st); err != nil {
 				t.Fatal(err)
 			}
+			cell := keysource.CachedKey(m, st[0])
 			clock.Advance(c.age)
 			got, err := m.UnwrapKey(testCtx(t), st)
 			if err != nil || !bytes.Equal(got, key) {
@@ -174,8 +185,8 @@ func TestCacheEvictAge(t *testing.T) {
 			if n := src.Calls(keysourcetest.OpUnwrap); n != want {
 				t.Fatalf("%d unwrap calls, want %d", n, want)
 			}
-			if old := src.Returned()[0]; isZero(old) != c.evicted {
-				t.Fatalf("first cached key cleared=%v, want %v", isZero(old), c.evicted)
+			if isZero(cell) != c.evicted {
+				t.Fatalf("first cached key cleared=%v, want %v", isZero(cell), c.evicted)
 			}
 		})
 	}
@@ -432,5 +443,72 @@ func TestCloseClearsKeys(t *testing.T) {
 	}
 	if err := m.WaitReady(ctx); !errors.Is(err, keysource.ErrClosed) {
 		t.Fatalf("WaitReady after Close: %v", err)
+	}
+}
+
+// TestManagerLockedCells gives the Manager a locked arena: the keys it
+// keeps sit in locked cells while it runs, and Close zeroes and returns
+// every one of them (the attack: reading keys out of swap, or out of a
+// closed manager's memory).
+func TestManagerLockedCells(t *testing.T) {
+	for _, policy := range []string{"batched", "per-file"} {
+		t.Run("policy="+policy, func(t *testing.T) {
+			pol, err := keysource.ParsePolicy(policy)
+			if err != nil {
+				t.Fatal(err)
+			}
+			mem := secmem.New(secmem.Options{})
+			src := keysourcetest.NewGenerating(keysourcetest.Options{})
+			m, err := keysource.NewManager(keysource.Options{Primary: src, Policy: pol, Mem: mem})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx := testCtx(t)
+			var sts []keysource.Stanza
+			for range 10 {
+				_, s, err := m.NewDataKey(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				sts = append(sts, s[0])
+			}
+			key := randomKey(t)
+			other := wrap(t, src, key)
+			got := make([]byte, keysource.DataKeySize)
+			if err := m.UnwrapKeyTo(ctx, got, []keysource.Stanza{other}); err != nil || !bytes.Equal(got, key) {
+				t.Fatalf("UnwrapKeyTo: %v (key equal: %v)", err, bytes.Equal(got, key))
+			}
+			if err := m.WaitReady(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if runtime.GOOS == "linux" {
+				if err := mem.LockError(); err != nil {
+					t.Fatalf("key memory not locked: %v", err)
+				}
+			}
+			cells := append(keysource.PoolKeys(m), keysource.CachedKey(m, other))
+			for _, s := range sts {
+				if c := keysource.CachedKey(m, s); c != nil {
+					cells = append(cells, c)
+				}
+			}
+			if mem.InUse() == 0 {
+				t.Fatal("the manager holds no cells of its arena")
+			}
+			for i, k := range src.Returned() {
+				if !isZero(k) {
+					t.Fatalf("the source's key %d is still in its own slice", i)
+				}
+			}
+			m.Close()
+			if n := mem.InUse(); n != 0 {
+				t.Fatalf("%d cells still allocated after Close", n)
+			}
+			for i, c := range cells {
+				if !isZero(c) {
+					t.Fatalf("cell %d not zeroed by Close", i)
+				}
+			}
+		})
 	}
 }

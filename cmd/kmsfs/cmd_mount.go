@@ -21,7 +21,9 @@ import (
 
 	"github.com/kmsfs/kmsfs/envelope"
 	kfs "github.com/kmsfs/kmsfs/fs"
+	"github.com/kmsfs/kmsfs/internal/secmem"
 	"github.com/kmsfs/kmsfs/keysource"
+	"github.com/kmsfs/kmsfs/keysource/local"
 )
 
 type mountFlags struct {
@@ -40,7 +42,7 @@ type mountFlags struct {
 	keyTimeout     time.Duration
 	cacheTimeout   time.Duration
 	readyFD        int // internal: the background child reports readiness here
-	passphraseFD   int // internal: the parent hands a prompted passphrase over here
+	secretsFD      int // internal: secrets from the environment or a prompt, handed over here
 }
 
 func newMountCmd() *cobra.Command {
@@ -67,6 +69,11 @@ itself, the kernel does. Mounts are nosuid,nodev unless -o suid or -o dev.
 			if !f.foreground {
 				return mountInBackground(f, args)
 			}
+			if f.secretsFD < 0 {
+				if err := reexecWithoutSecrets(args[0], f.trustDir); err != nil {
+					return err
+				}
+			}
 			return runMount(cmd.Context(), f, args[0], args[1])
 		},
 	}
@@ -85,14 +92,16 @@ itself, the kernel does. Mounts are nosuid,nodev unless -o suid or -o dev.
 	fl.DurationVar(&f.keyTimeout, "key-timeout", kfs.DefaultKeyTimeout, "bound on one key call made while opening or creating a file")
 	fl.DurationVar(&f.cacheTimeout, "cache-timeout", kfs.DefaultCacheTimeout, "how long the kernel may cache names, attributes and absent names (the cipher dir must not change behind the mount)")
 	fl.IntVar(&f.readyFD, "ready-fd", -1, "")
-	fl.IntVar(&f.passphraseFD, "passphrase-fd", -1, "")
+	fl.IntVar(&f.secretsFD, "secrets-fd", -1, "")
 	fl.MarkHidden("ready-fd")
-	fl.MarkHidden("passphrase-fd")
+	fl.MarkHidden("secrets-fd")
 	return c
 }
 
 // mountInBackground starts this program again with -f as a session
-// leader and waits until it reports the mount ready, or its error.
+// leader and waits until it reports the mount ready, or its error. Secrets
+// of the environment (and a prompted passphrase) reach the child through a
+// pipe, never its environment or command line.
 func mountInBackground(f *mountFlags, args []string) error {
 	self, err := os.Executable()
 	if err != nil {
@@ -105,21 +114,26 @@ func mountInBackground(f *mountFlags, args []string) error {
 	childArgs := append([]string{}, os.Args[1:]...)
 	childArgs = append(childArgs, "--foreground", "--ready-fd=3")
 	extra := []*os.File{pw}
+	secrets, env := takeSecrets(os.Environ(), secretEnvNames(args[0], f.trustDir))
+	defer clearSecrets(secrets)
 	if needsPrompt(args[0], f) {
 		pp, err := promptPassphrase(false)
 		if err != nil {
 			return err
 		}
-		ppr, ppw, err := os.Pipe()
+		secrets[local.PassphraseEnv] = pp
+	}
+	if len(secrets) > 0 {
+		sr, err := secretsPipe(secrets)
 		if err != nil {
 			return err
 		}
-		go func() { ppw.Write(append(pp, '\n')); clear(pp); ppw.Close() }()
-		extra = append(extra, ppr)
-		childArgs = append(childArgs, "--passphrase-fd=4")
-		defer ppr.Close()
+		defer sr.Close()
+		extra = append(extra, sr)
+		childArgs = append(childArgs, "--secrets-fd=4")
 	}
 	cmd := exec.Command(self, childArgs...)
+	cmd.Env = env
 	cmd.ExtraFiles = extra
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
@@ -141,7 +155,7 @@ func mountInBackground(f *mountFlags, args []string) error {
 
 // needsPrompt reports whether mounting needs a passphrase from the terminal.
 func needsPrompt(dir string, f *mountFlags) bool {
-	if f.passphraseFile != "" || os.Getenv("KMSFS_PASSPHRASE") != "" {
+	if f.passphraseFile != "" || os.Getenv(local.PassphraseEnv) != "" {
 		return false
 	}
 	a, err := loadTrusted(dir, f.trustDir)
@@ -220,26 +234,25 @@ func runMount(ctx context.Context, f *mountFlags, cipherDir, mnt string) (err er
 	if err := checkMountpoint(mnt); err != nil {
 		return err
 	}
-	so := &secretOptions{passphraseFile: f.passphraseFile, publicKeyFile: f.publicKeyFile}
-	if f.passphraseFD >= 0 {
-		pf := os.NewFile(uintptr(f.passphraseFD), "passphrase")
-		line, _ := bufio.NewReader(pf).ReadBytes('\n')
-		pf.Close()
-		so.passphrase = []byte(strings.TrimRight(string(line), "\r\n"))
-		clear(line)
-	} else if f.readyFD < 0 {
-		so.prompt = promptPassphrase
+	warnWeakKDF(log, conf)
+	mem := secmem.New(secmem.Options{OnLockError: func(err error) {
+		log.WithError(err).Warn("keys are held in memory that may be swapped out")
+	}})
+	so, err := mountSecrets(f, mem)
+	if err != nil {
+		return err
 	}
 	mctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
 	srcs, err := openAnchor(mctx, anchor, so, log)
-	clear(so.passphrase)
+	so.clear()
 	if err != nil {
 		return err
 	}
 	defer srcs.Close()
 	policy, _ := conf.Policy()
-	mgr, err := keysource.NewManager(keysource.Options{Primary: srcs.list[0], Escrow: srcs.list[1:], Policy: policy, DeferPool: f.readOnly})
+	mgr, err := keysource.NewManager(keysource.Options{Primary: srcs.list[0], Escrow: srcs.list[1:], Policy: policy,
+		DeferPool: f.readOnly, Mem: mem})
 	if err != nil {
 		return err
 	}

@@ -14,6 +14,10 @@ import (
 var version = "0.1.0-dev"
 
 func main() {
+	if err := setNonDumpable(); err != nil {
+		fmt.Fprintln(os.Stderr, "kmsfs:", err)
+		os.Exit(1)
+	}
 	if err := newRootCmd().Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "kmsfs:", err)
 		os.Exit(1)

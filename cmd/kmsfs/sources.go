@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/kmsfs/kmsfs/envelope"
+	"github.com/kmsfs/kmsfs/internal/secmem"
 	"github.com/kmsfs/kmsfs/keysource"
 	"github.com/kmsfs/kmsfs/keysource/awskms"
 	"github.com/kmsfs/kmsfs/keysource/local"
@@ -20,6 +21,9 @@ type secretOptions struct {
 	passphrase     []byte // handed over by the parent process, or prompted
 	publicKeyFile  string // awskms: wrap-only with this public key (DER)
 	prompt         func(confirm bool) ([]byte, error)
+	handed         map[string][]byte           // secrets handed over by the parent (secrets.go)
+	lookupEnv      func(string) (string, bool) // nil: os.LookupEnv
+	mem            *secmem.Arena               // locked memory for local keys; nil: the heap
 }
 
 // sources are the opened key sources of a volume, primary first.
@@ -42,7 +46,7 @@ func (s *sources) Close() {
 func (s *sources) open(ctx context.Context, spec keysource.Spec, vid envelope.VolumeID, kdf *local.KDFParams, so *secretOptions, confirm bool) (keysource.KeySource, *local.KDFParams, error) {
 	switch spec.Type {
 	case "local":
-		o := local.Options{VolumeID: vid, PassphraseFile: so.passphraseFile}
+		o := local.Options{VolumeID: vid, PassphraseFile: so.passphraseFile, LookupEnv: so.lookupEnv, Mem: so.mem}
 		if spec.Value != "passphrase" {
 			src, err := local.NewKeyFile(spec.Value, o)
 			return src, nil, err
@@ -67,7 +71,7 @@ func (s *sources) open(ctx context.Context, spec keysource.Spec, vid envelope.Vo
 		if s.loader == nil {
 			s.loader = pkcs11.NewLoader()
 		}
-		src, err := s.loader.Open(ctx, spec, vid, pkcs11.Options{})
+		src, err := s.loader.Open(ctx, spec, vid, pkcs11.Options{LookupEnv: so.lookupEnv})
 		if err != nil {
 			return nil, nil, err
 		}

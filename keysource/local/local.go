@@ -27,7 +27,9 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 
+	"github.com/kmsfs/kmsfs/internal/secmem"
 	"github.com/kmsfs/kmsfs/keysource"
 )
 
@@ -69,17 +71,30 @@ type Options struct {
 	Prompt func() ([]byte, error)
 	// LookupEnv reads the environment; nil means os.LookupEnv.
 	LookupEnv func(key string) (string, bool)
+	// Mem holds the wrapping key (and the master key while it is
+	// derived): locked memory, zeroed by Close. nil keeps them on the Go
+	// heap.
+	Mem *secmem.Arena
+	// AllowWeakKDF accepts KDF parameters below MinScryptLogN and
+	// MinScryptR, for unit tests that need a cheap KDF. The CLI never sets
+	// it: a weakened kmsfs.conf must not load.
+	AllowWeakKDF bool
 }
 
 // Source is a local key: it wraps and unwraps data keys for one volume. It
-// is safe for concurrent use, needs no closing, and keeps the derived
-// wrapping key in memory for its lifetime.
+// is safe for concurrent use. It keeps the derived wrapping key in a cell
+// of Options.Mem until Close, and expands it into an AES-GCM key schedule
+// for each call only: Go's crypto/aes keeps schedules on the heap, where
+// they cannot be locked or zeroed, so none is kept for the Source's life.
 type Source struct {
 	keyID  string
 	volume [16]byte
 	rand   io.Reader
-	aead   cipher.AEAD
+	mem    *secmem.Arena
 	detail string // for Describe: warnings and the key's form
+
+	mu      sync.RWMutex
+	wrapKey []byte // cell of mem; nil after Close
 }
 
 var (
@@ -103,28 +118,51 @@ func New(spec keysource.Spec, o Options) (*Source, error) {
 // newSource derives the wrapping key and key ID from master, which stays
 // the caller's.
 func newSource(master []byte, prefix string, o Options) (*Source, error) {
-	wrapKey, err := hkdf.Key(sha256.New, master, nil, labelWrapKey, 32)
+	derived, err := hkdf.Key(sha256.New, master, nil, labelWrapKey, 32)
 	if err != nil {
 		return nil, err
 	}
+	wrapKey := o.Mem.Clone(derived)
+	clear(derived)
 	id, err := hkdf.Key(sha256.New, master, nil, labelKeyID, 8)
 	if err != nil {
+		o.Mem.Free(wrapKey)
 		return nil, err
 	}
-	blk, err := aes.NewCipher(wrapKey)
-	clear(wrapKey)
-	if err != nil {
-		return nil, err
-	}
-	aead, err := cipher.NewGCM(blk)
-	if err != nil {
-		return nil, err
-	}
-	s := &Source{keyID: prefix + hex.EncodeToString(id), volume: o.VolumeID, rand: o.Rand, aead: aead}
+	s := &Source{keyID: prefix + hex.EncodeToString(id), volume: o.VolumeID, rand: o.Rand, mem: o.Mem, wrapKey: wrapKey}
 	if s.rand == nil {
 		s.rand = rand.Reader
 	}
 	return s, nil
+}
+
+// Close zeroes the wrapping key and returns its cell; later calls fail
+// with keysource.ErrInvalid. Close is idempotent and returns nil.
+func (s *Source) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.mem.Free(s.wrapKey)
+	s.wrapKey = nil
+	return nil
+}
+
+// aead runs f with an AES-256-GCM under the wrapping key. The read lock
+// keeps Close from zeroing the key under a call.
+func (s *Source) aead(f func(cipher.AEAD) error) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.wrapKey == nil {
+		return fmt.Errorf("local: key %s is closed: %w", s.keyID, keysource.ErrInvalid)
+	}
+	blk, err := aes.NewCipher(s.wrapKey)
+	if err != nil {
+		return err
+	}
+	aead, err := cipher.NewGCM(blk)
+	if err != nil {
+		return err
+	}
+	return f(aead)
 }
 
 // Type returns "local".
@@ -145,7 +183,12 @@ func (s *Source) Wrap(_ context.Context, dataKey []byte) (keysource.Stanza, erro
 	if _, err := io.ReadFull(s.rand, body); err != nil {
 		return keysource.Stanza{}, fmt.Errorf("local: nonce: %w", err)
 	}
-	body = s.aead.Seal(body, body, dataKey, s.volume[:])
+	if err := s.aead(func(a cipher.AEAD) error {
+		body = a.Seal(body, body, dataKey, s.volume[:])
+		return nil
+	}); err != nil {
+		return keysource.Stanza{}, err
+	}
 	return keysource.Stanza{Type: Type, KeyID: s.keyID, Body: body}, nil
 }
 
@@ -174,8 +217,15 @@ func (s *Source) Unwrap(_ context.Context, st keysource.Stanza) ([]byte, error) 
 	if len(st.Body) != bodySize {
 		return nil, fmt.Errorf("local: stanza %v: body is %d bytes, want %d: %w", st, len(st.Body), bodySize, keysource.ErrInvalid)
 	}
-	key, err := s.aead.Open(make([]byte, 0, keysource.DataKeySize), st.Body[:nonceSize], st.Body[nonceSize:], s.volume[:])
-	if err != nil {
+	var key []byte
+	var opened error
+	if err := s.aead(func(a cipher.AEAD) error {
+		key, opened = a.Open(make([]byte, 0, keysource.DataKeySize), st.Body[:nonceSize], st.Body[nonceSize:], s.volume[:])
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	if opened != nil {
 		return nil, fmt.Errorf("local: stanza %v does not open under this key and volume (damaged, or from another volume?): %w",
 			st, keysource.ErrInvalid)
 	}

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kmsfs/kmsfs/internal/secmem"
 	"github.com/kmsfs/kmsfs/keysource"
 	"github.com/kmsfs/kmsfs/keysource/local"
 )
@@ -88,13 +89,13 @@ func TestRoundTrip(t *testing.T) {
 		}},
 		{"form=passphrase,from=env", "passphrase:", func(vol [16]byte) (*local.Source, error) {
 			return local.New(keysource.Spec{Type: "local", Value: "passphrase"},
-				local.Options{VolumeID: vol, KDF: kdf, LookupEnv: env("correct horse")})
+				local.Options{VolumeID: vol, KDF: kdf, AllowWeakKDF: true, LookupEnv: env("correct horse")})
 		}},
 		{"form=passphrase,from=file", "passphrase:", func(vol [16]byte) (*local.Source, error) {
-			return local.NewPassphrase(local.Options{VolumeID: vol, KDF: kdf, PassphraseFile: passFile, LookupEnv: noEnv})
+			return local.NewPassphrase(local.Options{VolumeID: vol, KDF: kdf, AllowWeakKDF: true, PassphraseFile: passFile, LookupEnv: noEnv})
 		}},
 		{"form=passphrase,from=prompt", "passphrase:", func(vol [16]byte) (*local.Source, error) {
-			return local.NewPassphrase(local.Options{VolumeID: vol, KDF: kdf, LookupEnv: noEnv,
+			return local.NewPassphrase(local.Options{VolumeID: vol, KDF: kdf, AllowWeakKDF: true, LookupEnv: noEnv,
 				Prompt: func() ([]byte, error) { return []byte("correct horse"), nil }})
 		}},
 	} {
@@ -172,11 +173,11 @@ func TestUnwrapRefuses(t *testing.T) {
 	s, _ := keyFileSource(t, volA)
 	other, _ := keyFileSource(t, volA)
 	kdf := cheapKDF(t)
-	pass, err := local.NewPassphrase(local.Options{VolumeID: volA, KDF: kdf, LookupEnv: env("one")})
+	pass, err := local.NewPassphrase(local.Options{VolumeID: volA, KDF: kdf, AllowWeakKDF: true, LookupEnv: env("one")})
 	if err != nil {
 		t.Fatal(err)
 	}
-	wrongPass, err := local.NewPassphrase(local.Options{VolumeID: volA, KDF: kdf, LookupEnv: env("two")})
+	wrongPass, err := local.NewPassphrase(local.Options{VolumeID: volA, KDF: kdf, AllowWeakKDF: true, LookupEnv: env("two")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -308,7 +309,7 @@ func TestKeyFileMode(t *testing.T) {
 
 func TestPassphraseSources(t *testing.T) {
 	kdf := cheapKDF(t)
-	ref, err := local.NewPassphrase(local.Options{KDF: kdf, LookupEnv: env("s3cret")})
+	ref, err := local.NewPassphrase(local.Options{KDF: kdf, AllowWeakKDF: true, LookupEnv: env("s3cret")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -341,7 +342,7 @@ func TestPassphraseSources(t *testing.T) {
 		{name: "none", o: local.Options{LookupEnv: noEnv}, fail: keysource.ErrInvalid, saying: local.PassphraseEnv},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			c.o.KDF = kdf
+			c.o.KDF, c.o.AllowWeakKDF = kdf, true
 			s, err := local.NewPassphrase(c.o)
 			if c.fail != nil {
 				if !errors.Is(err, c.fail) || !strings.Contains(err.Error(), c.saying) {
@@ -359,14 +360,14 @@ func TestPassphraseSources(t *testing.T) {
 	}
 	t.Run("process-env", func(t *testing.T) {
 		t.Setenv(local.PassphraseEnv, "s3cret")
-		s, err := local.NewPassphrase(local.Options{KDF: kdf})
+		s, err := local.NewPassphrase(local.Options{KDF: kdf, AllowWeakKDF: true})
 		if err != nil || s.KeyID() != ref.KeyID() {
 			t.Fatalf("%v (same key: %v)", err, err == nil && s.KeyID() == ref.KeyID())
 		}
 	})
 	t.Run("prompt-cleared", func(t *testing.T) {
 		p := []byte("s3cret")
-		if _, err := local.NewPassphrase(local.Options{KDF: kdf, LookupEnv: noEnv, Prompt: func() ([]byte, error) { return p, nil }}); err != nil {
+		if _, err := local.NewPassphrase(local.Options{KDF: kdf, AllowWeakKDF: true, LookupEnv: noEnv, Prompt: func() ([]byte, error) { return p, nil }}); err != nil {
 			t.Fatal(err)
 		}
 		if !bytes.Equal(p, make([]byte, len(p))) {
@@ -375,7 +376,7 @@ func TestPassphraseSources(t *testing.T) {
 	})
 	t.Run("salt", func(t *testing.T) {
 		k2 := cheapKDF(t) // another salt: another key
-		s, err := local.NewPassphrase(local.Options{KDF: k2, LookupEnv: env("s3cret")})
+		s, err := local.NewPassphrase(local.Options{KDF: k2, AllowWeakKDF: true, LookupEnv: env("s3cret")})
 		if err != nil || s.KeyID() == ref.KeyID() {
 			t.Fatalf("%v; another salt gave the same key: %v", err, err == nil && s.KeyID() == ref.KeyID())
 		}
@@ -434,6 +435,104 @@ func TestKDFParams(t *testing.T) {
 	}
 }
 
+// TestKDFFloor is the attack of an edited kmsfs.conf that lowers the
+// scrypt cost of a passphrase volume: parameters below the floor are
+// refused with a message naming the floor, unless a test opts in; those
+// between the floor and the default load, flagged BelowDefault.
+func TestKDFFloor(t *testing.T) {
+	for _, c := range []struct {
+		logN  uint8
+		r     int
+		ok    bool
+		below bool
+	}{
+		{logN: 10, r: 8},
+		{logN: 15, r: 8},
+		{logN: 16, r: 1},
+		{logN: 20, r: 4},
+		{logN: 16, r: 8, ok: true, below: true},
+		{logN: local.DefaultScryptLogN, r: 8, ok: true},
+		{logN: 18, r: 8, ok: true},
+	} {
+		t.Run(fmt.Sprintf("log_n=%d,r=%d", c.logN, c.r), func(t *testing.T) {
+			p := cheapKDF(t)
+			p.LogN, p.R = c.logN, c.r
+			err := p.Check()
+			if c.ok {
+				if err != nil {
+					t.Fatalf("Check: %v", err)
+				}
+			} else {
+				want := fmt.Sprintf("minimum log_n=%d r=%d", local.MinScryptLogN, local.MinScryptR)
+				if !errors.Is(err, keysource.ErrInvalid) || !strings.Contains(err.Error(), want) {
+					t.Fatalf("Check: %v, want ErrInvalid naming %q", err, want)
+				}
+				if _, err := local.NewPassphrase(local.Options{KDF: p, LookupEnv: env("pw")}); !errors.Is(err, keysource.ErrInvalid) {
+					t.Fatalf("NewPassphrase: %v, want ErrInvalid", err)
+				}
+			}
+			if got := p.BelowDefault(); got != (c.below || !c.ok) {
+				t.Fatalf("BelowDefault = %v", got)
+			}
+		})
+	}
+	t.Run("allow-weak", func(t *testing.T) {
+		if _, err := local.NewPassphrase(local.Options{KDF: cheapKDF(t), AllowWeakKDF: true, LookupEnv: env("pw")}); err != nil {
+			t.Fatalf("a test's cheap KDF with AllowWeakKDF: %v", err)
+		}
+	})
+}
+
+// TestCloseZeroesWrapKey: the wrapping key lives in a cell of the arena
+// and Close zeroes it (the attack: reading a closed source's key out of
+// memory); the source refuses calls afterwards.
+func TestCloseZeroesWrapKey(t *testing.T) {
+	for _, form := range []string{"key-file", "passphrase"} {
+		t.Run("form="+form, func(t *testing.T) {
+			mem := secmem.New(secmem.Options{})
+			var s *local.Source
+			var err error
+			if form == "key-file" {
+				s, err = local.NewKeyFile(writeFile(t, randomBytes(t, 32), 0o600), local.Options{VolumeID: volA, Mem: mem})
+			} else {
+				s, err = local.NewPassphrase(local.Options{VolumeID: volA, KDF: cheapKDF(t), AllowWeakKDF: true, LookupEnv: env("pw"), Mem: mem})
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			dk := randomBytes(t, 32)
+			st, err := s.Wrap(context.Background(), dk)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, err := s.Unwrap(context.Background(), st); err != nil || !bytes.Equal(got, dk) {
+				t.Fatalf("Unwrap: %v", err)
+			}
+			cell := local.WrapKey(s)
+			if mem.InUse() != 1 || isZero(cell) {
+				t.Fatalf("%d cells in use, wrap key zero %v: want the key in one cell", mem.InUse(), isZero(cell))
+			}
+			s.Close()
+			s.Close()
+			if !isZero(cell) || mem.InUse() != 0 {
+				t.Fatalf("after Close: wrap key zero %v, %d cells in use", isZero(cell), mem.InUse())
+			}
+			if _, err := s.Unwrap(context.Background(), st); !errors.Is(err, keysource.ErrInvalid) {
+				t.Fatalf("Unwrap after Close: %v, want ErrInvalid", err)
+			}
+		})
+	}
+}
+
+func isZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
 func TestNewFromSpec(t *testing.T) {
 	for _, c := range []struct {
 		spec string
@@ -449,7 +548,7 @@ func TestNewFromSpec(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			_, err = local.New(spec, local.Options{KDF: cheapKDF(t), LookupEnv: env("pw")})
+			_, err = local.New(spec, local.Options{KDF: cheapKDF(t), AllowWeakKDF: true, LookupEnv: env("pw")})
 			if (err == nil) != c.ok {
 				t.Fatalf("error %v, want ok=%v", err, c.ok)
 			}
@@ -482,7 +581,7 @@ func TestKeyIDRevealsNothing(t *testing.T) {
 func TestWithManager(t *testing.T) {
 	s, _ := keyFileSource(t, volA)
 	kdf := cheapKDF(t)
-	escrow, err := local.NewPassphrase(local.Options{VolumeID: volA, KDF: kdf, LookupEnv: env("escrow")})
+	escrow, err := local.NewPassphrase(local.Options{VolumeID: volA, KDF: kdf, AllowWeakKDF: true, LookupEnv: env("escrow")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -508,7 +607,7 @@ func TestWithManager(t *testing.T) {
 		}
 	}
 	t.Run("wrong-passphrase", func(t *testing.T) {
-		wrong, err := local.NewPassphrase(local.Options{VolumeID: volA, KDF: kdf, LookupEnv: env("not escrow")})
+		wrong, err := local.NewPassphrase(local.Options{VolumeID: volA, KDF: kdf, AllowWeakKDF: true, LookupEnv: env("not escrow")})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -13,16 +13,24 @@ import (
 )
 
 // KDFScrypt is the only key-derivation algorithm of format version 1.
-// (Argon2id would need golang.org/x/sys, which the module does not pin.)
 const KDFScrypt = "scrypt"
 
-// Default scrypt parameters for new volumes: N = 2^16, r = 8, p = 1 uses
-// 64 MiB and takes about 230 ms on the project's 2-core build machine
-// (2^15: 110 ms, 2^17: 580 ms), once per mount.
+// Default scrypt parameters for new volumes: N = 2^17, r = 8, p = 1, the
+// cost OWASP's password storage guidance names for scrypt, uses 128 MiB,
+// once per mount.
 const (
-	DefaultScryptLogN = 16
+	DefaultScryptLogN = 17
 	DefaultScryptR    = 8
 	DefaultScryptP    = 1
+)
+
+// The floor below which loaded parameters are refused: whoever can edit
+// kmsfs.conf could otherwise lower the cost and make the passphrase of
+// every later mount cheap to guess from the stanzas it wraps. Volumes of
+// earlier releases were made with N = 2^16, r = 8, so that is the floor.
+const (
+	MinScryptLogN = 16
+	MinScryptR    = 8
 )
 
 const (
@@ -57,8 +65,18 @@ func NewKDFParams(r io.Reader) (KDFParams, error) {
 }
 
 // Check reports whether p is usable: a known algorithm, a salt of 16 to 64
-// bytes, and a cost that fits in 1 GiB of memory.
-func (p KDFParams) Check() error {
+// bytes, a cost of at least N = 2^MinScryptLogN and r = MinScryptR, and
+// at most 1 GiB of memory.
+func (p KDFParams) Check() error { return p.check(false) }
+
+// BelowDefault reports whether p costs less than the parameters new volumes
+// get, for the CLI to warn that the passphrase KDF is weaker than current
+// guidance (p itself passes Check).
+func (p KDFParams) BelowDefault() bool {
+	return p.Alg == KDFScrypt && (p.LogN < DefaultScryptLogN || p.R < DefaultScryptR)
+}
+
+func (p KDFParams) check(allowWeak bool) error {
 	switch {
 	case p.Alg == "":
 		return fmt.Errorf("local: passphrase key needs its KDF parameters from kmsfs.conf (new volumes: NewKDFParams): %w", keysource.ErrInvalid)
@@ -70,6 +88,10 @@ func (p KDFParams) Check() error {
 		int64(128)*int64(p.R)<<p.LogN > maxScryptMemory:
 		return fmt.Errorf("local: scrypt log_n=%d r=%d p=%d: want 1 <= p <= 16 and at most %d MiB: %w",
 			p.LogN, p.R, p.P, maxScryptMemory>>20, keysource.ErrInvalid)
+	case !allowWeak && (p.LogN < MinScryptLogN || p.R < MinScryptR):
+		return fmt.Errorf("local: scrypt log_n=%d r=%d in kmsfs.conf is below the minimum log_n=%d r=%d: "+
+			"weakened KDF parameters make the passphrase cheap to guess, so they are refused (was kmsfs.conf edited?): %w",
+			p.LogN, p.R, MinScryptLogN, MinScryptR, keysource.ErrInvalid)
 	}
 	return nil
 }
@@ -82,23 +104,26 @@ func (p KDFParams) String() string {
 // NewPassphrase returns the Source for the passphrase form. The passphrase
 // comes from o.PassphraseFile if set, else from KMSFS_PASSPHRASE, else
 // from o.Prompt; never from a command-line argument. It is stretched with
-// o.KDF (taking ~230 ms at the defaults) and cleared where the Source can
-// clear it.
+// o.KDF (taking about half a second at the defaults) and cleared where
+// the Source can clear it; the derived master key lives in a cell of o.Mem
+// only until the wrapping key is derived from it.
 func NewPassphrase(o Options) (*Source, error) {
-	if err := o.KDF.Check(); err != nil {
+	if err := o.KDF.check(o.AllowWeakKDF); err != nil {
 		return nil, err
 	}
 	pass, from, err := o.passphrase()
 	if err != nil {
 		return nil, err
 	}
-	master, err := scrypt.Key(pass, o.KDF.Salt, 1<<o.KDF.LogN, o.KDF.R, o.KDF.P, masterSize)
+	derived, err := scrypt.Key(pass, o.KDF.Salt, 1<<o.KDF.LogN, o.KDF.R, o.KDF.P, masterSize)
 	clear(pass)
 	if err != nil {
 		return nil, fmt.Errorf("local: %v: %w", o.KDF, err)
 	}
+	master := o.Mem.Clone(derived)
+	clear(derived)
 	s, err := newSource(master, prefixPassphrase, o)
-	clear(master)
+	o.Mem.Free(master)
 	if err != nil {
 		return nil, err
 	}
