@@ -309,6 +309,19 @@ func (r record) bytes() []byte {
 	return b
 }
 
+// journaledFile makes a cipher file at name in cdir through a journal
+// of one slot, closed again, and returns the journal's directory.
+func journaledFile(t *testing.T, cdir, name string) (string, *cipherFile) {
+	t.Helper()
+	jdir := filepath.Join(cdir, journalName)
+	j, err := openJournal(t, jdir, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	return jdir, newCipherFile(t, j, cdir, name, 3*4096)
+}
+
 // overwriteRecord crafts a valid-looking redo record for c: write body
 // over its first block, with the size check matching c's cipher file.
 func overwriteRecord(t *testing.T, c *cipherFile, hint string, body []byte) record {
@@ -332,13 +345,7 @@ func TestJournalOversizeRecord(t *testing.T) {
 		for _, name := range []string{"slot-0", "pending-0123456789abcdef"} {
 			t.Run(fmt.Sprintf("n=%d/file=%s", n, name), func(t *testing.T) {
 				cdir := t.TempDir()
-				jdir := filepath.Join(cdir, journalName)
-				j, err := openJournal(t, jdir, 1)
-				if err != nil {
-					t.Fatal(err)
-				}
-				c := newCipherFile(t, j, cdir, "f", 3*4096)
-				j.Close()
+				jdir, c := journaledFile(t, cdir, "f")
 				rec := overwriteRecord(t, c, "f", fill(8192, 3))
 				rec.n = n
 				if err := os.WriteFile(filepath.Join(jdir, name), rec.bytes(), 0o600); err != nil {
@@ -379,13 +386,7 @@ func TestJournalPendingPlanted(t *testing.T) {
 		for _, when := range []string{"before-open", "before-apply"} {
 			t.Run(fmt.Sprintf("kind=%s/when=%s", kind, when), func(t *testing.T) {
 				cdir := t.TempDir()
-				jdir := filepath.Join(cdir, journalName)
-				j, err := openJournal(t, jdir, 1)
-				if err != nil {
-					t.Fatal(err)
-				}
-				c := newCipherFile(t, j, cdir, "f", 3*4096)
-				j.Close()
+				jdir, c := journaledFile(t, cdir, "f")
 				// A host file readable by the daemon only, holding a record
 				// for c whose body is the secret: what the attacker wants
 				// copied into c, which they can read.
@@ -420,7 +421,7 @@ func TestJournalPendingPlanted(t *testing.T) {
 					plant(t, kind, pending, victim.path)
 				}
 				root := openRoot(t, cdir)
-				err = within(t, "RecoverFiles", func() error { _, err := j2.RecoverFiles(root, c.v.Layout()); return err })
+				err := within(t, "RecoverFiles", func() error { _, err := j2.RecoverFiles(root, c.v.Layout()); return err })
 				t.Logf("RecoverFiles: %v", err)
 				if j2.Pending() != 0 {
 					t.Fatalf("%d records pending after RecoverFiles", j2.Pending())
@@ -446,16 +447,10 @@ func TestJournalHintPlanted(t *testing.T) {
 	for _, kind := range []string{"fifo", "symlink-to-fifo", "symlink-to-file", "symlinked-dir"} {
 		t.Run("kind="+kind, func(t *testing.T) {
 			cdir := t.TempDir()
-			jdir := filepath.Join(cdir, journalName)
 			if err := os.Mkdir(filepath.Join(cdir, "sub"), 0o700); err != nil {
 				t.Fatal(err)
 			}
-			j, err := openJournal(t, jdir, 1)
-			if err != nil {
-				t.Fatal(err)
-			}
-			c := newCipherFile(t, j, cdir, "sub/f", 3*4096)
-			j.Close()
+			jdir, c := journaledFile(t, cdir, "sub/f")
 			rec := overwriteRecord(t, c, "sub/f", fill(8192, 4))
 			if err := os.WriteFile(filepath.Join(jdir, "slot-0"), rec.bytes(), 0o600); err != nil {
 				t.Fatal(err)
