@@ -10,7 +10,6 @@ import (
 	"hash/crc32"
 	"io"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -39,8 +38,10 @@ const (
 	// the record itself (written after the body) sits alone on the first
 	// page and is written whole or not at all.
 	journalBodyOff = 4096
-	// A slot whose body was larger than this is emptied after use rather
-	// than only cleared, so that idle slots do not hold disk space.
+	// A slot whose body was larger than this is emptied after use (cut to
+	// nothing); a smaller one is overwritten with zeros, which costs a
+	// copy where the cut costs freeing and allocating the file's blocks
+	// again on every change.
 	journalShrinkAbove = 256 << 10
 )
 
@@ -56,24 +57,35 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // it is about to write (an overwrite: recovery writes them again) or the
 // bytes it is about to replace together with the old size (a change that
 // grows the file: recovery puts them back and cuts the file to its old
-// size). Once the change is done the slot is cleared. So after a crash
-// every block reads its old or its new contents. The records hold only
-// ciphertext and offsets, no keys.
+// size). Once the change is done the slot is truncated to nothing, so no
+// slot keeps the bytes of a finished change. So after a crash every block
+// reads its old or its new contents. The records hold only ciphertext and
+// offsets, no keys.
+//
+// The journal directory sits in the cipher dir, which is untrusted
+// storage: every entry of it is opened relative to the directory's
+// descriptor without following symbolic links, checked to be a regular
+// file with no other hard links before it is read, and bounded by its
+// size; slot files are created afresh (O_EXCL) so nothing planted is ever
+// written through.
 //
 // OpenJournal keeps the records a crash left behind as pending; each is
 // applied when its file is next opened (Volume.Open), before anything
 // reads the file, and then removed. The journal does not help against
 // power loss: that needs fsync, as without it.
 type Journal struct {
-	dir  string
-	lock *os.File // the journal directory, flock'ed for the life of the Journal
+	name string   // of the journal directory in the cipher dir, for errors
+	dir  *os.File // the journal directory, flock'ed for the life of the Journal
+	dfd  int      // dir's descriptor: every slot and record is opened relative to it
 	free chan *journalSlot
 	seq  atomic.Uint64
 
-	bufs bufPool // inline records
+	bufs  bufPool // inline records
+	zeros []byte  // what end writes over a record and a body up to journalShrinkAbove
 
 	mu      sync.Mutex
 	pending map[FileID][]journalPending
+	dropped []error
 	closed  bool
 }
 
@@ -82,10 +94,13 @@ type journalSlot struct {
 	f   *os.File
 }
 
+func (s *journalSlot) name() string { return fmt.Sprintf("slot-%d", s.idx) }
+
 type journalPending struct {
-	path string
-	rec  journalRecord
-	body []byte // an inline record's body, read (and checked) at load
+	name     string // in the journal directory
+	dev, ino uint64 // of the record's file when load read it
+	rec      journalRecord
+	body     []byte // an inline record's body, read (and checked) at load
 }
 
 // journalRecord describes one change: write n bytes of body at offset at,
@@ -168,6 +183,9 @@ func parseJournalRecord(b []byte) (journalRecord, bool) {
 	if r.at < 0 || r.n < 0 || r.min < 0 || r.max < r.min || r.cut < -1 {
 		return r, false
 	}
+	if r.punch && r.n > r.max-r.at {
+		return r, false // a punch record covers stored bytes only
+	}
 	return r, true
 }
 
@@ -182,31 +200,48 @@ type JournalHinter interface {
 // journal: the cipher dir is mounted read-write elsewhere.
 var ErrJournalBusy = errors.New("journal is in use by another process (is the cipher dir mounted elsewhere?)")
 
-// OpenJournal opens (creating it if needed) the journal directory dir,
-// locks it against other processes, and keeps the records that an earlier
-// process left behind as pending. slots is the number of changes that can
-// be in flight at once; 0 means DefaultJournalSlots.
-func OpenJournal(dir string, slots int) (*Journal, error) {
+// OpenJournal opens the journal directory name (one path component) of
+// the cipher dir, creating it if needed, locks it against other processes,
+// and keeps the records that an earlier process left behind as pending.
+// slots is the number of changes that can be in flight at once; 0 means
+// DefaultJournalSlots.
+//
+// The journal directory must be a directory, not a symbolic link to one:
+// anything else there fails with an error wrapping ErrJournalEntry. An
+// entry among the records that is not a regular file of its own, or a
+// record whose lengths exceed its file, is removed without being followed
+// or read; Dropped reports it. The caller keeps ownership of cipherDir,
+// which the Journal does not use after OpenJournal returns.
+func OpenJournal(cipherDir *os.Root, name string, slots int) (*Journal, error) {
 	if slots <= 0 {
 		slots = DefaultJournalSlots
 	}
-	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
-		return nil, fmt.Errorf("envelope: journal: %w", err)
+	if name == "" || name == "." || name == ".." || strings.Contains(name, "/") {
+		return nil, fmt.Errorf("envelope: journal: %q is not a name in the cipher dir", name)
 	}
-	lock, err := os.Open(dir)
+	top, err := cipherDir.Open(".")
 	if err != nil {
 		return nil, fmt.Errorf("envelope: journal: %w", err)
 	}
-	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		lock.Close()
-		if err == unix.EWOULDBLOCK {
-			return nil, fmt.Errorf("envelope: %s: %w", dir, ErrJournalBusy)
-		}
-		return nil, fmt.Errorf("envelope: journal: lock %s: %w", dir, err)
+	defer top.Close()
+	if err := unix.Mkdirat(int(top.Fd()), name, 0o700); err != nil && err != unix.EEXIST {
+		return nil, fmt.Errorf("envelope: journal: create %s: %w", name, err)
 	}
-	j := &Journal{dir: dir, lock: lock, free: make(chan *journalSlot, slots), pending: map[FileID][]journalPending{}}
+	fd, _, err := openAt(int(top.Fd()), name, unix.O_RDONLY|unix.O_DIRECTORY, unix.S_IFDIR)
+	if err != nil {
+		return nil, fmt.Errorf("envelope: journal: %s: %w", name, err)
+	}
+	dir := os.NewFile(uintptr(fd), name)
+	if err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		dir.Close()
+		if err == unix.EWOULDBLOCK {
+			return nil, fmt.Errorf("envelope: %s: %w", name, ErrJournalBusy)
+		}
+		return nil, fmt.Errorf("envelope: journal: lock %s: %w", name, err)
+	}
+	j := &Journal{name: name, dir: dir, dfd: fd, zeros: make([]byte, journalBodyOff+journalShrinkAbove), free: make(chan *journalSlot, slots), pending: map[FileID][]journalPending{}}
 	if err := j.load(); err != nil {
-		lock.Close()
+		dir.Close()
 		return nil, err
 	}
 	for i := range slots {
@@ -215,27 +250,42 @@ func OpenJournal(dir string, slots int) (*Journal, error) {
 	return j, nil
 }
 
+// Dropped returns the entries OpenJournal found among the records and
+// removed unread, one error (wrapping ErrJournalEntry) each, naming the
+// entry and the cause, for the caller to log. Cleared records and records
+// whose write a kill cut short are removed too, but are not reported.
+func (j *Journal) Dropped() []error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return slices.Clone(j.dropped)
+}
+
 // load turns every record left in the directory into a pending one and
 // removes the files that hold none.
 func (j *Journal) load() error {
-	ents, err := os.ReadDir(j.dir)
+	ents, err := j.dir.ReadDir(-1)
 	if err != nil {
-		return fmt.Errorf("envelope: journal: %w", err)
+		return fmt.Errorf("envelope: journal: %s: %w", j.name, err)
 	}
 	var maxSeq uint64
 	for _, e := range ents {
 		name := e.Name()
-		p := filepath.Join(j.dir, name)
-		if !e.Type().IsRegular() || !(strings.HasPrefix(name, "slot-") || strings.HasPrefix(name, "pending-")) {
+		if !strings.HasPrefix(name, "slot-") && !strings.HasPrefix(name, "pending-") {
 			continue
 		}
-		rec, body, ok, err := readJournalRecord(p)
-		if err != nil {
-			return err
+		p, err := j.readRecord(name)
+		if errors.Is(err, unix.ENOENT) {
+			continue // gone since the listing
 		}
-		if !ok {
-			if err := os.Remove(p); err != nil {
-				return fmt.Errorf("envelope: journal: %w", err)
+		if err != nil {
+			if !errors.Is(err, errNoRecord) && !errors.Is(err, ErrJournalEntry) {
+				return fmt.Errorf("envelope: journal: %s/%s: %w", j.name, name, err)
+			}
+			if rerr := removeAt(j.dfd, name); rerr != nil {
+				return fmt.Errorf("envelope: journal: %s/%s: remove: %w (%w)", j.name, name, rerr, err)
+			}
+			if errors.Is(err, ErrJournalEntry) {
+				j.dropped = append(j.dropped, fmt.Errorf("envelope: journal: %s/%s: removed: %w", j.name, name, err))
 			}
 			continue
 		}
@@ -244,42 +294,86 @@ func (j *Journal) load() error {
 			if _, err := rand.Read(rnd[:]); err != nil {
 				return fmt.Errorf("envelope: journal: %w", err)
 			}
-			np := filepath.Join(j.dir, "pending-"+hex.EncodeToString(rnd[:]))
-			if err := os.Rename(p, np); err != nil {
-				return fmt.Errorf("envelope: journal: %w", err)
+			np := "pending-" + hex.EncodeToString(rnd[:])
+			if err := unix.Renameat(j.dfd, name, j.dfd, np); err != nil {
+				return fmt.Errorf("envelope: journal: %s/%s: %w", j.name, name, err)
 			}
-			p = np
+			p.name = np
 		}
-		j.pending[rec.file] = append(j.pending[rec.file], journalPending{path: p, rec: rec, body: body})
-		maxSeq = max(maxSeq, rec.seq)
+		j.pending[p.rec.file] = append(j.pending[p.rec.file], p)
+		maxSeq = max(maxSeq, p.rec.seq)
 	}
 	j.seq.Store(maxSeq)
 	return nil
 }
 
-// readJournalRecord reads the record in the slot file at path, and the
-// body of an inline record, which its checksum covers.
-func readJournalRecord(path string) (rec journalRecord, body []byte, ok bool, err error) {
-	f, err := os.Open(path)
+// openRecord opens the record file name of the journal directory for
+// reading: a regular file with no other name (a hard link could be a cipher
+// file or, on the same file system, any file of the host), and checks that
+// it holds the n body bytes rec announces, if rec is given.
+func (j *Journal) openRecord(name string, rec *journalRecord) (*os.File, unix.Stat_t, error) {
+	fd, st, err := openAt(j.dfd, name, unix.O_RDONLY, unix.S_IFREG)
 	if err != nil {
-		return rec, nil, false, fmt.Errorf("envelope: journal: %w", err)
+		return nil, st, err
+	}
+	if st.Nlink != 1 {
+		unix.Close(fd)
+		return nil, st, fmt.Errorf("has %d links: %w", st.Nlink, ErrJournalEntry)
+	}
+	if rec != nil {
+		if err := rec.fits(st.Size); err != nil {
+			unix.Close(fd)
+			return nil, st, err
+		}
+	}
+	return os.NewFile(uintptr(fd), name), st, nil
+}
+
+// fits checks that a record file of size bytes holds r's body. An inline
+// body cut short is a write a kill interrupted before the change began;
+// a larger one is written before its record, so a record whose body is
+// missing was not written by the journal.
+func (r *journalRecord) fits(size int64) error {
+	if r.punch || r.n <= max(0, size-journalBodyOff) {
+		return nil
+	}
+	if r.inline {
+		return errNoRecord
+	}
+	return fmt.Errorf("record announces %d body bytes, its file holds %d: %w", r.n, max(0, size-journalBodyOff), ErrJournalEntry)
+}
+
+// readRecord reads the record in the slot or record file name, and the
+// body of an inline record, which its checksum covers.
+func (j *Journal) readRecord(name string) (journalPending, error) {
+	f, st, err := j.openRecord(name, nil)
+	if err != nil {
+		return journalPending{}, err
 	}
 	defer f.Close()
 	var b [journalBodyOff]byte
-	if _, err := f.ReadAt(b[:], 0); err != nil && err != io.EOF {
-		return rec, nil, false, fmt.Errorf("envelope: journal: %w", err)
+	n, err := f.ReadAt(b[:], 0)
+	if err != nil && err != io.EOF {
+		return journalPending{}, err
 	}
-	rec, ok = parseJournalRecord(b[:])
-	if ok && rec.inline {
+	rec, ok := parseJournalRecord(b[:n])
+	if !ok {
+		return journalPending{}, errNoRecord
+	}
+	if err := rec.fits(st.Size); err != nil {
+		return journalPending{}, err
+	}
+	p := journalPending{name: name, dev: uint64(st.Dev), ino: st.Ino, rec: rec}
+	if rec.inline {
 		// A body torn by a kill (written with its record, after it)
 		// makes the record invalid: the change it announced had not
 		// begun.
-		body = make([]byte, rec.n)
-		if n, _ := f.ReadAt(body, journalBodyOff); n != len(body) || journalChecksum(b[:journalRecLen+len(rec.hint)], body) != rec.sum {
-			return rec, nil, false, nil
+		p.body = make([]byte, rec.n)
+		if n, _ := f.ReadAt(p.body, journalBodyOff); n != len(p.body) || journalChecksum(b[:journalRecLen+len(rec.hint)], p.body) != rec.sum {
+			return journalPending{}, errNoRecord
 		}
 	}
-	return rec, body, ok, nil
+	return p, nil
 }
 
 // Pending returns the number of records left by an earlier process that
@@ -311,9 +405,31 @@ func (j *Journal) Close() error {
 				s.f.Close()
 			}
 		default:
-			return j.lock.Close()
+			return j.dir.Close()
 		}
 	}
+}
+
+// createSlot creates the file of slot s afresh: whatever is at its name
+// (a symbolic link, a hard link to a cipher file, a FIFO planted since
+// load) is unlinked, never opened, and O_EXCL refuses anything planted
+// again in between.
+func (j *Journal) createSlot(s *journalSlot) error {
+	name := s.name()
+	for range 3 {
+		if err := removeAt(j.dfd, name); err != nil {
+			return fmt.Errorf("envelope: journal: %s/%s: remove: %w", j.name, name, err)
+		}
+		fd, err := unix.Openat(j.dfd, name, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+		if err == nil {
+			s.f = os.NewFile(uintptr(fd), name)
+			return nil
+		}
+		if err != unix.EEXIST {
+			return fmt.Errorf("envelope: journal: %s/%s: %w", j.name, name, err)
+		}
+	}
+	return fmt.Errorf("envelope: journal: %s/%s: something keeps being created there: %w", j.name, name, ErrJournalEntry)
 }
 
 // begin records rec with its body in a free slot (waiting for one) and
@@ -321,12 +437,10 @@ func (j *Journal) Close() error {
 func (j *Journal) begin(rec *journalRecord, body []byte) (*journalSlot, error) {
 	s := <-j.free
 	if s.f == nil {
-		f, err := os.OpenFile(filepath.Join(j.dir, fmt.Sprintf("slot-%d", s.idx)), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
-		if err != nil {
+		if err := j.createSlot(s); err != nil {
 			j.free <- s
-			return nil, fmt.Errorf("envelope: journal: %w", err)
+			return nil, err
 		}
-		s.f = f
 	}
 	rec.seq = j.seq.Add(1)
 	if !rec.punch {
@@ -362,19 +476,24 @@ func (j *Journal) begin(rec *journalRecord, body []byte) (*journalSlot, error) {
 	return s, nil
 }
 
-// end clears the slot's record and frees the slot.
+// end clears the slot's record and body and frees the slot. The body is
+// wiped too, not only the record: a body left behind would keep the sealed
+// bytes of a finished change (a file's old last block, say), enough to put
+// that file back to an older state undetected. The record and its body
+// are overwritten with zeros in one pwrite from offset 0, so the record
+// goes first; a body over journalShrinkAbove is cut off with the whole
+// file instead, so that idle slots hold no space.
 func (j *Journal) end(s *journalSlot, bodyLen int) error {
 	var err error
-	if bodyLen > journalShrinkAbove {
-		err = s.f.Truncate(0)
+	if bodyLen <= journalShrinkAbove {
+		_, err = s.f.WriteAt(j.zeros[:journalBodyOff+bodyLen], 0)
 	} else {
-		var zero [4]byte
-		_, err = s.f.WriteAt(zero[:], 0)
+		err = s.f.Truncate(0)
 	}
 	if err != nil {
 		// A record that cannot be cleared must not be applied later:
 		// try to remove the whole slot file.
-		if rerr := os.Remove(s.f.Name()); rerr == nil || errors.Is(rerr, os.ErrNotExist) {
+		if rerr := removeAt(j.dfd, s.name()); rerr == nil {
 			err = nil
 		}
 		s.f.Close()
@@ -404,15 +523,21 @@ func (j *Journal) recover(id FileID, b Backing) (handled int, changed bool, err 
 			return k, changed, fmt.Errorf("envelope: journal: stat: %w", err)
 		}
 		if size := fi.Size(); size >= p.rec.min && size <= p.rec.max {
-			if err := p.replay(b); err != nil {
+			switch err := j.replay(p, b); {
+			case errors.Is(err, ErrJournalEntry):
+				// Replaced since load: not the journal's record any more.
+				// It is removed below, unapplied, like a stale one.
+				j.dropped = append(j.dropped, err)
+			case err != nil:
 				j.pending[id] = ps[k:]
 				return k, changed, err
+			default:
+				changed = true
 			}
-			changed = true
 		}
-		if err := os.Remove(p.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := removeAt(j.dfd, p.name); err != nil {
 			j.pending[id] = ps[k+1:]
-			return k + 1, changed, fmt.Errorf("envelope: journal: %w", err)
+			return k + 1, changed, fmt.Errorf("envelope: journal: %s/%s: %w", j.name, p.name, err)
 		}
 	}
 	delete(j.pending, id)
@@ -420,19 +545,25 @@ func (j *Journal) recover(id FileID, b Backing) (handled int, changed bool, err 
 }
 
 // replay applies a record a crash left: its body (read back from the
-// record's file unless load kept it), then made durable.
-func (p journalPending) replay(b Backing) error {
+// record's file unless load kept it), then made durable. The record's file
+// is opened again under the rules load applied, and must be the one load
+// read: one swapped in since is not read.
+func (j *Journal) replay(p journalPending, b Backing) error {
 	body := p.body
 	if body == nil && !p.rec.punch && p.rec.n > 0 {
-		f, err := os.Open(p.path)
+		f, st, err := j.openRecord(p.name, &p.rec)
+		if err == nil && (uint64(st.Dev) != p.dev || st.Ino != p.ino) {
+			f.Close()
+			err = fmt.Errorf("replaced since the journal was opened: %w", ErrJournalEntry)
+		}
 		if err != nil {
-			return fmt.Errorf("envelope: journal: %w", err)
+			return fmt.Errorf("envelope: journal: %s/%s: %w", j.name, p.name, err)
 		}
 		body = make([]byte, p.rec.n)
 		_, err = f.ReadAt(body, journalBodyOff)
 		f.Close()
 		if err != nil {
-			return fmt.Errorf("envelope: journal: read record body: %w", err)
+			return fmt.Errorf("envelope: journal: %s/%s: read record body: %w", j.name, p.name, err)
 		}
 	}
 	if err := p.rec.apply(body, b); err != nil {
@@ -487,11 +618,14 @@ func punch(b Backing, off, n int64) error {
 }
 
 // RecoverFiles applies, at mount time, the pending records whose file is
-// still where the record says (relative to the cipher dir dir, holding the
-// record's file ID in a header slot of layout l). The others stay pending
-// until Volume.Open meets their file. It returns the number of records
-// applied and the first error; an error leaves the record pending.
-func (j *Journal) RecoverFiles(dir string, l Layout) (int, error) {
+// still where the record says (relative to the cipher dir, holding the
+// record's file ID in a header slot of layout l). The path is walked from
+// cipherDir one component at a time without following symbolic links, and
+// only a regular file is opened; anything else there is left alone. The
+// others stay pending until Volume.Open meets their file. It returns the
+// number of records applied and the first error; an error leaves the
+// record pending. The caller keeps ownership of cipherDir.
+func (j *Journal) RecoverFiles(cipherDir *os.Root, l Layout) (int, error) {
 	j.mu.Lock()
 	hints := map[FileID]string{}
 	for id, ps := range j.pending {
@@ -505,15 +639,15 @@ func (j *Journal) RecoverFiles(dir string, l Layout) (int, error) {
 	if len(hints) == 0 {
 		return 0, nil
 	}
-	root, err := os.OpenRoot(dir)
+	top, err := cipherDir.Open(".")
 	if err != nil {
 		return 0, fmt.Errorf("envelope: journal: %w", err)
 	}
-	defer root.Close()
+	defer top.Close()
 	applied := 0
 	var firstErr error
 	for id, hint := range hints {
-		n, err := j.recoverAt(root, hint, id, l)
+		n, err := j.recoverAt(int(top.Fd()), hint, id, l)
 		applied += n
 		if err != nil && firstErr == nil {
 			firstErr = fmt.Errorf("envelope: journal: recover %s: %w", hint, err)
@@ -522,8 +656,11 @@ func (j *Journal) RecoverFiles(dir string, l Layout) (int, error) {
 	return applied, firstErr
 }
 
-func (j *Journal) recoverAt(root *os.Root, hint string, id FileID, l Layout) (int, error) {
-	f, err := root.OpenFile(hint, os.O_RDWR|unix.O_NOFOLLOW, 0)
+func (j *Journal) recoverAt(dirfd int, hint string, id FileID, l Layout) (int, error) {
+	f, err := openBeneath(dirfd, hint, unix.O_RDWR)
+	if errors.Is(err, ErrJournalEntry) {
+		return 0, err // left alone, and the record pending
+	}
 	if err != nil {
 		return 0, nil // gone or moved: Volume.Open recovers it if it is met
 	}

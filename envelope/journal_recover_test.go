@@ -35,7 +35,7 @@ func (h *hinted) WriteAt(p []byte, off int64) (int, error) {
 func TestJournalRecoverFiles(t *testing.T) {
 	dir := t.TempDir()
 	jdir := filepath.Join(dir, "kmsfs.journal")
-	j, err := envelope.OpenJournal(jdir, 2)
+	j, err := openJournal(t, jdir, 2)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,12 +63,12 @@ func TestJournalRecoverFiles(t *testing.T) {
 		t.Fatal("the killed write changed nothing; the test needs a torn one")
 	}
 	j.Close()
-	j2, err := envelope.OpenJournal(jdir, 2)
+	j2, err := openJournal(t, jdir, 2)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer j2.Close()
-	n, err := j2.RecoverFiles(dir, l)
+	n, err := j2.RecoverFiles(openRoot(t, dir), l)
 	if err != nil || n != 1 {
 		t.Fatalf("RecoverFiles: %d, %v; want 1 record applied", n, err)
 	}

@@ -90,7 +90,7 @@ func TestJournalCrashLeavesOldOrNew(t *testing.T) {
 			var kills, tornWithout, sawOld, sawNew int
 			for round := range rounds {
 				dir := filepath.Join(t.TempDir(), "journal")
-				j, err := envelope.OpenJournal(dir, 4)
+				j, err := openJournal(t, dir, 4)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -169,7 +169,7 @@ func TestJournalCrashLeavesOldOrNew(t *testing.T) {
 
 				// The process is gone; a new one opens the journal.
 				j.Close()
-				j2, err := envelope.OpenJournal(dir, 4)
+				j2, err := openJournal(t, dir, 4)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -213,7 +213,7 @@ func TestJournalCrashLeavesOldOrNew(t *testing.T) {
 // leave no record behind, and the slot files hold no large bodies.
 func TestJournalCleanRunLeavesNothing(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "journal")
-	j, err := envelope.OpenJournal(dir, 2)
+	j, err := openJournal(t, dir, 2)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -235,7 +235,7 @@ func TestJournalCleanRunLeavesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	want = append(append(want, make([]byte, 20000-len(want))...), "tail"...)
-	if _, err := envelope.OpenJournal(dir, 2); !errors.Is(err, envelope.ErrJournalBusy) {
+	if _, err := openJournal(t, dir, 2); !errors.Is(err, envelope.ErrJournalBusy) {
 		t.Fatalf("second OpenJournal of a journal in use: %v, want ErrJournalBusy", err)
 	}
 	j.Close()
@@ -246,7 +246,7 @@ func TestJournalCleanRunLeavesNothing(t *testing.T) {
 			t.Errorf("slot %s keeps %d bytes after use", e.Name(), fi.Size())
 		}
 	}
-	j2, err := envelope.OpenJournal(dir, 2)
+	j2, err := openJournal(t, dir, 2)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -268,7 +268,7 @@ func TestJournalTornInlineRecord(t *testing.T) {
 	for _, torn := range []bool{false, true} {
 		t.Run(fmt.Sprintf("torn=%t", torn), func(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), "journal")
-			j, err := envelope.OpenJournal(dir, 1)
+			j, err := openJournal(t, dir, 1)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -312,7 +312,7 @@ func TestJournalTornInlineRecord(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			j2, err := envelope.OpenJournal(dir, 1)
+			j2, err := openJournal(t, dir, 1)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -88,7 +88,12 @@ func mountWith(t testing.TB, blockSize int, o kfs.Options) *mounted {
 		t.Fatal(err)
 	}
 	// As kmsfs mount does, with a write journal.
-	j, err := envelope.OpenJournal(m.cipher+"/"+kfs.JournalName, 0)
+	root, err := os.OpenRoot(m.cipher)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, err := envelope.OpenJournal(root, kfs.JournalName, 0)
+	root.Close()
 	if err != nil {
 		t.Fatal(err)
 	}

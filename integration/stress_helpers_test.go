@@ -115,7 +115,12 @@ func (v *sxVolume) mount() {
 		v.t.Fatal(err)
 	}
 	// With a write journal, as kmsfs mount has.
-	j, err := envelope.OpenJournal(filepath.Join(v.Cipher, kfs.JournalName), 0)
+	root, err := os.OpenRoot(v.Cipher)
+	if err != nil {
+		v.t.Fatal(err)
+	}
+	j, err := envelope.OpenJournal(root, kfs.JournalName, 0)
+	root.Close()
 	if err != nil {
 		v.t.Fatal(err)
 	}

@@ -269,7 +269,14 @@ func runMount(ctx context.Context, f *mountFlags, cipherDir, mnt string) (err er
 	layout, _ := conf.Layout()
 	var journal *envelope.Journal
 	if !f.readOnly {
-		journal, err = envelope.OpenJournal(filepath.Join(cipherDir, kfs.JournalName), 0)
+		// The journal's entries are opened relative to the cipher dir's
+		// descriptor, never through a path a planted symlink could divert.
+		root, err := os.OpenRoot(cipherDir)
+		if err != nil {
+			return fmt.Errorf("open cipher dir: %w", err)
+		}
+		defer root.Close()
+		journal, err = envelope.OpenJournal(root, kfs.JournalName, 0)
 		if errors.Is(err, envelope.ErrJournalBusy) {
 			return fmt.Errorf("cipher dir %s is already mounted read-write by another kmsfs process", cipherDir)
 		}
@@ -277,8 +284,11 @@ func runMount(ctx context.Context, f *mountFlags, cipherDir, mnt string) (err er
 			return err
 		}
 		defer journal.Close()
+		for _, derr := range journal.Dropped() {
+			log.WithField("error", derr.Error()).Warn("journal: removed an entry the journal did not write; nothing was read from it")
+		}
 		if n := journal.Pending(); n > 0 {
-			done, err := journal.RecoverFiles(cipherDir, layout)
+			done, err := journal.RecoverFiles(root, layout)
 			fields := logrus.Fields{"records": n, "recovered": done}
 			if err != nil {
 				fields["error"] = err.Error()

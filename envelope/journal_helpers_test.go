@@ -1,0 +1,40 @@
+package envelope_test
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/kmsfs/kmsfs/envelope"
+)
+
+// openJournal opens the journal directory at path dir, as the mount does:
+// through an os.Root of the directory that holds it.
+func openJournal(t testing.TB, dir string, slots int) (*envelope.Journal, error) {
+	t.Helper()
+	root, err := os.OpenRoot(filepath.Dir(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	return envelope.OpenJournal(root, filepath.Base(dir), slots)
+}
+
+// openRoot opens dir as an os.Root, closed when the test ends.
+func openRoot(t testing.TB, dir string) *os.Root {
+	t.Helper()
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { root.Close() })
+	return root
+}
+
+func openBenchJournal(b *testing.B, dir string) *envelope.Journal {
+	j, err := openJournal(b, filepath.Join(dir, "kmsfs.journal"), 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return j
+}
