@@ -75,3 +75,15 @@ func TestSelfTestRefusesUnsupported(t *testing.T) {
 		t.Fatalf("self-test without an implementation: %v", err)
 	}
 }
+
+// BenchmarkSelfTest is the one-time cost the self-test adds to the first
+// codec of a process.
+func BenchmarkSelfTest(b *testing.B) {
+	need(b, []byte(selfTestKey))
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := SelfTest(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
