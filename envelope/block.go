@@ -1,25 +1,10 @@
 package envelope
 
 import (
-	"crypto/aes"
 	"crypto/cipher"
-	"crypto/fips140"
 	"encoding/binary"
 	"fmt"
-	"os"
-
-	"github.com/kmsfs/kmsfs/envelope/internal/vaesgcm"
 )
-
-// wideGCM says whether codecs use vaesgcm where the processor supports it.
-// KMSFS_GCM=go in the environment makes them use crypto/cipher instead:
-// both produce the same bytes, so the switch is for comparing the two. In
-// FIPS 140 mode (GODEBUG=fips140) AES-GCM stays in Go's validated module.
-var wideGCM = os.Getenv("KMSFS_GCM") != "go" && !fips140.Enabled()
-
-// WideGCM reports whether codecs seal and open with vaesgcm (VAES and
-// VPCLMULQDQ), rather than crypto/cipher.
-func WideGCM() bool { return wideGCM && vaesgcm.Supported() }
 
 // Block additional data: file ID, block index (u64 big-endian), last flag.
 const aadSize = fileIDSize + 8 + 1
@@ -70,22 +55,6 @@ func (v *Volume) newCodec(contentKey []byte, id FileID, zeros zeroRule) (*Codec,
 		return nil, err
 	}
 	return &Codec{v: v, aead: aead, id: id, zeros: zeros}, nil
-}
-
-// newAEAD returns AES-256-GCM with nonceSize-byte nonces under key: vaesgcm
-// where wideGCM allows it and the processor supports it, crypto/cipher
-// otherwise.
-func newAEAD(key []byte) (cipher.AEAD, error) {
-	if wideGCM {
-		if aead, ok := vaesgcm.New(key); ok {
-			return aead, nil
-		}
-	}
-	blk, err := aes.NewCipher(key)
-	if err != nil {
-		return nil, err
-	}
-	return cipher.NewGCMWithNonceSize(blk, nonceSize)
 }
 
 // SealedLen returns the stored size of n plaintext bytes that start on a

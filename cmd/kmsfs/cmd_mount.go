@@ -218,6 +218,9 @@ func runMount(ctx context.Context, f *mountFlags, cipherDir, mnt string) (err er
 	if err != nil {
 		return err
 	}
+	if err := checkGCM(log); err != nil {
+		return err
+	}
 	signal.Ignore(syscall.SIGHUP)
 	// Catch SIGINT/SIGTERM from the start: a stop that arrives while the
 	// mount is being set up must unmount, not leave a dead mount behind.

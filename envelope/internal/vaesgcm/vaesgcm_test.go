@@ -218,24 +218,6 @@ func TestNewRejectsOtherKeySizes(t *testing.T) {
 	}
 }
 
-func FuzzMatchesCryptoCipher(f *testing.F) {
-	f.Add(make([]byte, KeySize), make([]byte, NonceSize), []byte("ad"), []byte("plaintext"))
-	f.Add(bytes.Repeat([]byte{0xff}, KeySize), bytes.Repeat([]byte{0xff}, NonceSize), []byte{}, make([]byte, 515))
-	f.Fuzz(func(t *testing.T, key, nonce, ad, pt []byte) {
-		if len(key) != KeySize || len(nonce) != NonceSize {
-			return
-		}
-		want := stdGCM(t, key).Seal(nil, nonce, pt, ad)
-		g := need(t, key)
-		if got := g.Seal(nil, nonce, pt, ad); !bytes.Equal(got, want) {
-			t.Fatal("Seal differs from crypto/cipher")
-		}
-		if back, err := g.Open(nil, nonce, want, ad); err != nil || !bytes.Equal(back, pt) {
-			t.Fatalf("Open of crypto/cipher's Seal: %v", err)
-		}
-	})
-}
-
 func BenchmarkAEAD(b *testing.B) {
 	key, nonce, ad := make([]byte, KeySize), make([]byte, NonceSize), make([]byte, 25)
 	for _, n := range []int{4096, 65536} {
