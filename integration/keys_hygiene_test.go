@@ -170,7 +170,7 @@ func TestKDFWeakened(t *testing.T) {
 			if err := os.WriteFile(confPath, raw, 0o644); err != nil {
 				t.Fatal(err)
 			}
-			mntCheckMountFails(t, v.bin, env, v.Cipher, v.Mnt, []string{`below the minimum log_n=16 r=8`, `kmsfs\.conf`})
+			mntCheckMountFails(t, v.bin, v.o.Env, v.Cipher, v.Mnt, []string{`below the minimum log_n=16 r=8`, `kmsfs\.conf`})
 		})
 	}
 	if err := os.WriteFile(confPath, orig, 0o644); err != nil {

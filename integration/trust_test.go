@@ -234,20 +234,28 @@ func TestTrustConfAttack(t *testing.T) {
 	}
 }
 
-// TestTrustKDFPinned lowers the scrypt cost of a passphrase volume in its
-// kmsfs.conf (cheaper guessing for whoever reads the new stanzas): the
-// parameters are pinned, so the mount refuses it as a change.
+// TestTrustKDFPinned changes the scrypt parameters of a passphrase volume
+// in its kmsfs.conf within what the floor allows (a salt the attacker
+// precomputed guesses for, another cost): the parameters are pinned, so
+// the mount refuses it as a change. (Parameters below the floor are
+// refused before that: TestKDFWeakened.)
 func TestTrustKDFPinned(t *testing.T) {
 	bin := needBinary(t)
 	env := []string{"KMSFS_PASSPHRASE=correct horse battery staple"}
-	for _, logN := range []int{1, 10} {
-		t.Run(fmt.Sprintf("log_n=%d", logN), func(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		edit func(kdf map[string]any)
+	}{
+		{"log_n=18", func(kdf map[string]any) { kdf["log_n"] = 18 }},
+		{"salt=attackers", func(kdf map[string]any) { kdf["salt"] = "YXR0YWNrZXJzLXNhbHQtMTIzNDU2" }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
 			v := mntNew(t, mntOptions{Keys: []string{"local:passphrase"}, Env: env})
 			orig := trReadConf(t, v.Cipher)
-			c := trReadConf(t, v.Cipher)
-			c.key(0)["kdf"].(map[string]any)["log_n"] = logN
-			trWriteConf(t, v.Cipher, c)
-			mntCheckMountFails(t, bin, v.o.Env, v.Cipher, v.Mnt, []string{`KDF parameters approved scrypt N=2\^\d+`, fmt.Sprintf(`kmsfs\.conf has scrypt N=2\^%d\b`, logN), "`kmsfs trust "})
+			conf := trReadConf(t, v.Cipher)
+			c.edit(conf.key(0)["kdf"].(map[string]any))
+			trWriteConf(t, v.Cipher, conf)
+			mntCheckMountFails(t, bin, v.o.Env, v.Cipher, v.Mnt, []string{`KDF parameters approved scrypt N=2\^\d+`, `kmsfs\.conf has scrypt`, "`kmsfs trust "})
 			trWriteConf(t, v.Cipher, orig)
 			trCheckWorks(t, v, "after")
 		})

@@ -299,7 +299,7 @@ func runMount(ctx context.Context, f *mountFlags, cipherDir, mnt string) (err er
 			log.WithFields(fields).Info("journal: finished or undid the writes a crash interrupted; any left are recovered when their files are next opened")
 		}
 	}
-	vol, err := envelope.NewVolume(envelope.Options{Layout: layout, Volume: vid, Journal: journal, ParallelMin: mountParallelMin()})
+	vol, err := envelope.NewVolume(envelope.Options{Layout: layout, Volume: vid, Journal: journal, ParallelMin: mountParallelMin(), Mem: mem})
 	if err != nil {
 		return err
 	}

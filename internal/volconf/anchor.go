@@ -230,7 +230,7 @@ func kdfString(p *local.KDFParams) string {
 	if p == nil {
 		return "none"
 	}
-	return p.String()
+	return fmt.Sprintf("%s salt %x…", p.String(), p.Salt[:min(4, len(p.Salt))])
 }
 
 // encodeAnchor returns a's JSON form.

@@ -66,7 +66,7 @@ func TestDiff(t *testing.T) {
 			k := *c.Keys[1].KDF
 			k.LogN = 1
 			c.Keys[1].KDF = &k
-		}, []string{"KDF parameters approved scrypt N=2^17 r=8 p=1, kmsfs.conf has scrypt N=2^1 r=8 p=1"}},
+		}, []string{"KDF parameters approved scrypt N=2^17 r=8 p=1 salt 00000000…, kmsfs.conf has scrypt N=2^1 r=8 p=1 salt 00000000…"}},
 		{"kdf-salt", func(c *volconf.Conf) {
 			k := *c.Keys[1].KDF
 			k.Salt = make([]byte, 32)

@@ -113,6 +113,14 @@ func (c *Conf) Check() error {
 		if k.KeyID == "" {
 			return fmt.Errorf("volconf: key %d (%s) has no key_id: refused (every key must name its key ID)", i+1, k.Spec)
 		}
+		// A passphrase's KDF below the floor is refused before anything
+		// compares it with what the host approved: lowering the cost
+		// makes the passphrase cheap to guess, whoever approves it.
+		if k.KDF != nil {
+			if err := k.KDF.Check(); err != nil {
+				return fmt.Errorf("volconf: key %d (%s): %w", i+1, k.Spec, err)
+			}
+		}
 	}
 	return nil
 }
