@@ -19,6 +19,7 @@ const aadSize = fileIDSize + 8 + 1
 type Codec struct {
 	v     *Volume
 	aead  cipher.AEAD
+	state []byte // the AEAD's key schedule, in a cell of v.mem; nil if on the heap
 	id    FileID
 	zeros zeroRule // which all-zero blocks read as holes; nil: none
 }
@@ -41,20 +42,38 @@ func (anyZeros) zeroOK(int64) bool { return true }
 // dataKey. Alone, a Codec vouches for no holes: an all-zero block fails to
 // open (a File knows its holes).
 func (v *Volume) NewCodec(dataKey []byte, id FileID) (*Codec, error) {
-	content, _, err := deriveKeys(dataKey, id, Version)
+	content, header, err := deriveKeys(nil, dataKey, id, Version)
 	if err != nil {
 		return nil, err
 	}
-	return v.newCodec(content, id, nil)
+	clear(header)
+	aead, _, err := newAEAD(content, nil)
+	clear(content)
+	if err != nil {
+		return nil, err
+	}
+	return &Codec{v: v, aead: aead, id: id}, nil
 }
 
+// newCodec returns the codec of file id under contentKey, a cell of v.mem
+// that it frees; its key schedule lives in v.mem where the implementation
+// allows (wipe frees it).
 func (v *Volume) newCodec(contentKey []byte, id FileID, zeros zeroRule) (*Codec, error) {
-	aead, err := newAEAD(contentKey)
-	clear(contentKey)
+	aead, state, err := newAEAD(contentKey, v.mem)
+	v.mem.Free(contentKey)
 	if err != nil {
 		return nil, err
 	}
-	return &Codec{v: v, aead: aead, id: id, zeros: zeros}, nil
+	return &Codec{v: v, aead: aead, state: state, id: id, zeros: zeros}, nil
+}
+
+// wipe zeroes and frees the codec's key schedule where it holds it; the
+// codec must not be used again.
+func (c *Codec) wipe() {
+	if c.state != nil {
+		c.v.mem.Free(c.state)
+		c.state, c.aead = nil, nil
+	}
 }
 
 // SealedLen returns the stored size of n plaintext bytes that start on a

@@ -113,7 +113,9 @@ func (f *File) Close() error {
 		return nil
 	}
 	err := f.flushSparse()
-	clear(f.headerKey)
+	f.v.mem.Free(f.headerKey)
+	f.headerKey = nil
+	f.codec.wipe()
 	f.closed = true
 	f.codec = nil
 	return err

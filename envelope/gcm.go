@@ -10,6 +10,7 @@ import (
 	"sync"
 
 	"github.com/kmsfs/kmsfs/envelope/internal/vaesgcm"
+	"github.com/kmsfs/kmsfs/internal/secmem"
 )
 
 // ErrNoGCM means Go's crypto refuses AES-GCM with caller-chosen 16-byte
@@ -97,18 +98,28 @@ func WideGCM() bool {
 }
 
 // newAEAD returns AES-256-GCM with nonceSize-byte nonces under key, from
-// the implementation processGCM chose.
-func newAEAD(key []byte) (cipher.AEAD, error) {
+// the implementation processGCM chose. With vaesgcm and an arena, the key
+// schedule lives in a cell of mem, returned as state for the caller to
+// free (after which the AEAD must not be used); crypto/cipher keeps its
+// schedule on the Go heap, where it can be neither locked nor wiped.
+func newAEAD(key []byte, mem *secmem.Arena) (aead cipher.AEAD, state []byte, err error) {
 	c := processGCM()
 	if c.err != nil {
-		return nil, c.err
+		return nil, nil, c.err
 	}
 	if c.status.Wide {
-		if aead, ok := vaesgcm.New(key); ok {
-			return aead, nil
+		if mem != nil {
+			state = mem.Alloc(vaesgcm.StateSize)
+			if aead, ok := vaesgcm.NewIn(key, state); ok {
+				return aead, state, nil
+			}
+			mem.Free(state)
+		} else if aead, ok := vaesgcm.New(key); ok {
+			return aead, nil, nil
 		}
 	}
-	return stdGCM(key)
+	aead, err = stdGCM(key)
+	return aead, nil, err
 }
 
 // stdGCM is crypto/cipher's AES-GCM with nonceSize-byte nonces.

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/kmsfs/kmsfs/internal/secmem"
 	"github.com/kmsfs/kmsfs/keysource"
 )
 
@@ -75,8 +76,9 @@ type Header struct {
 }
 
 // deriveKeys returns the content key and the header key of a file of
-// format version.
-func deriveKeys(dataKey []byte, id FileID, version int) (content, header []byte, err error) {
+// format version, each in a cell of mem (the heap if mem is nil): the
+// caller frees both with mem.Free.
+func deriveKeys(mem *secmem.Arena, dataKey []byte, id FileID, version int) (content, header []byte, err error) {
 	if len(dataKey) != keysource.DataKeySize {
 		return nil, nil, fmt.Errorf("envelope: data key is %d bytes, want %d: %w",
 			len(dataKey), keysource.DataKeySize, keysource.ErrInvalid)
@@ -91,11 +93,10 @@ func deriveKeys(dataKey []byte, id FileID, version int) (content, header []byte,
 	// of the time: it runs for every file opened or created.
 	var prk [sha256.Size]byte
 	hmacSHA256(prk[:0], id[:], dataKey)
-	keys := make([]byte, 0, 2*sha256.Size)
-	keys = hmacSHA256(keys, prk[:], ec)
-	keys = hmacSHA256(keys, prk[:], eh)
+	content = hmacSHA256(mem.Alloc(sha256.Size)[:0], prk[:], ec)
+	header = hmacSHA256(mem.Alloc(sha256.Size)[:0], prk[:], eh)
 	clear(prk[:])
-	return keys[:sha256.Size:sha256.Size], keys[sha256.Size:], nil
+	return content, header, nil
 }
 
 // The HKDF-Expand inputs of the first block: info ‖ 0x01.

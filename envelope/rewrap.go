@@ -21,13 +21,12 @@ func (f *File) Rewrap(dataKey []byte, stanzas []keysource.Stanza) error {
 	if f.closed {
 		return ErrClosed
 	}
-	content, hkey, err := deriveKeys(dataKey, f.header.File, f.header.Version)
-	clear(content)
+	content, hkey, err := deriveKeys(f.v.mem, dataKey, f.header.File, f.header.Version)
 	if err != nil {
 		return err
 	}
 	same := hmac.Equal(hkey, f.headerKey)
-	clear(hkey)
+	f.v.dropKeys(content, hkey)
 	if !same {
 		return fmt.Errorf("envelope: rewrap: %w (not this file's data key)", keysource.ErrInvalid)
 	}

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kmsfs/kmsfs/internal/secmem"
 	"github.com/kmsfs/kmsfs/keysource"
 )
 
@@ -52,6 +53,10 @@ type Options struct {
 	// FormatVersion is the format version Create writes: 0 means Version.
 	// Version 1 (holes unauthenticated) is for tests and golden vectors.
 	FormatVersion int
+	// Mem, if set, holds every file's keys and key schedules (locked
+	// memory, zeroed when a file closes); nil keeps them on the heap,
+	// still zeroed where the implementation allows.
+	Mem *secmem.Arena
 }
 
 // Volume holds what all files of one cipher dir share: the layout, the
@@ -68,6 +73,7 @@ type Volume struct {
 	helpers     helpers
 	journal     *Journal
 	format      int
+	mem         *secmem.Arena
 }
 
 // NewVolume returns a Volume configured by o.
@@ -75,7 +81,7 @@ func NewVolume(o Options) (*Volume, error) {
 	if o.Layout == (Layout{}) {
 		return nil, errors.New("envelope: volume options need a Layout")
 	}
-	v := &Volume{layout: o.Layout, id: o.Volume, rand: o.Rand, workers: o.Workers, parallelMin: o.ParallelMin, journal: o.Journal, format: o.FormatVersion}
+	v := &Volume{layout: o.Layout, id: o.Volume, rand: o.Rand, workers: o.Workers, parallelMin: o.ParallelMin, journal: o.Journal, format: o.FormatVersion, mem: o.Mem}
 	switch v.format {
 	case 0:
 		v.format = Version
@@ -142,6 +148,12 @@ type KeyUnwrapper interface {
 	UnwrapKey(ctx context.Context, stanzas []keysource.Stanza) ([]byte, error)
 }
 
+// dropKeys zeroes and frees a file's two derived keys.
+func (v *Volume) dropKeys(content, header []byte) {
+	v.mem.Free(content)
+	v.mem.Free(header)
+}
+
 // Create writes a new header for dataKey, wrapped as stanzas, to b, which
 // must be empty, and returns the File over it. Both header slots get the
 // same header at sequence 1. The File keeps no reference to dataKey.
@@ -150,26 +162,25 @@ func (v *Volume) Create(b Backing, dataKey []byte, stanzas []keysource.Stanza) (
 	if _, err := readFull(v.rand, id[:]); err != nil {
 		return nil, fmt.Errorf("envelope: file ID: %w", err)
 	}
-	content, hkey, err := deriveKeys(dataKey, id, v.format)
+	content, hkey, err := deriveKeys(v.mem, dataKey, id, v.format)
 	if err != nil {
 		return nil, err
 	}
 	h := Header{Version: v.format, Volume: v.id, File: id, Seq: 1, Stanzas: stanzas}
 	slot, err := h.marshalSlot(v.layout, hkey)
 	if err != nil {
-		clear(content)
-		clear(hkey)
+		v.dropKeys(content, hkey)
 		return nil, err
 	}
 	hdr := make([]byte, 0, v.layout.HeaderSize())
 	hdr = append(append(hdr, slot...), slot...)
 	if _, err := b.WriteAt(hdr, 0); err != nil {
-		clear(content)
-		clear(hkey)
+		v.dropKeys(content, hkey)
 		return nil, fmt.Errorf("envelope: write header: %w", err)
 	}
 	f := &File{v: v, b: b, headerKey: hkey, header: h, slotSeq: [2]uint64{1, 1}, stored: v.layout.HeaderSize()}
 	if f.codec, err = v.newCodec(content, id, f.zeroRule()); err != nil {
+		v.mem.Free(hkey)
 		return nil, err
 	}
 	return f, nil
@@ -239,14 +250,13 @@ func (v *Volume) Open(ctx context.Context, b Backing, u KeyUnwrapper) (*File, er
 			}
 			continue
 		}
-		content, hkey, err := deriveKeys(dk, h.File, h.Version)
+		content, hkey, err := deriveKeys(v.mem, dk, h.File, h.Version)
 		clear(dk)
 		if err != nil {
 			return nil, err
 		}
 		if !verifySlot(slots[i], hkey) {
-			clear(content)
-			clear(hkey)
+			v.dropKeys(content, hkey)
 			if firstErr == nil || errors.Is(firstErr, ErrFormat) {
 				firstErr = fmt.Errorf("envelope: header slot %d: %w", i, ErrAuth)
 			}
@@ -259,6 +269,7 @@ func (v *Volume) Open(ctx context.Context, b Backing, u KeyUnwrapper) (*File, er
 			// opens; a torn block then fails to authenticate.
 			if _, recovered, _ = v.journal.recover(h.File, b); recovered {
 				if fi, err = b.Stat(); err != nil {
+					v.dropKeys(content, hkey)
 					return nil, fmt.Errorf("envelope: stat: %w", err)
 				}
 				size = fi.Size()
@@ -272,6 +283,7 @@ func (v *Volume) Open(ctx context.Context, b Backing, u KeyUnwrapper) (*File, er
 			f.slotSeq[1-i] = o.Seq
 		}
 		if f.codec, err = v.newCodec(content, h.File, f.zeroRule()); err != nil {
+			v.mem.Free(hkey)
 			return nil, err
 		}
 		if last := l.lastBlock(f.size); f.sparse.intersects(max(last, 0), maxBlocks) {

@@ -22,6 +22,9 @@ const (
 	NonceSize = 16
 	// TagSize is the size of the authentication tag that Seal appends.
 	TagSize = 16
+	// StateSize is the memory NewIn needs for the expanded key and the
+	// hash tables.
+	StateSize = int(unsafe.Sizeof(gcm{}))
 )
 
 var errOpen = errors.New("cipher: message authentication failed")

@@ -4,6 +4,7 @@ package vaesgcm
 
 import (
 	"crypto/cipher"
+	"unsafe"
 
 	"golang.org/x/sys/cpu"
 )
@@ -34,6 +35,19 @@ func New(key []byte) (cipher.AEAD, bool) {
 		return nil, false
 	}
 	g := new(gcm)
+	initKey((*[32]byte)(key), &g.rk, &g.htab)
+	return g, true
+}
+
+// NewIn is New with the expanded key and hash tables placed in mem (at
+// least StateSize bytes, zeroed), so that the caller decides where key
+// material lives (locked memory) and wipes it: the AEAD must not be used
+// once mem is cleared or reused.
+func NewIn(key, mem []byte) (cipher.AEAD, bool) {
+	if !supported || len(key) != KeySize || len(mem) < StateSize {
+		return nil, false
+	}
+	g := (*gcm)(unsafe.Pointer(unsafe.SliceData(mem)))
 	initKey((*[32]byte)(key), &g.rk, &g.htab)
 	return g, true
 }
