@@ -36,10 +36,10 @@ type File struct {
 	hdrGen, syncedGen uint64
 	slotGen           [2]uint64
 
-	holes        []span // holes in the cipher file (for the journal), if !holesUnknown
-	holesUnknown bool   // the cipher file may have holes the File does not know of
-	holesUnread  bool   // holes is not read from the backing yet
-	recovered    bool   // Open applied journal records to the backing
+	holes        []BlockRange // holes in the cipher file, byte offsets (for the journal), if !holesUnknown
+	holesUnknown bool         // the cipher file may have holes the File does not know of
+	holesUnread  bool         // holes is not read from the backing yet
+	recovered    bool         // Open applied journal records to the backing
 	closed       bool
 }
 

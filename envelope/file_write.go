@@ -421,9 +421,6 @@ func (f *File) apply(sealed []byte, at, cut int64) error {
 	return nil
 }
 
-// span is a range [lo, hi) of cipher file offsets.
-type span struct{ lo, hi int64 }
-
 // classify reports whether the cipher range [lo, hi) is all holes or all
 // data, as far as the File knows: it lists the holes of a file it opened
 // (HoleLister) on first use, and then tracks the holes it makes (writes
@@ -445,8 +442,8 @@ func (f *File) classify(lo, hi int64) (allHole, allData bool) {
 	}
 	var in int64
 	for _, h := range f.holes {
-		if h.hi > lo && h.lo < hi {
-			in += min(h.hi, hi) - max(h.lo, lo)
+		if h.Hi > lo && h.Lo < hi {
+			in += min(h.Hi, hi) - max(h.Lo, lo)
 		}
 	}
 	return in == hi-lo, in == 0
@@ -455,29 +452,15 @@ func (f *File) classify(lo, hi int64) (allHole, allData bool) {
 // addHole records that [lo, hi) is a hole.
 func (f *File) addHole(lo, hi int64) {
 	if !f.holesUnknown && !f.holesUnread && lo < hi {
-		f.holes = append(f.holes, span{lo, hi})
+		f.holes = append(f.holes, BlockRange{lo, hi})
 	}
 }
 
 // fillHoles records that [lo, hi) holds data (or, beyond the end, nothing).
 func (f *File) fillHoles(lo, hi int64) {
-	if len(f.holes) == 0 {
-		return
+	if len(f.holes) > 0 {
+		f.holes = subtract(f.holes, lo, hi)
 	}
-	out := f.holes[:0:0]
-	for _, h := range f.holes {
-		if h.hi <= lo || h.lo >= hi {
-			out = append(out, h)
-			continue
-		}
-		if h.lo < lo {
-			out = append(out, span{h.lo, lo})
-		}
-		if h.hi > hi {
-			out = append(out, span{hi, h.hi})
-		}
-	}
-	f.holes = out
 }
 
 // Truncate sets the plaintext size. Growing writes a sealed last block of

@@ -69,8 +69,14 @@ func (s sparseList) remove(lo, hi int64) sparseList {
 	if lo >= hi || !s.intersects(lo, hi) {
 		return s
 	}
-	out := make(sparseList, 0, len(s)+1)
-	for _, r := range s {
+	return subtract(s, lo, hi)
+}
+
+// subtract returns a new list of the parts of rs's ranges outside
+// [lo, hi), in rs's order; rs need not be sorted.
+func subtract(rs []BlockRange, lo, hi int64) []BlockRange {
+	out := make([]BlockRange, 0, len(rs)+1)
+	for _, r := range rs {
 		if r.Hi <= lo || r.Lo >= hi {
 			out = append(out, r)
 			continue
