@@ -85,7 +85,8 @@ echo "== in the cipher dir: $DEMO/cipher"
 ls -l "$DEMO/cipher"
 echo
 echo "== hexdump of $DEMO/cipher/hello.txt (header with the KMS-wrapped data key, then one AES-GCM block)"
-od -A x -t x1z -v "$DEMO/cipher/hello.txt" | sed -n '1,6p;/^000800/,$p' | head -14
+slot=$(sed -n 's/.*"header_slot_size": *\([0-9]*\).*/\1/p' "$DEMO/cipher/kmsfs.conf")
+od -A x -t x1z -v "$DEMO/cipher/hello.txt" | sed -n "1,6p;/^$(printf '%06x' $((2 * slot)))/,\$p" | head -14
 echo
 echo "The volume stays mounted at $DEMO/mnt (emulator settings in $DEMO/env)."
 echo "Stop it with: make demo-stop"
