@@ -22,9 +22,8 @@ build:
 test: build $(BIN)/local-kms
 	$(GO) test -timeout $(TEST_TIMEOUT) ./...
 
-# The long stress runs of issue 5: 1,000,000 exerciser operations per block
-# size and 200 crash rounds per block size (seeds printed; KMSFS_SEED=N
-# replays one).
+# The long stress runs: 1,000,000 exerciser operations per block size and
+# 200 crash rounds per block size (seeds printed; KMSFS_SEED=N replays one).
 soak: build $(BIN)/local-kms
 	@mkdir -p out
 	KMSFS_SOAK=1 KMSFS_SOAK_OPS=1000000 $(GO) test -count=1 -timeout 3h -v -run 'TestExerciser|TestConcurrent|TestCrash' ./integration/ 2>&1 | tee out/soak.txt | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|seed|rounds|ops'
@@ -50,9 +49,10 @@ bench-envelope: $(BIN)/benchstat
 	@$(GO) run ./envelope/internal/benchtable < out/bench-envelope.txt | tee out/bench-envelope-table.txt
 	@echo
 
-# The filesystem benchmark of issue 6 (needs root): kmsfs against a plain
-# go-fuse loopback with passthrough off, backing dirs on a tmpfs, medians of
-# BENCH_ROUNDS (3) alternating rounds. BENCH_PHASES=seq,rand,small,untar,
+# The filesystem benchmark (needs root): kmsfs against a plain go-fuse
+# loopback with passthrough off, backing dirs on a tmpfs, medians of
+# BENCH_ROUNDS (3) alternating rounds, and the AES-GCM floor (opening 1 GiB
+# in process) beside the sequential read. BENCH_PHASES=seq,rand,small,untar,
 # small-kms10ms,untar-kms10ms runs a subset, BENCH_QUICK=1 a small smoke run,
 # KMSFS_MOUNT_FLAGS adds flags to `kmsfs mount`. Writes out/bench-fs.json and
 # out/bench-fs-table.txt.

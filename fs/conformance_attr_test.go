@@ -297,8 +297,7 @@ func TestConformanceUtimensat(t *testing.T) {
 		c.expect(t, "10000000000,10000000000,5", nil, "lstat", n0, "atime,mtime,mtime_ns")
 		c.mustRun(t, "unlink", n0)
 	})
-	// The acceptance: reading a symlink's size (lstat) does not
-	// move its access time.
+	// Reading a symlink's size (lstat) must not move its access time.
 	t.Run("symlink-atime", func(t *testing.T) {
 		c.mustRun(t, "symlink", "some/target", n2)
 		c.expect(t, "0", nil, "utimensat", n2, date3, "0", date4, "0", "AT_SYMLINK_NOFOLLOW")

@@ -109,9 +109,9 @@ func TestConformanceCreateSetID(t *testing.T) {
 // TestConformanceCreateOwner: open/00.t, mkdir/00.t, mkfifo/00.t,
 // mknod/00.t — a new object belongs to the caller's effective user, and to
 // its effective group or the directory's group; in a set-group-ID directory
-// to the directory's group (and a new directory inherits the bit). The
-// issue asks for exactly the caller's group where the directory is not
-// set-group-ID, so that is checked too.
+// to the directory's group (and a new directory inherits the bit). Where
+// the directory is not set-group-ID kmsfs gives exactly the caller's group,
+// so that is checked too.
 func TestConformanceCreateOwner(t *testing.T) {
 	c := newConf(t)
 	for _, typ := range []string{"regular", "dir", "fifo", "mknod-fifo", "socket", "symlink"} {

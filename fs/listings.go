@@ -11,9 +11,9 @@ import (
 )
 
 // listings sits between the FUSE server and go-fuse's node bridge so that
-// the kernel sends no OPENDIR and no RELEASEDIR: two round trips of every
-// directory listing (find, du, ls, rm -rf), 30-45 µs each on this kind of
-// VM, for a handle kmsfs does not need.
+// the kernel sends no OPENDIR and no RELEASEDIR: two FUSE round trips of
+// every directory listing (find, du, ls, rm -rf) for a handle kmsfs does
+// not need.
 //
 // It answers OPENDIR with ENOSYS (on kernels that take that, Linux 5.1
 // and later; Mount puts it in place only over a cipher dir whose

@@ -49,8 +49,8 @@ func (n *Node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle
 // Lazily, not at opendir: while the kernel serves a listing from its
 // cache it sends no READDIR, and the stream (a descriptor opened and
 // closed) would be made for nothing. (Returning the stream itself as the
-// handle cost rm -rf 0.66-0.87x -> 0.90x of the loopback, daemon CPU
-// 1.2-1.55 -> 1.94 s.)
+// handle made rm -rf measurably slower and costlier in daemon CPU:
+// docs/PERFORMANCE.md.)
 type dirHandle struct {
 	n  *Node
 	mu sync.Mutex

@@ -268,9 +268,8 @@ func mount(mountpoint string, root gofs.InodeEmbedder, mo *gofs.Options, noOpend
 // requests. It splits a larger window into READs of at most 1 MiB
 // (max_pages) and sends them together: at 4 MiB, about four are in flight
 // and both cores open blocks of different requests, where at 1 MiB two
-// were and the daemon waited between them (cold 1 GiB read with dd: 1.5
-// GB/s and 0.83 CPU-s at 1 MiB, 1.8-2.0 GB/s and 0.70-0.76 CPU-s at 2, 4
-// or 8 MiB). The kernel ramps the window up only for reads it sees to be
+// were and the daemon waited between them (docs/PERFORMANCE.md has the
+// figures). The kernel ramps the window up only for reads it sees to be
 // sequential.
 const ReadAhead = 4 << 20
 

@@ -15,10 +15,11 @@ import (
 	"github.com/kmsfs/kmsfs/keysource/keysourcetest"
 )
 
-// TestGenerateCounts is the figure: after the pool is warm, 1,000
-// creates under batched max-files=M make at most 1000/M + 2 generate calls
-// (by design exactly ceil(1000/M): each call replaces a used-up data key),
-// and exactly 1,000 under per-file once the refill has settled.
+// TestGenerateCounts is the pool's promise to the KMS quota: after the pool
+// is warm, 1,000 creates under batched max-files=M make at most 1000/M + 2
+// generate calls (by design exactly ceil(1000/M): each call replaces a
+// used-up data key), and exactly 1,000 under per-file once the refill has
+// settled.
 func TestGenerateCounts(t *testing.T) {
 	const files, goroutines = 1000, 4
 	for _, policy := range []string{"per-file", "batched:max-files=16", "batched:max-files=100", "batched"} {

@@ -230,9 +230,10 @@ func TestCoalesce(t *testing.T) {
 	}
 }
 
-// TestUnwrapAccounting is the figure: 64 goroutines unwrapping
-// 1,000 headers written under a batched policy of 100 files per data key
-// (so 10 distinct stanzas) make exactly 10 unwrap calls.
+// TestUnwrapAccounting is the cache's promise to the KMS quota: 64
+// goroutines unwrapping 1,000 headers written under a batched policy of
+// 100 files per data key (so 10 distinct stanzas) make exactly 10 unwrap
+// calls.
 func TestUnwrapAccounting(t *testing.T) {
 	const files, perKey, goroutines = 1000, 100, 64
 	clock := keysourcetest.NewClock(time.Unix(1e9, 0))

@@ -390,11 +390,10 @@ func newUnmountCmd() *cobra.Command {
 // mountParallelMin is the Volume's ParallelMin for a mount. On two cores
 // with the wide GCM (envelope.WideGCM) a 1 MiB request is sealed or opened
 // alone: one core runs the application and the other the request, so a
-// helper taking part of it starts late and only adds CPU. Measured through
-// the mount (fio, 1 GiB, five alternating pairs): sequential write 986 vs
-// 995 MB/s at 0.80 vs 0.98 daemon CPU-s, cold read 2,022 vs 1,963 MB/s at
-// 0.49 vs 0.52 CPU-s. With crypto/cipher's slower GCM the helpers still
-// pay (write 951 vs 870 MB/s), and more cores leave them room.
+// helper taking part of it starts late and only adds CPU (through the
+// mount: the same throughput with helpers, more daemon CPU; the figures
+// are in docs/PERFORMANCE.md). With crypto/cipher's slower GCM the helpers
+// still pay for writes, and more cores leave them room.
 func mountParallelMin() int {
 	if envelope.WideGCM() && runtime.GOMAXPROCS(0) <= 2 {
 		return -1

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kmsfs/kmsfs/internal/fsbench/gcmfloor"
 	"github.com/kmsfs/kmsfs/internal/kmstest"
 	"github.com/kmsfs/kmsfs/internal/volconf"
 )
@@ -38,9 +39,11 @@ type bench struct {
 	direct *kmstest.Proxy // no added latency: counts the KMS calls
 	slow   *kmstest.Proxy // kmsLatency added to every request
 
-	meta    meta
-	samples []sample
-	daemons []daemonRun
+	meta      meta
+	samples   []sample
+	daemons   []daemonRun
+	blockSize int               // the kmsfs volumes' block size
+	floors    []gcmfloor.Result // the AES-GCM floor, once per round of a group that asks for it
 }
 
 func newBench(cfg *config) (*bench, error) {
@@ -178,6 +181,7 @@ func (b *bench) mount(ctx context.Context, g group, fs string, round int) (*daem
 	if b.meta.Volume == "" {
 		if c, err := volconf.Load(backing); err == nil {
 			b.meta.Volume = fmt.Sprintf("%s, block size %d, data-key policy %s, format %d", keySpec, c.BlockSize, c.DataKeyPolicy, c.FormatVersion)
+			b.blockSize = c.BlockSize
 		}
 	}
 	args := append(append([]string{"mount", "-f"}, b.cfg.mountFlags...), backing, mnt)
@@ -198,6 +202,8 @@ func (b *bench) runGroup(ctx context.Context, g group, fs string, round int) (er
 		if serr == nil {
 			if fs == fsLoop {
 				b.recordLoopStats(g, round, d)
+			} else {
+				b.recordKmsfsGCM(d)
 			}
 			serr = os.RemoveAll(top)
 		}
@@ -297,6 +303,42 @@ func (b *bench) recordLoopStats(g group, round int, d *daemon) {
 	}
 	b.daemons = append(b.daemons, daemonRun{Group: g.name, FS: fsLoop, Round: round,
 		Reads: n[0], ReadBytes: n[1], Writes: n[2], WriteBytes: n[3]})
+}
+
+// gcmField is the AES-GCM implementation in kmsfs's start-up log line
+// (or in its warning that vaesgcm failed its self-test), logged as text
+// (gcm=vaesgcm) or JSON ("gcm":"vaesgcm").
+var gcmField = regexp.MustCompile(`\bgcm"?[=:]"?([^"\s,}]+)`)
+
+// recordKmsfsGCM keeps, the first time, which AES-GCM implementation the
+// stopped kmsfs daemon said it used.
+func (b *bench) recordKmsfsGCM(d *daemon) {
+	if b.meta.KmsfsGCM != "" {
+		return
+	}
+	raw, err := os.ReadFile(d.log)
+	if err != nil {
+		return
+	}
+	if m := gcmField.FindSubmatch(raw); m != nil {
+		b.meta.KmsfsGCM = string(m[1])
+	}
+}
+
+// measureFloor measures the AES-GCM floor once: opening 1 GiB in process,
+// in requests of floorRequest bytes and blocks of the volume's size.
+func (b *bench) measureFloor() error {
+	bs := b.blockSize
+	if bs == 0 {
+		return fmt.Errorf("AES-GCM floor: no kmsfs volume's block size known yet")
+	}
+	r, err := gcmfloor.Measure(bs, floorRequest, gcmfloor.GiB)
+	if err != nil {
+		return err
+	}
+	b.floors = append(b.floors, r)
+	fmt.Fprintf(os.Stderr, "fsbench:   %-34s %10.3f CPU-s/GiB (%s)\n", "AES-GCM floor, in process", r.PerGiB(), r.Impl)
+	return nil
 }
 
 // findLine returns the last line of file path that contains s.

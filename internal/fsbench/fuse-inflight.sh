@@ -4,9 +4,9 @@
 # of the kernel's FUSE tracepoints (Linux 6.16+), then: how many READs were
 # in flight for what share of the read, the gaps between READ completions,
 # and the first send (S) and end (E) times in µs. Shows how the kernel's
-# read-ahead feeds the daemon (docs/PERFORMANCE.md, "What limits read
-# throughput"). Extra `kmsfs mount` flags: KMSFS_MOUNT_FLAGS. Run from the
-# repository root as root after `make build`.
+# read-ahead feeds the daemon (docs/PERFORMANCE.md, "Why bulk reads stay
+# below the loopback"). Extra `kmsfs mount` flags: KMSFS_MOUNT_FLAGS. Run
+# from the repository root as root after `make build`.
 set -euo pipefail
 mib=${1:-512}
 dir=$(mktemp -d)

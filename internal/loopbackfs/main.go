@@ -1,6 +1,6 @@
 // Command loopbackfs is the yardstick of the filesystem benchmark
-// (internal/fsbench, issue 6): a plain go-fuse loopback (fs.NewLoopbackRoot)
-// whose file data goes through this daemon.
+// (internal/fsbench): a plain go-fuse loopback (fs.NewLoopbackRoot) whose
+// file data goes through this daemon.
 //
 //	loopbackfs [flags] BACKINGDIR MOUNTPOINT
 //

@@ -23,7 +23,7 @@ var (
 	volB = [16]byte{'v', 'o', 'l', 'B'}
 )
 
-// cheapKDF returns scrypt parameters that take about 2 ms, for tests.
+// cheapKDF returns scrypt parameters cheap enough for tests.
 func cheapKDF(t testing.TB) local.KDFParams {
 	t.Helper()
 	p, err := local.NewKDFParams(nil)
