@@ -80,6 +80,12 @@ lint: $(BIN)/staticcheck
 	$(GO) vet ./...
 	$(BIN)/staticcheck ./...
 
+# Regenerate envelope/internal/vaesgcm/vaesgcm_amd64.s from its generator
+# in _asm (a test fails when the committed file differs from its output).
+.PHONY: generate
+generate:
+	$(GO) generate ./envelope/internal/vaesgcm/
+
 # Regenerate the golden test vectors (never done by tests).
 vectors:
 	$(GO) run ./envelope/internal/vectorgen/cmd/vectorgen

@@ -8,6 +8,10 @@
 // crypto/cipher where it does not.
 package vaesgcm
 
+// The assembly is written by the program in _asm, a module of its own;
+// go -C runs it there.
+//go:generate go -C _asm run . -out ../vaesgcm_amd64.s
+
 import (
 	"crypto/subtle"
 	"encoding/binary"

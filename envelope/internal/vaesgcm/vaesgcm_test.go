@@ -88,21 +88,6 @@ func TestAdditionalDataLengths(t *testing.T) {
 	}
 }
 
-// refCTR is GCM's counter mode from crypto/aes: inc32 between blocks.
-func refCTR(key []byte, counter [16]byte, src []byte) []byte {
-	b, _ := aes.NewCipher(key)
-	out := make([]byte, len(src))
-	var ks [16]byte
-	for i := 0; i < len(src); i += 16 {
-		b.Encrypt(ks[:], counter[:])
-		for j := i; j < len(src) && j < i+16; j++ {
-			out[j] = src[j] ^ ks[j-i]
-		}
-		binary.BigEndian.PutUint32(counter[12:], binary.BigEndian.Uint32(counter[12:])+1)
-	}
-	return out
-}
-
 // The counter's last four bytes wrap modulo 2^32 without carrying into the
 // rest, in the 16-block loop, between the two lanes of a register, in the
 // single blocks and in a partial last block. Random nonces almost never
