@@ -10,25 +10,25 @@ import (
 
 	"github.com/kmsfs/kmsfs/envelope"
 	"github.com/kmsfs/kmsfs/internal/memfile"
-	"github.com/kmsfs/kmsfs/keysource"
+	"github.com/kmsfs/kmsfs/stanza"
 )
 
 // clearKeys is an in-memory key source for unit tests: a stanza of type
 // "test" carries the data key in its body, unwrapped. It counts calls.
 type clearKeys struct{ calls atomic.Int64 }
 
-func (k *clearKeys) UnwrapKey(_ context.Context, stanzas []keysource.Stanza) ([]byte, error) {
+func (k *clearKeys) UnwrapKey(_ context.Context, stanzas []stanza.Stanza) ([]byte, error) {
 	k.calls.Add(1)
 	for _, s := range stanzas {
-		if s.Type == "test" && len(s.Body) == keysource.DataKeySize {
+		if s.Type == "test" && len(s.Body) == stanza.DataKeySize {
 			return bytes.Clone(s.Body), nil
 		}
 	}
-	return nil, keysource.ErrNotMine
+	return nil, stanza.ErrNotMine
 }
 
-func clearStanza(dk []byte) keysource.Stanza {
-	return keysource.Stanza{Type: "test", KeyID: "test-key", Body: dk}
+func clearStanza(dk []byte) stanza.Stanza {
+	return stanza.Stanza{Type: "test", KeyID: "test-key", Body: dk}
 }
 
 var testVolumeID = envelope.VolumeID{0x76, 0x6f, 0x6c, 1}
@@ -62,7 +62,7 @@ func newVolume(t testing.TB, blockSize int, opts ...volOpt) *envelope.Volume {
 }
 
 func dataKey(b byte) []byte {
-	k := make([]byte, keysource.DataKeySize)
+	k := make([]byte, stanza.DataKeySize)
 	for i := range k {
 		k[i] = b + byte(i)
 	}
@@ -73,7 +73,7 @@ func dataKey(b byte) []byte {
 func newFile(t testing.TB, v *envelope.Volume, dk []byte) (*envelope.File, *memfile.File) {
 	t.Helper()
 	b := &memfile.File{}
-	f, err := v.Create(b, dk, []keysource.Stanza{clearStanza(dk)})
+	f, err := v.Create(b, dk, []stanza.Stanza{clearStanza(dk)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,7 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/envelope"
-	"github.com/kmsfs/kmsfs/keysource"
+	"github.com/kmsfs/kmsfs/stanza"
 )
 
 // The tests in this file are attacks by whoever controls the cipher dir
@@ -127,7 +127,7 @@ func newCipherFile(t *testing.T, j *envelope.Journal, cdir, name string, size in
 	}
 	t.Cleanup(func() { of.Close() })
 	dk := dataKey(5)
-	f, err := v.Create(hintedFile{of, name}, dk, []keysource.Stanza{clearStanza(dk)})
+	f, err := v.Create(hintedFile{of, name}, dk, []stanza.Stanza{clearStanza(dk)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/kmsfs/kmsfs/envelope"
-	"github.com/kmsfs/kmsfs/keysource"
+	"github.com/kmsfs/kmsfs/stanza"
 )
 
 // BenchmarkJournalWrite measures journaled writes to a cipher file on the
@@ -33,7 +33,7 @@ func BenchmarkJournalWrite(b *testing.B) {
 			}
 			defer of.Close()
 			dk := dataKey(1)
-			f, err := v.Create(of, dk, []keysource.Stanza{clearStanza(dk)})
+			f, err := v.Create(of, dk, []stanza.Stanza{clearStanza(dk)})
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/kmsfs/kmsfs/envelope"
-	"github.com/kmsfs/kmsfs/keysource"
+	"github.com/kmsfs/kmsfs/stanza"
 )
 
 // hinted is an os.File backing that names itself for the journal, as the
@@ -49,7 +49,7 @@ func TestJournalRecoverFiles(t *testing.T) {
 	defer of.Close()
 	b := &hinted{File: of, name: "sub/f"}
 	dk := dataKey(3)
-	f, err := v.Create(b, dk, []keysource.Stanza{clearStanza(dk)}) // write 1: the header
+	f, err := v.Create(b, dk, []stanza.Stanza{clearStanza(dk)}) // write 1: the header
 	if err != nil {
 		t.Fatal(err)
 	}

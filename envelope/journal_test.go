@@ -15,7 +15,7 @@ import (
 
 	"github.com/kmsfs/kmsfs/envelope"
 	"github.com/kmsfs/kmsfs/internal/memfile"
-	"github.com/kmsfs/kmsfs/keysource"
+	"github.com/kmsfs/kmsfs/stanza"
 )
 
 // errCrash is what a killBacking panics with when the process "dies".
@@ -98,7 +98,7 @@ func TestJournalCrashLeavesOldOrNew(t *testing.T) {
 				dk := dataKey(byte(round))
 				mem := &memfile.File{}
 				kb := &killBacking{File: mem}
-				f, err := v.Create(kb, dk, []keysource.Stanza{clearStanza(dk)})
+				f, err := v.Create(kb, dk, []stanza.Stanza{clearStanza(dk)})
 				if err != nil {
 					t.Fatal(err)
 				}

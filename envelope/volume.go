@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/kmsfs/kmsfs/internal/secmem"
-	"github.com/kmsfs/kmsfs/keysource"
+	"github.com/kmsfs/kmsfs/stanza"
 )
 
 // DefaultParallelMin is the request size from which blocks are sealed and
@@ -145,7 +145,7 @@ type Puncher interface {
 // key is a copy that belongs to the caller: Open clears it once it has
 // derived the file's keys.
 type KeyUnwrapper interface {
-	UnwrapKey(ctx context.Context, stanzas []keysource.Stanza) ([]byte, error)
+	UnwrapKey(ctx context.Context, stanzas []stanza.Stanza) ([]byte, error)
 }
 
 // dropKeys zeroes and frees a file's two derived keys.
@@ -157,7 +157,7 @@ func (v *Volume) dropKeys(content, header []byte) {
 // Create writes a new header for dataKey, wrapped as stanzas, to b, which
 // must be empty, and returns the File over it. Both header slots get the
 // same header at sequence 1. The File keeps no reference to dataKey.
-func (v *Volume) Create(b Backing, dataKey []byte, stanzas []keysource.Stanza) (*File, error) {
+func (v *Volume) Create(b Backing, dataKey []byte, stanzas []stanza.Stanza) (*File, error) {
 	var id FileID
 	if _, err := readFull(v.rand, id[:]); err != nil {
 		return nil, fmt.Errorf("envelope: file ID: %w", err)
