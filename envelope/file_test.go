@@ -262,15 +262,6 @@ func (either) UnwrapKey(_ context.Context, ss []stanza.Stanza) ([]byte, error) {
 	return bytes.Clone(ss[0].Body), nil
 }
 
-func readAll(t *testing.T, f *envelope.File, want []byte) {
-	t.Helper()
-	got := make([]byte, len(want)+1)
-	n, err := f.ReadAt(got, 0)
-	if err != io.EOF || !bytes.Equal(got[:n], want) {
-		t.Fatalf("read %d bytes, %v; content equal: %v", n, err, bytes.Equal(got[:n], want))
-	}
-}
-
 // TestConcurrentAccess: readers run alongside a writer of disjoint
 // blocks; every read returns either old or new content of each block, and
 // the final content is the model's. Run with -race.

@@ -48,8 +48,8 @@ type Options struct {
 	ParallelMin int
 	// Journal, if set, makes every change to a cipher file atomic with
 	// respect to a crash of the process, and Open applies what a crash
-	// left in it. The Volume does not close it.
-	Journal *Journal
+	// left in it (package journal). The Volume does not close it.
+	Journal Journal
 	// FormatVersion is the format version Create writes: 0 means Version.
 	// Version 1 (holes unauthenticated) is for tests and golden vectors.
 	FormatVersion int
@@ -71,7 +71,7 @@ type Volume struct {
 	bufs        bufPool
 	aads        sync.Pool
 	helpers     helpers
-	journal     *Journal
+	journal     Journal
 	format      int
 	mem         *secmem.Arena
 }
@@ -267,7 +267,7 @@ func (v *Volume) Open(ctx context.Context, b Backing, u KeyUnwrapper) (*File, er
 			// Finish or undo the change a crash interrupted, before
 			// anything reads the file. If that fails the file still
 			// opens; a torn block then fails to authenticate.
-			if _, recovered, _ = v.journal.recover(h.File, b); recovered {
+			if recovered, _ = v.journal.Recover(h.File, b); recovered {
 				if fi, err = b.Stat(); err != nil {
 					v.dropKeys(content, hkey)
 					return nil, fmt.Errorf("envelope: stat: %w", err)
