@@ -393,7 +393,7 @@ func (f *File) apply(sealed []byte, at, cut int64) error {
 	if pw := f.pipe; pw != nil {
 		// Write the blocks as they are sealed, the sealed ones before
 		// the pipeline with its first run, the ones after with its last.
-		n := pw.sp.t.n
+		n := pw.sp.n
 		err := pw.sp.drain(func(lo, hi int) error {
 			from, to := pw.base+int64(lo)*pw.ss, pw.base+int64(hi)*pw.ss
 			if lo == 0 {

@@ -8,9 +8,9 @@ import (
 	"io"
 	"os"
 	"runtime"
-	"sync"
 	"time"
 
+	"github.com/kmsfs/kmsfs/internal/parallel"
 	"github.com/kmsfs/kmsfs/internal/secmem"
 	"github.com/kmsfs/kmsfs/stanza"
 )
@@ -23,10 +23,8 @@ const DefaultParallelMin = 64 << 10
 // Helper goroutines spin this long after their last chunk before parking,
 // and exit after this long parked. A spinning helper holds a core that,
 // on two cores, the FUSE request loop and the application need between
-// two 1 MiB requests: through a mount, 50 µs did 1 GiB sequential writes
-// at 1.1 GB/s for 1.0 CPU-s where 200 µs did 0.95 GB/s for 1.2 CPU-s
-// (reads: 1.5–1.8 against 1.4–1.6 GB/s, 0.75–0.92 against 0.87–0.95
-// CPU-s); 20 µs and none were slower again.
+// two large requests: spinning longer cost throughput and CPU through a
+// mount, spinning less or not at all cost throughput (docs/PERFORMANCE.md).
 const (
 	helperSpin = 50 * time.Microsecond
 	helperIdle = 2 * time.Second
@@ -69,8 +67,7 @@ type Volume struct {
 	workers     int
 	parallelMin int
 	bufs        bufPool
-	aads        sync.Pool
-	helpers     helpers
+	helpers     *parallel.Pool[[aadSize]byte] // and the pool of block additional data buffers
 	journal     Journal
 	format      int
 	mem         *secmem.Arena
@@ -101,8 +98,7 @@ func NewVolume(o Options) (*Volume, error) {
 	case v.parallelMin < 0:
 		v.parallelMin = 0
 	}
-	v.aads.New = func() any { return new([aadSize]byte) }
-	v.helpers = helpers{wake: make(chan struct{}, v.workers), aads: &v.aads, spin: helperSpin, idle: helperIdle}
+	v.helpers = parallel.New[[aadSize]byte](v.workers, helperSpin, helperIdle)
 	return v, nil
 }
 
