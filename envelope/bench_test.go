@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/kmsfs/kmsfs/envelope"
-	"github.com/kmsfs/kmsfs/keysource"
+	"github.com/kmsfs/kmsfs/stanza"
 )
 
 var benchSizes = []struct {
@@ -191,7 +191,7 @@ func BenchmarkFileTmpfs(b *testing.B) {
 				defer os.Remove(back.Name())
 				defer back.Close()
 				dk := dataKey(3)
-				f, err := v.Create(back, dk, []keysource.Stanza{clearStanza(dk)})
+				f, err := v.Create(back, dk, []stanza.Stanza{clearStanza(dk)})
 				if err != nil {
 					b.Fatal(err)
 				}

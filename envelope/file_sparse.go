@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"math"
 
-	"github.com/kmsfs/kmsfs/keysource"
+	"github.com/kmsfs/kmsfs/stanza"
 )
 
 // A version 2 file vouches for its holes: its header lists the blocks that
@@ -100,14 +100,14 @@ func (f *File) cutHoles(from int64) {
 
 // sparseFits reports whether f's sparse list fits one header slot beside
 // stanzas.
-func (f *File) sparseFits(stanzas []keysource.Stanza) bool {
+func (f *File) sparseFits(stanzas []stanza.Stanza) bool {
 	h := Header{Version: f.header.Version, Stanzas: stanzas, Sparse: f.sparse}
 	return h.FitsIn(f.v.layout)
 }
 
 // fitSparse fills the smallest holes with sealed zero blocks until the list
 // fits a header slot beside stanzas.
-func (f *File) fitSparse(stanzas []keysource.Stanza) error {
+func (f *File) fitSparse(stanzas []stanza.Stanza) error {
 	for len(f.sparse) > 0 && !f.sparseFits(stanzas) {
 		r := f.sparse[f.sparse.smallest()]
 		if err := f.densify(r); err != nil {

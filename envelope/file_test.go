@@ -12,7 +12,7 @@ import (
 
 	"github.com/kmsfs/kmsfs/envelope"
 	"github.com/kmsfs/kmsfs/internal/memfile"
-	"github.com/kmsfs/kmsfs/keysource"
+	"github.com/kmsfs/kmsfs/stanza"
 )
 
 // TestParallelMatchesSerial: with the same random source, the parallel and
@@ -175,18 +175,18 @@ func TestRewrap(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := b.Bytes()
-	newStanza := keysource.Stanza{Type: "test", KeyID: "rotated", Body: dk}
+	newStanza := stanza.Stanza{Type: "test", KeyID: "rotated", Body: dk}
 
 	t.Run("wrong-data-key", func(t *testing.T) {
 		f := reopen(t, v, memfile.New(before))
-		if err := f.Rewrap(dataKey(12), []keysource.Stanza{newStanza}); !errors.Is(err, keysource.ErrInvalid) {
+		if err := f.Rewrap(dataKey(12), []stanza.Stanza{newStanza}); !errors.Is(err, stanza.ErrInvalid) {
 			t.Fatalf("Rewrap with another key = %v, want ErrInvalid", err)
 		}
 	})
 	t.Run("complete", func(t *testing.T) {
 		m := memfile.New(before)
 		f := reopen(t, v, m)
-		if err := f.Rewrap(dk, []keysource.Stanza{newStanza}); err != nil {
+		if err := f.Rewrap(dk, []stanza.Stanza{newStanza}); err != nil {
 			t.Fatal(err)
 		}
 		if !bytes.Equal(m.Bytes()[v.Layout().HeaderSize():], before[v.Layout().HeaderSize():]) {
@@ -201,7 +201,7 @@ func TestRewrap(t *testing.T) {
 			t.Fatal("old stanza still opens the file after a complete rewrap")
 		}
 		// Rewrap again: the sequence numbers keep growing.
-		if err := g.Rewrap(dk, []keysource.Stanza{clearStanza(dk)}); err != nil {
+		if err := g.Rewrap(dk, []stanza.Stanza{clearStanza(dk)}); err != nil {
 			t.Fatal(err)
 		}
 		if h := reopen(t, v, m).Header(); h.Seq != 5 || h.Stanzas[0].KeyID != "test-key" {
@@ -213,7 +213,7 @@ func TestRewrap(t *testing.T) {
 		for limit := 0; limit <= 2*ss; limit += 7 {
 			m := &crashAfter{File: memfile.New(before), limit: limit}
 			f := reopen(t, v, m)
-			err := f.Rewrap(dk, []keysource.Stanza{newStanza})
+			err := f.Rewrap(dk, []stanza.Stanza{newStanza})
 			if limit < 2*ss && err == nil {
 				t.Fatalf("limit=%d: rewrap did not notice the crash", limit)
 			}
@@ -247,28 +247,19 @@ func (c *crashAfter) WriteAt(p []byte, off int64) (int, error) {
 
 type onlyKeyID string
 
-func (k onlyKeyID) UnwrapKey(_ context.Context, ss []keysource.Stanza) ([]byte, error) {
+func (k onlyKeyID) UnwrapKey(_ context.Context, ss []stanza.Stanza) ([]byte, error) {
 	for _, s := range ss {
 		if s.KeyID == string(k) {
 			return bytes.Clone(s.Body), nil
 		}
 	}
-	return nil, keysource.ErrNotMine
+	return nil, stanza.ErrNotMine
 }
 
 type either struct{}
 
-func (either) UnwrapKey(_ context.Context, ss []keysource.Stanza) ([]byte, error) {
+func (either) UnwrapKey(_ context.Context, ss []stanza.Stanza) ([]byte, error) {
 	return bytes.Clone(ss[0].Body), nil
-}
-
-func readAll(t *testing.T, f *envelope.File, want []byte) {
-	t.Helper()
-	got := make([]byte, len(want)+1)
-	n, err := f.ReadAt(got, 0)
-	if err != io.EOF || !bytes.Equal(got[:n], want) {
-		t.Fatalf("read %d bytes, %v; content equal: %v", n, err, bytes.Equal(got[:n], want))
-	}
 }
 
 // TestConcurrentAccess: readers run alongside a writer of disjoint

@@ -262,9 +262,9 @@ func (f *File) store(sealed []byte, at, cut int64) error {
 	// An overwrite: record the new bytes, to be written again. Over holes
 	// only (a preallocated or sparse file), record instead that the range
 	// is to be punched again, which undoes the write without a copy.
-	rec := journalRecord{file: f.header.File, at: at, cut: cut, min: before, max: before, hint: f.hint()}
+	c := Change{File: f.header.File, At: at, Cut: cut, Min: before, Max: before, Hint: f.hint()}
 	if cut >= 0 {
-		rec.min = min(cut, before)
+		c.Min = min(cut, before)
 	}
 	if f.pipe != nil {
 		f.pipe.sp.finish() // the record carries the sealed bytes
@@ -280,17 +280,16 @@ func (f *File) store(sealed []byte, at, cut int64) error {
 		}
 	}
 	if allHole && cut < 0 {
-		rec.punch, rec.n, body = true, int64(len(sealed)), nil
+		c.Punch, c.N, body = true, int64(len(sealed)), nil
 	}
-	return f.journaled(&rec, body, rec.punch, func() error { return f.apply(sealed, at, cut) })
+	return f.journaled(&c, body, c.Punch, func() error { return f.apply(sealed, at, cut) })
 }
 
-// journaled runs change under journal record rec with body. If change
+// journaled runs change under journal record c with body. If change
 // fails and undo is set, the record (which then undoes the change) is
 // carried out at once.
-func (f *File) journaled(rec *journalRecord, body []byte, undo bool, change func() error) error {
-	j := f.v.journal
-	s, err := j.begin(rec, body)
+func (f *File) journaled(c *Change, body []byte, undo bool, change func() error) error {
+	e, err := f.v.journal.Begin(*c, body)
 	if err != nil {
 		return err
 	}
@@ -300,11 +299,11 @@ func (f *File) journaled(rec *journalRecord, body []byte, undo bool, change func
 	f.inTx = false
 	if err != nil {
 		f.holesUnknown = true
-		if undo && rec.apply(body, f.b) == nil {
+		if undo && c.Apply(body, f.b) == nil {
 			f.stored = before
 		}
 	}
-	if eerr := j.end(s, len(body)); err == nil {
+	if eerr := e.End(); err == nil {
 		err = eerr
 	}
 	return err
@@ -366,10 +365,10 @@ func (f *File) undoable(at, end int64, change func() error) error {
 		return change()
 	}
 	before := f.stored
-	rec := journalRecord{file: f.header.File, at: at, cut: before, min: before, max: max(before, end), hint: f.hint()}
+	c := Change{File: f.header.File, At: at, Cut: before, Min: before, Max: max(before, end), Hint: f.hint()}
 	if before <= at {
 		// Only growth: the record is the old size alone.
-		return f.journaled(&rec, nil, true, change)
+		return f.journaled(&c, nil, true, change)
 	}
 	buf := f.v.bufs.get(int(before - at))
 	defer f.v.bufs.put(buf)
@@ -377,7 +376,7 @@ func (f *File) undoable(at, end int64, change func() error) error {
 	if err != nil && err != io.EOF {
 		return err
 	}
-	return f.journaled(&rec, (*buf)[:m], true, change)
+	return f.journaled(&c, (*buf)[:m], true, change)
 }
 
 // hint returns where the backing file is, for a journal record.
@@ -394,7 +393,7 @@ func (f *File) apply(sealed []byte, at, cut int64) error {
 	if pw := f.pipe; pw != nil {
 		// Write the blocks as they are sealed, the sealed ones before
 		// the pipeline with its first run, the ones after with its last.
-		n := pw.sp.t.n
+		n := pw.sp.n
 		err := pw.sp.drain(func(lo, hi int) error {
 			from, to := pw.base+int64(lo)*pw.ss, pw.base+int64(hi)*pw.ss
 			if lo == 0 {

@@ -9,14 +9,14 @@ import (
 
 	"github.com/kmsfs/kmsfs/envelope"
 	"github.com/kmsfs/kmsfs/internal/memfile"
-	"github.com/kmsfs/kmsfs/keysource"
+	"github.com/kmsfs/kmsfs/stanza"
 )
 
 // fixedKey unwraps every stanza to one key, so fuzzed headers still reach
 // the MAC and block code.
 type fixedKey []byte
 
-func (k fixedKey) UnwrapKey(context.Context, []keysource.Stanza) ([]byte, error) {
+func (k fixedKey) UnwrapKey(context.Context, []stanza.Stanza) ([]byte, error) {
 	return bytes.Clone(k), nil
 }
 

@@ -16,7 +16,7 @@ import (
 	"github.com/kmsfs/kmsfs/envelope"
 	"github.com/kmsfs/kmsfs/envelope/internal/vaesgcm"
 	"github.com/kmsfs/kmsfs/internal/memfile"
-	"github.com/kmsfs/kmsfs/keysource"
+	"github.com/kmsfs/kmsfs/stanza"
 )
 
 // oneBitOff is an AES-GCM whose output is wrong in one bit, as a corrupted
@@ -186,7 +186,7 @@ func fipsChildChecks(t *testing.T, mode string) {
 		if _, err := v.NewCodec(dk, envelope.FileID{1}); !errors.Is(err, envelope.ErrNoGCM) {
 			t.Fatalf("NewCodec: %v, want ErrNoGCM", err)
 		}
-		if _, err := v.Create(&memfile.File{}, dk, []keysource.Stanza{clearStanza(dk)}); !errors.Is(err, envelope.ErrNoGCM) {
+		if _, err := v.Create(&memfile.File{}, dk, []stanza.Stanza{clearStanza(dk)}); !errors.Is(err, envelope.ErrNoGCM) {
 			t.Fatalf("Create: %v, want ErrNoGCM", err)
 		}
 		for _, vec := range loadVectors(t) {

@@ -9,7 +9,7 @@ import (
 	"fmt"
 
 	"github.com/kmsfs/kmsfs/internal/secmem"
-	"github.com/kmsfs/kmsfs/keysource"
+	"github.com/kmsfs/kmsfs/stanza"
 )
 
 // Header slot layout (all integers big-endian); see docs/FORMAT.md.
@@ -68,7 +68,7 @@ type Header struct {
 	Volume  VolumeID
 	File    FileID
 	Seq     uint64
-	Stanzas []keysource.Stanza
+	Stanzas []stanza.Stanza
 	// Sparse lists, in version 2, the block ranges that the file vouches
 	// may be stored as zeros (holes). Version 1 has no list: there every
 	// all-zero block but the last reads as zeros.
@@ -79,9 +79,9 @@ type Header struct {
 // format version, each in a cell of mem (the heap if mem is nil): the
 // caller frees both with mem.Free.
 func deriveKeys(mem *secmem.Arena, dataKey []byte, id FileID, version int) (content, header []byte, err error) {
-	if len(dataKey) != keysource.DataKeySize {
+	if len(dataKey) != stanza.DataKeySize {
 		return nil, nil, fmt.Errorf("envelope: data key is %d bytes, want %d: %w",
-			len(dataKey), keysource.DataKeySize, keysource.ErrInvalid)
+			len(dataKey), stanza.DataKeySize, stanza.ErrInvalid)
 	}
 	ec, eh := expandContentKeyV2, expandHeaderKeyV2
 	if version == 1 {
@@ -123,7 +123,7 @@ func (h *Header) encodedLen() int {
 	return n
 }
 
-func stanzasLen(stanzas []keysource.Stanza) int {
+func stanzasLen(stanzas []stanza.Stanza) int {
 	n := 0
 	for _, s := range stanzas {
 		n += 1 + len(s.Type) + 2 + len(s.KeyID) + 2 + len(s.Body)
@@ -134,7 +134,7 @@ func stanzasLen(stanzas []keysource.Stanza) int {
 // FitsIn reports whether h encodes into one slot of layout l.
 func (h *Header) FitsIn(l Layout) bool { return h.encodedLen()+macSize <= l.slotSize }
 
-func checkStanza(s keysource.Stanza) error {
+func checkStanza(s stanza.Stanza) error {
 	if len(s.Type) == 0 || len(s.Type) > maxTypeLen {
 		return fmt.Errorf("stanza type length %d", len(s.Type))
 	}
@@ -264,7 +264,7 @@ func ParseHeaderSlot(l Layout, slot []byte) (*Header, error) {
 		rest = rest[m:]
 		return f, true
 	}
-	h.Stanzas = make([]keysource.Stanza, 0, n)
+	h.Stanzas = make([]stanza.Stanza, 0, n)
 	for i := 0; i < n; i++ {
 		t, ok1 := field(1)
 		id, ok2 := field(2)
@@ -272,7 +272,7 @@ func ParseHeaderSlot(l Layout, slot []byte) (*Header, error) {
 		if !ok1 || !ok2 || !ok3 {
 			return nil, fmt.Errorf("header stanza %d overruns the slot: %w", i, ErrFormat)
 		}
-		s := keysource.Stanza{Type: string(t), KeyID: string(id), Body: bytes.Clone(body)}
+		s := stanza.Stanza{Type: string(t), KeyID: string(id), Body: bytes.Clone(body)}
 		if err := checkStanza(s); err != nil {
 			return nil, fmt.Errorf("header stanza %d: %s: %w", i, err, ErrFormat)
 		}
@@ -309,7 +309,7 @@ const sparseRoom = 512
 // similar size fits) and for sparse ranges, rounded up to a multiple of
 // 512, and at least DefaultSlotSize. It returns an error if they cannot
 // fit any slot.
-func SlotSizeFor(stanzas []keysource.Stanza) (int, error) {
+func SlotSizeFor(stanzas []stanza.Stanza) (int, error) {
 	sl := stanzasLen(stanzas)
 	need := 2*sl + slotFixedSizeV2 + sparseRoom + macSize
 	size := max(DefaultSlotSize, (need+slotAlign-1)/slotAlign*slotAlign)

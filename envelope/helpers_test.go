@@ -1,101 +1,56 @@
 package envelope_test
 
 import (
-	"bytes"
-	"context"
 	"errors"
 	"math/rand/v2"
-	"sync/atomic"
 	"testing"
 
 	"github.com/kmsfs/kmsfs/envelope"
+	"github.com/kmsfs/kmsfs/internal/envelopetest"
 	"github.com/kmsfs/kmsfs/internal/memfile"
-	"github.com/kmsfs/kmsfs/keysource"
+	"github.com/kmsfs/kmsfs/stanza"
 )
 
-// clearKeys is an in-memory key source for unit tests: a stanza of type
-// "test" carries the data key in its body, unwrapped. It counts calls.
-type clearKeys struct{ calls atomic.Int64 }
+// The fixtures live in internal/envelopetest, shared with the journal's
+// tests; these short names keep the tests readable.
 
-func (k *clearKeys) UnwrapKey(_ context.Context, stanzas []keysource.Stanza) ([]byte, error) {
-	k.calls.Add(1)
-	for _, s := range stanzas {
-		if s.Type == "test" && len(s.Body) == keysource.DataKeySize {
-			return bytes.Clone(s.Body), nil
-		}
-	}
-	return nil, keysource.ErrNotMine
-}
+// clearKeys is an in-memory key source: a stanza of type "test" carries
+// the data key in its body, unwrapped.
+type clearKeys = envelopetest.Keys
 
-func clearStanza(dk []byte) keysource.Stanza {
-	return keysource.Stanza{Type: "test", KeyID: "test-key", Body: dk}
-}
+func clearStanza(dk []byte) stanza.Stanza { return envelopetest.Stanza(dk) }
 
-var testVolumeID = envelope.VolumeID{0x76, 0x6f, 0x6c, 1}
+var testVolumeID = envelopetest.VolumeID
 
-// seeded returns a deterministic random source.
-func seeded(seed uint64) *rand.ChaCha8 {
-	var s [32]byte
-	for i := range 8 {
-		s[i] = byte(seed >> (8 * i))
-	}
-	return rand.NewChaCha8(s)
-}
+func seeded(seed uint64) *rand.ChaCha8 { return envelopetest.Seeded(seed) }
 
-type volOpt func(*envelope.Options)
+type volOpt = func(*envelope.Options)
 
 func newVolume(t testing.TB, blockSize int, opts ...volOpt) *envelope.Volume {
 	t.Helper()
-	l, err := envelope.NewLayout(blockSize, envelope.DefaultSlotSize)
-	if err != nil {
-		t.Fatal(err)
-	}
-	o := envelope.Options{Layout: l, Volume: testVolumeID}
-	for _, f := range opts {
-		f(&o)
-	}
-	v, err := envelope.NewVolume(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return v
+	return envelopetest.NewVolume(t, blockSize, opts...)
 }
 
-func dataKey(b byte) []byte {
-	k := make([]byte, keysource.DataKeySize)
-	for i := range k {
-		k[i] = b + byte(i)
-	}
-	return k
-}
+func dataKey(b byte) []byte { return envelopetest.DataKey(b) }
 
 // newFile creates a File with data key dk over a fresh in-memory backing.
 func newFile(t testing.TB, v *envelope.Volume, dk []byte) (*envelope.File, *memfile.File) {
 	t.Helper()
-	b := &memfile.File{}
-	f, err := v.Create(b, dk, []keysource.Stanza{clearStanza(dk)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return f, b
+	return envelopetest.NewFile(t, v, dk)
 }
 
 // reopen opens backing b as a File.
 func reopen(t testing.TB, v *envelope.Volume, b envelope.Backing) *envelope.File {
 	t.Helper()
-	f, err := v.Open(context.Background(), b, &clearKeys{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return f
+	return envelopetest.Reopen(t, v, b)
 }
 
-// fill returns n deterministic bytes derived from seed.
-func fill(n int, seed uint64) []byte {
-	b := make([]byte, n)
-	seeded(seed).Read(b)
-	return b
+func readAll(t *testing.T, f *envelope.File, want []byte) {
+	t.Helper()
+	envelopetest.ReadAll(t, f, want)
 }
+
+func fill(n int, seed uint64) []byte { return envelopetest.Fill(n, seed) }
 
 func isSentinel(err error) bool {
 	return errors.Is(err, envelope.ErrAuth) || errors.Is(err, envelope.ErrFormat) ||

@@ -8,7 +8,7 @@ import (
 	"github.com/kmsfs/kmsfs/envelope"
 	"github.com/kmsfs/kmsfs/internal/memfile"
 	"github.com/kmsfs/kmsfs/internal/secmem"
-	"github.com/kmsfs/kmsfs/keysource"
+	"github.com/kmsfs/kmsfs/stanza"
 )
 
 // TestKeysInLockedMemory: with an arena, a file's header key and (with
@@ -32,7 +32,7 @@ func testKeysInLockedMemory(t *testing.T) {
 	if _, err := f.WriteAt(fill(10000, 1), 0); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.Rewrap(dk, []keysource.Stanza{clearStanza(dk)}); err != nil {
+	if err := f.Rewrap(dk, []stanza.Stanza{clearStanza(dk)}); err != nil {
 		t.Fatal(err)
 	}
 	if n := mem.InUse(); n != open {

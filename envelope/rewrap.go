@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"slices"
 
-	"github.com/kmsfs/kmsfs/keysource"
+	"github.com/kmsfs/kmsfs/stanza"
 )
 
 // Rewrap replaces the file's stanzas with stanzas, which wrap dataKey,
@@ -15,7 +15,7 @@ import (
 // next sequence number and syncs, then into the other slot and syncs, so
 // a crash at any point leaves a slot that opens under the old stanzas or
 // one that opens under the new ones.
-func (f *File) Rewrap(dataKey []byte, stanzas []keysource.Stanza) error {
+func (f *File) Rewrap(dataKey []byte, stanzas []stanza.Stanza) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.closed {
@@ -28,7 +28,7 @@ func (f *File) Rewrap(dataKey []byte, stanzas []keysource.Stanza) error {
 	same := hmac.Equal(hkey, f.headerKey)
 	f.v.dropKeys(content, hkey)
 	if !same {
-		return fmt.Errorf("envelope: rewrap: %w (not this file's data key)", keysource.ErrInvalid)
+		return fmt.Errorf("envelope: rewrap: %w (not this file's data key)", stanza.ErrInvalid)
 	}
 	l := f.v.layout
 	target := 0

@@ -10,7 +10,7 @@ import (
 
 	"github.com/kmsfs/kmsfs/envelope"
 	"github.com/kmsfs/kmsfs/internal/memfile"
-	"github.com/kmsfs/kmsfs/keysource"
+	"github.com/kmsfs/kmsfs/stanza"
 )
 
 // zeroBlock overwrites stored block i of cipher with zeros, as an attacker
@@ -219,10 +219,10 @@ func TestSparseListBounded(t *testing.T) {
 	v := newVolume(t, bs)
 	// A stanza that leaves room for only a few ranges in a 1 KiB slot.
 	dk := dataKey(11)
-	big := keysource.Stanza{Type: "test", KeyID: "test-key", Body: dk}
-	pad := keysource.Stanza{Type: "pad", KeyID: "pad", Body: make([]byte, 800)}
+	big := stanza.Stanza{Type: "test", KeyID: "test-key", Body: dk}
+	pad := stanza.Stanza{Type: "pad", KeyID: "pad", Body: make([]byte, 800)}
 	mem := &memfile.File{}
-	f, err := v.Create(mem, dk, []keysource.Stanza{big, pad})
+	f, err := v.Create(mem, dk, []stanza.Stanza{big, pad})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,7 +10,7 @@ import (
 
 	"github.com/kmsfs/kmsfs/envelope"
 	"github.com/kmsfs/kmsfs/internal/memfile"
-	"github.com/kmsfs/kmsfs/keysource"
+	"github.com/kmsfs/kmsfs/stanza"
 )
 
 // tamperFixture is a multi-block file (last block partial) plus a second
@@ -249,4 +249,4 @@ var errNoKey = fmt.Errorf("no key here")
 
 type noKeys struct{}
 
-func (noKeys) UnwrapKey(context.Context, []keysource.Stanza) ([]byte, error) { return nil, errNoKey }
+func (noKeys) UnwrapKey(context.Context, []stanza.Stanza) ([]byte, error) { return nil, errNoKey }

@@ -8,11 +8,11 @@ import (
 	"io"
 	"os"
 	"runtime"
-	"sync"
 	"time"
 
+	"github.com/kmsfs/kmsfs/internal/parallel"
 	"github.com/kmsfs/kmsfs/internal/secmem"
-	"github.com/kmsfs/kmsfs/keysource"
+	"github.com/kmsfs/kmsfs/stanza"
 )
 
 // DefaultParallelMin is the request size from which blocks are sealed and
@@ -23,10 +23,8 @@ const DefaultParallelMin = 64 << 10
 // Helper goroutines spin this long after their last chunk before parking,
 // and exit after this long parked. A spinning helper holds a core that,
 // on two cores, the FUSE request loop and the application need between
-// two 1 MiB requests: through a mount, 50 µs did 1 GiB sequential writes
-// at 1.1 GB/s for 1.0 CPU-s where 200 µs did 0.95 GB/s for 1.2 CPU-s
-// (reads: 1.5–1.8 against 1.4–1.6 GB/s, 0.75–0.92 against 0.87–0.95
-// CPU-s); 20 µs and none were slower again.
+// two large requests: spinning longer cost throughput and CPU through a
+// mount, spinning less or not at all cost throughput (docs/PERFORMANCE.md).
 const (
 	helperSpin = 50 * time.Microsecond
 	helperIdle = 2 * time.Second
@@ -48,8 +46,8 @@ type Options struct {
 	ParallelMin int
 	// Journal, if set, makes every change to a cipher file atomic with
 	// respect to a crash of the process, and Open applies what a crash
-	// left in it. The Volume does not close it.
-	Journal *Journal
+	// left in it (package journal). The Volume does not close it.
+	Journal Journal
 	// FormatVersion is the format version Create writes: 0 means Version.
 	// Version 1 (holes unauthenticated) is for tests and golden vectors.
 	FormatVersion int
@@ -69,9 +67,8 @@ type Volume struct {
 	workers     int
 	parallelMin int
 	bufs        bufPool
-	aads        sync.Pool
-	helpers     helpers
-	journal     *Journal
+	helpers     *parallel.Pool[[aadSize]byte] // and the pool of block additional data buffers
+	journal     Journal
 	format      int
 	mem         *secmem.Arena
 }
@@ -101,8 +98,7 @@ func NewVolume(o Options) (*Volume, error) {
 	case v.parallelMin < 0:
 		v.parallelMin = 0
 	}
-	v.aads.New = func() any { return new([aadSize]byte) }
-	v.helpers = helpers{wake: make(chan struct{}, v.workers), aads: &v.aads, spin: helperSpin, idle: helperIdle}
+	v.helpers = parallel.New[[aadSize]byte](v.workers, helperSpin, helperIdle)
 	return v, nil
 }
 
@@ -145,7 +141,7 @@ type Puncher interface {
 // key is a copy that belongs to the caller: Open clears it once it has
 // derived the file's keys.
 type KeyUnwrapper interface {
-	UnwrapKey(ctx context.Context, stanzas []keysource.Stanza) ([]byte, error)
+	UnwrapKey(ctx context.Context, stanzas []stanza.Stanza) ([]byte, error)
 }
 
 // dropKeys zeroes and frees a file's two derived keys.
@@ -157,7 +153,7 @@ func (v *Volume) dropKeys(content, header []byte) {
 // Create writes a new header for dataKey, wrapped as stanzas, to b, which
 // must be empty, and returns the File over it. Both header slots get the
 // same header at sequence 1. The File keeps no reference to dataKey.
-func (v *Volume) Create(b Backing, dataKey []byte, stanzas []keysource.Stanza) (*File, error) {
+func (v *Volume) Create(b Backing, dataKey []byte, stanzas []stanza.Stanza) (*File, error) {
 	var id FileID
 	if _, err := readFull(v.rand, id[:]); err != nil {
 		return nil, fmt.Errorf("envelope: file ID: %w", err)
@@ -267,7 +263,7 @@ func (v *Volume) Open(ctx context.Context, b Backing, u KeyUnwrapper) (*File, er
 			// Finish or undo the change a crash interrupted, before
 			// anything reads the file. If that fails the file still
 			// opens; a torn block then fails to authenticate.
-			if _, recovered, _ = v.journal.recover(h.File, b); recovered {
+			if recovered, _ = v.journal.Recover(h.File, b); recovered {
 				if fi, err = b.Stat(); err != nil {
 					v.dropKeys(content, hkey)
 					return nil, fmt.Errorf("envelope: stat: %w", err)

@@ -58,7 +58,7 @@ type backing struct {
 }
 
 // JournalHint tells the write journal where the file is, relative to the
-// cipher dir, so that a mount after a crash finds it (envelope.Journal).
+// cipher dir, so that a mount after a crash finds it (journal.RecoverFiles).
 func (b *backing) JournalHint() string { return b.node.Path(nil) }
 
 func (b *backing) WriteAt(p []byte, off int64) (int, error) {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/kmsfs/kmsfs/envelope"
 	kfs "github.com/kmsfs/kmsfs/fs"
+	"github.com/kmsfs/kmsfs/journal"
 	"github.com/kmsfs/kmsfs/keysource"
 )
 
@@ -92,7 +93,7 @@ func mountWith(t testing.TB, blockSize int, o kfs.Options) *mounted {
 	if err != nil {
 		t.Fatal(err)
 	}
-	j, err := envelope.OpenJournal(root, kfs.JournalName, 0)
+	j, err := journal.Open(root, kfs.JournalName, 0)
 	root.Close()
 	if err != nil {
 		t.Fatal(err)

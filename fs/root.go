@@ -24,7 +24,7 @@ import (
 const ConfName = "kmsfs.conf"
 
 // JournalName is the directory at the root of a cipher dir where a
-// read-write mount keeps its write journal (see envelope.Journal). It is
+// read-write mount keeps its write journal (see package journal). It is
 // not visible through the mount.
 const JournalName = "kmsfs.journal"
 

@@ -37,7 +37,7 @@ const (
 // daemon (unlike a crashed machine) loses nothing the backing file system
 // already has, and kmsfs acknowledges a write only after its pwrite. No
 // block may be unreadable, not even one the operation in flight was
-// writing: the write journal (envelope.Journal) finishes or undoes it.
+// writing: the write journal (journal.Journal) finishes or undoes it.
 //
 // Each state after verification is the next round's starting state, so
 // damage a round leaves behind is found by the next.

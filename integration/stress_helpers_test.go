@@ -22,6 +22,7 @@ import (
 	"github.com/kmsfs/kmsfs/envelope"
 	kfs "github.com/kmsfs/kmsfs/fs"
 	"github.com/kmsfs/kmsfs/internal/procfd"
+	"github.com/kmsfs/kmsfs/journal"
 	"github.com/kmsfs/kmsfs/keysource"
 	"github.com/kmsfs/kmsfs/keysource/local"
 )
@@ -57,7 +58,7 @@ type sxVolume struct {
 
 	srv     *kfs.Server        // nil while unmounted
 	mgr     *keysource.Manager // nil while unmounted
-	journal *envelope.Journal  // nil while unmounted
+	journal *journal.Journal   // nil while unmounted
 }
 
 // sxNeedFUSE skips the test without /dev/fuse, or fails it under CI=true.
@@ -119,7 +120,7 @@ func (v *sxVolume) mount() {
 	if err != nil {
 		v.t.Fatal(err)
 	}
-	j, err := envelope.OpenJournal(root, kfs.JournalName, 0)
+	j, err := journal.Open(root, kfs.JournalName, 0)
 	root.Close()
 	if err != nil {
 		v.t.Fatal(err)

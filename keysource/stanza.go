@@ -3,48 +3,35 @@
 // self-describing Stanza that a file header stores, and the sentinel errors
 // that tell "this stanza is not mine" apart from failures a user must fix.
 //
-// The package never logs and never imports go-fuse; envelope depends on it,
-// never the other way round.
+// Stanza, DataKeySize and the sentinel errors are defined in the leaf
+// package stanza, which the file format (envelope) imports without
+// depending on key sources; they are re-exported here under their old
+// names. The package never logs and never imports go-fuse.
 package keysource
 
-import (
-	"errors"
-	"fmt"
-)
+import "github.com/kmsfs/kmsfs/stanza"
 
 // DataKeySize is the length in bytes of every data key: an AES-256 key.
-const DataKeySize = 32
+const DataKeySize = stanza.DataKeySize
 
-// Stanza is one wrapped copy of a file's data key, as a file header stores it.
-// Type names the key source ("awskms", "pkcs11", "local"), KeyID the key that
-// wrapped it (for AWS the resolved key ARN, never an alias), and Body the
-// wrapped data key, opaque to everything but that source.
-//
-// A Stanza is a value: whoever builds one owns Body and must not change it
-// after handing it on.
-type Stanza struct {
-	Type  string
-	KeyID string
-	Body  []byte
-}
+// Stanza is one wrapped copy of a file's data key, as a file header stores
+// it (see stanza.Stanza).
+type Stanza = stanza.Stanza
 
-// String describes the stanza by type and key ID; it never prints Body.
-func (s Stanza) String() string { return fmt.Sprintf("%s:%s", s.Type, s.KeyID) }
-
-// Sentinel errors. Key sources wrap them with %w and context; callers test
-// them with errors.Is.
+// Sentinel errors, the same values as package stanza's. Key sources wrap
+// them with %w and context; callers test them with errors.Is.
 var (
 	// ErrNotMine means the stanza belongs to another source or key: the
 	// caller should try the next stanza. Every other error is fatal for
 	// the stanza.
-	ErrNotMine = errors.New("keysource: stanza not for this key")
+	ErrNotMine = stanza.ErrNotMine
 	// ErrUnavailable means the key service could not be reached or did not
 	// answer in time; retrying later may succeed.
-	ErrUnavailable = errors.New("keysource: key service unavailable")
+	ErrUnavailable = stanza.ErrUnavailable
 	// ErrDenied means the key service refused: access denied, key disabled
 	// or pending deletion.
-	ErrDenied = errors.New("keysource: key use denied")
+	ErrDenied = stanza.ErrDenied
 	// ErrInvalid means the stanza or key is malformed, or the wrapped key
 	// failed to authenticate under the expected context.
-	ErrInvalid = errors.New("keysource: invalid key or stanza")
+	ErrInvalid = stanza.ErrInvalid
 )

@@ -22,6 +22,7 @@ import (
 	"github.com/kmsfs/kmsfs/envelope"
 	kfs "github.com/kmsfs/kmsfs/fs"
 	"github.com/kmsfs/kmsfs/internal/secmem"
+	"github.com/kmsfs/kmsfs/journal"
 	"github.com/kmsfs/kmsfs/keysource"
 	"github.com/kmsfs/kmsfs/keysource/local"
 )
@@ -270,7 +271,7 @@ func runMount(ctx context.Context, f *mountFlags, cipherDir, mnt string) (err er
 	}
 	vid, _ := conf.ID()
 	layout, _ := conf.Layout()
-	var journal *envelope.Journal
+	var jr envelope.Journal // none for a read-only mount: an untyped nil
 	if !f.readOnly {
 		// The journal's entries are opened relative to the cipher dir's
 		// descriptor, never through a path a planted symlink could divert.
@@ -279,27 +280,28 @@ func runMount(ctx context.Context, f *mountFlags, cipherDir, mnt string) (err er
 			return fmt.Errorf("open cipher dir: %w", err)
 		}
 		defer root.Close()
-		journal, err = envelope.OpenJournal(root, kfs.JournalName, 0)
-		if errors.Is(err, envelope.ErrJournalBusy) {
+		j, err := journal.Open(root, kfs.JournalName, 0)
+		if errors.Is(err, journal.ErrBusy) {
 			return fmt.Errorf("cipher dir %s is already mounted read-write by another kmsfs process", cipherDir)
 		}
 		if err != nil {
 			return err
 		}
-		defer journal.Close()
-		for _, derr := range journal.Dropped() {
+		defer j.Close()
+		for _, derr := range j.Dropped() {
 			log.WithField("error", derr.Error()).Warn("journal: removed an entry the journal did not write; nothing was read from it")
 		}
-		if n := journal.Pending(); n > 0 {
-			done, err := journal.RecoverFiles(root, layout)
+		if n := j.Pending(); n > 0 {
+			done, err := j.RecoverFiles(root, layout)
 			fields := logrus.Fields{"records": n, "recovered": done}
 			if err != nil {
 				fields["error"] = err.Error()
 			}
 			log.WithFields(fields).Info("journal: finished or undid the writes a crash interrupted; any left are recovered when their files are next opened")
 		}
+		jr = j
 	}
-	vol, err := envelope.NewVolume(envelope.Options{Layout: layout, Volume: vid, Journal: journal, ParallelMin: mountParallelMin(), Mem: mem})
+	vol, err := envelope.NewVolume(envelope.Options{Layout: layout, Volume: vid, Journal: jr, ParallelMin: mountParallelMin(), Mem: mem})
 	if err != nil {
 		return err
 	}

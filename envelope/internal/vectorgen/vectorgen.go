@@ -15,7 +15,7 @@ import (
 
 	"github.com/kmsfs/kmsfs/envelope"
 	"github.com/kmsfs/kmsfs/internal/memfile"
-	"github.com/kmsfs/kmsfs/keysource"
+	"github.com/kmsfs/kmsfs/stanza"
 )
 
 // Manifest describes the vectors; it is written as vectors.json.
@@ -50,21 +50,21 @@ func Dir(version int) string {
 // testKeys unwraps the vectors' clear stanzas.
 type testKeys struct{}
 
-func (testKeys) UnwrapKey(_ context.Context, stanzas []keysource.Stanza) ([]byte, error) {
+func (testKeys) UnwrapKey(_ context.Context, stanzas []stanza.Stanza) ([]byte, error) {
 	for _, s := range stanzas {
-		if s.Type == "test" && len(s.Body) == keysource.DataKeySize {
+		if s.Type == "test" && len(s.Body) == stanza.DataKeySize {
 			return append([]byte(nil), s.Body...), nil
 		}
 	}
-	return nil, keysource.ErrNotMine
+	return nil, stanza.ErrNotMine
 }
 
 // VolumeID is the volume of every vector.
 var volumeID = envelope.VolumeID{'k', 'm', 's', 'f', 's', '-', 'v', 'e', 'c', 't', 'o', 'r', 's', 0, 0, 1}
 
 // TestStanza returns the clear-text stanza the vectors use for dataKey.
-func TestStanza(keyID string, dataKey []byte) keysource.Stanza {
-	return keysource.Stanza{Type: "test", KeyID: keyID, Body: dataKey}
+func TestStanza(keyID string, dataKey []byte) stanza.Stanza {
+	return stanza.Stanza{Type: "test", KeyID: keyID, Body: dataKey}
 }
 
 type recipe struct {
@@ -141,10 +141,10 @@ func Generate(version int) (Manifest, map[string][]byte, error) {
 		if err != nil {
 			return m, nil, err
 		}
-		dk := make([]byte, keysource.DataKeySize)
+		dk := make([]byte, stanza.DataKeySize)
 		rng.Read(dk)
 		backing := &memfile.File{}
-		f, err := v.Create(backing, dk, []keysource.Stanza{TestStanza("test-key", dk)})
+		f, err := v.Create(backing, dk, []stanza.Stanza{TestStanza("test-key", dk)})
 		if err != nil {
 			return m, nil, err
 		}
@@ -153,7 +153,7 @@ func Generate(version int) (Manifest, map[string][]byte, error) {
 		}
 		if i == 1 {
 			// One vector is rewrapped, so its slots carry sequence 2 and 3.
-			if err := f.Rewrap(dk, []keysource.Stanza{TestStanza("test-key-rotated", dk)}); err != nil {
+			if err := f.Rewrap(dk, []stanza.Stanza{TestStanza("test-key-rotated", dk)}); err != nil {
 				return m, nil, err
 			}
 			r.note = "rewrapped to key ID test-key-rotated (slots at sequence 3 and 2)"

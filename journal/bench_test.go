@@ -1,4 +1,4 @@
-package envelope_test
+package journal_test
 
 import (
 	"fmt"
@@ -7,7 +7,8 @@ import (
 	"testing"
 
 	"github.com/kmsfs/kmsfs/envelope"
-	"github.com/kmsfs/kmsfs/keysource"
+	"github.com/kmsfs/kmsfs/internal/envelopetest"
+	"github.com/kmsfs/kmsfs/stanza"
 )
 
 // BenchmarkJournalWrite measures journaled writes to a cipher file on the
@@ -26,22 +27,22 @@ func BenchmarkJournalWrite(b *testing.B) {
 			dir := b.TempDir()
 			j := openBenchJournal(b, dir)
 			defer j.Close()
-			v := newVolume(b, bs, func(o *envelope.Options) { o.Journal = j })
+			v := envelopetest.NewVolume(b, bs, func(o *envelope.Options) { o.Journal = j })
 			of, err := os.OpenFile(filepath.Join(dir, "f"), os.O_RDWR|os.O_CREATE, 0o600)
 			if err != nil {
 				b.Fatal(err)
 			}
 			defer of.Close()
-			dk := dataKey(1)
-			f, err := v.Create(of, dk, []keysource.Stanza{clearStanza(dk)})
+			dk := envelopetest.DataKey(1)
+			f, err := v.Create(of, dk, []stanza.Stanza{envelopetest.Stanza(dk)})
 			if err != nil {
 				b.Fatal(err)
 			}
 			const base = 4 << 20
-			if _, err := f.WriteAt(fill(base, 1), 0); err != nil {
+			if _, err := f.WriteAt(envelopetest.Fill(base, 1), 0); err != nil {
 				b.Fatal(err)
 			}
-			p := fill(c.n, 2)
+			p := envelopetest.Fill(c.n, 2)
 			b.SetBytes(int64(c.n))
 			b.ReportAllocs()
 			off := int64(100) // unaligned: the write spans pages and blocks

@@ -1,4 +1,4 @@
-package envelope_test
+package journal_test
 
 import (
 	"os"
@@ -6,7 +6,8 @@ import (
 	"testing"
 
 	"github.com/kmsfs/kmsfs/envelope"
-	"github.com/kmsfs/kmsfs/keysource"
+	"github.com/kmsfs/kmsfs/internal/envelopetest"
+	"github.com/kmsfs/kmsfs/stanza"
 )
 
 // hinted is an os.File backing that names itself for the journal, as the
@@ -40,7 +41,7 @@ func TestJournalRecoverFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	l, _ := envelope.NewLayout(4096, envelope.DefaultSlotSize)
-	v := newVolume(t, 4096, func(o *envelope.Options) { o.Journal = j })
+	v := envelopetest.NewVolume(t, 4096, func(o *envelope.Options) { o.Journal = j })
 	os.Mkdir(filepath.Join(dir, "sub"), 0o755)
 	of, err := os.OpenFile(filepath.Join(dir, "sub", "f"), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
@@ -48,14 +49,14 @@ func TestJournalRecoverFiles(t *testing.T) {
 	}
 	defer of.Close()
 	b := &hinted{File: of, name: "sub/f"}
-	dk := dataKey(3)
-	f, err := v.Create(b, dk, []keysource.Stanza{clearStanza(dk)}) // write 1: the header
+	dk := envelopetest.DataKey(3)
+	f, err := v.Create(b, dk, []stanza.Stanza{envelopetest.Stanza(dk)}) // write 1: the header
 	if err != nil {
 		t.Fatal(err)
 	}
 	fi, _ := of.Stat()
 	before := fi.Size()
-	if killed, _ := crashed(func() error { _, err := f.WriteAt(fill(3*4096, 1), 0); return err }); !killed {
+	if killed, _ := crashed(func() error { _, err := f.WriteAt(envelopetest.Fill(3*4096, 1), 0); return err }); !killed {
 		t.Fatal("not killed")
 	}
 	fi, _ = of.Stat()

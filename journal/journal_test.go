@@ -1,4 +1,4 @@
-package envelope_test
+package journal_test
 
 import (
 	"bytes"
@@ -14,8 +14,10 @@ import (
 	"time"
 
 	"github.com/kmsfs/kmsfs/envelope"
+	"github.com/kmsfs/kmsfs/internal/envelopetest"
 	"github.com/kmsfs/kmsfs/internal/memfile"
-	"github.com/kmsfs/kmsfs/keysource"
+	"github.com/kmsfs/kmsfs/journal"
+	"github.com/kmsfs/kmsfs/stanza"
 )
 
 // errCrash is what a killBacking panics with when the process "dies".
@@ -81,11 +83,11 @@ func TestJournalCrashLeavesOldOrNew(t *testing.T) {
 	for _, bs := range []int{4096, 65536} {
 		t.Run(fmt.Sprintf("bs=%d", bs), func(t *testing.T) {
 			seed := uint64(time.Now().UnixNano())
-			if *diffSeed != 0 {
-				seed = *diffSeed
+			if *crashSeed != 0 {
+				seed = *crashSeed
 			}
 			t.Logf("seed %d (rerun with -seed %d)", seed, seed)
-			r := seeded(seed)
+			r := envelopetest.Seeded(seed)
 			const rounds = 400
 			var kills, tornWithout, sawOld, sawNew int
 			for round := range rounds {
@@ -94,16 +96,16 @@ func TestJournalCrashLeavesOldOrNew(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				v := newVolume(t, bs, func(o *envelope.Options) { o.Journal = j })
-				dk := dataKey(byte(round))
+				v := envelopetest.NewVolume(t, bs, func(o *envelope.Options) { o.Journal = j })
+				dk := envelopetest.DataKey(byte(round))
 				mem := &memfile.File{}
 				kb := &killBacking{File: mem}
-				f, err := v.Create(kb, dk, []keysource.Stanza{clearStanza(dk)})
+				f, err := v.Create(kb, dk, []stanza.Stanza{envelopetest.Stanza(dk)})
 				if err != nil {
 					t.Fatal(err)
 				}
 				// Some contents, written without a crash.
-				model := fill(int(r.Uint64()%uint64(4*bs)), r.Uint64())
+				model := envelopetest.Fill(int(r.Uint64()%uint64(4*bs)), r.Uint64())
 				if _, err := f.WriteAt(model, 0); err != nil {
 					t.Fatal(err)
 				}
@@ -128,7 +130,7 @@ func TestJournalCrashLeavesOldOrNew(t *testing.T) {
 						// in several writes.
 						n, calls = 256<<10+int(r.Uint64()%(512<<10)), 8
 					}
-					p := fill(n, r.Uint64())
+					p := envelopetest.Fill(n, r.Uint64())
 					if end := off + int64(len(p)); end > int64(len(after)) {
 						after = append(after, make([]byte, end-int64(len(after)))...)
 					}
@@ -160,8 +162,8 @@ func TestJournalCrashLeavesOldOrNew(t *testing.T) {
 				}
 				kills++
 				// What a reader without the journal would see.
-				plain := newVolume(t, bs)
-				if g, err := plain.Open(context.Background(), memfile.New(mem.Bytes()), &clearKeys{}); err != nil {
+				plain := envelopetest.NewVolume(t, bs)
+				if g, err := plain.Open(context.Background(), memfile.New(mem.Bytes()), &envelopetest.Keys{}); err != nil {
 					tornWithout++
 				} else if got, err := fileBytes(t, g); err != nil || (!bytes.Equal(got, before) && !bytes.Equal(got, after)) {
 					tornWithout++
@@ -176,8 +178,8 @@ func TestJournalCrashLeavesOldOrNew(t *testing.T) {
 				if j2.Pending() > 1 {
 					t.Fatalf("round %d: %d pending records after a kill, want at most 1 (a write within one page needs none)", round, j2.Pending())
 				}
-				v2 := newVolume(t, bs, func(o *envelope.Options) { o.Journal = j2 })
-				g, err := v2.Open(context.Background(), mem, &clearKeys{})
+				v2 := envelopetest.NewVolume(t, bs, func(o *envelope.Options) { o.Journal = j2 })
+				g, err := v2.Open(context.Background(), mem, &envelopetest.Keys{})
 				if err != nil {
 					t.Fatalf("round %d: open after kill: %v", round, err)
 				}
@@ -217,9 +219,9 @@ func TestJournalCleanRunLeavesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v := newVolume(t, 4096, func(o *envelope.Options) { o.Journal = j })
-	f, b := newFile(t, v, dataKey(1))
-	want := fill(3<<20, 7)
+	v := envelopetest.NewVolume(t, 4096, func(o *envelope.Options) { o.Journal = j })
+	f, b := envelopetest.NewFile(t, v, envelopetest.DataKey(1))
+	want := envelopetest.Fill(3<<20, 7)
 	if _, err := f.WriteAt(want, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -235,8 +237,8 @@ func TestJournalCleanRunLeavesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	want = append(append(want, make([]byte, 20000-len(want))...), "tail"...)
-	if _, err := openJournal(t, dir, 2); !errors.Is(err, envelope.ErrJournalBusy) {
-		t.Fatalf("second OpenJournal of a journal in use: %v, want ErrJournalBusy", err)
+	if _, err := openJournal(t, dir, 2); !errors.Is(err, journal.ErrBusy) {
+		t.Fatalf("second Open of a journal in use: %v, want ErrBusy", err)
 	}
 	j.Close()
 	ents, _ := os.ReadDir(dir)
@@ -254,8 +256,8 @@ func TestJournalCleanRunLeavesNothing(t *testing.T) {
 	if n := j2.Pending(); n != 0 {
 		t.Fatalf("%d records pending after a clean run", n)
 	}
-	g := reopen(t, newVolume(t, 4096, func(o *envelope.Options) { o.Journal = j2 }), b)
-	readAll(t, g, want)
+	g := envelopetest.Reopen(t, envelopetest.NewVolume(t, 4096, func(o *envelope.Options) { o.Journal = j2 }), b)
+	envelopetest.ReadAll(t, g, want)
 }
 
 // TestJournalTornInlineRecord builds, as docs/FORMAT.md specifies, a
@@ -272,9 +274,9 @@ func TestJournalTornInlineRecord(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			v := newVolume(t, bs, func(o *envelope.Options) { o.Journal = j })
-			f, mem := newFile(t, v, dataKey(7))
-			want := fill(3*bs, 7)
+			v := envelopetest.NewVolume(t, bs, func(o *envelope.Options) { o.Journal = j })
+			f, mem := envelopetest.NewFile(t, v, envelopetest.DataKey(7))
+			want := envelopetest.Fill(3*bs, 7)
 			if _, err := f.WriteAt(want, 0); err != nil {
 				t.Fatal(err)
 			}
@@ -320,8 +322,8 @@ func TestJournalTornInlineRecord(t *testing.T) {
 			if wantPending := map[bool]int{false: 1, true: 0}[torn]; j2.Pending() != wantPending {
 				t.Fatalf("%d pending records, want %d", j2.Pending(), wantPending)
 			}
-			v2 := newVolume(t, bs, func(o *envelope.Options) { o.Journal = j2 })
-			g, err := v2.Open(context.Background(), mem, &clearKeys{})
+			v2 := envelopetest.NewVolume(t, bs, func(o *envelope.Options) { o.Journal = j2 })
+			g, err := v2.Open(context.Background(), mem, &envelopetest.Keys{})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -1,4 +1,4 @@
-package envelope
+package journal
 
 import (
 	"errors"
@@ -9,14 +9,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ErrJournalEntry means that where the journal expected its directory, one
+// ErrEntry means that where the journal expected its directory, one
 // of its slot or record files, or the cipher file a record names, there is
 // something else: a symbolic link, a FIFO, a socket, a device node, a
 // directory, a file with other hard links, or a record that announces more
 // bytes than its file holds. Such an entry is never followed, read or
-// written; OpenJournal removes one found among its records and reports it
+// written; Open removes one found among its records and reports it
 // with Dropped.
-var ErrJournalEntry = errors.New("not what the journal keeps there (not followed, read or written)")
+var ErrEntry = errors.New("not what the journal keeps there (not followed, read or written)")
 
 // errNoRecord marks a slot or record file that holds no valid record: one
 // that was cleared, or whose write a kill cut short. Removing it is
@@ -57,11 +57,11 @@ func openAt(dirfd int, name string, flags int, want uint32) (int, unix.Stat_t, e
 		return -1, st, err
 	}
 	if pre.Mode&unix.S_IFMT != want {
-		return -1, pre, fmt.Errorf("is %s: %w", fileKind(pre.Mode), ErrJournalEntry)
+		return -1, pre, fmt.Errorf("is %s: %w", fileKind(pre.Mode), ErrEntry)
 	}
 	fd, err := unix.Openat(dirfd, name, flags|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
 	if err == unix.ELOOP {
-		return -1, st, fmt.Errorf("is %s: %w", fileKind(unix.S_IFLNK), ErrJournalEntry)
+		return -1, st, fmt.Errorf("is %s: %w", fileKind(unix.S_IFLNK), ErrEntry)
 	}
 	if err != nil {
 		return -1, st, err
@@ -72,7 +72,7 @@ func openAt(dirfd int, name string, flags int, want uint32) (int, unix.Stat_t, e
 	}
 	if st.Mode&unix.S_IFMT != want || st.Dev != pre.Dev || st.Ino != pre.Ino {
 		unix.Close(fd)
-		return -1, st, fmt.Errorf("is %s (replaced while opened): %w", fileKind(st.Mode), ErrJournalEntry)
+		return -1, st, fmt.Errorf("is %s (replaced while opened): %w", fileKind(st.Mode), ErrEntry)
 	}
 	return fd, st, nil
 }
@@ -85,7 +85,7 @@ func openBeneath(dirfd int, rel string, flags int) (*os.File, error) {
 	parts := strings.Split(rel, "/")
 	for _, p := range parts {
 		if p == "" || p == "." || p == ".." {
-			return nil, fmt.Errorf("path %q is not a plain relative path: %w", rel, ErrJournalEntry)
+			return nil, fmt.Errorf("path %q is not a plain relative path: %w", rel, ErrEntry)
 		}
 	}
 	cur := dirfd

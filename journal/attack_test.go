@@ -1,4 +1,4 @@
-package envelope_test
+package journal_test
 
 import (
 	"bytes"
@@ -17,7 +17,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/envelope"
-	"github.com/kmsfs/kmsfs/keysource"
+	"github.com/kmsfs/kmsfs/internal/envelopetest"
+	"github.com/kmsfs/kmsfs/journal"
+	"github.com/kmsfs/kmsfs/stanza"
 )
 
 // The tests in this file are attacks by whoever controls the cipher dir
@@ -64,7 +66,7 @@ type outsideFile struct {
 // closeJournal closes j when the test ends, unless it failed: an
 // operation that a regression left blocked (on a FIFO) holds the
 // journal's lock, and the close would block the test binary too.
-func closeJournal(t *testing.T, j *envelope.Journal) {
+func closeJournal(t *testing.T, j *journal.Journal) {
 	t.Cleanup(func() {
 		if !t.Failed() {
 			j.Close()
@@ -118,20 +120,20 @@ type hintedFile struct {
 
 func (h hintedFile) JournalHint() string { return h.hint }
 
-func newCipherFile(t *testing.T, j *envelope.Journal, cdir, name string, size int) *cipherFile {
+func newCipherFile(t *testing.T, j *journal.Journal, cdir, name string, size int) *cipherFile {
 	t.Helper()
-	v := newVolume(t, 4096, func(o *envelope.Options) { o.Journal = j })
+	v := envelopetest.NewVolume(t, 4096, func(o *envelope.Options) { o.Journal = j })
 	of, err := os.OpenFile(filepath.Join(cdir, name), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { of.Close() })
-	dk := dataKey(5)
-	f, err := v.Create(hintedFile{of, name}, dk, []keysource.Stanza{clearStanza(dk)})
+	dk := envelopetest.DataKey(5)
+	f, err := v.Create(hintedFile{of, name}, dk, []stanza.Stanza{envelopetest.Stanza(dk)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &cipherFile{f: f, os: of, v: v, want: fill(size, 9)}
+	c := &cipherFile{f: f, os: of, v: v, want: envelopetest.Fill(size, 9)}
 	if _, err := f.WriteAt(c.want, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -140,7 +142,7 @@ func newCipherFile(t *testing.T, j *envelope.Journal, cdir, name string, size in
 
 // write writes n bytes at off through the journal and updates want.
 func (c *cipherFile) write(off int64, n int, seed uint64) error {
-	p := fill(n, seed)
+	p := envelopetest.Fill(n, seed)
 	if _, err := c.f.WriteAt(p, off); err != nil {
 		return fmt.Errorf("write %d bytes at %d: %w", n, off, err)
 	}
@@ -154,7 +156,7 @@ func (c *cipherFile) write(off int64, n int, seed uint64) error {
 // check reads the file back through a new Volume (without a journal).
 func (c *cipherFile) check(t *testing.T) {
 	t.Helper()
-	g, err := newVolume(t, 4096).Open(context.Background(), c.os, &clearKeys{})
+	g, err := envelopetest.NewVolume(t, 4096).Open(context.Background(), c.os, &envelopetest.Keys{})
 	if err != nil {
 		t.Fatalf("open the cipher file: %v", err)
 	}
@@ -176,7 +178,7 @@ func (c *cipherFile) raw(t *testing.T) []byte {
 // TestJournalDirPlanted: an entry planted at kmsfs.journal that is not a
 // directory of the cipher dir (a symlink to a directory outside it, where
 // the daemon would create its slot files; a FIFO, whose open would hang)
-// makes OpenJournal refuse, naming it, and nothing outside changes.
+// makes Open refuse, naming it, and nothing outside changes.
 func TestJournalDirPlanted(t *testing.T) {
 	for _, kind := range []string{"symlink", "fifo"} {
 		t.Run("kind="+kind, func(t *testing.T) {
@@ -186,17 +188,17 @@ func TestJournalDirPlanted(t *testing.T) {
 				t.Fatal(err)
 			}
 			plant(t, kind, filepath.Join(cdir, journalName), outside)
-			var j *envelope.Journal
-			err := within(t, "OpenJournal", func() (err error) {
+			var j *journal.Journal
+			err := within(t, "Open", func() (err error) {
 				j, err = openJournal(t, filepath.Join(cdir, journalName), 2)
 				return err
 			})
 			if err == nil {
 				j.Close()
-				t.Fatal("OpenJournal accepted a journal directory that is not a directory of the cipher dir")
+				t.Fatal("Open accepted a journal directory that is not a directory of the cipher dir")
 			}
-			if !errors.Is(err, envelope.ErrJournalEntry) || !bytes.Contains([]byte(err.Error()), []byte(journalName)) {
-				t.Fatalf("OpenJournal: %v; want ErrJournalEntry naming %s", err, journalName)
+			if !errors.Is(err, journal.ErrEntry) || !bytes.Contains([]byte(err.Error()), []byte(journalName)) {
+				t.Fatalf("Open: %v; want ErrEntry naming %s", err, journalName)
 			}
 			ents, _ := os.ReadDir(outside)
 			if len(ents) != 1 {
@@ -239,7 +241,7 @@ func TestJournalSlotPlanted(t *testing.T) {
 					}
 					closeJournal(t, j)
 					if when == "before-open" {
-						if d := j.Dropped(); len(d) != 1 || !errors.Is(d[0], envelope.ErrJournalEntry) {
+						if d := j.Dropped(); len(d) != 1 || !errors.Is(d[0], journal.ErrEntry) {
 							t.Fatalf("Dropped: %v; want the planted slot reported", d)
 						}
 					} else {
@@ -338,7 +340,7 @@ func overwriteRecord(t *testing.T, c *cipherFile, hint string, body []byte) reco
 
 // TestJournalOversizeRecord: a crafted record whose body length n is more
 // than its file holds (up to 2^63-1, which an allocation of n bytes would
-// panic on) is dropped and reported at OpenJournal, never allocated nor
+// panic on) is dropped and reported at Open, never allocated nor
 // applied; the cipher file it names stays as it was.
 func TestJournalOversizeRecord(t *testing.T) {
 	for _, n := range []int64{1 << 62, math.MaxInt64, 8192 + 1, -1} {
@@ -346,20 +348,20 @@ func TestJournalOversizeRecord(t *testing.T) {
 			t.Run(fmt.Sprintf("n=%d/file=%s", n, name), func(t *testing.T) {
 				cdir := t.TempDir()
 				jdir, c := journaledFile(t, cdir, "f")
-				rec := overwriteRecord(t, c, "f", fill(8192, 3))
+				rec := overwriteRecord(t, c, "f", envelopetest.Fill(8192, 3))
 				rec.n = n
 				if err := os.WriteFile(filepath.Join(jdir, name), rec.bytes(), 0o600); err != nil {
 					t.Fatal(err)
 				}
-				var j2 *envelope.Journal
-				if err := within(t, "OpenJournal", func() (err error) { j2, err = openJournal(t, jdir, 1); return err }); err != nil {
+				var j2 *journal.Journal
+				if err := within(t, "Open", func() (err error) { j2, err = openJournal(t, jdir, 1); return err }); err != nil {
 					t.Fatal(err)
 				}
 				closeJournal(t, j2)
 				if j2.Pending() != 0 {
 					t.Fatalf("%d records pending; want the crafted one dropped", j2.Pending())
 				}
-				if d := j2.Dropped(); n >= 0 && (len(d) != 1 || !errors.Is(d[0], envelope.ErrJournalEntry)) {
+				if d := j2.Dropped(); n >= 0 && (len(d) != 1 || !errors.Is(d[0], journal.ErrEntry)) {
 					t.Fatalf("Dropped: %v; want the crafted record reported", d)
 				}
 				if _, err := os.Lstat(filepath.Join(jdir, name)); !errors.Is(err, os.ErrNotExist) {
@@ -401,13 +403,13 @@ func TestJournalPendingPlanted(t *testing.T) {
 					plant(t, kind, pending, victim.path)
 				} else {
 					// A valid record of the journal's own, replaced once
-					// OpenJournal has read it.
+					// Open has read it.
 					if err := os.WriteFile(pending, rec.bytes(), 0o600); err != nil {
 						t.Fatal(err)
 					}
 				}
-				var j2 *envelope.Journal
-				if err := within(t, "OpenJournal", func() (err error) { j2, err = openJournal(t, jdir, 1); return err }); err != nil {
+				var j2 *journal.Journal
+				if err := within(t, "Open", func() (err error) { j2, err = openJournal(t, jdir, 1); return err }); err != nil {
 					t.Fatal(err)
 				}
 				closeJournal(t, j2)
@@ -429,7 +431,7 @@ func TestJournalPendingPlanted(t *testing.T) {
 				if bytes.Contains(c.raw(t), secret[:64]) {
 					t.Fatal("the host file's bytes were copied into the cipher file")
 				}
-				if d := j2.Dropped(); len(d) != 1 || !errors.Is(d[0], envelope.ErrJournalEntry) {
+				if d := j2.Dropped(); len(d) != 1 || !errors.Is(d[0], journal.ErrEntry) {
 					t.Fatalf("Dropped: %v; want the planted record reported", d)
 				}
 				c.check(t)
@@ -451,7 +453,7 @@ func TestJournalHintPlanted(t *testing.T) {
 				t.Fatal(err)
 			}
 			jdir, c := journaledFile(t, cdir, "sub/f")
-			rec := overwriteRecord(t, c, "sub/f", fill(8192, 4))
+			rec := overwriteRecord(t, c, "sub/f", envelopetest.Fill(8192, 4))
 			if err := os.WriteFile(filepath.Join(jdir, "slot-0"), rec.bytes(), 0o600); err != nil {
 				t.Fatal(err)
 			}
@@ -491,8 +493,8 @@ func TestJournalHintPlanted(t *testing.T) {
 			if n != 0 || j2.Pending() != 1 {
 				t.Fatalf("RecoverFiles applied %d records, %d pending; want none applied, the record kept", n, j2.Pending())
 			}
-			if !errors.Is(err, envelope.ErrJournalEntry) {
-				t.Fatalf("RecoverFiles: %v; want ErrJournalEntry naming the planted entry", err)
+			if !errors.Is(err, journal.ErrEntry) {
+				t.Fatalf("RecoverFiles: %v; want ErrEntry naming the planted entry", err)
 			}
 			victim.check(t)
 		})
