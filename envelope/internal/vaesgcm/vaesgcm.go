@@ -1,8 +1,8 @@
 // Package vaesgcm is AES-256-GCM with 16-byte nonces on x86-64 processors
 // with VAES, VPCLMULQDQ and AVX-512: it encrypts two blocks per AES
 // instruction and hashes four per carry-less multiply, where Go's
-// crypto/cipher handles one, so it seals and opens in 0.5–0.65 of
-// crypto/cipher's time (docs/PERFORMANCE.md). It
+// crypto/cipher handles one, so it seals and opens faster
+// (docs/PERFORMANCE.md has the figures). It
 // produces exactly what crypto/cipher's GCM with a 16-byte nonce produces;
 // New reports whether the processor supports it, and callers fall back to
 // crypto/cipher where it does not.
