@@ -1,6 +1,9 @@
 // Package pkcs11 is the kmsfs key source for PKCS#11 tokens (HSMs,
 // SoftHSM2). It is the only package of kmsfs that uses cgo, through
-// github.com/miekg/pkcs11.
+// github.com/miekg/pkcs11. A build without cgo (CGO_ENABLED=0) keeps the
+// package's API, and URI parsing, but Loader.Open fails with an error
+// wrapping keysource.ErrInvalid that says to rebuild with cgo; local and
+// AWS KMS keys work in such a build.
 //
 // # Key specs
 //

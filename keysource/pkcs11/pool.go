@@ -1,3 +1,5 @@
+//go:build cgo
+
 package pkcs11
 
 import (
@@ -8,11 +10,6 @@ import (
 	"github.com/kmsfs/kmsfs/keysource"
 	p11 "github.com/miekg/pkcs11"
 )
-
-// DefaultSessions is how many sessions a Source holds open at most when
-// Options.Sessions is 0. SoftHSM and network HSMs serve one operation per
-// session at a time, so this bounds a Source's parallelism.
-const DefaultSessions = 8
 
 // pool lends PKCS#11 sessions to one operation at a time. At most
 // cap(sem) sessions exist; idle ones are kept for reuse. Sessions open
