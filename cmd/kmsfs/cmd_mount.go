@@ -22,6 +22,7 @@ import (
 	"github.com/kmsfs/kmsfs/envelope"
 	kfs "github.com/kmsfs/kmsfs/fs"
 	"github.com/kmsfs/kmsfs/internal/secmem"
+	"github.com/kmsfs/kmsfs/internal/volconf"
 	"github.com/kmsfs/kmsfs/journal"
 	"github.com/kmsfs/kmsfs/keysource"
 	"github.com/kmsfs/kmsfs/keysource/local"
@@ -70,7 +71,9 @@ itself, the kernel does. Mounts are nosuid,nodev unless -o suid or -o dev.
 			if !f.foreground {
 				return mountInBackground(f, args)
 			}
-			if f.secretsFD < 0 {
+			// A background child (--ready-fd) got its environment from
+			// mountInBackground with the secrets taken out already.
+			if f.secretsFD < 0 && f.readyFD < 0 {
 				if err := reexecWithoutSecrets(args[0], f.trustDir); err != nil {
 					return err
 				}
@@ -115,9 +118,10 @@ func mountInBackground(f *mountFlags, args []string) error {
 	childArgs := append([]string{}, os.Args[1:]...)
 	childArgs = append(childArgs, "--foreground", "--ready-fd=3")
 	extra := []*os.File{pw}
-	secrets, env := takeSecrets(os.Environ(), secretEnvNames(args[0], f.trustDir))
+	a := trustedOrNil(args[0], f.trustDir)
+	secrets, env := takeSecrets(os.Environ(), secretEnvNames(a))
 	defer clearSecrets(secrets)
-	if needsPrompt(args[0], f) {
+	if needsPrompt(a, f) {
 		pp, err := promptPassphrase(false)
 		if err != nil {
 			return err
@@ -154,13 +158,10 @@ func mountInBackground(f *mountFlags, args []string) error {
 	return nil
 }
 
-// needsPrompt reports whether mounting needs a passphrase from the terminal.
-func needsPrompt(dir string, f *mountFlags) bool {
-	if f.passphraseFile != "" || os.Getenv(local.PassphraseEnv) != "" {
-		return false
-	}
-	a, err := loadTrusted(dir, f.trustDir)
-	if err != nil {
+// needsPrompt reports whether mounting the volume anchor a approved needs
+// a passphrase from the terminal.
+func needsPrompt(a *volconf.Anchor, f *mountFlags) bool {
+	if a == nil || f.passphraseFile != "" || os.Getenv(local.PassphraseEnv) != "" {
 		return false
 	}
 	for _, k := range a.Conf.Keys {

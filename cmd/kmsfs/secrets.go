@@ -34,14 +34,13 @@ func setNonDumpable() error {
 }
 
 // secretEnvNames lists the environment variables that may hold a secret of
-// the volume in dir: the passphrase, the PKCS#11 PIN, and the variables
-// that the host's approved PIN sources (env:NAME) name. The PIN sources
-// come from the trust anchor, never from the cipher dir; if the volume is
-// not trusted the mount fails anyway, and the default names still go.
-func secretEnvNames(dir, trustDir string) []string {
+// the volume anchor a approved: the passphrase, the PKCS#11 PIN, and the
+// variables that the host's approved PIN sources (env:NAME) name. The PIN
+// sources come from the trust anchor, never from the cipher dir; with no
+// anchor (a is nil: the mount fails anyway) the default names still go.
+func secretEnvNames(a *volconf.Anchor) []string {
 	names := []string{local.PassphraseEnv, pkcs11.EnvPIN}
-	a, err := loadTrusted(dir, trustDir)
-	if err != nil {
+	if a == nil {
 		return names
 	}
 	for _, h := range a.Host {
@@ -50,6 +49,17 @@ func secretEnvNames(dir, trustDir string) []string {
 		}
 	}
 	return names
+}
+
+// trustedOrNil is loadTrusted for deciding where secrets go before the
+// mount proper: a volume that does not load yields nil, and the mount
+// itself then says why.
+func trustedOrNil(dir, trustDir string) *volconf.Anchor {
+	a, err := loadTrusted(dir, trustDir)
+	if err != nil {
+		return nil
+	}
+	return a
 }
 
 // takeSecrets splits env into the secrets it holds under names (values
@@ -155,7 +165,7 @@ func secretsPipe(secrets map[string][]byte) (*os.File, error) {
 // /proc/PID/environ shows, so only a new exec removes them. It returns
 // only on failure, or with nil if the environment holds no secret.
 func reexecWithoutSecrets(cipherDir, trustDir string) error {
-	secrets, env := takeSecrets(os.Environ(), secretEnvNames(cipherDir, trustDir))
+	secrets, env := takeSecrets(os.Environ(), secretEnvNames(trustedOrNil(cipherDir, trustDir)))
 	defer clearSecrets(secrets)
 	if len(secrets) == 0 {
 		return nil
