@@ -175,18 +175,22 @@ func (s *Store) ApprovedAt(cipherDir string) []string {
 // Check makes sure the trust dir exists (made 0700, its parents 0755)
 // and is safe to write to, before a command does work that ends in Save.
 func (s *Store) Check() error {
+	fd, err := s.makeDir()
+	if err == nil {
+		unix.Close(fd)
+	}
+	return err
+}
+
+// makeDir creates the trust dir if needed and opens it (openDir).
+func (s *Store) makeDir() (int, error) {
 	if err := os.MkdirAll(filepath.Dir(s.dir), 0o755); err != nil {
-		return fmt.Errorf("volconf: trust dir: %w", err)
+		return -1, fmt.Errorf("volconf: trust dir: %w", err)
 	}
 	if err := os.Mkdir(s.dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
-		return fmt.Errorf("volconf: trust dir: %w", err)
+		return -1, fmt.Errorf("volconf: trust dir: %w", err)
 	}
-	fd, err := s.openDir()
-	if err != nil {
-		return err
-	}
-	unix.Close(fd)
-	return nil
+	return s.openDir()
 }
 
 // Save writes a as its volume's anchor, atomically, replacing any
@@ -199,10 +203,7 @@ func (s *Store) Save(a *Anchor) error {
 	if err != nil {
 		return err
 	}
-	if err := s.Check(); err != nil {
-		return err
-	}
-	dfd, err := s.openDir()
+	dfd, err := s.makeDir()
 	if err != nil {
 		return err
 	}
