@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kmsfs/kmsfs/internal/safeopen"
 )
 
 // ErrEntry means that where the journal expected its directory, one
@@ -23,58 +25,14 @@ var ErrEntry = errors.New("not what the journal keeps there (not followed, read 
 // routine, not worth reporting.
 var errNoRecord = errors.New("no record")
 
-// fileKind names the type in mode for an error message.
-func fileKind(mode uint32) string {
-	switch mode & unix.S_IFMT {
-	case unix.S_IFREG:
-		return "a regular file"
-	case unix.S_IFDIR:
-		return "a directory"
-	case unix.S_IFLNK:
-		return "a symbolic link"
-	case unix.S_IFIFO:
-		return "a FIFO"
-	case unix.S_IFSOCK:
-		return "a socket"
-	case unix.S_IFCHR:
-		return "a character device"
-	case unix.S_IFBLK:
-		return "a block device"
-	}
-	return fmt.Sprintf("of unknown type %#o", mode&unix.S_IFMT)
-}
-
-// openAt opens name in the directory dirfd, which must be of type want
-// (unix.S_IFREG or unix.S_IFDIR), without following a symbolic link. The
-// type is checked with fstatat before the open, so that a device node is
-// never opened at all (opening one can have effects of its own), and with
-// fstat after it, so that an entry swapped in between is caught; the open
-// itself is O_NONBLOCK so that a FIFO swapped in cannot hang it. The
-// caller owns the returned descriptor.
+// openAt is safeopen.OpenAt with a wrong type reported as ErrEntry.
 func openAt(dirfd int, name string, flags int, want uint32) (int, unix.Stat_t, error) {
-	var pre, st unix.Stat_t
-	if err := unix.Fstatat(dirfd, name, &pre, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		return -1, st, err
+	fd, st, err := safeopen.OpenAt(dirfd, name, flags, want)
+	var wt *safeopen.WrongType
+	if errors.As(err, &wt) {
+		return -1, st, fmt.Errorf("%s: %w", wt, ErrEntry)
 	}
-	if pre.Mode&unix.S_IFMT != want {
-		return -1, pre, fmt.Errorf("is %s: %w", fileKind(pre.Mode), ErrEntry)
-	}
-	fd, err := unix.Openat(dirfd, name, flags|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
-	if err == unix.ELOOP {
-		return -1, st, fmt.Errorf("is %s: %w", fileKind(unix.S_IFLNK), ErrEntry)
-	}
-	if err != nil {
-		return -1, st, err
-	}
-	if err := unix.Fstat(fd, &st); err != nil {
-		unix.Close(fd)
-		return -1, st, err
-	}
-	if st.Mode&unix.S_IFMT != want || st.Dev != pre.Dev || st.Ino != pre.Ino {
-		unix.Close(fd)
-		return -1, st, fmt.Errorf("is %s (replaced while opened): %w", fileKind(st.Mode), ErrEntry)
-	}
-	return fd, st, nil
+	return fd, st, err
 }
 
 // openBeneath opens the regular file at the relative path rel under the

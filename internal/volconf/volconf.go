@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/envelope"
+	"github.com/kmsfs/kmsfs/internal/safeopen"
 	"github.com/kmsfs/kmsfs/keysource"
 	"github.com/kmsfs/kmsfs/keysource/local"
 )
@@ -171,25 +172,24 @@ var (
 	errTooLarge   = fmt.Errorf("holds more than %d bytes: refused", MaxSize)
 )
 
-// readRegularAt reads the file name in the directory dfd: opened without
-// following a symlink (unix.ELOOP), without blocking on a FIFO, checked
-// to be a regular file (errNotRegular) of at most MaxSize bytes
+// readRegularAt reads the file name in the directory dfd, opened with
+// safeopen.OpenAt (no symbolic link followed: unix.ELOOP; nothing but a
+// regular file opened: errNotRegular) and of at most MaxSize bytes
 // (errTooLarge) before a byte is read. It returns the bytes and the
 // file's stat.
 func readRegularAt(dfd int, name string) ([]byte, *unix.Stat_t, error) {
-	fd, err := unix.Openat(dfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
-	if err != nil {
+	fd, st, err := safeopen.OpenAt(dfd, name, unix.O_RDONLY, unix.S_IFREG)
+	var wt *safeopen.WrongType
+	switch {
+	case errors.As(err, &wt) && wt.Mode&unix.S_IFMT == unix.S_IFLNK:
+		return nil, nil, unix.ELOOP
+	case wt != nil:
+		return nil, nil, errNotRegular
+	case err != nil:
 		return nil, nil, err
 	}
 	f := os.NewFile(uintptr(fd), name)
 	defer f.Close()
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return nil, nil, err
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return nil, nil, errNotRegular
-	}
 	if st.Size > MaxSize {
 		return nil, nil, errTooLarge
 	}

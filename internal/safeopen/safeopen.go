@@ -1,0 +1,82 @@
+// Package safeopen opens entries of a directory that untrusted storage
+// controls (the cipher dir): relative to the directory's descriptor,
+// never through a symbolic link, never blocking on a FIFO, and never
+// opening something of another type than the caller expects.
+package safeopen
+
+import (
+	"fmt"
+
+	"golang.org/x/sys/unix"
+)
+
+// WrongType is OpenAt's refusal of an entry that is not of the type asked
+// for: Mode is what was found (S_IFLNK for a symbolic link), Replaced says
+// the entry changed between the check and the open. Its text starts with
+// "is …", to follow the entry's name.
+type WrongType struct {
+	Mode     uint32
+	Replaced bool
+}
+
+func (e *WrongType) Error() string {
+	if e.Replaced {
+		return fmt.Sprintf("is %s (replaced while opened)", Kind(e.Mode))
+	}
+	return "is " + Kind(e.Mode)
+}
+
+// Kind names the file type in mode for a message.
+func Kind(mode uint32) string {
+	switch mode & unix.S_IFMT {
+	case unix.S_IFREG:
+		return "a regular file"
+	case unix.S_IFDIR:
+		return "a directory"
+	case unix.S_IFLNK:
+		return "a symbolic link"
+	case unix.S_IFIFO:
+		return "a FIFO"
+	case unix.S_IFSOCK:
+		return "a socket"
+	case unix.S_IFCHR:
+		return "a character device"
+	case unix.S_IFBLK:
+		return "a block device"
+	}
+	return fmt.Sprintf("of unknown type %#o", mode&unix.S_IFMT)
+}
+
+// OpenAt opens name in the directory dirfd, which must be of type want
+// (unix.S_IFREG or unix.S_IFDIR), without following a symbolic link. The
+// type is checked with fstatat before the open, so that a device node is
+// never opened at all (opening one can have effects of its own), and with
+// fstat after it, so that an entry swapped in between is caught; the open
+// itself is O_NONBLOCK so that a FIFO swapped in cannot hang it. A wrong
+// type fails with *WrongType; other errors are the system's (ENOENT for a
+// missing name). The caller owns the returned descriptor.
+func OpenAt(dirfd int, name string, flags int, want uint32) (int, unix.Stat_t, error) {
+	var pre, st unix.Stat_t
+	if err := unix.Fstatat(dirfd, name, &pre, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return -1, st, err
+	}
+	if pre.Mode&unix.S_IFMT != want {
+		return -1, pre, &WrongType{Mode: pre.Mode}
+	}
+	fd, err := unix.Openat(dirfd, name, flags|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err == unix.ELOOP {
+		return -1, st, &WrongType{Mode: unix.S_IFLNK}
+	}
+	if err != nil {
+		return -1, st, err
+	}
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return -1, st, err
+	}
+	if st.Mode&unix.S_IFMT != want || st.Dev != pre.Dev || st.Ino != pre.Ino {
+		unix.Close(fd)
+		return -1, st, &WrongType{Mode: st.Mode, Replaced: true}
+	}
+	return fd, st, nil
+}
