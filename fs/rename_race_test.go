@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -247,6 +248,10 @@ func TestCipherFileReplacedBehind(t *testing.T) {
 	if err := unix.Stat(x, &old); err != nil { // the kernel now caches x
 		t.Fatal(err)
 	}
+	// The kernel sends RELEASE after close returns: wait (bounded) until
+	// the daemon, in this process, holds x's cipher file no more, or its
+	// attributes come from that descriptor.
+	waitUnheld(t, filepath.Join(m.cipher, "x"))
 	if err := os.Rename(filepath.Join(m.cipher, "y"), filepath.Join(m.cipher, "x")); err != nil {
 		t.Fatal(err)
 	}
@@ -269,5 +274,28 @@ func TestCipherFileReplacedBehind(t *testing.T) {
 	}
 	if ino := mustFdIno(t, fd); ino == old.Ino || !bytes.Equal(got[:n], want) {
 		t.Errorf("x after the replacement: inode %d (before %d) reads %d bytes %.1q…", ino, old.Ino, n, got[:min(n, 1)])
+	}
+}
+
+// waitUnheld waits up to 10 s until no descriptor of this process names
+// path.
+func waitUnheld(t *testing.T, path string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		held := false
+		ents, _ := os.ReadDir("/proc/self/fd")
+		for _, e := range ents {
+			if l, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && l == path {
+				held = true
+			}
+		}
+		if !held {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s still held open by the daemon after 10 s", path)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
