@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	kfs "github.com/kmsfs/kmsfs/fs"
+	"github.com/kmsfs/kmsfs/internal/volconf"
 )
 
 // posixNotApplicable lists the posixtest cases kmsfs does not run, and why.
@@ -193,7 +194,7 @@ func TestOwnFilesHidden(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(m.mnt, "f"), []byte("data"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{kfs.ConfName, kfs.JournalName} {
+	for _, name := range []string{volconf.Name, volconf.JournalName} {
 		if _, err := os.Stat(filepath.Join(m.cipher, name)); err != nil {
 			t.Fatalf("%s missing from the cipher dir: %v", name, err)
 		}

@@ -13,6 +13,7 @@ import (
 
 	kfs "github.com/kmsfs/kmsfs/fs"
 	"github.com/kmsfs/kmsfs/internal/procfd"
+	"github.com/kmsfs/kmsfs/internal/volconf"
 )
 
 // getdents lists dir with getdents(2) through a buffer of bufSize bytes,
@@ -283,7 +284,7 @@ func TestListingsAbandoned(t *testing.T) {
 	}
 	m.unmount(t)
 	// The journal is the test's own, closed at its end.
-	open := slices.DeleteFunc(procfd.Under(t, m.cipher), func(d procfd.Desc) bool { return d.Target == filepath.Join(m.cipher, kfs.JournalName) })
+	open := slices.DeleteFunc(procfd.Under(t, m.cipher), func(d procfd.Desc) bool { return d.Target == filepath.Join(m.cipher, volconf.JournalName) })
 	if len(open) > 0 {
 		t.Errorf("after unmount %d descriptors into the cipher dir are open: %v", len(open), open)
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/kmsfs/kmsfs/envelope"
 	kfs "github.com/kmsfs/kmsfs/fs"
+	"github.com/kmsfs/kmsfs/internal/volconf"
 	"github.com/kmsfs/kmsfs/journal"
 	"github.com/kmsfs/kmsfs/keysource"
 )
@@ -93,7 +94,7 @@ func mountWith(t testing.TB, blockSize int, o kfs.Options) *mounted {
 	if err != nil {
 		t.Fatal(err)
 	}
-	j, err := journal.Open(root, kfs.JournalName, 0)
+	j, err := journal.Open(root, volconf.JournalName, 0)
 	root.Close()
 	if err != nil {
 		t.Fatal(err)
@@ -102,7 +103,7 @@ func mountWith(t testing.TB, blockSize int, o kfs.Options) *mounted {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(m.cipher+"/"+kfs.ConfName, []byte("{}\n"), 0o600); err != nil {
+	if err := os.WriteFile(m.cipher+"/"+volconf.Name, []byte("{}\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	mo := kfs.MountOptions("kmsfs-test", []string{"default_permissions"}, true)

@@ -8,6 +8,8 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
+
+	"github.com/kmsfs/kmsfs/internal/volconf"
 )
 
 var (
@@ -128,7 +130,7 @@ func (n *Node) Fsync(ctx context.Context, f gofs.FileHandle, flags uint32) sysca
 // hidden reports whether name in this directory is kmsfs's own and not
 // part of the mount.
 func (n *Node) hidden(name string) bool {
-	return (name == ConfName || name == JournalName) && n.isRoot()
+	return (name == volconf.Name || name == volconf.JournalName) && n.isRoot()
 }
 
 // Lookup finds a child by name.

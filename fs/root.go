@@ -19,15 +19,6 @@ import (
 	"github.com/kmsfs/kmsfs/keysource"
 )
 
-// ConfName is the volume configuration file at the root of a cipher dir.
-// It is not visible through the mount.
-const ConfName = "kmsfs.conf"
-
-// JournalName is the directory at the root of a cipher dir where a
-// read-write mount keeps its write journal (see package journal). It is
-// not visible through the mount.
-const JournalName = "kmsfs.journal"
-
 // DefaultCacheTimeout is how long the kernel caches entries, attributes
 // and negative lookups by default.
 const DefaultCacheTimeout = time.Second

@@ -22,6 +22,7 @@ import (
 	"github.com/kmsfs/kmsfs/envelope"
 	kfs "github.com/kmsfs/kmsfs/fs"
 	"github.com/kmsfs/kmsfs/internal/procfd"
+	"github.com/kmsfs/kmsfs/internal/volconf"
 	"github.com/kmsfs/kmsfs/journal"
 	"github.com/kmsfs/kmsfs/keysource"
 	"github.com/kmsfs/kmsfs/keysource/local"
@@ -120,7 +121,7 @@ func (v *sxVolume) mount() {
 	if err != nil {
 		v.t.Fatal(err)
 	}
-	j, err := journal.Open(root, kfs.JournalName, 0)
+	j, err := journal.Open(root, volconf.JournalName, 0)
 	root.Close()
 	if err != nil {
 		v.t.Fatal(err)

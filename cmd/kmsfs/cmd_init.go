@@ -2,17 +2,15 @@ package main
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/kmsfs/kmsfs/envelope"
 	"github.com/kmsfs/kmsfs/internal/volconf"
-	"github.com/kmsfs/kmsfs/keysource"
+	"github.com/kmsfs/kmsfs/volume"
 )
 
 type initFlags struct {
@@ -65,113 +63,21 @@ func runInit(ctx context.Context, f *initFlags, trustDir, dir string) error {
 	if len(f.keys) == 0 {
 		return errors.New("init needs at least one --key")
 	}
-	if _, err := keysource.ParsePolicy(f.policy); err != nil {
-		return err
-	}
-	if _, err := envelope.NewLayout(f.blockSize, envelope.DefaultSlotSize); err != nil {
-		return err
-	}
-	store, err := openStore(trustDir)
-	if err != nil {
-		return err
-	}
-	// Refuse an unsafe trust dir before the keys are checked and anything
-	// is written.
-	if err := store.Check(); err != nil {
-		return err
-	}
-	if err := prepareCipherDir(dir); err != nil {
-		return err
-	}
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
-	vid, err := volconf.NewVolumeID()
+	a, anchorPath, err := volume.Init(ctx, dir, volume.InitOptions{
+		Keys: f.keys, BlockSize: f.blockSize, SlotSize: f.slotSize, Policy: f.policy, TrustDir: trustDir,
+		Secrets: volume.Secrets{PassphraseFile: f.passphraseFile, Prompt: promptPassphrase},
+	})
 	if err != nil {
 		return err
 	}
-	so := &secretOptions{passphraseFile: f.passphraseFile, prompt: promptPassphrase}
-	srcs := &sources{}
-	defer srcs.Close()
-	conf := &volconf.Conf{
-		Version: volconf.Version, VolumeID: hex.EncodeToString(vid[:]), FormatVersion: envelope.Version,
-		BlockSize: f.blockSize, DataKeyPolicy: f.policy, Features: []string{},
-	}
-	var stanzas []keysource.Stanza
-	var host []volconf.HostKey
-	for i, k := range f.keys {
-		spec, err := keysource.ParseSpec(k)
-		if err != nil {
-			return err
-		}
-		h, err := initHostKey(spec)
-		if err != nil {
-			return fmt.Errorf("key %d (%s): %w", i+1, redactSpec(k), err)
-		}
-		if h.KeyFile != "" {
-			spec.Value = h.KeyFile
-		}
-		src, kdf, err := srcs.open(ctx, spec, vid, nil, so, true)
-		if err != nil {
-			return fmt.Errorf("key %d (%s): %w", i+1, redactSpec(k), err)
-		}
-		if err := checkRoundTrip(ctx, src, false); err != nil {
-			return fmt.Errorf("key %d (%s): %w", i+1, redactSpec(k), err)
-		}
-		dk := make([]byte, keysource.DataKeySize)
-		st, err := src.Wrap(ctx, dk)
-		if err != nil {
-			return err
-		}
-		stanzas = append(stanzas, st)
-		conf.Keys = append(conf.Keys, volconf.Key{Spec: volconf.StorageSpec(k), KeyID: src.KeyID(), KDF: kdf})
-		host = append(host, h)
-	}
-	conf.SlotSize = f.slotSize
-	if conf.SlotSize == 0 {
-		if conf.SlotSize, err = envelope.SlotSizeFor(stanzas); err != nil {
-			return err
-		}
-	}
-	if _, err := envelope.NewLayout(conf.BlockSize, conf.SlotSize); err != nil {
-		return err
-	}
-	a, err := volconf.NewAnchor(conf, host, dir)
-	if err != nil {
-		return err
-	}
-	// The anchor goes first: an anchor without its kmsfs.conf approves
-	// nothing that exists, a kmsfs.conf without its anchor would not mount.
-	if err := store.Save(a); err != nil {
-		return err
-	}
-	if err := volconf.Save(dir, conf); err != nil {
-		return err
-	}
+	conf := &a.Conf
 	fmt.Printf("kmsfs: initialised %s (volume %s, block size %d)\n", dir, conf.VolumeID, conf.BlockSize)
 	for i, k := range conf.Keys {
 		fmt.Printf("  key %d (%s): %s\n", i+1, volconf.Role(i), k.KeyID)
 	}
-	fmt.Printf("trusted on this host: %s\n", store.Path(conf.VolumeID))
+	fmt.Printf("trusted on this host: %s\n", anchorPath)
 	fmt.Printf("mount it with: kmsfs mount %s MOUNTPOINT\n", dir)
-	return nil
-}
-
-// prepareCipherDir creates dir, or accepts it if it exists and is empty.
-func prepareCipherDir(dir string) error {
-	ents, err := os.ReadDir(dir)
-	switch {
-	case errors.Is(err, os.ErrNotExist):
-		return os.MkdirAll(dir, 0o700)
-	case err != nil:
-		return err
-	}
-	for _, e := range ents {
-		if e.Name() == volconf.Name {
-			return fmt.Errorf("%s is already a kmsfs cipher dir", dir)
-		}
-	}
-	if len(ents) > 0 {
-		return fmt.Errorf("%s is not empty: init takes a new or empty directory", dir)
-	}
 	return nil
 }

@@ -23,9 +23,8 @@ import (
 	kfs "github.com/kmsfs/kmsfs/fs"
 	"github.com/kmsfs/kmsfs/internal/secmem"
 	"github.com/kmsfs/kmsfs/internal/volconf"
-	"github.com/kmsfs/kmsfs/journal"
-	"github.com/kmsfs/kmsfs/keysource"
 	"github.com/kmsfs/kmsfs/keysource/local"
+	"github.com/kmsfs/kmsfs/volume"
 )
 
 type mountFlags struct {
@@ -231,81 +230,29 @@ func runMount(ctx context.Context, f *mountFlags, cipherDir, mnt string) (err er
 	defer signal.Stop(sig)
 	raiseFileLimit()
 
-	anchor, err := loadTrusted(cipherDir, f.trustDir)
-	if err != nil {
-		return err
-	}
-	conf := &anchor.Conf
 	if err := checkMountpoint(mnt); err != nil {
 		return err
 	}
-	warnWeakKDF(log, conf)
 	mem := secmem.New(secmem.Options{OnLockError: func(err error) {
 		log.WithError(err).Warn("keys are held in memory that may be swapped out")
 	}})
-	so, err := mountSecrets(f, mem)
+	sec, clearSec, err := mountSecrets(f)
 	if err != nil {
 		return err
 	}
 	mctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
-	srcs, err := openAnchor(mctx, anchor, so, log)
-	so.clear()
+	v, err := volume.Open(mctx, cipherDir, volume.Options{TrustDir: f.trustDir, ReadOnly: f.readOnly, CheckKeys: true,
+		PublicKeyFile: f.publicKeyFile, Secrets: sec, Mem: mem, ParallelMin: mountParallelMin()})
+	clearSec()
+	if errors.Is(err, volume.ErrBusy) {
+		return fmt.Errorf("cipher dir %s is already mounted read-write by another kmsfs process", cipherDir)
+	}
 	if err != nil {
 		return err
 	}
-	defer srcs.Close()
-	policy, _ := conf.Policy()
-	mgr, err := keysource.NewManager(keysource.Options{Primary: srcs.list[0], Escrow: srcs.list[1:], Policy: policy,
-		DeferPool: f.readOnly, Mem: mem})
-	if err != nil {
-		return err
-	}
-	defer mgr.Close()
-	if !f.readOnly {
-		if err := checkRoundTrip(mctx, srcs.list[0], f.publicKeyFile != ""); err != nil {
-			return fmt.Errorf("key not usable: %w", err)
-		}
-		if err := mgr.WaitReady(mctx); err != nil {
-			return fmt.Errorf("key not usable: %w", err)
-		}
-	}
-	vid, _ := conf.ID()
-	layout, _ := conf.Layout()
-	var jr envelope.Journal // none for a read-only mount: an untyped nil
-	if !f.readOnly {
-		// The journal's entries are opened relative to the cipher dir's
-		// descriptor, never through a path a planted symlink could divert.
-		root, err := os.OpenRoot(cipherDir)
-		if err != nil {
-			return fmt.Errorf("open cipher dir: %w", err)
-		}
-		defer root.Close()
-		j, err := journal.Open(root, kfs.JournalName, 0)
-		if errors.Is(err, journal.ErrBusy) {
-			return fmt.Errorf("cipher dir %s is already mounted read-write by another kmsfs process", cipherDir)
-		}
-		if err != nil {
-			return err
-		}
-		defer j.Close()
-		for _, derr := range j.Dropped() {
-			log.WithField("error", derr.Error()).Warn("journal: removed an entry the journal did not write; nothing was read from it")
-		}
-		if n := j.Pending(); n > 0 {
-			done, err := j.RecoverFiles(root, layout)
-			fields := logrus.Fields{"records": n, "recovered": done}
-			if err != nil {
-				fields["error"] = err.Error()
-			}
-			log.WithFields(fields).Info("journal: finished or undid the writes a crash interrupted; any left are recovered when their files are next opened")
-		}
-		jr = j
-	}
-	vol, err := envelope.NewVolume(envelope.Options{Layout: layout, Volume: vid, Journal: jr, ParallelMin: mountParallelMin(), Mem: mem})
-	if err != nil {
-		return err
-	}
+	defer v.Close()
+	logOpened(log, v)
 	var extra []string
 	for _, o := range f.options {
 		extra = append(extra, strings.Split(o, ",")...)
@@ -316,12 +263,12 @@ func runMount(ctx context.Context, f *mountFlags, cipherDir, mnt string) (err er
 	abs, _ := filepath.Abs(cipherDir)
 	mo := kfs.MountOptions(abs, extra, f.allowOther)
 	mo.EntryTimeout, mo.AttrTimeout, mo.NegativeTimeout = &f.cacheTimeout, &f.cacheTimeout, &f.cacheTimeout
-	srv, err := kfs.Mount(mnt, kfs.Options{CipherDir: cipherDir, Volume: vol, Keys: mgr, Log: log,
+	srv, err := kfs.Mount(mnt, kfs.Options{CipherDir: cipherDir, Volume: v.Format, Keys: v.Keys, Log: log,
 		ReadOnly: f.readOnly, KeyTimeout: f.keyTimeout, Xattr: f.xattr}, mo)
 	if err != nil {
 		return err
 	}
-	log.WithFields(logrus.Fields{"cipherdir": abs, "mountpoint": mnt, "volume": conf.VolumeID}).Info("mounted")
+	log.WithFields(logrus.Fields{"cipherdir": abs, "mountpoint": mnt, "volume": v.Conf().VolumeID}).Info("mounted")
 	if ready != nil {
 		fmt.Fprintln(ready, "ready")
 		ready.Close()
@@ -338,6 +285,24 @@ func runMount(ctx context.Context, f *mountFlags, cipherDir, mnt string) (err er
 	srv.Wait()
 	log.Info("unmounted")
 	return nil
+}
+
+// logOpened logs what opening the volume noticed: warnings, entries the
+// journal dropped, and the recovery of interrupted writes.
+func logOpened(log *logrus.Entry, v *volume.Volume) {
+	for _, w := range v.Warnings {
+		log.WithFields(w.Fields).Warn(w.Msg)
+	}
+	for _, derr := range v.Recovery.Dropped {
+		log.WithField("error", derr.Error()).Warn("journal: removed an entry the journal did not write; nothing was read from it")
+	}
+	if r := v.Recovery; r.Pending > 0 {
+		fields := logrus.Fields{"records": r.Pending, "recovered": r.Recovered}
+		if r.Err != nil {
+			fields["error"] = r.Err.Error()
+		}
+		log.WithFields(fields).Info("journal: finished or undid the writes a crash interrupted; any left are recovered when their files are next opened")
+	}
 }
 
 // checkMountpoint refuses a mount point that is missing, not a directory,

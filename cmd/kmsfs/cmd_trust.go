@@ -16,8 +16,8 @@ import (
 	"github.com/kmsfs/kmsfs/envelope"
 	"github.com/kmsfs/kmsfs/internal/volconf"
 	"github.com/kmsfs/kmsfs/keysource"
-	"github.com/kmsfs/kmsfs/keysource/local"
 	"github.com/kmsfs/kmsfs/keysource/pkcs11"
+	"github.com/kmsfs/kmsfs/volume"
 )
 
 type trustFlags struct {
@@ -71,7 +71,7 @@ func runTrust(ctx context.Context, f *trustFlags, trustDir, dir string, out io.W
 	if err != nil {
 		return err
 	}
-	store, err := openStore(trustDir)
+	store, err := volume.OpenStore(trustDir)
 	if err != nil {
 		return err
 	}
@@ -90,7 +90,7 @@ func runTrust(ctx context.Context, f *trustFlags, trustDir, dir string, out io.W
 		}
 	} else {
 		fmt.Fprintln(out, "this volume is not trusted on this host yet")
-		if ids := store.ApprovedAt(absPath(dir)); len(ids) > 0 {
+		if ids := store.ApprovedAt(volume.AbsPath(dir)); len(ids) > 0 {
 			fmt.Fprintf(out, "WARNING: this host approved another volume at %s (%s): kmsfs.conf was replaced or the dir re-initialised\n", dir, strings.Join(ids, ", "))
 		}
 	}
@@ -118,7 +118,7 @@ func runTrust(ctx context.Context, f *trustFlags, trustDir, dir string, out io.W
 	if err := store.Check(); err != nil {
 		return err
 	}
-	if err := checkApproved(ctx, f, a, vid); err != nil {
+	if err := checkApproved(ctx, f, a); err != nil {
 		return err
 	}
 	if err := store.Save(a); err != nil {
@@ -163,15 +163,15 @@ func trustHostKeys(c *volconf.Conf, old *volconf.Anchor, f *trustFlags, vid enve
 	}
 	fileIDs := map[string]string{} // key ID -> --key-file path
 	for _, p := range f.keyFiles {
-		h, err := initHostKey(keysource.Spec{Type: "local", Value: p})
+		h, err := volume.HostKeyOf(keysource.Spec{Type: "local", Value: p}, nil)
 		if err != nil {
 			return nil, err
 		}
-		src, err := local.NewKeyFile(h.KeyFile, local.Options{VolumeID: vid})
+		id, err := volume.KeyFileID(h.KeyFile, vid)
 		if err != nil {
 			return nil, err
 		}
-		fileIDs[src.KeyID()] = h.KeyFile
+		fileIDs[id] = h.KeyFile
 	}
 	host := make([]volconf.HostKey, len(c.Keys))
 	for i, k := range c.Keys {
@@ -209,25 +209,11 @@ func trustHostKeys(c *volconf.Conf, old *volconf.Anchor, f *trustFlags, vid enve
 // checkApproved opens every key of a with the host's settings, checks it
 // is the key kmsfs.conf names and, unless --read-only, that it wraps and
 // unwraps.
-func checkApproved(ctx context.Context, f *trustFlags, a *volconf.Anchor, vid envelope.VolumeID) error {
+func checkApproved(ctx context.Context, f *trustFlags, a *volconf.Anchor) error {
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
-	so := &secretOptions{passphraseFile: f.passphraseFile, prompt: promptPassphrase}
-	srcs := &sources{}
-	defer srcs.Close()
-	for i, k := range a.Conf.Keys {
-		src, err := srcs.openApproved(ctx, k, a.Host[i], vid, so)
-		if err != nil {
-			return fmt.Errorf("key %d (%s): %w", i+1, k.KeyID, err)
-		}
-		if f.readOnly {
-			continue
-		}
-		if err := checkRoundTrip(ctx, src, false); err != nil {
-			return fmt.Errorf("key %d (%s): %w (a key that only decrypts or only encrypts here: --read-only)", i+1, k.KeyID, err)
-		}
-	}
-	return nil
+	o := volume.Options{Secrets: volume.Secrets{PassphraseFile: f.passphraseFile, Prompt: promptPassphrase}}
+	return volume.CheckKeys(ctx, a, o, !f.readOnly)
 }
 
 // confirm asks question on the terminal and fails unless the answer is

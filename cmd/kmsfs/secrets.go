@@ -10,13 +10,12 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
-	"github.com/kmsfs/kmsfs/internal/secmem"
 	"github.com/kmsfs/kmsfs/internal/volconf"
 	"github.com/kmsfs/kmsfs/keysource/local"
 	"github.com/kmsfs/kmsfs/keysource/pkcs11"
+	"github.com/kmsfs/kmsfs/volume"
 )
 
 // maxSecrets bounds what goes through a secrets pipe: the -f re-exec
@@ -55,7 +54,7 @@ func secretEnvNames(a *volconf.Anchor) []string {
 // mount proper: a volume that does not load yields nil, and the mount
 // itself then says why.
 func trustedOrNil(dir, trustDir string) *volconf.Anchor {
-	a, err := loadTrusted(dir, trustDir)
+	a, err := volume.LoadTrusted(dir, trustDir)
 	if err != nil {
 		return nil
 	}
@@ -208,42 +207,25 @@ func secretLookup(secrets map[string][]byte) func(string) (string, bool) {
 	}
 }
 
-// warnWeakKDF logs every passphrase key whose KDF parameters pass the
-// floor but cost less than what new volumes get.
-func warnWeakKDF(log *logrus.Entry, c *volconf.Conf) {
-	for i, k := range c.Keys {
-		if k.KDF != nil && k.KDF.BelowDefault() {
-			log.WithFields(logrus.Fields{"key": i + 1, "kdf": k.KDF.String()}).Warn(fmt.Sprintf(
-				"passphrase KDF is below the current default (scrypt N=2^%d, r=%d); re-create the volume to raise it",
-				local.DefaultScryptLogN, local.DefaultScryptR))
-		}
-	}
-}
-
-// mountSecrets gathers where a mount's secrets come from: the files named
-// by flags, the secrets the parent handed over on --secrets-fd, else (in
-// the foreground, on a terminal) a prompt. Key memory comes from mem.
-func mountSecrets(f *mountFlags, mem *secmem.Arena) (*secretOptions, error) {
-	so := &secretOptions{passphraseFile: f.passphraseFile, publicKeyFile: f.publicKeyFile, mem: mem}
+// mountSecrets gathers where a mount's secrets come from: the file named
+// by --passphrase-file, the secrets the parent handed over on
+// --secrets-fd, else (in the foreground, on a terminal) a prompt. The
+// returned func clears the handed-over secrets once the keys are open.
+func mountSecrets(f *mountFlags) (volume.Secrets, func(), error) {
+	sec := volume.Secrets{PassphraseFile: f.passphraseFile}
 	if f.secretsFD < 0 {
 		if f.readyFD < 0 {
-			so.prompt = promptPassphrase
+			sec.Prompt = promptPassphrase
 		}
-		return so, nil
+		return sec, func() {}, nil
 	}
 	secrets, err := readSecrets(f.secretsFD)
 	if err != nil {
-		return nil, err
+		return sec, nil, err
 	}
-	so.handed = secrets
-	so.passphrase = secrets[local.PassphraseEnv]
+	pp := secrets[local.PassphraseEnv]
 	delete(secrets, local.PassphraseEnv)
-	so.lookupEnv = secretLookup(secrets)
-	return so, nil
-}
-
-// clear zeroes the secrets so holds once the key sources are open.
-func (so *secretOptions) clear() {
-	clear(so.passphrase)
-	clearSecrets(so.handed)
+	sec.Passphrase = pp
+	sec.LookupEnv = secretLookup(secrets)
+	return sec, func() { clear(pp); clearSecrets(secrets) }, nil
 }

@@ -26,6 +26,10 @@ import (
 // Name is the file name of the configuration in the cipher dir.
 const Name = "kmsfs.conf"
 
+// JournalName is the write journal's directory at the root of a cipher
+// dir.
+const JournalName = "kmsfs.journal"
+
 // Version is the configuration version this kmsfs writes and reads.
 const Version = 1
 

@@ -1,0 +1,273 @@
+package volume
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/kmsfs/kmsfs/envelope"
+	"github.com/kmsfs/kmsfs/internal/volconf"
+	"github.com/kmsfs/kmsfs/keysource"
+	"github.com/kmsfs/kmsfs/keysource/awskms"
+	"github.com/kmsfs/kmsfs/keysource/local"
+	"github.com/kmsfs/kmsfs/keysource/pkcs11"
+)
+
+// keySet is the opened key sources of a volume, primary first.
+type keySet struct {
+	list    []keysource.KeySource
+	closers []io.Closer
+	loader  *pkcs11.Loader
+}
+
+// Close closes the sources that hold resources.
+func (s *keySet) Close() {
+	for _, c := range s.closers {
+		c.Close()
+	}
+}
+
+// open opens one key source for volume vid. kdf is nil for a new
+// passphrase: fresh parameters are made and returned (Init).
+func (s *keySet) open(ctx context.Context, spec keysource.Spec, vid envelope.VolumeID, kdf *local.KDFParams, o Options, confirm bool) (keysource.KeySource, *local.KDFParams, error) {
+	sec := o.Secrets
+	switch spec.Type {
+	case "local":
+		lo := local.Options{VolumeID: vid, PassphraseFile: sec.PassphraseFile, LookupEnv: sec.LookupEnv, Mem: o.Mem}
+		if spec.Value == "passphrase" {
+			if kdf == nil {
+				p, err := local.NewKDFParams(nil)
+				if err != nil {
+					return nil, nil, err
+				}
+				kdf = &p
+			}
+			lo.KDF = *kdf
+			if pp := sec.Passphrase; pp != nil {
+				lo.Prompt = func() ([]byte, error) { return append([]byte(nil), pp...), nil }
+			} else if sec.Prompt != nil {
+				lo.Prompt = func() ([]byte, error) { return sec.Prompt(confirm) }
+			}
+		} else {
+			kdf = nil
+		}
+		src, err := local.New(spec, lo)
+		if err != nil {
+			return nil, nil, err
+		}
+		s.closers = append(s.closers, src)
+		return src, kdf, nil
+	case "pkcs11":
+		if s.loader == nil {
+			s.loader = pkcs11.NewLoader()
+		}
+		src, err := s.loader.Open(ctx, spec, vid, pkcs11.Options{LookupEnv: sec.LookupEnv})
+		if err != nil {
+			return nil, nil, err
+		}
+		s.closers = append(s.closers, src)
+		return src, nil, nil
+	case "awskms":
+		var opts []awskms.Option
+		if o.PublicKeyFile != "" {
+			opts = append(opts, awskms.WithPublicKeyFile(o.PublicKeyFile))
+		}
+		src, err := awskms.New(ctx, spec.Value, vid, opts...)
+		return src, nil, err
+	}
+	return nil, nil, fmt.Errorf("volume: unknown key type %q", spec.Type)
+}
+
+// hostSpec returns the spec that opens an approved key: the spec of
+// kmsfs.conf with the host's settings put back (a PKCS#11 module and PIN
+// source, a key file's path), and for AWS the pinned key ARN instead of an
+// alias, so a moved alias never changes the key.
+func hostSpec(k volconf.Key, h volconf.HostKey) (keysource.Spec, error) {
+	spec, err := keysource.ParseSpec(k.Spec)
+	if err != nil {
+		return spec, err
+	}
+	switch {
+	case spec.Type == "awskms":
+		spec.Value = k.KeyID
+	case spec.Type == "pkcs11":
+		u, err := pkcs11.ParseURI(spec.Value)
+		if err != nil {
+			return spec, err
+		}
+		u.ModulePath, u.PINSource = h.PKCS11Module, h.PKCS11PINSource
+		spec.Value = u.String()
+	case volconf.IsKeyFile(k.Spec):
+		spec.Value = h.KeyFile
+	}
+	return spec, nil
+}
+
+// openApproved opens key k of an approved volume with the host settings
+// h and checks that it is the approved key.
+func (s *keySet) openApproved(ctx context.Context, k volconf.Key, h volconf.HostKey, vid envelope.VolumeID, o Options) (keysource.KeySource, error) {
+	spec, err := hostSpec(k, h)
+	if err != nil {
+		return nil, err
+	}
+	src, _, err := s.open(ctx, spec, vid, k.KDF, o, false)
+	if err != nil {
+		return nil, err
+	}
+	if src.KeyID() != k.KeyID {
+		return nil, fmt.Errorf("not the key this volume was approved with: it has key ID %s, the approved key ID is %s", src.KeyID(), k.KeyID)
+	}
+	return src, nil
+}
+
+// openAnchor opens every key source of an approved volume, primary first.
+func openAnchor(ctx context.Context, a *volconf.Anchor, o Options) (*keySet, error) {
+	vid, err := a.Conf.ID()
+	if err != nil {
+		return nil, err
+	}
+	s := &keySet{}
+	for i, k := range a.Conf.Keys {
+		src, err := s.openApproved(ctx, k, a.Host[i], vid, o)
+		if err != nil {
+			s.Close()
+			return nil, fmt.Errorf("key %d (%s): %w", i+1, k.KeyID, err)
+		}
+		s.list = append(s.list, src)
+	}
+	return s, nil
+}
+
+// CheckKeys opens every key the anchor a approved with this host's
+// settings and checks it is the key kmsfs.conf names; with roundTrip,
+// also that it wraps and unwraps a test key.
+func CheckKeys(ctx context.Context, a *volconf.Anchor, o Options, roundTrip bool) error {
+	vid, err := a.Conf.ID()
+	if err != nil {
+		return err
+	}
+	s := &keySet{}
+	defer s.Close()
+	for i, k := range a.Conf.Keys {
+		src, err := s.openApproved(ctx, k, a.Host[i], vid, o)
+		if err != nil {
+			return fmt.Errorf("key %d (%s): %w", i+1, k.KeyID, err)
+		}
+		if !roundTrip {
+			continue
+		}
+		if err := CheckRoundTrip(ctx, src, false); err != nil {
+			return fmt.Errorf("key %d (%s): %w (a key that only decrypts or only encrypts here: --read-only)", i+1, k.KeyID, err)
+		}
+	}
+	return nil
+}
+
+// awsAlias returns the alias an awskms spec names, or "".
+func awsAlias(spec string) string {
+	v, ok := strings.CutPrefix(spec, "awskms:")
+	if ok && (strings.HasPrefix(v, "alias/") || strings.Contains(v, ":alias/")) {
+		return v
+	}
+	return ""
+}
+
+// movedAliases warns of each AWS key approved as an alias that now
+// resolves to another key than the pinned one, or not at all. The volume
+// keeps its key: following the alias would let whoever can move it choose
+// the key new files are wrapped for.
+func movedAliases(ctx context.Context, a *volconf.Anchor) []Warning {
+	var ws []Warning
+	vid, _ := a.Conf.ID()
+	for _, k := range a.Conf.Keys {
+		alias := awsAlias(k.Spec)
+		if alias == "" {
+			continue
+		}
+		cur, err := awskms.New(ctx, alias, vid)
+		fields := map[string]any{"alias": alias, "key": k.KeyID}
+		switch {
+		case err != nil:
+			fields["error"] = err.Error()
+			ws = append(ws, Warning{Fields: fields,
+				Msg: fmt.Sprintf("alias %s does not resolve; this volume keeps using key %s as approved", alias, k.KeyID)})
+		case cur.KeyID() != k.KeyID:
+			fields["alias_key"] = cur.KeyID()
+			ws = append(ws, Warning{Fields: fields,
+				Msg: fmt.Sprintf("alias %s now points at key %s; this volume keeps using key %s as approved; rewrap or trust to move", alias, cur.KeyID(), k.KeyID)})
+		}
+	}
+	return ws
+}
+
+// HostKeyOf splits a key spec given to kmsfs init into what only the host
+// keeps: a PKCS#11 module (from the spec, else KMSFS_PKCS11_MODULE from
+// lookupEnv) and PIN source, a key file's absolute path.
+func HostKeyOf(spec keysource.Spec, lookupEnv func(string) (string, bool)) (volconf.HostKey, error) {
+	if lookupEnv == nil {
+		lookupEnv = os.LookupEnv
+	}
+	var h volconf.HostKey
+	switch {
+	case spec.Type == "pkcs11":
+		u, err := pkcs11.ParseURI(spec.Value)
+		if err != nil {
+			return h, err
+		}
+		h.PKCS11Module, h.PKCS11PINSource = u.ModulePath, u.PINSource
+		if h.PKCS11Module == "" {
+			h.PKCS11Module, _ = lookupEnv(pkcs11.EnvModule)
+		}
+		if h.PKCS11Module != "" && !filepath.IsAbs(h.PKCS11Module) {
+			return h, fmt.Errorf("PKCS#11 module %s: give an absolute path", h.PKCS11Module)
+		}
+	case volconf.IsKeyFile(spec.String()):
+		p, err := filepath.Abs(spec.Value)
+		if err != nil {
+			return h, err
+		}
+		h.KeyFile = p
+	}
+	return h, nil
+}
+
+// KeyFileID returns the key ID of the local key file at path for volume
+// vid, to match a key file given on this host to the key kmsfs.conf names.
+func KeyFileID(path string, vid envelope.VolumeID) (string, error) {
+	src, err := local.New(keysource.Spec{Type: "local", Value: path}, local.Options{VolumeID: vid})
+	if err != nil {
+		return "", err
+	}
+	defer src.Close()
+	return src.KeyID(), nil
+}
+
+// CheckRoundTrip wraps a random test key with src and unwraps it again,
+// proving the key works both ways before a volume depends on it. A
+// wrap-only source (public key only) is checked by wrapping alone.
+func CheckRoundTrip(ctx context.Context, src keysource.KeySource, wrapOnly bool) error {
+	dk := make([]byte, keysource.DataKeySize)
+	if _, err := rand.Read(dk); err != nil {
+		return err
+	}
+	st, err := src.Wrap(ctx, dk)
+	if err != nil {
+		return fmt.Errorf("wrapping a test key with %s: %w", src.KeyID(), err)
+	}
+	if wrapOnly {
+		return nil
+	}
+	got, err := src.Unwrap(ctx, st)
+	if err != nil {
+		return fmt.Errorf("unwrapping a test key with %s: %w", src.KeyID(), err)
+	}
+	defer clear(got)
+	if string(got) != string(dk) {
+		return fmt.Errorf("key %s returned a different key than it wrapped", src.KeyID())
+	}
+	return nil
+}
