@@ -439,8 +439,10 @@ func TestTrustApprove(t *testing.T) {
 }
 
 // TestTrustAliasMoved moves the AWS alias a volume was made with to
-// another key: new files stay wrapped for the approved key ARN, and the
-// mount logs the move once.
+// another key, as anyone allowed kms:UpdateAlias can: the mount refuses
+// and names both keys until the host approves the change with kmsfs
+// trust; then it mounts, new files stay wrapped for the approved key ARN,
+// and the mount logs the alias's target once.
 func TestTrustAliasMoved(t *testing.T) {
 	e := kmstest.Start(t)
 	v := mntNew(t, mntOptions{Keys: []string{"awskms:" + kmstest.Alias}, Env: mntAWSEnv(e)})
@@ -450,17 +452,34 @@ func TestTrustAliasMoved(t *testing.T) {
 	if _, err := e.Client().UpdateAlias(ctx, &kms.UpdateAliasInput{AliasName: aws.String(kmstest.Alias), TargetKeyId: aws.String(e.Symmetric2.ID)}); err != nil {
 		t.Fatal(err)
 	}
-	before := strings.Count(v.logText(), "now points at key")
+	mntCheckMountFails(t, v.bin, v.o.Env, v.Cipher, v.Mnt, []string{
+		regexp.QuoteMeta(fmt.Sprintf("alias %s now points at key %s, not at key %s that this volume was approved with", kmstest.Alias, e.Symmetric2.ARN, e.Symmetric.ARN)),
+		"`kmsfs trust " + regexp.QuoteMeta(v.Cipher) + "`",
+	})
+	out := trTrust(t, v, nil)
+	if want := fmt.Sprintf("alias %s now points at key %s; this volume keeps using key %s", kmstest.Alias, e.Symmetric2.ARN, e.Symmetric.ARN); !strings.Contains(out, want) {
+		t.Errorf("kmsfs trust does not show the moved alias (%q):\n%s", want, out)
+	}
+	before := strings.Count(v.logText(), "points at key")
 	trCheckWorks(t, v, "after")
 	if ids := trStanzaKeyIDs(t, v, "after"); len(ids) != 1 || ids[0] != e.Symmetric.ARN {
 		t.Errorf("a file written after the alias moved has stanzas for %q, want only the approved %s", ids, e.Symmetric.ARN)
 	}
 	log := v.logText()
-	if n := strings.Count(log, "now points at key") - before; n != 1 {
-		t.Errorf("the mount logged the moved alias %d times, want once:\n%s", n, log)
+	if n := strings.Count(log, "points at key") - before; n != 1 {
+		t.Errorf("the mount logged the alias's target %d times, want once:\n%s", n, log)
 	}
-	want := fmt.Sprintf("alias %s now points at key %s; this volume keeps using key %s as approved", kmstest.Alias, e.Symmetric2.ARN, e.Symmetric.ARN)
+	want := fmt.Sprintf("alias %s points at key %s; this volume keeps using key %s, as this host approved", kmstest.Alias, e.Symmetric2.ARN, e.Symmetric.ARN)
 	if !strings.Contains(log, want) {
 		t.Errorf("log does not say %q:\n%s", want, log)
+	}
+	// Pointed back at the volume's own key: mounts, with nothing to say.
+	if _, err := e.Client().UpdateAlias(ctx, &kms.UpdateAliasInput{AliasName: aws.String(kmstest.Alias), TargetKeyId: aws.String(e.Symmetric.ID)}); err != nil {
+		t.Fatal(err)
+	}
+	before = strings.Count(v.logText(), "points at key")
+	trCheckWorks(t, v, "back")
+	if n := strings.Count(v.logText(), "points at key") - before; n != 0 {
+		t.Errorf("the mount logged the alias's target with the alias back on the volume's key:\n%s", v.logText())
 	}
 }

@@ -137,6 +137,9 @@ func (s *keySet) initKey(ctx context.Context, k string, vid envelope.VolumeID, s
 	if err != nil {
 		return st, volconf.Key{}, h, err
 	}
+	if volconf.IsAWSAlias(k) {
+		h.AliasKey = src.KeyID()
+	}
 	return st, volconf.Key{Spec: volconf.StorageSpec(k), KeyID: src.KeyID(), KDF: kdf}, h, nil
 }
 

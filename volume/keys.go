@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/kmsfs/kmsfs/envelope"
 	"github.com/kmsfs/kmsfs/internal/volconf"
@@ -167,41 +166,52 @@ func CheckKeys(ctx context.Context, a *volconf.Anchor, o Options, roundTrip bool
 	return nil
 }
 
-// awsAlias returns the alias an awskms spec names, or "".
-func awsAlias(spec string) string {
-	v, ok := strings.CutPrefix(spec, "awskms:")
-	if ok && (strings.HasPrefix(v, "alias/") || strings.Contains(v, ":alias/")) {
-		return v
-	}
-	return ""
-}
-
-// movedAliases warns of each AWS key approved as an alias that now
-// resolves to another key than the pinned one, or not at all. The volume
-// keeps its key: following the alias would let whoever can move it choose
-// the key new files are wrapped for.
-func movedAliases(ctx context.Context, a *volconf.Anchor) []Warning {
+// AliasTargets returns, for each key of c given as an AWS alias, the key
+// ARN the alias points at now ("" for other keys). An alias that does not
+// resolve is left "" and reported as a Warning.
+func AliasTargets(ctx context.Context, c *volconf.Conf) ([]string, []Warning) {
+	vid, _ := c.ID()
+	targets := make([]string, len(c.Keys))
 	var ws []Warning
-	vid, _ := a.Conf.ID()
-	for _, k := range a.Conf.Keys {
-		alias := awsAlias(k.Spec)
+	for i, k := range c.Keys {
+		alias := volconf.AWSAlias(k.Spec)
 		if alias == "" {
 			continue
 		}
 		cur, err := awskms.New(ctx, alias, vid)
-		fields := map[string]any{"alias": alias, "key": k.KeyID}
-		switch {
-		case err != nil:
-			fields["error"] = err.Error()
-			ws = append(ws, Warning{Fields: fields,
+		if err != nil {
+			ws = append(ws, Warning{Fields: map[string]any{"alias": alias, "key": k.KeyID, "error": err.Error()},
 				Msg: fmt.Sprintf("alias %s does not resolve; this volume keeps using key %s as approved", alias, k.KeyID)})
-		case cur.KeyID() != k.KeyID:
-			fields["alias_key"] = cur.KeyID()
-			ws = append(ws, Warning{Fields: fields,
-				Msg: fmt.Sprintf("alias %s now points at key %s; this volume keeps using key %s as approved; rewrap or trust to move", alias, cur.KeyID(), k.KeyID)})
+			continue
 		}
+		targets[i] = cur.KeyID()
 	}
-	return ws
+	return targets, ws
+}
+
+// checkAliases refuses a volume whose AWS alias points at another key than
+// the approved one, unless this host approved that target (kmsfs trust
+// records it): following the alias would let whoever can move it choose
+// the key new files are wrapped for, and staying silently on the old key
+// would hide that the alias's owner meant a change (a key rotated away,
+// or scheduled for deletion). An approved move leaves a Warning.
+func checkAliases(ctx context.Context, a *volconf.Anchor, dir string) ([]Warning, error) {
+	targets, ws := AliasTargets(ctx, &a.Conf)
+	for i, k := range a.Conf.Keys {
+		t := targets[i]
+		if t == "" || t == k.KeyID {
+			continue
+		}
+		alias := volconf.AWSAlias(k.Spec)
+		if t != a.Host[i].AliasKey {
+			return ws, fmt.Errorf("key %d: alias %s now points at key %s, not at key %s that this volume was approved with: %w; "+
+				"to keep using %s, approve the change with `kmsfs trust %s`; to move to the new key, rewrap the volume or point the alias back",
+				i+1, alias, t, k.KeyID, ErrAliasMoved, k.KeyID, dir)
+		}
+		ws = append(ws, Warning{Fields: map[string]any{"alias": alias, "key": k.KeyID, "alias_key": t},
+			Msg: fmt.Sprintf("alias %s points at key %s; this volume keeps using key %s, as this host approved", alias, t, k.KeyID)})
+	}
+	return ws, nil
 }
 
 // HostKeyOf splits a key spec given to kmsfs init into what only the host

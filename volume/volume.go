@@ -35,6 +35,10 @@ const ConfName = volconf.Name
 // dir.
 const JournalName = volconf.JournalName
 
+// ErrAliasMoved means an AWS alias of the volume points at another key
+// than the one this host approved.
+var ErrAliasMoved = errors.New("the alias moved")
+
 // ErrBusy means another process has the volume open read-write.
 var ErrBusy = errors.New("volume: the cipher dir is open read-write in another kmsfs process")
 
@@ -153,14 +157,18 @@ func Open(ctx context.Context, cipherDir string, o Options) (_ *Volume, err erro
 			v.Close()
 		}
 	}()
+	if o.PublicKeyFile == "" {
+		ws, err := checkAliases(ctx, a, cipherDir)
+		v.Warnings = append(v.Warnings, ws...)
+		if err != nil {
+			return nil, err
+		}
+	}
 	v.keys, err = openAnchor(ctx, a, o)
 	if err != nil {
 		return nil, err
 	}
 	v.Sources = v.keys.list
-	if o.PublicKeyFile == "" {
-		v.Warnings = append(v.Warnings, movedAliases(ctx, a)...)
-	}
 	v.Keys, err = keysource.NewManager(keysource.Options{Primary: v.Sources[0], Escrow: v.Sources[1:], Policy: policy,
 		DeferPool: o.ReadOnly, Mem: o.Mem})
 	if err != nil {

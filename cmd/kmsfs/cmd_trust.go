@@ -102,6 +102,7 @@ func runTrust(ctx context.Context, f *trustFlags, trustDir, dir string, out io.W
 	if err != nil {
 		return err
 	}
+	trustAliases(ctx, f, conf, host, out)
 	if old != nil && len(diffs) == 0 && slices.Equal(host, old.Host) {
 		fmt.Fprintln(out, "nothing to approve")
 		return nil
@@ -193,6 +194,8 @@ func trustHostKeys(c *volconf.Conf, old *volconf.Anchor, f *trustFlags, vid enve
 					i+1, k.KeyID, pkcs11.EnvModule)
 			}
 			host[i] = h
+		case volconf.IsAWSAlias(k.Spec):
+			host[i].AliasKey = p.AliasKey
 		case volconf.IsKeyFile(k.Spec):
 			host[i].KeyFile = fileIDs[k.KeyID]
 			if host[i].KeyFile == "" {
@@ -204,6 +207,29 @@ func trustHostKeys(c *volconf.Conf, old *volconf.Anchor, f *trustFlags, vid enve
 		}
 	}
 	return host, nil
+}
+
+// trustAliases records in host where each AWS alias of c points now, and
+// shows the aliases that point at another key than the volume's: approving
+// records that this host knows, and the volume keeps its key. An alias
+// that does not resolve keeps what the host approved before.
+func trustAliases(ctx context.Context, f *trustFlags, c *volconf.Conf, host []volconf.HostKey, out io.Writer) {
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	targets, ws := volume.AliasTargets(ctx, c)
+	for _, w := range ws {
+		fmt.Fprintf(out, "warning: %s\n", w.Msg)
+	}
+	for i, t := range targets {
+		if t == "" {
+			continue
+		}
+		host[i].AliasKey = t
+		if k := c.Keys[i]; t != k.KeyID {
+			fmt.Fprintf(out, "  key %d: alias %s now points at key %s; this volume keeps using key %s (approve to record that; rewrap to move)\n",
+				i+1, volconf.AWSAlias(k.Spec), t, k.KeyID)
+		}
+	}
 }
 
 // checkApproved opens every key of a with the host's settings, checks it

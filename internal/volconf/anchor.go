@@ -59,6 +59,11 @@ type HostKey struct {
 	PKCS11PINSource string `json:"pkcs11_pin_source,omitempty"`
 	// KeyFile is the absolute path of a local key file.
 	KeyFile string `json:"key_file,omitempty"`
+	// AliasKey is, for an AWS key given as an alias, the key ARN the alias
+	// pointed at when this host last approved the volume. A volume whose
+	// alias now points at another key than this and its own key ID does
+	// not open until the host approves again.
+	AliasKey string `json:"alias_key,omitempty"`
 }
 
 // StorageSpec returns spec as kmsfs.conf records it: a pkcs11 URI without
@@ -147,11 +152,26 @@ func (a *Anchor) Check() error {
 			return fmt.Errorf("volconf: trust anchor key %d (%s): no absolute key file path", i+1, k.KeyID)
 		case !IsKeyFile(k.Spec) && h.KeyFile != "":
 			return fmt.Errorf("volconf: trust anchor key %d: a key file for a %s key", i+1, k.Spec)
+		case h.AliasKey != "" && !IsAWSAlias(k.Spec):
+			return fmt.Errorf("volconf: trust anchor key %d: an alias target for %s, which is not an AWS alias", i+1, k.Spec)
 		case isP11 && h.PKCS11Module != "" && !filepath.IsAbs(h.PKCS11Module):
 			return fmt.Errorf("volconf: trust anchor key %d: PKCS#11 module path %q is not absolute", i+1, h.PKCS11Module)
 		}
 	}
 	return nil
+}
+
+// IsAWSAlias reports whether spec names an AWS KMS key by an alias
+// (awskms:alias/NAME or an alias ARN).
+func IsAWSAlias(spec string) bool { return AWSAlias(spec) != "" }
+
+// AWSAlias returns the alias an awskms spec names, or "".
+func AWSAlias(spec string) string {
+	v, ok := strings.CutPrefix(spec, "awskms:")
+	if ok && (strings.HasPrefix(v, "alias/") || strings.Contains(v, ":alias/")) {
+		return v
+	}
+	return ""
 }
 
 // Role names the role of key i in a volume.
