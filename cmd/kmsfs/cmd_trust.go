@@ -167,11 +167,12 @@ func trustHostKeys(c *volconf.Conf, old *volconf.Anchor, f *trustFlags, vid enve
 		if err != nil {
 			return nil, err
 		}
-		src, err := local.NewKeyFile(h.KeyFile, local.Options{VolumeID: vid})
+		src, err := local.Open(context.Background(), keysource.Spec{Type: local.Type, Value: h.KeyFile}, local.Options{VolumeID: vid})
 		if err != nil {
 			return nil, err
 		}
 		fileIDs[src.KeyID()] = h.KeyFile
+		src.Close()
 	}
 	host := make([]volconf.HostKey, len(c.Keys))
 	for i, k := range c.Keys {

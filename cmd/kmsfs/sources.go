@@ -48,7 +48,7 @@ func (s *sources) open(ctx context.Context, spec keysource.Spec, vid envelope.Vo
 	case "local":
 		o := local.Options{VolumeID: vid, PassphraseFile: so.passphraseFile, LookupEnv: so.lookupEnv, Mem: so.mem}
 		if spec.Value != "passphrase" {
-			src, err := local.NewKeyFile(spec.Value, o)
+			src, err := local.Open(ctx, spec, o)
 			return src, nil, err
 		}
 		if kdf == nil {
@@ -65,24 +65,20 @@ func (s *sources) open(ctx context.Context, spec keysource.Spec, vid envelope.Vo
 		} else if so.prompt != nil {
 			o.Prompt = func() ([]byte, error) { return so.prompt(confirm) }
 		}
-		src, err := local.NewPassphrase(o)
+		src, err := local.Open(ctx, spec, o)
 		return src, kdf, err
 	case "pkcs11":
 		if s.loader == nil {
 			s.loader = pkcs11.NewLoader()
 		}
-		src, err := s.loader.Open(ctx, spec, vid, pkcs11.Options{LookupEnv: so.lookupEnv})
+		src, err := pkcs11.Open(ctx, spec, pkcs11.Options{VolumeID: vid, Loader: s.loader, LookupEnv: so.lookupEnv})
 		if err != nil {
 			return nil, nil, err
 		}
 		s.closers = append(s.closers, src)
 		return src, nil, nil
 	case "awskms":
-		var opts []awskms.Option
-		if so.publicKeyFile != "" {
-			opts = append(opts, awskms.WithPublicKeyFile(so.publicKeyFile))
-		}
-		src, err := awskms.New(ctx, spec.Value, vid, opts...)
+		src, err := awskms.Open(ctx, spec, awskms.Options{VolumeID: vid, PublicKeyFile: so.publicKeyFile})
 		return src, nil, err
 	}
 	return nil, nil, fmt.Errorf("unknown key type %q", spec.Type)

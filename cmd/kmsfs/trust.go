@@ -161,7 +161,7 @@ func warnMovedAlias(ctx context.Context, k volconf.Key, vid envelope.VolumeID, l
 	if alias == "" || log == nil {
 		return
 	}
-	cur, err := awskms.New(ctx, alias, vid)
+	cur, err := awskms.Open(ctx, keysource.Spec{Type: awskms.Type, Value: alias}, awskms.Options{VolumeID: vid})
 	fields := logrus.Fields{"alias": alias, "key": k.KeyID}
 	switch {
 	case err != nil:
