@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/smithy-go/middleware"
+
 	"github.com/kmsfs/kmsfs/internal/hsmtest"
 	"github.com/kmsfs/kmsfs/internal/kmstest"
 	"github.com/kmsfs/kmsfs/keysource"
@@ -176,7 +178,7 @@ func (env *ksEnv) open(t testing.TB, c ksCase, endpoint string) *ksSource {
 		if err := os.WriteFile(path, ksRandomKey(t), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		src, err := local.NewKeyFile(path, local.Options{VolumeID: ksVolume})
+		src, err := local.Open(ksContext(t), keysource.Spec{Type: local.Type, Value: path}, local.Options{VolumeID: ksVolume})
 		if err != nil {
 			t.Fatalf("local key file: %v", err)
 		}
@@ -186,7 +188,7 @@ func (env *ksEnv) open(t testing.TB, c ksCase, endpoint string) *ksSource {
 		key := c.key(env.emulator(t), nil)
 		ks, ctr, err := env.openAWS(t, key, endpoint)
 		if err != nil {
-			t.Fatalf("awskms.New(%s): %v", key, err)
+			t.Fatalf("awskms.Open(%s): %v", key, err)
 		}
 		return &ksSource{ks: ks, kms: ctr}
 	case ksPKCS11:
@@ -205,15 +207,16 @@ func (env *ksEnv) open(t testing.TB, c ksCase, endpoint string) *ksSource {
 func (env *ksEnv) openAWS(t testing.TB, key, endpoint string) (keysource.KeySource, *kmstest.Counter, error) {
 	t.Helper()
 	ctr := kmstest.NewCounter()
-	opts := []awskms.Option{
-		awskms.WithConfig(env.emulator(t).Config()),
-		awskms.WithRetry(3, 10*time.Millisecond, 100*time.Millisecond),
-		awskms.WithAPIOptions(ctr.Register),
-	}
-	if endpoint != "" {
-		opts = append(opts, awskms.WithEndpoint(endpoint))
-	}
-	ks, err := awskms.New(ksContext(t), key, ksVolume, opts...)
+	cfg := env.emulator(t).Config()
+	ks, err := awskms.Open(ksContext(t), keysource.Spec{Type: awskms.Type, Value: key}, awskms.Options{
+		VolumeID:    ksVolume,
+		Config:      &cfg,
+		Endpoint:    endpoint,
+		APIOptions:  []func(*middleware.Stack) error{ctr.Register},
+		MaxAttempts: 3,
+		BaseDelay:   10 * time.Millisecond,
+		MaxBackoff:  100 * time.Millisecond,
+	})
 	return ks, ctr, err
 }
 
@@ -226,7 +229,7 @@ func ksOpenPKCS11(t testing.TB, spec string) *pkcs11.Source {
 		t.Fatalf("parse spec: %v", err)
 	}
 	noEnv := func(string) (string, bool) { return "", false }
-	src, err := ksLoader.Open(ksContext(t), ps, ksVolume, pkcs11.Options{LookupEnv: noEnv})
+	src, err := pkcs11.Open(ksContext(t), ps, pkcs11.Options{VolumeID: ksVolume, Loader: ksLoader, LookupEnv: noEnv})
 	if err != nil {
 		t.Fatalf("open %s: %v", spec, err)
 	}

@@ -130,7 +130,7 @@ func (v *sxVolume) mount() {
 	if err != nil {
 		v.t.Fatal(err)
 	}
-	src, err := local.NewKeyFile(v.key, local.Options{VolumeID: v.vid})
+	src, err := local.Open(v.t.Context(), keysource.Spec{Type: local.Type, Value: v.key}, local.Options{VolumeID: v.vid})
 	if err != nil {
 		v.t.Fatal(err)
 	}

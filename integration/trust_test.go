@@ -19,6 +19,7 @@ import (
 	"github.com/kmsfs/kmsfs/envelope"
 	"github.com/kmsfs/kmsfs/internal/hsmtest"
 	"github.com/kmsfs/kmsfs/internal/kmstest"
+	"github.com/kmsfs/kmsfs/keysource"
 	"github.com/kmsfs/kmsfs/keysource/local"
 )
 
@@ -81,10 +82,11 @@ func trAnchor(t testing.TB, v *mntVolume) string {
 // trKeyFileID returns the key ID kmsfs gives the local key file at path.
 func trKeyFileID(t testing.TB, path string) string {
 	t.Helper()
-	src, err := local.NewKeyFile(path, local.Options{})
+	src, err := local.Open(t.Context(), keysource.Spec{Type: local.Type, Value: path}, local.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer src.Close()
 	return src.KeyID()
 }
 

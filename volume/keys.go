@@ -54,7 +54,7 @@ func (s *keySet) open(ctx context.Context, spec keysource.Spec, vid envelope.Vol
 		} else {
 			kdf = nil
 		}
-		src, err := local.New(spec, lo)
+		src, err := local.Open(ctx, spec, lo)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -64,18 +64,14 @@ func (s *keySet) open(ctx context.Context, spec keysource.Spec, vid envelope.Vol
 		if s.loader == nil {
 			s.loader = pkcs11.NewLoader()
 		}
-		src, err := s.loader.Open(ctx, spec, vid, pkcs11.Options{LookupEnv: sec.LookupEnv})
+		src, err := pkcs11.Open(ctx, spec, pkcs11.Options{VolumeID: vid, Loader: s.loader, LookupEnv: sec.LookupEnv})
 		if err != nil {
 			return nil, nil, err
 		}
 		s.closers = append(s.closers, src)
 		return src, nil, nil
 	case "awskms":
-		var opts []awskms.Option
-		if o.PublicKeyFile != "" {
-			opts = append(opts, awskms.WithPublicKeyFile(o.PublicKeyFile))
-		}
-		src, err := awskms.New(ctx, spec.Value, vid, opts...)
+		src, err := awskms.Open(ctx, spec, awskms.Options{VolumeID: vid, PublicKeyFile: o.PublicKeyFile})
 		return src, nil, err
 	}
 	return nil, nil, fmt.Errorf("volume: unknown key type %q", spec.Type)
@@ -178,7 +174,7 @@ func AliasTargets(ctx context.Context, c *volconf.Conf) ([]string, []Warning) {
 		if alias == "" {
 			continue
 		}
-		cur, err := awskms.New(ctx, alias, vid)
+		cur, err := awskms.Open(ctx, keysource.Spec{Type: awskms.Type, Value: alias}, awskms.Options{VolumeID: vid})
 		if err != nil {
 			ws = append(ws, Warning{Fields: map[string]any{"alias": alias, "key": k.KeyID, "error": err.Error()},
 				Msg: fmt.Sprintf("alias %s does not resolve; this volume keeps using key %s as approved", alias, k.KeyID)})
@@ -248,7 +244,7 @@ func HostKeyOf(spec keysource.Spec, lookupEnv func(string) (string, bool)) (volc
 // KeyFileID returns the key ID of the local key file at path for volume
 // vid, to match a key file given on this host to the key kmsfs.conf names.
 func KeyFileID(path string, vid envelope.VolumeID) (string, error) {
-	src, err := local.New(keysource.Spec{Type: "local", Value: path}, local.Options{VolumeID: vid})
+	src, err := local.Open(context.Background(), keysource.Spec{Type: local.Type, Value: path}, local.Options{VolumeID: vid})
 	if err != nil {
 		return "", err
 	}

@@ -13,7 +13,7 @@ import (
 // ("Decrypt", "GenerateDataKey", …): Calls counts operations invoked,
 // Attempts counts requests sent (retries included, which is what a KMS
 // request quota counts). Install it with Register as an SDK API option
-// (awskms.WithAPIOptions(c.Register)). It is safe for concurrent use.
+// (in awskms.Options.APIOptions). It is safe for concurrent use.
 type Counter struct {
 	mu       sync.Mutex
 	calls    map[string]int

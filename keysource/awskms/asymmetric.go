@@ -33,12 +33,12 @@ var (
 
 // newPublicOnly builds a source from a public key file: no configuration,
 // credentials or KMS calls.
-func newPublicOnly(ref keyRef, volumeID [VolumeIDSize]byte, o options) (*asymmetric, error) {
+func newPublicOnly(ref keyRef, o Options) (*asymmetric, error) {
 	if !ref.isARN || ref.alias {
 		return nil, fmt.Errorf("awskms: key %s: public-key-only mode needs the key ARN, since no alias can be resolved without KMS "+
 			"(`aws kms describe-key --key-id %s --query KeyMetadata.Arn`): %w", ref.raw, ref.raw, keysource.ErrInvalid)
 	}
-	der, err := os.ReadFile(o.pubKeyFile)
+	der, err := os.ReadFile(o.PublicKeyFile)
 	if err != nil {
 		return nil, fmt.Errorf("awskms: public key of %s: %w: %w", ref.raw, keysource.ErrInvalid, err)
 	}
@@ -49,8 +49,8 @@ func newPublicOnly(ref keyRef, volumeID [VolumeIDSize]byte, o options) (*asymmet
 	if err != nil {
 		return nil, err
 	}
-	s := &source{arn: ref.raw, region: ref.arn.Region, rand: o.rand}
-	s.setVolume(volumeID)
+	s := &source{arn: ref.raw, region: ref.arn.Region, rand: o.Rand}
+	s.setVolume(o.VolumeID)
 	return &asymmetric{source: s, pub: pub, spec: fmt.Sprintf("RSA_%d", pub.N.BitLen())}, nil
 }
 

@@ -3,7 +3,8 @@
 // config and credentials files, profile, SSO, instance role;
 // AWS_ENDPOINT_URL_KMS points it at an emulator).
 //
-// A source is bound to one KMS key and one volume. It accepts two kinds of
+// A source is made by Open(ctx, spec, Options), as every kmsfs key source
+// is, and is bound to one KMS key and one volume. It accepts two kinds of
 // key, both with key usage ENCRYPT_DECRYPT:
 //
 //   - a symmetric key (SYMMETRIC_DEFAULT): data keys come from
@@ -16,7 +17,8 @@
 //     RSAES_OAEP_SHA_256 and unwrapped with KMS Decrypt. RSA takes no
 //     encryption context, so the volume is bound by wrapping
 //     volumeID‖dataKey and checking the volume ID on unwrap. A host holding
-//     only the public key (WithPublicKeyFile) can write files it cannot read.
+//     only the public key (Options.PublicKeyFile) can write files it
+//     cannot read.
 //
 // Stanzas have Type "awskms", KeyID the key ARN (an alias is resolved when
 // the source is built and never stored) and a Body whose first byte says
@@ -89,97 +91,88 @@ const (
 	DefaultMaxBackoff  = 5 * time.Second
 )
 
-// Option configures New.
-type Option func(*options)
-
-type options struct {
-	cfg         *aws.Config
-	loadOpts    []func(*config.LoadOptions) error
-	endpoint    string
-	httpClient  aws.HTTPClient
-	apiOptions  []func(*middleware.Stack) error
-	retrySet    bool
-	maxAttempts int
-	baseDelay   time.Duration
-	maxBackoff  time.Duration
-	pubKeyFile  string
-	rand        io.Reader
+// Options configure a source (see Open). The zero value uses the
+// standard configuration chain and the default retries, and binds the
+// source to the all-zero volume ID.
+type Options struct {
+	// VolumeID is the volume's 128-bit ID, bound into every wrap (the
+	// encryption context of a symmetric key, the plaintext of an RSA
+	// wrap) and checked on every unwrap.
+	VolumeID [VolumeIDSize]byte
+	// Config, when set, is used instead of loading the standard
+	// configuration chain. Open copies it; its Retryer is replaced by
+	// the source's own (see MaxAttempts).
+	Config *aws.Config
+	// LoadOptions are passed to config.LoadDefaultConfig when Config is
+	// nil, for example config.WithSharedConfigProfile("backup") or
+	// config.WithRegion.
+	LoadOptions []func(*config.LoadOptions) error
+	// Endpoint, when set, receives every KMS request (an emulator in
+	// tests) instead of the endpoint the configuration resolves.
+	Endpoint string
+	// HTTPClient, when set, sends the KMS client's requests.
+	HTTPClient aws.HTTPClient
+	// APIOptions add SDK middleware to every KMS operation (call counting
+	// in tests, tracing).
+	APIOptions []func(*middleware.Stack) error
+	// MaxAttempts bounds the attempts of a call that is throttled or
+	// fails transiently, counting the first: 1 (or a negative value)
+	// disables retries. 0 means AWS_MAX_ATTEMPTS (max_attempts in the
+	// profile) if set, else DefaultMaxAttempts.
+	MaxAttempts int
+	// BaseDelay and MaxBackoff shape the wait before retry n, drawn
+	// uniformly from [0, min(MaxBackoff, BaseDelay·2^(n-1))) (full
+	// jitter). 0 means DefaultBaseDelay and DefaultMaxBackoff.
+	BaseDelay, MaxBackoff time.Duration
+	// PublicKeyFile, when set, builds a public-key-only source from the
+	// RSA public key in that file: SubjectPublicKeyInfo DER, as
+	// `aws kms get-public-key --key-id ARN --output text --query PublicKey | base64 -d`
+	// writes it (PEM is accepted too). The source makes no KMS call and
+	// needs no credentials: it wraps, and Unwrap fails with ErrDenied.
+	// The spec must then hold the key ARN, since no alias can be resolved.
+	PublicKeyFile string
+	// Rand supplies the randomness for RSA-OAEP padding and retry jitter;
+	// nil means crypto/rand.Reader. It must be safe for concurrent use.
+	Rand io.Reader
 }
 
-// WithConfig makes New use cfg instead of loading the standard
-// configuration chain. New copies cfg; its Retryer is replaced by the
-// source's own (see WithRetry).
-func WithConfig(cfg aws.Config) Option { return func(o *options) { o.cfg = &cfg } }
-
-// WithLoadOptions passes options to config.LoadDefaultConfig, for example
-// config.WithSharedConfigProfile("backup") or config.WithRegion.
-func WithLoadOptions(fns ...func(*config.LoadOptions) error) Option {
-	return func(o *options) { o.loadOpts = append(o.loadOpts, fns...) }
-}
-
-// WithEndpoint sends every KMS request to url (an emulator in tests)
-// instead of the endpoint the configuration resolves.
-func WithEndpoint(url string) Option { return func(o *options) { o.endpoint = url } }
-
-// WithHTTPClient makes the KMS client send its requests through c.
-func WithHTTPClient(c aws.HTTPClient) Option { return func(o *options) { o.httpClient = c } }
-
-// WithAPIOptions adds SDK middleware to every KMS operation (call counting
-// in tests, tracing).
-func WithAPIOptions(fns ...func(*middleware.Stack) error) Option {
-	return func(o *options) { o.apiOptions = append(o.apiOptions, fns...) }
-}
-
-// WithRetry bounds retries of throttled and transient failures:
-// maxAttempts counts the first attempt; the wait before retry n is drawn
-// uniformly from [0, min(maxBackoff, baseDelay·2^(n-1))) (full jitter).
-// maxAttempts 1 (or less) disables retries. Without WithRetry, a source
-// makes AWS_MAX_ATTEMPTS (max_attempts in the profile) attempts if set,
-// else DefaultMaxAttempts, with DefaultBaseDelay and DefaultMaxBackoff.
-func WithRetry(maxAttempts int, baseDelay, maxBackoff time.Duration) Option {
-	return func(o *options) {
-		o.retrySet = true
-		o.maxAttempts, o.baseDelay, o.maxBackoff = maxAttempts, baseDelay, maxBackoff
+// withDefaults returns o with its zero retry and randomness fields set to
+// the defaults; MaxAttempts stays 0 until the configuration is known.
+func (o Options) withDefaults() Options {
+	if o.BaseDelay == 0 {
+		o.BaseDelay = DefaultBaseDelay
 	}
+	if o.MaxBackoff == 0 {
+		o.MaxBackoff = DefaultMaxBackoff
+	}
+	if o.Rand == nil {
+		o.Rand = rand.Reader
+	}
+	return o
 }
 
-// WithPublicKeyFile builds a public-key-only source from the RSA public key
-// in path: SubjectPublicKeyInfo DER, as
-// `aws kms get-public-key --key-id ARN --output text --query PublicKey | base64 -d`
-// writes it (PEM is accepted too). The source makes no KMS call and needs
-// no credentials: it wraps, and Unwrap fails with ErrDenied. The key spec
-// must then be the key ARN, since no alias can be resolved.
-func WithPublicKeyFile(path string) Option { return func(o *options) { o.pubKeyFile = path } }
-
-// WithRand sets the randomness for RSA-OAEP padding and retry jitter
-// (default crypto/rand.Reader). r must be safe for concurrent use.
-func WithRand(r io.Reader) Option { return func(o *options) { o.rand = r } }
-
-// New returns a source for the KMS key named by key (a key ID, key ARN,
-// alias/NAME or alias ARN) bound to volumeID. It resolves the key with
-// DescribeKey, refuses keys that cannot wrap data keys (SIGN_VERIFY,
+// Open returns a source for the KMS key that spec (of type "awskms")
+// names in its Value: a key ID, key ARN, alias/NAME or alias ARN. The
+// source is bound to o.VolumeID. Open resolves the key with DescribeKey,
+// refuses keys that cannot wrap data keys (SIGN_VERIFY,
 // GENERATE_VERIFY_MAC, ECC, HMAC) and keys that are disabled or pending
 // deletion, and for an RSA key fetches its public key.
 //
 // The result implements keysource.Describer, and keysource.Generator when
 // the key is symmetric. It is safe for concurrent use and holds no
 // resources that need closing.
-func New(ctx context.Context, key string, volumeID [VolumeIDSize]byte, opts ...Option) (keysource.KeySource, error) {
-	o := options{
-		maxAttempts: DefaultMaxAttempts,
-		baseDelay:   DefaultBaseDelay,
-		maxBackoff:  DefaultMaxBackoff,
-		rand:        rand.Reader,
+func Open(ctx context.Context, spec keysource.Spec, o Options) (keysource.KeySource, error) {
+	if spec.Type != Type {
+		return nil, fmt.Errorf("awskms: key spec %v is not awskms: %w", spec, keysource.ErrInvalid)
 	}
-	for _, fn := range opts {
-		fn(&o)
-	}
+	key := spec.Value
+	o = o.withDefaults()
 	ref, err := parseKeyRef(key)
 	if err != nil {
 		return nil, err
 	}
-	if o.pubKeyFile != "" {
-		return newPublicOnly(ref, volumeID, o)
+	if o.PublicKeyFile != "" {
+		return newPublicOnly(ref, o)
 	}
 
 	cfg, err := loadConfig(ctx, o)
@@ -192,17 +185,20 @@ func New(ctx context.Context, key string, volumeID [VolumeIDSize]byte, opts ...O
 	if err := ref.checkRegion(cfg.Region); err != nil {
 		return nil, err
 	}
-	if !o.retrySet && cfg.RetryMaxAttempts > 0 {
-		o.maxAttempts = cfg.RetryMaxAttempts
+	if o.MaxAttempts == 0 {
+		o.MaxAttempts = DefaultMaxAttempts
+		if cfg.RetryMaxAttempts > 0 {
+			o.MaxAttempts = cfg.RetryMaxAttempts
+		}
 	}
 	client := kms.NewFromConfig(cfg, func(ko *kms.Options) {
-		if o.endpoint != "" {
-			ko.BaseEndpoint = aws.String(o.endpoint)
+		if o.Endpoint != "" {
+			ko.BaseEndpoint = aws.String(o.Endpoint)
 		}
-		if o.httpClient != nil {
-			ko.HTTPClient = o.httpClient
+		if o.HTTPClient != nil {
+			ko.HTTPClient = o.HTTPClient
 		}
-		ko.APIOptions = append(ko.APIOptions, o.apiOptions...)
+		ko.APIOptions = append(ko.APIOptions, o.APIOptions...)
 		ko.Retryer = newRetryer(o)
 		ko.RetryMaxAttempts = 0 // the retryer above has the say
 		if ko.Credentials != nil && !aws.IsCredentialsProvider(ko.Credentials, (*aws.AnonymousCredentials)(nil)) {
@@ -210,8 +206,8 @@ func New(ctx context.Context, key string, volumeID [VolumeIDSize]byte, opts ...O
 		}
 	})
 
-	s := &source{client: client, region: cfg.Region, rand: o.rand}
-	s.setVolume(volumeID)
+	s := &source{client: client, region: cfg.Region, rand: o.Rand}
+	s.setVolume(o.VolumeID)
 	md, err := s.describe(ctx, key)
 	if err != nil {
 		return nil, err
@@ -230,11 +226,11 @@ func New(ctx context.Context, key string, volumeID [VolumeIDSize]byte, opts ...O
 	return &asymmetric{source: s, pub: pub, spec: string(md.KeySpec)}, nil
 }
 
-func loadConfig(ctx context.Context, o options) (aws.Config, error) {
-	if o.cfg != nil {
-		return o.cfg.Copy(), nil
+func loadConfig(ctx context.Context, o Options) (aws.Config, error) {
+	if o.Config != nil {
+		return o.Config.Copy(), nil
 	}
-	cfg, err := config.LoadDefaultConfig(ctx, o.loadOpts...)
+	cfg, err := config.LoadDefaultConfig(ctx, o.LoadOptions...)
 	if err != nil {
 		return aws.Config{}, fmt.Errorf("awskms: load AWS configuration: %w: %w", keysource.ErrInvalid, err)
 	}
@@ -259,13 +255,13 @@ func (e *credentialsError) Error() string { return e.err.Error() }
 func (e *credentialsError) Unwrap() error { return e.err }
 
 // source is what both kinds of key share: the client, the key ARN and the
-// volume binding. Its fields do not change after New.
+// volume binding. Its fields do not change after Open.
 type source struct {
 	client *kms.Client // nil in public-key-only mode
 	arn    string
 	region string
 	volume [VolumeIDSize]byte
-	encCtx map[string]string // read-only after New; the SDK only reads it
+	encCtx map[string]string // read-only after Open; the SDK only reads it
 	rand   io.Reader
 }
 

@@ -35,7 +35,7 @@ func TestRoundTrip(t *testing.T) {
 	for _, tt := range tests {
 		t.Run("key="+tt.key, func(t *testing.T) {
 			c := kmstest.NewCounter()
-			ks := mustSource(t, e, tt.key, volume1, c)
+			ks := mustSource(t, e, tt.key, volume1, c, awskms.Options{})
 			if ks.Type() != awskms.Type || ks.KeyID() != tt.wantARN {
 				t.Fatalf("source = %s:%s, want %s:%s", ks.Type(), ks.KeyID(), awskms.Type, tt.wantARN)
 			}
@@ -106,8 +106,8 @@ func TestWrongVolume(t *testing.T) {
 	e := kmstest.Start(t)
 	for _, key := range []string{kmstest.Alias, e.RSAEncrypt.ARN} {
 		t.Run("key="+key, func(t *testing.T) {
-			st := mustWrap(t, mustSource(t, e, key, volume1, nil), newDataKey())
-			other := mustSource(t, e, key, volume2, nil)
+			st := mustWrap(t, mustSource(t, e, key, volume1, nil, awskms.Options{}), newDataKey())
+			other := mustSource(t, e, key, volume2, nil, awskms.Options{})
 			_, err := other.Unwrap(testContext(t), st)
 			wantErr(t, err, keysource.ErrInvalid, other.KeyID(), "volume")
 		})
@@ -118,7 +118,7 @@ func TestWrongVolume(t *testing.T) {
 // plain SDK Decrypt under that context opens a stanza's ciphertext.
 func TestEncryptionContext(t *testing.T) {
 	e := kmstest.Start(t)
-	ks := mustSource(t, e, e.Symmetric.ARN, volume1, nil)
+	ks := mustSource(t, e, e.Symmetric.ARN, volume1, nil, awskms.Options{})
 	dk := newDataKey()
 	st := mustWrap(t, ks, dk)
 	out, err := e.Client().Decrypt(testContext(t), &kms.DecryptInput{
@@ -137,9 +137,9 @@ func TestEncryptionContext(t *testing.T) {
 func TestNotMine(t *testing.T) {
 	e := kmstest.Start(t)
 	c := kmstest.NewCounter()
-	sym := mustSource(t, e, e.Symmetric.ARN, volume1, c)
-	rsa := mustSource(t, e, e.RSAEncrypt.ARN, volume1, c)
-	sym2 := mustSource(t, e, e.Symmetric2.ARN, volume1, nil)
+	sym := mustSource(t, e, e.Symmetric.ARN, volume1, c, awskms.Options{})
+	rsa := mustSource(t, e, e.RSAEncrypt.ARN, volume1, c, awskms.Options{})
+	sym2 := mustSource(t, e, e.Symmetric2.ARN, volume1, nil, awskms.Options{})
 	dk := newDataKey()
 	fromSym2 := mustWrap(t, sym2, dk)
 	fromRSA := mustWrap(t, rsa, dk)
@@ -172,7 +172,7 @@ func TestNotMine(t *testing.T) {
 func TestDamagedStanza(t *testing.T) {
 	e := kmstest.Start(t)
 	for _, key := range []string{e.Symmetric.ARN, e.RSAEncrypt.ARN} {
-		ks := mustSource(t, e, key, volume1, nil)
+		ks := mustSource(t, e, key, volume1, nil, awskms.Options{})
 		st := mustWrap(t, ks, newDataKey())
 		flip := func(i int) []byte { b := bytes.Clone(st.Body); b[i] ^= 0x01; return b }
 		for _, tc := range []struct {
@@ -197,7 +197,7 @@ func TestDamagedStanza(t *testing.T) {
 func TestWrapDataKeySize(t *testing.T) {
 	e := kmstest.Start(t)
 	for _, key := range []string{e.Symmetric.ARN, e.RSAEncrypt.ARN} {
-		ks := mustSource(t, e, key, volume1, nil)
+		ks := mustSource(t, e, key, volume1, nil, awskms.Options{})
 		for _, n := range []int{0, 1, keysource.DataKeySize - 1, keysource.DataKeySize + 1} {
 			t.Run("key="+key+"/size="+itoa(n), func(t *testing.T) {
 				_, err := ks.Wrap(testContext(t), make([]byte, n))
@@ -216,7 +216,7 @@ func TestDescribe(t *testing.T) {
 		{e.RSAEncrypt.ARN, "RSA_2048"},
 	} {
 		t.Run("key="+tc.key, func(t *testing.T) {
-			ks := mustSource(t, e, tc.key, volume1, nil)
+			ks := mustSource(t, e, tc.key, volume1, nil, awskms.Options{})
 			st, err := ks.(keysource.Describer).Describe(testContext(t))
 			if err != nil {
 				t.Fatal(err)
@@ -237,7 +237,7 @@ func TestConcurrent(t *testing.T) {
 	const workers, rounds = 16, 4
 	for _, key := range []string{e.Symmetric.ARN, e.RSAEncrypt.ARN} {
 		t.Run("key="+key, func(t *testing.T) {
-			ks := mustSource(t, e, key, volume1, nil)
+			ks := mustSource(t, e, key, volume1, nil, awskms.Options{})
 			ctx := testContext(t)
 			var wg sync.WaitGroup
 			errs := make(chan error, workers)

@@ -25,17 +25,17 @@ type benchCase struct {
 func benchSources(b *testing.B, e *kmstest.Emulator) []benchCase {
 	var cases []benchCase
 	for _, lat := range benchLatencies {
-		opts := []awskms.Option{awskms.WithRetry(1, 0, 0)}
+		o := awskms.Options{MaxAttempts: 1}
 		if lat > 0 {
 			p := kmstest.NewProxy(b, e.Endpoint)
 			p.SetLatency(lat)
-			opts = append(opts, awskms.WithEndpoint(p.URL))
+			o.Endpoint = p.URL
 		}
 		for _, k := range []struct{ kind, key string }{{"symmetric", e.Symmetric.ARN}, {"rsa", e.RSAEncrypt.ARN}} {
 			c := kmstest.NewCounter()
 			cases = append(cases, benchCase{
 				name: "key=" + k.kind + "/latency=" + lat.String(),
-				ks:   mustSource(b, e, k.key, volume1, c, opts...),
+				ks:   mustSource(b, e, k.key, volume1, c, o),
 				c:    c,
 			})
 		}

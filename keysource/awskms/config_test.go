@@ -4,6 +4,9 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
+
+	"github.com/aws/smithy-go/middleware"
 
 	"github.com/kmsfs/kmsfs/internal/kmstest"
 	"github.com/kmsfs/kmsfs/keysource"
@@ -39,7 +42,7 @@ func TestStandardConfigChain(t *testing.T) {
 	e := kmstest.Start(t)
 	setAWSEnv(t, e, e.Endpoint)
 	c := kmstest.NewCounter()
-	ks, err := awskms.New(testContext(t), kmstest.Alias, volume1, awskms.WithAPIOptions(c.Register))
+	ks, err := awskms.Open(testContext(t), spec(kmstest.Alias), awskms.Options{VolumeID: volume1, APIOptions: []func(*middleware.Stack) error{c.Register}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,15 +56,35 @@ func TestStandardConfigChain(t *testing.T) {
 	}
 }
 
-// AWS_MAX_ATTEMPTS bounds attempts when WithRetry is not given.
+// AWS_MAX_ATTEMPTS bounds attempts when Options.MaxAttempts is 0, whatever
+// the other retry fields say; a MaxAttempts that is set wins over it, and
+// 1 or less makes a single attempt.
 func TestStandardConfigMaxAttempts(t *testing.T) {
 	e := kmstest.Start(t)
-	setAWSEnv(t, e, kmstest.ClosedEndpoint(t))
-	t.Setenv("AWS_MAX_ATTEMPTS", "2")
-	c := kmstest.NewCounter()
-	_, err := awskms.New(testContext(t), kmstest.Alias, volume1, awskms.WithAPIOptions(c.Register))
-	wantErr(t, err, keysource.ErrUnavailable, "after 2 attempts")
-	if got := c.Attempts("DescribeKey"); got != 2 {
-		t.Errorf("attempts = %d, want 2", got)
+	tests := []struct {
+		name     string
+		o        awskms.Options
+		attempts int
+	}{
+		{"max-attempts=0", awskms.Options{}, 2},
+		{"max-attempts=0,base-delay=1ms", awskms.Options{BaseDelay: time.Millisecond, MaxBackoff: 2 * time.Millisecond}, 2},
+		{"max-attempts=3", awskms.Options{MaxAttempts: 3, BaseDelay: time.Millisecond}, 3},
+		{"max-attempts=1", awskms.Options{MaxAttempts: 1}, 1},
+		{"max-attempts=-1", awskms.Options{MaxAttempts: -1}, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name+",env=2", func(t *testing.T) {
+			setAWSEnv(t, e, kmstest.ClosedEndpoint(t))
+			t.Setenv("AWS_MAX_ATTEMPTS", "2")
+			c := kmstest.NewCounter()
+			o := tt.o
+			o.VolumeID = volume1
+			o.APIOptions = []func(*middleware.Stack) error{c.Register}
+			_, err := awskms.Open(testContext(t), spec(kmstest.Alias), o)
+			wantErr(t, err, keysource.ErrUnavailable, "cannot reach KMS")
+			if got := c.Attempts("DescribeKey"); got != tt.attempts {
+				t.Errorf("attempts = %d, want %d", got, tt.attempts)
+			}
+		})
 	}
 }

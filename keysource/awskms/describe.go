@@ -71,7 +71,7 @@ func (s *source) checkKey(given string, md *types.KeyMetadata) error {
 
 func isRSA(spec types.KeySpec) bool { return strings.HasPrefix(string(spec), "RSA_") }
 
-// publicKey fetches the RSA public key of an asymmetric key once, at New.
+// publicKey fetches the RSA public key of an asymmetric key once, at Open.
 func (s *source) publicKey(ctx context.Context) (*rsa.PublicKey, error) {
 	out, err := s.client.GetPublicKey(ctx, &kms.GetPublicKeyInput{KeyId: aws.String(s.arn)})
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/aws-sdk-go-v2/service/kms/types"
+	"github.com/aws/smithy-go/middleware"
 
 	"github.com/kmsfs/kmsfs/internal/kmstest"
 	"github.com/kmsfs/kmsfs/keysource"
@@ -18,7 +19,7 @@ import (
 )
 
 // Keys kmsfs must refuse when a source is built.
-func TestNewRefuses(t *testing.T) {
+func TestOpenRefuses(t *testing.T) {
 	e := kmstest.Start(t)
 	otherRegion := strings.Replace(e.Symmetric.ARN, ":"+e.Region+":", ":us-east-1:", 1)
 	tests := []struct {
@@ -48,7 +49,7 @@ func TestNewRefuses(t *testing.T) {
 				cfg.Region = tt.region
 			}
 			c := kmstest.NewCounter()
-			_, err := newSource(t, e, tt.key, volume1, c, awskms.WithConfig(cfg))
+			_, err := newSource(t, e, tt.key, volume1, c, awskms.Options{Config: &cfg})
 			wantErr(t, err, tt.sentinel, tt.words...)
 			if tt.calls >= 0 && c.Total() != tt.calls {
 				t.Errorf("KMS calls = %v, want %d", c.Snapshot(), tt.calls)
@@ -64,7 +65,7 @@ func TestKeyStateChanges(t *testing.T) {
 	admin := e.Client()
 	ctx := testContext(t)
 	key := e.Symmetric2
-	ks := mustSource(t, e, key.ARN, volume1, nil)
+	ks := mustSource(t, e, key.ARN, volume1, nil, awskms.Options{})
 	gen := ks.(keysource.Generator)
 	dk := newDataKey()
 	st := mustWrap(t, ks, dk)
@@ -123,8 +124,8 @@ func TestKeyStateChanges(t *testing.T) {
 			t.Errorf("Describe = %+v, want PendingDeletion on %s", ds, date)
 		}
 	})
-	t.Run("state=pending-deletion/op=new", func(t *testing.T) {
-		_, err := newSource(t, e, key.ARN, volume1, nil)
+	t.Run("state=pending-deletion/op=open", func(t *testing.T) {
+		_, err := newSource(t, e, key.ARN, volume1, nil, awskms.Options{})
 		wantErr(t, err, keysource.ErrDenied, key.ARN, "pending deletion", date)
 	})
 }
@@ -134,7 +135,7 @@ func TestKeyStateChanges(t *testing.T) {
 func TestKMSErrors(t *testing.T) {
 	e := kmstest.Start(t)
 	proxy := kmstest.NewProxy(t, e.Endpoint)
-	sym := mustSource(t, e, e.Symmetric.ARN, volume1, nil, awskms.WithEndpoint(proxy.URL))
+	sym := mustSource(t, e, e.Symmetric.ARN, volume1, nil, awskms.Options{Endpoint: proxy.URL})
 	dk := newDataKey()
 	st := mustWrap(t, sym, dk)
 
@@ -182,7 +183,7 @@ func TestThrottling(t *testing.T) {
 		t.Run("code="+tt.code+",failures="+itoa(tt.failures), func(t *testing.T) {
 			c := kmstest.NewCounter()
 			ks := mustSource(t, e, e.Symmetric.ARN, volume1, c,
-				awskms.WithEndpoint(proxy.URL), awskms.WithRetry(4, time.Millisecond, 20*time.Millisecond))
+				awskms.Options{Endpoint: proxy.URL, MaxAttempts: 4, BaseDelay: time.Millisecond, MaxBackoff: 20 * time.Millisecond})
 			dk := newDataKey()
 			st := mustWrap(t, ks, dk)
 			c.Reset()
@@ -214,20 +215,21 @@ func TestUnreachable(t *testing.T) {
 	closed := kmstest.ClosedEndpoint(t)
 	tests := []struct {
 		name     string
-		opts     []awskms.Option
+		o        awskms.Options
 		attempts int
 		within   time.Duration
 	}{
-		{"retry=3x1ms", []awskms.Option{awskms.WithRetry(3, time.Millisecond, 5*time.Millisecond)}, 3, 5 * time.Second},
+		{"retry=3x1ms", awskms.Options{MaxAttempts: 3, BaseDelay: time.Millisecond, MaxBackoff: 5 * time.Millisecond}, 3, 5 * time.Second},
 		// Default retries wait at most 3.1 s in all.
-		{"retry=default", []awskms.Option{awskms.WithRetry(awskms.DefaultMaxAttempts, awskms.DefaultBaseDelay, awskms.DefaultMaxBackoff)},
+		{"retry=default", awskms.Options{MaxAttempts: awskms.DefaultMaxAttempts, BaseDelay: awskms.DefaultBaseDelay, MaxBackoff: awskms.DefaultMaxBackoff},
 			awskms.DefaultMaxAttempts, 10 * time.Second},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c := kmstest.NewCounter()
 			start := time.Now()
-			_, err := newSource(t, e, kmstest.Alias, volume1, c, append(tt.opts, awskms.WithEndpoint(closed))...)
+			tt.o.Endpoint = closed
+			_, err := newSource(t, e, kmstest.Alias, volume1, c, tt.o)
 			elapsed := time.Since(start)
 			wantErr(t, err, keysource.ErrUnavailable, "cannot reach KMS", "DescribeKey", kmstest.Alias)
 			if elapsed > tt.within {
@@ -243,12 +245,31 @@ func TestUnreachable(t *testing.T) {
 		proxy.SetLatency(kmstest.MaxLatency)
 		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 		defer cancel()
-		_, err := awskms.New(ctx, kmstest.Alias, volume1, awskms.WithConfig(e.Config()), awskms.WithEndpoint(proxy.URL))
+		cfg := e.Config()
+		_, err := awskms.Open(ctx, spec(kmstest.Alias), awskms.Options{VolumeID: volume1, Config: &cfg, Endpoint: proxy.URL})
 		wantErr(t, err, keysource.ErrUnavailable, "context")
 		if !errors.Is(err, context.DeadlineExceeded) {
 			t.Errorf("err = %v, want it to wrap context.DeadlineExceeded", err)
 		}
 	})
+}
+
+// A spec of another type is refused before any KMS call, even when its
+// value would name a KMS key.
+func TestOpenSpecType(t *testing.T) {
+	e := kmstest.Start(t)
+	for _, typ := range []string{"local", "pkcs11", ""} {
+		t.Run("type="+typ, func(t *testing.T) {
+			c := kmstest.NewCounter()
+			cfg := e.Config()
+			_, err := awskms.Open(testContext(t), keysource.Spec{Type: typ, Value: e.Symmetric.ARN},
+				awskms.Options{VolumeID: volume1, Config: &cfg, APIOptions: []func(*middleware.Stack) error{c.Register}})
+			wantErr(t, err, keysource.ErrInvalid, "not awskms")
+			if c.Total() != 0 {
+				t.Errorf("KMS calls = %v, want none", c.Snapshot())
+			}
+		})
+	}
 }
 
 func TestNoCredentials(t *testing.T) {
@@ -257,15 +278,15 @@ func TestNoCredentials(t *testing.T) {
 	cfg.Credentials = aws.CredentialsProviderFunc(func(context.Context) (aws.Credentials, error) {
 		return aws.Credentials{}, errors.New("no credentials in this test")
 	})
-	_, err := newSource(t, e, kmstest.Alias, volume1, nil, awskms.WithConfig(cfg))
+	_, err := newSource(t, e, kmstest.Alias, volume1, nil, awskms.Options{Config: &cfg})
 	wantErr(t, err, keysource.ErrDenied, "no usable AWS credentials")
 }
 
 // Errors never carry key material: not the data key, not its wrap.
 func TestErrorsHoldNoKeys(t *testing.T) {
 	e := kmstest.Start(t)
-	ks := mustSource(t, e, e.Symmetric.ARN, volume1, nil)
-	other := mustSource(t, e, e.Symmetric.ARN, volume2, nil)
+	ks := mustSource(t, e, e.Symmetric.ARN, volume1, nil, awskms.Options{})
+	other := mustSource(t, e, e.Symmetric.ARN, volume2, nil, awskms.Options{})
 	dk := newDataKey()
 	st := mustWrap(t, ks, dk)
 	_, err := other.Unwrap(testContext(t), st)

@@ -31,22 +31,33 @@ func testContext(t testing.TB) context.Context {
 	return ctx
 }
 
-// newSource builds a source on the emulator (or on endpoint, if opts say
-// so), counting its calls in c when c is not nil.
-func newSource(t testing.TB, e *kmstest.Emulator, key string, vol [awskms.VolumeIDSize]byte, c *kmstest.Counter, opts ...awskms.Option) (keysource.KeySource, error) {
+// spec returns the awskms key spec of key.
+func spec(key string) keysource.Spec { return keysource.Spec{Type: awskms.Type, Value: key} }
+
+// newSource builds a source for key bound to vol, on the emulator unless
+// o names a Config or an Endpoint, with 3 quick attempts unless o sets
+// MaxAttempts, and counting its calls in c when c is not nil.
+func newSource(t testing.TB, e *kmstest.Emulator, key string, vol [awskms.VolumeIDSize]byte, c *kmstest.Counter, o awskms.Options) (keysource.KeySource, error) {
 	t.Helper()
-	all := []awskms.Option{awskms.WithConfig(e.Config()), awskms.WithRetry(3, time.Millisecond, 10*time.Millisecond)}
-	if c != nil {
-		all = append(all, awskms.WithAPIOptions(c.Register))
+	o.VolumeID = vol
+	if o.Config == nil {
+		cfg := e.Config()
+		o.Config = &cfg
 	}
-	return awskms.New(testContext(t), key, vol, append(all, opts...)...)
+	if o.MaxAttempts == 0 {
+		o.MaxAttempts, o.BaseDelay, o.MaxBackoff = 3, time.Millisecond, 10*time.Millisecond
+	}
+	if c != nil {
+		o.APIOptions = append(o.APIOptions, c.Register)
+	}
+	return awskms.Open(testContext(t), spec(key), o)
 }
 
-func mustSource(t testing.TB, e *kmstest.Emulator, key string, vol [awskms.VolumeIDSize]byte, c *kmstest.Counter, opts ...awskms.Option) keysource.KeySource {
+func mustSource(t testing.TB, e *kmstest.Emulator, key string, vol [awskms.VolumeIDSize]byte, c *kmstest.Counter, o awskms.Options) keysource.KeySource {
 	t.Helper()
-	ks, err := newSource(t, e, key, vol, c, opts...)
+	ks, err := newSource(t, e, key, vol, c, o)
 	if err != nil {
-		t.Fatalf("New(%s): %v", key, err)
+		t.Fatalf("open %s: %v", key, err)
 	}
 	return ks
 }

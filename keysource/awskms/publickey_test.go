@@ -38,13 +38,13 @@ func writePublicKey(t *testing.T, e *kmstest.Emulator, key kmstest.Key, asPEM bo
 // the KMS key can read.
 func TestPublicKeyOnly(t *testing.T) {
 	e := kmstest.Start(t)
-	full := mustSource(t, e, e.RSAEncrypt.ARN, volume1, nil)
+	full := mustSource(t, e, e.RSAEncrypt.ARN, volume1, nil, awskms.Options{})
 	for _, asPEM := range []bool{false, true} {
 		t.Run("pem="+map[bool]string{false: "no", true: "yes"}[asPEM], func(t *testing.T) {
 			path := writePublicKey(t, e, e.RSAEncrypt, asPEM)
 			// No configuration, credentials or endpoint: the source makes
 			// no KMS call.
-			ks, err := awskms.New(testContext(t), e.RSAEncrypt.ARN, volume1, awskms.WithPublicKeyFile(path))
+			ks, err := awskms.Open(testContext(t), spec(e.RSAEncrypt.ARN), awskms.Options{VolumeID: volume1, PublicKeyFile: path})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -88,7 +88,7 @@ func TestPublicKeyOnlyRefuses(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := awskms.New(testContext(t), tt.key, volume1, awskms.WithPublicKeyFile(tt.path))
+			_, err := awskms.Open(testContext(t), spec(tt.key), awskms.Options{VolumeID: volume1, PublicKeyFile: tt.path})
 			wantErr(t, err, keysource.ErrInvalid, tt.words...)
 		})
 	}

@@ -13,11 +13,11 @@ import (
 // ThrottlingException, LimitExceededException, 5xx answers and connection
 // failures, within a per-client retry quota) bounded by the source's
 // attempts, with full-jitter exponential backoff.
-func newRetryer(o options) aws.Retryer {
+func newRetryer(o Options) aws.Retryer {
 	return retry.NewStandard(func(so *retry.StandardOptions) {
-		so.MaxAttempts = max(o.maxAttempts, 1)
-		so.MaxBackoff = o.maxBackoff
-		so.Backoff = fullJitter{base: o.baseDelay, cap: o.maxBackoff, rand: o.rand}
+		so.MaxAttempts = max(o.MaxAttempts, 1)
+		so.MaxBackoff = o.MaxBackoff
+		so.Backoff = fullJitter{base: o.BaseDelay, cap: o.MaxBackoff, rand: o.Rand}
 	})
 }
 

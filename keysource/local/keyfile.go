@@ -9,7 +9,7 @@ import (
 	"github.com/kmsfs/kmsfs/keysource"
 )
 
-// NewKeyFile returns the Source for the key file at path: exactly 32 bytes,
+// openKeyFile returns the Source for the key file at path: exactly 32 bytes,
 // as `head -c 32 /dev/urandom > path` writes. Any other size is an error
 // wrapping keysource.ErrInvalid that names the path and the size, never the
 // content.
@@ -18,7 +18,7 @@ import (
 // read every file created afterwards. A key file that group or others may
 // read, or group may write, is accepted (a shared demo key is a valid use),
 // and Describe says so in KeyState.Detail for the CLI to show.
-func NewKeyFile(path string, o Options) (*Source, error) {
+func openKeyFile(path string, o Options) (*Source, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("local: key file: %w", err)

@@ -1,6 +1,7 @@
 // Package local is the key source for a key held on this machine: a file of
 // 32 random bytes, or a passphrase stretched with scrypt. It needs no
-// network, for offline use and demos.
+// network, for offline use and demos. A Source is made by
+// Open(ctx, spec, Options), as every kmsfs key source is.
 //
 // Both forms derive two values from their 32-byte master key with
 // HKDF-SHA256: a wrapping key and a key ID that names the key without
@@ -52,7 +53,8 @@ const (
 	prefixPassphrase = "passphrase:"
 )
 
-// Options configure a Source.
+// Options configure a Source (see Open). Only VolumeID and Rand matter to
+// a key file; the rest configure the passphrase form.
 type Options struct {
 	// VolumeID is the volume's 128-bit ID, bound into every stanza.
 	VolumeID [16]byte
@@ -102,17 +104,31 @@ var (
 	_ keysource.Describer = (*Source)(nil)
 )
 
-// New returns the Source for spec: "local:passphrase" is the passphrase
-// form (see NewPassphrase), any other value is a key-file path (see
-// NewKeyFile); write "local:./passphrase" for a key file of that name.
-func New(spec keysource.Spec, o Options) (*Source, error) {
+// Open returns the Source for spec, bound to o.VolumeID. spec.Value
+// "passphrase" (the spec "local:passphrase") is the passphrase form: the
+// passphrase comes from o.PassphraseFile if set, else from
+// KMSFS_PASSPHRASE, else from o.Prompt, never from a command-line
+// argument, and is stretched with o.KDF. Any other value is the path of a
+// key file of exactly 32 bytes, as `head -c 32 /dev/urandom > path`
+// writes; write "local:./passphrase" for a key file of that name.
+//
+// A key file or passphrase file that any user may write is refused:
+// whoever can replace it can read every file created afterwards. A key
+// file that group or others may read, or group may write, is accepted (a
+// shared demo key is a valid use), and Describe says so in
+// KeyState.Detail for the CLI to show. Errors wrap keysource.ErrInvalid
+// and name the file and the cause, never the key or the passphrase.
+//
+// ctx is not used: a local key needs no network. The caller closes the
+// Source.
+func Open(_ context.Context, spec keysource.Spec, o Options) (*Source, error) {
 	if spec.Type != Type {
 		return nil, fmt.Errorf("local: key spec %v is not local: %w", spec, keysource.ErrInvalid)
 	}
 	if spec.Value == "passphrase" {
-		return NewPassphrase(o)
+		return openPassphrase(o)
 	}
-	return NewKeyFile(spec.Value, o)
+	return openKeyFile(spec.Value, o)
 }
 
 // newSource derives the wrapping key and key ID from master, which stays

@@ -34,6 +34,16 @@ func cheapKDF(t testing.TB) local.KDFParams {
 	return p
 }
 
+// openKeyFile opens the key file at path as the spec "local:PATH" does.
+func openKeyFile(path string, o local.Options) (*local.Source, error) {
+	return local.Open(context.Background(), keysource.Spec{Type: local.Type, Value: path}, o)
+}
+
+// openPassphrase opens the passphrase form, the spec "local:passphrase".
+func openPassphrase(o local.Options) (*local.Source, error) {
+	return local.Open(context.Background(), keysource.Spec{Type: local.Type, Value: "passphrase"}, o)
+}
+
 func noEnv(string) (string, bool) { return "", false }
 
 func env(v string) func(string) (string, bool) {
@@ -69,7 +79,7 @@ func randomBytes(t testing.TB, n int) []byte {
 func keyFileSource(t testing.TB, vol [16]byte) (*local.Source, string) {
 	t.Helper()
 	path := writeFile(t, randomBytes(t, 32), 0o600)
-	s, err := local.NewKeyFile(path, local.Options{VolumeID: vol})
+	s, err := openKeyFile(path, local.Options{VolumeID: vol})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,17 +95,17 @@ func TestRoundTrip(t *testing.T) {
 	}{
 		{"form=key-file", "file:", func(vol [16]byte) (*local.Source, error) {
 			path := writeFile(t, randomBytes(t, 32), 0o600)
-			return local.New(keysource.Spec{Type: "local", Value: path}, local.Options{VolumeID: vol})
+			return local.Open(context.Background(), keysource.Spec{Type: "local", Value: path}, local.Options{VolumeID: vol})
 		}},
 		{"form=passphrase,from=env", "passphrase:", func(vol [16]byte) (*local.Source, error) {
-			return local.New(keysource.Spec{Type: "local", Value: "passphrase"},
+			return local.Open(context.Background(), keysource.Spec{Type: "local", Value: "passphrase"},
 				local.Options{VolumeID: vol, KDF: kdf, AllowWeakKDF: true, LookupEnv: env("correct horse")})
 		}},
 		{"form=passphrase,from=file", "passphrase:", func(vol [16]byte) (*local.Source, error) {
-			return local.NewPassphrase(local.Options{VolumeID: vol, KDF: kdf, AllowWeakKDF: true, PassphraseFile: passFile, LookupEnv: noEnv})
+			return openPassphrase(local.Options{VolumeID: vol, KDF: kdf, AllowWeakKDF: true, PassphraseFile: passFile, LookupEnv: noEnv})
 		}},
 		{"form=passphrase,from=prompt", "passphrase:", func(vol [16]byte) (*local.Source, error) {
-			return local.NewPassphrase(local.Options{VolumeID: vol, KDF: kdf, AllowWeakKDF: true, LookupEnv: noEnv,
+			return openPassphrase(local.Options{VolumeID: vol, KDF: kdf, AllowWeakKDF: true, LookupEnv: noEnv,
 				Prompt: func() ([]byte, error) { return []byte("correct horse"), nil }})
 		}},
 	} {
@@ -156,7 +166,7 @@ func TestWrongVolume(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	other, err := local.NewKeyFile(path, local.Options{VolumeID: volB})
+	other, err := openKeyFile(path, local.Options{VolumeID: volB})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,11 +183,11 @@ func TestUnwrapRefuses(t *testing.T) {
 	s, _ := keyFileSource(t, volA)
 	other, _ := keyFileSource(t, volA)
 	kdf := cheapKDF(t)
-	pass, err := local.NewPassphrase(local.Options{VolumeID: volA, KDF: kdf, AllowWeakKDF: true, LookupEnv: env("one")})
+	pass, err := openPassphrase(local.Options{VolumeID: volA, KDF: kdf, AllowWeakKDF: true, LookupEnv: env("one")})
 	if err != nil {
 		t.Fatal(err)
 	}
-	wrongPass, err := local.NewPassphrase(local.Options{VolumeID: volA, KDF: kdf, AllowWeakKDF: true, LookupEnv: env("two")})
+	wrongPass, err := openPassphrase(local.Options{VolumeID: volA, KDF: kdf, AllowWeakKDF: true, LookupEnv: env("two")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -249,7 +259,7 @@ func TestKeyFileSizes(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			path := writeFile(t, c.data, 0o600)
-			_, err := local.NewKeyFile(path, local.Options{VolumeID: volA})
+			_, err := openKeyFile(path, local.Options{VolumeID: volA})
 			if !errors.Is(err, keysource.ErrInvalid) {
 				t.Fatalf("got %v, want ErrInvalid", err)
 			}
@@ -264,7 +274,7 @@ func TestKeyFileSizes(t *testing.T) {
 	}
 	t.Run("missing", func(t *testing.T) {
 		path := filepath.Join(t.TempDir(), "nope")
-		if _, err := local.NewKeyFile(path, local.Options{}); !errors.Is(err, os.ErrNotExist) || !strings.Contains(err.Error(), path) {
+		if _, err := openKeyFile(path, local.Options{}); !errors.Is(err, os.ErrNotExist) || !strings.Contains(err.Error(), path) {
 			t.Fatalf("got %v, want a not-exist error naming the path", err)
 		}
 	})
@@ -286,7 +296,7 @@ func TestKeyFileMode(t *testing.T) {
 	} {
 		t.Run(fmt.Sprintf("mode=%04o", c.mode), func(t *testing.T) {
 			path := writeFile(t, randomBytes(t, 32), c.mode)
-			s, err := local.NewKeyFile(path, local.Options{VolumeID: volA})
+			s, err := openKeyFile(path, local.Options{VolumeID: volA})
 			if c.refused {
 				if !errors.Is(err, keysource.ErrInvalid) || !strings.Contains(err.Error(), "writable by every user") {
 					t.Fatalf("got %v, want a refusal", err)
@@ -309,7 +319,7 @@ func TestKeyFileMode(t *testing.T) {
 
 func TestPassphraseSources(t *testing.T) {
 	kdf := cheapKDF(t)
-	ref, err := local.NewPassphrase(local.Options{KDF: kdf, AllowWeakKDF: true, LookupEnv: env("s3cret")})
+	ref, err := openPassphrase(local.Options{KDF: kdf, AllowWeakKDF: true, LookupEnv: env("s3cret")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -343,7 +353,7 @@ func TestPassphraseSources(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			c.o.KDF, c.o.AllowWeakKDF = kdf, true
-			s, err := local.NewPassphrase(c.o)
+			s, err := openPassphrase(c.o)
 			if c.fail != nil {
 				if !errors.Is(err, c.fail) || !strings.Contains(err.Error(), c.saying) {
 					t.Fatalf("got %v, want %v saying %q", err, c.fail, c.saying)
@@ -360,14 +370,14 @@ func TestPassphraseSources(t *testing.T) {
 	}
 	t.Run("process-env", func(t *testing.T) {
 		t.Setenv(local.PassphraseEnv, "s3cret")
-		s, err := local.NewPassphrase(local.Options{KDF: kdf, AllowWeakKDF: true})
+		s, err := openPassphrase(local.Options{KDF: kdf, AllowWeakKDF: true})
 		if err != nil || s.KeyID() != ref.KeyID() {
 			t.Fatalf("%v (same key: %v)", err, err == nil && s.KeyID() == ref.KeyID())
 		}
 	})
 	t.Run("prompt-cleared", func(t *testing.T) {
 		p := []byte("s3cret")
-		if _, err := local.NewPassphrase(local.Options{KDF: kdf, AllowWeakKDF: true, LookupEnv: noEnv, Prompt: func() ([]byte, error) { return p, nil }}); err != nil {
+		if _, err := openPassphrase(local.Options{KDF: kdf, AllowWeakKDF: true, LookupEnv: noEnv, Prompt: func() ([]byte, error) { return p, nil }}); err != nil {
 			t.Fatal(err)
 		}
 		if !bytes.Equal(p, make([]byte, len(p))) {
@@ -376,7 +386,7 @@ func TestPassphraseSources(t *testing.T) {
 	})
 	t.Run("salt", func(t *testing.T) {
 		k2 := cheapKDF(t) // another salt: another key
-		s, err := local.NewPassphrase(local.Options{KDF: k2, AllowWeakKDF: true, LookupEnv: env("s3cret")})
+		s, err := openPassphrase(local.Options{KDF: k2, AllowWeakKDF: true, LookupEnv: env("s3cret")})
 		if err != nil || s.KeyID() == ref.KeyID() {
 			t.Fatalf("%v; another salt gave the same key: %v", err, err == nil && s.KeyID() == ref.KeyID())
 		}
@@ -428,8 +438,8 @@ func TestKDFParams(t *testing.T) {
 			if err := q.Check(); !errors.Is(err, keysource.ErrInvalid) {
 				t.Fatalf("Check: %v, want ErrInvalid", err)
 			}
-			if _, err := local.NewPassphrase(local.Options{KDF: q, LookupEnv: env("x")}); !errors.Is(err, keysource.ErrInvalid) {
-				t.Fatalf("NewPassphrase: %v, want ErrInvalid", err)
+			if _, err := openPassphrase(local.Options{KDF: q, LookupEnv: env("x")}); !errors.Is(err, keysource.ErrInvalid) {
+				t.Fatalf("open: %v, want ErrInvalid", err)
 			}
 		})
 	}
@@ -467,8 +477,8 @@ func TestKDFFloor(t *testing.T) {
 				if !errors.Is(err, keysource.ErrInvalid) || !strings.Contains(err.Error(), want) {
 					t.Fatalf("Check: %v, want ErrInvalid naming %q", err, want)
 				}
-				if _, err := local.NewPassphrase(local.Options{KDF: p, LookupEnv: env("pw")}); !errors.Is(err, keysource.ErrInvalid) {
-					t.Fatalf("NewPassphrase: %v, want ErrInvalid", err)
+				if _, err := openPassphrase(local.Options{KDF: p, LookupEnv: env("pw")}); !errors.Is(err, keysource.ErrInvalid) {
+					t.Fatalf("open: %v, want ErrInvalid", err)
 				}
 			}
 			if got := p.BelowDefault(); got != (c.below || !c.ok) {
@@ -477,7 +487,7 @@ func TestKDFFloor(t *testing.T) {
 		})
 	}
 	t.Run("allow-weak", func(t *testing.T) {
-		if _, err := local.NewPassphrase(local.Options{KDF: cheapKDF(t), AllowWeakKDF: true, LookupEnv: env("pw")}); err != nil {
+		if _, err := openPassphrase(local.Options{KDF: cheapKDF(t), AllowWeakKDF: true, LookupEnv: env("pw")}); err != nil {
 			t.Fatalf("a test's cheap KDF with AllowWeakKDF: %v", err)
 		}
 	})
@@ -493,9 +503,9 @@ func TestCloseZeroesWrapKey(t *testing.T) {
 			var s *local.Source
 			var err error
 			if form == "key-file" {
-				s, err = local.NewKeyFile(writeFile(t, randomBytes(t, 32), 0o600), local.Options{VolumeID: volA, Mem: mem})
+				s, err = openKeyFile(writeFile(t, randomBytes(t, 32), 0o600), local.Options{VolumeID: volA, Mem: mem})
 			} else {
-				s, err = local.NewPassphrase(local.Options{VolumeID: volA, KDF: cheapKDF(t), AllowWeakKDF: true, LookupEnv: env("pw"), Mem: mem})
+				s, err = openPassphrase(local.Options{VolumeID: volA, KDF: cheapKDF(t), AllowWeakKDF: true, LookupEnv: env("pw"), Mem: mem})
 			}
 			if err != nil {
 				t.Fatal(err)
@@ -548,7 +558,7 @@ func TestNewFromSpec(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			_, err = local.New(spec, local.Options{KDF: cheapKDF(t), AllowWeakKDF: true, LookupEnv: env("pw")})
+			_, err = local.Open(context.Background(), spec, local.Options{KDF: cheapKDF(t), AllowWeakKDF: true, LookupEnv: env("pw")})
 			if (err == nil) != c.ok {
 				t.Fatalf("error %v, want ok=%v", err, c.ok)
 			}
@@ -561,7 +571,7 @@ func TestNewFromSpec(t *testing.T) {
 func TestKeyIDRevealsNothing(t *testing.T) {
 	key := randomBytes(t, 32)
 	path := writeFile(t, key, 0o600)
-	a, err := local.NewKeyFile(path, local.Options{VolumeID: volA})
+	a, err := openKeyFile(path, local.Options{VolumeID: volA})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -581,7 +591,7 @@ func TestKeyIDRevealsNothing(t *testing.T) {
 func TestWithManager(t *testing.T) {
 	s, _ := keyFileSource(t, volA)
 	kdf := cheapKDF(t)
-	escrow, err := local.NewPassphrase(local.Options{VolumeID: volA, KDF: kdf, AllowWeakKDF: true, LookupEnv: env("escrow")})
+	escrow, err := openPassphrase(local.Options{VolumeID: volA, KDF: kdf, AllowWeakKDF: true, LookupEnv: env("escrow")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -607,7 +617,7 @@ func TestWithManager(t *testing.T) {
 		}
 	}
 	t.Run("wrong-passphrase", func(t *testing.T) {
-		wrong, err := local.NewPassphrase(local.Options{VolumeID: volA, KDF: kdf, AllowWeakKDF: true, LookupEnv: env("not escrow")})
+		wrong, err := openPassphrase(local.Options{VolumeID: volA, KDF: kdf, AllowWeakKDF: true, LookupEnv: env("not escrow")})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -101,13 +101,13 @@ func (p KDFParams) String() string {
 	return fmt.Sprintf("%s N=2^%d r=%d p=%d", p.Alg, p.LogN, p.R, p.P)
 }
 
-// NewPassphrase returns the Source for the passphrase form. The passphrase
+// openPassphrase returns the Source for the passphrase form. The passphrase
 // comes from o.PassphraseFile if set, else from KMSFS_PASSPHRASE, else
 // from o.Prompt; never from a command-line argument. It is stretched with
 // o.KDF (deliberately slow at the defaults, as guessing must be) and
 // cleared where the Source can clear it; the derived master key lives in a
 // cell of o.Mem only until the wrapping key is derived from it.
-func NewPassphrase(o Options) (*Source, error) {
+func openPassphrase(o Options) (*Source, error) {
 	if err := o.KDF.check(o.AllowWeakKDF); err != nil {
 		return nil, err
 	}

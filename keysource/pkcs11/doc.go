@@ -1,9 +1,12 @@
 // Package pkcs11 is the kmsfs key source for PKCS#11 tokens (HSMs,
 // SoftHSM2). It is the only package of kmsfs that uses cgo, through
 // github.com/miekg/pkcs11. A build without cgo (CGO_ENABLED=0) keeps the
-// package's API, and URI parsing, but Loader.Open fails with an error
+// package's API, and URI parsing, but Open fails with an error
 // wrapping keysource.ErrInvalid that says to rebuild with cgo; local and
 // AWS KMS keys work in such a build.
+//
+// A Source is made by Open(ctx, spec, Options), as every kmsfs key
+// source is.
 //
 // # Key specs
 //
@@ -47,8 +50,9 @@
 //
 // # Sessions, login and the module
 //
-// A Loader, which the CLI creates once per process, loads each module
-// once and finalises it after its last Source closes. Each token in use
+// A Loader, which the CLI creates once per process and passes to every
+// Open as Options.Loader, loads each module once and finalises it after
+// its last Source closes. Each token in use
 // keeps one anchor session open, through which it logs in once; PKCS#11
 // login state belongs to the token and the process, so all Sources on a
 // token share it (CKR_USER_ALREADY_LOGGED_IN counts as success). Each

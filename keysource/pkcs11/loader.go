@@ -20,7 +20,8 @@ import (
 // needs it, and finalised and unloaded (C_Finalize) when the last Source
 // using it is closed: never while a Source may still call it. PKCS#11
 // keeps one library state per process, so a process should create one
-// Loader (the CLI does, at start) and open every Source through it. If a
+// Loader (the CLI does, at start) and open every Source through it, as
+// Options.Loader. If a
 // module was already initialised by someone else in the process, the
 // Loader uses it and leaves finalising to its owner.
 //

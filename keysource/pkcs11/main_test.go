@@ -62,7 +62,8 @@ func env(m map[string]string) func(string) (string, bool) {
 	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
 }
 
-// open opens spec through the shared Loader and closes it when t ends.
+// open opens spec through the shared Loader (unless o names another) and
+// closes it when t ends.
 func open(t testing.TB, spec string, vol [16]byte, o pkcs11.Options) *pkcs11.Source {
 	t.Helper()
 	s, err := tryOpen(t, spec, vol, o)
@@ -86,7 +87,11 @@ func tryOpen(t testing.TB, spec string, vol [16]byte, o pkcs11.Options) (*pkcs11
 	if o.LookupEnv == nil {
 		o.LookupEnv = noEnv
 	}
-	return loader.Open(context.Background(), ks, vol, o)
+	o.VolumeID = vol
+	if o.Loader == nil {
+		o.Loader = loader
+	}
+	return pkcs11.Open(context.Background(), ks, o)
 }
 
 // keyCase is one way a Source wraps.

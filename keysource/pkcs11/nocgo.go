@@ -20,8 +20,8 @@ var (
 	_ keysource.Describer = (*Source)(nil)
 )
 
-// Loader is, in a build without cgo, a placeholder whose Open always
-// fails. It is safe for concurrent use and needs no closing.
+// Loader is, in a build without cgo, a placeholder: Open fails whatever
+// Loader it is given. It is safe for concurrent use and needs no closing.
 type Loader struct{}
 
 // NewLoader returns a Loader.
@@ -34,7 +34,7 @@ type Source struct{}
 // Open fails in a build without cgo: it returns an error wrapping
 // keysource.ErrInvalid that names the key and says to rebuild with cgo.
 // A spec of another type fails as in a cgo build.
-func (l *Loader) Open(ctx context.Context, spec keysource.Spec, volumeID [16]byte, o Options) (*Source, error) {
+func Open(_ context.Context, spec keysource.Spec, _ Options) (*Source, error) {
 	if spec.Type != Type {
 		return nil, fmt.Errorf("pkcs11: key spec of type %q, want %q: %w", spec.Type, Type, keysource.ErrInvalid)
 	}

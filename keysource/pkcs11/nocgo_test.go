@@ -48,7 +48,7 @@ func TestNoCgoOpen(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s, err := pkcs11.NewLoader().Open(context.Background(), tt.spec, [16]byte{1}, pkcs11.Options{})
+			s, err := pkcs11.Open(context.Background(), tt.spec, pkcs11.Options{VolumeID: [16]byte{1}})
 			if err == nil || s != nil {
 				t.Fatalf("Open = %v, %v; want an error", s, err)
 			}

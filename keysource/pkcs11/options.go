@@ -10,8 +10,20 @@ const Type = "pkcs11"
 // session at a time, so this bounds a Source's parallelism.
 const DefaultSessions = 8
 
-// Options configure a Source. The zero value is ready to use.
+// Options configure a Source (see Open). The zero value binds the Source
+// to the all-zero volume ID and gives it a Loader of its own.
 type Options struct {
+	// VolumeID is the volume's 128-bit ID, bound into every stanza the
+	// Source writes and checked in every stanza it opens.
+	VolumeID [16]byte
+	// Loader loads the PKCS#11 module and shares it, and each token's
+	// login, between the Sources opened through it (see Loader). nil
+	// gives the Source a Loader of its own, which loads the module for it
+	// alone and finalises it when the Source closes, for a program that
+	// opens one Source. Sources that use one module at the same time must
+	// share a Loader: a Source with a Loader of its own would finalise
+	// the module under the others when it closes.
+	Loader *Loader
 	// Rand supplies AES-GCM IVs (and is handed to RSA-OAEP); nil means
 	// crypto/rand.Reader. It must be safe for concurrent use.
 	Rand io.Reader

@@ -61,17 +61,17 @@ type Source struct {
 
 // Open returns a Source for the key that spec (a keysource.Spec of type
 // "pkcs11", whose Value is a URI that ParseURI takes) names, bound to the
-// volume volumeID. It loads the module if no other Source has, finds the
-// token by label, logs in with the PIN from the URI's pin-source or
-// EnvPIN unless the token is logged in already, and finds the key by
-// label and id.
+// volume o.VolumeID. It loads the module through o.Loader (a Loader of the
+// Source's own when nil) if no other Source has, finds the token by label,
+// logs in with the PIN from the URI's pin-source or EnvPIN unless the
+// token is logged in already, and finds the key by label and id.
 //
 // Errors wrap keysource.ErrDenied when the token refuses the PIN,
 // keysource.ErrInvalid for a bad URI or a token or key that is not there
 // (naming it and, for a token, the labels present), and
 // keysource.ErrUnavailable when the module cannot be loaded. No error
 // holds the PIN. The caller closes the Source.
-func (l *Loader) Open(ctx context.Context, spec keysource.Spec, volumeID [16]byte, o Options) (*Source, error) {
+func Open(ctx context.Context, spec keysource.Spec, o Options) (*Source, error) {
 	if spec.Type != Type {
 		return nil, fmt.Errorf("pkcs11: key spec of type %q, want %q: %w", spec.Type, Type, keysource.ErrInvalid)
 	}
@@ -89,6 +89,10 @@ func (l *Loader) Open(ctx context.Context, spec keysource.Spec, volumeID [16]byt
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("pkcs11: open %s: %w", u.KeyID(), err)
+	}
+	l := o.Loader
+	if l == nil {
+		l = NewLoader()
 	}
 	m, err := l.acquire(path)
 	if err != nil {
@@ -114,7 +118,7 @@ func (l *Loader) Open(ctx context.Context, spec keysource.Spec, volumeID [16]byt
 		pool:   newPool(tok, n),
 		uri:    u,
 		keyID:  u.KeyID(),
-		volume: volumeID,
+		volume: o.VolumeID,
 		rand:   o.Rand,
 	}
 	if s.rand == nil {
@@ -247,8 +251,10 @@ func (s *Source) Describe(ctx context.Context) (keysource.KeyState, error) {
 
 // Close waits for calls in flight, closes the Source's sessions, and
 // releases its token and module: the last Source on a token ends the
-// login, the last on a module finalises it. Later calls on the Source
-// fail. Close is idempotent.
+// login, the last on a module finalises it. A Source opened without
+// Options.Loader is the only one on its Loader, so it finalises the
+// module unless someone else in the process initialised it. Later calls
+// on the Source fail. Close is idempotent.
 func (s *Source) Close() error {
 	s.closeOnce.Do(func() {
 		s.pool.close()

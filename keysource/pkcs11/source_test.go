@@ -450,6 +450,69 @@ func TestClose(t *testing.T) {
 	}
 }
 
+// TestOpenLoader checks who holds the module. Without Options.Loader a
+// Source gets a Loader of its own and releases the module when it
+// closes; with one, Sources share its module until the last one closes.
+func TestOpenLoader(t *testing.T) {
+	h := needHSM(t)
+	spec, err := keysource.ParseSpec(h.Token("main").AESSpec())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		loader  *pkcs11.Loader // Options.Loader
+		sources int
+	}{
+		{name: "loader=own,sources=1", sources: 1},
+		{name: "loader=given,sources=1", loader: pkcs11.NewLoader(), sources: 1},
+		{name: "loader=given,sources=2", loader: pkcs11.NewLoader(), sources: 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o := pkcs11.Options{VolumeID: volA, Loader: tt.loader, LookupEnv: noEnv}
+			srcs := make([]*pkcs11.Source, tt.sources)
+			for i := range srcs {
+				s, err := pkcs11.Open(t.Context(), spec, o)
+				if err != nil {
+					t.Fatalf("open source %d: %v", i, err)
+				}
+				t.Cleanup(func() { s.Close() })
+				srcs[i] = s
+			}
+			l := pkcs11.LoaderOf(srcs[0])
+			switch {
+			case tt.loader == nil && (l == nil || l == loader):
+				t.Fatal("a Source opened without a Loader has no Loader of its own")
+			case tt.loader != nil && l != tt.loader:
+				t.Fatal("the Source was not opened through the given Loader")
+			}
+			if n := pkcs11.Modules(l); n != 1 {
+				t.Fatalf("loader holds %d modules after open, want 1", n)
+			}
+			st, err := srcs[0].Wrap(t.Context(), newDataKey())
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, s := range srcs {
+				if _, err := s.Unwrap(t.Context(), st); err != nil {
+					t.Fatalf("source %d: unwrap: %v", i, err)
+				}
+				if err := s.Close(); err != nil {
+					t.Fatalf("source %d: close: %v", i, err)
+				}
+				want := 1 // the module stays loaded while a Source uses it
+				if i == len(srcs)-1 {
+					want = 0
+				}
+				if n := pkcs11.Modules(l); n != want {
+					t.Fatalf("loader holds %d modules after %d of %d sources closed, want %d", n, i+1, len(srcs), want)
+				}
+			}
+		})
+	}
+}
+
 func TestContextDone(t *testing.T) {
 	h := needHSM(t)
 	s := open(t, h.Token("main").AESSpec(), volA, pkcs11.Options{})
