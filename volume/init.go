@@ -126,7 +126,7 @@ func (s *keySet) initKey(ctx context.Context, k string, vid envelope.VolumeID, s
 	if h.KeyFile != "" {
 		spec.Value = h.KeyFile
 	}
-	src, kdf, err := s.open(ctx, spec, vid, nil, Options{Secrets: sec}, true)
+	src, kdf, err := s.open(ctx, spec, vid, volconf.Key{}, Options{Secrets: sec}, true)
 	if err != nil {
 		return st, volconf.Key{}, h, err
 	}
@@ -140,7 +140,11 @@ func (s *keySet) initKey(ctx context.Context, k string, vid envelope.VolumeID, s
 	if volconf.IsAWSAlias(k) {
 		h.AliasKey = src.KeyID()
 	}
-	return st, volconf.Key{Spec: volconf.StorageSpec(k), KeyID: src.KeyID(), KDF: kdf}, h, nil
+	key := volconf.Key{Spec: volconf.StorageSpec(k), KeyID: src.KeyID(), KDF: kdf}
+	if fp, ok := src.(interface{ PublicKeyFingerprint() string }); ok {
+		key.PublicKeySHA256 = fp.PublicKeyFingerprint()
+	}
+	return st, key, h, nil
 }
 
 // prepareCipherDir creates dir, or accepts it if it exists and is empty.

@@ -30,9 +30,11 @@ func (s *keySet) Close() {
 	}
 }
 
-// open opens one key source for volume vid. kdf is nil for a new
-// passphrase: fresh parameters are made and returned (Init).
-func (s *keySet) open(ctx context.Context, spec keysource.Spec, vid envelope.VolumeID, kdf *local.KDFParams, o Options, confirm bool) (keysource.KeySource, *local.KDFParams, error) {
+// open opens one key source for volume vid, with what kmsfs.conf records
+// of it in k. k.KDF is nil for a new passphrase: fresh parameters are
+// made and returned (Init).
+func (s *keySet) open(ctx context.Context, spec keysource.Spec, vid envelope.VolumeID, k volconf.Key, o Options, confirm bool) (keysource.KeySource, *local.KDFParams, error) {
+	kdf := k.KDF
 	sec := o.Secrets
 	switch spec.Type {
 	case "local":
@@ -71,7 +73,7 @@ func (s *keySet) open(ctx context.Context, spec keysource.Spec, vid envelope.Vol
 		s.closers = append(s.closers, src)
 		return src, nil, nil
 	case "awskms":
-		src, err := awskms.Open(ctx, spec, awskms.Options{VolumeID: vid, PublicKeyFile: o.PublicKeyFile})
+		src, err := awskms.Open(ctx, spec, awskms.Options{VolumeID: vid, PublicKeyFile: o.PublicKeyFile, PublicKeySHA256: k.PublicKeySHA256})
 		return src, nil, err
 	}
 	return nil, nil, fmt.Errorf("volume: unknown key type %q", spec.Type)
@@ -109,7 +111,7 @@ func (s *keySet) openApproved(ctx context.Context, k volconf.Key, h volconf.Host
 	if err != nil {
 		return nil, err
 	}
-	src, _, err := s.open(ctx, spec, vid, k.KDF, o, false)
+	src, _, err := s.open(ctx, spec, vid, k, o, false)
 	if err != nil {
 		return nil, err
 	}

@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/kmsfs/kmsfs/envelope"
 	"github.com/kmsfs/kmsfs/internal/secmem"
@@ -163,6 +164,10 @@ func Open(ctx context.Context, cipherDir string, o Options) (_ *Volume, err erro
 		if err != nil {
 			return nil, err
 		}
+	}
+	if o.PublicKeyFile != "" && strings.HasPrefix(conf.Keys[0].Spec, "awskms:") && conf.Keys[0].PublicKeySHA256 == "" {
+		v.Warnings = append(v.Warnings, Warning{Fields: map[string]any{"key": conf.Keys[0].KeyID, "public_key_file": o.PublicKeyFile},
+			Msg: "kmsfs.conf records no fingerprint of the key's public key (a volume made by an older kmsfs): the public key file is used as given; if it is not the key's, files written cannot be read"})
 	}
 	v.keys, err = openAnchor(ctx, a, o)
 	if err != nil {

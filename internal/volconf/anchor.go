@@ -227,6 +227,9 @@ func Diff(approved, cur *Conf) []string {
 		if s := StorageSpec(c.Spec); s != k.Spec {
 			add("key %s changed: spec approved %s, kmsfs.conf has %s", k.KeyID, k.Spec, s)
 		}
+		if k.PublicKeySHA256 != c.PublicKeySHA256 {
+			add("key %s changed: public key fingerprint approved %q, kmsfs.conf has %q", k.KeyID, k.PublicKeySHA256, c.PublicKeySHA256)
+		}
 		if !sameKDF(k.KDF, c.KDF) {
 			add("key %s changed: KDF parameters approved %s, kmsfs.conf has %s", k.KeyID, kdfString(k.KDF), kdfString(c.KDF))
 		}

@@ -58,6 +58,10 @@ type Key struct {
 	KeyID string `json:"key_id"`
 	// KDF holds the passphrase parameters of local:passphrase.
 	KDF *local.KDFParams `json:"kdf,omitempty"`
+	// PublicKeySHA256 is the fingerprint of an AWS RSA key's public key
+	// (awskms.Fingerprint), recorded at init: a public key given later
+	// (--public-key-file) must match it.
+	PublicKeySHA256 string `json:"public_key_sha256,omitempty"`
 }
 
 // NewVolumeID returns a random volume ID.

@@ -6,6 +6,8 @@ import (
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/subtle"
+	"crypto/x509"
+	"encoding/hex"
 	"encoding/pem"
 	"fmt"
 	"os"
@@ -51,7 +53,41 @@ func newPublicOnly(ref keyRef, o Options) (*asymmetric, error) {
 	}
 	s := &source{arn: ref.raw, region: ref.arn.Region, rand: o.Rand}
 	s.setVolume(o.VolumeID)
-	return &asymmetric{source: s, pub: pub, spec: fmt.Sprintf("RSA_%d", pub.N.BitLen())}, nil
+	a := &asymmetric{source: s, pub: pub, spec: fmt.Sprintf("RSA_%d", pub.N.BitLen())}
+	if err := a.checkFingerprint(o.PublicKeySHA256, "public key file "+o.PublicKeyFile); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// PublicKeyFingerprint returns "sha256:" and the hex SHA-256 of the
+// key's public key as SubjectPublicKeyInfo DER: what `init` records so
+// that a public key given later is bound to the key.
+func (k *asymmetric) PublicKeyFingerprint() string { return Fingerprint(k.pub) }
+
+// Fingerprint returns "sha256:" and the hex SHA-256 of pub's
+// SubjectPublicKeyInfo DER.
+func Fingerprint(pub *rsa.PublicKey) string {
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return ""
+	}
+	sum := sha256.Sum256(der)
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+// checkFingerprint refuses a public key (from where) whose fingerprint is
+// not want; an empty want checks nothing.
+func (k *asymmetric) checkFingerprint(want, where string) error {
+	if want == "" {
+		return nil
+	}
+	if got := k.PublicKeyFingerprint(); got != want {
+		return fmt.Errorf("awskms: key %s: the public key from %s has fingerprint %s, but the volume recorded %s at init: "+
+			"it is not this key's public key (get it with `aws kms get-public-key --key-id %s`): %w",
+			k.arn, where, got, want, k.arn, keysource.ErrInvalid)
+	}
+	return nil
 }
 
 // Wrap encrypts volumeID‖dataKey with RSAES-OAEP-SHA-256 under the public

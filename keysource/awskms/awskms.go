@@ -131,6 +131,12 @@ type Options struct {
 	// needs no credentials: it wraps, and Unwrap fails with ErrDenied.
 	// The spec must then hold the key ARN, since no alias can be resolved.
 	PublicKeyFile string
+	// PublicKeySHA256 is the fingerprint of the RSA key's public key
+	// (PublicKeyFingerprint) recorded when the volume was made. When set,
+	// Open refuses a public key that differs: from PublicKeyFile, a wrong
+	// or signing key's public key would make every file written
+	// unrecoverable; from GetPublicKey, a key that is not the one recorded.
+	PublicKeySHA256 string
 	// Rand supplies the randomness for RSA-OAEP padding and retry jitter;
 	// nil means crypto/rand.Reader. It must be safe for concurrent use.
 	Rand io.Reader
@@ -223,7 +229,11 @@ func Open(ctx context.Context, spec keysource.Spec, o Options) (keysource.KeySou
 	if err != nil {
 		return nil, err
 	}
-	return &asymmetric{source: s, pub: pub, spec: string(md.KeySpec)}, nil
+	a := &asymmetric{source: s, pub: pub, spec: string(md.KeySpec)}
+	if err := a.checkFingerprint(o.PublicKeySHA256, "KMS GetPublicKey"); err != nil {
+		return nil, err
+	}
+	return a, nil
 }
 
 func loadConfig(ctx context.Context, o Options) (aws.Config, error) {

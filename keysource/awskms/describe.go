@@ -77,6 +77,17 @@ func (s *source) publicKey(ctx context.Context) (*rsa.PublicKey, error) {
 	if err != nil {
 		return nil, s.fail(ctx, "GetPublicKey", s.arn, err)
 	}
+	// GetPublicKey says what the key is for; a public key that cannot
+	// wrap with RSAES_OAEP_SHA_256 would make files no Decrypt opens.
+	if u := out.KeyUsage; u != "" && u != types.KeyUsageTypeEncryptDecrypt {
+		return nil, fmt.Errorf("awskms: GetPublicKey %s: key usage %s, want ENCRYPT_DECRYPT: %w", s.arn, u, keysource.ErrInvalid)
+	}
+	if ks := out.KeySpec; ks != "" && !isRSA(ks) {
+		return nil, fmt.Errorf("awskms: GetPublicKey %s: key spec %s, want RSA_*: %w", s.arn, ks, keysource.ErrInvalid)
+	}
+	if algs := out.EncryptionAlgorithms; len(algs) > 0 && !slices.Contains(algs, types.EncryptionAlgorithmSpecRsaesOaepSha256) {
+		return nil, fmt.Errorf("awskms: GetPublicKey %s: the key does not offer RSAES_OAEP_SHA_256 (it offers %v): %w", s.arn, algs, keysource.ErrInvalid)
+	}
 	return parseRSAPublicKey(s.arn, out.PublicKey)
 }
 

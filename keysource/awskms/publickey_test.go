@@ -4,6 +4,7 @@ import (
 	"encoding/pem"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -92,4 +93,48 @@ func TestPublicKeyOnlyRefuses(t *testing.T) {
 			wantErr(t, err, keysource.ErrInvalid, tt.words...)
 		})
 	}
+}
+
+// TestPublicKeyFingerprint gives a public-key-only host the public key of
+// another key (the signing key's, or a key of its own) for the volume's
+// RSA key: with the fingerprint recorded at init, Open refuses it, since
+// every file it wrapped would be unrecoverable. The right key's file, and
+// the key itself through KMS, pass.
+func TestPublicKeyFingerprint(t *testing.T) {
+	e := kmstest.Start(t)
+	full := mustSource(t, e, e.RSAEncrypt.ARN, volume1, nil, awskms.Options{})
+	fp, ok := full.(interface{ PublicKeyFingerprint() string })
+	if !ok {
+		t.Fatal("an RSA source has no PublicKeyFingerprint")
+	}
+	want := fp.PublicKeyFingerprint()
+	if !strings.HasPrefix(want, "sha256:") || len(want) != len("sha256:")+64 {
+		t.Fatalf("fingerprint %q, want sha256: and 64 hex digits", want)
+	}
+	right := writePublicKey(t, e, e.RSAEncrypt, false)
+	signing := writePublicKey(t, e, e.RSASign, true)
+	tests := []struct {
+		name, path, fingerprint string
+		words                   []string
+	}{
+		{"file=right", right, want, nil},
+		{"file=signing-key", signing, want, []string{"fingerprint", want, "not this key's public key"}},
+		{"file=signing-key,none-recorded", signing, "", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := awskms.Open(testContext(t), spec(e.RSAEncrypt.ARN), awskms.Options{VolumeID: volume1, PublicKeyFile: tt.path, PublicKeySHA256: tt.fingerprint})
+			if tt.words == nil {
+				if err != nil {
+					t.Fatalf("Open: %v", err)
+				}
+				return
+			}
+			wantErr(t, err, keysource.ErrInvalid, tt.words...)
+		})
+	}
+	t.Run("kms=recorded-other", func(t *testing.T) {
+		_, err := newSource(t, e, e.RSAEncrypt.ARN, volume1, nil, awskms.Options{PublicKeySHA256: "sha256:" + strings.Repeat("0", 64)})
+		wantErr(t, err, keysource.ErrInvalid, "KMS GetPublicKey", "not this key's public key")
+	})
 }
