@@ -79,7 +79,7 @@ func Init(ctx context.Context, cipherDir string, o InitOptions) (*volconf.Anchor
 	var stanzas []keysource.Stanza
 	var host []volconf.HostKey
 	for i, k := range o.Keys {
-		st, key, h, err := ks.initKey(ctx, k, vid, o.Secrets)
+		st, key, h, err := ks.initKey(ctx, k, i == 0, vid, o.Secrets)
 		if err != nil {
 			return nil, "", fmt.Errorf("key %d (%s): %w", i+1, RedactSpec(k), err)
 		}
@@ -110,10 +110,10 @@ func Init(ctx context.Context, cipherDir string, o InitOptions) (*volconf.Anchor
 	return a, store.Path(conf.VolumeID), nil
 }
 
-// initKey opens the key spec k for a new volume, proves it wraps and
-// unwraps, and returns a sample stanza (to size the header slots), the
+// initKey opens the key spec k for a new volume, proves it does what its
+// role (primary: make data keys; escrow: wrap them) needs, and returns a sample stanza (to size the header slots), the
 // key's entry of kmsfs.conf and its host settings.
-func (s *keySet) initKey(ctx context.Context, k string, vid envelope.VolumeID, sec Secrets) (keysource.Stanza, volconf.Key, volconf.HostKey, error) {
+func (s *keySet) initKey(ctx context.Context, k string, primary bool, vid envelope.VolumeID, sec Secrets) (keysource.Stanza, volconf.Key, volconf.HostKey, error) {
 	var st keysource.Stanza
 	spec, err := keysource.ParseSpec(k)
 	if err != nil {
@@ -130,10 +130,19 @@ func (s *keySet) initKey(ctx context.Context, k string, vid envelope.VolumeID, s
 	if err != nil {
 		return st, volconf.Key{}, h, err
 	}
-	if err := CheckRoundTrip(ctx, src, false); err != nil {
+	if err := checkRoundTrip(ctx, src, false, primary); err != nil {
 		return st, volconf.Key{}, h, err
 	}
-	st, err = src.Wrap(ctx, make([]byte, keysource.DataKeySize))
+	// A sample stanza sizes the header slots; a generating source makes
+	// it as a mount will (GenerateDataKey), so init needs no more of the
+	// key policy than a mount.
+	if g, ok := src.(keysource.Generator); ok && primary {
+		var dk []byte
+		dk, st, err = g.GenerateDataKey(ctx)
+		clear(dk)
+	} else {
+		st, err = src.Wrap(ctx, make([]byte, keysource.DataKeySize))
+	}
 	if err != nil {
 		return st, volconf.Key{}, h, err
 	}

@@ -157,7 +157,7 @@ func CheckKeys(ctx context.Context, a *volconf.Anchor, o Options, roundTrip bool
 		if !roundTrip {
 			continue
 		}
-		if err := CheckRoundTrip(ctx, src, false); err != nil {
+		if err := checkRoundTrip(ctx, src, false, i == 0); err != nil {
 			return fmt.Errorf("key %d (%s): %w (a key that only decrypts or only encrypts here: --read-only)", i+1, k.KeyID, err)
 		}
 	}
@@ -254,18 +254,38 @@ func KeyFileID(path string, vid envelope.VolumeID) (string, error) {
 	return src.KeyID(), nil
 }
 
-// CheckRoundTrip wraps a random test key with src and unwraps it again,
-// proving the key works both ways before a volume depends on it. A
-// wrap-only source (public key only) is checked by wrapping alone.
+// CheckRoundTrip proves src makes a data key and unwraps it again before a
+// volume depends on it, the way a mount will use it: a source that
+// generates data keys (AWS symmetric: GenerateDataKey) is checked with
+// that and Unwrap, so a least-privilege key policy (GenerateDataKey,
+// Decrypt, DescribeKey; no Encrypt) passes; others wrap a random key and
+// unwrap it. A wrap-only source (public key only) is checked by wrapping
+// alone.
 func CheckRoundTrip(ctx context.Context, src keysource.KeySource, wrapOnly bool) error {
-	dk := make([]byte, keysource.DataKeySize)
-	if _, err := rand.Read(dk); err != nil {
-		return err
+	return checkRoundTrip(ctx, src, wrapOnly, true)
+}
+
+// checkRoundTrip is CheckRoundTrip for a primary key (generate: it makes
+// the data keys of new files) or an escrow key (it wraps them).
+func checkRoundTrip(ctx context.Context, src keysource.KeySource, wrapOnly, generate bool) error {
+	var dk []byte
+	var st keysource.Stanza
+	var err error
+	if g, ok := src.(keysource.Generator); ok && generate && !wrapOnly {
+		dk, st, err = g.GenerateDataKey(ctx)
+		if err != nil {
+			return fmt.Errorf("making a test data key with %s: %w", src.KeyID(), err)
+		}
+	} else {
+		dk = make([]byte, keysource.DataKeySize)
+		if _, err := rand.Read(dk); err != nil {
+			return err
+		}
+		if st, err = src.Wrap(ctx, dk); err != nil {
+			return fmt.Errorf("wrapping a test key with %s: %w", src.KeyID(), err)
+		}
 	}
-	st, err := src.Wrap(ctx, dk)
-	if err != nil {
-		return fmt.Errorf("wrapping a test key with %s: %w", src.KeyID(), err)
-	}
+	defer clear(dk)
 	if wrapOnly {
 		return nil
 	}

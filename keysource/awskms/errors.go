@@ -131,7 +131,9 @@ func afterAttempts(err error) string {
 // forbids use, or "" and nil if the key is enabled.
 func stateProblem(key string, md *types.KeyMetadata) (string, error) {
 	switch md.KeyState {
-	case types.KeyStateEnabled:
+	case types.KeyStateEnabled, types.KeyStateUpdating:
+		// AWS: a key in Updating (its key material or store being
+		// changed) still encrypts and decrypts.
 		return "", nil
 	case types.KeyStateDisabled:
 		return disabledMsg(key), keysource.ErrDenied
@@ -144,7 +146,7 @@ func stateProblem(key string, md *types.KeyMetadata) (string, error) {
 			"cancel with `aws kms cancel-key-deletion --key-id %s` and then enable it", when, key), keysource.ErrDenied
 	case types.KeyStatePendingImport:
 		return "key has no key material yet (PendingImport); import it first", keysource.ErrDenied
-	case types.KeyStateUnavailable, types.KeyStateCreating, types.KeyStateUpdating:
+	case types.KeyStateUnavailable, types.KeyStateCreating:
 		return fmt.Sprintf("key is %s (custom key store disconnected, or being created); retry later", md.KeyState), keysource.ErrUnavailable
 	}
 	return fmt.Sprintf("key is in state %s", md.KeyState), keysource.ErrDenied

@@ -301,3 +301,36 @@ func TestErrorsHoldNoKeys(t *testing.T) {
 		}
 	}
 }
+
+// TestStateProblem follows the KMS developer guide's key states: Enabled
+// and Updating keys encrypt and decrypt; the others are refused with the
+// sentinel that says whether waiting can help.
+func TestStateProblem(t *testing.T) {
+	del := time.Date(2027, 1, 2, 3, 4, 5, 0, time.UTC)
+	tests := []struct {
+		state types.KeyState
+		kind  error // nil: usable
+		words []string
+	}{
+		{types.KeyStateEnabled, nil, nil},
+		{types.KeyStateUpdating, nil, nil},
+		{types.KeyStateDisabled, keysource.ErrDenied, []string{"enable-key"}},
+		{types.KeyStatePendingDeletion, keysource.ErrDenied, []string{"2027-01-02T03:04:05Z", "cancel-key-deletion"}},
+		{types.KeyStatePendingImport, keysource.ErrDenied, []string{"PendingImport"}},
+		{types.KeyStateUnavailable, keysource.ErrUnavailable, []string{"retry later"}},
+		{types.KeyStateCreating, keysource.ErrUnavailable, []string{"retry later"}},
+	}
+	for _, tt := range tests {
+		t.Run(string(tt.state), func(t *testing.T) {
+			msg, kind := awskms.StateProblem("arn:k", &types.KeyMetadata{KeyState: tt.state, DeletionDate: &del})
+			if kind != tt.kind {
+				t.Fatalf("state %s: sentinel %v, want %v (%q)", tt.state, kind, tt.kind, msg)
+			}
+			for _, w := range tt.words {
+				if !strings.Contains(msg, w) {
+					t.Errorf("state %s: %q does not say %q", tt.state, msg, w)
+				}
+			}
+		})
+	}
+}

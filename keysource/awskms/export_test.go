@@ -3,7 +3,12 @@ package awskms
 import (
 	"io"
 	"time"
+
+	"github.com/aws/aws-sdk-go-v2/service/kms/types"
 )
+
+// StateProblem exposes the key-state check to the external tests.
+func StateProblem(key string, md *types.KeyMetadata) (string, error) { return stateProblem(key, md) }
 
 // BackoffDelay exposes the full-jitter backoff to the external tests.
 func BackoffDelay(base, cap time.Duration, rand io.Reader, attempt int) (time.Duration, error) {
