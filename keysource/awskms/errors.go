@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/aws/ratelimit"
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
@@ -75,16 +76,24 @@ func (s *source) explain(ctx context.Context, op, key, code string, err error) (
 	case "AccessDeniedException":
 		return fmt.Sprintf("access denied: the key policy must allow this caller kms:%s on the key; "+
 			"an IAM policy alone is not enough unless the key policy delegates to IAM", op), keysource.ErrDenied
-	case "DisabledException":
-		return disabledMsg(key), keysource.ErrDenied
-	case "KMSInvalidStateException":
-		// Decrypt, Encrypt and GenerateDataKey refuse a key pending
-		// deletion with this code; DescribeKey says which state and until
-		// when.
+	case "DisabledException", "KMSInvalidStateException":
+		// Both codes only say the state is wrong: a key pending deletion
+		// can answer DisabledException, and a key in a custom key store
+		// answers KMSInvalidStateException while it stays Enabled when the
+		// store cannot reach its CloudHSM cluster or external proxy.
+		// DescribeKey says which state, until when, and which store.
 		if md, derr := s.describeOnly(ctx, key); derr == nil {
 			if msg, kind := stateProblem(key, md); kind != nil {
 				return msg, kind
 			}
+			if md.CustomKeyStoreId != nil {
+				return fmt.Sprintf("the key is enabled, but its custom key store %s cannot use it now (CloudHSM cluster or external key store proxy "+
+					"unreachable or disconnected); check `aws kms describe-custom-key-stores --custom-key-store-id %s` and retry later",
+					aws.ToString(md.CustomKeyStoreId), aws.ToString(md.CustomKeyStoreId)), keysource.ErrUnavailable
+			}
+		}
+		if code == "DisabledException" {
+			return disabledMsg(key), keysource.ErrDenied
 		}
 		return "the key's state does not allow " + op + " (disabled, pending deletion or pending import)", keysource.ErrDenied
 	case "NotFoundException":

@@ -114,6 +114,26 @@ func TestKeyStateChanges(t *testing.T) {
 			wantErr(t, op.do(), keysource.ErrDenied, key.ARN, "pending deletion", date, "cancel-key-deletion")
 		})
 	}
+	// Real KMS may answer DisabledException for a key pending deletion;
+	// the message must still give the deletion date, not advise
+	// enable-key (which fails on such a key).
+	t.Run("state=pending-deletion/answer=DisabledException", func(t *testing.T) {
+		proxy := kmstest.NewProxy(t, e.Endpoint)
+		pks := mustSource(t, e, e.Symmetric.ARN, volume1, nil, awskms.Options{Endpoint: proxy.URL, MaxAttempts: 1})
+		pst := mustWrap(t, pks, dk)
+		if _, err := admin.ScheduleKeyDeletion(ctx, &kms.ScheduleKeyDeletionInput{KeyId: aws.String(e.Symmetric.ID), PendingWindowInDays: aws.Int32(7)}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			admin.CancelKeyDeletion(context.Background(), &kms.CancelKeyDeletionInput{KeyId: aws.String(e.Symmetric.ID)})
+		})
+		proxy.FailNext(1, http.StatusBadRequest, "DisabledException")
+		_, err := pks.Unwrap(ctx, pst)
+		wantErr(t, err, keysource.ErrDenied, e.Symmetric.ARN, "pending deletion", "cancel-key-deletion")
+		if err != nil && strings.Contains(err.Error(), "enable-key --key-id") {
+			t.Errorf("a key pending deletion is advised enable-key: %v", err)
+		}
+	})
 	t.Run("state=pending-deletion/op=describe", func(t *testing.T) {
 		ds, err := ks.(keysource.Describer).Describe(ctx)
 		if err != nil {
