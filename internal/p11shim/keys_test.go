@@ -167,6 +167,14 @@ func TestSensitiveKeys(t *testing.T) {
 			if err != nil || len(a[0].Value) == 0 {
 				t.Errorf("read the value length: %v", err)
 			}
+			_, err = s.c.CopyObject(sh, obj, []*p11.Attribute{nonSensitive})
+			want = p11.CKR_OK
+			if strict {
+				want = p11.CKR_ATTRIBUTE_VALUE_INVALID
+			}
+			if got := ckr(t, err); got != want {
+				t.Errorf("copy into a non-sensitive key: %s, want %s", name(got), name(want))
+			}
 
 			// kmsfs's unwrap template, with a sensitive key wrapped first.
 			kwp := uint(ckmAESKeyWrapPad)

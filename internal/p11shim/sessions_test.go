@@ -160,3 +160,80 @@ func TestSessionsDropped(t *testing.T) {
 		})
 	}
 }
+
+// TestConcurrentDrops has goroutines open, use and close sessions while
+// the shim drops them all every few calls, as kmsfs's session pool does
+// during failovers: every call either works or finds its session gone
+// (CKR_SESSION_HANDLE_INVALID), and the module still works afterwards.
+func TestConcurrentDrops(t *testing.T) {
+	const (
+		workers = 8
+		rounds  = 200
+		every   = 37
+	)
+	s := load(t, p11shim.Config{DropEvery: every})
+	errs := make(chan error, workers)
+	dropped := make(chan int, workers)
+	for range workers {
+		go func() {
+			gone := 0
+			sh, err := s.c.OpenSession(s.slot, p11.CKF_SERIAL_SESSION|p11.CKF_RW_SESSION)
+			for i := 0; i < rounds && err == nil; i++ {
+				switch i % 4 {
+				case 0:
+					err = s.c.Login(sh, p11.CKU_USER, s.tok.PIN)
+					if e, ok := err.(p11.Error); ok && e == p11.CKR_USER_ALREADY_LOGGED_IN {
+						err = nil
+					}
+				case 1:
+					_, err = s.c.GenerateRandom(sh, 16)
+				case 2:
+					_, err = s.c.GetSessionInfo(sh)
+				case 3:
+					err = s.c.CloseSession(sh)
+					if err == nil {
+						sh, err = s.c.OpenSession(s.slot, p11.CKF_SERIAL_SESSION|p11.CKF_RW_SESSION)
+					}
+				}
+				if e, ok := err.(p11.Error); ok && e == p11.CKR_SESSION_HANDLE_INVALID {
+					gone++
+					sh, err = s.c.OpenSession(s.slot, p11.CKF_SERIAL_SESSION|p11.CKF_RW_SESSION)
+				}
+			}
+			if err == nil {
+				err = s.c.CloseSession(sh)
+				if e, ok := err.(p11.Error); ok && e == p11.CKR_SESSION_HANDLE_INVALID {
+					err = nil
+				}
+			}
+			errs <- err
+			dropped <- gone
+		}()
+	}
+	total := 0
+	for range workers {
+		if err := <-errs; err != nil {
+			t.Errorf("worker: %v", err)
+		}
+		total += <-dropped
+	}
+	if total == 0 {
+		t.Errorf("%d workers of %d rounds saw no session dropped every %d calls", workers, rounds, every)
+	}
+	// Three calls fit between two drops, so one of two tries has none.
+	var err error
+	for try := 0; try < 2; try++ {
+		var sh p11.SessionHandle
+		if sh, err = s.c.OpenSession(s.slot, p11.CKF_SERIAL_SESSION|p11.CKF_RW_SESSION); err != nil {
+			continue
+		}
+		if err = s.c.Login(sh, p11.CKU_USER, s.tok.PIN); err == nil {
+			_, err = s.c.GenerateRandom(sh, 16)
+		}
+		s.c.CloseSession(sh)
+		if err == nil {
+			return
+		}
+	}
+	t.Fatalf("after the drops: %v", err)
+}

@@ -395,6 +395,14 @@ static CK_RV check_template(const CK_ATTRIBUTE *t, CK_ULONG n, CK_OBJECT_CLASS c
 	return class == CKO_SECRET_KEY && nonsensitive ? CKR_ATTRIBUTE_VALUE_INVALID : CKR_OK;
 }
 
+/* secret_key says whether object o is a secret key. */
+static int secret_key(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o)
+{
+	CK_OBJECT_CLASS c = 0;
+	CK_ATTRIBUTE a = { CKA_CLASS, &c, sizeof c };
+	return st.down->C_GetAttributeValue(s, o, &a, 1) == CKR_OK && c == CKO_SECRET_KEY;
+}
+
 /* ---- the forwarding functions ---- */
 
 /* FWD forwards a call that takes no session. */
@@ -519,7 +527,8 @@ FWD_S(C_CancelFunction, (CK_SESSION_HANDLE h), (s))
 	}
 
 FWD_ST(C_CreateObject, (CK_SESSION_HANDLE h, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR o), t, n, (CK_OBJECT_CLASS)-1, (s, t, n, o))
-FWD_ST(C_CopyObject, (CK_SESSION_HANDLE h, CK_OBJECT_HANDLE from, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR o), t, n, (CK_OBJECT_CLASS)-1, (s, from, t, n, o))
+FWD_ST(C_CopyObject, (CK_SESSION_HANDLE h, CK_OBJECT_HANDLE from, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR o), t, n,
+       st.cfg.sensitive && secret_key(s, from) ? CKO_SECRET_KEY : (CK_OBJECT_CLASS)-1, (s, from, t, n, o))
 FWD_SMT(C_GenerateKey, (CK_SESSION_HANDLE h, CK_MECHANISM_PTR pm, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR k), t, n, (s, &m, t, n, k))
 FWD_SMT(C_UnwrapKey, (CK_SESSION_HANDLE h, CK_MECHANISM_PTR pm, CK_OBJECT_HANDLE w, CK_BYTE_PTR in, CK_ULONG inn, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR k), t, n, (s, &m, w, in, inn, t, n, k))
 FWD_SMT(C_DeriveKey, (CK_SESSION_HANDLE h, CK_MECHANISM_PTR pm, CK_OBJECT_HANDLE b, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR k), t, n, (s, &m, b, t, n, k))
@@ -695,14 +704,6 @@ static CK_RV shim_C_CloseAllSessions(CK_SLOT_ID slot)
 		pthread_mutex_unlock(&st.mu);
 	}
 	return leave(rv);
-}
-
-/* secret_key says whether object o is a secret key. */
-static int secret_key(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o)
-{
-	CK_OBJECT_CLASS c = 0;
-	CK_ATTRIBUTE a = { CKA_CLASS, &c, sizeof c };
-	return st.down->C_GetAttributeValue(s, o, &a, 1) == CKR_OK && c == CKO_SECRET_KEY;
 }
 
 static CK_RV shim_C_GetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_PTR t, CK_ULONG n)
