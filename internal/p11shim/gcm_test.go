@@ -51,16 +51,9 @@ func TestGCMTokenIV(t *testing.T) {
 			}
 			gp := p11.NewGCMParams(iv, aad, 128)
 			defer gp.Free()
-			err := s.c.EncryptInit(sh, []*p11.Mechanism{p11.NewMechanism(p11.CKM_AES_GCM, gp)}, key)
-			if got := ckr(t, err); got != tt.want {
-				t.Fatalf("encrypt init: %s, want %s", name(got), name(tt.want))
-			}
-			if err != nil {
+			ct := s.encrypt(t, sh, []*p11.Mechanism{p11.NewMechanism(p11.CKM_AES_GCM, gp)}, key, tt.want)
+			if ct == nil {
 				return
-			}
-			ct, err := s.c.Encrypt(sh, plaintext)
-			if err != nil {
-				t.Fatalf("encrypt: %v", err)
 			}
 			back := gp.IV()
 			used := iv
@@ -88,12 +81,7 @@ func TestGCMTokenIV(t *testing.T) {
 			}
 			dp := p11.NewGCMParams(used, aad, 128)
 			defer dp.Free()
-			if err := s.c.DecryptInit(sh, []*p11.Mechanism{p11.NewMechanism(p11.CKM_AES_GCM, dp)}, key); err != nil {
-				t.Fatalf("decrypt init: %v", err)
-			}
-			if pt, err := s.c.Decrypt(sh, ct); err != nil || !bytes.Equal(pt, plaintext) {
-				t.Fatalf("decrypt under IV %x: %q, %v", used, pt, err)
-			}
+			s.decrypt(t, sh, []*p11.Mechanism{p11.NewMechanism(p11.CKM_AES_GCM, dp)}, key, ct)
 		})
 	}
 }
@@ -148,23 +136,38 @@ func TestGCMStructLayout(t *testing.T) {
 			sh := s.login(t)
 			key := s.object(t, sh, p11.CKO_SECRET_KEY, aesLabel)
 			m := []*p11.Mechanism{p11.NewMechanism(p11.CKM_AES_GCM, gcmParams(mem, []byte("twelve bytes"), aad, tt.ivBits))}
-			err := s.c.EncryptInit(sh, m, key)
-			if got := ckr(t, err); got != tt.want {
-				t.Fatalf("encrypt init: %s, want %s", name(got), name(tt.want))
-			}
-			if err != nil {
-				return
-			}
-			ct, err := s.c.Encrypt(sh, plaintext)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := s.c.DecryptInit(sh, m, key); err != nil {
-				t.Fatalf("decrypt init: %v", err)
-			}
-			if pt, err := s.c.Decrypt(sh, ct); err != nil || !bytes.Equal(pt, plaintext) {
-				t.Fatalf("decrypt: %q, %v", pt, err)
+			if ct := s.encrypt(t, sh, m, key, tt.want); ct != nil {
+				s.decrypt(t, sh, m, key, ct)
 			}
 		})
+	}
+}
+
+// encrypt starts an encryption with m, checks that C_EncryptInit gives
+// want and, if it gave CKR_OK, returns plaintext encrypted; else nil.
+func (s *shim) encrypt(t *testing.T, sh p11.SessionHandle, m []*p11.Mechanism, key p11.ObjectHandle, want uint) []byte {
+	t.Helper()
+	err := s.c.EncryptInit(sh, m, key)
+	if got := ckr(t, err); got != want {
+		t.Fatalf("encrypt init: %s, want %s", name(got), name(want))
+	}
+	if err != nil {
+		return nil
+	}
+	ct, err := s.c.Encrypt(sh, plaintext)
+	if err != nil {
+		t.Fatalf("encrypt: %v", err)
+	}
+	return ct
+}
+
+// decrypt checks that ct decrypts with m to plaintext.
+func (s *shim) decrypt(t *testing.T, sh p11.SessionHandle, m []*p11.Mechanism, key p11.ObjectHandle, ct []byte) {
+	t.Helper()
+	if err := s.c.DecryptInit(sh, m, key); err != nil {
+		t.Fatalf("decrypt init: %v", err)
+	}
+	if pt, err := s.c.Decrypt(sh, ct); err != nil || !bytes.Equal(pt, plaintext) {
+		t.Fatalf("decrypt: %q, %v", pt, err)
 	}
 }

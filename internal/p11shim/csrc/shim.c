@@ -104,6 +104,18 @@ static int parse_ulong(const char *s, unsigned long *v)
 	return *end ? -1 : 0;
 }
 
+/* pick sets *v to the index of val in the NULL-ended names. */
+static int pick(const char *val, const char *const *names, int *v)
+{
+	int i;
+	for (i = 0; names[i]; i++)
+		if (!strcmp(val, names[i])) {
+			*v = i;
+			return 0;
+		}
+	return -1;
+}
+
 static int config_line(struct config *c, const char *key, const char *val)
 {
 	unsigned long v = 0;
@@ -113,28 +125,10 @@ static int config_line(struct config *c, const char *key, const char *val)
 		strcpy(c->module, val);
 		return 0;
 	}
-	if (!strcmp(key, "gcm_iv")) {
-		if (!strcmp(val, "caller"))
-			c->iv_mode = IV_CALLER;
-		else if (!strcmp(val, "write-back"))
-			c->iv_mode = IV_WRITE_BACK;
-		else if (!strcmp(val, "append"))
-			c->iv_mode = IV_APPEND;
-		else
-			return -1;
-		return 0;
-	}
-	if (!strcmp(key, "gcm_struct")) {
-		if (!strcmp(val, "pass"))
-			c->gcm_struct = GCM_PASS;
-		else if (!strcmp(val, "with-ivbits"))
-			c->gcm_struct = GCM_WITH_IVBITS;
-		else if (!strcmp(val, "without-ivbits"))
-			c->gcm_struct = GCM_WITHOUT_IVBITS;
-		else
-			return -1;
-		return 0;
-	}
+	if (!strcmp(key, "gcm_iv"))
+		return pick(val, (const char *const[]){ "caller", "write-back", "append", NULL }, (int *)&c->iv_mode);
+	if (!strcmp(key, "gcm_struct"))
+		return pick(val, (const char *const[]){ "pass", "with-ivbits", "without-ivbits", NULL }, (int *)&c->gcm_struct);
 	if (parse_ulong(val, &v))
 		return -1;
 	if (!strcmp(key, "refuse_read_only_sessions"))
@@ -395,6 +389,14 @@ static CK_RV check_template(const CK_ATTRIBUTE *t, CK_ULONG n, CK_OBJECT_CLASS c
 	return class == CKO_SECRET_KEY && nonsensitive ? CKR_ATTRIBUTE_VALUE_INVALID : CKR_OK;
 }
 
+/* mech_key translates the mechanism of a call that creates a secret key
+ * and checks its template. */
+static CK_RV mech_key(const CK_MECHANISM *pm, CK_MECHANISM *m, CK_GCM_PARAMS *gcm, const CK_ATTRIBUTE *t, CK_ULONG n)
+{
+	CK_RV rv = translate(pm, m, gcm);
+	return rv != CKR_OK ? rv : check_template(t, n, CKO_SECRET_KEY);
+}
+
 /* secret_key says whether object o is a secret key. */
 static int secret_key(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o)
 {
@@ -415,34 +417,23 @@ static int secret_key(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o)
 		return leave(st.down->name args);   \
 	}
 
-/* FWD_S forwards a call on session h, as s underneath. */
-#define FWD_S(name, params, args)                   \
-	static CK_RV shim_##name params             \
-	{                                           \
-		CK_SESSION_HANDLE s;                \
-		CK_RV rv = enter();                 \
-		if (rv != CKR_OK)                   \
-			return rv;                  \
-		if ((rv = real_of(h, &s)) == CKR_OK) \
-			rv = st.down->name args;    \
-		return leave(rv);                   \
-	}
-
-/* FWD_SM forwards a call on session h with mechanism pm, as s and &m
- * underneath. */
-#define FWD_SM(name, params, args)                                   \
-	static CK_RV shim_##name params                              \
-	{                                                            \
-		CK_SESSION_HANDLE s;                                 \
-		CK_MECHANISM m;                                      \
-		CK_GCM_PARAMS gcm;                                   \
-		CK_RV rv = enter();                                  \
-		if (rv != CKR_OK)                                    \
-			return rv;                                   \
-		if ((rv = real_of(h, &s)) == CKR_OK &&               \
-		    (rv = translate(pm, &m, &gcm)) == CKR_OK)        \
-			rv = st.down->name args;                     \
-		return leave(rv);                                    \
+/* FWD_S forwards a call on session h, as s underneath, once check gives
+ * CKR_OK. A check may fill m (with gcm) for the call from the caller's
+ * mechanism pm. */
+#define FWD_S(name, params, check, args)                                 \
+	static CK_RV shim_##name params                                  \
+	{                                                                \
+		CK_SESSION_HANDLE s;                                     \
+		CK_MECHANISM m;                                          \
+		CK_GCM_PARAMS gcm;                                       \
+		CK_RV rv = enter();                                      \
+		(void)m;                                                 \
+		(void)gcm;                                               \
+		if (rv != CKR_OK)                                        \
+			return rv;                                       \
+		if ((rv = real_of(h, &s)) == CKR_OK && (rv = (check)) == CKR_OK) \
+			rv = st.down->name args;                         \
+		return leave(rv);                                        \
 	}
 
 FWD(C_GetInfo, (CK_INFO_PTR p), (p))
@@ -451,87 +442,63 @@ FWD(C_GetSlotInfo, (CK_SLOT_ID id, CK_SLOT_INFO_PTR p), (id, p))
 FWD(C_GetTokenInfo, (CK_SLOT_ID id, CK_TOKEN_INFO_PTR p), (id, p))
 FWD(C_InitToken, (CK_SLOT_ID id, CK_UTF8CHAR_PTR pin, CK_ULONG n, CK_UTF8CHAR_PTR label), (id, pin, n, label))
 FWD(C_WaitForSlotEvent, (CK_FLAGS f, CK_SLOT_ID_PTR id, CK_VOID_PTR r), (f, id, r))
-FWD_S(C_InitPIN, (CK_SESSION_HANDLE h, CK_UTF8CHAR_PTR pin, CK_ULONG n), (s, pin, n))
-FWD_S(C_SetPIN, (CK_SESSION_HANDLE h, CK_UTF8CHAR_PTR o, CK_ULONG on, CK_UTF8CHAR_PTR p, CK_ULONG pn), (s, o, on, p, pn))
-FWD_S(C_GetSessionInfo, (CK_SESSION_HANDLE h, CK_SESSION_INFO_PTR p), (s, p))
-FWD_S(C_GetOperationState, (CK_SESSION_HANDLE h, CK_BYTE_PTR p, CK_ULONG_PTR n), (s, p, n))
-FWD_S(C_SetOperationState, (CK_SESSION_HANDLE h, CK_BYTE_PTR p, CK_ULONG n, CK_OBJECT_HANDLE e, CK_OBJECT_HANDLE a), (s, p, n, e, a))
-FWD_S(C_Login, (CK_SESSION_HANDLE h, CK_USER_TYPE u, CK_UTF8CHAR_PTR pin, CK_ULONG n), (s, u, pin, n))
-FWD_S(C_Logout, (CK_SESSION_HANDLE h), (s))
-FWD_S(C_DestroyObject, (CK_SESSION_HANDLE h, CK_OBJECT_HANDLE o), (s, o))
-FWD_S(C_GetObjectSize, (CK_SESSION_HANDLE h, CK_OBJECT_HANDLE o, CK_ULONG_PTR n), (s, o, n))
-FWD_S(C_SetAttributeValue, (CK_SESSION_HANDLE h, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_PTR t, CK_ULONG n), (s, o, t, n))
-FWD_S(C_FindObjectsInit, (CK_SESSION_HANDLE h, CK_ATTRIBUTE_PTR t, CK_ULONG n), (s, t, n))
-FWD_S(C_FindObjects, (CK_SESSION_HANDLE h, CK_OBJECT_HANDLE_PTR o, CK_ULONG max, CK_ULONG_PTR n), (s, o, max, n))
-FWD_S(C_FindObjectsFinal, (CK_SESSION_HANDLE h), (s))
-FWD_S(C_EncryptUpdate, (CK_SESSION_HANDLE h, CK_BYTE_PTR i, CK_ULONG in, CK_BYTE_PTR o, CK_ULONG_PTR on), (s, i, in, o, on))
-FWD_SM(C_DecryptInit, (CK_SESSION_HANDLE h, CK_MECHANISM_PTR pm, CK_OBJECT_HANDLE k), (s, &m, k))
-FWD_S(C_Decrypt, (CK_SESSION_HANDLE h, CK_BYTE_PTR i, CK_ULONG in, CK_BYTE_PTR o, CK_ULONG_PTR on), (s, i, in, o, on))
-FWD_S(C_DecryptUpdate, (CK_SESSION_HANDLE h, CK_BYTE_PTR i, CK_ULONG in, CK_BYTE_PTR o, CK_ULONG_PTR on), (s, i, in, o, on))
-FWD_S(C_DecryptFinal, (CK_SESSION_HANDLE h, CK_BYTE_PTR o, CK_ULONG_PTR on), (s, o, on))
-FWD_SM(C_DigestInit, (CK_SESSION_HANDLE h, CK_MECHANISM_PTR pm), (s, &m))
-FWD_S(C_Digest, (CK_SESSION_HANDLE h, CK_BYTE_PTR i, CK_ULONG in, CK_BYTE_PTR o, CK_ULONG_PTR on), (s, i, in, o, on))
-FWD_S(C_DigestUpdate, (CK_SESSION_HANDLE h, CK_BYTE_PTR i, CK_ULONG in), (s, i, in))
-FWD_S(C_DigestKey, (CK_SESSION_HANDLE h, CK_OBJECT_HANDLE k), (s, k))
-FWD_S(C_DigestFinal, (CK_SESSION_HANDLE h, CK_BYTE_PTR o, CK_ULONG_PTR on), (s, o, on))
-FWD_SM(C_SignInit, (CK_SESSION_HANDLE h, CK_MECHANISM_PTR pm, CK_OBJECT_HANDLE k), (s, &m, k))
-FWD_S(C_Sign, (CK_SESSION_HANDLE h, CK_BYTE_PTR i, CK_ULONG in, CK_BYTE_PTR o, CK_ULONG_PTR on), (s, i, in, o, on))
-FWD_S(C_SignUpdate, (CK_SESSION_HANDLE h, CK_BYTE_PTR i, CK_ULONG in), (s, i, in))
-FWD_S(C_SignFinal, (CK_SESSION_HANDLE h, CK_BYTE_PTR o, CK_ULONG_PTR on), (s, o, on))
-FWD_SM(C_SignRecoverInit, (CK_SESSION_HANDLE h, CK_MECHANISM_PTR pm, CK_OBJECT_HANDLE k), (s, &m, k))
-FWD_S(C_SignRecover, (CK_SESSION_HANDLE h, CK_BYTE_PTR i, CK_ULONG in, CK_BYTE_PTR o, CK_ULONG_PTR on), (s, i, in, o, on))
-FWD_SM(C_VerifyInit, (CK_SESSION_HANDLE h, CK_MECHANISM_PTR pm, CK_OBJECT_HANDLE k), (s, &m, k))
-FWD_S(C_Verify, (CK_SESSION_HANDLE h, CK_BYTE_PTR i, CK_ULONG in, CK_BYTE_PTR sig, CK_ULONG sn), (s, i, in, sig, sn))
-FWD_S(C_VerifyUpdate, (CK_SESSION_HANDLE h, CK_BYTE_PTR i, CK_ULONG in), (s, i, in))
-FWD_S(C_VerifyFinal, (CK_SESSION_HANDLE h, CK_BYTE_PTR sig, CK_ULONG sn), (s, sig, sn))
-FWD_SM(C_VerifyRecoverInit, (CK_SESSION_HANDLE h, CK_MECHANISM_PTR pm, CK_OBJECT_HANDLE k), (s, &m, k))
-FWD_S(C_VerifyRecover, (CK_SESSION_HANDLE h, CK_BYTE_PTR i, CK_ULONG in, CK_BYTE_PTR o, CK_ULONG_PTR on), (s, i, in, o, on))
-FWD_S(C_DigestEncryptUpdate, (CK_SESSION_HANDLE h, CK_BYTE_PTR i, CK_ULONG in, CK_BYTE_PTR o, CK_ULONG_PTR on), (s, i, in, o, on))
-FWD_S(C_DecryptDigestUpdate, (CK_SESSION_HANDLE h, CK_BYTE_PTR i, CK_ULONG in, CK_BYTE_PTR o, CK_ULONG_PTR on), (s, i, in, o, on))
-FWD_S(C_SignEncryptUpdate, (CK_SESSION_HANDLE h, CK_BYTE_PTR i, CK_ULONG in, CK_BYTE_PTR o, CK_ULONG_PTR on), (s, i, in, o, on))
-FWD_S(C_DecryptVerifyUpdate, (CK_SESSION_HANDLE h, CK_BYTE_PTR i, CK_ULONG in, CK_BYTE_PTR o, CK_ULONG_PTR on), (s, i, in, o, on))
-FWD_SM(C_GenerateKeyPair, (CK_SESSION_HANDLE h, CK_MECHANISM_PTR pm, CK_ATTRIBUTE_PTR pub, CK_ULONG pubn, CK_ATTRIBUTE_PTR priv, CK_ULONG privn, CK_OBJECT_HANDLE_PTR pubk, CK_OBJECT_HANDLE_PTR privk), (s, &m, pub, pubn, priv, privn, pubk, privk))
-FWD_SM(C_WrapKey, (CK_SESSION_HANDLE h, CK_MECHANISM_PTR pm, CK_OBJECT_HANDLE w, CK_OBJECT_HANDLE k, CK_BYTE_PTR o, CK_ULONG_PTR on), (s, &m, w, k, o, on))
-FWD_S(C_SeedRandom, (CK_SESSION_HANDLE h, CK_BYTE_PTR p, CK_ULONG n), (s, p, n))
-FWD_S(C_GenerateRandom, (CK_SESSION_HANDLE h, CK_BYTE_PTR p, CK_ULONG n), (s, p, n))
-FWD_S(C_GetFunctionStatus, (CK_SESSION_HANDLE h), (s))
-FWD_S(C_CancelFunction, (CK_SESSION_HANDLE h), (s))
+FWD_S(C_InitPIN, (CK_SESSION_HANDLE h, CK_UTF8CHAR_PTR pin, CK_ULONG n), CKR_OK, (s, pin, n))
+FWD_S(C_SetPIN, (CK_SESSION_HANDLE h, CK_UTF8CHAR_PTR o, CK_ULONG on, CK_UTF8CHAR_PTR p, CK_ULONG pn), CKR_OK, (s, o, on, p, pn))
+FWD_S(C_GetSessionInfo, (CK_SESSION_HANDLE h, CK_SESSION_INFO_PTR p), CKR_OK, (s, p))
+FWD_S(C_GetOperationState, (CK_SESSION_HANDLE h, CK_BYTE_PTR p, CK_ULONG_PTR n), CKR_OK, (s, p, n))
+FWD_S(C_SetOperationState, (CK_SESSION_HANDLE h, CK_BYTE_PTR p, CK_ULONG n, CK_OBJECT_HANDLE e, CK_OBJECT_HANDLE a), CKR_OK, (s, p, n, e, a))
+FWD_S(C_Login, (CK_SESSION_HANDLE h, CK_USER_TYPE u, CK_UTF8CHAR_PTR pin, CK_ULONG n), CKR_OK, (s, u, pin, n))
+FWD_S(C_Logout, (CK_SESSION_HANDLE h), CKR_OK, (s))
+FWD_S(C_DestroyObject, (CK_SESSION_HANDLE h, CK_OBJECT_HANDLE o), CKR_OK, (s, o))
+FWD_S(C_GetObjectSize, (CK_SESSION_HANDLE h, CK_OBJECT_HANDLE o, CK_ULONG_PTR n), CKR_OK, (s, o, n))
+FWD_S(C_SetAttributeValue, (CK_SESSION_HANDLE h, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_PTR t, CK_ULONG n), CKR_OK, (s, o, t, n))
+FWD_S(C_FindObjectsInit, (CK_SESSION_HANDLE h, CK_ATTRIBUTE_PTR t, CK_ULONG n), CKR_OK, (s, t, n))
+FWD_S(C_FindObjects, (CK_SESSION_HANDLE h, CK_OBJECT_HANDLE_PTR o, CK_ULONG max, CK_ULONG_PTR n), CKR_OK, (s, o, max, n))
+FWD_S(C_FindObjectsFinal, (CK_SESSION_HANDLE h), CKR_OK, (s))
+FWD_S(C_EncryptUpdate, (CK_SESSION_HANDLE h, CK_BYTE_PTR i, CK_ULONG in, CK_BYTE_PTR o, CK_ULONG_PTR on), CKR_OK, (s, i, in, o, on))
+FWD_S(C_DecryptInit, (CK_SESSION_HANDLE h, CK_MECHANISM_PTR pm, CK_OBJECT_HANDLE k), translate(pm, &m, &gcm), (s, &m, k))
+FWD_S(C_Decrypt, (CK_SESSION_HANDLE h, CK_BYTE_PTR i, CK_ULONG in, CK_BYTE_PTR o, CK_ULONG_PTR on), CKR_OK, (s, i, in, o, on))
+FWD_S(C_DecryptUpdate, (CK_SESSION_HANDLE h, CK_BYTE_PTR i, CK_ULONG in, CK_BYTE_PTR o, CK_ULONG_PTR on), CKR_OK, (s, i, in, o, on))
+FWD_S(C_DecryptFinal, (CK_SESSION_HANDLE h, CK_BYTE_PTR o, CK_ULONG_PTR on), CKR_OK, (s, o, on))
+FWD_S(C_DigestInit, (CK_SESSION_HANDLE h, CK_MECHANISM_PTR pm), translate(pm, &m, &gcm), (s, &m))
+FWD_S(C_Digest, (CK_SESSION_HANDLE h, CK_BYTE_PTR i, CK_ULONG in, CK_BYTE_PTR o, CK_ULONG_PTR on), CKR_OK, (s, i, in, o, on))
+FWD_S(C_DigestUpdate, (CK_SESSION_HANDLE h, CK_BYTE_PTR i, CK_ULONG in), CKR_OK, (s, i, in))
+FWD_S(C_DigestKey, (CK_SESSION_HANDLE h, CK_OBJECT_HANDLE k), CKR_OK, (s, k))
+FWD_S(C_DigestFinal, (CK_SESSION_HANDLE h, CK_BYTE_PTR o, CK_ULONG_PTR on), CKR_OK, (s, o, on))
+FWD_S(C_SignInit, (CK_SESSION_HANDLE h, CK_MECHANISM_PTR pm, CK_OBJECT_HANDLE k), translate(pm, &m, &gcm), (s, &m, k))
+FWD_S(C_Sign, (CK_SESSION_HANDLE h, CK_BYTE_PTR i, CK_ULONG in, CK_BYTE_PTR o, CK_ULONG_PTR on), CKR_OK, (s, i, in, o, on))
+FWD_S(C_SignUpdate, (CK_SESSION_HANDLE h, CK_BYTE_PTR i, CK_ULONG in), CKR_OK, (s, i, in))
+FWD_S(C_SignFinal, (CK_SESSION_HANDLE h, CK_BYTE_PTR o, CK_ULONG_PTR on), CKR_OK, (s, o, on))
+FWD_S(C_SignRecoverInit, (CK_SESSION_HANDLE h, CK_MECHANISM_PTR pm, CK_OBJECT_HANDLE k), translate(pm, &m, &gcm), (s, &m, k))
+FWD_S(C_SignRecover, (CK_SESSION_HANDLE h, CK_BYTE_PTR i, CK_ULONG in, CK_BYTE_PTR o, CK_ULONG_PTR on), CKR_OK, (s, i, in, o, on))
+FWD_S(C_VerifyInit, (CK_SESSION_HANDLE h, CK_MECHANISM_PTR pm, CK_OBJECT_HANDLE k), translate(pm, &m, &gcm), (s, &m, k))
+FWD_S(C_Verify, (CK_SESSION_HANDLE h, CK_BYTE_PTR i, CK_ULONG in, CK_BYTE_PTR sig, CK_ULONG sn), CKR_OK, (s, i, in, sig, sn))
+FWD_S(C_VerifyUpdate, (CK_SESSION_HANDLE h, CK_BYTE_PTR i, CK_ULONG in), CKR_OK, (s, i, in))
+FWD_S(C_VerifyFinal, (CK_SESSION_HANDLE h, CK_BYTE_PTR sig, CK_ULONG sn), CKR_OK, (s, sig, sn))
+FWD_S(C_VerifyRecoverInit, (CK_SESSION_HANDLE h, CK_MECHANISM_PTR pm, CK_OBJECT_HANDLE k), translate(pm, &m, &gcm), (s, &m, k))
+FWD_S(C_VerifyRecover, (CK_SESSION_HANDLE h, CK_BYTE_PTR i, CK_ULONG in, CK_BYTE_PTR o, CK_ULONG_PTR on), CKR_OK, (s, i, in, o, on))
+FWD_S(C_DigestEncryptUpdate, (CK_SESSION_HANDLE h, CK_BYTE_PTR i, CK_ULONG in, CK_BYTE_PTR o, CK_ULONG_PTR on), CKR_OK, (s, i, in, o, on))
+FWD_S(C_DecryptDigestUpdate, (CK_SESSION_HANDLE h, CK_BYTE_PTR i, CK_ULONG in, CK_BYTE_PTR o, CK_ULONG_PTR on), CKR_OK, (s, i, in, o, on))
+FWD_S(C_SignEncryptUpdate, (CK_SESSION_HANDLE h, CK_BYTE_PTR i, CK_ULONG in, CK_BYTE_PTR o, CK_ULONG_PTR on), CKR_OK, (s, i, in, o, on))
+FWD_S(C_DecryptVerifyUpdate, (CK_SESSION_HANDLE h, CK_BYTE_PTR i, CK_ULONG in, CK_BYTE_PTR o, CK_ULONG_PTR on), CKR_OK, (s, i, in, o, on))
+FWD_S(C_GenerateKeyPair, (CK_SESSION_HANDLE h, CK_MECHANISM_PTR pm, CK_ATTRIBUTE_PTR pub, CK_ULONG pubn, CK_ATTRIBUTE_PTR priv, CK_ULONG privn, CK_OBJECT_HANDLE_PTR pubk, CK_OBJECT_HANDLE_PTR privk), translate(pm, &m, &gcm), (s, &m, pub, pubn, priv, privn, pubk, privk))
+FWD_S(C_WrapKey, (CK_SESSION_HANDLE h, CK_MECHANISM_PTR pm, CK_OBJECT_HANDLE w, CK_OBJECT_HANDLE k, CK_BYTE_PTR o, CK_ULONG_PTR on), translate(pm, &m, &gcm), (s, &m, w, k, o, on))
+FWD_S(C_SeedRandom, (CK_SESSION_HANDLE h, CK_BYTE_PTR p, CK_ULONG n), CKR_OK, (s, p, n))
+FWD_S(C_GenerateRandom, (CK_SESSION_HANDLE h, CK_BYTE_PTR p, CK_ULONG n), CKR_OK, (s, p, n))
+FWD_S(C_GetFunctionStatus, (CK_SESSION_HANDLE h), CKR_OK, (s))
+FWD_S(C_CancelFunction, (CK_SESSION_HANDLE h), CKR_OK, (s))
 
-/* The key-creating calls: a template check, then forwarded as above. */
-#define FWD_ST(name, params, t, n, class, args)                          \
-	static CK_RV shim_##name params                                  \
-	{                                                                \
-		CK_SESSION_HANDLE s;                                     \
-		CK_RV rv = enter();                                      \
-		if (rv != CKR_OK)                                        \
-			return rv;                                       \
-		if ((rv = real_of(h, &s)) == CKR_OK &&                   \
-		    (rv = check_template(t, n, class)) == CKR_OK)        \
-			rv = st.down->name args;                         \
-		return leave(rv);                                        \
-	}
-#define FWD_SMT(name, params, t, n, args)                                \
-	static CK_RV shim_##name params                                  \
-	{                                                                \
-		CK_SESSION_HANDLE s;                                     \
-		CK_MECHANISM m;                                          \
-		CK_GCM_PARAMS gcm;                                       \
-		CK_RV rv = enter();                                      \
-		if (rv != CKR_OK)                                        \
-			return rv;                                       \
-		if ((rv = real_of(h, &s)) == CKR_OK &&                   \
-		    (rv = translate(pm, &m, &gcm)) == CKR_OK &&          \
-		    (rv = check_template(t, n, CKO_SECRET_KEY)) == CKR_OK) \
-			rv = st.down->name args;                         \
-		return leave(rv);                                        \
-	}
-
-FWD_ST(C_CreateObject, (CK_SESSION_HANDLE h, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR o), t, n, (CK_OBJECT_CLASS)-1, (s, t, n, o))
-FWD_ST(C_CopyObject, (CK_SESSION_HANDLE h, CK_OBJECT_HANDLE from, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR o), t, n,
-       st.cfg.sensitive && secret_key(s, from) ? CKO_SECRET_KEY : (CK_OBJECT_CLASS)-1, (s, from, t, n, o))
-FWD_SMT(C_GenerateKey, (CK_SESSION_HANDLE h, CK_MECHANISM_PTR pm, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR k), t, n, (s, &m, t, n, k))
-FWD_SMT(C_UnwrapKey, (CK_SESSION_HANDLE h, CK_MECHANISM_PTR pm, CK_OBJECT_HANDLE w, CK_BYTE_PTR in, CK_ULONG inn, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR k), t, n, (s, &m, w, in, inn, t, n, k))
-FWD_SMT(C_DeriveKey, (CK_SESSION_HANDLE h, CK_MECHANISM_PTR pm, CK_OBJECT_HANDLE b, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR k), t, n, (s, &m, b, t, n, k))
+/* The key-creating calls: the template is checked too. */
+FWD_S(C_CreateObject, (CK_SESSION_HANDLE h, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR o),
+      check_template(t, n, (CK_OBJECT_CLASS)-1), (s, t, n, o))
+FWD_S(C_CopyObject, (CK_SESSION_HANDLE h, CK_OBJECT_HANDLE from, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR o),
+      check_template(t, n, st.cfg.sensitive && secret_key(s, from) ? CKO_SECRET_KEY : (CK_OBJECT_CLASS)-1), (s, from, t, n, o))
+FWD_S(C_GenerateKey, (CK_SESSION_HANDLE h, CK_MECHANISM_PTR pm, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR k),
+      mech_key(pm, &m, &gcm, t, n), (s, &m, t, n, k))
+FWD_S(C_UnwrapKey, (CK_SESSION_HANDLE h, CK_MECHANISM_PTR pm, CK_OBJECT_HANDLE w, CK_BYTE_PTR in, CK_ULONG inn, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR k),
+      mech_key(pm, &m, &gcm, t, n), (s, &m, w, in, inn, t, n, k))
+FWD_S(C_DeriveKey, (CK_SESSION_HANDLE h, CK_MECHANISM_PTR pm, CK_OBJECT_HANDLE b, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR k),
+      mech_key(pm, &m, &gcm, t, n), (s, &m, b, t, n, k))
 
 /* ---- the calls with behaviour of their own ---- */
 
