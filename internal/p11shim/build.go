@@ -35,8 +35,8 @@ import (
 //go:embed csrc/shim.c csrc/pkcs11.h csrc/pkcs11t.h csrc/pkcs11f.h
 var sources embed.FS
 
-// ErrUnavailable is wrapped by Build when the C compiler or the module
-// the shim forwards to is missing.
+// ErrUnavailable is wrapped by Build when the C compiler is missing, and
+// by Need when SoftHSM2 is.
 var ErrUnavailable = errors.New("p11shim: unavailable")
 
 // Build compiles the shim into dir and returns the module's path. The
@@ -61,9 +61,6 @@ func Build(ctx context.Context, dir string) (string, error) {
 	mod := filepath.Join(dir, "kmsfs-p11shim-"+hex.EncodeToString(h.Sum(nil))[:16]+".so")
 	if _, err := os.Stat(mod); err == nil {
 		return mod, nil
-	}
-	if _, err := os.Stat(DefaultModule); err != nil {
-		return "", fmt.Errorf("%w: SoftHSM2 module: %v (install the softhsm2 package)", ErrUnavailable, err)
 	}
 	cc := os.Getenv("CC")
 	if cc == "" {
@@ -98,11 +95,19 @@ func Build(ctx context.Context, dir string) (string, error) {
 
 // Need builds the shim into dir (see Build) or stops the test: under
 // CI=true it fails, otherwise it is skipped when the compiler or SoftHSM
-// is missing. Any other build error fails the test.
+// ($KMSFS_PKCS11_MODULE, else DefaultModule) is missing. Any other build
+// error fails the test.
 func Need(t testing.TB, dir string) string {
 	t.Helper()
-	mod, err := Build(context.Background(), dir)
-	if err == nil {
+	soft := os.Getenv("KMSFS_PKCS11_MODULE")
+	if soft == "" {
+		soft = DefaultModule
+	}
+	var mod string
+	_, err := os.Stat(soft)
+	if err != nil {
+		err = fmt.Errorf("%w: SoftHSM2 module: %v (install the softhsm2 package or set KMSFS_PKCS11_MODULE)", ErrUnavailable, err)
+	} else if mod, err = Build(context.Background(), dir); err == nil {
 		return mod
 	}
 	if errors.Is(err, ErrUnavailable) && os.Getenv("CI") != "true" {
