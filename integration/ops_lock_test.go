@@ -13,8 +13,8 @@ import (
 // F_GETLK/F_OFD_GETLK reports, and release on unlock, close and exit.
 func TestOpsLocks(t *testing.T) {
 	v := mntOps(t)
-	h := &mntHelper{bin: mntBuildHelper(t, t.TempDir())}
-	p := v.path("locked")
+	h := suite.User(t, nil)
+	p := v.Path("locked")
 	mntWriteFile(t, p, mntRandom(50, 5000))
 
 	t.Run("flock", func(t *testing.T) {
@@ -25,7 +25,7 @@ func TestOpsLocks(t *testing.T) {
 		}
 		mntWantErrno(t, "LOCK_EX on another description", unix.Flock(int(b.Fd()), unix.LOCK_EX|unix.LOCK_NB), syscall.EWOULDBLOCK)
 		mntWantErrno(t, "LOCK_SH on another description", unix.Flock(int(b.Fd()), unix.LOCK_SH|unix.LOCK_NB), syscall.EWOULDBLOCK)
-		if _, errno := h.hold(t, "flock", p); errno != syscall.EWOULDBLOCK {
+		if _, errno := h.Hold(t, "flock", p); errno != syscall.EWOULDBLOCK {
 			t.Fatalf("another process took the lock: %v, want EWOULDBLOCK", errno)
 		}
 		if err := unix.Flock(int(a.Fd()), unix.LOCK_UN); err != nil {
@@ -40,7 +40,7 @@ func TestOpsLocks(t *testing.T) {
 		b.Close()
 		a.Close()
 		// Held by another process: refused here until it exits.
-		release, errno := h.hold(t, "flock", p)
+		release, errno := h.Hold(t, "flock", p)
 		if errno != 0 {
 			t.Fatalf("helper flock: %v", errno)
 		}
@@ -54,7 +54,7 @@ func TestOpsLocks(t *testing.T) {
 	})
 
 	t.Run("posix", func(t *testing.T) {
-		release, errno := h.hold(t, "posixlock", p, "0", "100")
+		release, errno := h.Hold(t, "posixlock", p, "0", "100")
 		if errno != 0 {
 			t.Fatalf("helper lock: %v", errno)
 		}
@@ -78,7 +78,7 @@ func TestOpsLocks(t *testing.T) {
 		if err := unix.FcntlFlock(f.Fd(), unix.F_SETLK, &unix.Flock_t{Type: unix.F_WRLCK, Start: 0, Len: 10}); err != nil {
 			t.Fatalf("F_SETLK after the other process exited: %v", err)
 		}
-		if _, errno := h.hold(t, "posixlock", p, "120", "1"); errno != syscall.EAGAIN {
+		if _, errno := h.Hold(t, "posixlock", p, "120", "1"); errno != syscall.EAGAIN {
 			t.Fatalf("helper locked inside our range: %v, want EAGAIN", errno)
 		}
 		// An OFD lock conflicts with a POSIX lock, even in one process.
