@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/kmsfs/kmsfs/internal/fusetest"
 	"github.com/kmsfs/kmsfs/internal/kmstest"
 	"github.com/kmsfs/kmsfs/keysource"
 	"github.com/kmsfs/kmsfs/keysource/awskms"
@@ -36,7 +37,7 @@ func setAWSEnv(t *testing.T, e *kmstest.Emulator, endpoint string) {
 // The standard configuration chain finds the emulator through
 // AWS_ENDPOINT_URL_KMS.
 func TestStandardConfigChain(t *testing.T) {
-	e := kmstest.Start(t)
+	e := fusetest.KMS(t)
 	setAWSEnv(t, e, e.Endpoint)
 	c := kmstest.NewCounter()
 	ks, err := awskms.New(testContext(t), kmstest.Alias, volume1, awskms.WithAPIOptions(c.Register))
@@ -55,7 +56,7 @@ func TestStandardConfigChain(t *testing.T) {
 
 // AWS_MAX_ATTEMPTS bounds attempts when WithRetry is not given.
 func TestStandardConfigMaxAttempts(t *testing.T) {
-	e := kmstest.Start(t)
+	e := fusetest.KMS(t)
 	setAWSEnv(t, e, kmstest.ClosedEndpoint(t))
 	t.Setenv("AWS_MAX_ATTEMPTS", "2")
 	c := kmstest.NewCounter()

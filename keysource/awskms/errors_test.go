@@ -12,6 +12,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/aws-sdk-go-v2/service/kms/types"
 
+	"github.com/kmsfs/kmsfs/internal/fusetest"
 	"github.com/kmsfs/kmsfs/internal/kmstest"
 	"github.com/kmsfs/kmsfs/keysource"
 	"github.com/kmsfs/kmsfs/keysource/awskms"
@@ -19,7 +20,7 @@ import (
 
 // Keys kmsfs must refuse when a source is built.
 func TestNewRefuses(t *testing.T) {
-	e := kmstest.Start(t)
+	e := fusetest.KMS(t)
 	otherRegion := strings.Replace(e.Symmetric.ARN, ":"+e.Region+":", ":us-east-1:", 1)
 	tests := []struct {
 		name     string
@@ -60,7 +61,7 @@ func TestNewRefuses(t *testing.T) {
 // A key disabled or scheduled for deletion after the source was built:
 // every operation names the cause, and the deletion date.
 func TestKeyStateChanges(t *testing.T) {
-	e := kmstest.Start(t)
+	e := fusetest.KMS(t)
 	admin := e.Client()
 	ctx := testContext(t)
 	key := e.Symmetric2
@@ -132,7 +133,7 @@ func TestKeyStateChanges(t *testing.T) {
 // KMS errors the emulator never gives, injected by the proxy: each maps to
 // its sentinel and names the cause.
 func TestKMSErrors(t *testing.T) {
-	e := kmstest.Start(t)
+	e := fusetest.KMS(t)
 	proxy := kmstest.NewProxy(t, e.Endpoint)
 	sym := mustSource(t, e, e.Symmetric.ARN, volume1, nil, awskms.WithEndpoint(proxy.URL))
 	dk := newDataKey()
@@ -166,7 +167,7 @@ func TestKMSErrors(t *testing.T) {
 
 // Throttling is retried with backoff, bounded by the attempts configured.
 func TestThrottling(t *testing.T) {
-	e := kmstest.Start(t)
+	e := fusetest.KMS(t)
 	proxy := kmstest.NewProxy(t, e.Endpoint)
 	tests := []struct {
 		code     string
@@ -210,7 +211,7 @@ func TestThrottling(t *testing.T) {
 // An endpoint where nothing listens is ErrUnavailable, promptly, after the
 // configured attempts.
 func TestUnreachable(t *testing.T) {
-	e := kmstest.Start(t)
+	e := fusetest.KMS(t)
 	closed := kmstest.ClosedEndpoint(t)
 	tests := []struct {
 		name     string
@@ -252,7 +253,7 @@ func TestUnreachable(t *testing.T) {
 }
 
 func TestNoCredentials(t *testing.T) {
-	e := kmstest.Start(t)
+	e := fusetest.KMS(t)
 	cfg := e.Config()
 	cfg.Credentials = aws.CredentialsProviderFunc(func(context.Context) (aws.Credentials, error) {
 		return aws.Credentials{}, errors.New("no credentials in this test")
@@ -263,7 +264,7 @@ func TestNoCredentials(t *testing.T) {
 
 // Errors never carry key material: not the data key, not its wrap.
 func TestErrorsHoldNoKeys(t *testing.T) {
-	e := kmstest.Start(t)
+	e := fusetest.KMS(t)
 	ks := mustSource(t, e, e.Symmetric.ARN, volume1, nil)
 	other := mustSource(t, e, e.Symmetric.ARN, volume2, nil)
 	dk := newDataKey()
