@@ -91,7 +91,7 @@ type ksEnv struct {
 func newKSEnv(t testing.TB) *ksEnv {
 	t.Helper()
 	env := &ksEnv{}
-	if _, err := kmstest.LocalKMSPath(); err == nil || os.Getenv("CI") == "true" {
+	if fusetest.KMSAvailable() == nil || fusetest.CI() {
 		env.kms = fusetest.KMS(t)
 	}
 	return env
