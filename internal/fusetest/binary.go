@@ -29,8 +29,8 @@ const (
 	// ExitTimeout bounds an unmount until the daemon has exited, and a
 	// killed daemon's exit.
 	ExitTimeout = 10 * time.Second
-	// MountTimeout bounds `kmsfs mount -f` until it logs "mounted".
-	MountTimeout = 30 * time.Second
+	// readyTimeout bounds `kmsfs mount -f` until it logs "mounted".
+	readyTimeout = 30 * time.Second
 	// refusedWithin is how long a refused `kmsfs mount` may take: a
 	// refusal that first waits out a timeout is a bug of its own.
 	refusedWithin = 20 * time.Second
@@ -329,7 +329,7 @@ func (v *CLIVolume) waitMounted(t testing.TB) error {
 	logged := func() bool {
 		return v.LogHas(p.mark, func(l LogLine) bool { return l.F["msg"] == "mounted" })
 	}
-	Poll(MountTimeout, func() bool { return p.exited() || logged() })
+	Poll(readyTimeout, func() bool { return p.exited() || logged() })
 	switch {
 	case logged():
 		if !IsMounted(t, v.Mnt) {
@@ -346,7 +346,7 @@ func (v *CLIVolume) waitMounted(t testing.TB) error {
 		if IsMounted(t, v.Mnt) {
 			ForceUnmount(v.Mnt)
 		}
-		return fmt.Errorf("kmsfs mount -f: not mounted after %v:\n%s", MountTimeout, v.logSinceText(p.mark))
+		return fmt.Errorf("kmsfs mount -f: not mounted after %v:\n%s", readyTimeout, v.logSinceText(p.mark))
 	}
 }
 
