@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kmsfs/kmsfs/internal/fusetest"
 )
 
 // mntAttackCache is the entry and attribute cache of the mounts below:
@@ -53,18 +55,18 @@ func mntPlant(t testing.TB, p, how string, mk func(string) error) {
 // mntKnownFile writes a file through the mount, waits until the daemon
 // has closed it, and stats it through the mount, so that the kernel
 // holds its node.
-func mntKnownFile(t testing.TB, v *mntVolume, name string, data []byte) {
+func mntKnownFile(t testing.TB, v *fusetest.CLIVolume, name string, data []byte) {
 	t.Helper()
-	mntWriteFile(t, v.path(name), data)
-	v.waitReleased(t, name)
-	if st := mntLstat(t, v.path(name)); st.Mode&unix.S_IFMT != unix.S_IFREG {
+	mntWriteFile(t, v.Path(name), data)
+	v.WaitReleased(t, name)
+	if st := mntLstat(t, v.Path(name)); st.Mode&unix.S_IFMT != unix.S_IFREG {
 		t.Fatalf("%s: mode %o, want a regular file", name, st.Mode)
 	}
 }
 
 // mntOpenToAll opens the mount's root (the cipher dir's, made 0700) to
 // every user, so that other users reach the files in it.
-func mntOpenToAll(t testing.TB, v *mntVolume) {
+func mntOpenToAll(t testing.TB, v *fusetest.CLIVolume) {
 	t.Helper()
 	if err := unix.Chmod(v.Mnt, 0o755); err != nil {
 		t.Fatal(err)
@@ -119,9 +121,9 @@ func mntVictimState(t testing.TB, p string) victimState {
 // as the user, who may not reach the host file. A change of the host
 // file can then only come from the daemon, which runs as root.
 func TestAttackPlantedSymlink(t *testing.T) {
-	dir := mntSharedDir(t)
-	v := mntStart(t, mntOptions{Dir: dir, MountArgs: []string{"--allow-other", "--xattr", "--cache-timeout", mntAttackCache}})
-	nobody := &mntHelper{bin: mntBuildHelper(t, dir), cred: mntNobodyCred()}
+	dir := fusetest.SharedDir(t)
+	v := suite.StartVolume(t, fusetest.CLIOptions{Dir: dir, MountArgs: []string{"--allow-other", "--xattr", "--cache-timeout", mntAttackCache}})
+	nobody := suite.User(t, fusetest.NobodyCred())
 	mntOpenToAll(t, v)
 	victims := t.TempDir() // outside the cipher dir, closed to nobody
 	old := time.Unix(1_000_000_000, 0)
@@ -129,14 +131,16 @@ func TestAttackPlantedSymlink(t *testing.T) {
 		name string
 		do   func(t *testing.T, p string)
 	}{
-		{"chmod", func(t *testing.T, p string) { nobody.do(t, "chmod", p, "4777") }},
-		{"chown", func(t *testing.T, p string) { nobody.do(t, "chown", p, fmt.Sprint(mntNobody), fmt.Sprint(mntNobody)) }},
-		{"utimes", func(t *testing.T, p string) { nobody.do(t, "utimes", p, "1000000000") }},
-		{"truncate", func(t *testing.T, p string) { nobody.do(t, "truncate", p, "1") }},
-		{"truncate-0", func(t *testing.T, p string) { nobody.do(t, "truncate", p, "0") }},
-		{"open-write", func(t *testing.T, p string) { nobody.do(t, "write", p, "attacker") }},
-		{"open-append", func(t *testing.T, p string) { nobody.do(t, "append", p, "attacker") }},
-		{"open-read", func(t *testing.T, p string) { nobody.do(t, "read", p) }},
+		{"chmod", func(t *testing.T, p string) { nobody.Do(t, "chmod", p, "4777") }},
+		{"chown", func(t *testing.T, p string) {
+			nobody.Do(t, "chown", p, fmt.Sprint(fusetest.Nobody), fmt.Sprint(fusetest.Nobody))
+		}},
+		{"utimes", func(t *testing.T, p string) { nobody.Do(t, "utimes", p, "1000000000") }},
+		{"truncate", func(t *testing.T, p string) { nobody.Do(t, "truncate", p, "1") }},
+		{"truncate-0", func(t *testing.T, p string) { nobody.Do(t, "truncate", p, "0") }},
+		{"open-write", func(t *testing.T, p string) { nobody.Do(t, "write", p, "attacker") }},
+		{"open-append", func(t *testing.T, p string) { nobody.Do(t, "append", p, "attacker") }},
+		{"open-read", func(t *testing.T, p string) { nobody.Do(t, "read", p) }},
 		{"setxattr", func(t *testing.T, p string) { unix.Lsetxattr(p, "trusted.attack", []byte("x"), 0) }},
 	}
 	for _, how := range []string{"rename", "recreate"} {
@@ -152,15 +156,15 @@ func TestAttackPlantedSymlink(t *testing.T) {
 				}
 				before := mntVictimState(t, victim)
 				mntKnownFile(t, v, name, []byte("the mount's file"))
-				if err := os.Chown(v.path(name), mntNobody, mntNobody); err != nil {
+				if err := os.Chown(v.Path(name), fusetest.Nobody, fusetest.Nobody); err != nil {
 					t.Fatal(err)
 				}
-				if err := os.Chmod(v.path(name), 0o666); err != nil {
+				if err := os.Chmod(v.Path(name), 0o666); err != nil {
 					t.Fatal(err)
 				}
-				mntPlant(t, v.cipherPath(name), how, func(p string) error { return os.Symlink(victim, p) })
+				mntPlant(t, v.CipherPath(name), how, func(p string) error { return os.Symlink(victim, p) })
 
-				op.do(t, v.path(name))
+				op.do(t, v.Path(name))
 
 				after := mntVictimState(t, victim)
 				b, a := before.st, after.st
@@ -207,16 +211,16 @@ func TestAttackPlantedSpecial(t *testing.T) {
 		{"chardev", func(p string) error { return unix.Mknod(p, unix.S_IFCHR|0o666, int(zero.Rdev)) }},
 	}
 	hows := []string{"rename", "recreate"}
-	v := mntStart(t, mntOptions{MountArgs: []string{"--cache-timeout", mntAttackCache}})
+	v := suite.StartVolume(t, fusetest.CLIOptions{MountArgs: []string{"--cache-timeout", mntAttackCache}})
 	for _, ro := range []bool{false, true} {
 		if ro {
 			// The files are made on the read-write mount first.
 			for _, k := range kinds {
 				for _, how := range hows {
-					mntWriteFile(t, v.path(fmt.Sprintf("ro-%s-%s", how, k.name)), []byte("the mount's file"))
+					mntWriteFile(t, v.Path(fmt.Sprintf("ro-%s-%s", how, k.name)), []byte("the mount's file"))
 				}
 			}
-			v.remount(t, "--ro")
+			v.Remount(t, "--ro")
 		}
 		for _, k := range kinds {
 			for _, how := range hows {
@@ -224,13 +228,13 @@ func TestAttackPlantedSpecial(t *testing.T) {
 					name := fmt.Sprintf("rw-%s-%s", how, k.name)
 					if ro {
 						name = fmt.Sprintf("ro-%s-%s", how, k.name)
-						mntLstat(t, v.path(name))
+						mntLstat(t, v.Path(name))
 					} else {
 						mntKnownFile(t, v, name, []byte("the mount's file"))
 					}
-					mntPlant(t, v.cipherPath(name), how, k.make)
-					mntOpenPlanted(t, v.path(name))
-					if held := v.daemonHolds(t, name); len(held) != 0 {
+					mntPlant(t, v.CipherPath(name), how, k.make)
+					mntOpenPlanted(t, v.Path(name))
+					if held := v.DaemonHolds(t, name); len(held) != 0 {
 						t.Errorf("the daemon holds the planted %s open: descriptors %v", k.name, held)
 					}
 				})

@@ -11,13 +11,15 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kmsfs/kmsfs/internal/fusetest"
 )
 
 // mntOptionsOf returns the mount's per-mount options and its
 // superblock options (mountinfo's sixth and last fields).
-func mntOptionsOf(t testing.TB, mnt string) (perMount, super []string) {
+func mntOptionsOf(t testing.TB, mnt string) (perMnt, super []string) {
 	t.Helper()
-	f, ok := mntMountInfo(t, mnt)
+	f, ok := fusetest.MountInfo(t, mnt)
 	if !ok || len(f) < 7 {
 		t.Fatalf("%s: no mountinfo line", mnt)
 	}
@@ -29,16 +31,16 @@ func mntOptionsOf(t testing.TB, mnt string) (perMount, super []string) {
 // nobody goes for root's 0600 file. kmsfs checks no permissions itself,
 // so --allow-other must bring the kernel's checks with it.
 func TestAttackAllowOtherAlone(t *testing.T) {
-	dir := mntSharedDir(t)
-	v := mntStart(t, mntOptions{Dir: dir, MountArgs: []string{"--allow-other"}})
-	nobody := &mntHelper{bin: mntBuildHelper(t, dir), cred: mntNobodyCred()}
+	dir := fusetest.SharedDir(t)
+	v := suite.StartVolume(t, fusetest.CLIOptions{Dir: dir, MountArgs: []string{"--allow-other"}})
+	nobody := suite.User(t, fusetest.NobodyCred())
 	mntOpenToAll(t, v)
 	if _, super := mntOptionsOf(t, v.Mnt); !slices.Contains(super, "default_permissions") {
 		t.Fatalf("--allow-other mounted without default_permissions: %v", super)
 	}
 
 	secret := []byte("root's secret")
-	p := v.path("private")
+	p := v.Path("private")
 	if err := os.WriteFile(p, secret, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -52,11 +54,11 @@ func TestAttackAllowOtherAlone(t *testing.T) {
 		{[]string{"append", p, "nobody's"}, syscall.EACCES},
 		{[]string{"truncate", p, "0"}, syscall.EACCES},
 		{[]string{"chmod", p, "666"}, syscall.EPERM},
-		{[]string{"chown", p, fmt.Sprint(mntNobody), fmt.Sprint(mntNobody)}, syscall.EPERM},
+		{[]string{"chown", p, fmt.Sprint(fusetest.Nobody), fmt.Sprint(fusetest.Nobody)}, syscall.EPERM},
 		{[]string{"utimes", p, "1000000000"}, syscall.EPERM},
 	} {
 		t.Run("op="+c.op[0], func(t *testing.T) {
-			out, errno := nobody.do(t, c.op...)
+			out, errno := nobody.Do(t, c.op...)
 			if errno != c.want {
 				t.Errorf("nobody %v: errno %v (output %q), want %v", c.op[0], errno, out, c.want)
 			}
@@ -78,9 +80,8 @@ func TestAttackAllowOtherAlone(t *testing.T) {
 // with the owner's privileges. Every case runs on a directory of the
 // cipher dir's own filesystem too, whose result is the one wanted.
 func TestAttackSetidKept(t *testing.T) {
-	dir := mntSharedDir(t)
-	v := mntStart(t, mntOptions{Dir: dir, MountArgs: []string{"--allow-other"}})
-	bin := mntBuildHelper(t, dir)
+	dir := fusetest.SharedDir(t)
+	v := suite.StartVolume(t, fusetest.CLIOptions{Dir: dir, MountArgs: []string{"--allow-other"}})
 	mntOpenToAll(t, v)
 	local := filepath.Join(dir, "local")
 	if err := os.Mkdir(local, 0o755); err != nil {
@@ -88,10 +89,10 @@ func TestAttackSetidKept(t *testing.T) {
 	}
 	users := []struct {
 		name string
-		h    *mntHelper
+		h    *fusetest.User
 	}{
-		{"nobody", &mntHelper{bin: bin, cred: mntNobodyCred()}},
-		{"root", &mntHelper{bin: bin}},
+		{"nobody", suite.User(t, fusetest.NobodyCred())},
+		{"root", suite.User(t, nil)},
 	}
 	ops := [][]string{
 		{"append", "x"},
@@ -104,10 +105,10 @@ func TestAttackSetidKept(t *testing.T) {
 		mode uint32
 		gid  int
 	}{
-		{0o6777, 0},         // set-group-ID and group-executable
-		{0o2676, 0},         // set-group-ID, writer not in the group
-		{0o2666, mntNobody}, // set-group-ID, writer in the group: kept
-		{0o4646, 0},         // set-user-ID only
+		{0o6777, 0},               // set-group-ID and group-executable
+		{0o2676, 0},               // set-group-ID, writer not in the group
+		{0o2666, fusetest.Nobody}, // set-group-ID, writer in the group: kept
+		{0o4646, 0},               // set-user-ID only
 	}
 	i := 0
 	for _, u := range users {
@@ -128,13 +129,13 @@ func TestAttackSetidKept(t *testing.T) {
 						if err := unix.Chmod(p, m.mode); err != nil {
 							t.Fatal(err)
 						}
-						u.h.must(t, append([]string{op[0], p}, op[1:]...)...)
+						u.h.Must(t, append([]string{op[0], p}, op[1:]...)...)
 						got[j] = mntLstat(t, p).Mode & 07777
 					}
 					if got[1] != got[0] {
 						t.Errorf("mode after %s by %s: %o on the mount, %o on a local filesystem", op[0], u.name, got[1], got[0])
 					}
-					if st := mntLstat(t, v.cipherPath(fmt.Sprintf("f%d", i))); st.Mode&07777 != got[1] {
+					if st := mntLstat(t, v.CipherPath(fmt.Sprintf("f%d", i))); st.Mode&07777 != got[1] {
 						t.Errorf("the cipher dir has mode %o, the mount shows %o", st.Mode&07777, got[1])
 					}
 				})
@@ -148,8 +149,8 @@ func TestAttackSetidKept(t *testing.T) {
 // root program and a world-writable device node planted there must not
 // work through the mount (nosuid and nodev by default).
 func TestAttackPlantedSetuidAndDevice(t *testing.T) {
-	dir := mntSharedDir(t)
-	v := mntStart(t, mntOptions{Dir: dir, MountArgs: []string{"--allow-other"}})
+	dir := fusetest.SharedDir(t)
+	v := suite.StartVolume(t, fusetest.CLIOptions{Dir: dir, MountArgs: []string{"--allow-other"}})
 	mntOpenToAll(t, v)
 	perMount, _ := mntOptionsOf(t, v.Mnt)
 	for _, o := range []string{"nosuid", "nodev"} {
@@ -168,10 +169,10 @@ func TestAttackPlantedSetuidAndDevice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(v.path("id"), prog, 0o755); err != nil {
+	if err := os.WriteFile(v.Path("id"), prog, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := unix.Chmod(v.cipherPath("id"), 0o4755); err != nil {
+	if err := unix.Chmod(v.CipherPath("id"), 0o4755); err != nil {
 		t.Fatal(err)
 	}
 	// A device node where the storage attacker wants it: /dev/zero's.
@@ -179,32 +180,31 @@ func TestAttackPlantedSetuidAndDevice(t *testing.T) {
 	if err := unix.Stat("/dev/zero", &zero); err != nil {
 		t.Fatal(err)
 	}
-	if err := unix.Mknod(v.cipherPath("zero"), unix.S_IFCHR|0o666, int(zero.Rdev)); err != nil {
+	if err := unix.Mknod(v.CipherPath("zero"), unix.S_IFCHR|0o666, int(zero.Rdev)); err != nil {
 		t.Fatal(err)
 	}
 
 	t.Run("exec=setuid-id", func(t *testing.T) {
-		if st := mntLstat(t, v.path("id")); st.Mode&unix.S_ISUID == 0 || st.Uid != 0 {
+		if st := mntLstat(t, v.Path("id")); st.Mode&unix.S_ISUID == 0 || st.Uid != 0 {
 			t.Fatalf("the planted program shows mode %o owner %d, want set-user-ID root", st.Mode, st.Uid)
 		}
-		cmd := exec.Command(v.path("id"), "-u")
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: mntNobodyCred()}
+		cmd := exec.Command(v.Path("id"), "-u")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: fusetest.NobodyCred()}
 		out, err := cmd.Output()
 		if err != nil {
-			t.Fatalf("nobody runs %s: %v", v.path("id"), err)
+			t.Fatalf("nobody runs %s: %v", v.Path("id"), err)
 		}
-		if got := strings.TrimSpace(string(out)); got != fmt.Sprint(mntNobody) {
-			t.Fatalf("the planted set-user-ID program runs with euid %s, want nobody's %d", got, mntNobody)
+		if got := strings.TrimSpace(string(out)); got != fmt.Sprint(fusetest.Nobody) {
+			t.Fatalf("the planted set-user-ID program runs with euid %s, want nobody's %d", got, fusetest.Nobody)
 		}
 	})
-	bin := mntBuildHelper(t, dir)
 	for _, u := range []struct {
 		name string
 		cred *syscall.Credential
-	}{{"nobody", mntNobodyCred()}, {"root", nil}} {
+	}{{"nobody", fusetest.NobodyCred()}, {"root", nil}} {
 		t.Run("open=device,user="+u.name, func(t *testing.T) {
-			h := &mntHelper{bin: bin, cred: u.cred}
-			if out, errno := h.do(t, "read", v.path("zero")); errno != syscall.EACCES {
+			h := suite.User(t, u.cred)
+			if out, errno := h.Do(t, "read", v.Path("zero")); errno != syscall.EACCES {
 				t.Fatalf("%s reads the planted device node through the mount: %d bytes, errno %v, want EACCES (nodev)", u.name, len(out), errno)
 			}
 		})

@@ -5,6 +5,8 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/kmsfs/kmsfs/internal/fusetest"
 )
 
 // Under GODEBUG=fips140=only Go refuses AES-GCM with caller-chosen 16-byte
@@ -12,9 +14,10 @@ import (
 // message naming the mode, not panic or mount a volume whose every file
 // then fails.
 func TestCLIMountFIPS140Only(t *testing.T) {
-	v := mntNew(t, mntOptions{})
-	mntCheckMountFails(t, needBinary(t), []string{"GODEBUG=fips140=only"}, v.Cipher, v.Mnt,
-		[]string{`(?m)^kmsfs: envelope: AES-GCM with 16-byte nonces is refused`, `GODEBUG=fips140=only`, `run without fips140=only`})
+	v := suite.InitVolume(t, fusetest.CLIOptions{})
+	v.Env = append(v.Env, "GODEBUG=fips140=only")
+	v.MountRefused(t, v.Cipher, v.Mnt,
+		`(?m)^kmsfs: envelope: AES-GCM with 16-byte nonces is refused`, `GODEBUG=fips140=only`, `run without fips140=only`)
 }
 
 // The mount logs once which AES-GCM implementation it uses and why, and
@@ -29,14 +32,14 @@ func TestCLIMountLogsGCM(t *testing.T) {
 		{"cpu.avx512f=off", []string{`gcm=crypto/cipher`, `GODEBUG turned one off`}},
 	} {
 		t.Run("GODEBUG="+c.godebug, func(t *testing.T) {
-			v := mntStart(t, mntOptions{Env: []string{"GODEBUG=" + c.godebug}})
+			v := suite.StartVolume(t, fusetest.CLIOptions{Env: []string{"GODEBUG=" + c.godebug}})
 			want := bytes.Repeat([]byte("sealed by crypto/cipher "), 400)
-			mntWriteFile(t, v.path("f"), want)
-			got, err := os.ReadFile(v.path("f"))
+			mntWriteFile(t, v.Path("f"), want)
+			got, err := os.ReadFile(v.Path("f"))
 			if err != nil || !bytes.Equal(got, want) {
 				t.Fatalf("read back: %v", err)
 			}
-			log := v.logText()
+			log := v.LogText()
 			if n := strings.Count(log, "AES-GCM implementation"); n != 1 {
 				t.Fatalf("%d lines name the AES-GCM implementation, want 1:\n%s", n, log)
 			}

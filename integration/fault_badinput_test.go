@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/kmsfs/kmsfs/internal/fusetest"
 )
 
 // ftBadFile is one file seeded into a cipher dir behind kmsfs's back.
@@ -51,48 +53,48 @@ func ftBadFiles(foreign []byte) []ftBadFile {
 // the file and the cause, a bad file can be removed or replaced, and every
 // good file keeps reading back, also after a remount.
 func TestBadInput(t *testing.T) {
-	v := ftNew(t, ftOptions{})
+	v := suite.InitVolume(t, fusetest.CLIOptions{})
 	// A second volume under the same key: only its volume ID differs.
-	other := ftNew(t, ftOptions{Keys: []string{"local:" + v.Key}})
-	other.mount(t)
-	if err := os.WriteFile(other.path("f"), ftBytes(ftRand(20), 9000), 0o644); err != nil {
+	other := suite.InitVolume(t, fusetest.CLIOptions{Keys: []string{"local:" + v.Key}})
+	other.MountForeground(t)
+	if err := os.WriteFile(other.Path("f"), ftBytes(ftRand(20), 9000), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	other.unmount(t)
-	foreign, err := os.ReadFile(other.cipherPath("f"))
+	other.Unmount(t)
+	foreign, err := os.ReadFile(other.CipherPath("f"))
 	if err != nil {
 		t.Fatal(err)
 	}
 
-	v.mount(t)
+	v.MountForeground(t)
 	good := map[string][]byte{
 		"good-a":     ftBytes(ftRand(21), 3*4096+5),
 		"good-b":     ftBytes(ftRand(22), 10),
 		"dir/good-c": ftBytes(ftRand(23), 4096),
 		"empty":      {},
 	}
-	if err := os.Mkdir(v.path("dir"), 0o755); err != nil {
+	if err := os.Mkdir(v.Path("dir"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	for name, data := range good {
-		if err := os.WriteFile(v.path(name), data, 0o644); err != nil {
+		if err := os.WriteFile(v.Path(name), data, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	v.unmount(t)
+	v.Unmount(t)
 	l := ftReadLayout(t, v.Cipher)
-	model, err := os.ReadFile(v.cipherPath("good-a"))
+	model, err := os.ReadFile(v.CipherPath("good-a"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	bad := ftBadFiles(foreign)
 	for _, b := range bad {
-		if err := os.WriteFile(v.cipherPath(b.name), b.make(model, l), 0o644); err != nil {
+		if err := os.WriteFile(v.CipherPath(b.name), b.make(model, l), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
 
-	v.mount(t)
+	v.MountForeground(t)
 	t.Run("listing", func(t *testing.T) {
 		want := []string{"dir", "empty", "foreign-volume", "good-a", "good-b"}
 		for _, b := range bad {
@@ -116,15 +118,15 @@ func TestBadInput(t *testing.T) {
 		if !slices.Equal(got, want) {
 			t.Errorf("readdir: got %v, want %v", got, want)
 		}
-		if _, err := os.Stat(v.path("dir/garbage-nested")); err != nil {
+		if _, err := os.Stat(v.Path("dir/garbage-nested")); err != nil {
 			t.Errorf("stat dir/garbage-nested: %v", err)
 		}
 	})
 	for _, b := range bad {
 		t.Run("open="+b.name, func(t *testing.T) {
-			mark := v.logMark()
+			mark := v.LogMark()
 			ftBounded(t, "open "+b.name, func() error {
-				f, err := os.Open(v.path(b.name))
+				f, err := os.Open(v.Path(b.name))
 				if err == nil {
 					f.Close()
 				}
@@ -134,12 +136,12 @@ func TestBadInput(t *testing.T) {
 				return nil
 			})
 			var lines []string
-			for _, l := range v.logSince(mark) {
+			for _, l := range v.LogSince(mark) {
 				if l.F["level"] == "error" && l.F["path"] == b.name && l.F["op"] == "open" {
 					lines = append(lines, l.Raw)
 				}
 			}
-			if len(lines) != 1 || !strings.Contains(ftParseLogLine(lines[0]).F["msg"], b.cause) {
+			if len(lines) != 1 || !strings.Contains(fusetest.ParseLogLine(lines[0]).F["msg"], b.cause) {
 				t.Errorf("want one log line op=open path=%s saying %q, got:\n%s", b.name, b.cause, strings.Join(lines, "\n"))
 			}
 		})
@@ -149,35 +151,35 @@ func TestBadInput(t *testing.T) {
 	// neither its header nor its key (fs.Node.Open cuts before it opens).
 	t.Run("replace=garbage", func(t *testing.T) {
 		data := ftBytes(ftRand(24), 5000)
-		if err := os.WriteFile(v.path("garbage"), data, 0o644); err != nil {
+		if err := os.WriteFile(v.Path("garbage"), data, 0o644); err != nil {
 			t.Fatalf("open(O_WRONLY|O_TRUNC) and write a bad file: %v", err)
 		}
 		good["garbage"] = data
 	})
 	t.Run("remove=garbage-short", func(t *testing.T) {
-		if err := os.Remove(v.path("garbage-short")); err != nil {
+		if err := os.Remove(v.Path("garbage-short")); err != nil {
 			t.Errorf("remove a bad file: %v", err)
 		}
 	})
 	t.Run("rename=version=3", func(t *testing.T) {
-		if err := os.Rename(v.path("version=3"), v.path("dir/version=3")); err != nil {
+		if err := os.Rename(v.Path("version=3"), v.Path("dir/version=3")); err != nil {
 			t.Errorf("rename a bad file: %v", err)
 		}
 	})
 	t.Run("create=dir/new", func(t *testing.T) {
 		data := ftBytes(ftRand(25), 7000)
-		if err := os.WriteFile(v.path("dir/new"), data, 0o644); err != nil {
+		if err := os.WriteFile(v.Path("dir/new"), data, 0o644); err != nil {
 			t.Fatalf("write a new file: %v", err)
 		}
 		good["dir/new"] = data
 		ftCheckGood(t, v, good)
 	})
-	v.remount(t)
+	v.Remount(t)
 	t.Run("remounted", func(t *testing.T) { ftCheckGood(t, v, good) })
 }
 
 // ftCheckGood reads every good file back, bounded.
-func ftCheckGood(t *testing.T, v *ftVolume, good map[string][]byte) {
+func ftCheckGood(t *testing.T, v *fusetest.CLIVolume, good map[string][]byte) {
 	t.Helper()
 	for name := range good {
 		ftCheckRead(t, v, name, good)
@@ -189,7 +191,7 @@ func ftCheckGood(t *testing.T, v *ftVolume, good map[string][]byte) {
 // says on stderr what is wrong and in which file. With the conf restored
 // the volume mounts again.
 func TestBadInputConf(t *testing.T) {
-	v := ftNew(t, ftOptions{})
+	v := suite.InitVolume(t, fusetest.CLIOptions{})
 	confPath := filepath.Join(v.Cipher, "kmsfs.conf")
 	orig, err := os.ReadFile(confPath)
 	if err != nil {
@@ -233,12 +235,12 @@ func TestBadInputConf(t *testing.T) {
 				t.Fatal(err)
 			}
 			start := time.Now()
-			err := v.tryMount()
+			err := v.TryMountForeground(t)
 			if err == nil {
-				v.unmount(t)
+				v.Unmount(t)
 				t.Fatalf("mount succeeded with a corrupt kmsfs.conf")
 			}
-			if ftIsMounted(v.Mnt) {
+			if fusetest.IsMounted(t, v.Mnt) {
 				t.Errorf("mount failed but %s is mounted", v.Mnt)
 			}
 			msg := err.Error()
@@ -253,5 +255,5 @@ func TestBadInputConf(t *testing.T) {
 	if err := os.WriteFile(confPath, orig, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	v.mount(t)
+	v.MountForeground(t)
 }

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kmsfs/kmsfs/internal/fusetest"
 )
 
 // Crash test bounds: the kill lands uniformly in [0, ftCrashMaxDelay) after
@@ -60,8 +62,8 @@ type ftCrashStats struct {
 }
 
 func ftCrashRun(t *testing.T, seed uint64, bs, rounds int) {
-	v := ftNew(t, ftOptions{InitArgs: []string{"--block-size", strconv.Itoa(bs)}})
-	v.mount(t)
+	v := suite.InitVolume(t, fusetest.CLIOptions{InitArgs: []string{"--block-size", strconv.Itoa(bs)}})
+	v.MountForeground(t)
 	model := map[string][]byte{}
 	st := &ftCrashStats{outcome: map[string]int{}}
 	start := time.Now()
@@ -73,7 +75,7 @@ func ftCrashRun(t *testing.T, seed uint64, bs, rounds int) {
 		// that one run counts every kind of failure; one that lost its
 		// mount or its model of the files ends the run.
 		st.synced = false
-		if !t.Run(name, func(t *testing.T) { ftCrashRound(t, v, rng, bs, delay, model, st) }) && (v.proc == nil || !st.synced) {
+		if !t.Run(name, func(t *testing.T) { ftCrashRound(t, v, rng, bs, delay, model, st) }) && (v.PID() == 0 || !st.synced) {
 			break
 		}
 	}
@@ -82,7 +84,7 @@ func ftCrashRun(t *testing.T, seed uint64, bs, rounds int) {
 	// No file is renamed here, so each mount must finish every record a
 	// kill left before it serves anything (a record applied only at
 	// open leaves sizes from lookups stale for a moment).
-	recs := regexp.MustCompile(`records=(\d+) recovered=(\d+)`).FindAllStringSubmatch(v.logText(), -1)
+	recs := regexp.MustCompile(`records=(\d+) recovered=(\d+)`).FindAllStringSubmatch(v.LogText(), -1)
 	for _, m := range recs {
 		if m[1] != m[2] {
 			t.Errorf("a mount recovered %s of %s journal records at mount time", m[2], m[1])
@@ -91,7 +93,7 @@ func ftCrashRun(t *testing.T, seed uint64, bs, rounds int) {
 	t.Logf("bs=%d: %d mounts found journal records to apply", bs, len(recs))
 }
 
-func ftCrashRound(t *testing.T, v *ftVolume, rng *mrand.Rand, bs int, delay time.Duration, model map[string][]byte, st *ftCrashStats) {
+func ftCrashRound(t *testing.T, v *fusetest.CLIVolume, rng *mrand.Rand, bs int, delay time.Duration, model map[string][]byte, st *ftCrashStats) {
 	w := &ftCrashWriter{rng: rng, bs: int64(bs), fds: map[string]int{}, cur: map[string][]byte{},
 		j: ftJournal{synced: map[string]int{}}}
 	root, err := unix.Open(v.Mnt, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
@@ -111,7 +113,7 @@ func ftCrashRound(t *testing.T, v *ftVolume, rng *mrand.Rand, bs int, delay time
 	}
 	slices.Sort(w.names)
 
-	mark := v.logMark()
+	mark := v.LogMark()
 	stop := make(chan struct{})
 	done := make(chan struct{})
 	defer func() {
@@ -133,25 +135,25 @@ func ftCrashRound(t *testing.T, v *ftVolume, rng *mrand.Rand, bs int, delay time
 			t.Fatalf("%v failed while the daemon was alive: %v", *w.j.inflight, w.j.err)
 		}
 	}
-	v.kill(t)
+	v.Kill(t)
 	close(stop)
 	select {
 	case <-done:
-	case <-time.After(mntExitTimeout):
-		t.Fatalf("the writer is still blocked %v after the daemon was killed", mntExitTimeout)
+	case <-time.After(fusetest.ExitTimeout):
+		t.Fatalf("the writer is still blocked %v after the daemon was killed", fusetest.ExitTimeout)
 	}
 	if w.j.inflight != nil && !ftConnGone(w.j.err) {
 		t.Errorf("%v failed with %v after the kill; want ENOTCONN, ECONNABORTED, EIO or a short write", *w.j.inflight, w.j.err)
 	}
 	// The kernel answers requests cut off by the kill itself (EIO for a
 	// write among them); the daemon must not have failed any.
-	for _, l := range v.logSince(mark) {
+	for _, l := range v.LogSince(mark) {
 		if l.F["level"] == "error" {
 			t.Errorf("the daemon failed an operation before the kill: %s", l.Raw)
 		}
 	}
-	v.detach(t)
-	v.mount(t)
+	v.Detach(t)
+	v.MountForeground(t)
 
 	// The acknowledged state: the round's start plus every acked op.
 	acked := map[string][]byte{}
@@ -187,7 +189,7 @@ func ftConnGone(err error) bool {
 // ftCrashVerify reads every file back through the fresh mount, checks it
 // against the acknowledged state and the operation in flight, and sets
 // model to what is there now.
-func ftCrashVerify(t *testing.T, v *ftVolume, bs int, acked map[string][]byte, j *ftJournal, model map[string][]byte, st *ftCrashStats) {
+func ftCrashVerify(t *testing.T, v *fusetest.CLIVolume, bs int, acked map[string][]byte, j *ftJournal, model map[string][]byte, st *ftCrashStats) {
 	t.Helper()
 	names := make([]string, 0, len(acked)+1)
 	for name := range acked {
@@ -206,7 +208,7 @@ func ftCrashVerify(t *testing.T, v *ftVolume, bs int, acked map[string][]byte, j
 		if touched {
 			nw = ftApply(old, *inf)
 		}
-		blocks, err := ftReadBlocks(v.path(name), bs)
+		blocks, err := ftReadBlocks(v.Path(name), bs)
 		if err != nil {
 			if ftNotExist(err) && old == nil && touched {
 				st.outcome["old"]++
@@ -261,7 +263,7 @@ func ftCrashVerify(t *testing.T, v *ftVolume, bs int, acked map[string][]byte, j
 			// Cut the file before its first lost block, so that later
 			// rounds start from a readable file.
 			cut := firstBad * int64(bs)
-			if err := os.Truncate(v.path(name), cut); err != nil {
+			if err := os.Truncate(v.Path(name), cut); err != nil {
 				t.Fatalf("truncate %s to %d after losing block %d: %v", name, cut, firstBad, err)
 			}
 			got = got[:cut]
@@ -352,8 +354,8 @@ func ftCrashHistory(j *ftJournal, name string) string {
 func ftNotExist(err error) bool { return mntErrno(err) == syscall.ENOENT }
 
 // ftCipherSize describes the cipher file behind name, for messages.
-func ftCipherSize(v *ftVolume, name string) string {
-	fi, err := os.Stat(v.cipherPath(name))
+func ftCipherSize(v *fusetest.CLIVolume, name string) string {
+	fi, err := os.Stat(v.CipherPath(name))
 	if err != nil {
 		return err.Error()
 	}

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kmsfs/kmsfs/internal/fusetest"
 )
 
 // Disk-full bounds: the writer stops after ftFullENOSPC refused operations,
@@ -54,8 +56,8 @@ func ftDiskFull(t *testing.T, seed uint64, bs int) {
 			unix.Unmount(dir, unix.MNT_DETACH)
 		}
 	})
-	v := ftNew(t, ftOptions{Cipher: dir, InitArgs: []string{"--block-size", fmt.Sprint(bs)}})
-	v.mount(t)
+	v := suite.InitVolume(t, fusetest.CLIOptions{Cipher: dir, InitArgs: []string{"--block-size", fmt.Sprint(bs)}})
+	v.MountForeground(t)
 	l := ftReadLayout(t, v.Cipher)
 	w := &ftFullWriter{t: t, v: v, l: l, rng: mrand.New(mrand.NewPCG(seed, uint64(bs))), model: map[string][]byte{}}
 	w.fill()
@@ -68,25 +70,25 @@ func ftDiskFull(t *testing.T, seed uint64, bs int) {
 
 	// Space freed, writing works again.
 	victim := w.names()[0]
-	if err := os.Remove(v.path(victim)); err != nil {
+	if err := os.Remove(v.Path(victim)); err != nil {
 		t.Fatalf("remove %s on a full disk: %v", victim, err)
 	}
 	delete(w.model, victim)
 	again := ftBytes(w.rng, 3*bs+5)
-	if err := os.WriteFile(v.path("after-free"), again, 0o644); err != nil {
+	if err := os.WriteFile(v.Path("after-free"), again, 0o644); err != nil {
 		t.Fatalf("write after freeing space: %v", err)
 	}
 	w.model["after-free"] = again
 	w.verify("after freeing space")
 
-	v.remount(t)
+	v.Remount(t)
 	w.verify("after remount")
 }
 
 // ftFullWriter fills the disk and keeps the model.
 type ftFullWriter struct {
 	t     *testing.T
-	v     *ftVolume
+	v     *fusetest.CLIVolume
 	l     ftLayout
 	rng   *mrand.Rand
 	model map[string][]byte
@@ -126,7 +128,7 @@ func (w *ftFullWriter) fill() {
 		var name string
 		if len(w.model) < ftFullFiles && (len(w.model) < 2 || r.IntN(10) == 0) {
 			name = fmt.Sprintf("f%02d", len(w.model))
-			f, err := os.OpenFile(w.v.path(name), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+			f, err := os.OpenFile(w.v.Path(name), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
 			if err != nil {
 				t.Fatalf("create %s: %v", name, err)
 			}
@@ -201,7 +203,7 @@ func (w *ftFullWriter) do(op ftCrashOp) {
 // plainSize returns the plaintext size that name's cipher file implies
 // (docs/FORMAT.md), free of the kernel's attribute cache.
 func (w *ftFullWriter) plainSize(name string) int64 {
-	fi, err := os.Stat(w.v.cipherPath(name))
+	fi, err := os.Stat(w.v.CipherPath(name))
 	if err != nil {
 		w.t.Fatal(err)
 	}
@@ -223,7 +225,7 @@ func (w *ftFullWriter) verify(when string) {
 			t.Errorf("%s %s: cipher file holds %d plaintext bytes, %d acknowledged", when, name, got, len(want))
 			continue
 		}
-		blocks, err := ftReadBlocks(w.v.path(name), int(w.l.BS))
+		blocks, err := ftReadBlocks(w.v.Path(name), int(w.l.BS))
 		if err != nil {
 			t.Errorf("%s: open %s: %v", when, name, err)
 			continue

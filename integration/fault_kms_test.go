@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kmsfs/kmsfs/internal/fusetest"
 	"github.com/kmsfs/kmsfs/internal/kmstest"
 )
 
@@ -52,10 +53,10 @@ func ftAWSEnv(e *kmstest.Emulator, endpoint string) []string {
 // line naming the file and the cause; after recovery every file opens;
 // after a remount nothing written is lost.
 func TestKMSFault(t *testing.T) {
-	e := kmstest.Start(t)
+	e := fusetest.KMS(t)
 	kp := kmstest.NewProxy(t, e.Endpoint)
 	fp := ftNewProxy(t, kp.URL)
-	v := ftNew(t, ftOptions{
+	v := suite.InitVolume(t, fusetest.CLIOptions{
 		Keys:      []string{"awskms:" + kmstest.Alias},
 		InitArgs:  []string{"--data-key-policy", "per-file"},
 		MountArgs: []string{"--key-timeout", ftKeyTimeout.String()},
@@ -63,19 +64,19 @@ func TestKMSFault(t *testing.T) {
 		// timeout, so a refused connection is reported as such.
 		Env: append(ftAWSEnv(e, fp.URL), "AWS_MAX_ATTEMPTS="+strconv.Itoa(ftKMSAttempts)),
 	})
-	v.mount(t)
+	v.MountForeground(t)
 	names := []string{"held", "cached", "latency", "throttled", "http500", "throttled-long",
 		"outage-refuse", "outage-hang", "outage-refuse-after", "outage-hang-after"}
 	plain := map[string][]byte{}
 	for i, name := range names {
 		plain[name] = ftBytes(ftRand(uint64(1000+i)), 10000+i)
-		if err := os.WriteFile(v.path(name), plain[name], 0o644); err != nil {
+		if err := os.WriteFile(v.Path(name), plain[name], 0o644); err != nil {
 			t.Fatalf("write %s: %v", name, err)
 		}
 	}
-	v.remount(t) // nothing cached from here on
+	v.Remount(t) // nothing cached from here on
 
-	held, err := os.OpenFile(v.path("held"), os.O_RDWR, 0)
+	held, err := os.OpenFile(v.Path("held"), os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,11 +88,11 @@ func TestKMSFault(t *testing.T) {
 	// costs a Decrypt.
 	t.Run("reopen-created-file,kms=up", func(t *testing.T) {
 		data := ftBytes(ftRand(2000), 3000)
-		if err := os.WriteFile(v.path("created"), data, 0o644); err != nil {
+		if err := os.WriteFile(v.Path("created"), data, 0o644); err != nil {
 			t.Fatal(err)
 		}
 		plain["created"] = data
-		v.waitReleased(t, "created") // else the open shares the writer's state
+		v.WaitReleased(t, "created") // else the open shares the writer's state
 		decrypts := kp.Requests("Decrypt")
 		ftCheckRead(t, v, "created", plain)
 		if n := kp.Requests("Decrypt") - decrypts; n != 0 {
@@ -155,7 +156,7 @@ func TestKMSFault(t *testing.T) {
 	}
 	t.Run("remounted", func(t *testing.T) {
 		held.Close()
-		v.remount(t)
+		v.Remount(t)
 		for name := range plain {
 			ftCheckRead(t, v, name, plain)
 		}
@@ -165,7 +166,7 @@ func TestKMSFault(t *testing.T) {
 // ftDuringOutage checks what must keep working while KMS is out: the held
 // file (read and written), the file whose key is cached, a new file, stat
 // and readdir. It updates plain with what it writes.
-func ftDuringOutage(t *testing.T, v *ftVolume, held *os.File, plain map[string][]byte, tag string) {
+func ftDuringOutage(t *testing.T, v *fusetest.CLIVolume, held *os.File, plain map[string][]byte, tag string) {
 	t.Helper()
 	ftBounded(t, "write and read the file held open", func() error {
 		patch := []byte("written during the outage " + tag)
@@ -186,7 +187,7 @@ func ftDuringOutage(t *testing.T, v *ftVolume, held *os.File, plain map[string][
 	name := "new-" + tag
 	data := ftBytes(ftRand(uint64(len(tag))), 5000)
 	ftBounded(t, "create and write "+name, func() error {
-		err := os.WriteFile(v.path(name), data, 0o644)
+		err := os.WriteFile(v.Path(name), data, 0o644)
 		if err == nil {
 			plain[name] = data
 		}
@@ -198,11 +199,11 @@ func ftDuringOutage(t *testing.T, v *ftVolume, held *os.File, plain map[string][
 		if plain[name] == nil {
 			t.Fatalf("%s was not created (see above)", name)
 		}
-		v.waitReleased(t, name) // else the open shares the writer's state
+		v.WaitReleased(t, name) // else the open shares the writer's state
 		ftBounded(t, "reopen "+name+", created during the outage", func() error { return ftRead(v, name, plain) })
 	})
 	ftBounded(t, "stat and readdir", func() error {
-		if _, err := os.Stat(v.path("outage-hang-after")); err != nil {
+		if _, err := os.Stat(v.Path("outage-hang-after")); err != nil {
 			return err
 		}
 		ents, err := os.ReadDir(v.Mnt)
@@ -219,13 +220,13 @@ func ftDuringOutage(t *testing.T, v *ftVolume, held *os.File, plain map[string][
 // ftFailingOpen opens a file whose key is not cached and expects the open
 // to fail in bounded time with a key error, and one log line that names
 // the file and says cause.
-func ftFailingOpen(t *testing.T, v *ftVolume, name, cause string) {
+func ftFailingOpen(t *testing.T, v *fusetest.CLIVolume, name, cause string) {
 	t.Helper()
-	mark := v.logMark()
+	mark := v.LogMark()
 	start := time.Now()
 	var openErr error
 	ftBounded(t, "open "+name, func() error {
-		f, err := os.Open(v.path(name))
+		f, err := os.Open(v.Path(name))
 		if err == nil {
 			f.Close()
 		}
@@ -242,7 +243,7 @@ func ftFailingOpen(t *testing.T, v *ftVolume, name, cause string) {
 		t.Errorf("open %s failed after %v, want within --key-timeout %v (+%v)", name, took, ftKeyTimeout, ftKeySlack)
 	}
 	var found []string
-	for _, l := range v.logSince(mark) {
+	for _, l := range v.LogSince(mark) {
 		if l.F["level"] == "error" && l.F["path"] == name && l.F["op"] == "open" {
 			found = append(found, l.Raw)
 		}
@@ -250,7 +251,7 @@ func ftFailingOpen(t *testing.T, v *ftVolume, name, cause string) {
 	switch {
 	case len(found) != 1:
 		t.Errorf("open %s: %d log lines name op=open path=%s, want 1:\n%s", name, len(found), name, strings.Join(found, "\n"))
-	case !strings.Contains(ftParseLogLine(found[0]).F["msg"], cause):
+	case !strings.Contains(fusetest.ParseLogLine(found[0]).F["msg"], cause):
 		t.Errorf("open %s: the log line does not say %q:\n%s", name, cause, found[0])
 	default:
 		t.Logf("open %s: %v after %v; logged: %s", name, openErr, took.Round(time.Millisecond), found[0])
@@ -274,8 +275,8 @@ func ftBounded(t *testing.T, what string, fn func() error) {
 }
 
 // ftRead reads name through the mount and compares it with plain.
-func ftRead(v *ftVolume, name string, plain map[string][]byte) error {
-	got, err := os.ReadFile(v.path(name))
+func ftRead(v *fusetest.CLIVolume, name string, plain map[string][]byte) error {
+	got, err := os.ReadFile(v.Path(name))
 	if err != nil {
 		return err
 	}
@@ -286,7 +287,7 @@ func ftRead(v *ftVolume, name string, plain map[string][]byte) error {
 }
 
 // ftCheckRead is ftRead, bounded, failing the test.
-func ftCheckRead(t *testing.T, v *ftVolume, name string, plain map[string][]byte) {
+func ftCheckRead(t *testing.T, v *fusetest.CLIVolume, name string, plain map[string][]byte) {
 	t.Helper()
 	ftBounded(t, "read "+name, func() error { return ftRead(v, name, plain) })
 }

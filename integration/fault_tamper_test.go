@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/kmsfs/kmsfs/internal/fusetest"
 )
 
 // ftLayout is a volume's cipher file geometry, read from its kmsfs.conf.
@@ -129,8 +131,8 @@ func ftTamperCases() []ftTamperCase {
 // line naming the file and block (path=… block=…), every other block and
 // every other file reads its original bytes, and nothing else is logged.
 func TestTamper(t *testing.T) {
-	v := ftNew(t, ftOptions{})
-	v.mount(t)
+	v := suite.InitVolume(t, fusetest.CLIOptions{})
+	v.MountForeground(t)
 	l := ftReadLayout(t, v.Cipher)
 	if l.BS != 4096 {
 		t.Fatalf("block size %d; the cases assume 4096", l.BS)
@@ -143,15 +145,15 @@ func TestTamper(t *testing.T) {
 		}
 	}
 	for name, data := range plain {
-		if err := os.WriteFile(v.path(name), data, 0o644); err != nil {
+		if err := os.WriteFile(v.Path(name), data, 0o644); err != nil {
 			t.Fatalf("write %s: %v", name, err)
 		}
 	}
-	cpath := v.cipherPath
+	cpath := v.CipherPath
 	for _, c := range cases {
 		t.Run("mounted/"+c.name, func(t *testing.T) {
 			for _, name := range append([]string{c.file}, c.donors...) {
-				v.waitReleased(t, name) // so the daemon rereads the header
+				v.WaitReleased(t, name) // so the daemon rereads the header
 			}
 			c.tamper(t, l, cpath)
 			ftTamperCheck(t, v, c, plain)
@@ -159,7 +161,7 @@ func TestTamper(t *testing.T) {
 	}
 	t.Run("mounted/open-handle/flip=ciphertext,block=1", func(t *testing.T) { ftTamperOpen(t, v, l) })
 	t.Run("mounted/open-handle/truncate=blocks-2-on", func(t *testing.T) { ftTamperCutOpen(t, v, l) })
-	v.remount(t)
+	v.Remount(t)
 	for _, c := range cases {
 		t.Run("remounted/"+c.name, func(t *testing.T) { ftTamperCheck(t, v, c, plain) })
 	}
@@ -168,12 +170,12 @@ func TestTamper(t *testing.T) {
 // ftTamperOpen damages a block of a file the test holds open: the
 // daemon keeps the file's header and keys, but reads every block afresh,
 // so the read through the same descriptor fails.
-func ftTamperOpen(t *testing.T, v *ftVolume, l ftLayout) {
+func ftTamperOpen(t *testing.T, v *fusetest.CLIVolume, l ftLayout) {
 	data := ftBytes(ftRand(7), 3*4096)
-	if err := os.WriteFile(v.path("open-flip"), data, 0o644); err != nil {
+	if err := os.WriteFile(v.Path("open-flip"), data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	f, err := os.OpenFile(v.path("open-flip"), os.O_RDONLY|syscall.O_DIRECT, 0)
+	f, err := os.OpenFile(v.Path("open-flip"), os.O_RDONLY|syscall.O_DIRECT, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,12 +184,12 @@ func ftTamperOpen(t *testing.T, v *ftVolume, l ftLayout) {
 	if _, err := f.ReadAt(buf, 4096); err != nil || !bytes.Equal(buf, data[4096:8192]) {
 		t.Fatalf("block 1 before the damage: err %v or other bytes", err)
 	}
-	ftFlip(t, v.cipherPath("open-flip"), l.Off(1)+16+7)
-	mark := v.logMark()
+	ftFlip(t, v.CipherPath("open-flip"), l.Off(1)+16+7)
+	mark := v.LogMark()
 	if _, err := f.ReadAt(buf, 4096); mntErrno(err) != syscall.EIO {
 		t.Errorf("block 1 after the damage, same descriptor: got %v, want EIO", err)
 	}
-	lines := v.logSince(mark)
+	lines := v.LogSince(mark)
 	if n := ftCountLines(lines, "open-flip", "read", "1"); n != 1 || len(lines) != 1 {
 		t.Errorf("want one log line naming path=open-flip block=1, got:\n%s", ftRawLines(lines))
 	}
@@ -202,12 +204,12 @@ func ftTamperOpen(t *testing.T, v *ftVolume, l ftLayout) {
 // daemon still takes the file for its old size, and the blocks that are
 // gone fail with EIO (they are never read as zeros), a write into one
 // fails rather than sealing zeros as data, and the blocks before read.
-func ftTamperCutOpen(t *testing.T, v *ftVolume, l ftLayout) {
+func ftTamperCutOpen(t *testing.T, v *fusetest.CLIVolume, l ftLayout) {
 	data := ftBytes(ftRand(8), 4*4096)
-	if err := os.WriteFile(v.path("open-cut"), data, 0o644); err != nil {
+	if err := os.WriteFile(v.Path("open-cut"), data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	f, err := os.OpenFile(v.path("open-cut"), os.O_RDWR|syscall.O_DIRECT, 0)
+	f, err := os.OpenFile(v.Path("open-cut"), os.O_RDWR|syscall.O_DIRECT, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,15 +218,15 @@ func ftTamperCutOpen(t *testing.T, v *ftVolume, l ftLayout) {
 	if _, err := f.ReadAt(buf, 0); err != nil || !bytes.Equal(buf, data[:4096]) {
 		t.Fatalf("block 0 before the cut: err %v or other bytes", err)
 	}
-	ftTruncate(t, v.cipherPath("open-cut"), l.Off(2))
-	mark := v.logMark()
+	ftTruncate(t, v.CipherPath("open-cut"), l.Off(2))
+	mark := v.LogMark()
 	for _, i := range []int64{2, 3} {
 		if _, err := f.ReadAt(buf, i*4096); mntErrno(err) != syscall.EIO {
 			t.Errorf("block %d after the cut, same descriptor: got %v, want EIO", i, err)
 		}
 	}
-	if n := ftCountLines(v.logSince(mark), "open-cut", "read", "2"); n < 1 {
-		t.Errorf("want a log line naming path=open-cut block=2, got:\n%s", ftRawLines(v.logSince(mark)))
+	if n := ftCountLines(v.LogSince(mark), "open-cut", "read", "2"); n < 1 {
+		t.Errorf("want a log line naming path=open-cut block=2, got:\n%s", ftRawLines(v.LogSince(mark)))
 	}
 	if _, err := f.WriteAt([]byte("x"), 3*4096+5); mntErrno(err) != syscall.EIO {
 		t.Errorf("partial write into a cut block: got %v, want EIO", err)
@@ -238,19 +240,19 @@ func ftTamperCutOpen(t *testing.T, v *ftVolume, l ftLayout) {
 
 // ftTamperCheck reads c's file and the witness through the mount, block by
 // block, and checks the results and the log lines they caused.
-func ftTamperCheck(t *testing.T, v *ftVolume, c ftTamperCase, plain map[string][]byte) {
+func ftTamperCheck(t *testing.T, v *fusetest.CLIVolume, c ftTamperCase, plain map[string][]byte) {
 	t.Helper()
 	const bs = 4096
-	p := v.path(c.file)
+	p := v.Path(c.file)
 	// The kernel caches attributes for a second: wait until it shows the
 	// size the cipher file now implies.
-	ftWait(t, "size of "+c.file, 5*time.Second, func() bool {
+	fusetest.Eventually(t, "size of "+c.file, 5*time.Second, func() bool {
 		fi, err := os.Stat(p)
 		return err == nil && fi.Size() == c.size
 	})
-	mark := v.logMark()
+	mark := v.LogMark()
 	blocks, err := ftReadBlocks(p, bs)
-	lines := v.logSince(mark)
+	lines := v.LogSince(mark)
 	if c.open {
 		if mntErrno(err) != syscall.EIO {
 			t.Fatalf("open %s: got %v, want EIO", c.file, err)
@@ -304,9 +306,9 @@ func ftTamperCheck(t *testing.T, v *ftVolume, c ftTamperCase, plain map[string][
 }
 
 // ftCheckWitness checks that the untouched file still reads back whole.
-func ftCheckWitness(t *testing.T, v *ftVolume, plain map[string][]byte) {
+func ftCheckWitness(t *testing.T, v *fusetest.CLIVolume, plain map[string][]byte) {
 	t.Helper()
-	got, err := os.ReadFile(v.path("witness"))
+	got, err := os.ReadFile(v.Path("witness"))
 	if err != nil || !bytes.Equal(got, plain["witness"]) {
 		t.Errorf("the untouched file no longer reads back (err %v)", err)
 	}
@@ -314,7 +316,7 @@ func ftCheckWitness(t *testing.T, v *ftVolume, plain map[string][]byte) {
 
 // ftCountLines counts error lines naming path and op and, if block is not
 // "", that block.
-func ftCountLines(lines []ftLogLine, path, op, block string) int {
+func ftCountLines(lines []fusetest.LogLine, path, op, block string) int {
 	n := 0
 	for _, l := range lines {
 		if l.F["level"] == "error" && l.F["path"] == path && l.F["op"] == op && (block == "" || l.F["block"] == block) {
@@ -324,7 +326,7 @@ func ftCountLines(lines []ftLogLine, path, op, block string) int {
 	return n
 }
 
-func ftRawLines(lines []ftLogLine) string {
+func ftRawLines(lines []fusetest.LogLine) string {
 	var b bytes.Buffer
 	for _, l := range lines {
 		fmt.Fprintln(&b, l.Raw)

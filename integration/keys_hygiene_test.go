@@ -6,34 +6,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 
-	"github.com/kmsfs/kmsfs/internal/hsmtest"
+	"github.com/kmsfs/kmsfs/internal/fusetest"
 )
-
-// mntProcUID returns the real uid of process pid from /proc/PID/status
-// (the owner of /proc/PID is root for a non-dumpable process).
-func mntProcUID(t testing.TB, pid int) uint32 {
-	t.Helper()
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(raw), "\n") {
-		if f := strings.Fields(line); len(f) > 1 && f[0] == "Uid:" {
-			uid, err := strconv.ParseUint(f[1], 10, 32)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return uint32(uid)
-		}
-	}
-	t.Fatalf("/proc/%d/status has no Uid line", pid)
-	return 0
-}
 
 // TestDaemonNotDumpable is the attack of another process of the mounting
 // user reading the daemon's memory or environment: as nobody, mount a
@@ -42,23 +20,23 @@ func mntProcUID(t testing.TB, pid int) uint32 {
 // non-dumpable (a dumpable daemon lets its own user read its environ; mem
 // needs ptrace rights, which Yama may also withhold).
 func TestDaemonNotDumpable(t *testing.T) {
-	mntFuseDeviceForAll(t)
-	dir := mntSharedDir(t)
-	v := mntStart(t, mntOptions{Dir: dir, Cred: mntNobodyCred()})
-	h := &mntHelper{bin: mntBuildHelper(t, dir), cred: mntNobodyCred()}
-	h.mustInput(t, []byte("data"), "create", v.path("f"), "600", "-")
-	if uid := mntProcUID(t, v.pid); uid != mntNobody {
+	fusetest.NeedFUSEForUsers(t)
+	dir := fusetest.SharedDir(t)
+	v := suite.StartVolume(t, fusetest.CLIOptions{Dir: dir, Cred: fusetest.NobodyCred()})
+	h := suite.User(t, fusetest.NobodyCred())
+	h.MustInput(t, []byte("data"), "create", v.Path("f"), "600", "-")
+	if uid := fusetest.ProcUID(t, v.PID()); uid != fusetest.Nobody {
 		t.Fatalf("daemon runs as uid %d, want nobody", uid)
 	}
 	for _, file := range []string{"environ", "mem", "maps"} {
 		t.Run("file="+file, func(t *testing.T) {
-			out, errno := h.do(t, "read", fmt.Sprintf("/proc/%d/%s", v.pid, file))
+			out, errno := h.Do(t, "read", fmt.Sprintf("/proc/%d/%s", v.PID(), file))
 			if errno != syscall.EACCES {
-				t.Fatalf("nobody reads the nobody daemon's /proc/%d/%s: errno %v (%d bytes), want EACCES", v.pid, file, errno, len(out))
+				t.Fatalf("nobody reads the nobody daemon's /proc/%d/%s: errno %v (%d bytes), want EACCES", v.PID(), file, errno, len(out))
 			}
 		})
 	}
-	if got := h.must(t, "read", v.path("f")); got != "data" {
+	if got := h.Must(t, "read", v.Path("f")); got != "data" {
 		t.Fatalf("read back %q", got)
 	}
 }
@@ -80,7 +58,7 @@ func TestEnvSecretsNotInDaemon(t *testing.T) {
 				case "passphrase":
 					specs, env = []string{"local:passphrase"}, []string{"KMSFS_PASSPHRASE=" + pass}
 				default:
-					tok := hsmtest.Need(t, testHSM, testHSMErr).Token("main")
+					tok := suite.HSM(t).Token("main")
 					secret = tok.PIN
 					spec, _, ok := strings.Cut(tok.AESSpec(), "&pin-source=")
 					if !ok {
@@ -94,9 +72,14 @@ func TestEnvSecretsNotInDaemon(t *testing.T) {
 					}
 					specs = []string{spec}
 				}
-				v := mntNew(t, mntOptions{Keys: specs, Env: env})
+				v := suite.InitVolume(t, fusetest.CLIOptions{Keys: specs, Env: env})
 				for round := range 2 {
-					pid, stop := hygMount(t, v, mode)
+					if mode == "background" {
+						v.Mount(t)
+					} else {
+						v.MountForeground(t)
+					}
+					pid := v.PID()
 					for _, file := range []string{"environ", "cmdline"} {
 						raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/%s", pid, file))
 						if err != nil {
@@ -107,30 +90,17 @@ func TestEnvSecretsNotInDaemon(t *testing.T) {
 						}
 					}
 					name := fmt.Sprintf("f%d", round)
-					mntWriteFile(t, v.path(name), []byte("hygiene "+name))
+					mntWriteFile(t, v.Path(name), []byte("hygiene "+name))
 					for r := range round + 1 {
-						mntCheckFile(t, v.path(fmt.Sprintf("f%d", r)), []byte(fmt.Sprintf("hygiene f%d", r)))
+						mntCheckFile(t, v.Path(fmt.Sprintf("f%d", r)), []byte(fmt.Sprintf("hygiene f%d", r)))
 					}
-					stop()
+					if mode == "background" {
+						v.Unmount(t)
+					} else if err := v.Stop(t, fusetest.ExitTimeout); err != nil {
+						t.Fatalf("kmsfs mount -f after SIGTERM: %v\n%s", err, v.LogText())
+					}
 				}
 			})
-		}
-	}
-}
-
-// hygMount mounts v in the background or with -f and returns the daemon's
-// pid and a function that unmounts and waits for it to exit.
-func hygMount(t *testing.T, v *mntVolume, mode string) (int, func()) {
-	t.Helper()
-	if mode == "background" {
-		v.mount(t)
-		return v.pid, func() { v.unmount(t) }
-	}
-	f := mntStartForeground(t, v)
-	f.waitMounted(t)
-	return f.cmd.Process.Pid, func() {
-		if err := f.stop(t, mntExitTimeout); err != nil {
-			t.Fatalf("kmsfs mount -f after SIGTERM: %v\n%s", err, f.logText())
 		}
 	}
 }
@@ -141,9 +111,9 @@ func hygMount(t *testing.T, v *mntVolume, mode string) (int, func()) {
 // floor, and the volume still mounts once the parameters are restored.
 func TestKDFWeakened(t *testing.T) {
 	env := []string{"KMSFS_PASSPHRASE=weakened-kdf-passphrase"}
-	v := mntStart(t, mntOptions{Keys: []string{"local:passphrase"}, Env: env})
-	mntWriteFile(t, v.path("f"), []byte("before the edit"))
-	v.unmount(t)
+	v := suite.StartVolume(t, fusetest.CLIOptions{Keys: []string{"local:passphrase"}, Env: env})
+	mntWriteFile(t, v.Path("f"), []byte("before the edit"))
+	v.Unmount(t)
 	confPath := filepath.Join(v.Cipher, "kmsfs.conf")
 	orig, err := os.ReadFile(confPath)
 	if err != nil {
@@ -170,12 +140,12 @@ func TestKDFWeakened(t *testing.T) {
 			if err := os.WriteFile(confPath, raw, 0o644); err != nil {
 				t.Fatal(err)
 			}
-			mntCheckMountFails(t, v.bin, v.o.Env, v.Cipher, v.Mnt, []string{`below the minimum log_n=16 r=8`, `kmsfs\.conf`})
+			v.MountRefused(t, v.Cipher, v.Mnt, `below the minimum log_n=16 r=8`, `kmsfs\.conf`)
 		})
 	}
 	if err := os.WriteFile(confPath, orig, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	v.mount(t)
-	mntCheckFile(t, v.path("f"), []byte("before the edit"))
+	v.Mount(t)
+	mntCheckFile(t, v.Path("f"), []byte("before the edit"))
 }

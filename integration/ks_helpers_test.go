@@ -11,6 +11,7 @@ import (
 
 	"github.com/aws/smithy-go/middleware"
 
+	"github.com/kmsfs/kmsfs/internal/fusetest"
 	"github.com/kmsfs/kmsfs/internal/hsmtest"
 	"github.com/kmsfs/kmsfs/internal/kmstest"
 	"github.com/kmsfs/kmsfs/keysource"
@@ -83,7 +84,7 @@ func ksCases() []ksCase {
 // ksEnv holds the local-kms emulator of one test or benchmark. It is
 // started only if local-kms is installed, so that local and pkcs11 cases
 // still run where it is not (awskms cases then skip, or fail under
-// CI=true). The SoftHSM token store is the run's testHSM, from TestMain.
+// CI=true). The SoftHSM token store is the suite's, from TestMain.
 type ksEnv struct {
 	kms *kmstest.Emulator // nil when local-kms is not installed
 }
@@ -92,19 +93,18 @@ type ksEnv struct {
 func newKSEnv(t testing.TB) *ksEnv {
 	t.Helper()
 	env := &ksEnv{}
-	if _, err := kmstest.LocalKMSPath(); err == nil || os.Getenv("CI") == "true" {
-		env.kms = kmstest.Start(t)
+	if fusetest.KMSAvailable() == nil || fusetest.CI() {
+		env.kms = fusetest.KMS(t)
 	}
 	return env
 }
 
-// emulator returns the emulator, or ends t as kmstest does when local-kms
-// is missing: a skip, or a failure under CI=true.
+// emulator returns the emulator, or ends t as fusetest.KMS does when
+// local-kms is missing: a skip, or a failure under CI=true.
 func (env *ksEnv) emulator(t testing.TB) *kmstest.Emulator {
 	t.Helper()
 	if env.kms == nil {
-		kmstest.RequireBinary(t)
-		t.Fatal("no local-kms emulator") // not reached: RequireBinary ends t
+		fusetest.Unavailable(t, "no local-kms emulator: %v", fusetest.KMSAvailable())
 	}
 	return env.kms
 }
@@ -192,7 +192,7 @@ func (env *ksEnv) open(t testing.TB, c ksCase, endpoint string) *ksSource {
 		}
 		return &ksSource{ks: ks, kms: ctr}
 	case ksPKCS11:
-		tok := hsmtest.Need(t, testHSM, testHSMErr).Token("main")
+		tok := suite.HSM(t).Token("main")
 		src := ksOpenPKCS11(t, c.key(nil, tok))
 		cs := &ksCounting{KeySource: src}
 		return &ksSource{ks: cs, counting: cs}

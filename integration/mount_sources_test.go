@@ -11,7 +11,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/kmsfs/kmsfs/internal/hsmtest"
+	"github.com/kmsfs/kmsfs/internal/fusetest"
 	"github.com/kmsfs/kmsfs/internal/kmstest"
 )
 
@@ -28,37 +28,37 @@ type mntSourceCase struct {
 // the plaintext.
 func TestMountKeySources(t *testing.T) {
 	// One emulator, started here so that it outlives the subtests.
-	e := kmstest.Start(t)
+	e := fusetest.KMS(t)
 	cases := []mntSourceCase{
 		{"source=local", func(t *testing.T) ([]string, []string, string) {
-			return []string{"local:" + mntKeyFile(t, t.TempDir(), nil)}, nil, ""
+			return []string{"local:" + fusetest.KeyFile(t, t.TempDir(), nil)}, nil, ""
 		}},
 		{"source=awskms/alias", func(t *testing.T) ([]string, []string, string) {
 			// The alias resolves to the key's ARN, which the volume records.
-			return []string{"awskms:" + kmstest.Alias}, mntAWSEnv(e), e.Symmetric.ARN
+			return []string{"awskms:" + kmstest.Alias}, fusetest.AWSEnv(e), e.Symmetric.ARN
 		}},
 		{"source=awskms/rsa-arn", func(t *testing.T) ([]string, []string, string) {
-			return []string{"awskms:" + e.RSAEncrypt.ARN}, mntAWSEnv(e), e.RSAEncrypt.ARN
+			return []string{"awskms:" + e.RSAEncrypt.ARN}, fusetest.AWSEnv(e), e.RSAEncrypt.ARN
 		}},
 		{"source=pkcs11/aes", func(t *testing.T) ([]string, []string, string) {
-			h := hsmtest.Need(t, testHSM, testHSMErr)
+			h := suite.HSM(t)
 			return []string{h.Token("main").AESSpec()}, nil, ""
 		}},
 		{"source=pkcs11/rsa", func(t *testing.T) ([]string, []string, string) {
-			h := hsmtest.Need(t, testHSM, testHSMErr)
+			h := suite.HSM(t)
 			return []string{h.Token("main").RSASpec()}, nil, ""
 		}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			specs, env, keyID := c.keys(t)
-			v := mntStart(t, mntOptions{Keys: specs, Env: env})
+			v := suite.StartVolume(t, fusetest.CLIOptions{Keys: specs, Env: env})
 			if keyID != "" {
 				mntCheckConfKeyID(t, v.Cipher, keyID)
 			}
 			files := mntSourceFiles()
 			for name, data := range files {
-				p := v.path(name)
+				p := v.Path(name)
 				if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 					t.Fatal(err)
 				}
@@ -66,9 +66,9 @@ func TestMountKeySources(t *testing.T) {
 					t.Fatalf("write %s: %v", name, err)
 				}
 			}
-			v.remount(t)
+			v.Remount(t)
 			for name, data := range files {
-				got, err := os.ReadFile(v.path(name))
+				got, err := os.ReadFile(v.Path(name))
 				if err != nil {
 					t.Fatalf("read %s after remount: %v", name, err)
 				}

@@ -11,6 +11,8 @@ import (
 	"sort"
 	"syscall"
 	"testing"
+
+	"github.com/kmsfs/kmsfs/internal/fusetest"
 )
 
 // mntTreeEntry is what a tree test expects at one path.
@@ -37,11 +39,11 @@ type mntTreeFile struct {
 // unmounts, remounts and compares every entry and the SHA-256 of every
 // file with what was written.
 func TestMountMixedTree(t *testing.T) {
-	v := mntStart(t, mntOptions{})
+	v := suite.StartVolume(t, fusetest.CLIOptions{})
 	files, links, dirs := mntTreePlan()
 	want := map[string]mntTreeEntry{}
 	for _, d := range dirs {
-		if err := os.MkdirAll(v.path(d), 0o755); err != nil {
+		if err := os.MkdirAll(v.Path(d), 0o755); err != nil {
 			t.Fatal(err)
 		}
 		want[d] = mntTreeEntry{kind: fs.ModeDir}
@@ -49,7 +51,7 @@ func TestMountMixedTree(t *testing.T) {
 	var total int64
 	tw := &mntTreeWriter{rng: rand.NewChaCha8([32]byte{'k', 'm', 's', 'f', 's'}), buf: make([]byte, 1<<20)}
 	for _, f := range files {
-		e, n, err := tw.write(v.path(f.name), f)
+		e, n, err := tw.write(v.Path(f.name), f)
 		if err != nil {
 			t.Fatalf("write %s: %v", f.name, err)
 		}
@@ -60,13 +62,13 @@ func TestMountMixedTree(t *testing.T) {
 		t.Fatalf("bad test: the tree holds %d bytes of data, want at least 200 MiB", total)
 	}
 	for name, target := range links.sym {
-		if err := os.Symlink(target, v.path(name)); err != nil {
+		if err := os.Symlink(target, v.Path(name)); err != nil {
 			t.Fatal(err)
 		}
 		want[name] = mntTreeEntry{kind: fs.ModeSymlink, target: target, size: int64(len(target))}
 	}
 	for name, of := range links.hard {
-		if err := os.Link(v.path(of), v.path(name)); err != nil {
+		if err := os.Link(v.Path(of), v.Path(name)); err != nil {
 			t.Fatal(err)
 		}
 		e := want[of]
@@ -74,7 +76,7 @@ func TestMountMixedTree(t *testing.T) {
 		want[name] = e
 	}
 
-	v.remount(t)
+	v.Remount(t)
 
 	got := map[string]fs.FileInfo{}
 	err := filepath.WalkDir(v.Mnt, func(p string, d fs.DirEntry, err error) error {
@@ -98,7 +100,7 @@ func TestMountMixedTree(t *testing.T) {
 		}
 		switch w.kind {
 		case fs.ModeSymlink:
-			if target, err := os.Readlink(v.path(name)); err != nil || target != w.target || fi.Size() != w.size {
+			if target, err := os.Readlink(v.Path(name)); err != nil || target != w.target || fi.Size() != w.size {
 				t.Errorf("%s: link to %q (size %d, %v), want %q", name, target, fi.Size(), err, w.target)
 			}
 		case 0:
@@ -106,7 +108,7 @@ func TestMountMixedTree(t *testing.T) {
 				t.Errorf("%s: size %d, want %d", name, fi.Size(), w.size)
 				continue
 			}
-			if sum, err := mntSumFile(v.path(name), tw.buf); err != nil || sum != w.sum {
+			if sum, err := mntSumFile(v.Path(name), tw.buf); err != nil || sum != w.sum {
 				t.Errorf("%s: SHA-256 %x (%v), want %x", name, sum, err, w.sum)
 			}
 			if w.linkOf != "" {

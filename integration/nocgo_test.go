@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/kmsfs/kmsfs/internal/fusetest"
 )
 
 // These tests run only in a build without cgo (make build-nocgo runs them
@@ -17,7 +19,7 @@ import (
 // built with CGO_ENABLED=0, so that a pass means what it says.
 func needNoCgoBinary(t *testing.T) string {
 	t.Helper()
-	bin := needBinary(t)
+	bin := suite.Kmsfs(t)
 	bi, err := buildinfo.ReadFile(bin)
 	if err != nil {
 		t.Fatalf("build info of %s: %v", bin, err)
@@ -35,11 +37,11 @@ func needNoCgoBinary(t *testing.T) string {
 // cgo-free binary.
 func TestNoCgoLocalMount(t *testing.T) {
 	needNoCgoBinary(t)
-	v := mntStart(t, mntOptions{})
+	v := suite.StartVolume(t, fusetest.CLIOptions{})
 	want := []byte("written by a kmsfs built without cgo")
-	mntWriteFile(t, v.path("f"), want)
-	v.remount(t)
-	mntCheckFile(t, v.path("f"), want)
+	mntWriteFile(t, v.Path("f"), want)
+	v.Remount(t)
+	mntCheckFile(t, v.Path("f"), want)
 }
 
 // TestNoCgoPKCS11Refused: the cgo-free binary refuses a PKCS#11 key at
@@ -60,8 +62,8 @@ func TestNoCgoPKCS11Refused(t *testing.T) {
 			if err := os.Mkdir(cipher, 0o700); err != nil {
 				t.Fatal(err)
 			}
-			env := mntTrustEnv(t, dir, nil, nil)
-			out, err := mntRunKmsfs(bin, nil, env, mntInitArgs([]string{key}, nil, cipher)...)
+			env := fusetest.TrustEnv(t, dir, nil, nil)
+			out, err := fusetest.RunKmsfs(bin, nil, env, fusetest.InitArgs([]string{key}, nil, cipher)...)
 			if err == nil {
 				t.Fatalf("kmsfs init --key %s succeeded:\n%s", key, out)
 			}

@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kmsfs/kmsfs/internal/fusetest"
 )
 
 // TestOpsGetattr checks the attributes a mount reports: plaintext sizes
@@ -19,7 +21,7 @@ func TestOpsGetattr(t *testing.T) {
 	v := mntOps(t)
 	for _, size := range []int{0, 1, 4095, 4096, 4097, 2*4096 + 5, 1 << 20} {
 		t.Run(fmt.Sprintf("size=%d", size), func(t *testing.T) {
-			p := v.path(fmt.Sprintf("f%d", size))
+			p := v.Path(fmt.Sprintf("f%d", size))
 			mntWriteFile(t, p, mntRandom(uint64(size), size))
 			st := mntLstat(t, p)
 			if st.Size != int64(size) || st.Mode != unix.S_IFREG|0o644 || st.Nlink != 1 || st.Uid != 0 {
@@ -31,7 +33,7 @@ func TestOpsGetattr(t *testing.T) {
 		})
 	}
 	t.Run("size-while-writing", func(t *testing.T) {
-		p := v.path("growing")
+		p := v.Path("growing")
 		f := mntOpen(t, p, os.O_CREATE|os.O_RDWR, 0o644)
 		for _, end := range []int64{1, 4096, 4097, 10000, 3 * 4096} {
 			if _, err := f.WriteAt([]byte{'x'}, end-1); err != nil {
@@ -47,7 +49,7 @@ func TestOpsGetattr(t *testing.T) {
 		}
 	})
 	t.Run("mtime-after-write", func(t *testing.T) {
-		p := v.path("touched")
+		p := v.Path("touched")
 		mntWriteFile(t, p, []byte("old"))
 		old := unix.NsecToTimespec(1e9)
 		if err := unix.UtimesNanoAt(unix.AT_FDCWD, p, []unix.Timespec{old, old}, 0); err != nil {
@@ -59,9 +61,9 @@ func TestOpsGetattr(t *testing.T) {
 		}
 	})
 	t.Run("dir-and-symlink", func(t *testing.T) {
-		d := v.path("dir")
+		d := v.Path("dir")
 		for _, sub := range []string{"dir/a", "dir/b"} {
-			if err := os.MkdirAll(v.path(sub), 0o750); err != nil {
+			if err := os.MkdirAll(v.Path(sub), 0o750); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -69,10 +71,10 @@ func TestOpsGetattr(t *testing.T) {
 			t.Fatalf("dir with two subdirs: mode %o nlink %d, want a dir with nlink 4", st.Mode, st.Nlink)
 		}
 		target := strings.Repeat("t", 300)
-		if err := os.Symlink(target, v.path("link")); err != nil {
+		if err := os.Symlink(target, v.Path("link")); err != nil {
 			t.Fatal(err)
 		}
-		if st := mntLstat(t, v.path("link")); st.Mode&unix.S_IFMT != unix.S_IFLNK || st.Size != int64(len(target)) {
+		if st := mntLstat(t, v.Path("link")); st.Mode&unix.S_IFMT != unix.S_IFLNK || st.Size != int64(len(target)) {
 			t.Fatalf("symlink: mode %o size %d, want a link of size %d", st.Mode, st.Size, len(target))
 		}
 	})
@@ -89,7 +91,7 @@ func TestOpsSetattr(t *testing.T) {
 			mode uint32
 		}{{"file", false, 0o600}, {"file", false, 0o4755}, {"file", false, 0o2711}, {"file", false, 0}, {"dir", true, 0o1777}, {"dir", true, 0o700}} {
 			t.Run(fmt.Sprintf("%s,mode=%04o", c.name, c.mode), func(t *testing.T) {
-				p := v.path(fmt.Sprintf("chmod-%s-%o", c.name, c.mode))
+				p := v.Path(fmt.Sprintf("chmod-%s-%o", c.name, c.mode))
 				var err error
 				if c.dir {
 					err = os.Mkdir(p, 0o755)
@@ -113,7 +115,7 @@ func TestOpsSetattr(t *testing.T) {
 	// and of a directory.
 	for _, kind := range []string{"file", "open-file", "dir"} {
 		setup := func(t *testing.T, name string) string {
-			p := v.path(name)
+			p := v.Path(name)
 			if kind == "dir" {
 				if err := os.Mkdir(p, 0o755); err != nil {
 					t.Fatal(err)
@@ -124,14 +126,14 @@ func TestOpsSetattr(t *testing.T) {
 			if kind == "open-file" {
 				mntOpen(t, p, os.O_RDONLY, 0)
 			} else {
-				v.waitReleased(t, name)
+				v.WaitReleased(t, name)
 			}
 			return p
 		}
 		t.Run("chown,of="+kind, func(t *testing.T) {
 			p := setup(t, "owned-"+kind)
 			for _, c := range []struct{ uid, gid, wantUID, wantGID int }{
-				{mntNobody, mntNobody, mntNobody, mntNobody}, {-1, 0, mntNobody, 0}, {0, -1, 0, 0}, {1234, 5678, 1234, 5678},
+				{fusetest.Nobody, fusetest.Nobody, fusetest.Nobody, fusetest.Nobody}, {-1, 0, fusetest.Nobody, 0}, {0, -1, 0, 0}, {1234, 5678, 1234, 5678},
 			} {
 				if err := os.Lchown(p, c.uid, c.gid); err != nil {
 					t.Fatalf("chown %d:%d: %v", c.uid, c.gid, err)
@@ -169,10 +171,10 @@ func TestOpsSetattr(t *testing.T) {
 	}
 	t.Run("symlink-owner-and-times", func(t *testing.T) {
 		// A symlink's own owner and times change, not its target's.
-		p := v.path("target")
+		p := v.Path("target")
 		mntWriteFile(t, p, []byte("x"))
-		v.waitReleased(t, "target")
-		l := v.path("link")
+		v.WaitReleased(t, "target")
+		l := v.Path("link")
 		if err := os.Symlink("target", l); err != nil {
 			t.Fatal(err)
 		}
@@ -192,7 +194,7 @@ func TestOpsSetattr(t *testing.T) {
 	})
 	for _, via := range []string{"path", "fd"} {
 		t.Run("truncate,via="+via, func(t *testing.T) {
-			p := v.path("trunc-" + via)
+			p := v.Path("trunc-" + via)
 			model := mntRandom(7, 10000)
 			mntWriteFile(t, p, model)
 			var f *os.File
@@ -224,20 +226,20 @@ func TestOpsSetattr(t *testing.T) {
 			if f != nil {
 				f.Close()
 			}
-			v.remount(t)
+			v.Remount(t)
 			mntCheckFile(t, p, model)
 		})
 	}
 	t.Run("truncate-dir", func(t *testing.T) {
-		if err := os.Mkdir(v.path("trunc-dir"), 0o755); err != nil {
+		if err := os.Mkdir(v.Path("trunc-dir"), 0o755); err != nil {
 			t.Fatal(err)
 		}
-		mntWantErrno(t, "truncate a directory", os.Truncate(v.path("trunc-dir"), 0), syscall.EISDIR)
+		mntWantErrno(t, "truncate a directory", os.Truncate(v.Path("trunc-dir"), 0), syscall.EISDIR)
 	})
 	t.Run("unlinked-open", func(t *testing.T) {
 		// A file removed while open keeps working through its descriptor:
 		// ftruncate, fchmod, futimens, fstat, as on a local filesystem.
-		p := v.path("gone")
+		p := v.Path("gone")
 		mntWriteFile(t, p, mntRandom(3, 6000))
 		f := mntOpen(t, p, os.O_RDWR, 0)
 		if err := os.Remove(p); err != nil {
@@ -249,7 +251,7 @@ func TestOpsSetattr(t *testing.T) {
 		if err := f.Chmod(0o600); err != nil {
 			t.Fatalf("fchmod: %v", err)
 		}
-		if err := f.Chown(mntNobody, mntNobody); err != nil {
+		if err := f.Chown(fusetest.Nobody, fusetest.Nobody); err != nil {
 			t.Fatalf("fchown: %v", err)
 		}
 		ts := unix.Timespec{Sec: 1_000_000_000}
@@ -260,9 +262,9 @@ func TestOpsSetattr(t *testing.T) {
 		if err := unix.Fstat(int(f.Fd()), &st); err != nil {
 			t.Fatal(err)
 		}
-		if st.Size != 100 || st.Nlink != 0 || st.Mode&0o7777 != 0o600 || st.Uid != mntNobody || st.Mtim != ts {
+		if st.Size != 100 || st.Nlink != 0 || st.Mode&0o7777 != 0o600 || st.Uid != fusetest.Nobody || st.Mtim != ts {
 			t.Fatalf("fstat: size %d nlink %d mode %04o uid %d mtime %v, want 100, 0, 0600, %d, %v",
-				st.Size, st.Nlink, st.Mode&0o7777, st.Uid, st.Mtim, mntNobody, ts)
+				st.Size, st.Nlink, st.Mode&0o7777, st.Uid, st.Mtim, fusetest.Nobody, ts)
 		}
 	})
 }
@@ -299,14 +301,14 @@ func TestOpsStatfs(t *testing.T) {
 // mount with --xattr; without it they fail with EOPNOTSUPP.
 func TestOpsXattr(t *testing.T) {
 	v := mntOps(t, "--xattr")
-	mntWriteFile(t, v.path("file"), []byte("x"))
-	if err := os.Mkdir(v.path("dir"), 0o755); err != nil {
+	mntWriteFile(t, v.Path("file"), []byte("x"))
+	if err := os.Mkdir(v.Path("dir"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	large := bytes.Repeat([]byte("0123456789abcdef"), 200) // 3200 bytes
 	for _, name := range []string{"file", "dir"} {
 		t.Run("on="+name, func(t *testing.T) {
-			p := v.path(name)
+			p := v.Path(name)
 			if err := unix.Setxattr(p, "user.kmsfs.a", []byte("alpha"), 0); err != nil {
 				t.Fatal(err)
 			}
@@ -344,10 +346,10 @@ func TestOpsXattr(t *testing.T) {
 		})
 	}
 	t.Run("after-remount", func(t *testing.T) {
-		v.remount(t)
+		v.Remount(t)
 		for _, name := range []string{"file", "dir"} {
-			mntCheckXattr(t, v.path(name), "user.kmsfs.large", large)
-			if names := mntListXattr(t, v.path(name)); !slices.Equal(names, []string{"user.kmsfs.a", "user.kmsfs.large"}) {
+			mntCheckXattr(t, v.Path(name), "user.kmsfs.large", large)
+			if names := mntListXattr(t, v.Path(name)); !slices.Equal(names, []string{"user.kmsfs.a", "user.kmsfs.large"}) {
 				t.Fatalf("%s: listxattr after remount: %q", name, names)
 			}
 		}
@@ -359,15 +361,15 @@ func TestOpsXattr(t *testing.T) {
 		mntCheckXattr(t, v.Mnt, "user.kmsfs.root", []byte("r"))
 	})
 	t.Run("off", func(t *testing.T) {
-		v.remount(t, "--xattr=false")
+		v.Remount(t, "--xattr=false")
 		buf := make([]byte, 64<<10)
-		_, err := unix.Getxattr(v.path("file"), "user.kmsfs.a", buf)
+		_, err := unix.Getxattr(v.Path("file"), "user.kmsfs.a", buf)
 		mntWantErrno(t, "getxattr without --xattr", err, syscall.EOPNOTSUPP)
-		mntWantErrno(t, "setxattr without --xattr", unix.Setxattr(v.path("file"), "user.kmsfs.b", []byte("b"), 0), syscall.EOPNOTSUPP)
-		_, err = unix.Listxattr(v.path("dir"), buf)
+		mntWantErrno(t, "setxattr without --xattr", unix.Setxattr(v.Path("file"), "user.kmsfs.b", []byte("b"), 0), syscall.EOPNOTSUPP)
+		_, err = unix.Listxattr(v.Path("dir"), buf)
 		mntWantErrno(t, "listxattr without --xattr", err, syscall.EOPNOTSUPP)
-		v.remount(t)
-		if names := mntListXattr(t, v.path("file")); !slices.Equal(names, []string{"user.kmsfs.a", "user.kmsfs.large"}) {
+		v.Remount(t)
+		if names := mntListXattr(t, v.Path("file")); !slices.Equal(names, []string{"user.kmsfs.a", "user.kmsfs.large"}) {
 			t.Fatalf("listxattr after a mount without --xattr: %q", names)
 		}
 	})

@@ -21,7 +21,7 @@ func TestOpsCreate(t *testing.T) {
 	mntUmask(t, 0o022)
 	for _, c := range []struct{ perm, want uint32 }{{0o666, 0o644}, {0o600, 0o600}, {0o755, 0o755}, {0o4755, 0o4755}, {0o2755, 0o2755}, {0, 0}} {
 		t.Run(fmt.Sprintf("perm=%04o", c.perm), func(t *testing.T) {
-			p := v.path(fmt.Sprintf("mode-%o", c.perm))
+			p := v.Path(fmt.Sprintf("mode-%o", c.perm))
 			fd, err := unix.Open(p, unix.O_CREAT|unix.O_EXCL|unix.O_RDWR, c.perm)
 			if err != nil {
 				t.Fatal(err)
@@ -45,26 +45,26 @@ func TestOpsCreate(t *testing.T) {
 		})
 	}
 	t.Run("excl", func(t *testing.T) {
-		mntWriteFile(t, v.path("exists"), []byte("keep"))
-		_, err := os.OpenFile(v.path("exists"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+		mntWriteFile(t, v.Path("exists"), []byte("keep"))
+		_, err := os.OpenFile(v.Path("exists"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
 		mntWantErrno(t, "O_EXCL on an existing file", err, syscall.EEXIST)
-		mntCheckFile(t, v.path("exists"), []byte("keep"))
+		mntCheckFile(t, v.Path("exists"), []byte("keep"))
 		// O_CREAT without O_EXCL opens it as it is.
-		f := mntOpen(t, v.path("exists"), os.O_CREATE|os.O_RDWR, 0o600)
+		f := mntOpen(t, v.Path("exists"), os.O_CREATE|os.O_RDWR, 0o600)
 		f.Close()
-		mntCheckFile(t, v.path("exists"), []byte("keep"))
+		mntCheckFile(t, v.Path("exists"), []byte("keep"))
 	})
 	t.Run("names", func(t *testing.T) {
-		_, err := os.Create(v.path("no/such/dir/f"))
+		_, err := os.Create(v.Path("no/such/dir/f"))
 		mntWantErrno(t, "create in a missing dir", err, syscall.ENOENT)
 		long := strings.Repeat("n", 255)
-		mntWriteFile(t, v.path(long), []byte("long name"))
-		mntCheckFile(t, v.path(long), []byte("long name"))
-		_, err = os.Create(v.path(long + "x"))
+		mntWriteFile(t, v.Path(long), []byte("long name"))
+		mntCheckFile(t, v.Path(long), []byte("long name"))
+		_, err = os.Create(v.Path(long + "x"))
 		mntWantErrno(t, "a 256-byte name", err, syscall.ENAMETOOLONG)
 		odd := "sp ace\tand\nnewline-é-\x01"
-		mntWriteFile(t, v.path(odd), []byte("odd"))
-		mntCheckFile(t, v.path(odd), []byte("odd"))
+		mntWriteFile(t, v.Path(odd), []byte("odd"))
+		mntCheckFile(t, v.Path(odd), []byte("odd"))
 	})
 	t.Run("tmpfile", func(t *testing.T) {
 		// Not supported, and said so with the errno that makes callers
@@ -85,7 +85,7 @@ func TestOpsCreate(t *testing.T) {
 	})
 	t.Run("empty-after-remount", func(t *testing.T) {
 		for _, name := range []string{"empty-closed", "empty-truncated"} {
-			f, err := os.Create(v.path(name))
+			f, err := os.Create(v.Path(name))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -95,11 +95,11 @@ func TestOpsCreate(t *testing.T) {
 			}
 			f.Close()
 		}
-		v.remount(t)
+		v.Remount(t)
 		for _, name := range []string{"empty-closed", "empty-truncated"} {
-			mntCheckFile(t, v.path(name), []byte{})
+			mntCheckFile(t, v.Path(name), []byte{})
 		}
-		mntCheckFile(t, v.path("exists"), []byte("keep"))
+		mntCheckFile(t, v.Path("exists"), []byte("keep"))
 	})
 }
 
@@ -109,7 +109,7 @@ func TestOpsCreate(t *testing.T) {
 func TestOpsOpen(t *testing.T) {
 	v := mntOps(t)
 	t.Run("trunc", func(t *testing.T) {
-		p := v.path("trunc")
+		p := v.Path("trunc")
 		mntWriteFile(t, p, mntRandom(1, 10000))
 		other := mntOpen(t, p, os.O_RDONLY, 0)
 		f := mntOpen(t, p, os.O_WRONLY|os.O_TRUNC, 0)
@@ -129,7 +129,7 @@ func TestOpsOpen(t *testing.T) {
 		mntCheckFile(t, p, []byte("abc"))
 	})
 	t.Run("append", func(t *testing.T) {
-		p := v.path("append")
+		p := v.Path("append")
 		mntWriteFile(t, p, []byte("hello"))
 		a := mntOpen(t, p, os.O_WRONLY|os.O_APPEND, 0)
 		b := mntOpen(t, p, os.O_RDWR, 0)
@@ -155,11 +155,11 @@ func TestOpsOpen(t *testing.T) {
 		mntCheckFile(t, p, want)
 		a.Close()
 		b.Close()
-		v.remount(t)
+		v.Remount(t)
 		mntCheckFile(t, p, want)
 	})
 	t.Run("wronly-partial-blocks", func(t *testing.T) {
-		p := v.path("wronly")
+		p := v.Path("wronly")
 		model := mntRandom(2, 10000)
 		mntWriteFile(t, p, model)
 		f := mntOpen(t, p, os.O_WRONLY, 0)
@@ -178,7 +178,7 @@ func TestOpsOpen(t *testing.T) {
 		mntCheckFile(t, p, model)
 	})
 	t.Run("rdonly", func(t *testing.T) {
-		p := v.path("rdonly")
+		p := v.Path("rdonly")
 		mntWriteFile(t, p, []byte("read me"))
 		f := mntOpen(t, p, os.O_RDONLY, 0)
 		_, err := f.Write([]byte("x"))
@@ -189,18 +189,18 @@ func TestOpsOpen(t *testing.T) {
 		}
 	})
 	t.Run("dir-and-symlink", func(t *testing.T) {
-		if err := os.Mkdir(v.path("d"), 0o755); err != nil {
+		if err := os.Mkdir(v.Path("d"), 0o755); err != nil {
 			t.Fatal(err)
 		}
-		d := mntOpen(t, v.path("d"), os.O_RDONLY, 0)
+		d := mntOpen(t, v.Path("d"), os.O_RDONLY, 0)
 		d.Close()
-		_, err := os.OpenFile(v.path("d"), os.O_WRONLY, 0)
+		_, err := os.OpenFile(v.Path("d"), os.O_WRONLY, 0)
 		mntWantErrno(t, "open a dir for writing", err, syscall.EISDIR)
-		if err := os.Symlink("rdonly", v.path("sym")); err != nil {
+		if err := os.Symlink("rdonly", v.Path("sym")); err != nil {
 			t.Fatal(err)
 		}
-		mntCheckFile(t, v.path("sym"), []byte("read me"))
-		_, err = os.OpenFile(v.path("sym"), os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+		mntCheckFile(t, v.Path("sym"), []byte("read me"))
+		_, err = os.OpenFile(v.Path("sym"), os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 		mntWantErrno(t, "O_NOFOLLOW on a symlink", err, syscall.ELOOP)
 	})
 }
@@ -211,8 +211,8 @@ func TestOpsReadWrite(t *testing.T) {
 	v := mntOps(t)
 	const size = 3*4096 + 100
 	data := mntRandom(3, size)
-	mntWriteFile(t, v.path("reads"), data)
-	f, err := os.Open(v.path("reads"))
+	mntWriteFile(t, v.Path("reads"), data)
+	f, err := os.Open(v.Path("reads"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -233,7 +233,7 @@ func TestOpsReadWrite(t *testing.T) {
 	}
 	f.Close()
 	t.Run("write-model", func(t *testing.T) {
-		p := v.path("model")
+		p := v.Path("model")
 		w := mntOpen(t, p, os.O_CREATE|os.O_RDWR, 0o644)
 		rng := rand.New(rand.NewPCG(5, 5))
 		var model []byte
@@ -269,7 +269,7 @@ func TestOpsReadWrite(t *testing.T) {
 			}
 		}
 		w.Close()
-		v.remount(t)
+		v.Remount(t)
 		mntCheckFile(t, p, model)
 	})
 }
@@ -280,7 +280,7 @@ func TestOpsReadWrite(t *testing.T) {
 func TestOpsFlushFsyncRelease(t *testing.T) {
 	v := mntOps(t)
 	t.Run("flush", func(t *testing.T) {
-		f := mntOpen(t, v.path("flushed"), os.O_CREATE|os.O_RDWR, 0o644)
+		f := mntOpen(t, v.Path("flushed"), os.O_CREATE|os.O_RDWR, 0o644)
 		if _, err := f.Write([]byte("one")); err != nil {
 			t.Fatal(err)
 		}
@@ -297,10 +297,10 @@ func TestOpsFlushFsyncRelease(t *testing.T) {
 		if err := f.Close(); err != nil {
 			t.Fatalf("close: %v", err)
 		}
-		mntCheckFile(t, v.path("flushed"), []byte("one two"))
+		mntCheckFile(t, v.Path("flushed"), []byte("one two"))
 	})
 	t.Run("fsync", func(t *testing.T) {
-		f := mntOpen(t, v.path("synced"), os.O_CREATE|os.O_RDWR, 0o644)
+		f := mntOpen(t, v.Path("synced"), os.O_CREATE|os.O_RDWR, 0o644)
 		if _, err := f.Write(mntRandom(4, 9000)); err != nil {
 			t.Fatal(err)
 		}
@@ -316,23 +316,23 @@ func TestOpsFlushFsyncRelease(t *testing.T) {
 		}
 	})
 	t.Run("release", func(t *testing.T) {
-		p := v.path("shared")
+		p := v.Path("shared")
 		mntWriteFile(t, p, mntRandom(5, 5000))
-		v.waitReleased(t, "shared")
+		v.WaitReleased(t, "shared")
 		var fs []*os.File
 		for _, flag := range []int{os.O_RDONLY, os.O_RDWR, os.O_WRONLY} {
 			fs = append(fs, mntOpen(t, p, flag, 0))
 		}
-		if held := v.daemonHolds(t, "shared"); len(held) != 1 {
+		if held := v.DaemonHolds(t, "shared"); len(held) != 1 {
 			t.Fatalf("three handles open: the daemon holds %d descriptors of the file, want 1 (shared state)", len(held))
 		}
 		for _, f := range fs {
 			f.Close()
 		}
-		v.waitReleased(t, "shared")
+		v.WaitReleased(t, "shared")
 	})
 	t.Run("release-unlinked", func(t *testing.T) {
-		p := v.path("doomed")
+		p := v.Path("doomed")
 		mntWriteFile(t, p, mntRandom(6, 70000))
 		f := mntOpen(t, p, os.O_RDWR, 0)
 		if err := os.Remove(p); err != nil {
@@ -347,7 +347,7 @@ func TestOpsFlushFsyncRelease(t *testing.T) {
 			t.Fatalf("read %q, %v from an unlinked file", buf, err)
 		}
 		f.Close()
-		v.waitReleased(t, "doomed")
+		v.WaitReleased(t, "doomed")
 	})
 }
 
@@ -355,26 +355,26 @@ func TestOpsFlushFsyncRelease(t *testing.T) {
 // with EROFS.
 func TestOpsReadOnly(t *testing.T) {
 	v := mntOps(t)
-	mntWriteFile(t, v.path("f"), []byte("content"))
-	if err := os.Mkdir(v.path("d"), 0o755); err != nil {
+	mntWriteFile(t, v.Path("f"), []byte("content"))
+	if err := os.Mkdir(v.Path("d"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	v.unmount(t)
-	v.mount(t, "--ro", "--xattr")
-	mntCheckFile(t, v.path("f"), []byte("content"))
+	v.Unmount(t)
+	v.Mount(t, "--ro", "--xattr")
+	mntCheckFile(t, v.Path("f"), []byte("content"))
 	for name, op := range map[string]func() error{
-		"create":   func() error { _, err := os.Create(v.path("new")); return err },
-		"open-rw":  func() error { _, err := os.OpenFile(v.path("f"), os.O_RDWR, 0); return err },
-		"truncate": func() error { return os.Truncate(v.path("f"), 0) },
-		"chmod":    func() error { return os.Chmod(v.path("f"), 0o600) },
-		"mkdir":    func() error { return os.Mkdir(v.path("d2"), 0o755) },
-		"unlink":   func() error { return os.Remove(v.path("f")) },
-		"rmdir":    func() error { return os.Remove(v.path("d")) },
-		"rename":   func() error { return os.Rename(v.path("f"), v.path("g")) },
-		"symlink":  func() error { return os.Symlink("f", v.path("l")) },
-		"setxattr": func() error { return unix.Setxattr(v.path("f"), "user.x", []byte("x"), 0) },
+		"create":   func() error { _, err := os.Create(v.Path("new")); return err },
+		"open-rw":  func() error { _, err := os.OpenFile(v.Path("f"), os.O_RDWR, 0); return err },
+		"truncate": func() error { return os.Truncate(v.Path("f"), 0) },
+		"chmod":    func() error { return os.Chmod(v.Path("f"), 0o600) },
+		"mkdir":    func() error { return os.Mkdir(v.Path("d2"), 0o755) },
+		"unlink":   func() error { return os.Remove(v.Path("f")) },
+		"rmdir":    func() error { return os.Remove(v.Path("d")) },
+		"rename":   func() error { return os.Rename(v.Path("f"), v.Path("g")) },
+		"symlink":  func() error { return os.Symlink("f", v.Path("l")) },
+		"setxattr": func() error { return unix.Setxattr(v.Path("f"), "user.x", []byte("x"), 0) },
 	} {
 		t.Run(name, func(t *testing.T) { mntWantErrno(t, name, op(), syscall.EROFS) })
 	}
-	mntCheckFile(t, v.path("f"), []byte("content"))
+	mntCheckFile(t, v.Path("f"), []byte("content"))
 }

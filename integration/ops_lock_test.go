@@ -13,8 +13,8 @@ import (
 // F_GETLK/F_OFD_GETLK reports, and release on unlock, close and exit.
 func TestOpsLocks(t *testing.T) {
 	v := mntOps(t)
-	h := &mntHelper{bin: mntBuildHelper(t, t.TempDir())}
-	p := v.path("locked")
+	h := suite.User(t, nil)
+	p := v.Path("locked")
 	mntWriteFile(t, p, mntRandom(50, 5000))
 
 	t.Run("flock", func(t *testing.T) {
@@ -25,7 +25,7 @@ func TestOpsLocks(t *testing.T) {
 		}
 		mntWantErrno(t, "LOCK_EX on another description", unix.Flock(int(b.Fd()), unix.LOCK_EX|unix.LOCK_NB), syscall.EWOULDBLOCK)
 		mntWantErrno(t, "LOCK_SH on another description", unix.Flock(int(b.Fd()), unix.LOCK_SH|unix.LOCK_NB), syscall.EWOULDBLOCK)
-		if _, errno := h.hold(t, "flock", p); errno != syscall.EWOULDBLOCK {
+		if _, errno := h.Hold(t, "flock", p); errno != syscall.EWOULDBLOCK {
 			t.Fatalf("another process took the lock: %v, want EWOULDBLOCK", errno)
 		}
 		if err := unix.Flock(int(a.Fd()), unix.LOCK_UN); err != nil {
@@ -40,9 +40,9 @@ func TestOpsLocks(t *testing.T) {
 		b.Close()
 		a.Close()
 		// Held by another process: refused here until it exits.
-		release, errno := h.hold(t, "flock", p)
+		release, errno := h.Hold(t, "flock", p)
 		if errno != 0 {
-			t.Fatalf("helper flock: %v", errno)
+			t.Fatalf("flock in another process: %v", errno)
 		}
 		c := mntOpen(t, p, os.O_RDONLY, 0)
 		err := unix.Flock(int(c.Fd()), unix.LOCK_EX|unix.LOCK_NB)
@@ -54,9 +54,9 @@ func TestOpsLocks(t *testing.T) {
 	})
 
 	t.Run("posix", func(t *testing.T) {
-		release, errno := h.hold(t, "posixlock", p, "0", "100")
+		release, errno := h.Hold(t, "posixlock", p, "0", "100")
 		if errno != 0 {
-			t.Fatalf("helper lock: %v", errno)
+			t.Fatalf("lock in another process: %v", errno)
 		}
 		f := mntOpen(t, p, os.O_RDWR, 0)
 		lk := unix.Flock_t{Type: unix.F_WRLCK, Start: 10, Len: 5}
@@ -65,7 +65,7 @@ func TestOpsLocks(t *testing.T) {
 		}
 		if lk.Type != unix.F_WRLCK || lk.Start != 0 || lk.Len != 100 || lk.Pid <= 0 {
 			release()
-			t.Fatalf("F_GETLK: %+v, want the helper's write lock on [0,100)", lk)
+			t.Fatalf("F_GETLK: %+v, want the other process's write lock on [0,100)", lk)
 		}
 		err := unix.FcntlFlock(f.Fd(), unix.F_SETLK, &unix.Flock_t{Type: unix.F_RDLCK, Start: 99, Len: 1})
 		errFree := unix.FcntlFlock(f.Fd(), unix.F_SETLK, &unix.Flock_t{Type: unix.F_WRLCK, Start: 100, Len: 50})
@@ -74,12 +74,12 @@ func TestOpsLocks(t *testing.T) {
 		if errFree != nil {
 			t.Fatalf("F_SETLK next to the locked range: %v", errFree)
 		}
-		// Our lock on [100,150) now keeps the helper out; its exit freed [0,100).
+		// Our lock on [100,150) now keeps the other process out; its exit freed [0,100).
 		if err := unix.FcntlFlock(f.Fd(), unix.F_SETLK, &unix.Flock_t{Type: unix.F_WRLCK, Start: 0, Len: 10}); err != nil {
 			t.Fatalf("F_SETLK after the other process exited: %v", err)
 		}
-		if _, errno := h.hold(t, "posixlock", p, "120", "1"); errno != syscall.EAGAIN {
-			t.Fatalf("helper locked inside our range: %v, want EAGAIN", errno)
+		if _, errno := h.Hold(t, "posixlock", p, "120", "1"); errno != syscall.EAGAIN {
+			t.Fatalf("another process locked inside our range: %v, want EAGAIN", errno)
 		}
 		// An OFD lock conflicts with a POSIX lock, even in one process.
 		g := mntOpen(t, p, os.O_RDWR, 0)

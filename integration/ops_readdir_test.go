@@ -19,7 +19,7 @@ func TestOpsReaddir(t *testing.T) {
 	want := map[string]os.FileMode{}
 	for i := range 1500 {
 		name := fmt.Sprintf("f%04d", i)
-		mntWriteFile(t, v.path(name), nil)
+		mntWriteFile(t, v.Path(name), nil)
 		want[name] = 0
 	}
 	for name, mk := range map[string]func(string) error{
@@ -27,7 +27,7 @@ func TestOpsReaddir(t *testing.T) {
 		"link": func(p string) error { return os.Symlink("f0001", p) },
 		"fifo": func(p string) error { return unix.Mkfifo(p, 0o644) },
 	} {
-		if err := mk(v.path(name)); err != nil {
+		if err := mk(v.Path(name)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -63,21 +63,21 @@ func TestOpsReaddir(t *testing.T) {
 	t.Run("listing", check)
 	t.Run("changed", func(t *testing.T) {
 		for _, name := range []string{"f0000", "f0750", "f1499"} {
-			if err := os.Remove(v.path(name)); err != nil {
+			if err := os.Remove(v.Path(name)); err != nil {
 				t.Fatal(err)
 			}
 			delete(want, name)
 		}
-		mntWriteFile(t, v.path("late"), nil)
+		mntWriteFile(t, v.Path("late"), nil)
 		want["late"] = 0
 		check(t)
 	})
 	t.Run("after-remount", func(t *testing.T) {
-		v.remount(t)
+		v.Remount(t)
 		check(t)
 	})
 	t.Run("conf-hidden", func(t *testing.T) {
-		_, err := os.Lstat(v.path("kmsfs.conf"))
+		_, err := os.Lstat(v.Path("kmsfs.conf"))
 		mntWantErrno(t, "lstat kmsfs.conf", err, syscall.ENOENT)
 		names, err := os.ReadDir(v.Mnt)
 		if err != nil {
@@ -88,7 +88,7 @@ func TestOpsReaddir(t *testing.T) {
 		}
 	})
 	t.Run("empty-dir", func(t *testing.T) {
-		ents, err := os.ReadDir(v.path("dir"))
+		ents, err := os.ReadDir(v.Path("dir"))
 		if err != nil || len(ents) != 0 {
 			t.Fatalf("empty dir lists %v, %v", ents, err)
 		}
@@ -153,7 +153,7 @@ func TestOpsDeepTree(t *testing.T) {
 		t.Fatalf("renameat deep down: %v", err)
 	}
 	unix.Close(fd)
-	v.remount(t)
+	v.Remount(t)
 	fd, _ = descend(t, false)
 	defer unix.Close(fd)
 	mntCheckAt(t, fd, "g", data)

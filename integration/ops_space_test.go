@@ -33,16 +33,16 @@ func TestOpsFallocate(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			name := "falloc-" + c.name
 			data := mntRandom(uint64(c.before), int(c.before))
-			mntWriteFile(t, v.path(name), data)
-			f := mntOpen(t, v.path(name), os.O_RDWR, 0)
+			mntWriteFile(t, v.Path(name), data)
+			f := mntOpen(t, v.Path(name), os.O_RDWR, 0)
 			if err := unix.Fallocate(int(f.Fd()), c.mode, c.off, c.n); err != nil {
 				t.Fatalf("fallocate: %v", err)
 			}
-			if st := mntLstat(t, v.path(name)); st.Size != c.expect {
+			if st := mntLstat(t, v.Path(name)); st.Size != c.expect {
 				t.Fatalf("size %d after fallocate, want %d", st.Size, c.expect)
 			}
 			want := append(data, make([]byte, c.expect-c.before)...)
-			mntCheckFile(t, v.path(name), want)
+			mntCheckFile(t, v.Path(name), want)
 			if c.mode&unix.FALLOC_FL_KEEP_SIZE != 0 {
 				// The range is reserved in the cipher file.
 				var st unix.Stat_t
@@ -60,23 +60,23 @@ func TestOpsFallocate(t *testing.T) {
 				want[1000] = 'w'
 			}
 			f.Close()
-			v.remount(t)
-			mntCheckFile(t, v.path(name), want)
+			v.Remount(t)
+			mntCheckFile(t, v.Path(name), want)
 		})
 	}
 	t.Run("punch-hole", func(t *testing.T) {
 		// Not supported, or done right: the range reads as zeros.
 		data := mntRandom(9, 3*4096)
-		mntWriteFile(t, v.path("punch"), data)
-		f := mntOpen(t, v.path("punch"), os.O_RDWR, 0)
+		mntWriteFile(t, v.Path("punch"), data)
+		f := mntOpen(t, v.Path("punch"), os.O_RDWR, 0)
 		err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 100, 5000)
 		if err != nil {
 			mntWantErrno(t, "punch hole", err, syscall.EOPNOTSUPP)
-			mntCheckFile(t, v.path("punch"), data)
+			mntCheckFile(t, v.Path("punch"), data)
 			return
 		}
 		clear(data[100:5100])
-		mntCheckFile(t, v.path("punch"), data)
+		mntCheckFile(t, v.Path("punch"), data)
 	})
 }
 
@@ -86,7 +86,7 @@ func TestOpsFallocate(t *testing.T) {
 func TestOpsLseek(t *testing.T) {
 	v := mntOps(t)
 	const far = 1 << 20
-	p := v.path("sparse")
+	p := v.Path("sparse")
 	f := mntOpen(t, p, os.O_CREATE|os.O_RDWR, 0o644)
 	if _, err := f.WriteAt([]byte("0123456789"), 0); err != nil {
 		t.Fatal(err)
@@ -95,7 +95,7 @@ func TestOpsLseek(t *testing.T) {
 		t.Fatal(err)
 	}
 	const size = far + 8
-	empty := mntOpen(t, v.path("empty"), os.O_CREATE|os.O_RDWR, 0o644)
+	empty := mntOpen(t, v.Path("empty"), os.O_CREATE|os.O_RDWR, 0o644)
 	for _, c := range []struct {
 		name     string
 		f        *os.File
@@ -150,7 +150,7 @@ func TestOpsLseek(t *testing.T) {
 // handle, and after a remount.
 func TestOpsMmapShared(t *testing.T) {
 	v := mntOps(t)
-	p := v.path("mapped")
+	p := v.Path("mapped")
 	const size = 10000
 	want := mntRandom(10, size)
 	mntWriteFile(t, p, want)
@@ -189,7 +189,7 @@ func TestOpsMmapShared(t *testing.T) {
 	}
 	other.Close()
 	f.Close()
-	v.remount(t)
+	v.Remount(t)
 	mntCheckFile(t, p, want)
 }
 
@@ -199,7 +199,7 @@ func TestOpsMmapShared(t *testing.T) {
 // nothing.
 func TestOpsTwoHandles(t *testing.T) {
 	v := mntOps(t)
-	p := v.path("two")
+	p := v.Path("two")
 	a := mntOpen(t, p, os.O_CREATE|os.O_RDWR, 0o644)
 	b := mntOpen(t, p, os.O_RDWR, 0)
 	check := func(f *os.File, want string) {
@@ -261,7 +261,7 @@ func TestOpsTwoHandles(t *testing.T) {
 		a.Close()
 		b.Close()
 		mntCheckFile(t, p, want)
-		v.remount(t)
+		v.Remount(t)
 		mntCheckFile(t, p, want)
 	})
 }

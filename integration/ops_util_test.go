@@ -2,20 +2,25 @@ package integration_test
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
+	"io/fs"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kmsfs/kmsfs/internal/fusetest"
 )
 
-// mntOps mounts a fresh local-key volume with the CLI for one operation
-// test.
-func mntOps(t testing.TB, mountArgs ...string) *mntVolume {
+// mntOps is a fresh local-key volume, mounted by the CLI with args, for
+// one operation test.
+func mntOps(t testing.TB, args ...string) *fusetest.CLIVolume {
 	t.Helper()
-	return mntStart(t, mntOptions{MountArgs: mountArgs})
+	return suite.StartVolume(t, fusetest.CLIOptions{MountArgs: args})
 }
 
 // mntRandom returns n bytes of seeded random data.
@@ -85,4 +90,45 @@ func mntUmask(t testing.TB, mask int) {
 	t.Helper()
 	old := syscall.Umask(mask)
 	t.Cleanup(func() { syscall.Umask(old) })
+}
+
+// mntCipherLeaks walks a cipher dir and returns the regular files that
+// contain secret.
+func mntCipherLeaks(t testing.TB, cipher string, secret []byte) []string {
+	t.Helper()
+	var leaks []string
+	err := filepath.WalkDir(cipher, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		raw, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		if bytes.Contains(raw, secret) {
+			leaks = append(leaks, p)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return leaks
+}
+
+// mntErrno returns the errno inside err, or 0.
+func mntErrno(err error) syscall.Errno {
+	var e syscall.Errno
+	if errors.As(err, &e) {
+		return e
+	}
+	return 0
+}
+
+// mntWantErrno fails the test unless err carries want.
+func mntWantErrno(t testing.TB, what string, err error, want syscall.Errno) {
+	t.Helper()
+	if got := mntErrno(err); got != want {
+		t.Fatalf("%s: got error %v, want %v (%s)", what, err, want, unix.ErrnoName(want))
+	}
 }

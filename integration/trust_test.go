@@ -17,7 +17,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 
 	"github.com/kmsfs/kmsfs/envelope"
-	"github.com/kmsfs/kmsfs/internal/hsmtest"
+	"github.com/kmsfs/kmsfs/internal/fusetest"
 	"github.com/kmsfs/kmsfs/internal/kmstest"
 	"github.com/kmsfs/kmsfs/keysource"
 	"github.com/kmsfs/kmsfs/keysource/local"
@@ -65,7 +65,7 @@ func (c trConf) key(i int) map[string]any { return c.keys()[i].(map[string]any) 
 func trTrustDir(t testing.TB, env []string) string {
 	t.Helper()
 	for _, e := range env {
-		if d, ok := strings.CutPrefix(e, trustDirEnv+"="); ok {
+		if d, ok := strings.CutPrefix(e, fusetest.TrustDirEnv+"="); ok {
 			return d
 		}
 	}
@@ -74,9 +74,9 @@ func trTrustDir(t testing.TB, env []string) string {
 }
 
 // trAnchor returns the path of v's trust anchor.
-func trAnchor(t testing.TB, v *mntVolume) string {
+func trAnchor(t testing.TB, v *fusetest.CLIVolume) string {
 	t.Helper()
-	return filepath.Join(trTrustDir(t, v.o.Env), trReadConf(t, v.Cipher)["volume_id"].(string)+".anchor")
+	return filepath.Join(trTrustDir(t, v.Env), trReadConf(t, v.Cipher)["volume_id"].(string)+".anchor")
 }
 
 // trKeyFileID returns the key ID kmsfs gives the local key file at path.
@@ -92,14 +92,14 @@ func trKeyFileID(t testing.TB, path string) string {
 
 // trStanzaKeyIDs returns the key IDs of the stanzas in the header of the
 // cipher file name of v (read from the cipher dir, not the mount).
-func trStanzaKeyIDs(t testing.TB, v *mntVolume, name string) []string {
+func trStanzaKeyIDs(t testing.TB, v *fusetest.CLIVolume, name string) []string {
 	t.Helper()
 	c := trReadConf(t, v.Cipher)
 	l, err := envelope.NewLayout(int(c["block_size"].(float64)), int(c["header_slot_size"].(float64)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	raw, err := os.ReadFile(v.cipherPath(name))
+	raw, err := os.ReadFile(v.CipherPath(name))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,11 +121,11 @@ func trStanzaKeyIDs(t testing.TB, v *mntVolume, name string) []string {
 
 // trRunDetached runs kmsfs for v without a controlling terminal, as a
 // script or a service would.
-func trRunDetached(v *mntVolume, env []string, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), mntCmdTimeout)
+func trRunDetached(v *fusetest.CLIVolume, env []string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), fusetest.CmdTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, v.bin, args...)
-	cmd.Env = append(append(os.Environ(), v.o.Env...), env...)
+	cmd := exec.CommandContext(ctx, v.Kmsfs(), args...)
+	cmd.Env = append(append(os.Environ(), v.Env...), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	cmd.WaitDelay = time.Second
 	out, err := cmd.CombinedOutput()
@@ -134,7 +134,7 @@ func trRunDetached(v *mntVolume, env []string, args ...string) (string, error) {
 
 // trTrust runs `kmsfs trust --yes` on v with extra flags and fails t if
 // it fails.
-func trTrust(t testing.TB, v *mntVolume, env []string, flags ...string) string {
+func trTrust(t testing.TB, v *fusetest.CLIVolume, env []string, flags ...string) string {
 	t.Helper()
 	args := append(append([]string{"trust", "--yes"}, flags...), v.Cipher)
 	out, err := trRunDetached(v, env, args...)
@@ -146,12 +146,12 @@ func trTrust(t testing.TB, v *mntVolume, env []string, flags ...string) string {
 
 // trCheckWorks mounts v, writes and reads back a file, and unmounts: the
 // owner's data stays usable once the attack is undone.
-func trCheckWorks(t *testing.T, v *mntVolume, name string) {
+func trCheckWorks(t *testing.T, v *fusetest.CLIVolume, name string) {
 	t.Helper()
-	v.mount(t)
-	mntWriteFile(t, v.path(name), []byte("still the owner's volume"))
-	mntCheckFile(t, v.path(name), []byte("still the owner's volume"))
-	v.unmount(t)
+	v.Mount(t)
+	mntWriteFile(t, v.Path(name), []byte("still the owner's volume"))
+	mntCheckFile(t, v.Path(name), []byte("still the owner's volume"))
+	v.Unmount(t)
 }
 
 // TestTrustConfAttack edits kmsfs.conf as whoever controls the storage
@@ -159,8 +159,7 @@ func trCheckWorks(t *testing.T, v *mntVolume, name string) {
 // wrong and how to approve it, and that with the original conf back the
 // volume mounts and no file carries a stanza for the attacker's key.
 func TestTrustConfAttack(t *testing.T) {
-	bin := needBinary(t)
-	attacker := mntKeyFile(t, t.TempDir(), nil) // a key file the attacker knows
+	attacker := fusetest.KeyFile(t, t.TempDir(), nil) // a key file the attacker knows
 	attackerID := trKeyFileID(t, attacker)
 	hostFile := filepath.Join(t.TempDir(), "host-secret")
 	if err := os.WriteFile(hostFile, []byte(`{"secret": "host-only-content-3f9a"}`), 0o600); err != nil {
@@ -168,47 +167,47 @@ func TestTrustConfAttack(t *testing.T) {
 	}
 	cases := []struct {
 		name   string
-		attack func(t *testing.T, v *mntVolume, orig trConf)
+		attack func(t *testing.T, v *fusetest.CLIVolume, orig trConf)
 		want   []string // patterns mount's message must match
 		never  []string // patterns it must not
 	}{
-		{"attack=add-attacker-key", func(t *testing.T, v *mntVolume, orig trConf) {
+		{"attack=add-attacker-key", func(t *testing.T, v *fusetest.CLIVolume, orig trConf) {
 			c := trReadConf(t, v.Cipher)
 			c["keys"] = append(c.keys(), map[string]any{"spec": "local:" + attacker, "key_id": attackerID})
 			trWriteConf(t, v.Cipher, c)
 		}, []string{`key added`, regexp.QuoteMeta(attackerID), "`kmsfs trust "}, nil},
-		{"attack=replace-primary-key", func(t *testing.T, v *mntVolume, orig trConf) {
+		{"attack=replace-primary-key", func(t *testing.T, v *fusetest.CLIVolume, orig trConf) {
 			c := trReadConf(t, v.Cipher)
 			c.key(0)["spec"], c.key(0)["key_id"] = "local:"+attacker, attackerID
 			trWriteConf(t, v.Cipher, c)
 		}, []string{`key removed`, `key added`, regexp.QuoteMeta(attackerID), "`kmsfs trust "}, nil},
-		{"attack=drop-key-id", func(t *testing.T, v *mntVolume, orig trConf) {
+		{"attack=drop-key-id", func(t *testing.T, v *fusetest.CLIVolume, orig trConf) {
 			c := trReadConf(t, v.Cipher)
 			delete(c.key(0), "key_id")
 			trWriteConf(t, v.Cipher, c)
 		}, []string{`no key_id`, `kmsfs\.conf`}, nil},
-		{"attack=policy-per-file-to-batched", func(t *testing.T, v *mntVolume, orig trConf) {
+		{"attack=policy-per-file-to-batched", func(t *testing.T, v *fusetest.CLIVolume, orig trConf) {
 			c := trReadConf(t, v.Cipher)
 			c["data_key_policy"] = "batched:max-files=1000000,max-age=8760h"
 			trWriteConf(t, v.Cipher, c)
 		}, []string{`data-key policy`, "`kmsfs trust "}, nil},
-		{"attack=layout", func(t *testing.T, v *mntVolume, orig trConf) {
+		{"attack=layout", func(t *testing.T, v *fusetest.CLIVolume, orig trConf) {
 			c := trReadConf(t, v.Cipher)
 			c["block_size"] = 8192
 			trWriteConf(t, v.Cipher, c)
 		}, []string{`block size: approved 4096, kmsfs\.conf has 8192`}, nil},
-		{"attack=other-volume-conf", func(t *testing.T, v *mntVolume, orig trConf) {
-			other := mntNew(t, mntOptions{})
+		{"attack=other-volume-conf", func(t *testing.T, v *fusetest.CLIVolume, orig trConf) {
+			other := suite.InitVolume(t, fusetest.CLIOptions{})
 			trWriteConf(t, v.Cipher, trReadConf(t, other.Cipher))
 		}, []string{`volume [0-9a-f]{32} in .* is not trusted on this host`, "approve with `kmsfs trust ", `this host approved volume [0-9a-f]{32} there`}, nil},
-		{"attack=symlink-to-host-file", func(t *testing.T, v *mntVolume, orig trConf) {
+		{"attack=symlink-to-host-file", func(t *testing.T, v *fusetest.CLIVolume, orig trConf) {
 			p := filepath.Join(v.Cipher, "kmsfs.conf")
 			os.Remove(p)
 			if err := os.Symlink(hostFile, p); err != nil {
 				t.Fatal(err)
 			}
 		}, []string{`kmsfs\.conf is a symbolic link: refused`}, []string{`host-only-content`, `secret`}},
-		{"attack=fifo", func(t *testing.T, v *mntVolume, orig trConf) {
+		{"attack=fifo", func(t *testing.T, v *fusetest.CLIVolume, orig trConf) {
 			p := filepath.Join(v.Cipher, "kmsfs.conf")
 			os.Remove(p)
 			if err := syscall.Mkfifo(p, 0o644); err != nil {
@@ -218,10 +217,10 @@ func TestTrustConfAttack(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			v := mntNew(t, mntOptions{InitArgs: []string{"--data-key-policy", "per-file"}})
+			v := suite.InitVolume(t, fusetest.CLIOptions{InitArgs: []string{"--data-key-policy", "per-file"}})
 			orig := trReadConf(t, v.Cipher)
 			c.attack(t, v, orig)
-			out := mntCheckMountFails(t, bin, v.o.Env, v.Cipher, v.Mnt, c.want)
+			out := v.MountRefused(t, v.Cipher, v.Mnt, c.want...)
 			for _, n := range c.never {
 				if regexp.MustCompile(n).MatchString(out) {
 					t.Errorf("message %q matches %q", strings.TrimSpace(out), n)
@@ -242,7 +241,6 @@ func TestTrustConfAttack(t *testing.T) {
 // the mount refuses it as a change. (Parameters below the floor are
 // refused before that: TestKDFWeakened.)
 func TestTrustKDFPinned(t *testing.T) {
-	bin := needBinary(t)
 	env := []string{"KMSFS_PASSPHRASE=correct horse battery staple"}
 	for _, c := range []struct {
 		name string
@@ -252,12 +250,12 @@ func TestTrustKDFPinned(t *testing.T) {
 		{"salt=attackers", func(kdf map[string]any) { kdf["salt"] = "YXR0YWNrZXJzLXNhbHQtMTIzNDU2" }},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			v := mntNew(t, mntOptions{Keys: []string{"local:passphrase"}, Env: env})
+			v := suite.InitVolume(t, fusetest.CLIOptions{Keys: []string{"local:passphrase"}, Env: env})
 			orig := trReadConf(t, v.Cipher)
 			conf := trReadConf(t, v.Cipher)
 			c.edit(conf.key(0)["kdf"].(map[string]any))
 			trWriteConf(t, v.Cipher, conf)
-			mntCheckMountFails(t, bin, v.o.Env, v.Cipher, v.Mnt, []string{`KDF parameters approved scrypt N=2\^\d+`, `kmsfs\.conf has scrypt`, "`kmsfs trust "})
+			v.MountRefused(t, v.Cipher, v.Mnt, `KDF parameters approved scrypt N=2\^\d+`, `kmsfs\.conf has scrypt`, "`kmsfs trust ")
 			trWriteConf(t, v.Cipher, orig)
 			trCheckWorks(t, v, "after")
 		})
@@ -279,7 +277,7 @@ __attribute__((constructor)) static void evil(void) {
 		t.Fatal(err)
 	}
 	lib := filepath.Join(dir, "libevil.so")
-	ctx, cancel := context.WithTimeout(context.Background(), mntCmdTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), fusetest.CmdTimeout)
 	defer cancel()
 	if out, err := exec.CommandContext(ctx, "cc", "-shared", "-fPIC", "-o", lib, src).CombinedOutput(); err != nil {
 		t.Fatalf("cc: %v\n%s", err, out)
@@ -293,15 +291,14 @@ __attribute__((constructor)) static void evil(void) {
 // before; the module comes from the host, and the volume still mounts
 // with it.
 func TestTrustPKCS11ModulePlanted(t *testing.T) {
-	h := hsmtest.Need(t, testHSM, testHSMErr)
+	h := suite.HSM(t)
 	tok := h.Token("main")
-	bin := needBinary(t)
 	for _, anchored := range []bool{true, false} {
 		t.Run(fmt.Sprintf("anchor=%v", anchored), func(t *testing.T) {
 			dir := t.TempDir()
 			marker := filepath.Join(dir, "evil-was-loaded")
 			evil := trEvilModule(t, dir, marker)
-			v := mntNew(t, mntOptions{Keys: []string{tok.AESSpec()}})
+			v := suite.InitVolume(t, fusetest.CLIOptions{Keys: []string{tok.AESSpec()}})
 			c := trReadConf(t, v.Cipher)
 			if spec := c.key(0)["spec"].(string); strings.Contains(spec, "?") {
 				t.Errorf("kmsfs.conf records the host settings of the key: %s", spec)
@@ -312,9 +309,10 @@ func TestTrustPKCS11ModulePlanted(t *testing.T) {
 			// The process environment must not name a module either: only
 			// the anchor (or the trust command line) may.
 			env := []string{"KMSFS_PKCS11_MODULE="}
+			v.Env = append(v.Env, env...)
 			if !anchored {
 				os.Remove(trAnchor(t, v))
-				mntCheckMountFails(t, bin, append(v.o.Env, env...), v.Cipher, v.Mnt, []string{`is not trusted on this host`, "`kmsfs trust "})
+				v.MountRefused(t, v.Cipher, v.Mnt, `is not trusted on this host`, "`kmsfs trust ")
 				out, err := trRunDetached(v, env, "trust", "--yes", v.Cipher)
 				if err == nil || !strings.Contains(out, "--pkcs11-module") {
 					t.Errorf("kmsfs trust without a host module: %v, want a failure asking for --pkcs11-module\n%s", err, out)
@@ -327,16 +325,15 @@ func TestTrustPKCS11ModulePlanted(t *testing.T) {
 					t.Errorf("kmsfs trust does not say the conf's module-path is ignored:\n%s", out)
 				}
 			}
-			v.o.Env = append(v.o.Env, env...)
-			out, err := v.tryMount(t)
+			out, err := v.TryMount(t)
 			if _, serr := os.Stat(marker); serr == nil {
 				t.Fatal("kmsfs loaded the module kmsfs.conf named")
 			}
 			if err != nil {
 				t.Fatalf("kmsfs mount with the host's module: %v\n%s", err, out)
 			}
-			mntWriteFile(t, v.path("f"), []byte("on the token"))
-			mntCheckFile(t, v.path("f"), []byte("on the token"))
+			mntWriteFile(t, v.Path("f"), []byte("on the token"))
+			mntCheckFile(t, v.Path("f"), []byte("on the token"))
 		})
 	}
 }
@@ -345,7 +342,6 @@ func TestTrustPKCS11ModulePlanted(t *testing.T) {
 // another user could have written, or a symlink: mount refuses and says
 // why.
 func TestTrustAnchorUnsafe(t *testing.T) {
-	bin := needBinary(t)
 	cases := []struct {
 		name   string
 		attack func(t *testing.T, anchor string)
@@ -384,16 +380,16 @@ func TestTrustAnchorUnsafe(t *testing.T) {
 			}
 		}, []string{`trust anchor .* is a symbolic link`}},
 		{"file=other-user", func(t *testing.T, anchor string) {
-			if err := os.Chown(anchor, mntNobody, mntNobody); err != nil {
+			if err := os.Chown(anchor, fusetest.Nobody, fusetest.Nobody); err != nil {
 				t.Fatal(err)
 			}
 		}, []string{`trust anchor .* belongs to user 65534`}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			v := mntNew(t, mntOptions{})
+			v := suite.InitVolume(t, fusetest.CLIOptions{})
 			c.attack(t, trAnchor(t, v))
-			mntCheckMountFails(t, bin, v.o.Env, v.Cipher, v.Mnt, c.want)
+			v.MountRefused(t, v.Cipher, v.Mnt, c.want...)
 		})
 	}
 }
@@ -402,14 +398,13 @@ func TestTrustAnchorUnsafe(t *testing.T) {
 // with kmsfs trust, and approves a volume made before trust anchors
 // existed (its kmsfs.conf still names its key file, no anchor).
 func TestTrustApprove(t *testing.T) {
-	bin := needBinary(t)
 	t.Run("change=policy", func(t *testing.T) {
-		v := mntNew(t, mntOptions{})
+		v := suite.InitVolume(t, fusetest.CLIOptions{})
 		trCheckWorks(t, v, "before")
 		c := trReadConf(t, v.Cipher)
 		c["data_key_policy"] = "per-file"
 		trWriteConf(t, v.Cipher, c)
-		mntCheckMountFails(t, bin, v.o.Env, v.Cipher, v.Mnt, []string{`data-key policy: approved "batched", kmsfs\.conf has "per-file"`})
+		v.MountRefused(t, v.Cipher, v.Mnt, `data-key policy: approved "batched", kmsfs\.conf has "per-file"`)
 		out, err := trRunDetached(v, nil, "trust", v.Cipher)
 		if err == nil || !strings.Contains(out, "kmsfs trust --yes") {
 			t.Errorf("kmsfs trust without a terminal or --yes: %v, want a failure pointing at --yes\n%s", err, out)
@@ -419,24 +414,24 @@ func TestTrustApprove(t *testing.T) {
 			t.Errorf("kmsfs trust does not show the change:\n%s", out)
 		}
 		trCheckWorks(t, v, "after")
-		v.mount(t)
-		mntCheckFile(t, v.path("before"), []byte("still the owner's volume"))
+		v.Mount(t)
+		mntCheckFile(t, v.Path("before"), []byte("still the owner's volume"))
 	})
 	t.Run("change=legacy-volume", func(t *testing.T) {
-		v := mntNew(t, mntOptions{})
+		v := suite.InitVolume(t, fusetest.CLIOptions{})
 		trCheckWorks(t, v, "before")
 		c := trReadConf(t, v.Cipher)
 		c.key(0)["spec"] = "local:" + v.Key // as kmsfs init wrote it before anchors
 		trWriteConf(t, v.Cipher, c)
 		os.Remove(trAnchor(t, v))
-		mntCheckMountFails(t, bin, v.o.Env, v.Cipher, v.Mnt, []string{`is not trusted on this host; review it and approve with ` + "`kmsfs trust "})
+		v.MountRefused(t, v.Cipher, v.Mnt, `is not trusted on this host; review it and approve with `+"`kmsfs trust ")
 		out, err := trRunDetached(v, nil, "trust", "--yes", v.Cipher)
 		if err == nil || !strings.Contains(out, "--key-file") {
 			t.Errorf("kmsfs trust of a key-file volume without --key-file: %v, want a failure asking for it\n%s", err, out)
 		}
 		trTrust(t, v, nil, "--key-file", v.Key)
-		v.mount(t)
-		mntCheckFile(t, v.path("before"), []byte("still the owner's volume"))
+		v.Mount(t)
+		mntCheckFile(t, v.Path("before"), []byte("still the owner's volume"))
 	})
 }
 
@@ -446,28 +441,28 @@ func TestTrustApprove(t *testing.T) {
 // trust; then it mounts, new files stay wrapped for the approved key ARN,
 // and the mount logs the alias's target once.
 func TestTrustAliasMoved(t *testing.T) {
-	e := kmstest.Start(t)
-	v := mntNew(t, mntOptions{Keys: []string{"awskms:" + kmstest.Alias}, Env: mntAWSEnv(e)})
+	e := fusetest.KMS(t)
+	v := suite.InitVolume(t, fusetest.CLIOptions{Keys: []string{"awskms:" + kmstest.Alias}, Env: fusetest.AWSEnv(e)})
 	trCheckWorks(t, v, "before")
-	ctx, cancel := context.WithTimeout(context.Background(), mntCmdTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), fusetest.CmdTimeout)
 	defer cancel()
 	if _, err := e.Client().UpdateAlias(ctx, &kms.UpdateAliasInput{AliasName: aws.String(kmstest.Alias), TargetKeyId: aws.String(e.Symmetric2.ID)}); err != nil {
 		t.Fatal(err)
 	}
-	mntCheckMountFails(t, v.bin, v.o.Env, v.Cipher, v.Mnt, []string{
+	v.MountRefused(t, v.Cipher, v.Mnt,
 		regexp.QuoteMeta(fmt.Sprintf("alias %s now points at key %s, not at key %s that this volume was approved with", kmstest.Alias, e.Symmetric2.ARN, e.Symmetric.ARN)),
-		"`kmsfs trust " + regexp.QuoteMeta(v.Cipher) + "`",
-	})
+		"`kmsfs trust "+regexp.QuoteMeta(v.Cipher)+"`",
+	)
 	out := trTrust(t, v, nil)
 	if want := fmt.Sprintf("alias %s now points at key %s; this volume keeps using key %s", kmstest.Alias, e.Symmetric2.ARN, e.Symmetric.ARN); !strings.Contains(out, want) {
 		t.Errorf("kmsfs trust does not show the moved alias (%q):\n%s", want, out)
 	}
-	before := strings.Count(v.logText(), "points at key")
+	before := strings.Count(v.LogText(), "points at key")
 	trCheckWorks(t, v, "after")
 	if ids := trStanzaKeyIDs(t, v, "after"); len(ids) != 1 || ids[0] != e.Symmetric.ARN {
 		t.Errorf("a file written after the alias moved has stanzas for %q, want only the approved %s", ids, e.Symmetric.ARN)
 	}
-	log := v.logText()
+	log := v.LogText()
 	if n := strings.Count(log, "points at key") - before; n != 1 {
 		t.Errorf("the mount logged the alias's target %d times, want once:\n%s", n, log)
 	}
@@ -479,9 +474,9 @@ func TestTrustAliasMoved(t *testing.T) {
 	if _, err := e.Client().UpdateAlias(ctx, &kms.UpdateAliasInput{AliasName: aws.String(kmstest.Alias), TargetKeyId: aws.String(e.Symmetric.ID)}); err != nil {
 		t.Fatal(err)
 	}
-	before = strings.Count(v.logText(), "points at key")
+	before = strings.Count(v.LogText(), "points at key")
 	trCheckWorks(t, v, "back")
-	if n := strings.Count(v.logText(), "points at key") - before; n != 0 {
-		t.Errorf("the mount logged the alias's target with the alias back on the volume's key:\n%s", v.logText())
+	if n := strings.Count(v.LogText(), "points at key") - before; n != 0 {
+		t.Errorf("the mount logged the alias's target with the alias back on the volume's key:\n%s", v.LogText())
 	}
 }

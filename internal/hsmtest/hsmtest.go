@@ -7,26 +7,17 @@
 // module, and PKCS#11 allows one initialisation per process. So Start
 // runs once per test binary, from TestMain, before any test loads the
 // module; it creates everything through the PKCS#11 API, finalises the
-// module again, and leaves SOFTHSM2_CONF set for the tests:
-//
-//	func TestMain(m *testing.M) {
-//		h, err := hsmtest.Start(hsmtest.Options{Tokens: []hsmtest.TokenOptions{{Name: "main", AESLabel: "aes", RSALabel: "rsa"}}})
-//		code := m.Run()
-//		h.Close()
-//		os.Exit(code)
-//	}
-//
-// and each test calls Need(t, h, err), which fails the test under CI=true
-// when the token store could not be made, and skips it otherwise. A build
-// without cgo cannot load the module: there Start always fails.
+// module again, and leaves SOFTHSM2_CONF set for the tests. Test packages
+// get it through fusetest (SuiteOptions.Tokens, Suite.HSM), which fails a
+// test that needs the tokens under CI=true when the store could not be
+// made, and skips it otherwise. A build without cgo cannot load the
+// module: there Start always fails.
 package hsmtest
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"strings"
-	"testing"
 )
 
 // DefaultModule is the SoftHSM2 module of the Debian package softhsm2,
@@ -85,23 +76,6 @@ type Token struct {
 	AESLabel string
 	RSALabel string
 	module   string
-}
-
-// Need returns h, or stops the test if Start failed: under CI=true the
-// test fails, otherwise it is skipped with the reason.
-func Need(t testing.TB, h *HSM, err error) *HSM {
-	t.Helper()
-	if err == nil && h != nil {
-		return h
-	}
-	if err == nil {
-		err = errors.New("hsmtest: Start was not called")
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("SoftHSM token store: %v", err)
-	}
-	t.Skipf("no SoftHSM token store (CI=true would fail here): %v", err)
-	return nil
 }
 
 // Token returns the token Start made under name; it panics if there is

@@ -5,7 +5,7 @@ package hsmtest
 import "errors"
 
 // Start fails in a build without cgo, which cannot load the SoftHSM2
-// module; Need then skips the test, or fails it under CI=true.
+// module; fusetest.Suite.HSM then skips the test, or fails it under CI=true.
 func Start(Options) (*HSM, error) {
 	return nil, errors.New("hsmtest: built without cgo (CGO_ENABLED=0): SoftHSM2 needs cgo")
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kmsfs/kmsfs/internal/fusetest"
 	"github.com/kmsfs/kmsfs/internal/hsmtest"
 	"github.com/kmsfs/kmsfs/internal/p11shim"
 	p11 "github.com/miekg/pkcs11"
@@ -18,9 +19,8 @@ import (
 // The token store of this test run (made before anything loads SoftHSM,
 // see hsmtest) and the directory the shim is built into, once per run.
 var (
-	testHSM    *hsmtest.HSM
-	testHSMErr error
-	shimDir    string
+	suite   *fusetest.Suite
+	shimDir string
 )
 
 const (
@@ -29,7 +29,7 @@ const (
 )
 
 func TestMain(m *testing.M) {
-	testHSM, testHSMErr = hsmtest.Start(hsmtest.Options{Tokens: []hsmtest.TokenOptions{
+	suite = fusetest.Setup(fusetest.SuiteOptions{Tokens: []hsmtest.TokenOptions{
 		{Name: "main", AESLabel: aesLabel, RSALabel: rsaLabel},
 	}})
 	dir, err := os.MkdirTemp("", "kmsfs-p11shim-")
@@ -38,10 +38,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	shimDir = dir
-	code := m.Run()
-	if err := testHSM.Close(); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-	}
+	code := suite.Run(m)
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
@@ -57,7 +54,7 @@ type shim struct {
 // SoftHSM) for the rest of the test.
 func load(t *testing.T, cfg p11shim.Config) *shim {
 	t.Helper()
-	h := hsmtest.Need(t, testHSM, testHSMErr)
+	h := suite.HSM(t)
 	mod := p11shim.Need(t, shimDir)
 	cfg.Module = h.Module
 	path := filepath.Join(t.TempDir(), "p11shim.conf")

@@ -11,13 +11,14 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/aws-sdk-go-v2/service/kms/types"
 
+	"github.com/kmsfs/kmsfs/internal/fusetest"
 	"github.com/kmsfs/kmsfs/internal/kmstest"
 	"github.com/kmsfs/kmsfs/keysource"
 	"github.com/kmsfs/kmsfs/keysource/awskms"
 )
 
 func TestRoundTrip(t *testing.T) {
-	e := kmstest.Start(t)
+	e := fusetest.KMS(t)
 	tests := []struct {
 		key      string
 		wantARN  string
@@ -103,7 +104,7 @@ func TestRoundTrip(t *testing.T) {
 
 // The volume is bound: a source of another volume cannot unwrap.
 func TestWrongVolume(t *testing.T) {
-	e := kmstest.Start(t)
+	e := fusetest.KMS(t)
 	for _, key := range []string{kmstest.Alias, e.RSAEncrypt.ARN} {
 		t.Run("key="+key, func(t *testing.T) {
 			st := mustWrap(t, mustSource(t, e, key, volume1, nil, awskms.Options{}), newDataKey())
@@ -117,7 +118,7 @@ func TestWrongVolume(t *testing.T) {
 // The encryption context is exactly {"kmsfs:volume": hex(volumeID)}: a
 // plain SDK Decrypt under that context opens a stanza's ciphertext.
 func TestEncryptionContext(t *testing.T) {
-	e := kmstest.Start(t)
+	e := fusetest.KMS(t)
 	ks := mustSource(t, e, e.Symmetric.ARN, volume1, nil, awskms.Options{})
 	dk := newDataKey()
 	st := mustWrap(t, ks, dk)
@@ -135,7 +136,7 @@ func TestEncryptionContext(t *testing.T) {
 }
 
 func TestNotMine(t *testing.T) {
-	e := kmstest.Start(t)
+	e := fusetest.KMS(t)
 	c := kmstest.NewCounter()
 	sym := mustSource(t, e, e.Symmetric.ARN, volume1, c, awskms.Options{})
 	rsa := mustSource(t, e, e.RSAEncrypt.ARN, volume1, c, awskms.Options{})
@@ -170,7 +171,7 @@ func TestNotMine(t *testing.T) {
 
 // Stanzas of this key that are damaged are invalid, not "not mine".
 func TestDamagedStanza(t *testing.T) {
-	e := kmstest.Start(t)
+	e := fusetest.KMS(t)
 	for _, key := range []string{e.Symmetric.ARN, e.RSAEncrypt.ARN} {
 		ks := mustSource(t, e, key, volume1, nil, awskms.Options{})
 		st := mustWrap(t, ks, newDataKey())
@@ -195,7 +196,7 @@ func TestDamagedStanza(t *testing.T) {
 }
 
 func TestWrapDataKeySize(t *testing.T) {
-	e := kmstest.Start(t)
+	e := fusetest.KMS(t)
 	for _, key := range []string{e.Symmetric.ARN, e.RSAEncrypt.ARN} {
 		ks := mustSource(t, e, key, volume1, nil, awskms.Options{})
 		for _, n := range []int{0, 1, keysource.DataKeySize - 1, keysource.DataKeySize + 1} {
@@ -208,7 +209,7 @@ func TestWrapDataKeySize(t *testing.T) {
 }
 
 func TestDescribe(t *testing.T) {
-	e := kmstest.Start(t)
+	e := fusetest.KMS(t)
 	for _, tc := range []struct {
 		key, spec string
 	}{
@@ -233,7 +234,7 @@ func TestDescribe(t *testing.T) {
 
 // Sources are safe for concurrent use (run under -race).
 func TestConcurrent(t *testing.T) {
-	e := kmstest.Start(t)
+	e := fusetest.KMS(t)
 	const workers, rounds = 16, 4
 	for _, key := range []string{e.Symmetric.ARN, e.RSAEncrypt.ARN} {
 		t.Run("key="+key, func(t *testing.T) {

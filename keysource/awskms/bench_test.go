@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kmsfs/kmsfs/internal/fusetest"
 	"github.com/kmsfs/kmsfs/internal/kmstest"
 	"github.com/kmsfs/kmsfs/keysource"
 	"github.com/kmsfs/kmsfs/keysource/awskms"
@@ -50,7 +51,7 @@ func reportCalls(b *testing.B, c *kmstest.Counter) {
 
 // BenchmarkUnwrap is an unwrap with no cache: one Decrypt per operation.
 func BenchmarkUnwrap(b *testing.B) {
-	e := kmstest.Start(b)
+	e := fusetest.KMS(b)
 	for _, bc := range benchSources(b, e) {
 		b.Run(bc.name, func(b *testing.B) {
 			ctx := testContext(b)
@@ -70,7 +71,7 @@ func BenchmarkUnwrap(b *testing.B) {
 // BenchmarkWrap wraps a given data key: one Encrypt (symmetric) or a local
 // RSA-OAEP encryption with no KMS call (RSA).
 func BenchmarkWrap(b *testing.B) {
-	e := kmstest.Start(b)
+	e := fusetest.KMS(b)
 	for _, bc := range benchSources(b, e) {
 		b.Run(bc.name, func(b *testing.B) {
 			ctx := testContext(b)
@@ -90,7 +91,7 @@ func BenchmarkWrap(b *testing.B) {
 // BenchmarkGenerateDataKey is one GenerateDataKey per operation (symmetric
 // keys only).
 func BenchmarkGenerateDataKey(b *testing.B) {
-	e := kmstest.Start(b)
+	e := fusetest.KMS(b)
 	for _, bc := range benchSources(b, e) {
 		gen, ok := bc.ks.(keysource.Generator)
 		if !ok {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/aws/smithy-go/middleware"
 
+	"github.com/kmsfs/kmsfs/internal/fusetest"
 	"github.com/kmsfs/kmsfs/internal/kmstest"
 	"github.com/kmsfs/kmsfs/keysource"
 	"github.com/kmsfs/kmsfs/keysource/awskms"
@@ -39,7 +40,7 @@ func setAWSEnv(t *testing.T, e *kmstest.Emulator, endpoint string) {
 // The standard configuration chain finds the emulator through
 // AWS_ENDPOINT_URL_KMS.
 func TestStandardConfigChain(t *testing.T) {
-	e := kmstest.Start(t)
+	e := fusetest.KMS(t)
 	setAWSEnv(t, e, e.Endpoint)
 	c := kmstest.NewCounter()
 	ks, err := awskms.Open(testContext(t), spec(kmstest.Alias), awskms.Options{VolumeID: volume1, APIOptions: []func(*middleware.Stack) error{c.Register}})
@@ -60,7 +61,7 @@ func TestStandardConfigChain(t *testing.T) {
 // the other retry fields say; a MaxAttempts that is set wins over it, and
 // 1 or less makes a single attempt.
 func TestStandardConfigMaxAttempts(t *testing.T) {
-	e := kmstest.Start(t)
+	e := fusetest.KMS(t)
 	tests := []struct {
 		name     string
 		o        awskms.Options

@@ -13,6 +13,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/kms/types"
 	"github.com/aws/smithy-go/middleware"
 
+	"github.com/kmsfs/kmsfs/internal/fusetest"
 	"github.com/kmsfs/kmsfs/internal/kmstest"
 	"github.com/kmsfs/kmsfs/keysource"
 	"github.com/kmsfs/kmsfs/keysource/awskms"
@@ -20,7 +21,7 @@ import (
 
 // Keys kmsfs must refuse when a source is built.
 func TestOpenRefuses(t *testing.T) {
-	e := kmstest.Start(t)
+	e := fusetest.KMS(t)
 	otherRegion := strings.Replace(e.Symmetric.ARN, ":"+e.Region+":", ":us-east-1:", 1)
 	tests := []struct {
 		name     string
@@ -61,7 +62,7 @@ func TestOpenRefuses(t *testing.T) {
 // A key disabled or scheduled for deletion after the source was built:
 // every operation names the cause, and the deletion date.
 func TestKeyStateChanges(t *testing.T) {
-	e := kmstest.Start(t)
+	e := fusetest.KMS(t)
 	admin := e.Client()
 	ctx := testContext(t)
 	key := e.Symmetric2
@@ -153,7 +154,7 @@ func TestKeyStateChanges(t *testing.T) {
 // KMS errors the emulator never gives, injected by the proxy: each maps to
 // its sentinel and names the cause.
 func TestKMSErrors(t *testing.T) {
-	e := kmstest.Start(t)
+	e := fusetest.KMS(t)
 	proxy := kmstest.NewProxy(t, e.Endpoint)
 	sym := mustSource(t, e, e.Symmetric.ARN, volume1, nil, awskms.Options{Endpoint: proxy.URL})
 	dk := newDataKey()
@@ -187,7 +188,7 @@ func TestKMSErrors(t *testing.T) {
 
 // Throttling is retried with backoff, bounded by the attempts configured.
 func TestThrottling(t *testing.T) {
-	e := kmstest.Start(t)
+	e := fusetest.KMS(t)
 	proxy := kmstest.NewProxy(t, e.Endpoint)
 	tests := []struct {
 		code     string
@@ -231,7 +232,7 @@ func TestThrottling(t *testing.T) {
 // An endpoint where nothing listens is ErrUnavailable, promptly, after the
 // configured attempts.
 func TestUnreachable(t *testing.T) {
-	e := kmstest.Start(t)
+	e := fusetest.KMS(t)
 	closed := kmstest.ClosedEndpoint(t)
 	tests := []struct {
 		name     string
@@ -277,7 +278,7 @@ func TestUnreachable(t *testing.T) {
 // A spec of another type is refused before any KMS call, even when its
 // value would name a KMS key.
 func TestOpenSpecType(t *testing.T) {
-	e := kmstest.Start(t)
+	e := fusetest.KMS(t)
 	for _, typ := range []string{"local", "pkcs11", ""} {
 		t.Run("type="+typ, func(t *testing.T) {
 			c := kmstest.NewCounter()
@@ -293,7 +294,7 @@ func TestOpenSpecType(t *testing.T) {
 }
 
 func TestNoCredentials(t *testing.T) {
-	e := kmstest.Start(t)
+	e := fusetest.KMS(t)
 	cfg := e.Config()
 	cfg.Credentials = aws.CredentialsProviderFunc(func(context.Context) (aws.Credentials, error) {
 		return aws.Credentials{}, errors.New("no credentials in this test")
@@ -304,7 +305,7 @@ func TestNoCredentials(t *testing.T) {
 
 // Errors never carry key material: not the data key, not its wrap.
 func TestErrorsHoldNoKeys(t *testing.T) {
-	e := kmstest.Start(t)
+	e := fusetest.KMS(t)
 	ks := mustSource(t, e, e.Symmetric.ARN, volume1, nil, awskms.Options{})
 	other := mustSource(t, e, e.Symmetric.ARN, volume2, nil, awskms.Options{})
 	dk := newDataKey()

@@ -10,6 +10,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 
+	"github.com/kmsfs/kmsfs/internal/fusetest"
 	"github.com/kmsfs/kmsfs/internal/kmstest"
 	"github.com/kmsfs/kmsfs/keysource"
 	"github.com/kmsfs/kmsfs/keysource/awskms"
@@ -38,7 +39,7 @@ func writePublicKey(t *testing.T, e *kmstest.Emulator, key kmstest.Key, asPEM bo
 // A host with only the public key writes stanzas that only a host with
 // the KMS key can read.
 func TestPublicKeyOnly(t *testing.T) {
-	e := kmstest.Start(t)
+	e := fusetest.KMS(t)
 	full := mustSource(t, e, e.RSAEncrypt.ARN, volume1, nil, awskms.Options{})
 	for _, asPEM := range []bool{false, true} {
 		t.Run("pem="+map[bool]string{false: "no", true: "yes"}[asPEM], func(t *testing.T) {
@@ -71,7 +72,7 @@ func TestPublicKeyOnly(t *testing.T) {
 }
 
 func TestPublicKeyOnlyRefuses(t *testing.T) {
-	e := kmstest.Start(t)
+	e := fusetest.KMS(t)
 	rsaPath := writePublicKey(t, e, e.RSAEncrypt, false)
 	garbage := filepath.Join(t.TempDir(), "garbage.der")
 	if err := os.WriteFile(garbage, []byte("not a key"), 0o600); err != nil {
@@ -101,7 +102,7 @@ func TestPublicKeyOnlyRefuses(t *testing.T) {
 // every file it wrapped would be unrecoverable. The right key's file, and
 // the key itself through KMS, pass.
 func TestPublicKeyFingerprint(t *testing.T) {
-	e := kmstest.Start(t)
+	e := fusetest.KMS(t)
 	full := mustSource(t, e, e.RSAEncrypt.ARN, volume1, nil, awskms.Options{})
 	fp, ok := full.(interface{ PublicKeyFingerprint() string })
 	if !ok {

@@ -5,10 +5,10 @@ package pkcs11_test
 import (
 	"context"
 	"crypto/rand"
-	"fmt"
 	"os"
 	"testing"
 
+	"github.com/kmsfs/kmsfs/internal/fusetest"
 	"github.com/kmsfs/kmsfs/internal/hsmtest"
 	"github.com/kmsfs/kmsfs/keysource"
 	"github.com/kmsfs/kmsfs/keysource/pkcs11"
@@ -18,9 +18,8 @@ import (
 // module (see hsmtest), and the one Loader all tests share, as the CLI
 // shares one per process.
 var (
-	testHSM    *hsmtest.HSM
-	testHSMErr error
-	loader     = pkcs11.NewLoader()
+	suite  *fusetest.Suite
+	loader = pkcs11.NewLoader()
 )
 
 // Tokens: "main" serves most tests; "other" has keys of the same labels;
@@ -32,21 +31,17 @@ const (
 )
 
 func TestMain(m *testing.M) {
-	testHSM, testHSMErr = hsmtest.Start(hsmtest.Options{Tokens: []hsmtest.TokenOptions{
+	suite = fusetest.Setup(fusetest.SuiteOptions{Tokens: []hsmtest.TokenOptions{
 		{Name: "main", AESLabel: aesLabel, RSALabel: rsaLabel},
 		{Name: "other", AESLabel: aesLabel, RSALabel: rsaLabel},
 		{Name: "pin", AESLabel: aesLabel},
 	}})
-	code := m.Run()
-	if err := testHSM.Close(); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-	}
-	os.Exit(code)
+	os.Exit(suite.Run(m))
 }
 
 func needHSM(t testing.TB) *hsmtest.HSM {
 	t.Helper()
-	return hsmtest.Need(t, testHSM, testHSMErr)
+	return suite.HSM(t)
 }
 
 var (
