@@ -60,6 +60,10 @@ type Emulator struct {
 	RSAEncrypt Key // RSA_2048, ENCRYPT_DECRYPT
 	RSASign    Key // RSA_2048, SIGN_VERIFY
 	Disabled   Key // AES key, disabled through DisableKey after start
+	// MultiRegion is an AES key with a multi-Region key ID (mrk-…): the
+	// emulator has one Region, so a test plays its replica in another
+	// Region by rewriting the Region of its ARN.
+	MultiRegion Key
 
 	logs *tailBuffer
 }
@@ -159,8 +163,9 @@ func Start(t testing.TB) *Emulator {
 		Region: Region, Account: Account,
 		Symmetric: seed.key(seedSymmetric), Symmetric2: seed.key(seedSymmetric2),
 		RSAEncrypt: seed.key(seedRSAEncrypt), RSASign: seed.key(seedRSASign),
-		Disabled: seed.key(seedDisabled),
-		logs:     newTailBuffer(logTailBytes),
+		Disabled:    seed.key(seedDisabled),
+		MultiRegion: seed.key(seedMultiRegion),
+		logs:        newTailBuffer(logTailBytes),
 	}
 
 	cmd := exec.Command(bin)
