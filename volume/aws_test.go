@@ -2,7 +2,6 @@ package volume_test
 
 import (
 	"errors"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -11,32 +10,6 @@ import (
 	"github.com/kmsfs/kmsfs/keysource"
 	"github.com/kmsfs/kmsfs/volume"
 )
-
-// setAWSEnv points the standard AWS configuration chain at endpoint, with
-// the emulator's region and test credentials, and nothing from the host.
-func setAWSEnv(t *testing.T, e *kmstest.Emulator, endpoint string) {
-	t.Helper()
-	empty := filepath.Join(t.TempDir(), "empty")
-	if err := os.WriteFile(empty, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	for k, v := range map[string]string{
-		"AWS_ENDPOINT_URL_KMS":        endpoint,
-		"AWS_REGION":                  e.Region,
-		"AWS_ACCESS_KEY_ID":           "AKIDKMSFSTEST",
-		"AWS_SECRET_ACCESS_KEY":       "kmsfs-test-secret",
-		"AWS_SESSION_TOKEN":           "",
-		"AWS_PROFILE":                 "",
-		"AWS_CONFIG_FILE":             empty,
-		"AWS_SHARED_CREDENTIALS_FILE": empty,
-		"AWS_EC2_METADATA_DISABLED":   "true",
-		"AWS_ENDPOINT_URL":            "",
-		"AWS_MAX_ATTEMPTS":            "",
-		"AWS_RETRY_MODE":              "",
-	} {
-		t.Setenv(k, v)
-	}
-}
 
 // A key policy of least privilege is enough to init and mount an awskms
 // volume: the proxy allows only the listed operations, as a key policy
@@ -63,7 +36,7 @@ func TestAWSLeastPrivilege(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			proxy := kmstest.NewProxy(t, e.Endpoint)
 			proxy.SetPermissions(&kmstest.Permissions{Allow: tt.allow})
-			setAWSEnv(t, e, proxy.URL)
+			e.SetAWSEnv(t, proxy.URL)
 			d := t.TempDir()
 			v := testVolume{dir: filepath.Join(d, "cipher"), trust: filepath.Join(d, "trust")}
 			_, _, err := volume.Init(ctx(t), v.dir, volume.InitOptions{Keys: []string{"awskms:" + tt.key}, TrustDir: v.trust})

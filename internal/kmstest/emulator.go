@@ -287,3 +287,32 @@ func (b *tailBuffer) String() string {
 	defer b.mu.Unlock()
 	return strings.TrimSpace(ansiColour.ReplaceAllString(b.buf.String(), ""))
 }
+
+// SetAWSEnv points the AWS SDK's standard configuration chain of the
+// test's process at endpoint (the emulator's, or a Proxy's): the
+// emulator's region, its test credentials, empty config and credentials
+// files, no profile, no instance metadata, and the SDK's retry settings
+// unset. t.Setenv restores everything when the test ends.
+func (e *Emulator) SetAWSEnv(t testing.TB, endpoint string) {
+	t.Helper()
+	empty := filepath.Join(t.TempDir(), "empty")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatalf("kmstest: %v", err)
+	}
+	for k, v := range map[string]string{
+		"AWS_ENDPOINT_URL_KMS":        endpoint,
+		"AWS_REGION":                  e.Region,
+		"AWS_ACCESS_KEY_ID":           "AKIDKMSFSTEST",
+		"AWS_SECRET_ACCESS_KEY":       "kmsfs-test-secret",
+		"AWS_SESSION_TOKEN":           "",
+		"AWS_PROFILE":                 "",
+		"AWS_CONFIG_FILE":             empty,
+		"AWS_SHARED_CREDENTIALS_FILE": empty,
+		"AWS_EC2_METADATA_DISABLED":   "true",
+		"AWS_ENDPOINT_URL":            "",
+		"AWS_MAX_ATTEMPTS":            "",
+		"AWS_RETRY_MODE":              "",
+	} {
+		t.Setenv(k, v)
+	}
+}
