@@ -55,7 +55,10 @@ func (s *source) fail(ctx context.Context, op, key string, err error) error {
 		var signErr *v4.SigningError
 		var ssoErr *ssocreds.InvalidTokenError
 		switch {
-		case errors.As(err, &ssoErr):
+		// A profile of an sso-session reports its token only as text
+		// ("failed to read cached SSO token file", "cached SSO token is
+		// expired, or not present, …").
+		case errors.As(err, &ssoErr) || (errors.As(err, &credErr) && strings.Contains(err.Error(), "SSO token")):
 			e.kind = keysource.ErrDenied
 			e.msg = "the AWS SSO session has expired or was never started: run `" + s.ssoLogin() + "` and retry"
 		case errors.As(err, &credErr) || errors.As(err, &signErr):

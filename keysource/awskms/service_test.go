@@ -430,22 +430,30 @@ func TestAccessDeniedAcrossAccounts(t *testing.T) {
 // expired session credentials that KMS refuses.
 func TestExpiredSession(t *testing.T) {
 	e := kmstest.Start(t)
-	t.Run("sso=expired,profile=backup", func(t *testing.T) {
-		setAWSEnv(t, e, e.Endpoint)
-		home := t.TempDir()
-		cfgFile := filepath.Join(home, "config")
-		profile := "[profile backup]\nsso_start_url = https://example.awsapps.com/start\nsso_region = " + e.Region +
-			"\nsso_account_id = " + e.Account + "\nsso_role_name = kmsfs-mount\nregion = " + e.Region + "\n"
-		if err := os.WriteFile(cfgFile, []byte(profile), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		for k, v := range map[string]string{"HOME": home, "AWS_CONFIG_FILE": cfgFile, "AWS_PROFILE": "backup",
-			"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_SESSION_TOKEN": ""} {
-			t.Setenv(k, v)
-		}
-		_, err := awskms.Open(testContext(t), spec(e.Symmetric.ARN), awskms.Options{VolumeID: volume1})
-		wantErr(t, err, keysource.ErrDenied, "SSO session has expired", "aws sso login --profile backup")
-	})
+	// No cached token at all: the session expired and its cache was
+	// cleared, or `aws sso login` never ran on this host.
+	ssoProfiles := map[string]string{
+		"legacy": "[profile backup]\nsso_start_url = https://example.awsapps.com/start\nsso_region = " + e.Region +
+			"\nsso_account_id = " + e.Account + "\nsso_role_name = kmsfs-mount\nregion = " + e.Region + "\n",
+		"sso-session": "[profile backup]\nsso_session = corp\nsso_account_id = " + e.Account +
+			"\nsso_role_name = kmsfs-mount\nregion = " + e.Region + "\n[sso-session corp]\nsso_start_url = https://example.awsapps.com/start\nsso_region = " + e.Region + "\n",
+	}
+	for _, kind := range []string{"legacy", "sso-session"} {
+		t.Run("sso=expired,config="+kind+",profile=backup", func(t *testing.T) {
+			setAWSEnv(t, e, e.Endpoint)
+			home := t.TempDir()
+			cfgFile := filepath.Join(home, "config")
+			if err := os.WriteFile(cfgFile, []byte(ssoProfiles[kind]), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			for k, v := range map[string]string{"HOME": home, "AWS_CONFIG_FILE": cfgFile, "AWS_PROFILE": "backup",
+				"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_SESSION_TOKEN": ""} {
+				t.Setenv(k, v)
+			}
+			_, err := awskms.Open(testContext(t), spec(e.Symmetric.ARN), awskms.Options{VolumeID: volume1})
+			wantErr(t, err, keysource.ErrDenied, "SSO session has expired", "aws sso login --profile backup")
+		})
+	}
 	t.Run("answer=ExpiredTokenException", func(t *testing.T) {
 		proxy := kmstest.NewProxy(t, e.Endpoint)
 		ks := mustSource(t, e, e.Symmetric.ARN, volume1, nil, awskms.Options{Endpoint: proxy.URL})
