@@ -115,11 +115,16 @@ func (s *keySet) openApproved(ctx context.Context, k volconf.Key, h volconf.Host
 	if err != nil {
 		return nil, err
 	}
-	if src.KeyID() != k.KeyID {
+	if !sameKey(src.KeyID(), k.KeyID) {
 		return nil, fmt.Errorf("not the key this volume was approved with: it has key ID %s, the approved key ID is %s", src.KeyID(), k.KeyID)
 	}
 	return src, nil
 }
+
+// sameKey reports whether key IDs a and b name the same key: equal, or
+// for AWS replicas of one multi-Region key, which open each other's
+// stanzas.
+func sameKey(a, b string) bool { return a == b || awskms.SameKey(a, b) }
 
 // openAnchor opens every key source of an approved volume, primary first.
 func openAnchor(ctx context.Context, a *volconf.Anchor, o Options) (*keySet, error) {
@@ -197,7 +202,7 @@ func checkAliases(ctx context.Context, a *volconf.Anchor, dir string) ([]Warning
 	targets, ws := AliasTargets(ctx, &a.Conf)
 	for i, k := range a.Conf.Keys {
 		t := targets[i]
-		if t == "" || t == k.KeyID {
+		if t == "" || sameKey(t, k.KeyID) {
 			continue
 		}
 		alias := volconf.AWSAlias(k.Spec)

@@ -60,6 +60,10 @@ type Emulator struct {
 	RSAEncrypt Key // RSA_2048, ENCRYPT_DECRYPT
 	RSASign    Key // RSA_2048, SIGN_VERIFY
 	Disabled   Key // AES key, disabled through DisableKey after start
+	// MultiRegion is an AES key with a multi-Region key ID (mrk-…): the
+	// emulator has one Region, so a test plays its replica in another
+	// Region by rewriting the Region of its ARN.
+	MultiRegion Key
 
 	logs *tailBuffer
 }
@@ -159,8 +163,9 @@ func Start(t testing.TB) *Emulator {
 		Region: Region, Account: Account,
 		Symmetric: seed.key(seedSymmetric), Symmetric2: seed.key(seedSymmetric2),
 		RSAEncrypt: seed.key(seedRSAEncrypt), RSASign: seed.key(seedRSASign),
-		Disabled: seed.key(seedDisabled),
-		logs:     newTailBuffer(logTailBytes),
+		Disabled:    seed.key(seedDisabled),
+		MultiRegion: seed.key(seedMultiRegion),
+		logs:        newTailBuffer(logTailBytes),
 	}
 
 	cmd := exec.Command(bin)
@@ -281,4 +286,33 @@ func (b *tailBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return strings.TrimSpace(ansiColour.ReplaceAllString(b.buf.String(), ""))
+}
+
+// SetAWSEnv points the AWS SDK's standard configuration chain of the
+// test's process at endpoint (the emulator's, or a Proxy's): the
+// emulator's region, its test credentials, empty config and credentials
+// files, no profile, no instance metadata, and the SDK's retry settings
+// unset. t.Setenv restores everything when the test ends.
+func (e *Emulator) SetAWSEnv(t testing.TB, endpoint string) {
+	t.Helper()
+	empty := filepath.Join(t.TempDir(), "empty")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatalf("kmstest: %v", err)
+	}
+	for k, v := range map[string]string{
+		"AWS_ENDPOINT_URL_KMS":        endpoint,
+		"AWS_REGION":                  e.Region,
+		"AWS_ACCESS_KEY_ID":           "AKIDKMSFSTEST",
+		"AWS_SECRET_ACCESS_KEY":       "kmsfs-test-secret",
+		"AWS_SESSION_TOKEN":           "",
+		"AWS_PROFILE":                 "",
+		"AWS_CONFIG_FILE":             empty,
+		"AWS_SHARED_CREDENTIALS_FILE": empty,
+		"AWS_EC2_METADATA_DISABLED":   "true",
+		"AWS_ENDPOINT_URL":            "",
+		"AWS_MAX_ATTEMPTS":            "",
+		"AWS_RETRY_MODE":              "",
+	} {
+		t.Setenv(k, v)
+	}
 }

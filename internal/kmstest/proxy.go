@@ -2,12 +2,15 @@ package kmstest
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -17,23 +20,121 @@ import (
 // MaxLatency bounds the latency a Proxy may add to one request.
 const MaxLatency = 5 * time.Second
 
+// DefaultCaller is the principal a Proxy's permission mode names in its
+// AccessDeniedException text when Permissions.Caller is empty: a role
+// session in the emulator's account.
+const DefaultCaller = "arn:aws:sts::" + Account + ":assumed-role/kmsfs-test/session"
+
 const maxRequestBody = 1 << 20 // far above any KMS request
 
-// Proxy is a loopback HTTP proxy in front of the emulator. It can delay
-// every request by a fixed latency, and answer the next n requests with a
-// KMS error (ThrottlingException, say) instead of forwarding them. Point a
-// client at URL. A Proxy is safe for concurrent use; it closes when its test
-// ends, cutting any delayed request short.
+// Proxy is a loopback HTTP proxy in front of the emulator that makes it
+// answer like AWS KMS under trouble. It can delay every request by a fixed
+// latency; answer requests with a KMS exception (Inject, FailNext), with
+// the HTTP status and message text AWS KMS uses for it; refuse operations
+// a key policy would not allow (SetPermissions); and rewrite DescribeKey
+// answers to report a state or custom key store the emulator cannot
+// (RewriteDescribeKey). Point a client at URL. A Proxy is safe for
+// concurrent use; it closes when its test ends, cutting any delayed
+// request short.
 type Proxy struct {
 	URL string // "http://127.0.0.1:PORT"
 
-	mu         sync.Mutex
-	latency    time.Duration
-	failN      int
-	failStatus int
-	failCode   string
-	failed     int
-	requests   map[string]int // by operation, forwarded or not
+	mu       sync.Mutex
+	latency  time.Duration
+	fault    Fault
+	seen     int // requests the current fault has counted
+	failed   int
+	perms    *Permissions
+	describe KeyMetadataRewrite
+	requests map[string]int    // by operation, forwarded or not
+	last     map[string][]byte // last request body, by operation
+}
+
+// Fault is an exception a Proxy answers instead of forwarding: N of the
+// next M requests (for operations Ops, or all operations when Ops is
+// empty), spread evenly and starting with the first, answer Code.
+type Fault struct {
+	// Code is the KMS error code ("ThrottlingException", …).
+	Code string
+	// Status is the HTTP status; 0 means the one AWS KMS answers Code
+	// with (ErrorStatus).
+	Status int
+	// Message is the error text; "" means the one AWS KMS answers Code
+	// with (ErrorMessage), naming the request's key and operation.
+	Message string
+	// N requests of the next M fail; M 0 (or below N) means N: the next
+	// N requests fail.
+	N, M int
+	// Ops, when not empty, limits the fault to these operations
+	// ("Decrypt", …); other requests pass and are not counted.
+	Ops []string
+}
+
+// Permissions is a key policy in miniature: only the operations in Allow
+// are allowed; any other is answered with AccessDeniedException naming
+// Caller, as AWS KMS answers a caller that no policy allows.
+type Permissions struct {
+	// Caller is the principal ARN the denial names; "" means
+	// DefaultCaller.
+	Caller string
+	// Allow lists the allowed operations ("GenerateDataKey", "Decrypt", …).
+	Allow []string
+}
+
+// KeyMetadataRewrite changes what DescribeKey answers: each field that is
+// set replaces the emulator's. The zero value rewrites nothing.
+type KeyMetadataRewrite struct {
+	// KeyState such as "Updating", "Unavailable", "PendingDeletion".
+	KeyState string
+	// CustomKeyStoreID puts the key in a custom key store (cks-…).
+	CustomKeyStoreID string
+	// DeletionDate is reported with a PendingDeletion state.
+	DeletionDate time.Time
+}
+
+// kmsErrors holds the HTTP status and message text AWS KMS answers each
+// exception with, following the Errors sections of the KMS API reference
+// and the common errors of AWS APIs. {key}, {op} and {caller} stand for
+// the key the request names, its operation and the calling principal.
+var kmsErrors = map[string]struct {
+	status int
+	msg    string
+}{
+	"AccessDeniedException": {http.StatusBadRequest, "User: {caller} is not authorized to perform: kms:{op} on resource: {key} " +
+		"because no resource-based policy allows the kms:{op} action"},
+	"ThrottlingException":         {http.StatusBadRequest, "Rate exceeded"},
+	"LimitExceededException":      {http.StatusBadRequest, "Rate exceeded"},
+	"DisabledException":           {http.StatusConflict, "{key} is disabled."},
+	"KMSInvalidStateException":    {http.StatusConflict, "{key} is pending deletion."},
+	"KeyUnavailableException":     {http.StatusInternalServerError, "{key} is unavailable."},
+	"DependencyTimeoutException":  {http.StatusInternalServerError, "The system timed out while trying to fulfill the request."},
+	"KMSInternalException":        {http.StatusInternalServerError, "An internal error occurred."},
+	"NotFoundException":           {http.StatusBadRequest, "Key '{key}' does not exist"},
+	"InvalidCiphertextException":  {http.StatusBadRequest, ""},
+	"IncorrectKeyException":       {http.StatusBadRequest, "The key ID in the request does not identify a CMK that can perform this operation."},
+	"InvalidGrantTokenException":  {http.StatusBadRequest, "Grant token provided is invalid."},
+	"InvalidKeyUsageException":    {http.StatusBadRequest, "{key} key usage is not valid for {op}."},
+	"ExpiredTokenException":       {http.StatusBadRequest, "The security token included in the request is expired"},
+	"UnrecognizedClientException": {http.StatusBadRequest, "The security token included in the request is invalid."},
+}
+
+// ErrorStatus returns the HTTP status AWS KMS answers the error code with
+// (400 for codes it does not know).
+func ErrorStatus(code string) int {
+	if e, ok := kmsErrors[code]; ok {
+		return e.status
+	}
+	return http.StatusBadRequest
+}
+
+// ErrorMessage returns the text AWS KMS answers the error code with for a
+// request of op naming key from caller.
+func ErrorMessage(code, op, key, caller string) string {
+	e, ok := kmsErrors[code]
+	if !ok {
+		return "injected by kmstest.Proxy"
+	}
+	return strings.NewReplacer("{key}", key, "{op}", op, "{caller}", caller).Replace(e.msg)
 }
 
 // NewProxy starts a proxy on 127.0.0.1 forwarding to target (an emulator's
@@ -44,11 +145,12 @@ func NewProxy(t testing.TB, target string) *Proxy {
 	if err != nil {
 		t.Fatalf("kmstest: proxy target: %v", err)
 	}
-	p := &Proxy{requests: map[string]int{}}
+	p := &Proxy{requests: map[string]int{}, last: map[string][]byte{}}
 	transport := &http.Transport{MaxIdleConnsPerHost: 64} // its own pool, closed with the proxy
 	rp := &httputil.ReverseProxy{
-		Rewrite:   func(r *httputil.ProxyRequest) { r.SetURL(u) },
-		Transport: transport,
+		Rewrite:        func(r *httputil.ProxyRequest) { r.SetURL(u) },
+		Transport:      transport,
+		ModifyResponse: p.rewriteResponse,
 		// A client that gave up (a test's deadline) is no news: answer
 		// 502 without logging.
 		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, _ error) { w.WriteHeader(http.StatusBadGateway) },
@@ -63,7 +165,8 @@ func NewProxy(t testing.TB, target string) *Proxy {
 			return
 		}
 		r.Body = io.NopCloser(bytes.NewReader(reqBody))
-		delay, status, code := p.next(operation(r))
+		op := operation(r)
+		delay, status, code, msg := p.next(op, reqBody)
 		if delay > 0 {
 			timer := time.NewTimer(delay)
 			select {
@@ -78,9 +181,10 @@ func NewProxy(t testing.TB, target string) *Proxy {
 			}
 		}
 		if code != "" {
+			b, _ := json.Marshal(map[string]string{"__type": code, "message": msg})
 			w.Header().Set("Content-Type", "application/x-amz-json-1.1")
 			w.WriteHeader(status)
-			fmt.Fprintf(w, `{"__type":%q,"message":"injected by kmstest.Proxy"}`, code)
+			w.Write(b)
 			return
 		}
 		rp.ServeHTTP(w, r)
@@ -104,18 +208,95 @@ func operation(r *http.Request) string {
 	return t
 }
 
+// requestKey returns the key a request body names, or "" if none.
+func requestKey(body []byte) string {
+	var in struct{ KeyId string }
+	if json.Unmarshal(body, &in) != nil {
+		return ""
+	}
+	return in.KeyId
+}
+
 // next records a request and says how long to delay it and which error, if
 // any, to answer with.
-func (p *Proxy) next(op string) (time.Duration, int, string) {
+func (p *Proxy) next(op string, body []byte) (delay time.Duration, status int, code, msg string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.requests[op]++
-	if p.failN > 0 {
-		p.failN--
+	p.last[op] = body
+	if p.perms != nil && !slices.Contains(p.perms.Allow, op) {
+		caller := p.perms.Caller
+		if caller == "" {
+			caller = DefaultCaller
+		}
 		p.failed++
-		return p.latency, p.failStatus, p.failCode
+		const deny = "AccessDeniedException"
+		return p.latency, ErrorStatus(deny), deny, ErrorMessage(deny, op, requestKey(body), caller)
 	}
-	return p.latency, 0, ""
+	f := p.fault // a copy: the window may end below
+	if f.N <= 0 || (len(f.Ops) > 0 && !slices.Contains(f.Ops, op)) {
+		return p.latency, 0, "", ""
+	}
+	// Request i of the window fails when the spread count of failures
+	// steps up at i: ceil((i+1)N/M) > ceil(iN/M), so the first fails.
+	m := max(f.M, f.N)
+	i := p.seen
+	fail := ((i+1)*f.N+m-1)/m > (i*f.N+m-1)/m
+	p.seen++
+	if p.seen >= m {
+		p.fault, p.seen = Fault{}, 0
+	}
+	if !fail {
+		return p.latency, 0, "", ""
+	}
+	p.failed++
+	status, msg = f.Status, f.Message
+	if status == 0 {
+		status = ErrorStatus(f.Code)
+	}
+	if msg == "" {
+		msg = ErrorMessage(f.Code, op, requestKey(body), DefaultCaller)
+	}
+	return p.latency, status, f.Code, msg
+}
+
+// rewriteResponse applies the DescribeKey rewrite to an answer of the
+// emulator.
+func (p *Proxy) rewriteResponse(resp *http.Response) error {
+	p.mu.Lock()
+	rw := p.describe
+	p.mu.Unlock()
+	if rw == (KeyMetadataRewrite{}) || resp.StatusCode != http.StatusOK || operation(resp.Request) != "DescribeKey" {
+		return nil
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxRequestBody))
+	resp.Body.Close()
+	if err != nil {
+		return err
+	}
+	var out map[string]map[string]any
+	if err := json.Unmarshal(b, &out); err != nil || out["KeyMetadata"] == nil {
+		return fmt.Errorf("kmstest: DescribeKey answer: %v", err)
+	}
+	md := out["KeyMetadata"]
+	if rw.KeyState != "" {
+		md["KeyState"] = rw.KeyState
+		md["Enabled"] = rw.KeyState == "Enabled" || rw.KeyState == "Updating"
+	}
+	if rw.CustomKeyStoreID != "" {
+		md["CustomKeyStoreId"] = rw.CustomKeyStoreID
+		md["Origin"] = "AWS_CLOUDHSM"
+	}
+	if !rw.DeletionDate.IsZero() {
+		md["DeletionDate"] = float64(rw.DeletionDate.Unix())
+	}
+	if b, err = json.Marshal(out); err != nil {
+		return err
+	}
+	resp.Body = io.NopCloser(bytes.NewReader(b))
+	resp.ContentLength = int64(len(b))
+	resp.Header.Set("Content-Length", strconv.Itoa(len(b)))
+	return nil
 }
 
 // SetLatency makes every later request wait d before it is answered.
@@ -129,16 +310,45 @@ func (p *Proxy) SetLatency(d time.Duration) {
 	p.mu.Unlock()
 }
 
-// FailNext makes the next n requests answer with HTTP status and the KMS
-// error code (400 and "ThrottlingException", say, as KMS throttles)
-// instead of reaching the emulator.
-func (p *Proxy) FailNext(n, status int, code string) {
+// Inject replaces the pending fault with f; a zero Fault (or N 0) clears
+// it.
+func (p *Proxy) Inject(f Fault) {
 	p.mu.Lock()
-	p.failN, p.failStatus, p.failCode = n, status, code
+	p.fault, p.seen = f, 0
 	p.mu.Unlock()
 }
 
-// Failed returns how many requests were answered with an injected error.
+// FailNext makes the next n requests answer with HTTP status and the KMS
+// error code (400 and "ThrottlingException", say, as KMS throttles)
+// instead of reaching the emulator, with the text AWS KMS gives that code.
+func (p *Proxy) FailNext(n, status int, code string) {
+	p.Inject(Fault{Code: code, Status: status, N: n})
+}
+
+// SetPermissions makes the proxy refuse every operation perm does not
+// allow, as AWS KMS does; nil allows everything again.
+func (p *Proxy) SetPermissions(perm *Permissions) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if perm == nil {
+		p.perms = nil
+		return
+	}
+	c := *perm
+	c.Allow = slices.Clone(perm.Allow)
+	p.perms = &c
+}
+
+// RewriteDescribeKey makes every later DescribeKey answer report what rw
+// sets; the zero value stops rewriting.
+func (p *Proxy) RewriteDescribeKey(rw KeyMetadataRewrite) {
+	p.mu.Lock()
+	p.describe = rw
+	p.mu.Unlock()
+}
+
+// Failed returns how many requests were answered with an injected error
+// or a permission denial.
 func (p *Proxy) Failed() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -150,4 +360,12 @@ func (p *Proxy) Requests(op string) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.requests[op]
+}
+
+// LastRequest returns the JSON body of the last request for op, or nil.
+// The caller owns the result.
+func (p *Proxy) LastRequest(op string) []byte {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return bytes.Clone(p.last[op])
 }

@@ -19,6 +19,9 @@ const (
 	seedRSAEncrypt = "6b6d7366-0000-4000-8000-000000000003"
 	seedRSASign    = "6b6d7366-0000-4000-8000-000000000004"
 	seedDisabled   = "6b6d7366-0000-4000-8000-000000000005"
+	// A multi-Region key ID: "mrk-" and 32 hex digits, the same in every
+	// Region that holds a replica.
+	seedMultiRegion = "mrk-6b6d7366000040008000000000000006"
 
 	seedRSABits = 2048
 )
@@ -32,7 +35,7 @@ type seed struct {
 
 func newSeed() (*seed, error) {
 	s := &seed{aes: map[string][]byte{}, rsa: map[string]string{}}
-	for _, id := range []string{seedSymmetric, seedSymmetric2, seedDisabled} {
+	for _, id := range []string{seedSymmetric, seedSymmetric2, seedDisabled, seedMultiRegion} {
 		k := make([]byte, 32)
 		if _, err := rand.Read(k); err != nil {
 			return nil, err
@@ -85,7 +88,7 @@ func (s *seed) key(id string) Key {
 func (s *seed) yaml() []byte {
 	var b bytes.Buffer
 	b.WriteString("Keys:\n  Symmetric:\n    Aes:\n")
-	for _, id := range []string{seedSymmetric, seedSymmetric2, seedDisabled} {
+	for _, id := range []string{seedSymmetric, seedSymmetric2, seedDisabled, seedMultiRegion} {
 		fmt.Fprintf(&b, "      - Metadata:\n          KeyId: %s\n          Description: kmsfs test key\n", id)
 		fmt.Fprintf(&b, "        BackingKeys:\n          - %s\n", hex.EncodeToString(s.aes[id]))
 	}

@@ -126,6 +126,7 @@ func (k *asymmetric) Unwrap(ctx context.Context, st keysource.Stanza) ([]byte, e
 		CiphertextBlob:      ct,
 		KeyId:               aws.String(k.arn),
 		EncryptionAlgorithm: types.EncryptionAlgorithmSpecRsaesOaepSha256,
+		GrantTokens:         k.grants,
 	})
 	if err != nil {
 		return nil, k.fail(ctx, "Decrypt", k.arn, err)

@@ -40,9 +40,28 @@
 // KMS internal errors) or keysource.ErrNotMine (a stanza of another type or
 // key). They never contain key material.
 //
-// The caller needs kms:DescribeKey on the key, plus kms:GenerateDataKey,
-// kms:Encrypt and kms:Decrypt (symmetric) or kms:GetPublicKey and
-// kms:Decrypt (RSA), granted by the key policy.
+// RSA Decrypt takes no encryption context, so the CloudTrail event of an
+// RSA unwrap names the key but not the volume; KMS offers no request field
+// that would carry it (the volume binding lives inside the ciphertext,
+// where only kmsfs sees it). Audit RSA keys per key, or give each volume
+// its own key.
+//
+// A multi-Region key (key ID mrk-…) is one key in every Region that holds
+// a replica: a stanza written through any replica opens through the
+// replica in the client's Region, and a spec naming another Region's
+// replica opens the local one (SameKey).
+//
+// Every KMS request is bounded: at most Options.MaxConcurrent in flight
+// per source, each attempt cut off after Options.RequestTimeout, retried
+// by the SDK's retryer in the configured mode (AWS_RETRY_MODE,
+// AWS_MAX_ATTEMPTS, the profile's retry_mode and max_attempts) without its
+// client-wide retry quota; see Options.
+//
+// The caller needs kms:DescribeKey on the key, plus kms:GenerateDataKey
+// and kms:Decrypt (symmetric primary; kms:Encrypt too for a symmetric
+// escrow key) or kms:GetPublicKey and kms:Decrypt (RSA), granted by the
+// key policy (and, for a caller of another account, by its IAM policy
+// too). Options.GrantTokens pass grant tokens with every request.
 package awskms
 
 import (
@@ -51,6 +70,8 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -83,17 +104,29 @@ const (
 	minRSABits       = 2048
 )
 
-// Retry defaults: up to 6 attempts, exponential backoff with full jitter
-// from 100 ms, capped at 5 s (at most 3.1 s of waiting in all).
+// Defaults of the Options that bound KMS calls.
 const (
+	// DefaultMaxAttempts is the number of attempts of a call, counting
+	// the first, when neither Options, AWS_MAX_ATTEMPTS nor the profile's
+	// max_attempts says: more than the SDK's 3, because a filesystem
+	// call that fails costs the user an error where a wait would not.
 	DefaultMaxAttempts = 6
-	DefaultBaseDelay   = 100 * time.Millisecond
-	DefaultMaxBackoff  = 5 * time.Second
+	// DefaultMaxConcurrent bounds the KMS requests one source has in
+	// flight at once.
+	DefaultMaxConcurrent = 16
+	// DefaultRequestTimeout bounds one attempt (one HTTP request and its
+	// answer), so that a half-open connection fails over to a retry.
+	DefaultRequestTimeout = 10 * time.Second
+	// GrantTokensEnv names the environment variable that, when
+	// Options.GrantTokens is nil, gives grant tokens, separated by commas.
+	GrantTokensEnv = "KMSFS_AWS_GRANT_TOKENS"
+	// maxGrantTokens is the most grant tokens a KMS request accepts.
+	maxGrantTokens = 10
 )
 
 // Options configure a source (see Open). The zero value uses the
-// standard configuration chain and the default retries, and binds the
-// source to the all-zero volume ID.
+// standard configuration chain, the SDK's retry mode and backoff, the
+// defaults above, and binds the source to the all-zero volume ID.
 type Options struct {
 	// VolumeID is the volume's 128-bit ID, bound into every wrap (the
 	// encryption context of a symmetric key, the plaintext of an RSA
@@ -101,7 +134,8 @@ type Options struct {
 	VolumeID [VolumeIDSize]byte
 	// Config, when set, is used instead of loading the standard
 	// configuration chain. Open copies it; its Retryer is replaced by
-	// the source's own (see MaxAttempts).
+	// one built from its RetryMode and RetryMaxAttempts and the fields
+	// below.
 	Config *aws.Config
 	// LoadOptions are passed to config.LoadDefaultConfig when Config is
 	// nil, for example config.WithSharedConfigProfile("backup") or
@@ -120,10 +154,37 @@ type Options struct {
 	// disables retries. 0 means AWS_MAX_ATTEMPTS (max_attempts in the
 	// profile) if set, else DefaultMaxAttempts.
 	MaxAttempts int
-	// BaseDelay and MaxBackoff shape the wait before retry n, drawn
-	// uniformly from [0, min(MaxBackoff, BaseDelay·2^(n-1))) (full
-	// jitter). 0 means DefaultBaseDelay and DefaultMaxBackoff.
+	// RetryMode is the SDK's retry mode, aws.RetryModeStandard or
+	// aws.RetryModeAdaptive (which also paces requests after
+	// throttling); "" means AWS_RETRY_MODE (retry_mode in the profile) if
+	// set, else standard.
+	RetryMode aws.RetryMode
+	// BaseDelay and MaxBackoff, when either is set, replace the SDK's
+	// backoff: the wait before retry n is drawn uniformly from
+	// [0, min(MaxBackoff, BaseDelay·2^(n-1))) (full jitter); an unset one
+	// is 100 ms or 5 s. When both are 0 the SDK's own backoff applies
+	// (full jitter from 1 s after throttling, from 50 ms after other
+	// transient errors, capped at 20 s).
 	BaseDelay, MaxBackoff time.Duration
+	// MaxConcurrent bounds the KMS requests this source has in flight;
+	// more wait, as long as their context allows. KMS quotas are per
+	// account and Region (RSA Decrypt shares a much lower one than
+	// symmetric calls) or per custom key store: lower it where several
+	// hosts share a quota. 0 means DefaultMaxConcurrent; negative means
+	// no bound.
+	MaxConcurrent int
+	// RequestTimeout bounds each attempt; an attempt cut short is retried
+	// like a connection failure. 0 means DefaultRequestTimeout; negative
+	// means no bound but the caller's context.
+	RequestTimeout time.Duration
+	// GrantTokens are sent with every request that accepts them
+	// (DescribeKey, GetPublicKey, GenerateDataKey, Encrypt, Decrypt), for
+	// a caller whose permission comes from a grant that may not have
+	// reached every KMS host yet. nil means the comma-separated list in
+	// the environment variable GrantTokensEnv, if set; at most 10.
+	GrantTokens []string
+	// LookupEnv reads GrantTokensEnv; nil means os.LookupEnv.
+	LookupEnv func(string) (string, bool)
 	// PublicKeyFile, when set, builds a public-key-only source from the
 	// RSA public key in that file: SubjectPublicKeyInfo DER, as
 	// `aws kms get-public-key --key-id ARN --output text --query PublicKey | base64 -d`
@@ -142,19 +203,43 @@ type Options struct {
 	Rand io.Reader
 }
 
-// withDefaults returns o with its zero retry and randomness fields set to
-// the defaults; MaxAttempts stays 0 until the configuration is known.
-func (o Options) withDefaults() Options {
-	if o.BaseDelay == 0 {
-		o.BaseDelay = DefaultBaseDelay
+// withDefaults returns o with its zero fields set to the defaults;
+// MaxAttempts and RetryMode stay unset until the configuration is known.
+func (o Options) withDefaults() (Options, error) {
+	if o.BaseDelay != 0 || o.MaxBackoff != 0 {
+		if o.BaseDelay == 0 {
+			o.BaseDelay = 100 * time.Millisecond
+		}
+		if o.MaxBackoff == 0 {
+			o.MaxBackoff = 5 * time.Second
+		}
 	}
-	if o.MaxBackoff == 0 {
-		o.MaxBackoff = DefaultMaxBackoff
+	if o.MaxConcurrent == 0 {
+		o.MaxConcurrent = DefaultMaxConcurrent
+	}
+	if o.RequestTimeout == 0 {
+		o.RequestTimeout = DefaultRequestTimeout
 	}
 	if o.Rand == nil {
 		o.Rand = rand.Reader
 	}
-	return o
+	if o.LookupEnv == nil {
+		o.LookupEnv = os.LookupEnv
+	}
+	if o.GrantTokens == nil {
+		if v, ok := o.LookupEnv(GrantTokensEnv); ok && strings.TrimSpace(v) != "" {
+			for _, t := range strings.Split(v, ",") {
+				if t = strings.TrimSpace(t); t != "" {
+					o.GrantTokens = append(o.GrantTokens, t)
+				}
+			}
+		}
+	}
+	if len(o.GrantTokens) > maxGrantTokens {
+		return o, fmt.Errorf("awskms: %d grant tokens (Options.GrantTokens or %s): KMS accepts at most %d: %w",
+			len(o.GrantTokens), GrantTokensEnv, maxGrantTokens, keysource.ErrInvalid)
+	}
+	return o, nil
 }
 
 // Open returns a source for the KMS key that spec (of type "awskms")
@@ -172,7 +257,10 @@ func Open(ctx context.Context, spec keysource.Spec, o Options) (keysource.KeySou
 		return nil, fmt.Errorf("awskms: key spec %v is not awskms: %w", spec, keysource.ErrInvalid)
 	}
 	key := spec.Value
-	o = o.withDefaults()
+	o, err := o.withDefaults()
+	if err != nil {
+		return nil, err
+	}
 	ref, err := parseKeyRef(key)
 	if err != nil {
 		return nil, err
@@ -188,6 +276,11 @@ func Open(ctx context.Context, spec keysource.Spec, o Options) (keysource.KeySou
 	if cfg.Region == "" {
 		return nil, fmt.Errorf("awskms: key %s: no AWS region configured (set AWS_REGION or a profile region): %w", key, keysource.ErrInvalid)
 	}
+	// A multi-Region key is the same key (ID, material) in every Region
+	// holding a replica: open the replica in the client's Region.
+	if r, ok := ref.inRegion(cfg.Region); ok {
+		ref, key = r, r.raw
+	}
 	if err := ref.checkRegion(cfg.Region); err != nil {
 		return nil, err
 	}
@@ -197,7 +290,16 @@ func Open(ctx context.Context, spec keysource.Spec, o Options) (keysource.KeySou
 			o.MaxAttempts = cfg.RetryMaxAttempts
 		}
 	}
-	client := kms.NewFromConfig(cfg, func(ko *kms.Options) {
+	if o.RetryMode == "" {
+		o.RetryMode = cfg.RetryMode
+	}
+	s := &source{region: cfg.Region, rand: o.Rand, grants: o.GrantTokens, profile: profileOf(cfg)}
+	s.setVolume(o.VolumeID)
+	var sem chan struct{}
+	if o.MaxConcurrent > 0 {
+		sem = make(chan struct{}, o.MaxConcurrent)
+	}
+	s.client = kms.NewFromConfig(cfg, func(ko *kms.Options) {
 		if o.Endpoint != "" {
 			ko.BaseEndpoint = aws.String(o.Endpoint)
 		}
@@ -205,20 +307,21 @@ func Open(ctx context.Context, spec keysource.Spec, o Options) (keysource.KeySou
 			ko.HTTPClient = o.HTTPClient
 		}
 		ko.APIOptions = append(ko.APIOptions, o.APIOptions...)
-		ko.Retryer = newRetryer(o)
+		ko.APIOptions = append(ko.APIOptions, attemptLimits(sem, o.RequestTimeout))
+		ko.Retryer = newRetryer(o, s.inCustomStore)
 		ko.RetryMaxAttempts = 0 // the retryer above has the say
+		ko.RetryMode = o.RetryMode
 		if ko.Credentials != nil && !aws.IsCredentialsProvider(ko.Credentials, (*aws.AnonymousCredentials)(nil)) {
 			ko.Credentials = markCredentials{ko.Credentials}
 		}
 	})
 
-	s := &source{client: client, region: cfg.Region, rand: o.Rand}
-	s.setVolume(o.VolumeID)
 	md, err := s.describe(ctx, key)
 	if err != nil {
 		return nil, err
 	}
 	s.arn = aws.ToString(md.Arn)
+	s.store = aws.ToString(md.CustomKeyStoreId)
 	if err := s.checkKey(key, md); err != nil {
 		return nil, err
 	}
@@ -267,12 +370,15 @@ func (e *credentialsError) Unwrap() error { return e.err }
 // source is what both kinds of key share: the client, the key ARN and the
 // volume binding. Its fields do not change after Open.
 type source struct {
-	client *kms.Client // nil in public-key-only mode
-	arn    string
-	region string
-	volume [VolumeIDSize]byte
-	encCtx map[string]string // read-only after Open; the SDK only reads it
-	rand   io.Reader
+	client  *kms.Client // nil in public-key-only mode
+	arn     string
+	region  string
+	store   string   // custom key store ID, "" for the default key store
+	grants  []string // grant tokens sent with every request; read-only
+	profile string   // shared config profile, when known, for advice
+	volume  [VolumeIDSize]byte
+	encCtx  map[string]string // read-only after Open; the SDK only reads it
+	rand    io.Reader
 }
 
 func (s *source) setVolume(id [VolumeIDSize]byte) {
@@ -292,7 +398,7 @@ func (s *source) checkStanza(st keysource.Stanza, kind byte) ([]byte, error) {
 	if st.Type != Type {
 		return nil, fmt.Errorf("awskms: stanza type %q: %w", st.Type, keysource.ErrNotMine)
 	}
-	if st.KeyID != s.arn {
+	if st.KeyID != s.arn && !SameKey(st.KeyID, s.arn) {
 		return nil, fmt.Errorf("awskms: stanza for key %s, this source has %s: %w", st.KeyID, s.arn, keysource.ErrNotMine)
 	}
 	if len(st.Body) < 2 || st.Body[0] != kind {

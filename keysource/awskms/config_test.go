@@ -1,8 +1,6 @@
 package awskms_test
 
 import (
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -14,28 +12,8 @@ import (
 	"github.com/kmsfs/kmsfs/keysource/awskms"
 )
 
-// setAWSEnv points the standard configuration chain at endpoint, with
-// region and credentials from the environment and no config files.
-func setAWSEnv(t *testing.T, e *kmstest.Emulator, endpoint string) {
-	t.Helper()
-	empty := filepath.Join(t.TempDir(), "empty")
-	if err := os.WriteFile(empty, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	for k, v := range map[string]string{
-		"AWS_ENDPOINT_URL_KMS":        endpoint,
-		"AWS_REGION":                  e.Region,
-		"AWS_ACCESS_KEY_ID":           "AKIDKMSFSTEST",
-		"AWS_SECRET_ACCESS_KEY":       "kmsfs-test-secret",
-		"AWS_CONFIG_FILE":             empty,
-		"AWS_SHARED_CREDENTIALS_FILE": empty,
-		"AWS_PROFILE":                 "",
-		"AWS_ENDPOINT_URL":            "",
-		"AWS_MAX_ATTEMPTS":            "",
-	} {
-		t.Setenv(k, v)
-	}
-}
+// setAWSEnv points the standard configuration chain at endpoint.
+func setAWSEnv(t *testing.T, e *kmstest.Emulator, endpoint string) { e.SetAWSEnv(t, endpoint) }
 
 // The standard configuration chain finds the emulator through
 // AWS_ENDPOINT_URL_KMS.

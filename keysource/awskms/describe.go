@@ -18,7 +18,7 @@ import (
 
 // describeOnly calls DescribeKey and returns its metadata or the SDK error.
 func (s *source) describeOnly(ctx context.Context, key string) (*types.KeyMetadata, error) {
-	out, err := s.client.DescribeKey(ctx, &kms.DescribeKeyInput{KeyId: aws.String(key)})
+	out, err := s.client.DescribeKey(ctx, &kms.DescribeKeyInput{KeyId: aws.String(key), GrantTokens: s.grants})
 	if err != nil {
 		return nil, err
 	}
@@ -73,7 +73,7 @@ func isRSA(spec types.KeySpec) bool { return strings.HasPrefix(string(spec), "RS
 
 // publicKey fetches the RSA public key of an asymmetric key once, at Open.
 func (s *source) publicKey(ctx context.Context) (*rsa.PublicKey, error) {
-	out, err := s.client.GetPublicKey(ctx, &kms.GetPublicKeyInput{KeyId: aws.String(s.arn)})
+	out, err := s.client.GetPublicKey(ctx, &kms.GetPublicKeyInput{KeyId: aws.String(s.arn), GrantTokens: s.grants})
 	if err != nil {
 		return nil, s.fail(ctx, "GetPublicKey", s.arn, err)
 	}

@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/arn"
 	"github.com/aws/aws-sdk-go-v2/aws/ratelimit"
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
+	"github.com/aws/aws-sdk-go-v2/credentials/ssocreds"
 	"github.com/aws/aws-sdk-go-v2/service/kms/types"
 	"github.com/aws/smithy-go"
 
@@ -50,10 +53,18 @@ func (s *source) fail(ctx context.Context, op, key string, err error) error {
 	if !errors.As(err, &apiErr) {
 		var credErr *credentialsError
 		var signErr *v4.SigningError
-		if errors.As(err, &credErr) || errors.As(err, &signErr) {
+		var ssoErr *ssocreds.InvalidTokenError
+		switch {
+		// A profile of an sso-session reports its token only as text
+		// ("failed to read cached SSO token file", "cached SSO token is
+		// expired, or not present, …").
+		case errors.As(err, &ssoErr) || (errors.As(err, &credErr) && strings.Contains(err.Error(), "SSO token")):
+			e.kind = keysource.ErrDenied
+			e.msg = "the AWS SSO session has expired or was never started: run `" + s.ssoLogin() + "` and retry"
+		case errors.As(err, &credErr) || errors.As(err, &signErr):
 			e.kind = keysource.ErrDenied
 			e.msg = "no usable AWS credentials (environment, shared config or profile, SSO, instance or task role)"
-		} else {
+		default:
 			e.kind = keysource.ErrUnavailable
 			e.msg = fmt.Sprintf("cannot reach KMS%s; check the endpoint, network and proxy settings", afterAttempts(err))
 		}
@@ -64,16 +75,25 @@ func (s *source) fail(ctx context.Context, op, key string, err error) error {
 	if m := apiErr.ErrorMessage(); m != "" {
 		e.detail += ": " + m
 	}
-	e.msg, e.kind = s.explain(ctx, op, key, apiErr.ErrorCode(), err)
+	e.msg, e.kind = s.explain(ctx, op, key, apiErr, err)
 	return e
 }
 
 // explain maps a KMS error code to a sentence and a sentinel, following
 // the KMS API reference. It may call DescribeKey once to learn the key
 // state when KMS only says the state is wrong.
-func (s *source) explain(ctx context.Context, op, key, code string, err error) (string, error) {
-	switch code {
+func (s *source) explain(ctx context.Context, op, key string, apiErr smithy.APIError, err error) (string, error) {
+	switch code := apiErr.ErrorCode(); code {
 	case "AccessDeniedException":
+		keyAccount, caller := accountOf(s.arn), callerAccount(apiErr.ErrorMessage())
+		if keyAccount == "" {
+			keyAccount = accountOf(key)
+		}
+		if keyAccount != "" && caller != "" && keyAccount != caller {
+			return fmt.Sprintf("access denied across accounts: the key is in account %s and the caller in account %s, so BOTH must allow kms:%s: "+
+				"the key policy (in %s) must allow the caller's role or account, AND an IAM policy of the caller (in %s) must allow kms:%s on the key ARN",
+				keyAccount, caller, op, keyAccount, caller, op), keysource.ErrDenied
+		}
 		return fmt.Sprintf("access denied: the key policy must allow this caller kms:%s on the key; "+
 			"an IAM policy alone is not enough unless the key policy delegates to IAM", op), keysource.ErrDenied
 	case "DisabledException", "KMSInvalidStateException":
@@ -87,9 +107,9 @@ func (s *source) explain(ctx context.Context, op, key, code string, err error) (
 				return msg, kind
 			}
 			if md.CustomKeyStoreId != nil {
-				return fmt.Sprintf("the key is enabled, but its custom key store %s cannot use it now (CloudHSM cluster or external key store proxy "+
+				return fmt.Sprintf("the key is enabled, but its custom key store %s cannot use it now%s (CloudHSM cluster or external key store proxy "+
 					"unreachable or disconnected); check `aws kms describe-custom-key-stores --custom-key-store-id %s` and retry later",
-					aws.ToString(md.CustomKeyStoreId), aws.ToString(md.CustomKeyStoreId)), keysource.ErrUnavailable
+					aws.ToString(md.CustomKeyStoreId), afterAttempts(err), aws.ToString(md.CustomKeyStoreId)), keysource.ErrUnavailable
 			}
 		}
 		if code == "DisabledException" {
@@ -112,8 +132,13 @@ func (s *source) explain(ctx context.Context, op, key, code string, err error) (
 		return "the key material is unavailable right now (custom key store?); retry later", keysource.ErrUnavailable
 	case "DependencyTimeoutException", "KMSInternalException", "InternalFailureException", "ServiceUnavailableException":
 		return "KMS failed" + afterAttempts(err) + "; retry later", keysource.ErrUnavailable
+	case "InvalidGrantTokenException":
+		return "KMS refused a grant token (Options.GrantTokens or " + GrantTokensEnv + "): it is malformed, or its grant was retired or revoked", keysource.ErrDenied
+	case "ExpiredTokenException":
+		return "the AWS session credentials have expired: renew them (for an SSO profile run `" + s.ssoLogin() +
+			"`; otherwise get new temporary credentials) and retry", keysource.ErrDenied
 	case "UnrecognizedClientException", "InvalidSignatureException", "IncompleteSignature",
-		"InvalidClientTokenId", "ExpiredTokenException", "MissingAuthenticationToken":
+		"InvalidClientTokenId", "MissingAuthenticationToken":
 		return "KMS refused the AWS credentials; check the credential chain (environment, profile, SSO session, role)", keysource.ErrDenied
 	}
 	var status interface{ HTTPStatusCode() int }
@@ -159,6 +184,36 @@ func stateProblem(key string, md *types.KeyMetadata) (string, error) {
 		return fmt.Sprintf("key is %s (custom key store disconnected, or being created); retry later", md.KeyState), keysource.ErrUnavailable
 	}
 	return fmt.Sprintf("key is in state %s", md.KeyState), keysource.ErrDenied
+}
+
+// ssoLogin returns the command that renews the SSO session of the
+// source's profile.
+func (s *source) ssoLogin() string {
+	if s.profile != "" {
+		return "aws sso login --profile " + s.profile
+	}
+	return "aws sso login"
+}
+
+// accountOf returns the account of an ARN, or "".
+func accountOf(s string) string {
+	a, err := arn.Parse(s)
+	if err != nil {
+		return ""
+	}
+	return a.AccountID
+}
+
+// callerAccount returns the account of the principal an AccessDenied text
+// of AWS names ("User: arn:aws:sts::ACCOUNT:assumed-role/… is not
+// authorized to perform: …"), or "".
+func callerAccount(msg string) string {
+	_, rest, ok := strings.Cut(msg, "User: ")
+	if !ok {
+		return ""
+	}
+	principal, _, _ := strings.Cut(rest, " ")
+	return accountOf(principal)
 }
 
 func disabledMsg(key string) string {

@@ -78,3 +78,34 @@ func keyARNRegion(s string) string {
 	}
 	return a.Region
 }
+
+// mrkPrefix starts the key ID of every multi-Region key, and only theirs.
+const mrkPrefix = "key/mrk-"
+
+// inRegion returns the ARN of the replica in region of a multi-Region key
+// named by its ARN in another region, and true; otherwise r and false.
+// Replicas share the key ID and key material, so KMS in region decrypts
+// what any of them encrypted.
+func (r keyRef) inRegion(region string) (keyRef, bool) {
+	if !r.isARN || r.alias || !strings.HasPrefix(r.arn.Resource, mrkPrefix) || r.arn.Region == region {
+		return r, false
+	}
+	a := r.arn
+	a.Region = region
+	return keyRef{raw: a.String(), arn: a, isARN: true}, true
+}
+
+// SameKey reports whether the key ARNs a and b name the same KMS key: the
+// same ARN, or replicas of one multi-Region key (key ID mrk-…) in any two
+// Regions of one partition and account. A single-Region key ID in another
+// Region is another key.
+func SameKey(a, b string) bool {
+	if a == b {
+		return true
+	}
+	x, errX := arn.Parse(a)
+	y, errY := arn.Parse(b)
+	return errX == nil && errY == nil && x.Service == "kms" && y.Service == "kms" &&
+		x.Partition == y.Partition && x.AccountID == y.AccountID &&
+		strings.HasPrefix(x.Resource, mrkPrefix) && x.Resource == y.Resource
+}

@@ -28,6 +28,7 @@ func (k *symmetric) GenerateDataKey(ctx context.Context) ([]byte, keysource.Stan
 		KeyId:             aws.String(k.arn),
 		KeySpec:           types.DataKeySpecAes256,
 		EncryptionContext: k.encCtx,
+		GrantTokens:       k.grants,
 	})
 	if err != nil {
 		return nil, keysource.Stanza{}, k.fail(ctx, "GenerateDataKey", k.arn, err)
@@ -49,6 +50,7 @@ func (k *symmetric) Wrap(ctx context.Context, dataKey []byte) (keysource.Stanza,
 		KeyId:             aws.String(k.arn),
 		Plaintext:         dataKey,
 		EncryptionContext: k.encCtx,
+		GrantTokens:       k.grants,
 	})
 	if err != nil {
 		return keysource.Stanza{}, k.fail(ctx, "Encrypt", k.arn, err)
@@ -77,6 +79,7 @@ func (k *symmetric) Unwrap(ctx context.Context, st keysource.Stanza) ([]byte, er
 		KeyId:               aws.String(k.arn),
 		EncryptionContext:   k.encCtx,
 		EncryptionAlgorithm: types.EncryptionAlgorithmSpecSymmetricDefault,
+		GrantTokens:         k.grants,
 	})
 	if err != nil {
 		return nil, k.fail(ctx, "Decrypt", k.arn, err)
