@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kmsfs/kmsfs/internal/fusetest"
 	"github.com/kmsfs/kmsfs/internal/kmstest"
 	"github.com/kmsfs/kmsfs/keysource"
 	"github.com/kmsfs/kmsfs/volume"
@@ -17,7 +18,7 @@ import (
 // AccessDeniedException. A policy short of GenerateDataKey is refused at
 // init, naming the operation.
 func TestAWSLeastPrivilege(t *testing.T) {
-	e := kmstest.Start(t)
+	e := fusetest.KMS(t)
 	tests := []struct {
 		name     string
 		key      string
