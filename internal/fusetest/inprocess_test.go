@@ -11,6 +11,7 @@ import (
 
 	kfs "github.com/kmsfs/kmsfs/fs"
 	"github.com/kmsfs/kmsfs/internal/fusetest"
+	"github.com/kmsfs/kmsfs/internal/mountinfo"
 	"github.com/kmsfs/kmsfs/internal/procfd"
 )
 
@@ -91,12 +92,8 @@ func TestInProcessFailedLogs(t *testing.T) {
 				if !strings.Contains(all, "kmsfs log") || !strings.Contains(all, "op=read") {
 					t.Errorf("a failed test logged %q, want the mount's log with the failed read", all)
 				}
-				info, err := os.ReadFile("/proc/self/mountinfo")
-				if err != nil {
-					t.Fatal(err)
-				}
-				if strings.Contains(string(info), " "+dir+" ") {
-					t.Errorf("%s is still mounted after the cleanup", dir)
+				if _, mounted, err := mountinfo.Lookup(dir); err != nil || mounted {
+					t.Errorf("%s is still mounted after the cleanup (%v)", dir, err)
 				}
 			})
 			m := k.mount(ft, 4096, kfs.Options{})
