@@ -14,6 +14,9 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	kfs "github.com/kmsfs/kmsfs/fs"
+	"github.com/kmsfs/kmsfs/internal/fusetest"
 )
 
 // This file is a small pjdfstest: the conformance tests in
@@ -75,7 +78,7 @@ func (c *cred) String() string {
 
 // conf is one mount prepared for the conformance cases.
 type conf struct {
-	m   *mounted
+	m   *fusetest.InProcess
 	bin string // the test binary, where other users may run it
 	seq int
 }
@@ -87,9 +90,9 @@ func newConf(t *testing.T) *conf {
 	if os.Geteuid() != 0 {
 		t.Skip("conformance cases run as root, like pjdfstest")
 	}
-	m := mount(t, 4096)
+	m := fusetest.MountFS(t, 4096, kfs.Options{Xattr: true})
 	// t.TempDir makes 0700 directories: open the way to the mount.
-	for _, d := range []string{filepath.Dir(m.mnt), m.mnt} {
+	for _, d := range []string{filepath.Dir(m.Dir), m.Dir} {
 		if err := os.Chmod(d, 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -150,7 +153,7 @@ func (c *conf) dir(t *testing.T) string {
 func (c *conf) dirOwned(t *testing.T, uid, gid string) string {
 	t.Helper()
 	c.seq++
-	d := filepath.Join(c.m.mnt, fmt.Sprintf("w%d", c.seq))
+	d := filepath.Join(c.m.Dir, fmt.Sprintf("w%d", c.seq))
 	c.mkdirAs(t, d, "0755", uid, gid)
 	return d
 }
@@ -230,7 +233,7 @@ func (c *conf) expectIn(t *testing.T, want string, who *cred, umask int, wd stri
 func (c *conf) short(args []string) string {
 	s := make([]string, len(args))
 	for i, a := range args {
-		s[i] = strings.TrimPrefix(a, c.m.mnt+"/")
+		s[i] = strings.TrimPrefix(a, c.m.Dir+"/")
 	}
 	return strings.Join(s, " ")
 }

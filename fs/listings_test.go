@@ -12,8 +12,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	kfs "github.com/kmsfs/kmsfs/fs"
+	"github.com/kmsfs/kmsfs/internal/fusetest"
 	"github.com/kmsfs/kmsfs/internal/procfd"
-	"github.com/kmsfs/kmsfs/internal/volconf"
 )
 
 // getdents lists dir with getdents(2) through a buffer of bufSize bytes,
@@ -67,8 +67,8 @@ func TestListingsConcurrent(t *testing.T) {
 }
 
 func testListingsConcurrent(t *testing.T) {
-	m := mount(t, 4096)
-	dir := filepath.Join(m.mnt, "big")
+	m := fusetest.MountFS(t, 4096, kfs.Options{Xattr: true})
+	dir := filepath.Join(m.Dir, "big")
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -129,8 +129,8 @@ func testListingsConcurrent(t *testing.T) {
 // elsewhere.)
 func TestListingWhileRemoving(t *testing.T) {
 	inBothDirModes(t, func(t *testing.T) {
-		m := mount(t, 4096)
-		dir := filepath.Join(m.mnt, "many")
+		m := fusetest.MountFS(t, 4096, kfs.Options{Xattr: true})
+		dir := filepath.Join(m.Dir, "many")
 		if err := os.Mkdir(dir, 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -238,9 +238,9 @@ func TestReleaseAtLeast(t *testing.T) {
 // still lists in full afterwards, and unmounting closes the rest (the
 // kernel forgets every directory then; OnUnmount releases what is left).
 func TestListingsAbandoned(t *testing.T) {
-	m := mount(t, 4096)
+	m := fusetest.MountFS(t, 4096, kfs.Options{Xattr: true})
 	const dirs = 3 * kfs.MaxListings
-	dirOf := func(d int) string { return filepath.Join(m.mnt, fmt.Sprintf("d%03d", d)) }
+	dirOf := func(d int) string { return filepath.Join(m.Dir, fmt.Sprintf("d%03d", d)) }
 	for d := range dirs {
 		dir := dirOf(d)
 		if err := os.Mkdir(dir, 0o755); err != nil {
@@ -261,7 +261,7 @@ func TestListingsAbandoned(t *testing.T) {
 	// The daemon is this process: a directory with two descriptors open
 	// into it has a listing stream besides the node's own.
 	perDir := map[string]int{}
-	for _, d := range procfd.Under(t, m.cipher) {
+	for _, d := range procfd.Under(t, m.Cipher) {
 		perDir[d.Target]++
 	}
 	streams := 0
@@ -282,9 +282,9 @@ func TestListingsAbandoned(t *testing.T) {
 	for d := range dirs {
 		getdents(t, dirOf(d), 512, 1)
 	}
-	m.unmount(t)
-	// The journal is the test's own, closed at its end.
-	open := slices.DeleteFunc(procfd.Under(t, m.cipher), func(d procfd.Desc) bool { return d.Target == filepath.Join(m.cipher, volconf.JournalName) })
+	m.Unmount()
+	// Unmount closed the mount's journal too: nothing may be left.
+	open := procfd.Under(t, m.Cipher)
 	if len(open) > 0 {
 		t.Errorf("after unmount %d descriptors into the cipher dir are open: %v", len(open), open)
 	}
@@ -294,10 +294,10 @@ func TestListingsAbandoned(t *testing.T) {
 // daemon, yet a directory held open stays usable after it is removed or
 // renamed over, as on a local filesystem: fstat and fsync work.
 func TestOpenDirRemoved(t *testing.T) {
-	m := mount(t, 4096)
+	m := fusetest.MountFS(t, 4096, kfs.Options{Xattr: true})
 	for _, how := range []string{"rmdir", "renamed-over"} {
 		t.Run(how, func(t *testing.T) {
-			dir := filepath.Join(m.mnt, how)
+			dir := filepath.Join(m.Dir, how)
 			if err := os.Mkdir(dir, 0o755); err != nil {
 				t.Fatal(err)
 			}
@@ -354,7 +354,7 @@ func TestOpenDirRenamed(t *testing.T) {
 }
 
 func testOpenDirRenamed(t *testing.T) {
-	m := mount(t, 4096)
+	m := fusetest.MountFS(t, 4096, kfs.Options{Xattr: true})
 	for _, how := range []string{"rename", "exchange"} {
 		t.Run(how, func(t *testing.T) {
 			wrong := 0
@@ -364,14 +364,14 @@ func testOpenDirRenamed(t *testing.T) {
 					if d == b && how == "rename" {
 						break
 					}
-					if err := os.Mkdir(filepath.Join(m.cipher, d), 0o755); err != nil {
+					if err := os.Mkdir(filepath.Join(m.Cipher, d), 0o755); err != nil {
 						t.Fatal(err)
 					}
-					if err := os.WriteFile(filepath.Join(m.cipher, d, "in-"+d), nil, 0o644); err != nil {
+					if err := os.WriteFile(filepath.Join(m.Cipher, d, "in-"+d), nil, 0o644); err != nil {
 						t.Fatal(err)
 					}
 				}
-				fd, err := unix.Open(filepath.Join(m.mnt, a), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+				fd, err := unix.Open(filepath.Join(m.Dir, a), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -385,7 +385,7 @@ func testOpenDirRenamed(t *testing.T) {
 				start := make(chan struct{})
 				wg.Go(func() {
 					<-start
-					if err := unix.Renameat2(unix.AT_FDCWD, filepath.Join(m.mnt, a), unix.AT_FDCWD, filepath.Join(m.mnt, b), flags); err != nil {
+					if err := unix.Renameat2(unix.AT_FDCWD, filepath.Join(m.Dir, a), unix.AT_FDCWD, filepath.Join(m.Dir, b), flags); err != nil {
 						t.Error(err)
 					}
 				})
@@ -409,10 +409,10 @@ func testOpenDirRenamed(t *testing.T) {
 					}
 					continue
 				}
-				if err := os.WriteFile(filepath.Join(m.mnt, b, "new"), nil, 0o644); err != nil {
+				if err := os.WriteFile(filepath.Join(m.Dir, b, "new"), nil, 0o644); err != nil {
 					t.Fatal(err)
 				}
-				if _, err := os.Stat(filepath.Join(m.cipher, b, "new")); err != nil {
+				if _, err := os.Stat(filepath.Join(m.Cipher, b, "new")); err != nil {
 					t.Fatalf("round %d: a file created in %s after the %s: %v", i, b, how, err)
 				}
 			}
@@ -425,30 +425,30 @@ func testOpenDirRenamed(t *testing.T) {
 // abandoned one (whose handle the daemon keeps) sees the directory as it
 // is now: a name created in between shows, a removed one does not.
 func TestListingsRoot(t *testing.T) {
-	m := mount(t, 4096)
+	m := fusetest.MountFS(t, 4096, kfs.Options{Xattr: true})
 	want := map[string]bool{}
 	for i := range 200 {
 		name := fmt.Sprintf("root-%03d-%s", i, strings.Repeat("z", 30))
-		if err := os.WriteFile(filepath.Join(m.mnt, name), nil, 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(m.Dir, name), nil, 0o644); err != nil {
 			t.Fatal(err)
 		}
 		want[name] = true
 	}
 	for round := range 3 {
-		if got := getdents(t, m.mnt, 512, 1); len(got) == 0 || len(got) >= len(want) {
+		if got := getdents(t, m.Dir, 512, 1); len(got) == 0 || len(got) >= len(want) {
 			t.Fatalf("round %d: a 512-byte getdents gave %d of %d names", round, len(got), len(want))
 		}
 		late := fmt.Sprintf("late-%d", round)
-		if err := os.WriteFile(filepath.Join(m.mnt, late), nil, 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(m.Dir, late), nil, 0o644); err != nil {
 			t.Fatal(err)
 		}
 		want[late] = true
 		gone := fmt.Sprintf("root-%03d-%s", round, strings.Repeat("z", 30))
-		if err := os.Remove(filepath.Join(m.mnt, gone)); err != nil {
+		if err := os.Remove(filepath.Join(m.Dir, gone)); err != nil {
 			t.Fatal(err)
 		}
 		delete(want, gone)
-		got := getdents(t, m.mnt, 4096, 0)
+		got := getdents(t, m.Dir, 4096, 0)
 		seen := map[string]bool{}
 		for _, name := range got {
 			if !want[name] || seen[name] {

@@ -12,6 +12,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	kfs "github.com/kmsfs/kmsfs/fs"
+	"github.com/kmsfs/kmsfs/internal/fusetest"
 )
 
 // fdIno returns the inode number the kernel holds fd open on, from
@@ -63,7 +66,7 @@ type opened struct {
 // sent into the window left go-fuse's tree wrong, and a later chmod
 // changed the other file (3-6 in 1,500 rounds; afterExchange checks it).
 func TestOpenFileRenamed(t *testing.T) {
-	m := mount(t, 4096)
+	m := fusetest.MountFS(t, 4096, kfs.Options{Xattr: true})
 	for _, how := range []string{"rename", "exchange", "exchange-ftruncate", "exchange-stat"} {
 		t.Run(how, func(t *testing.T) {
 			trunc := how == "exchange-ftruncate"
@@ -80,7 +83,7 @@ func TestOpenFileRenamed(t *testing.T) {
 			}
 			wrong := 0
 			for i := range rounds {
-				a, b := filepath.Join(m.mnt, fmt.Sprintf("%s-a%d", how, i)), filepath.Join(m.mnt, fmt.Sprintf("%s-b%d", how, i))
+				a, b := filepath.Join(m.Dir, fmt.Sprintf("%s-a%d", how, i)), filepath.Join(m.Dir, fmt.Sprintf("%s-b%d", how, i))
 				content := map[uint64][]byte{}
 				for k, p := range []string{a, b} {
 					if p == b && how == "rename" {
@@ -182,7 +185,7 @@ func TestOpenFileRenamed(t *testing.T) {
 					}
 				}
 				if how != "rename" {
-					bad = append(bad, afterExchange(t, m.cipher, a, b)...)
+					bad = append(bad, afterExchange(t, m.Cipher, a, b)...)
 				}
 				wrong += len(bad)
 				if len(bad) > 0 && wrong <= 3 {
@@ -235,8 +238,8 @@ func afterExchange(t *testing.T, cipher, a, b string) (bad []string) {
 // the new node. Without the check the old node would read the new file's
 // plaintext, and a stat would give the new file's size for the old inode.
 func TestCipherFileReplacedBehind(t *testing.T) {
-	m := mount(t, 4096)
-	x, y := filepath.Join(m.mnt, "x"), filepath.Join(m.mnt, "y")
+	m := fusetest.MountFS(t, 4096, kfs.Options{Xattr: true})
+	x, y := filepath.Join(m.Dir, "x"), filepath.Join(m.Dir, "y")
 	if err := os.WriteFile(x, bytes.Repeat([]byte{'x'}, 4096), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -251,8 +254,8 @@ func TestCipherFileReplacedBehind(t *testing.T) {
 	// The kernel sends RELEASE after close returns: wait (bounded) until
 	// the daemon, in this process, holds x's cipher file no more, or its
 	// attributes come from that descriptor.
-	waitUnheld(t, filepath.Join(m.cipher, "x"))
-	if err := os.Rename(filepath.Join(m.cipher, "y"), filepath.Join(m.cipher, "x")); err != nil {
+	waitUnheld(t, filepath.Join(m.Cipher, "x"))
+	if err := os.Rename(filepath.Join(m.Cipher, "y"), filepath.Join(m.Cipher, "x")); err != nil {
 		t.Fatal(err)
 	}
 	var stx unix.Statx_t

@@ -10,6 +10,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	kfs "github.com/kmsfs/kmsfs/fs"
+	"github.com/kmsfs/kmsfs/internal/fusetest"
 )
 
 // The concurrency tests run 8 writers and several readers at once through
@@ -63,7 +66,7 @@ func TestConcurrentDisjoint(t *testing.T) {
 				return b0, 1 + rng.IntN(min(sxMaxRun, (w+1)*per-b0))
 			})
 			c.checkFinal("after the run")
-			c.v.remount()
+			c.v.Remount()
 			c.checkFinal("after remount")
 		})
 	}
@@ -86,7 +89,7 @@ func TestConcurrentOverlapping(t *testing.T) {
 				return b0, 1 + rng.IntN(min(sxMaxRun, blocks-b0))
 			})
 			c.checkFinal("after the run")
-			c.v.remount()
+			c.v.Remount()
 			c.checkFinal("after remount")
 		})
 	}
@@ -95,7 +98,7 @@ func TestConcurrentOverlapping(t *testing.T) {
 // sxConc is one shared file and the record of what its writers did.
 type sxConc struct {
 	t      *testing.T
-	v      *sxVolume
+	v      *fusetest.InProcess
 	bs     int
 	blocks int
 	seed   uint64
@@ -115,14 +118,14 @@ type sxConc struct {
 }
 
 func newSXConc(t *testing.T, bs, blocks int, seed uint64) *sxConc {
-	c := &sxConc{t: t, v: sxNewVolume(t, bs), bs: bs, blocks: blocks, seed: seed, name: "shared",
+	c := &sxConc{t: t, v: fusetest.MountVolume(t, bs, kfs.Options{}), bs: bs, blocks: blocks, seed: seed, name: "shared",
 		completed: make([]atomic.Uint64, blocks), everDone: make([]atomic.Bool, blocks),
 		stop: sxStop(t, sxConcBudget)}
 	for w := range c.last {
 		c.last[w] = make([]uint64, blocks)
 	}
 	// The file starts as holes: every block reads as zeros until written.
-	fd, err := unix.Open(c.v.path(c.name), unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, 0o644)
+	fd, err := unix.Open(c.v.Path(c.name), unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,7 +164,7 @@ func (c *sxConc) run(writes int, pick func(w int, rng *mrand.Rand) (b0, n int)) 
 func (c *sxConc) writer(w, writes int, pick func(int, *mrand.Rand) (int, int), buf []byte) {
 	rng := mrand.New(mrand.NewPCG(c.seed, uint64(w)))
 	direct := w%2 == 1
-	fd, err := sxOpen(c.v.path(c.name), unix.O_RDWR, direct)
+	fd, err := sxOpen(c.v.Path(c.name), unix.O_RDWR, direct)
 	if err != nil {
 		c.errs.add("writer %d: open: %v", w, err)
 		return
@@ -203,7 +206,7 @@ func (c *sxConc) writer(w, writes int, pick func(int, *mrand.Rand) (int, int), b
 // that the size stays. It returns its count of reads.
 func (c *sxConc) reader(r int, direct bool, done *atomic.Bool, buf []byte) int64 {
 	rng := mrand.New(mrand.NewPCG(c.seed, 1000+uint64(r)))
-	fd, err := sxOpen(c.v.path(c.name), unix.O_RDONLY, direct)
+	fd, err := sxOpen(c.v.Path(c.name), unix.O_RDONLY, direct)
 	if err != nil {
 		c.errs.add("reader %d: open: %v", r, err)
 		return 0
@@ -267,7 +270,7 @@ func (c *sxConc) reader(r int, direct bool, done *atomic.Bool, buf []byte) int64
 func (c *sxConc) checkFinal(when string) {
 	c.t.Helper()
 	for _, direct := range []bool{false, true} {
-		fd, err := sxOpen(c.v.path(c.name), unix.O_RDONLY, direct)
+		fd, err := sxOpen(c.v.Path(c.name), unix.O_RDONLY, direct)
 		if err != nil {
 			c.t.Fatalf("%s: open (direct=%v): %v", when, direct, err)
 		}
@@ -323,9 +326,9 @@ func TestConcurrentManyFiles(t *testing.T) {
 	seed := envSeed(t)
 	for _, bs := range sxBlockSizes {
 		t.Run(fmt.Sprintf("bs=%d", bs), func(t *testing.T) {
-			m := &sxMany{t: t, v: sxNewVolume(t, bs), bs: bs, seed: seed, stop: sxStop(t, sxConcBudget)}
+			m := &sxMany{t: t, v: fusetest.MountVolume(t, bs, kfs.Options{}), bs: bs, seed: seed, stop: sxStop(t, sxConcBudget)}
 			m.maxSize = min(16*bs, 256<<10) // 64 KiB at 4 KiB, 4 blocks at 64 KiB
-			if err := os.Mkdir(m.v.path("many"), 0o755); err != nil {
+			if err := os.Mkdir(m.v.Path("many"), 0o755); err != nil {
 				t.Fatal(err)
 			}
 			start := time.Now()
@@ -337,7 +340,7 @@ func TestConcurrentManyFiles(t *testing.T) {
 			m.errs.check(t, seed)
 			phase1 := time.Since(start)
 			m.readAll("after the writers")
-			m.v.remount()
+			m.v.Remount()
 			m.readAll("after remount")
 			t.Logf("seed %d: %d files: %d ops while writing in %v, %d verified reads in all",
 				seed, sxManyFiles, m.ops.Load(), phase1.Round(time.Millisecond), m.reads.Load())
@@ -349,7 +352,7 @@ func TestConcurrentManyFiles(t *testing.T) {
 // owner has finished it.
 type sxMany struct {
 	t       *testing.T
-	v       *sxVolume
+	v       *fusetest.InProcess
 	bs      int
 	maxSize int
 	seed    uint64
@@ -360,7 +363,7 @@ type sxMany struct {
 	ops, reads atomic.Int64
 }
 
-func (m *sxMany) path(i int) string { return m.v.path(fmt.Sprintf("many/m%03d", i)) }
+func (m *sxMany) path(i int) string { return m.v.Path(fmt.Sprintf("many/m%03d", i)) }
 
 // writeOwn creates goroutine g's files (every sxWorkers-th), keeps them
 // all open, and in rounds writes, truncates and reads each against its
@@ -535,7 +538,7 @@ func (m *sxMany) readAll(when string) {
 		})
 	}
 	wg.Go(func() {
-		es, err := os.ReadDir(m.v.path("many"))
+		es, err := os.ReadDir(m.v.Path("many"))
 		if err != nil || len(es) != sxManyFiles {
 			m.errs.add("%s: readdir: %d entries, want %d: %v", when, len(es), sxManyFiles, err)
 			return

@@ -13,6 +13,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	kfs "github.com/kmsfs/kmsfs/fs"
+	"github.com/kmsfs/kmsfs/internal/fusetest"
 )
 
 // The differential exerciser runs a random sequence of file operations
@@ -71,7 +74,7 @@ type sxXFile struct {
 // with, the random source and the history of the last operations.
 type sxExerciser struct {
 	t         *testing.T
-	v         *sxVolume
+	v         *fusetest.InProcess
 	ref       string
 	bs        int64
 	maxBlocks int64 // offsets chosen go up to about this many blocks
@@ -92,7 +95,7 @@ type sxExerciser struct {
 }
 
 func newSXExerciser(t *testing.T, bs int, seed uint64, ops int) *sxExerciser {
-	v := sxNewVolume(t, bs)
+	v := fusetest.MountVolume(t, bs, kfs.Options{})
 	x := &sxExerciser{t: t, v: v, ref: t.TempDir(), bs: int64(bs), seed: seed, ops: ops,
 		counts: map[string]int{}, bothFailed: map[string]int{}, stop: sxStop(t, max(sxMinBudget, time.Duration(ops)*sxOpBudget))}
 	x.maxBlocks = max(10, (256<<10)/x.bs) // 256 KiB at 4 KiB, 640 KiB at 64 KiB
@@ -155,14 +158,14 @@ func (x *sxExerciser) run() {
 		x.counts[sxOpTable[k].name]++
 		sxOpTable[k].fn(x, x.rng.IntN(sxFileCount))
 		if x.op%sxRemountEvery == 0 && x.op < x.ops {
-			x.remount()
+			x.restart()
 		} else if x.op%sxCompareEvery == 0 {
 			x.compareAll()
 		}
 	}
 	x.op = x.ops
 	x.compareAll()
-	x.remount()
+	x.restart()
 }
 
 // note records what the current operation does, for the failure report.
@@ -227,7 +230,7 @@ func (x *sxExerciser) refSize(i int) int64 {
 func (x *sxExerciser) open(i, extra int) {
 	x.t.Helper()
 	flags := unix.O_RDWR | unix.O_CREAT | unix.O_CLOEXEC | extra
-	m, merr := unix.Open(x.v.path(x.name(i)), flags, 0o644)
+	m, merr := unix.Open(x.v.Path(x.name(i)), flags, 0o644)
 	r, rerr := unix.Open(x.refPath(i), flags, 0o644)
 	if merr == nil && rerr == nil {
 		x.files[i] = sxXFile{m: m, r: r, append: extra&unix.O_APPEND != 0}
@@ -393,7 +396,7 @@ func (x *sxExerciser) opTruncate(i int) {
 	}
 	// By name: through the open state if open, else without a handle.
 	x.note("truncate f%d size=%d (from %d) open=%v", i, size, x.refSize(i), x.files[i].m >= 0)
-	x.agree("truncate", unix.Truncate(x.v.path(x.name(i)), size), unix.Truncate(x.refPath(i), size))
+	x.agree("truncate", unix.Truncate(x.v.Path(x.name(i)), size), unix.Truncate(x.refPath(i), size))
 }
 
 func (x *sxExerciser) opFallocate(i int) {
@@ -505,7 +508,7 @@ func (x *sxExerciser) opRename(i int) {
 	j := (i + 1 + x.rng.IntN(sxFileCount-1)) % sxFileCount
 	x.closeFile(j)
 	x.note("rename f%d -> f%d (open=%v)", i, j, x.files[i].m >= 0)
-	if x.agree("rename", unix.Rename(x.v.path(x.name(i)), x.v.path(x.name(j))), unix.Rename(x.refPath(i), x.refPath(j))) {
+	if x.agree("rename", unix.Rename(x.v.Path(x.name(i)), x.v.Path(x.name(j))), unix.Rename(x.refPath(i), x.refPath(j))) {
 		x.files[j], x.files[i] = x.files[i], sxXFile{m: -1, r: -1}
 	}
 }
@@ -529,7 +532,7 @@ func (x *sxExerciser) opFsync(i int) {
 func (x *sxExerciser) opStat(i int) {
 	var ms, rs unix.Stat_t
 	x.note("stat f%d", i)
-	if x.agree("stat", unix.Stat(x.v.path(x.name(i)), &ms), unix.Stat(x.refPath(i), &rs)) && ms.Size != rs.Size {
+	if x.agree("stat", unix.Stat(x.v.Path(x.name(i)), &ms), unix.Stat(x.refPath(i), &rs)) && ms.Size != rs.Size {
 		x.failf("stat f%d: size %d in the mount, %d in the plain directory", i, ms.Size, rs.Size)
 	}
 	if f := x.files[i]; f.m >= 0 {
@@ -555,7 +558,7 @@ func (x *sxExerciser) compareNames() {
 		slices.Sort(names)
 		return names
 	}
-	m, r := list(x.v.Mnt), list(x.ref)
+	m, r := list(x.v.Dir), list(x.ref)
 	if !slices.Equal(m, r) {
 		x.failf("readdir: mount has %q, plain directory has %q", m, r)
 	}
@@ -572,7 +575,7 @@ func (x *sxExerciser) compareAll() {
 		if !x.exists(i) {
 			continue
 		}
-		m, err := unix.Open(x.v.path(x.name(i)), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		m, err := unix.Open(x.v.Path(x.name(i)), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
 			x.failf("open f%d read-only: %v", i, err)
 		}
@@ -593,13 +596,13 @@ func (x *sxExerciser) compareAll() {
 	}
 }
 
-// remount closes every descriptor, remounts with a new Manager and
+// restart closes every descriptor, remounts with a new Manager and
 // compares everything.
-func (x *sxExerciser) remount() {
+func (x *sxExerciser) restart() {
 	x.t.Helper()
 	x.note("remount")
 	x.closeAll()
-	x.v.remount()
+	x.v.Remount()
 	x.remounts++
 	x.compareAll()
 }

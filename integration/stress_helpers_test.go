@@ -8,7 +8,6 @@ import (
 	"fmt"
 	mrand "math/rand/v2"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,22 +15,18 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
-	"github.com/kmsfs/kmsfs/envelope"
 	kfs "github.com/kmsfs/kmsfs/fs"
+	"github.com/kmsfs/kmsfs/internal/fusetest"
 	"github.com/kmsfs/kmsfs/internal/procfd"
-	"github.com/kmsfs/kmsfs/internal/volconf"
-	"github.com/kmsfs/kmsfs/journal"
-	"github.com/kmsfs/kmsfs/keysource"
-	"github.com/kmsfs/kmsfs/keysource/local"
 )
 
 // Helpers of the stress tests (stress_exerciser_test.go,
-// stress_concurrency_test.go): an in-process mount of a fresh volume over
-// a real local key file and data-key Manager, the seed and op-count knobs,
-// and self-describing block contents.
+// stress_concurrency_test.go), which mount a fresh volume in process with
+// fusetest.MountVolume (a real local key file and data-key Manager, a new
+// Manager at every remount): the seed and op-count knobs, and
+// self-describing block contents.
 //
 // Knobs (environment):
 //
@@ -40,172 +35,6 @@ import (
 
 // sxBlockSizes are the volume block sizes every stress test covers.
 var sxBlockSizes = []int{4 << 10, 64 << 10}
-
-// sxMountTimeout bounds one unmount or mount of sxVolume.
-const sxMountTimeout = 30 * time.Second
-
-// sxVolume is a fresh kmsfs volume mounted in this process: a cipher dir,
-// a local key file, and a Manager over it. Remount gives it a new Manager
-// and mount over the same cipher dir. Cleanup unmounts it and, when the
-// test failed, prints the end of the mount's log.
-type sxVolume struct {
-	t      testing.TB
-	bs     int
-	Cipher string
-	Mnt    string
-	key    string
-	vid    envelope.VolumeID
-	log    *sxLogBuffer
-
-	srv     *kfs.Server        // nil while unmounted
-	mgr     *keysource.Manager // nil while unmounted
-	journal *journal.Journal   // nil while unmounted
-}
-
-// sxNeedFUSE skips the test without /dev/fuse, or fails it under CI=true.
-func sxNeedFUSE(t testing.TB) {
-	t.Helper()
-	if _, err := os.Stat("/dev/fuse"); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("no /dev/fuse under CI=true: %v", err)
-		}
-		t.Skipf("no /dev/fuse: %v", err)
-	}
-}
-
-// sxNewVolume makes and mounts a volume of block size bs.
-func sxNewVolume(t testing.TB, bs int) *sxVolume {
-	t.Helper()
-	sxNeedFUSE(t)
-	dir := t.TempDir()
-	v := &sxVolume{t: t, bs: bs, Cipher: filepath.Join(dir, "cipher"), Mnt: filepath.Join(dir, "plain"),
-		key: filepath.Join(dir, "key"), log: &sxLogBuffer{}}
-	if _, err := rand.Read(v.vid[:]); err != nil {
-		t.Fatal(err)
-	}
-	key := make([]byte, 32)
-	if _, err := rand.Read(key); err != nil {
-		t.Fatal(err)
-	}
-	for _, d := range []string{v.Cipher, v.Mnt} {
-		if err := os.Mkdir(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := os.WriteFile(v.key, key, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if v.srv != nil {
-			if err := v.unmount(); err != nil {
-				t.Errorf("cleanup: %v", err)
-			}
-		}
-		if t.Failed() {
-			t.Logf("kmsfs log (last 4 KiB):\n%s", v.log.tail(4<<10))
-		}
-	})
-	v.mount()
-	return v
-}
-
-// mount mounts the volume with a new Manager over the key file.
-func (v *sxVolume) mount() {
-	v.t.Helper()
-	layout, err := envelope.NewLayout(v.bs, envelope.DefaultSlotSize)
-	if err != nil {
-		v.t.Fatal(err)
-	}
-	// With a write journal, as kmsfs mount has.
-	root, err := os.OpenRoot(v.Cipher)
-	if err != nil {
-		v.t.Fatal(err)
-	}
-	j, err := journal.Open(root, volconf.JournalName, 0)
-	root.Close()
-	if err != nil {
-		v.t.Fatal(err)
-	}
-	vol, err := envelope.NewVolume(envelope.Options{Layout: layout, Volume: v.vid, Journal: j})
-	if err != nil {
-		v.t.Fatal(err)
-	}
-	src, err := local.Open(v.t.Context(), keysource.Spec{Type: local.Type, Value: v.key}, local.Options{VolumeID: v.vid})
-	if err != nil {
-		v.t.Fatal(err)
-	}
-	mgr, err := keysource.NewManager(keysource.Options{Primary: src})
-	if err != nil {
-		v.t.Fatal(err)
-	}
-	logger := logrus.New()
-	logger.Out = v.log
-	o := kfs.Options{CipherDir: v.Cipher, Volume: vol, Keys: mgr, Log: logrus.NewEntry(logger)}
-	srv, err := kfs.Mount(v.Mnt, o, kfs.MountOptions("kmsfs-test", []string{"default_permissions"}, true))
-	if err != nil {
-		mgr.Close()
-		j.Close()
-		v.t.Fatalf("mount %s: %v", v.Mnt, err)
-	}
-	v.srv, v.mgr, v.journal = srv, mgr, j
-}
-
-// unmount unmounts the volume, bounded by sxMountTimeout, and closes its
-// Manager. Every descriptor into the mount must be closed.
-func (v *sxVolume) unmount() error {
-	srv, mgr, j := v.srv, v.mgr, v.journal
-	v.srv, v.mgr, v.journal = nil, nil, nil
-	done := make(chan error, 1)
-	go func() {
-		err := srv.Unmount()
-		if err == nil {
-			srv.Wait()
-		}
-		done <- err
-	}()
-	defer mgr.Close()
-	select {
-	case err := <-done:
-		if err != nil {
-			return fmt.Errorf("unmount %s: %w", v.Mnt, err)
-		}
-		return j.Close()
-	case <-time.After(sxMountTimeout):
-		return fmt.Errorf("unmount %s: not done after %v", v.Mnt, sxMountTimeout)
-	}
-}
-
-// remount unmounts the volume and mounts it again with a new Manager.
-func (v *sxVolume) remount() {
-	v.t.Helper()
-	if err := v.unmount(); err != nil {
-		v.t.Fatal(err)
-	}
-	v.mount()
-}
-
-// path returns name under the mount point.
-func (v *sxVolume) path(name string) string { return filepath.Join(v.Mnt, name) }
-
-// sxLogBuffer is the mount's log sink, safe for concurrent use.
-type sxLogBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *sxLogBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-// tail returns the last n bytes logged.
-func (l *sxLogBuffer) tail(n int) string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	b := l.b.Bytes()
-	return string(b[max(0, len(b)-n):])
-}
 
 // envSeed returns the run's seed: KMSFS_SEED if set, else a random one. It
 // logs the seed, so every failure shows it. The fault and stress tests
@@ -456,28 +285,26 @@ func sxAligned(t testing.TB, n int) []byte {
 // in it, open in the process. NewRoot documents that the root's
 // descriptor is closed when the filesystem is unmounted.
 func TestExerciserUnmountReleasesFDs(t *testing.T) {
-	v := sxNewVolume(t, sxBlockSizes[0])
-	if err := os.Mkdir(v.path("sub"), 0o755); err != nil {
+	v := fusetest.MountVolume(t, sxBlockSizes[0], kfs.Options{})
+	if err := os.Mkdir(v.Path("sub"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	for _, name := range []string{"f", "sub/g"} {
-		if err := os.WriteFile(v.path(name), []byte("data"), 0o644); err != nil {
+		if err := os.WriteFile(v.Path(name), []byte("data"), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
 	for cycle := range 3 {
 		for _, name := range []string{"f", "sub/g"} {
-			if b, err := os.ReadFile(v.path(name)); err != nil || string(b) != "data" {
+			if b, err := os.ReadFile(v.Path(name)); err != nil || string(b) != "data" {
 				t.Fatalf("cycle %d: read %s: %q, %v", cycle, name, b, err)
 			}
 		}
-		if err := v.unmount(); err != nil {
-			t.Fatal(err)
-		}
+		v.Unmount()
 		if open := procfd.Under(t, v.Cipher); len(open) > 0 {
 			t.Errorf("cycle %d: after unmount the process still has %d descriptors into the cipher dir: %v",
 				cycle, len(open), open)
 		}
-		v.mount()
+		v.Mount()
 	}
 }
