@@ -10,7 +10,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/kmsfs/kmsfs/internal/fusetest"
 )
@@ -234,7 +233,6 @@ func TestBadInputConf(t *testing.T) {
 			} else if err := os.WriteFile(confPath, c.conf, 0o644); err != nil {
 				t.Fatal(err)
 			}
-			start := time.Now()
 			err := v.TryMountForeground(t)
 			if err == nil {
 				v.Unmount(t)
@@ -246,9 +244,6 @@ func TestBadInputConf(t *testing.T) {
 			msg := err.Error()
 			if !strings.Contains(msg, c.want) || (c.conf != nil && !strings.Contains(msg, "kmsfs.conf")) {
 				t.Errorf("mount's message does not say %q and name kmsfs.conf:\n%s", c.want, msg)
-			}
-			if d := time.Since(start); d > 5*time.Second {
-				t.Errorf("mount took %v to refuse", d)
 			}
 		})
 	}

@@ -93,7 +93,7 @@ func TestCLIVolume(t *testing.T) {
 
 // TestMountRefused checks the refused-mount check against a mount that
 // must fail: a cipher dir never initialised.
-func TestMountRefused(t *testing.T) {
+func TestRefusalReported(t *testing.T) {
 	v := suite.InitVolume(t, fusetest.CLIOptions{})
 	out := v.MountRefused(t, t.TempDir(), v.Mnt, `not a kmsfs cipher dir`)
 	if out == "" {

@@ -150,9 +150,12 @@ func KMS(t testing.TB) *kmstest.Emulator {
 
 // AWSEnv is the environment that points a kmsfs process at e, with dummy
 // credentials and no profile or instance metadata of the host.
-func AWSEnv(e *kmstest.Emulator) []string {
+func AWSEnv(e *kmstest.Emulator) []string { return AWSEnvAt(e, e.Endpoint) }
+
+// AWSEnvAt is AWSEnv with KMS at endpoint (a kmstest.Proxy in front of e).
+func AWSEnvAt(e *kmstest.Emulator, endpoint string) []string {
 	return []string{
-		"AWS_ENDPOINT_URL_KMS=" + e.Endpoint,
+		"AWS_ENDPOINT_URL_KMS=" + endpoint,
 		"AWS_REGION=" + e.Region,
 		"AWS_ACCESS_KEY_ID=AKIDKMSFSTEST",
 		"AWS_SECRET_ACCESS_KEY=kmsfs-test-secret",
