@@ -85,7 +85,7 @@ CI_LEGS := test lint race test-gcm-go build-nocgo cross
 # integration/ is left out: under -race it alone would take the CI run
 # past its 20-minute budget on a 2-core machine, and the daemon processes
 # it starts are built without -race anyway.
-RACE_PKGS := ./envelope/... ./journal/... ./stanza/... ./keysource/... ./internal/... ./fs/
+RACE_PKGS := ./envelope/... ./journal/... ./stanza/... ./keysource/... ./internal/... ./volume/... ./fs/
 
 .PHONY: ci race test-gcm-go build-nocgo cross
 
