@@ -18,6 +18,7 @@ import (
 	"github.com/aws/smithy-go/middleware"
 	smithyhttp "github.com/aws/smithy-go/transport/http"
 
+	"github.com/kmsfs/kmsfs/internal/fusetest"
 	"github.com/kmsfs/kmsfs/internal/kmstest"
 	"github.com/kmsfs/kmsfs/keysource"
 	"github.com/kmsfs/kmsfs/keysource/awskms"
@@ -32,7 +33,7 @@ func with(o awskms.Options, f func(*awskms.Options)) awskms.Options { f(&o); ret
 // not make the next data key fail at its first throttled attempt: the
 // pool would turn that into an EIO for a create.
 func TestRetryQuotaSpent(t *testing.T) {
-	e := kmstest.Start(t)
+	e := fusetest.KMS(t)
 	proxy := kmstest.NewProxy(t, e.Endpoint)
 	c := kmstest.NewCounter()
 	ks := mustSource(t, e, e.Symmetric.ARN, volume1, c, with(quick, func(o *awskms.Options) { o.Endpoint, o.MaxAttempts = proxy.URL, 2 }))
@@ -77,7 +78,7 @@ func userAgentFeatures(ua string) []string {
 // the SDK's standard or adaptive one, which the SDK reports in its
 // User-Agent.
 func TestRetryMode(t *testing.T) {
-	e := kmstest.Start(t)
+	e := fusetest.KMS(t)
 	tests := []struct {
 		env, profile string
 		opt          aws.RetryMode
@@ -173,7 +174,7 @@ func waitEntered(t *testing.T, b *blockDecrypt) {
 // MaxConcurrent bounds the requests in flight; a call that waits for a
 // slot gives up when its context ends, without sending anything.
 func TestMaxConcurrent(t *testing.T) {
-	e := kmstest.Start(t)
+	e := fusetest.KMS(t)
 	for _, limit := range []int{1, 2} {
 		t.Run(fmt.Sprintf("max-concurrent=%d,calls=6", limit), func(t *testing.T) {
 			b := newBlockDecrypt()
@@ -213,7 +214,7 @@ func TestMaxConcurrent(t *testing.T) {
 // proxy) is cut off after RequestTimeout and retried, instead of holding
 // its caller and its slot for as long as the connection hangs.
 func TestRequestTimeout(t *testing.T) {
-	e := kmstest.Start(t)
+	e := fusetest.KMS(t)
 	proxy := kmstest.NewProxy(t, e.Endpoint)
 	c := kmstest.NewCounter()
 	ks := mustSource(t, e, e.Symmetric.ARN, volume1, c, with(quick, func(o *awskms.Options) {
@@ -238,7 +239,7 @@ func TestRequestTimeout(t *testing.T) {
 // ErrUnavailable naming the store. A key in the default store is not
 // retried (the state is the key's own).
 func TestCustomKeyStore(t *testing.T) {
-	e := kmstest.Start(t)
+	e := fusetest.KMS(t)
 	const store = "cks-1234567890abcdef0"
 	tests := []struct {
 		store    string
@@ -281,7 +282,7 @@ func TestCustomKeyStore(t *testing.T) {
 // rewriting: Updating keys are used; Unavailable and pending deletion are
 // refused with what to do.
 func TestKeyStatesReported(t *testing.T) {
-	e := kmstest.Start(t)
+	e := fusetest.KMS(t)
 	del := time.Date(2027, 3, 4, 5, 6, 7, 0, time.UTC)
 	tests := []struct {
 		rw       kmstest.KeyMetadataRewrite
@@ -334,7 +335,7 @@ func inRegion(arn, from, to string) string { return strings.Replace(arn, ":"+fro
 // single-Region key of the same ID in another Region, or an mrk key of
 // another account, is another key.
 func TestMultiRegionKey(t *testing.T) {
-	e := kmstest.Start(t)
+	e := fusetest.KMS(t)
 	mrk := e.MultiRegion.ARN
 	replica := inRegion(mrk, e.Region, "us-east-1")
 	ks := mustSource(t, e, mrk, volume1, nil, awskms.Options{})
@@ -399,7 +400,7 @@ func TestSameKey(t *testing.T) {
 // key policy and the caller's IAM policy must allow the operation, and
 // the message says so, naming both accounts.
 func TestAccessDeniedAcrossAccounts(t *testing.T) {
-	e := kmstest.Start(t)
+	e := fusetest.KMS(t)
 	tests := []struct {
 		caller string
 		words  []string
@@ -429,7 +430,7 @@ func TestAccessDeniedAcrossAccounts(t *testing.T) {
 // `aws sso login` for its profile, not left with a bare denial; so are
 // expired session credentials that KMS refuses.
 func TestExpiredSession(t *testing.T) {
-	e := kmstest.Start(t)
+	e := fusetest.KMS(t)
 	// No cached token at all: the session expired and its cache was
 	// cleared, or `aws sso login` never ran on this host.
 	ssoProfiles := map[string]string{
@@ -466,7 +467,7 @@ func TestExpiredSession(t *testing.T) {
 // Grant tokens reach every request that takes them, from Options or from
 // KMSFS_AWS_GRANT_TOKENS.
 func TestGrantTokens(t *testing.T) {
-	e := kmstest.Start(t)
+	e := fusetest.KMS(t)
 	tokens := []string{"AQpAM2RhZTk1MGMyNTk2ZmZmMzEyYWVhOWViN2I1MWM0ZmE2", "AQpAYjE3Y2QzNjg1MGZmN2Y1Mjc3YWIwNjQxYzJhZjdiMWIx"}
 	lookup := func(v string) func(string) (string, bool) {
 		return func(name string) (string, bool) {
