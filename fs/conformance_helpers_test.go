@@ -1,11 +1,8 @@
 package fs_test
 
 import (
-	"bytes"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -28,29 +25,26 @@ import (
 // sets it) or in a child process — the test binary again, with the
 // operations after "--" — under another user, group list and umask.
 
-// helperEnv marks the child process; its value is the umask (octal).
-const helperEnv = "KMSFS_CONFORMANCE_HELPER"
-
-// TestConformanceHelperProcess is the child: it runs the operations given
-// after "--", prints one result per operation (stopping at the first
-// error) and exits. Without helperEnv it does nothing.
-func TestConformanceHelperProcess(t *testing.T) {
-	um, ok := os.LookupEnv(helperEnv)
-	if !ok {
-		return
+// opsStep is the step that runs conformance operations in a process of
+// its own (fusetest.Steps): args are the umask (octal), the working
+// directory ("" for /) and the operations. It prints one result per
+// operation, stopping at the first error.
+func opsStep(args []string) error {
+	if len(args) < 2 {
+		return fmt.Errorf("ops: want UMASK WD OPS..., got %q", args)
 	}
-	if m, err := strconv.ParseUint(um, 8, 32); err == nil {
-		unix.Umask(int(m))
+	m, err := strconv.ParseUint(args[0], 8, 32)
+	if err != nil {
+		return fmt.Errorf("ops: umask %q: %w", args[0], err)
 	}
-	args := os.Args
-	for i, a := range args {
-		if a == "--" {
-			args = args[i+1:]
-			break
+	unix.Umask(int(m))
+	if args[1] != "" {
+		if err := os.Chdir(args[1]); err != nil {
+			return fmt.Errorf("ops: %w", err)
 		}
 	}
-	fmt.Println(strings.Join(runOps(args), "\n"))
-	os.Exit(0)
+	fmt.Println(strings.Join(runOps(args[2:]), "\n"))
+	return nil
 }
 
 // cred is who runs an operation: root (nil) or a user with a group list
@@ -79,12 +73,10 @@ func (c *cred) String() string {
 // conf is one mount prepared for the conformance cases.
 type conf struct {
 	m   *fusetest.InProcess
-	bin string // the test binary, where other users may run it
 	seq int
 }
 
-// newConf mounts a volume that users other than root can reach, and puts
-// a copy of the test binary where they can run it.
+// newConf mounts a volume that users other than root can reach.
 func newConf(t *testing.T) *conf {
 	t.Helper()
 	if os.Geteuid() != 0 {
@@ -97,23 +89,7 @@ func newConf(t *testing.T) *conf {
 			t.Fatal(err)
 		}
 	}
-	binDir, err := os.MkdirTemp("", "kmsfs-conformance-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(binDir) })
-	if err := os.Chmod(binDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(binDir, "fs.test")
-	if err := copyFile(self, bin); err != nil {
-		t.Fatal(err)
-	}
-	return &conf{m: m, bin: bin}
+	return &conf{m: m}
 }
 
 // newConfDir is newConf with a fresh directory (see dir) and the paths of
@@ -123,23 +99,6 @@ func newConfDir(t *testing.T) (c *conf, d, n0, n1, n2 string) {
 	c = newConf(t)
 	d = c.dir(t)
 	return c, d, filepath.Join(d, "n0"), filepath.Join(d, "n1"), filepath.Join(d, "n2")
-}
-
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o755)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }
 
 // dir makes a fresh 0755 directory in the mount (as pjdfstest's
@@ -193,22 +152,12 @@ func (c *conf) runIn(t *testing.T, who *cred, umask int, wd string, args ...stri
 	if who == nil && umask == 0 && wd == "" {
 		out = runOps(args)
 	} else {
-		cmd := exec.Command(c.bin, "-test.run=^TestConformanceHelperProcess$", "--")
-		cmd.Args = append(cmd.Args, args...)
-		cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%o", helperEnv, umask))
-		cmd.Dir = wd
+		var cred *syscall.Credential
 		if who != nil {
-			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{
-				Uid: who.uid, Gid: who.groups[0], Groups: who.groups,
-			}}
+			cred = &syscall.Credential{Uid: who.uid, Gid: who.groups[0], Groups: who.groups}
 		}
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		b, err := cmd.Output()
-		if err != nil {
-			t.Fatalf("helper %s %q: %v\n%s", who, args, err, stderr.String())
-		}
-		out = strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+		b := suite.User(t, cred).Must(t, append([]string{"ops", fmt.Sprintf("%o", umask), wd}, args...)...)
+		out = strings.Split(strings.TrimRight(b, "\n"), "\n")
 	}
 	return out[len(out)-1]
 }
