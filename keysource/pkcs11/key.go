@@ -114,7 +114,11 @@ func (s *Source) refind(sh p11.SessionHandle) (p11.ObjectHandle, error) {
 		return 0, fmt.Errorf("pkcs11: token %q now has %d keys as %s: %w: %w", s.uri.Token, len(hs), s.objectName(), errKeyGone, keysource.ErrInvalid)
 	}
 	if s.kind == keyAES && len(s.fp) > 0 {
-		if fp := s.checkValue(sh, hs[0]); subtle.ConstantTimeCompare(fp, s.fp) != 1 {
+		fp, err := s.checkValue(sh, hs[0])
+		if err != nil {
+			return 0, err
+		}
+		if subtle.ConstantTimeCompare(fp, s.fp) != 1 {
 			return 0, fmt.Errorf("pkcs11: %s on token %q is another key now (fingerprint %x, was %x): %w: %w",
 				s.objectName(), s.uri.Token, fp, s.fp, errKeyGone, keysource.ErrInvalid)
 		}
@@ -154,19 +158,25 @@ func (s *Source) objectName() string {
 }
 
 // checkValue returns the AES key's CKA_CHECK_VALUE, or nil when the token
-// does not show one.
-func (s *Source) checkValue(sh p11.SessionHandle, h p11.ObjectHandle) []byte {
+// does not show one. A lost session is an error, not a missing value.
+func (s *Source) checkValue(sh p11.SessionHandle, h p11.ObjectHandle) ([]byte, error) {
 	a, err := s.ck().GetAttributeValue(sh, h, []*p11.Attribute{p11.NewAttribute(p11.CKA_CHECK_VALUE, nil)})
-	if err != nil || len(a[0].Value) == 0 || len(a[0].Value) > maxFPSize {
-		return nil
+	switch {
+	case lost(err):
+		return nil, tokenErr("read the key's check value", s.uri.Token, err)
+	case err != nil || len(a[0].Value) == 0 || len(a[0].Value) > maxFPSize:
+		return nil, nil
 	}
-	return a[0].Value
+	return a[0].Value, nil
 }
 
 // refuseAlwaysAuthenticate fails for a key that wants the PIN again before
 // each use: kmsfs runs unattended and keeps no PIN to enter.
 func (s *Source) refuseAlwaysAuthenticate(sh p11.SessionHandle, h p11.ObjectHandle) error {
 	a, err := s.ck().GetAttributeValue(sh, h, []*p11.Attribute{p11.NewAttribute(p11.CKA_ALWAYS_AUTHENTICATE, nil)})
+	if lost(err) {
+		return tokenErr("read key attributes", s.uri.Token, err)
+	}
 	if err != nil || len(a[0].Value) != 1 || a[0].Value[0] == 0 {
 		return nil
 	}
@@ -190,7 +200,9 @@ func (s *Source) setupAES(sh p11.SessionHandle, h p11.ObjectHandle, wrap string)
 		return err
 	}
 	s.kind, s.key = keyAES, h
-	s.fp = s.checkValue(sh, h)
+	if s.fp, err = s.checkValue(sh, h); err != nil {
+		return err
+	}
 	perm, err := s.perms(sh, h, p11.CKA_ENCRYPT, p11.CKA_DECRYPT, p11.CKA_WRAP, p11.CKA_UNWRAP)
 	if err != nil {
 		return err

@@ -182,28 +182,15 @@ func TestDroppedSessions(t *testing.T) {
 					t.Fatalf("wrap %d: %v", i, err)
 				}
 			}
-			var wg sync.WaitGroup
-			errs := make(chan error, tc.goroutines)
-			for g := range tc.goroutines {
-				wg.Go(func() {
-					for i := g; i < tc.unwraps; i += tc.goroutines {
-						got, err := s.Unwrap(t.Context(), sts[i%keys])
-						if err != nil {
-							errs <- fmt.Errorf("unwrap %d: %w", i, err)
-							return
-						}
-						if !bytes.Equal(got, dks[i%keys]) {
-							errs <- fmt.Errorf("unwrap %d: wrong key", i)
-							return
-						}
+			inParallel(t, tc.goroutines, func(g int) error {
+				for i := g; i < tc.unwraps; i += tc.goroutines {
+					got, err := s.Unwrap(t.Context(), sts[i%keys])
+					if err != nil || !bytes.Equal(got, dks[i%keys]) {
+						return fmt.Errorf("unwrap %d: key %v, %w", i, got != nil, err)
 					}
-				})
-			}
-			wg.Wait()
-			close(errs)
-			for err := range errs {
-				t.Error(err)
-			}
+				}
+				return nil
+			})
 		})
 	}
 }
@@ -232,23 +219,33 @@ func TestSessionCap(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var wg sync.WaitGroup
-		errs := make(chan error, goroutines)
-		for g := range goroutines {
-			wg.Go(func() {
-				for range rounds {
-					got, err := srcs[g%2].Unwrap(t.Context(), st)
-					if err != nil || !bytes.Equal(got, dk) {
-						errs <- fmt.Errorf("unwrap: %v", err)
-						return
-					}
+		inParallel(t, goroutines, func(g int) error {
+			for range rounds {
+				got, err := srcs[g%2].Unwrap(t.Context(), st)
+				if err != nil || !bytes.Equal(got, dk) {
+					return fmt.Errorf("unwrap: key %v, %w", got != nil, err)
 				}
-			})
-		}
-		wg.Wait()
-		close(errs)
-		for err := range errs {
-			t.Error(err)
-		}
+			}
+			return nil
+		})
 	})
+}
+
+// inParallel runs f(0) … f(n-1) at once and reports their errors.
+func inParallel(t *testing.T, n int, f func(g int) error) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for g := range n {
+		wg.Go(func() {
+			if err := f(g); err != nil {
+				errs <- err
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
 }
