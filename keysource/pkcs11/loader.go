@@ -44,7 +44,10 @@ type Loader struct {
 // another mount of it), so that one library is initialised once: a
 // second C_Initialize of the same library in one process is refused, and
 // finalising "one" of two would pull it from under the other.
-type moduleKey struct{ dev, ino uint64 }
+type moduleKey struct {
+	dev, ino uint64
+	path     string // the resolved path, where the system gives no inode
+}
 
 // NewLoader returns an empty Loader.
 func NewLoader() *Loader { return &Loader{mods: map[moduleKey]*module{}} }
@@ -74,7 +77,7 @@ func (l *Loader) acquire(path string) (*module, error) {
 		return nil, fmt.Errorf("pkcs11: module %s: %w (set module-path in the key URI or %s): %w",
 			path, err, EnvModule, keysource.ErrUnavailable)
 	}
-	var key moduleKey
+	key := moduleKey{path: real}
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 		key = moduleKey{dev: uint64(st.Dev), ino: st.Ino}
 	}

@@ -24,8 +24,9 @@ type Options struct {
 	// share a Loader: a Source with a Loader of its own would finalise
 	// the module under the others when it closes.
 	Loader *Loader
-	// Rand supplies AES-GCM IVs (and is handed to RSA-OAEP); nil means
-	// crypto/rand.Reader. It must be safe for concurrent use.
+	// Rand supplies AES-GCM IVs and the one-time keys of RFC 5649 key
+	// wrap (and is handed to RSA-OAEP); nil means crypto/rand.Reader. It
+	// must be safe for concurrent use.
 	Rand io.Reader
 	// LookupEnv reads EnvModule, EnvPIN and pin-source=env: variables;
 	// nil means os.LookupEnv.
