@@ -125,10 +125,18 @@ func (s *Suite) StartVolume(t testing.TB, o CLIOptions) *CLIVolume {
 // Setup could not make it.
 func (s *Suite) HSM(t testing.TB) *hsmtest.HSM {
 	t.Helper()
-	if s.hsmErr != nil {
-		Unavailable(t, "SoftHSM token store: %v", s.hsmErr)
+	return NeedHSM(t, s.hsm, s.hsmErr)
+}
+
+// NeedHSM returns h, or stops t (Unavailable) if err says the token store
+// could not be made: for a TestMain that starts its own token stores
+// (hsmtest.Start) instead of Setup's.
+func NeedHSM(t testing.TB, h *hsmtest.HSM, err error) *hsmtest.HSM {
+	t.Helper()
+	if err != nil {
+		Unavailable(t, "SoftHSM token store: %v", err)
 	}
-	return s.hsm
+	return h
 }
 
 // KMSAvailable returns nil when the local-kms emulator is installed, else

@@ -79,3 +79,29 @@ func pinErr(u URI, err error) error {
 	}
 	return tokenErr("login", u.Token, err)
 }
+
+// lost reports whether err says the session, the login or the key handle
+// is gone while the token may still be there: after a failover, a device
+// removed and put back, or the last session closed by someone else. The
+// call is worth repeating after recover.
+func lost(err error) bool {
+	switch ckr(err) {
+	case p11.CKR_SESSION_HANDLE_INVALID, p11.CKR_SESSION_CLOSED, p11.CKR_USER_NOT_LOGGED_IN,
+		p11.CKR_DEVICE_REMOVED, p11.CKR_TOKEN_NOT_PRESENT, p11.CKR_DEVICE_ERROR,
+		p11.CKR_KEY_HANDLE_INVALID, p11.CKR_OBJECT_HANDLE_INVALID,
+		p11.CKR_WRAPPING_KEY_HANDLE_INVALID, p11.CKR_UNWRAPPING_KEY_HANDLE_INVALID:
+		return true
+	}
+	return false
+}
+
+// paramRefused reports whether err is a definite "these mechanism
+// parameters are not taken" answer, after which other parameters may be
+// tried; anything else (a transient failure above all) is not.
+func paramRefused(err error) bool {
+	switch ckr(err) {
+	case p11.CKR_MECHANISM_PARAM_INVALID, p11.CKR_ARGUMENTS_BAD, p11.CKR_MECHANISM_INVALID:
+		return true
+	}
+	return false
+}

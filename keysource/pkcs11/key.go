@@ -5,7 +5,11 @@ package pkcs11
 import (
 	"context"
 	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/x509"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math/big"
 
@@ -16,32 +20,46 @@ import (
 // minRSABits is the smallest RSA modulus a Source accepts.
 const minRSABits = 2048
 
+// errKeyGone says the key the Source was opened on is no longer on the
+// token.
+var errKeyGone = errors.New("pkcs11: the key is no longer on the token")
+
 // findKey finds the object the URI names and sets up the Source for it.
-func (s *Source) findKey(ctx context.Context, keyWrap bool) error {
-	sh, err := s.pool.get(ctx)
-	if err != nil {
-		return err
-	}
-	err = s.setup(sh, keyWrap)
-	s.pool.put(sh, err == nil)
+func (s *Source) findKey(ctx context.Context, wrap string) error {
+	err := s.retry(ctx, func(gen uint64) error {
+		return s.pool.do(ctx, func(sh p11.SessionHandle) error {
+			if err := s.loggedIn(sh); err != nil {
+				return err
+			}
+			s.keyGen = gen
+			return s.setup(sh, wrap)
+		})
+	})
 	if err != nil || s.kind != keyRSA {
 		return err
 	}
 	return s.probeOAEP(ctx)
 }
 
-func (s *Source) setup(sh p11.SessionHandle, keyWrap bool) error {
-	var secret, private []p11.ObjectHandle
-	var err error
+// lookup returns the secret and private keys the URI names.
+func (s *Source) lookup(sh p11.SessionHandle) (secret, private []p11.ObjectHandle, err error) {
 	if s.uri.ObjectType == "" || s.uri.ObjectType == TypeSecretKey {
 		if secret, err = s.find(sh, p11.CKO_SECRET_KEY); err != nil {
-			return err
+			return nil, nil, err
 		}
 	}
 	if s.uri.ObjectType != TypeSecretKey {
 		if private, err = s.find(sh, p11.CKO_PRIVATE_KEY); err != nil {
-			return err
+			return nil, nil, err
 		}
+	}
+	return secret, private, nil
+}
+
+func (s *Source) setup(sh p11.SessionHandle, wrap string) error {
+	secret, private, err := s.lookup(sh)
+	if err != nil {
+		return err
 	}
 	switch n := len(secret) + len(private); {
 	case n == 0:
@@ -52,10 +70,60 @@ func (s *Source) setup(sh p11.SessionHandle, keyWrap bool) error {
 	case n > 1:
 		return fmt.Errorf("pkcs11: token %q has %d keys as %s; add id=… to the URI: %w", s.uri.Token, n, s.objectName(), keysource.ErrInvalid)
 	case len(secret) == 1:
-		return s.setupAES(sh, secret[0], keyWrap)
+		return s.setupAES(sh, secret[0], wrap)
 	default:
+		if wrap != "" {
+			return fmt.Errorf("pkcs11: wrap=%s is for AES keys; %s on token %q is an RSA key pair: %w", wrap, s.objectName(), s.uri.Token, keysource.ErrInvalid)
+		}
 		return s.setupRSA(sh, private[0])
 	}
+}
+
+// loggedIn fails with a lost login when sh is not logged in. A session
+// without the login finds no private objects, and that is not a missing
+// key: the token dropped the login. Asked before a search, since a drop
+// after it also invalidates the session, which the search then reports.
+func (s *Source) loggedIn(sh p11.SessionHandle) error {
+	si, err := s.ck().GetSessionInfo(sh)
+	if err == nil && si.State != p11.CKS_RO_USER_FUNCTIONS && si.State != p11.CKS_RW_USER_FUNCTIONS {
+		if s.tok.needsLogin() {
+			err = p11.Error(p11.CKR_USER_NOT_LOGGED_IN)
+		}
+	}
+	if err != nil {
+		return tokenErr("session state", s.uri.Token, err)
+	}
+	return nil
+}
+
+// refind finds the key again after the token dropped its sessions, and
+// checks it is the key the Source was opened on.
+func (s *Source) refind(sh p11.SessionHandle) (p11.ObjectHandle, error) {
+	if err := s.loggedIn(sh); err != nil {
+		return 0, err
+	}
+	secret, private, err := s.lookup(sh)
+	if err != nil {
+		return 0, err
+	}
+	hs := private
+	if s.kind == keyAES {
+		hs = secret
+	}
+	if len(hs) != 1 {
+		return 0, fmt.Errorf("pkcs11: token %q now has %d keys as %s: %w: %w", s.uri.Token, len(hs), s.objectName(), errKeyGone, keysource.ErrInvalid)
+	}
+	if s.kind == keyAES && len(s.fp) > 0 {
+		fp, err := s.checkValue(sh, hs[0])
+		if err != nil {
+			return 0, err
+		}
+		if subtle.ConstantTimeCompare(fp, s.fp) != 1 {
+			return 0, fmt.Errorf("pkcs11: %s on token %q is another key now (fingerprint %x, was %x): %w: %w",
+				s.objectName(), s.uri.Token, fp, s.fp, errKeyGone, keysource.ErrInvalid)
+		}
+	}
+	return hs[0], nil
 }
 
 // find returns the handles of the objects of class with the URI's label
@@ -89,7 +157,34 @@ func (s *Source) objectName() string {
 	return fmt.Sprintf("key labelled %q", s.uri.Object)
 }
 
-func (s *Source) setupAES(sh p11.SessionHandle, h p11.ObjectHandle, keyWrap bool) error {
+// checkValue returns the AES key's CKA_CHECK_VALUE, or nil when the token
+// does not show one. A lost session is an error, not a missing value.
+func (s *Source) checkValue(sh p11.SessionHandle, h p11.ObjectHandle) ([]byte, error) {
+	a, err := s.ck().GetAttributeValue(sh, h, []*p11.Attribute{p11.NewAttribute(p11.CKA_CHECK_VALUE, nil)})
+	switch {
+	case lost(err):
+		return nil, tokenErr("read the key's check value", s.uri.Token, err)
+	case err != nil || len(a[0].Value) == 0 || len(a[0].Value) > maxFPSize:
+		return nil, nil
+	}
+	return a[0].Value, nil
+}
+
+// refuseAlwaysAuthenticate fails for a key that wants the PIN again before
+// each use: kmsfs runs unattended and keeps no PIN to enter.
+func (s *Source) refuseAlwaysAuthenticate(sh p11.SessionHandle, h p11.ObjectHandle) error {
+	a, err := s.ck().GetAttributeValue(sh, h, []*p11.Attribute{p11.NewAttribute(p11.CKA_ALWAYS_AUTHENTICATE, nil)})
+	if lost(err) {
+		return tokenErr("read key attributes", s.uri.Token, err)
+	}
+	if err != nil || len(a[0].Value) != 1 || a[0].Value[0] == 0 {
+		return nil
+	}
+	return fmt.Errorf("pkcs11: %s on token %q has CKA_ALWAYS_AUTHENTICATE set: the token would ask for the PIN before every use, "+
+		"which kmsfs, running unattended, cannot answer; use a key without it: %w", s.objectName(), s.uri.Token, keysource.ErrInvalid)
+}
+
+func (s *Source) setupAES(sh p11.SessionHandle, h p11.ObjectHandle, wrap string) error {
 	a, err := s.ck().GetAttributeValue(sh, h, []*p11.Attribute{
 		p11.NewAttribute(p11.CKA_KEY_TYPE, nil),
 		p11.NewAttribute(p11.CKA_VALUE_LEN, nil),
@@ -101,20 +196,34 @@ func (s *Source) setupAES(sh p11.SessionHandle, h p11.ObjectHandle, keyWrap bool
 		return fmt.Errorf("pkcs11: %s on token %q is a secret key of type %#x, not AES: %w",
 			s.objectName(), s.uri.Token, kt, keysource.ErrInvalid)
 	}
+	if err := s.refuseAlwaysAuthenticate(sh, h); err != nil {
+		return err
+	}
 	s.kind, s.key = keyAES, h
-	perm, err := s.perms(sh, p11.CKA_ENCRYPT, p11.CKA_DECRYPT, p11.CKA_WRAP, p11.CKA_UNWRAP)
+	if s.fp, err = s.checkValue(sh, h); err != nil {
+		return err
+	}
+	perm, err := s.perms(sh, h, p11.CKA_ENCRYPT, p11.CKA_DECRYPT, p11.CKA_WRAP, p11.CKA_UNWRAP)
 	if err != nil {
 		return err
 	}
 	gcm := perm[0] && perm[1] && s.mechanism(p11.CKM_AES_GCM, p11.CKF_ENCRYPT|p11.CKF_DECRYPT)
-	kwp := perm[2] && perm[3] && s.mechanism(p11.CKM_AES_KEY_WRAP_PAD, p11.CKF_WRAP|p11.CKF_UNWRAP)
+	if perm[2] && perm[3] {
+		if s.kwpMech, err = s.chooseKWP(sh, h); err != nil {
+			return err
+		}
+	}
+	kwp := s.kwpMech != 0
 	switch {
-	case gcm && !keyWrap:
+	case gcm && wrap != WrapKWP:
 		s.aesMode = kindGCM
+	case wrap == WrapGCM:
+		return fmt.Errorf("pkcs11: wrap=gcm asked for, but token %q lacks CKM_AES_GCM or %s does not allow encrypt and decrypt: %w",
+			s.uri.Token, s.objectName(), keysource.ErrInvalid)
 	case kwp:
 		s.aesMode = kindKWP
-	case keyWrap:
-		return fmt.Errorf("pkcs11: AES key wrap asked for, but token %q lacks CKM_AES_KEY_WRAP_PAD or %s does not allow wrap and unwrap: %w",
+	case wrap == WrapKWP:
+		return fmt.Errorf("pkcs11: wrap=kwp asked for, but token %q offers no RFC 5649 key wrap (CKM_AES_KEY_WRAP_KWP, CKM_AES_KEY_WRAP_PAD or a vendor's) or %s does not allow wrap and unwrap: %w",
 			s.uri.Token, s.objectName(), keysource.ErrInvalid)
 	default:
 		return fmt.Errorf("pkcs11: token %q offers neither AES-GCM with encrypt and decrypt nor AES key wrap (RFC 5649) with wrap and unwrap for %s: %w",
@@ -122,7 +231,7 @@ func (s *Source) setupAES(sh p11.SessionHandle, h p11.ObjectHandle, keyWrap bool
 	}
 	mech := "AES-GCM"
 	if s.aesMode == kindKWP {
-		mech = "AES key wrap with padding (RFC 5649)"
+		mech = fmt.Sprintf("AES key wrap with padding (RFC 5649, mechanism %#x)", s.kwpMech)
 	}
 	s.detail = fmt.Sprintf("AES-%d secret key %q on token %q; wraps with %s", 8*attrUint(a[1]), s.uri.Object, s.uri.Token, mech)
 	return nil
@@ -137,8 +246,11 @@ func (s *Source) setupRSA(sh p11.SessionHandle, h p11.ObjectHandle) error {
 		return fmt.Errorf("pkcs11: %s on token %q is a private key of type %#x; kmsfs takes RSA key pairs and AES keys: %w",
 			s.objectName(), s.uri.Token, kt, keysource.ErrInvalid)
 	}
+	if err := s.refuseAlwaysAuthenticate(sh, h); err != nil {
+		return err
+	}
 	s.kind, s.key = keyRSA, h
-	perm, err := s.perms(sh, p11.CKA_DECRYPT)
+	perm, err := s.perms(sh, h, p11.CKA_DECRYPT)
 	if err != nil {
 		return err
 	}
@@ -157,6 +269,12 @@ func (s *Source) setupRSA(sh p11.SessionHandle, h p11.ObjectHandle) error {
 			s.objectName(), s.uri.Token, pub.N.BitLen(), minRSABits, keysource.ErrInvalid)
 	}
 	s.pub = pub
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return fmt.Errorf("pkcs11: %s on token %q: public key: %w", s.objectName(), s.uri.Token, err)
+	}
+	sum := sha256.Sum256(der)
+	s.fp = sum[:]
 	return nil
 }
 
@@ -189,12 +307,12 @@ func (s *Source) publicKey(sh p11.SessionHandle, priv p11.ObjectHandle) (*rsa.Pu
 }
 
 // perms reads boolean attributes of the key.
-func (s *Source) perms(sh p11.SessionHandle, types ...uint) ([]bool, error) {
+func (s *Source) perms(sh p11.SessionHandle, key p11.ObjectHandle, types ...uint) ([]bool, error) {
 	tmpl := make([]*p11.Attribute, len(types))
 	for i, t := range types {
 		tmpl[i] = p11.NewAttribute(t, nil)
 	}
-	a, err := s.ck().GetAttributeValue(sh, s.key, tmpl)
+	a, err := s.ck().GetAttributeValue(sh, key, tmpl)
 	if err != nil {
 		return nil, tokenErr("read key attributes", s.uri.Token, err)
 	}
@@ -206,7 +324,7 @@ func (s *Source) perms(sh p11.SessionHandle, types ...uint) ([]bool, error) {
 }
 
 // permitted reports whether the key still allows what the Source does.
-func (s *Source) permitted(sh p11.SessionHandle) (bool, error) {
+func (s *Source) permitted(sh p11.SessionHandle, key p11.ObjectHandle) (bool, error) {
 	var types []uint
 	switch {
 	case s.kind == keyRSA:
@@ -220,7 +338,7 @@ func (s *Source) permitted(sh p11.SessionHandle) (bool, error) {
 	for i, t := range types {
 		tmpl[i] = p11.NewAttribute(t, nil)
 	}
-	a, err := s.ck().GetAttributeValue(sh, s.key, tmpl)
+	a, err := s.ck().GetAttributeValue(sh, key, tmpl)
 	if err != nil {
 		return false, err
 	}

@@ -5,9 +5,12 @@ package pkcs11
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 
 	"github.com/kmsfs/kmsfs/keysource"
 	p11 "github.com/miekg/pkcs11"
@@ -34,15 +37,25 @@ import (
 // nothing once every Source opened through it is closed.
 type Loader struct {
 	mu   sync.Mutex
-	mods map[string]*module // by module path, guarded by mu
+	mods map[moduleKey]*module // by the module file's identity, guarded by mu
+}
+
+// moduleKey identifies a module file whatever path reaches it (a symlink,
+// another mount of it), so that one library is initialised once: a
+// second C_Initialize of the same library in one process is refused, and
+// finalising "one" of two would pull it from under the other.
+type moduleKey struct {
+	dev, ino uint64
+	path     string // the resolved path, where the system gives no inode
 }
 
 // NewLoader returns an empty Loader.
-func NewLoader() *Loader { return &Loader{mods: map[string]*module{}} }
+func NewLoader() *Loader { return &Loader{mods: map[moduleKey]*module{}} }
 
 // module is one loaded PKCS#11 library.
 type module struct {
-	path string
+	path string // as first given, for messages
+	key  moduleKey
 	ctx  *p11.Ctx
 	own  bool // we called C_Initialize, so we call C_Finalize
 	refs int  // Sources using the module, guarded by Loader.mu
@@ -55,15 +68,24 @@ type module struct {
 func (l *Loader) acquire(path string) (*module, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if m := l.mods[path]; m != nil {
-		m.refs++
-		return m, nil
+	real, err := filepath.EvalSymlinks(path)
+	var fi os.FileInfo
+	if err == nil {
+		fi, err = os.Stat(real)
 	}
-	if _, err := os.Stat(path); err != nil {
+	if err != nil {
 		return nil, fmt.Errorf("pkcs11: module %s: %w (set module-path in the key URI or %s): %w",
 			path, err, EnvModule, keysource.ErrUnavailable)
 	}
-	ctx := p11.New(path)
+	key := moduleKey{path: real}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		key = moduleKey{dev: uint64(st.Dev), ino: st.Ino}
+	}
+	if m := l.mods[key]; m != nil {
+		m.refs++
+		return m, nil
+	}
+	ctx := p11.New(real)
 	if ctx == nil {
 		return nil, fmt.Errorf("pkcs11: module %s could not be loaded: not a PKCS#11 library, or a library it needs is missing: %w",
 			path, keysource.ErrUnavailable)
@@ -76,8 +98,8 @@ func (l *Loader) acquire(path string) (*module, error) {
 		}
 		own = false
 	}
-	m := &module{path: path, ctx: ctx, own: own, refs: 1, tokens: map[uint]*token{}}
-	l.mods[path] = m
+	m := &module{path: path, key: key, ctx: ctx, own: own, refs: 1, tokens: map[uint]*token{}}
+	l.mods[key] = m
 	return m, nil
 }
 
@@ -88,7 +110,7 @@ func (l *Loader) release(m *module) error {
 	if m.refs--; m.refs > 0 {
 		return nil
 	}
-	delete(l.mods, m.path)
+	delete(l.mods, m.key)
 	var err error
 	if m.own {
 		if e := m.ctx.Finalize(); e != nil {
@@ -102,49 +124,81 @@ func (l *Loader) release(m *module) error {
 // token is one token in use by at least one Source. Its anchor session
 // stays open as long as the token is in use, so that the login, which
 // PKCS#11 ends with the last session, outlives the pooled sessions.
+//
+// When the token drops the sessions or the login (a failover, a device
+// removed and put back), recover opens a new anchor, logs in again and
+// moves to a new generation; sessions and key handles of an older
+// generation are dropped rather than used.
 type token struct {
 	mod   *module
 	slot  uint
 	label string
-	refs  int // guarded by mod.mu
+	info  p11.TokenInfo // as found at open
+	refs  int           // guarded by mod.mu
+
+	gen atomic.Uint64 // changed only under mu
+
+	// What AES-GCM parameters the token takes, learnt by the first
+	// wrap or unwrap and kept for the token's life: 0 until known.
+	gcmLayout  atomic.Int32 // a gcmLayout
+	gcmTokenIV atomic.Int32 // ivCaller or ivToken
 
 	mu       sync.Mutex
-	anchor   p11.SessionHandle
-	loggedIn bool // guarded by mu
+	anchor   p11.SessionHandle // guarded by mu
+	loggedIn bool              // guarded by mu
 }
 
-// openToken finds the token labelled label and returns it with one more
-// reference.
-func (m *module) openToken(label string) (*token, error) {
+// Who draws AES-GCM encryption IVs on a token.
+const (
+	ivCaller = 1 // kmsfs, passed in the parameters
+	ivToken  = 2 // the token, which refuses a caller's IV
+)
+
+// openSession opens a read-write session: AWS CloudHSM refuses read-only
+// ones, and no token refuses read-write ones but a write-protected one,
+// which gets a read-only session instead.
+func openSession(c *p11.Ctx, slot uint) (p11.SessionHandle, error) {
+	sh, err := c.OpenSession(slot, p11.CKF_SERIAL_SESSION|p11.CKF_RW_SESSION)
+	if ckr(err) == p11.CKR_TOKEN_WRITE_PROTECTED {
+		sh, err = c.OpenSession(slot, p11.CKF_SERIAL_SESSION)
+	}
+	return sh, err
+}
+
+// openToken finds the token the URI's token attributes select and
+// returns it with one more reference.
+func (m *module) openToken(u URI) (*token, error) {
 	slots, err := m.ctx.GetSlotList(true)
 	if err != nil {
-		return nil, tokenErr("list slots", label, err)
+		return nil, tokenErr("list slots", u.tokenName(), err)
 	}
 	var found []uint
-	var labels []string
+	var infos []p11.TokenInfo
+	var seen []string
 	for _, s := range slots {
 		ti, err := m.ctx.GetTokenInfo(s)
 		if err != nil || ti.Flags&p11.CKF_TOKEN_INITIALIZED == 0 {
 			continue
 		}
-		l := strings.TrimRight(ti.Label, " \x00")
-		if l == label {
+		ti.Label = trimPad(ti.Label)
+		if u.selects(s, ti) {
 			found = append(found, s)
+			infos = append(infos, ti)
 		}
-		labels = append(labels, fmt.Sprintf("%q", l))
+		seen = append(seen, fmt.Sprintf("%q (serial %q, slot %d)", ti.Label, trimPad(ti.SerialNumber), s))
 	}
 	switch {
 	case len(found) == 0:
-		sort.Strings(labels)
+		sort.Strings(seen)
 		avail := "none"
-		if len(labels) > 0 {
-			avail = strings.Join(labels, ", ")
+		if len(seen) > 0 {
+			avail = strings.Join(seen, ", ")
 		}
-		return nil, fmt.Errorf("pkcs11: no token labelled %q in module %s (tokens present: %s): %w",
-			label, m.path, avail, keysource.ErrInvalid)
+		return nil, fmt.Errorf("pkcs11: no token %s in module %s (tokens present: %s): %w",
+			u.tokenName(), m.path, avail, keysource.ErrInvalid)
 	case len(found) > 1:
-		return nil, fmt.Errorf("pkcs11: %d tokens labelled %q in module %s; relabel one: %w",
-			len(found), label, m.path, keysource.ErrInvalid)
+		return nil, fmt.Errorf("pkcs11: %d tokens match %s in module %s; add serial=… to the URI or relabel one: %w",
+			len(found), u.tokenName(), m.path, keysource.ErrInvalid)
 	}
 	slot := found[0]
 
@@ -154,14 +208,17 @@ func (m *module) openToken(label string) (*token, error) {
 		t.refs++
 		return t, nil
 	}
-	sh, err := m.ctx.OpenSession(slot, p11.CKF_SERIAL_SESSION)
+	sh, err := openSession(m.ctx, slot)
 	if err != nil {
-		return nil, tokenErr("open session", label, err)
+		return nil, tokenErr("open session", infos[0].Label, err)
 	}
-	t := &token{mod: m, slot: slot, label: label, refs: 1, anchor: sh}
+	t := &token{mod: m, slot: slot, label: infos[0].Label, info: infos[0], refs: 1, anchor: sh}
 	m.tokens[slot] = t
 	return t, nil
 }
+
+// trimPad drops the blank padding of a PKCS#11 fixed-width string.
+func trimPad(s string) string { return strings.TrimRight(s, " \x00") }
 
 // release drops one reference to t; after the last it closes the anchor
 // session, which ends the login.
@@ -173,7 +230,9 @@ func (t *token) release() {
 		return
 	}
 	delete(m.tokens, t.slot)
+	t.mu.Lock()
 	_ = m.ctx.CloseSession(t.anchor)
+	t.mu.Unlock()
 }
 
 // login logs the user in to t once; pin is called only if the token needs
@@ -181,6 +240,10 @@ func (t *token) release() {
 func (t *token) login(u URI, pin func() ([]byte, error)) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	return t.loginLocked(u, pin)
+}
+
+func (t *token) loginLocked(u URI, pin func() ([]byte, error)) error {
 	if t.loggedIn {
 		return nil
 	}
@@ -209,4 +272,40 @@ func (t *token) login(u URI, pin func() ([]byte, error)) error {
 	}
 	t.loggedIn = true
 	return nil
+}
+
+// needsLogin reports whether the token wants a user login at all.
+func (t *token) needsLogin() bool { return t.info.Flags&p11.CKF_LOGIN_REQUIRED != 0 }
+
+// recover starts a new generation after a call found the session or the
+// login of generation seen gone: it closes the anchor, opens a new one
+// and logs in again, reading the PIN afresh. If another call has
+// recovered since seen, it does nothing. An error that is itself a lost
+// session (the token is still away) leaves the generation as it is, so
+// the next attempt tries again.
+func (t *token) recover(seen uint64, u URI, pin func() ([]byte, error)) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.gen.Load() != seen {
+		return nil
+	}
+	c := t.mod.ctx
+	_ = c.CloseSession(t.anchor)
+	sh, err := openSession(c, t.slot)
+	if err != nil {
+		return tokenErr("open session again", t.label, err)
+	}
+	t.anchor, t.loggedIn = sh, false
+	t.gen.Add(1)
+	return t.loginLocked(u, pin)
+}
+
+// selects reports whether the token ti in slot matches every token
+// attribute of u. PKCS#11 pads these fields with blanks.
+func (u URI) selects(slot uint, ti p11.TokenInfo) bool {
+	return (u.Token == "" || trimPad(ti.Label) == u.Token) &&
+		(u.Serial == "" || trimPad(ti.SerialNumber) == u.Serial) &&
+		(u.Model == "" || trimPad(ti.Model) == u.Model) &&
+		(u.Manufacturer == "" || trimPad(ti.ManufacturerID) == u.Manufacturer) &&
+		(u.SlotID == nil || *u.SlotID == slot)
 }

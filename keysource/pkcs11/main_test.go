@@ -5,21 +5,29 @@ package pkcs11_test
 import (
 	"context"
 	"crypto/rand"
+	"fmt"
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/kmsfs/kmsfs/internal/fusetest"
 	"github.com/kmsfs/kmsfs/internal/hsmtest"
 	"github.com/kmsfs/kmsfs/keysource"
 	"github.com/kmsfs/kmsfs/keysource/pkcs11"
+	p11 "github.com/miekg/pkcs11"
 )
 
 // The token store of this test run, made once before any test loads the
 // module (see hsmtest), and the one Loader all tests share, as the CLI
 // shares one per process.
 var (
-	suite  *fusetest.Suite
-	loader = pkcs11.NewLoader()
+	testHSM    *hsmtest.HSM
+	testHSMErr error
+	loader     = pkcs11.NewLoader()
+	// shimDir is where the p11shim module is built, once per run.
+	shimDir string
+	// infos holds what the tokens report about themselves, by name.
+	infos map[string]tokenFacts
 )
 
 // Tokens: "main" serves most tests; "other" has keys of the same labels;
@@ -31,17 +39,121 @@ const (
 )
 
 func TestMain(m *testing.M) {
-	suite = fusetest.Setup(fusetest.SuiteOptions{Tokens: []hsmtest.TokenOptions{
+	if os.Getenv(childEnv) != "" {
+		// A child of underShim, which runs one test: a token store of
+		// its own, so that no other process reads it meanwhile.
+		testHSM, testHSMErr = hsmtest.Start(hsmtest.Options{Tokens: []hsmtest.TokenOptions{
+			{Name: "shim", AESLabel: aesLabel, RSALabel: rsaLabel},
+		}})
+		code := m.Run()
+		testHSM.Close()
+		os.Exit(code)
+	}
+	testHSM, testHSMErr = hsmtest.Start(hsmtest.Options{Tokens: []hsmtest.TokenOptions{
 		{Name: "main", AESLabel: aesLabel, RSALabel: rsaLabel},
 		{Name: "other", AESLabel: aesLabel, RSALabel: rsaLabel},
 		{Name: "pin", AESLabel: aesLabel},
 	}})
-	os.Exit(suite.Run(m))
+	if testHSMErr == nil {
+		infos, testHSMErr = prepareTokens(testHSM)
+	}
+	dir, err := os.MkdirTemp("", "kmsfs-pkcs11-shim-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	shimDir = dir
+	code := m.Run()
+	if err := testHSM.Close(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+	}
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// alwaysAuthLabel labels an RSA key pair on token "main" whose private
+// key wants the PIN before every use (CKA_ALWAYS_AUTHENTICATE; SoftHSM
+// takes the attribute on private keys only).
+const alwaysAuthLabel = "always-auth"
+
+// tokenFacts is what a token says about itself in CK_TOKEN_INFO.
+type tokenFacts struct {
+	slot                       uint
+	serial, model, manufacture string
+}
+
+// prepareTokens adds what hsmtest does not make, and reads each token's
+// facts, before any test loads the module.
+func prepareTokens(h *hsmtest.HSM) (map[string]tokenFacts, error) {
+	c := p11.New(h.Module)
+	if c == nil {
+		return nil, fmt.Errorf("cannot load %s", h.Module)
+	}
+	defer c.Destroy()
+	if err := c.Initialize(); err != nil {
+		return nil, err
+	}
+	defer c.Finalize()
+	slots, err := c.GetSlotList(true)
+	if err != nil {
+		return nil, err
+	}
+	facts := map[string]tokenFacts{}
+	for _, name := range []string{"main", "other", "pin"} {
+		tok := h.Token(name)
+		for _, sl := range slots {
+			ti, err := c.GetTokenInfo(sl)
+			if err != nil || strings.TrimRight(ti.Label, " ") != tok.Label {
+				continue
+			}
+			facts[name] = tokenFacts{slot: sl, serial: strings.TrimRight(ti.SerialNumber, " "),
+				model: strings.TrimRight(ti.Model, " "), manufacture: strings.TrimRight(ti.ManufacturerID, " ")}
+			if name != "main" {
+				continue
+			}
+			sh, err := c.OpenSession(sl, p11.CKF_SERIAL_SESSION|p11.CKF_RW_SESSION)
+			if err != nil {
+				return nil, err
+			}
+			if err := c.Login(sh, p11.CKU_USER, tok.PIN); err != nil {
+				return nil, err
+			}
+			_, _, err = c.GenerateKeyPair(sh, []*p11.Mechanism{p11.NewMechanism(p11.CKM_RSA_PKCS_KEY_PAIR_GEN, nil)},
+				[]*p11.Attribute{
+					p11.NewAttribute(p11.CKA_CLASS, p11.CKO_PUBLIC_KEY),
+					p11.NewAttribute(p11.CKA_KEY_TYPE, p11.CKK_RSA),
+					p11.NewAttribute(p11.CKA_TOKEN, true),
+					p11.NewAttribute(p11.CKA_LABEL, alwaysAuthLabel),
+					p11.NewAttribute(p11.CKA_MODULUS_BITS, 2048),
+					p11.NewAttribute(p11.CKA_PUBLIC_EXPONENT, []byte{1, 0, 1}),
+					p11.NewAttribute(p11.CKA_ENCRYPT, true),
+				},
+				[]*p11.Attribute{
+					p11.NewAttribute(p11.CKA_CLASS, p11.CKO_PRIVATE_KEY),
+					p11.NewAttribute(p11.CKA_KEY_TYPE, p11.CKK_RSA),
+					p11.NewAttribute(p11.CKA_TOKEN, true),
+					p11.NewAttribute(p11.CKA_PRIVATE, true),
+					p11.NewAttribute(p11.CKA_SENSITIVE, true),
+					p11.NewAttribute(p11.CKA_LABEL, alwaysAuthLabel),
+					p11.NewAttribute(p11.CKA_DECRYPT, true),
+					p11.NewAttribute(p11.CKA_ALWAYS_AUTHENTICATE, true),
+				})
+			c.Logout(sh)
+			c.CloseSession(sh)
+			if err != nil {
+				return nil, fmt.Errorf("make the always-authenticate key: %w", err)
+			}
+		}
+		if _, ok := facts[name]; !ok {
+			return nil, fmt.Errorf("token %s not found", tok.Label)
+		}
+	}
+	return facts, nil
 }
 
 func needHSM(t testing.TB) *hsmtest.HSM {
 	t.Helper()
-	return suite.HSM(t)
+	return fusetest.NeedHSM(t, testHSM, testHSMErr)
 }
 
 var (
@@ -103,9 +215,11 @@ type keyCase struct {
 func keyCases(h *hsmtest.HSM) []keyCase {
 	tok := h.Token("main")
 	return []keyCase{
-		{name: "aes-gcm", spec: tok.AESSpec(), bodyLen: 62},
-		{name: "aes-kwp", spec: tok.AESSpec(), opts: pkcs11.Options{AESKeyWrap: true}, bodyLen: 58, determined: true},
-		{name: "rsa-oaep", spec: tok.RSASpec(), bodyLen: 3 + 256},
+		// version 2, kind, fingerprint length, 3-byte check value
+		{name: "aes-gcm", spec: tok.AESSpec(), bodyLen: 2 + 1 + 3 + 1 + 12 + 48},
+		{name: "aes-kwp", spec: tok.AESSpec(), opts: pkcs11.Options{AESKeyWrap: true}, bodyLen: 2 + 1 + 3 + 56, determined: true},
+		// a 32-byte SHA-256 public key fingerprint, the OAEP hash
+		{name: "rsa-oaep", spec: tok.RSASpec(), bodyLen: 2 + 1 + 32 + 1 + 256},
 	}
 }
 

@@ -24,19 +24,22 @@ type Options struct {
 	// share a Loader: a Source with a Loader of its own would finalise
 	// the module under the others when it closes.
 	Loader *Loader
-	// Rand supplies AES-GCM IVs (and is handed to RSA-OAEP); nil means
-	// crypto/rand.Reader. It must be safe for concurrent use.
+	// Rand supplies AES-GCM IVs and the one-time keys of RFC 5649 key
+	// wrap (and is handed to RSA-OAEP); nil means crypto/rand.Reader. It
+	// must be safe for concurrent use.
 	Rand io.Reader
 	// LookupEnv reads EnvModule, EnvPIN and pin-source=env: variables;
 	// nil means os.LookupEnv.
 	LookupEnv func(key string) (string, bool)
 	// Sessions caps the sessions the Source holds open, and so the
 	// operations it runs at once on the token; 0 means DefaultSessions.
+	// The URI's max-sessions overrides it; either is lowered to the
+	// token's own limit.
 	Sessions int
-	// AESKeyWrap makes an AES key wrap with RFC 5649 key wrap
-	// (CKM_AES_KEY_WRAP_PAD) even when the token offers AES-GCM, for
-	// tokens whose policy refuses caller-chosen GCM IVs. Without it, key
-	// wrap is used only when the token lacks CKM_AES_GCM. Unwrap reads
-	// both kinds either way.
+	// AESKeyWrap makes an AES key wrap with RFC 5649 key wrap even when
+	// the token offers AES-GCM, as wrap=kwp in the URI does (which wins
+	// when the URI says wrap=gcm). Without either, key wrap is used only
+	// when the token lacks CKM_AES_GCM. Unwrap reads both kinds either
+	// way.
 	AESKeyWrap bool
 }

@@ -7,6 +7,7 @@ import (
 	"crypto/rsa"
 	"crypto/sha1"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"hash"
 
@@ -34,24 +35,50 @@ func newHash(h byte) hash.Hash {
 	return sha1.New()
 }
 
+// errProbed ends the OAEP probe's call: the probe leaves a decryption
+// active, so its session must be closed rather than pooled, which a
+// failed call does.
+var errProbed = errors.New("pkcs11: OAEP probe done")
+
 // probeOAEP picks SHA-256 for OAEP if the token accepts it for decryption,
-// else SHA-1. The probe's session is left with a decryption active, so it
-// is closed, not pooled.
+// and SHA-1 only if the token definitely refuses SHA-256 (the mechanism or
+// its parameters are invalid): any other failure, such as a lost session
+// or a busy device, fails the call rather than settling on SHA-1 for
+// every stanza the Source writes.
 func (s *Source) probeOAEP(ctx context.Context) error {
-	sh, err := s.pool.get(ctx)
-	if err != nil {
+	err := s.call(ctx, func(sh p11.SessionHandle, key p11.ObjectHandle) error {
+		h, err := oaepHashFor(s.ck().DecryptInit(sh, oaepMechanism(hashSHA256), key))
+		if err != nil {
+			return tokenErr("RSA-OAEP SHA-256 probe", s.uri.Token, err)
+		}
+		s.hash = h
+		if h == hashSHA256 {
+			return errProbed
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, errProbed) {
 		return err
 	}
-	err = s.ck().DecryptInit(sh, oaepMechanism(hashSHA256), s.key)
-	s.pool.put(sh, false)
 	name := "SHA-256"
-	s.hash = hashSHA256
-	if err != nil {
+	if s.hash == hashSHA1 {
 		name = "SHA-1 (the token offers no SHA-256)"
-		s.hash = hashSHA1
 	}
 	s.detail = fmt.Sprintf("RSA-%d key pair %q on token %q; wraps with RSA-OAEP %s", s.pub.N.BitLen(), s.uri.Object, s.uri.Token, name)
 	return nil
+}
+
+// oaepHashFor turns the token's answer to C_DecryptInit with SHA-256 OAEP
+// into the hash to use: SHA-256 when it took it, SHA-1 when it refused
+// the mechanism or its parameters, and the error itself otherwise.
+func oaepHashFor(err error) (byte, error) {
+	switch {
+	case err == nil:
+		return hashSHA256, nil
+	case paramRefused(err):
+		return hashSHA1, nil
+	}
+	return 0, err
 }
 
 // wrapRSA encrypts V ‖ K with the public key in Go.
@@ -62,8 +89,7 @@ func (s *Source) wrapRSA(dataKey []byte) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pkcs11: RSA-OAEP wrap for %s: %w", s.keyID, err)
 	}
-	b := make([]byte, 0, rsaBodyHead+len(ct))
-	b = append(b, bodyVersion, kindRSA, s.hash)
+	b := append(newBody(kindRSA, s.fp, 1+len(ct)), s.hash)
 	return append(b, ct...), nil
 }
 
@@ -75,9 +101,9 @@ func (s *Source) unwrapRSA(ctx context.Context, bd body) ([]byte, error) {
 	}
 	h := bd.hash
 	var v []byte
-	err := s.pool.do(ctx, func(sh p11.SessionHandle) error {
+	err := s.call(ctx, func(sh p11.SessionHandle, key p11.ObjectHandle) error {
 		c := s.ck()
-		if err := c.DecryptInit(sh, oaepMechanism(h), s.key); err != nil {
+		if err := c.DecryptInit(sh, oaepMechanism(h), key); err != nil {
 			if h == hashSHA256 && s.hash != hashSHA256 {
 				return fmt.Errorf("pkcs11: stanza needs RSA-OAEP with SHA-256, which token %q does not offer: %w", s.uri.Token, keysource.ErrInvalid)
 			}

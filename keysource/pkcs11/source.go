@@ -6,11 +6,13 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/kmsfs/kmsfs/keysource"
 	p11 "github.com/miekg/pkcs11"
@@ -48,12 +50,19 @@ type Source struct {
 	volume [volumeIDSize]byte
 	rand   io.Reader
 
+	pin func() ([]byte, error) // reads the PIN afresh for each login
+
 	kind    keyKind
-	key     p11.ObjectHandle // AES secret key or RSA private key
-	aesMode byte             // kindGCM or kindKWP, for keyAES
-	pub     *rsa.PublicKey   // for keyRSA
-	hash    byte             // hashSHA1 or hashSHA256, for keyRSA
-	detail  string           // for Describe
+	aesMode byte           // kindGCM or kindKWP: how an AES key wraps
+	kwpMech uint           // the token's RFC 5649 mechanism, 0 if none
+	pub     *rsa.PublicKey // for keyRSA
+	hash    byte           // hashSHA1 or hashSHA256, for keyRSA
+	fp      []byte         // the key's fingerprint (see body.go), maybe empty
+	detail  string         // for Describe
+
+	mu     sync.Mutex
+	key    p11.ObjectHandle // AES secret key or RSA private key, guarded by mu
+	keyGen uint64           // token generation key was found in, guarded by mu
 
 	closeOnce sync.Once
 	closeErr  error
@@ -98,12 +107,15 @@ func Open(ctx context.Context, spec keysource.Spec, o Options) (*Source, error) 
 	if err != nil {
 		return nil, err
 	}
-	tok, err := m.openToken(u.Token)
+	tok, err := m.openToken(u)
 	if err != nil {
 		_ = l.release(m)
 		return nil, err
 	}
-	if err := tok.login(u, func() ([]byte, error) { return u.readPIN(lookup) }); err != nil {
+	// The key ID names the token by its label, whatever selected it.
+	u.Token = tok.label
+	pin := func() ([]byte, error) { return u.readPIN(lookup) }
+	if err := tok.login(u, pin); err != nil {
 		tok.release()
 		_ = l.release(m)
 		return nil, err
@@ -112,6 +124,10 @@ func Open(ctx context.Context, spec keysource.Spec, o Options) (*Source, error) 
 	if n <= 0 {
 		n = DefaultSessions
 	}
+	if u.MaxSessions > 0 {
+		n = u.MaxSessions
+	}
+	n = sessionLimit(tok.info.MaxSessionCount, tok.info.MaxRwSessionCount, n)
 	s := &Source{
 		loader: l,
 		tok:    tok,
@@ -120,11 +136,17 @@ func Open(ctx context.Context, spec keysource.Spec, o Options) (*Source, error) 
 		keyID:  u.KeyID(),
 		volume: o.VolumeID,
 		rand:   o.Rand,
+		pin:    pin,
+		keyGen: tok.gen.Load(),
 	}
 	if s.rand == nil {
 		s.rand = rand.Reader
 	}
-	if err := s.findKey(ctx, o.AESKeyWrap); err != nil {
+	wrap := u.Wrap
+	if wrap == "" && o.AESKeyWrap {
+		wrap = WrapKWP
+	}
+	if err := s.findKey(ctx, wrap); err != nil {
 		_ = s.Close()
 		return nil, err
 	}
@@ -173,14 +195,30 @@ func (s *Source) Unwrap(ctx context.Context, st keysource.Stanza) ([]byte, error
 	if st.Type != Type {
 		return nil, fmt.Errorf("pkcs11: stanza of type %q: %w", st.Type, keysource.ErrNotMine)
 	}
-	if st.KeyID != s.keyID {
-		if u, err := ParseURI(st.KeyID); err != nil || !u.sameKey(s.uri) {
-			return nil, fmt.Errorf("pkcs11: stanza for %s, this key is %s: %w", st.KeyID, s.keyID, keysource.ErrNotMine)
-		}
+	named := st.KeyID == s.keyID
+	if !named {
+		u, err := ParseURI(st.KeyID)
+		named = err == nil && u.sameKey(s.uri)
 	}
 	bd, err := parseBody(st.Body)
 	if err != nil {
+		if !named {
+			return nil, fmt.Errorf("pkcs11: stanza for %s, this key is %s: %w", st.KeyID, s.keyID, keysource.ErrNotMine)
+		}
 		return nil, err
+	}
+	// A stanza that carries a fingerprint is this key's exactly when the
+	// fingerprint is this key's, whatever label and id it names: a
+	// relabelled key, an id= added to the URI, a token restored under
+	// another label all still open their stanzas, and another key put
+	// under the old label does not pass for this one.
+	switch {
+	case len(bd.fp) > 0 && len(s.fp) > 0 && subtle.ConstantTimeCompare(bd.fp, s.fp) == 1:
+	case len(bd.fp) > 0 && len(s.fp) > 0 && named:
+		return nil, fmt.Errorf("pkcs11: stanza names %s, but was written by a key with fingerprint %x, and this key has %x: the key under this name was replaced: %w",
+			st.KeyID, bd.fp, s.fp, keysource.ErrInvalid)
+	case !named:
+		return nil, fmt.Errorf("pkcs11: stanza for %s, this key is %s: %w", st.KeyID, s.keyID, keysource.ErrNotMine)
 	}
 	if (bd.kind == kindRSA) != (s.kind == keyRSA) {
 		return nil, fmt.Errorf("pkcs11: stanza body kind %d does not fit the %s on token %q: %w",
@@ -222,24 +260,22 @@ func (s *Source) Describe(ctx context.Context) (keysource.KeyState, error) {
 	if err := s.usable(ctx); err != nil {
 		return st, err
 	}
-	sh, err := s.pool.get(ctx)
-	if err != nil {
-		if errors.Is(err, errClosed) || ctx.Err() != nil {
-			return st, err
-		}
-		st.State = "Unavailable"
-		st.Detail += fmt.Sprintf("; token does not answer: %v", err)
-		return st, nil
+	var ok bool
+	err := s.call(ctx, func(sh p11.SessionHandle, key p11.ObjectHandle) error {
+		var err error
+		ok, err = s.permitted(sh, key)
+		return err
+	})
+	if err != nil && (errors.Is(err, errClosed) || ctx.Err() != nil) {
+		return st, err
 	}
-	ok, err := s.permitted(sh)
-	s.pool.put(sh, err == nil)
 	switch {
 	case err == nil && ok:
 		st.State, st.Usable = "Present", true
 	case err == nil:
 		st.State = "Restricted"
 		st.Detail += "; the key's attributes no longer allow " + s.needs()
-	case ckr(err) == p11.CKR_OBJECT_HANDLE_INVALID || ckr(err) == p11.CKR_KEY_HANDLE_INVALID:
+	case errors.Is(err, errKeyGone):
 		st.State = "Missing"
 		st.Detail += "; the key is no longer on the token"
 	default:
@@ -266,3 +302,73 @@ func (s *Source) Close() error {
 
 // ck returns the module's PKCS#11 context.
 func (s *Source) ck() *p11.Ctx { return s.tok.mod.ctx }
+
+// Recovery after a lost session or login: attempts in all, and the wait
+// before the third and later ones, doubling up to the cap. The first
+// repeat runs at once, since one drop costs every call in flight one
+// failure and the recovery has already been done by then.
+const (
+	callAttempts  = 8
+	retryFirst    = 10 * time.Millisecond
+	retryMaxDelay = time.Second
+)
+
+// call runs f on a pooled session with the key's handle, through retry.
+// f must be safe to repeat.
+func (s *Source) call(ctx context.Context, f func(sh p11.SessionHandle, key p11.ObjectHandle) error) error {
+	return s.retry(ctx, func(gen uint64) error {
+		key, err := s.keyHandle(ctx, gen)
+		if err != nil {
+			return err
+		}
+		return s.pool.do(ctx, func(sh p11.SessionHandle) error { return f(sh, key) })
+	})
+}
+
+// retry runs f, given the token's generation. When f fails because the
+// token dropped the session, the login or a handle, retry recovers the
+// token (a new session, a new login; the key is found again by the next
+// keyHandle) and runs f again, waiting between attempts; ctx bounds the
+// waits.
+func (s *Source) retry(ctx context.Context, f func(gen uint64) error) error {
+	var err error
+	delay := retryFirst
+	for attempt := range callAttempts {
+		if attempt >= 2 {
+			t := time.NewTimer(delay)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return fmt.Errorf("pkcs11: token %q: %w (after %v)", s.uri.Token, ctx.Err(), err)
+			}
+			delay = min(2*delay, retryMaxDelay)
+		}
+		gen := s.tok.gen.Load()
+		if err = f(gen); err == nil || !lost(err) {
+			return err
+		}
+		if rerr := s.tok.recover(gen, s.uri, s.pin); rerr != nil && !lost(rerr) {
+			return rerr
+		}
+	}
+	return fmt.Errorf("pkcs11: token %q keeps dropping sessions (%d attempts): %w", s.uri.Token, callAttempts, err)
+}
+
+// keyHandle returns the key's handle, found again after the token moved
+// to generation gen.
+func (s *Source) keyHandle(ctx context.Context, gen uint64) (p11.ObjectHandle, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.keyGen == gen {
+		return s.key, nil
+	}
+	err := s.pool.do(ctx, func(sh p11.SessionHandle) error {
+		h, err := s.refind(sh)
+		if err == nil {
+			s.key, s.keyGen = h, gen
+		}
+		return err
+	})
+	return s.key, err
+}

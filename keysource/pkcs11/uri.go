@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/kmsfs/kmsfs/keysource"
@@ -32,23 +33,51 @@ const maxPINFile = 1024
 // URI is a PKCS#11 URI (RFC 7512) as kmsfs takes it:
 //
 //	pkcs11:token=<label>;object=<key label>[;id=<%XX…>][;type=secret-key|private|public]
+//	      [;serial=<s>][;model=<m>][;manufacturer=<m>][;slot-id=<n>]
 //	      [?module-path=<path>][&pin-source=file:<path>|env:<NAME>]
+//	      [&wrap=gcm|kwp][&max-sessions=<n>]
+//
+// The token is the one whose every given token attribute (token label,
+// serial, model, manufacturer, slot-id) matches; at least one is needed.
 //
 // Values are percent-decoded; a literal "+" stays "+". A URI never carries
 // a PIN: pin-value is refused, and pin-source names a file or an
 // environment variable. A URI holds no secret and may be logged.
 type URI struct {
-	Token      string // token label (path attribute "token"), required
-	Object     string // key label (path attribute "object"), required
-	ID         []byte // CKA_ID (path attribute "id"), nil when absent
-	ObjectType string // "type": TypeSecretKey, TypePrivate, TypePublic or "" for any
+	Token string // token label (path attribute "token")
+	// Serial, Model and Manufacturer select the token by its serial
+	// number, model and manufacturer ID; SlotID (path attribute
+	// "slot-id", decimal) by its slot. Empty or nil: any.
+	Serial       string
+	Model        string
+	Manufacturer string
+	SlotID       *uint
+	Object       string // key label (path attribute "object"), required
+	ID           []byte // CKA_ID (path attribute "id"), nil when absent
+	ObjectType   string // "type": TypeSecretKey, TypePrivate, TypePublic or "" for any
 	// ModulePath is the PKCS#11 module to load (query attribute
 	// "module-path"); "" means the EnvModule environment variable.
 	ModulePath string
 	// PINSource is where the user PIN comes from (query attribute
 	// "pin-source"): "file:/abs/path" or "env:NAME"; "" means EnvPIN.
 	PINSource string
+	// Wrap chooses how an AES key wraps new data keys (query attribute
+	// "wrap"): WrapGCM, WrapKWP, or "" for AES-GCM where the token
+	// offers it, else RFC 5649 key wrap. Unwrap reads both either way.
+	Wrap string
+	// MaxSessions caps the sessions the key holds open (query attribute
+	// "max-sessions"); 0 means the Options' or the default.
+	MaxSessions int
 }
+
+// Values of URI.Wrap.
+const (
+	WrapGCM = "gcm" // AES-GCM on the token (CKM_AES_GCM)
+	WrapKWP = "kwp" // RFC 5649 key wrap on the token
+)
+
+// maxSessionsCap bounds max-sessions.
+const maxSessionsCap = 1024
 
 // ParseURI parses a PKCS#11 URI. Its errors wrap keysource.ErrInvalid and
 // name attributes, never their values, since a mistyped URI may hold a PIN.
@@ -71,6 +100,19 @@ func ParseURI(s string) (URI, error) {
 			u.Object = v
 		case "id":
 			u.ID = []byte(v)
+		case "serial":
+			u.Serial = v
+		case "model":
+			u.Model = v
+		case "manufacturer":
+			u.Manufacturer = v
+		case "slot-id":
+			n, err := strconv.ParseUint(v, 10, 0)
+			if err != nil {
+				return invalidURI("slot-id must be a decimal number")
+			}
+			id := uint(n)
+			u.SlotID = &id
 		case "type":
 			switch v {
 			case TypeSecretKey, TypePrivate, TypePublic:
@@ -79,7 +121,7 @@ func ParseURI(s string) (URI, error) {
 				return invalidURI("type must be secret-key, private or public")
 			}
 		default:
-			return invalidURI(fmt.Sprintf("path attribute %q is not supported (kmsfs takes token, object, id, type)", name))
+			return invalidURI(fmt.Sprintf("path attribute %q is not supported (kmsfs takes token, serial, model, manufacturer, slot-id, object, id, type)", name))
 		}
 		return nil
 	})
@@ -95,12 +137,23 @@ func ParseURI(s string) (URI, error) {
 				return err
 			}
 			u.PINSource = v
+		case "wrap":
+			if v != WrapGCM && v != WrapKWP {
+				return invalidURI("wrap must be gcm or kwp")
+			}
+			u.Wrap = v
+		case "max-sessions":
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 || n > maxSessionsCap {
+				return invalidURI(fmt.Sprintf("max-sessions must be a number from 1 to %d", maxSessionsCap))
+			}
+			u.MaxSessions = n
 		case "pin-value":
 			return invalidURI("pin-value is refused: a PIN never goes in a key spec; use pin-source=file:/PATH or env:NAME, or " + EnvPIN)
 		case "module-name":
 			return invalidURI("module-name is not supported; give module-path=/path/to/module.so")
 		default:
-			return invalidURI(fmt.Sprintf("query attribute %q is not supported (kmsfs takes module-path, pin-source)", name))
+			return invalidURI(fmt.Sprintf("query attribute %q is not supported (kmsfs takes module-path, pin-source, wrap, max-sessions)", name))
 		}
 		return nil
 	})
@@ -108,8 +161,8 @@ func ParseURI(s string) (URI, error) {
 		return URI{}, err
 	}
 	switch {
-	case u.Token == "":
-		return URI{}, invalidURI("token=<label> is required")
+	case u.Token == "" && u.Serial == "" && u.Model == "" && u.Manufacturer == "" && u.SlotID == nil:
+		return URI{}, invalidURI("token=<label> (or serial, model, manufacturer, slot-id) is required")
 	case u.Object == "":
 		return URI{}, invalidURI("object=<key label> is required")
 	case seen["module-path"] && u.ModulePath == "":
@@ -266,10 +319,35 @@ func pctEncode(s, keep string) string {
 // token, object and id (when set), in that order, every byte but RFC 3986
 // unreserved characters percent-encoded, and id encoded in full. It holds
 // no module path and no PIN source.
+//
+// A URI without a token label names its token by the other token
+// attributes it has instead; a Source's key ID always names the label of
+// the token it found.
 func (u URI) KeyID() string {
-	s := "pkcs11:token=" + pctEncode(u.Token, "") + ";object=" + pctEncode(u.Object, "")
+	s := "pkcs11:"
+	if u.Token != "" {
+		s += "token=" + pctEncode(u.Token, "") + ";"
+	} else {
+		s += u.tokenAttrs()
+	}
+	s += "object=" + pctEncode(u.Object, "")
 	if u.ID != nil {
 		s += ";id=" + encodeAll(u.ID)
+	}
+	return s
+}
+
+// tokenAttrs renders the token attributes but the label, each followed by
+// ";".
+func (u URI) tokenAttrs() string {
+	var s string
+	for _, a := range [][2]string{{"serial", u.Serial}, {"model", u.Model}, {"manufacturer", u.Manufacturer}} {
+		if a[1] != "" {
+			s += a[0] + "=" + pctEncode(a[1], "") + ";"
+		}
+	}
+	if u.SlotID != nil {
+		s += "slot-id=" + strconv.FormatUint(uint64(*u.SlotID), 10) + ";"
 	}
 	return s
 }
@@ -290,12 +368,23 @@ func (u URI) String() string {
 	if u.ObjectType != "" {
 		s += ";type=" + u.ObjectType
 	}
+	if u.Token != "" {
+		if a := u.tokenAttrs(); a != "" {
+			s += ";" + strings.TrimSuffix(a, ";")
+		}
+	}
 	var q []string
 	if u.ModulePath != "" {
 		q = append(q, "module-path="+pctEncode(u.ModulePath, "/:"))
 	}
 	if u.PINSource != "" {
 		q = append(q, "pin-source="+pctEncode(u.PINSource, "/:"))
+	}
+	if u.Wrap != "" {
+		q = append(q, "wrap="+u.Wrap)
+	}
+	if u.MaxSessions != 0 {
+		q = append(q, "max-sessions="+strconv.Itoa(u.MaxSessions))
 	}
 	if len(q) > 0 {
 		s += "?" + strings.Join(q, "&")
@@ -307,6 +396,23 @@ func (u URI) String() string {
 // and id.
 func (u URI) sameKey(v URI) bool {
 	return u.Token == v.Token && u.Object == v.Object && string(u.ID) == string(v.ID) && (u.ID == nil) == (v.ID == nil)
+}
+
+// tokenName describes the token the URI selects, for messages.
+func (u URI) tokenName() string {
+	var parts []string
+	if u.Token != "" {
+		parts = append(parts, fmt.Sprintf("labelled %q", u.Token))
+	}
+	for _, a := range [][2]string{{"serial", u.Serial}, {"model", u.Model}, {"manufacturer", u.Manufacturer}} {
+		if a[1] != "" {
+			parts = append(parts, fmt.Sprintf("with %s %q", a[0], a[1]))
+		}
+	}
+	if u.SlotID != nil {
+		parts = append(parts, fmt.Sprintf("in slot %d", *u.SlotID))
+	}
+	return strings.Join(parts, " ")
 }
 
 // modulePath returns the module to load: module-path, else EnvModule.

@@ -27,6 +27,10 @@ func TestParseURI(t *testing.T) {
 		{"pkcs11:token=T;object=K?pin-source=file:///run/pin", pkcs11.URI{Token: "T", Object: "K", PINSource: "file:///run/pin"}},
 		{"pkcs11:token=T;object=K?pin-source=env:HSM_PIN_2", pkcs11.URI{Token: "T", Object: "K", PINSource: "env:HSM_PIN_2"}},
 		{"pkcs11:token=T;object=K?pin-source=file%3A%2Frun%2Fpin", pkcs11.URI{Token: "T", Object: "K", PINSource: "file:/run/pin"}},
+		{"pkcs11:serial=0A%201;object=K", pkcs11.URI{Serial: "0A 1", Object: "K"}},
+		{"pkcs11:model=SoftHSM%20v2;manufacturer=SoftHSM%20project;slot-id=7;object=K",
+			pkcs11.URI{Model: "SoftHSM v2", Manufacturer: "SoftHSM project", SlotID: ptr(uint(7)), Object: "K"}},
+		{"pkcs11:token=T;object=K?wrap=kwp&max-sessions=4", pkcs11.URI{Token: "T", Object: "K", Wrap: "kwp", MaxSessions: 4}},
 	}
 	for _, tt := range tests {
 		t.Run("uri="+tt.in, func(t *testing.T) {
@@ -51,8 +55,13 @@ func TestParseURI(t *testing.T) {
 
 func sameURI(a, b pkcs11.URI) bool {
 	return a.Token == b.Token && a.Object == b.Object && bytes.Equal(a.ID, b.ID) && (a.ID == nil) == (b.ID == nil) &&
-		a.ObjectType == b.ObjectType && a.ModulePath == b.ModulePath && a.PINSource == b.PINSource
+		a.ObjectType == b.ObjectType && a.ModulePath == b.ModulePath && a.PINSource == b.PINSource &&
+		a.Serial == b.Serial && a.Model == b.Model && a.Manufacturer == b.Manufacturer &&
+		(a.SlotID == nil) == (b.SlotID == nil) && (a.SlotID == nil || *a.SlotID == *b.SlotID) &&
+		a.Wrap == b.Wrap && a.MaxSessions == b.MaxSessions
 }
+
+func ptr[T any](v T) *T { return &v }
 
 func TestParseURIErrors(t *testing.T) {
 	const secret = "S3cr3t-1234"
@@ -61,15 +70,19 @@ func TestParseURIErrors(t *testing.T) {
 	}{
 		{"scheme=none", "token=T;object=K", "starting with pkcs11:"},
 		{"scheme=other", "pkcs12:token=T;object=K", "starting with pkcs11:"},
-		{"token=missing", "pkcs11:object=K", "token=<label> is required"},
-		{"token=empty", "pkcs11:token=;object=K", "token=<label> is required"},
+		{"token=missing", "pkcs11:object=K", "token=<label> (or serial, model, manufacturer, slot-id) is required"},
+		{"token=empty", "pkcs11:token=;object=K", "token=<label> (or serial, model, manufacturer, slot-id) is required"},
 		{"object=missing", "pkcs11:token=T", "object=<key label> is required"},
 		{"object=missing,query", "pkcs11:token=T?module-path=/m.so", "object=<key label> is required"},
-		{"path=empty", "pkcs11:", "token=<label> is required"},
+		{"path=empty", "pkcs11:", "token=<label> (or serial, model, manufacturer, slot-id) is required"},
+		{"slot-id=word", "pkcs11:slot-id=one;object=K", "slot-id must be a decimal number"},
+		{"wrap=unknown", "pkcs11:token=T;object=K?wrap=cbc", "wrap must be gcm or kwp"},
+		{"max-sessions=0", "pkcs11:token=T;object=K?max-sessions=0", "max-sessions must be a number from 1 to"},
+		{"max-sessions=huge", "pkcs11:token=T;object=K?max-sessions=99999", "max-sessions must be a number from 1 to"},
 		{"attr=twice", "pkcs11:token=T;object=K;token=U", `"token" appears twice`},
 		{"attr=no-value", "pkcs11:token=T;object=K;" + secret, "path attribute 3 is not name=value"},
 		{"attr=empty", "pkcs11:token=T;;object=K", "path attribute 2 is not name=value"},
-		{"attr=unknown", "pkcs11:token=T;object=K;serial=1", `"serial" is not supported`},
+		{"attr=unknown", "pkcs11:token=T;object=K;slot-description=1", `"slot-description" is not supported`},
 		{"query=unknown", "pkcs11:token=T;object=K?x-foo=1", `"x-foo" is not supported`},
 		{"type=cert", "pkcs11:token=T;object=K;type=cert", "type must be"},
 		{"pct=bad", "pkcs11:token=T%zz;object=K", `"token": bad percent-encoding`},
