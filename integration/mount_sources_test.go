@@ -12,7 +12,9 @@ import (
 	"testing"
 
 	"github.com/kmsfs/kmsfs/internal/fusetest"
+	"github.com/kmsfs/kmsfs/internal/hsmtest"
 	"github.com/kmsfs/kmsfs/internal/kmstest"
+	"github.com/kmsfs/kmsfs/internal/p11shim"
 )
 
 // mntSourceCase is one key source a volume is made with.
@@ -49,6 +51,18 @@ func TestMountKeySources(t *testing.T) {
 			return []string{h.Token("main").RSASpec()}, nil, ""
 		}},
 	}
+	// The same token behind the PKCS#11 shim, behaving as vendor HSMs do
+	// (internal/p11shim): read-only sessions refused, IVs made by the
+	// token, renamed key-wrap mechanisms, sensitive-only keys.
+	for _, p := range []p11shim.Profile{p11shim.CloudHSM, p11shim.LunaFIPS} {
+		for _, key := range []string{"aes", "rsa"} {
+			cases = append(cases, mntSourceCase{"source=pkcs11/" + key + ",hsm=" + string(p), func(t *testing.T) ([]string, []string, string) {
+				tok := suite.HSM(t).Token("main")
+				spec, env := mntShimSpec(t, tok, p, 0, map[string]string{"aes": tok.AESLabel, "rsa": tok.RSALabel}[key])
+				return []string{spec}, env, ""
+			}})
+		}
+	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			specs, env, keyID := c.keys(t)
@@ -82,6 +96,58 @@ func TestMountKeySources(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestPKCS11SessionsDropped mounts a volume on a token that closes every
+// session and ends the login every 100 calls, as an HSM does on
+// failover: with one data key per file, writing files, remounting and
+// reading them all back makes each file's key go through the token, over
+// many drops, and every call must succeed.
+func TestPKCS11SessionsDropped(t *testing.T) {
+	const files = 400
+	for _, key := range []string{"aes", "rsa"} {
+		t.Run("key="+key, func(t *testing.T) {
+			tok := suite.HSM(t).Token("main")
+			spec, env := mntShimSpec(t, tok, p11shim.CloudHSM, 100, map[string]string{"aes": tok.AESLabel, "rsa": tok.RSALabel}[key])
+			v := suite.StartVolume(t, fusetest.CLIOptions{Keys: []string{spec}, Env: env, InitArgs: []string{"--data-key-policy", "per-file"}})
+			for i := range files {
+				if err := os.WriteFile(v.Path(fmt.Sprintf("f%03d", i)), []byte(fmt.Sprintf("file %d\n", i)), 0o644); err != nil {
+					t.Fatalf("write f%03d: %v", i, err)
+				}
+			}
+			v.Remount(t)
+			for i := range files {
+				got, err := os.ReadFile(v.Path(fmt.Sprintf("f%03d", i)))
+				if err != nil || string(got) != fmt.Sprintf("file %d\n", i) {
+					t.Fatalf("read f%03d after remount: %q, %v", i, got, err)
+				}
+			}
+		})
+	}
+}
+
+// mntShimSpec returns the key spec of object on tok reached through the
+// PKCS#11 shim in profile p (dropping sessions every drop calls, if not
+// 0), and the environment that gives kmsfs the shim's configuration.
+func mntShimSpec(t *testing.T, tok *hsmtest.Token, p p11shim.Profile, drop int, object string) (string, []string) {
+	t.Helper()
+	shim := p11shim.Need(t, t.TempDir())
+	cfg, err := p.Config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Module, cfg.DropEvery = suite.HSM(t).Module, drop
+	path := filepath.Join(t.TempDir(), "p11shim.conf")
+	if err := cfg.WriteFile(path); err != nil {
+		t.Fatal(err)
+	}
+	spec := tok.URI(object)
+	i := strings.Index(spec, "module-path=")
+	j := strings.IndexByte(spec[i:], '&')
+	if i < 0 || j < 0 {
+		t.Fatalf("bad test: no module-path in %s", spec)
+	}
+	return spec[:i] + "module-path=" + shim + spec[i+j:], []string{p11shim.EnvConfig + "=" + path}
 }
 
 // mntSourceFiles returns files of boundary sizes around the 4 KiB block,

@@ -97,6 +97,7 @@ func hostSpec(k volconf.Key, h volconf.HostKey) (keysource.Spec, error) {
 			return spec, err
 		}
 		u.ModulePath, u.PINSource = h.PKCS11Module, h.PKCS11PINSource
+		u.Wrap, u.MaxSessions = h.PKCS11Wrap, h.PKCS11MaxSessions
 		spec.Value = u.String()
 	case volconf.IsKeyFile(k.Spec):
 		spec.Value = h.KeyFile
@@ -219,7 +220,8 @@ func checkAliases(ctx context.Context, a *volconf.Anchor, dir string) ([]Warning
 
 // HostKeyOf splits a key spec given to kmsfs init into what only the host
 // keeps: a PKCS#11 module (from the spec, else KMSFS_PKCS11_MODULE from
-// lookupEnv) and PIN source, a key file's absolute path.
+// lookupEnv), PIN source, wrap choice and session cap; a key file's
+// absolute path.
 func HostKeyOf(spec keysource.Spec, lookupEnv func(string) (string, bool)) (volconf.HostKey, error) {
 	if lookupEnv == nil {
 		lookupEnv = os.LookupEnv
@@ -232,6 +234,7 @@ func HostKeyOf(spec keysource.Spec, lookupEnv func(string) (string, bool)) (volc
 			return h, err
 		}
 		h.PKCS11Module, h.PKCS11PINSource = u.ModulePath, u.PINSource
+		h.PKCS11Wrap, h.PKCS11MaxSessions = u.Wrap, u.MaxSessions
 		if h.PKCS11Module == "" {
 			h.PKCS11Module, _ = lookupEnv(pkcs11.EnvModule)
 		}

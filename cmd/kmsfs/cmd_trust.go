@@ -179,7 +179,8 @@ func trustHostKeys(c *volconf.Conf, old *volconf.Anchor, f *trustFlags, vid enve
 		p := prev(k.KeyID)
 		switch {
 		case strings.HasPrefix(k.Spec, "pkcs11:"):
-			h := volconf.HostKey{PKCS11Module: f.pkcs11Module, PKCS11PINSource: f.pkcs11PINSource}
+			h := volconf.HostKey{PKCS11Module: f.pkcs11Module, PKCS11PINSource: f.pkcs11PINSource,
+				PKCS11Wrap: p.PKCS11Wrap, PKCS11MaxSessions: p.PKCS11MaxSessions}
 			if h.PKCS11Module == "" {
 				h.PKCS11Module = p.PKCS11Module
 			}

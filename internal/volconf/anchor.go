@@ -57,6 +57,12 @@ type HostKey struct {
 	PKCS11Module string `json:"pkcs11_module,omitempty"`
 	// PKCS11PINSource is file:/PATH or env:NAME; "" means KMSFS_PKCS11_PIN.
 	PKCS11PINSource string `json:"pkcs11_pin_source,omitempty"`
+	// PKCS11Wrap is the URI's wrap= choice for an AES key (gcm or kwp);
+	// "" lets the token's mechanisms decide.
+	PKCS11Wrap string `json:"pkcs11_wrap,omitempty"`
+	// PKCS11MaxSessions is the URI's max-sessions= cap; 0 means the
+	// token's own limit.
+	PKCS11MaxSessions int `json:"pkcs11_max_sessions,omitempty"`
 	// KeyFile is the absolute path of a local key file.
 	KeyFile string `json:"key_file,omitempty"`
 	// AliasKey is, for an AWS key given as an alias, the key ARN the alias
@@ -146,7 +152,7 @@ func (a *Anchor) Check() error {
 		}
 		isP11 := strings.HasPrefix(k.Spec, "pkcs11:")
 		switch {
-		case !isP11 && (h.PKCS11Module != "" || h.PKCS11PINSource != ""):
+		case !isP11 && (h.PKCS11Module != "" || h.PKCS11PINSource != "" || h.PKCS11Wrap != "" || h.PKCS11MaxSessions != 0):
 			return fmt.Errorf("volconf: trust anchor key %d: PKCS#11 settings for a %s key", i+1, k.Spec)
 		case IsKeyFile(k.Spec) && !filepath.IsAbs(h.KeyFile):
 			return fmt.Errorf("volconf: trust anchor key %d (%s): no absolute key file path", i+1, k.KeyID)
