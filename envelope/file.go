@@ -22,9 +22,8 @@ type File struct {
 
 	mu     sync.RWMutex
 	size   int64
-	stored int64       // the size of the cipher file
-	inTx   bool        // a journal record covers the change in progress
-	pipe   *pipedWrite // the write in progress is sealed as it is stored
+	stored int64 // the size of the cipher file
+	inTx   bool  // a journal record covers the change in progress
 
 	// sparse is a version 2 file's holes as they are now (file_sparse.go);
 	// sparseDirty says the header's list still has blocks since filled.

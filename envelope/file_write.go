@@ -147,6 +147,7 @@ func (f *File) writeSteps(p []byte, off int64) (int, error) {
 		}
 		mid1--
 	}
+	var pw *pipedWrite
 	if mid1 > mid0 {
 		pOff, pEnd := mid0*bs-off, min(mid1*bs, end)-off
 		so := (mid0 - first) * ss
@@ -157,12 +158,10 @@ func (f *File) writeSteps(p []byte, off int64) (int, error) {
 		if sp != nil {
 			// This store writes the blocks as they are sealed.
 			defer sp.finish()
-			f.pipe = &pipedWrite{sp: sp, base: so, ss: ss}
+			pw = &pipedWrite{sp: sp, base: so, ss: ss}
 		}
 	}
-	err := f.store(sealed, l.BlockOffset(first), -1)
-	f.pipe = nil
-	if err != nil {
+	if err := f.store(sealed, l.BlockOffset(first), -1, pw); err != nil {
 		return 0, fmt.Errorf("envelope: write blocks %d-%d: %w", first, b1, err)
 	}
 	f.filled(first, b1+1)
@@ -225,7 +224,7 @@ func (f *File) rewriteBlock(i, size int64, newLen int, last bool, cut int64) err
 	if err := f.codec.Seal(*buf, blk[:newLen], i, lastIdx); err != nil {
 		return err
 	}
-	if err := f.store(*buf, l.BlockOffset(i), cut); err != nil {
+	if err := f.store(*buf, l.BlockOffset(i), cut, nil); err != nil {
 		return fmt.Errorf("envelope: write block %d: %w", i, err)
 	}
 	f.filled(i, i+1)
@@ -233,10 +232,12 @@ func (f *File) rewriteBlock(i, size int64, newLen int, last bool, cut int64) err
 }
 
 // store writes sealed at cipher offset at and then, if cut >= 0, cuts the
-// cipher file to cut bytes. With a journal, a crash anywhere in between is
-// finished or undone by the next Open (see Journal); without one, a crash
-// can leave a block that spans pages torn.
-func (f *File) store(sealed []byte, at, cut int64) error {
+// cipher file to cut bytes. If pw is set, pw's pipeline is still sealing
+// part of sealed, which is then written as it is sealed (apply). With a
+// journal, a crash anywhere in between is finished or undone by the next
+// Open (see Journal); without one, a crash can leave a block that spans
+// pages torn.
+func (f *File) store(sealed []byte, at, cut int64, pw *pipedWrite) error {
 	j := f.v.journal
 	if j == nil {
 		// Reserve first, so that a full disk refuses the write before it
@@ -244,20 +245,20 @@ func (f *File) store(sealed []byte, at, cut int64) error {
 		if err := f.reserve(at, int64(len(sealed))); err != nil {
 			return err
 		}
-		return f.apply(sealed, at, cut)
+		return f.apply(sealed, at, cut, pw)
 	}
 	if f.inTx {
-		return f.apply(sealed, at, cut)
+		return f.apply(sealed, at, cut, pw)
 	}
 	before := f.stored
 	end := at + int64(len(sealed))
 	if cut < 0 && at/pageSize == (end-1)/pageSize {
 		// Within one page: the kernel writes it whole or not at all.
-		return f.apply(sealed, at, cut)
+		return f.apply(sealed, at, cut, pw)
 	}
 	if end > before {
 		// If it fails, undoable puts the old bytes back.
-		return f.undoable(at, end, func() error { return f.apply(sealed, at, cut) })
+		return f.undoable(at, end, func() error { return f.apply(sealed, at, cut, pw) })
 	}
 	// An overwrite: record the new bytes, to be written again. Over holes
 	// only (a preallocated or sparse file), record instead that the range
@@ -266,8 +267,8 @@ func (f *File) store(sealed []byte, at, cut int64) error {
 	if cut >= 0 {
 		c.Min = min(cut, before)
 	}
-	if f.pipe != nil {
-		f.pipe.sp.finish() // the record carries the sealed bytes
+	if pw != nil {
+		pw.sp.finish() // the record carries the sealed bytes
 	}
 	body := sealed
 	allHole, allData := f.classify(at, end)
@@ -282,7 +283,7 @@ func (f *File) store(sealed []byte, at, cut int64) error {
 	if allHole && cut < 0 {
 		c.Punch, c.N, body = true, int64(len(sealed)), nil
 	}
-	return f.journaled(&c, body, c.Punch, func() error { return f.apply(sealed, at, cut) })
+	return f.journaled(&c, body, c.Punch, func() error { return f.apply(sealed, at, cut, pw) })
 }
 
 // journaled runs change under journal record c with body. If change
@@ -319,9 +320,9 @@ func (f *File) write(sealed []byte, at int64) error {
 	return nil
 }
 
-// pipedWrite is the write that writeSteps stores while its middle blocks
-// are still being sealed (Volume.pipeline): the pipeline's blocks start at
-// byte base of the stored bytes, ss bytes each.
+// pipedWrite is a write whose middle blocks are still being sealed
+// (Volume.pipeline) as writeSteps stores it: the pipeline's blocks start
+// at byte base of the stored bytes, ss bytes each.
 type pipedWrite struct {
 	sp       *sealPipe
 	base, ss int64
@@ -388,9 +389,10 @@ func (f *File) hint() string {
 }
 
 // apply writes sealed at cipher offset at and then, if cut >= 0, cuts the
-// cipher file to cut bytes.
-func (f *File) apply(sealed []byte, at, cut int64) error {
-	if pw := f.pipe; pw != nil {
+// cipher file to cut bytes. If pw is set, it writes the blocks as pw's
+// pipeline seals them.
+func (f *File) apply(sealed []byte, at, cut int64, pw *pipedWrite) error {
+	if pw != nil {
 		// Write the blocks as they are sealed, the sealed ones before
 		// the pipeline with its first run, the ones after with its last.
 		n := pw.sp.n
