@@ -19,10 +19,10 @@ func (f *File) WriteAt(p []byte, off int64) (int, error) {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.closed {
+	if f.isClosed() {
 		return 0, ErrClosed
 	}
-	f.changing()
+	f.sparse.changing()
 	return f.writeAt(p, off)
 }
 
@@ -71,7 +71,7 @@ func (f *File) writeAt(p []byte, off int64) (int, error) {
 // list no longer fits the header. A failure is left for the next header
 // write to report: the write itself is done.
 func (f *File) keepSparseFit() {
-	if f.vouches() && f.sparseDirty && !f.sparseFits(f.header.Stanzas) {
+	if f.vouches() && f.sparse.behind() && !f.sparseFits(f.header.Stanzas) {
 		f.fitSparse(f.header.Stanzas)
 	}
 }
@@ -166,7 +166,7 @@ func (f *File) writeSteps(p []byte, off int64) (int, error) {
 	}
 	f.filled(first, b1+1)
 	if first > oldLast+1 {
-		f.addHole(l.BlockOffset(oldLast+1), l.BlockOffset(first))
+		f.holes.add(l.BlockOffset(oldLast+1), l.BlockOffset(first))
 	}
 	if gap {
 		// The old last block, now followed by a hole, loses its last mark.
@@ -271,7 +271,7 @@ func (f *File) store(sealed []byte, at, cut int64, pw *pipedWrite) error {
 		pw.sp.finish() // the record carries the sealed bytes
 	}
 	body := sealed
-	allHole, allData := f.classify(at, end)
+	allHole, allData := f.holes.classify(at, end, f.b, f.stored)
 	if !allData && !(allHole && cut < 0) {
 		// Filling some holes allocates: reserve, so a full disk refuses
 		// the write before it changes anything. (Over holes only, a
@@ -299,7 +299,7 @@ func (f *File) journaled(c *Change, body []byte, undo bool, change func() error)
 	err = change()
 	f.inTx = false
 	if err != nil {
-		f.holesUnknown = true
+		f.holes.lose()
 		if undo && c.Apply(body, f.b) == nil {
 			f.stored = before
 		}
@@ -316,7 +316,7 @@ func (f *File) write(sealed []byte, at int64) error {
 		return err
 	}
 	f.stored = max(f.stored, at+int64(len(sealed)))
-	f.fillHoles(at, at+int64(len(sealed)))
+	f.holes.fill(at, at+int64(len(sealed)))
 	return nil
 }
 
@@ -417,51 +417,9 @@ func (f *File) apply(sealed []byte, at, cut int64, pw *pipedWrite) error {
 			return fmt.Errorf("truncate: %w", err)
 		}
 		f.stored = cut
-		f.fillHoles(cut, math.MaxInt64)
+		f.holes.fill(cut, math.MaxInt64)
 	}
 	return nil
-}
-
-// classify reports whether the cipher range [lo, hi) is all holes or all
-// data, as far as the File knows: it lists the holes of a file it opened
-// (HoleLister) on first use, and then tracks the holes it makes (writes
-// past the end, truncates up) and fills. Otherwise it reports neither.
-func (f *File) classify(lo, hi int64) (allHole, allData bool) {
-	if f.holesUnread {
-		// Holes include ranges allocated but never written (fallocate).
-		f.holesUnread, f.holesUnknown, f.holes = false, true, nil
-		if hl, ok := f.b.(HoleLister); ok {
-			hs, err := hl.ListHoles(f.stored)
-			f.holesUnknown = err != nil
-			for _, h := range hs {
-				f.addHole(h[0], h[1])
-			}
-		}
-	}
-	if f.holesUnknown {
-		return false, false
-	}
-	var in int64
-	for _, h := range f.holes {
-		if h.Hi > lo && h.Lo < hi {
-			in += min(h.Hi, hi) - max(h.Lo, lo)
-		}
-	}
-	return in == hi-lo, in == 0
-}
-
-// addHole records that [lo, hi) is a hole.
-func (f *File) addHole(lo, hi int64) {
-	if !f.holesUnknown && !f.holesUnread && lo < hi {
-		f.holes = append(f.holes, BlockRange{lo, hi})
-	}
-}
-
-// fillHoles records that [lo, hi) holds data (or, beyond the end, nothing).
-func (f *File) fillHoles(lo, hi int64) {
-	if len(f.holes) > 0 {
-		f.holes = subtract(f.holes, lo, hi)
-	}
 }
 
 // Truncate sets the plaintext size. Growing writes a sealed last block of
@@ -473,10 +431,10 @@ func (f *File) Truncate(size int64) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.closed {
+	if f.isClosed() {
 		return ErrClosed
 	}
-	f.changing()
+	f.sparse.changing()
 	l := f.v.layout
 	bs := int64(l.blockSize)
 	newLast := l.lastBlock(size)
@@ -496,7 +454,8 @@ func (f *File) Truncate(size int64) error {
 		if err := f.b.Truncate(l.HeaderSize()); err != nil {
 			return fmt.Errorf("envelope: truncate: %w", err)
 		}
-		f.stored, f.holes = l.HeaderSize(), nil
+		f.stored = l.HeaderSize()
+		f.holes.fill(0, math.MaxInt64)
 		f.cutHoles(0)
 	default:
 		// Mark the new last block last (and cut it) before cutting the
