@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"runtime"
-	"time"
 
 	"github.com/kmsfs/kmsfs/internal/parallel"
 	"github.com/kmsfs/kmsfs/internal/secmem"
@@ -19,16 +18,6 @@ import (
 // opened in parallel, chosen from BenchmarkCodec on a 2-core machine: below
 // it, starting goroutines costs more than it saves.
 const DefaultParallelMin = 64 << 10
-
-// Helper goroutines spin this long after their last chunk before parking,
-// and exit after this long parked. A spinning helper holds a core that,
-// on two cores, the FUSE request loop and the application need between
-// two large requests: spinning longer cost throughput and CPU through a
-// mount, spinning less or not at all cost throughput (docs/PERFORMANCE.md).
-const (
-	helperSpin = 50 * time.Microsecond
-	helperIdle = 2 * time.Second
-)
 
 // Options configure a Volume.
 type Options struct {
@@ -98,7 +87,7 @@ func NewVolume(o Options) (*Volume, error) {
 	case v.parallelMin < 0:
 		v.parallelMin = 0
 	}
-	v.helpers = parallel.New[[aadSize]byte](v.workers, helperSpin, helperIdle)
+	v.helpers = parallel.New[[aadSize]byte]()
 	return v, nil
 }
 
