@@ -186,14 +186,12 @@ func (c *Codec) sealJob(dst, p []byte, first, fileLast int64) (job, int, error) 
 	return job{c: c, dst: dst, src: p, first: first, fileLast: fileLast, seal: true}, n, nil
 }
 
-// putNonces reads the nonces of blocks [lo, hi) from the volume's random
-// source and puts each in front of its block. Successive calls over
-// consecutive ranges read the source exactly as one call over their union,
-// so the batching does not change the ciphertext.
-func (j *job) putNonces(lo, hi int) error {
+// putNonces reads the nonces of the job's n blocks from the volume's
+// random source in one call, in block order, and puts each in front of its
+// block.
+func (j *job) putNonces(n int) error {
 	ss := j.c.v.layout.blockSize + BlockOverhead
-	dst := j.dst[lo*ss:]
-	n := hi - lo
+	dst := j.dst
 	// Read all nonces into the front of the range, then move each into
 	// place, highest first so no nonce is overwritten before it moves.
 	if _, err := readFull(j.c.v.rand, dst[:n*nonceSize]); err != nil {

@@ -15,32 +15,18 @@ import (
 type File struct {
 	v         *Volume
 	b         Backing
-	codec     *Codec
+	codec     *Codec // nil once the File is closed
 	headerKey []byte
 	header    Header
-	slotSeq   [2]uint64 // sequence number of each valid slot, 0 if invalid
+	recovered bool // Open applied journal records to the backing; never changes
 
 	mu     sync.RWMutex
 	size   int64
-	stored int64       // the size of the cipher file
-	inTx   bool        // a journal record covers the change in progress
-	pipe   *pipedWrite // the write in progress is sealed as it is stored
-
-	// sparse is a version 2 file's holes as they are now (file_sparse.go);
-	// sparseDirty says the header's list still has blocks since filled.
-	sparse      sparseList
-	sparseDirty bool
-	sparseStale bool // Open dropped holes past the end; the next change writes the header
-	// Header slot writes are counted: slotGen is the count at each slot's
-	// last write, syncedGen the count at the last Sync that followed it.
-	hdrGen, syncedGen uint64
-	slotGen           [2]uint64
-
-	holes        []BlockRange // holes in the cipher file, byte offsets (for the journal), if !holesUnknown
-	holesUnknown bool         // the cipher file may have holes the File does not know of
-	holesUnread  bool         // holes is not read from the backing yet
-	recovered    bool         // Open applied journal records to the backing
-	closed       bool
+	stored int64        // the size of the cipher file
+	inTx   bool         // a journal record covers the change in progress (File.journaled)
+	slots  headerSlots  // what each header slot holds (file_sparse.go)
+	sparse vouchedHoles // a version 2 file's holes (file_sparse.go)
+	holes  backingHoles // the cipher file's holes, for the journal
 }
 
 // Size returns the plaintext size.
@@ -49,6 +35,9 @@ func (f *File) Size() int64 {
 	defer f.mu.RUnlock()
 	return f.size
 }
+
+// isClosed reports whether Close has run; f.mu is held.
+func (f *File) isClosed() bool { return f.codec == nil }
 
 // Recovered reports whether Open finished or undid, from the journal, a
 // change that a crash interrupted: the backing file's size may have
@@ -71,12 +60,12 @@ func (f *File) Header() Header {
 // file_sparse.go) and flushes the backing file to stable storage.
 func (f *File) Sync() error {
 	f.mu.Lock()
-	if f.closed {
+	if f.isClosed() {
 		f.mu.Unlock()
 		return ErrClosed
 	}
 	err := f.flushSparse()
-	gen := f.hdrGen
+	n := f.slots.writes()
 	f.mu.Unlock()
 	if err != nil {
 		return err
@@ -85,7 +74,7 @@ func (f *File) Sync() error {
 		return err
 	}
 	f.mu.Lock()
-	f.syncedGen = max(f.syncedGen, gen)
+	f.slots.syncedUpTo(n)
 	f.mu.Unlock()
 	return nil
 }
@@ -97,7 +86,7 @@ func (f *File) Sync() error {
 func (f *File) Flush() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.closed {
+	if f.isClosed() {
 		return ErrClosed
 	}
 	return f.flushSparse()
@@ -109,14 +98,13 @@ func (f *File) Flush() error {
 func (f *File) Close() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.closed {
+	if f.isClosed() {
 		return nil
 	}
 	err := f.flushSparse()
 	f.v.mem.Free(f.headerKey)
 	f.headerKey = nil
 	f.codec.wipe()
-	f.closed = true
 	f.codec = nil
 	return err
 }
@@ -131,7 +119,7 @@ func (f *File) ReadAt(p []byte, off int64) (int, error) {
 	}
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	if f.closed {
+	if f.isClosed() {
 		return 0, ErrClosed
 	}
 	want := 0

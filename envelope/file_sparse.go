@@ -29,11 +29,53 @@ import (
 // not, the smallest holes are filled with sealed zero blocks until it
 // does: the file stays correct and loses only some sparseness.
 
+// vouchedHoles is a version 2 file's holes as they are now (list, exact)
+// and how the header's list stands to them (state).
+type vouchedHoles struct {
+	list  sparseList
+	state listState
+}
+
+// listState is how the header's sparse list stands to the File's.
+type listState uint8
+
+const (
+	// listWritten: the header lists exactly the File's holes.
+	listWritten listState = iota
+	// listLoose: the header still lists blocks filled since; it is
+	// written lazily (see above).
+	listLoose
+	// listPastEnd: the header lists holes at or past the end, which Open
+	// dropped (a crash undid the write that made them part of the file).
+	// The header follows once the file changes, so that a file only read
+	// never writes its header.
+	listPastEnd
+)
+
+// fill removes blocks [lo, hi), which now hold data or were cut off.
+func (s *vouchedHoles) fill(lo, hi int64) {
+	if s.list.intersects(lo, hi) {
+		s.list = s.list.remove(lo, hi)
+		s.state = listLoose
+	}
+}
+
+// changing notes that the file is about to change: holes that Open
+// dropped leave the header with it.
+func (s *vouchedHoles) changing() {
+	if s.state == listPastEnd {
+		s.state = listLoose
+	}
+}
+
+// behind reports whether the header's list is to be written.
+func (s *vouchedHoles) behind() bool { return s.state == listLoose }
+
 // fileZeros is the zero rule of a version 2 file: a block is a hole only
 // if the file's sparse list has it. Reads hold f.mu, so the list is stable.
 type fileZeros File
 
-func (z *fileZeros) zeroOK(i int64) bool { return (*File)(z).sparse.contains(i) }
+func (z *fileZeros) zeroOK(i int64) bool { return (*File)(z).sparse.list.contains(i) }
 
 // zeroRule returns the rule by which f's codec reads all-zero blocks.
 func (f *File) zeroRule() zeroRule {
@@ -52,7 +94,7 @@ func (f *File) vouches() bool { return f.header.Version >= 2 }
 func (f *File) Holes() []BlockRange {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	return append([]BlockRange(nil), f.sparse...)
+	return append([]BlockRange(nil), f.sparse.list...)
 }
 
 // addHoles vouches for blocks [lo, hi), which a write or truncate is about
@@ -61,16 +103,16 @@ func (f *File) Holes() []BlockRange {
 // filled with zeros instead (possibly these).
 func (f *File) addHoles(lo, hi int64) error {
 	was := f.sparse
-	f.sparse = f.sparse.add(lo, hi)
+	f.sparse.list = f.sparse.list.add(lo, hi)
 	if err := f.fitSparse(f.header.Stanzas); err != nil {
 		f.sparse = was
 		return err
 	}
-	if !f.sparse.intersects(lo, hi) {
+	if !f.sparse.list.intersects(lo, hi) {
 		return nil // filled with zeros instead: nothing to vouch for
 	}
 	if err := f.writeHeader(); err != nil {
-		f.sparse = f.sparse.remove(lo, hi)
+		f.sparse.list = f.sparse.list.remove(lo, hi)
 		return err
 	}
 	return nil
@@ -79,17 +121,8 @@ func (f *File) addHoles(lo, hi int64) error {
 // filled notes that blocks [lo, hi) now hold data: the header's list is
 // corrected lazily (see above).
 func (f *File) filled(lo, hi int64) {
-	if f.vouches() && f.sparse.intersects(lo, hi) {
-		f.sparse = f.sparse.remove(lo, hi)
-		f.sparseDirty = true
-	}
-}
-
-// changing is called before every change: holes that Open dropped from
-// memory leave the header with it.
-func (f *File) changing() {
-	if f.sparseStale {
-		f.sparseStale, f.sparseDirty = false, true
+	if f.vouches() {
+		f.sparse.fill(lo, hi)
 	}
 }
 
@@ -101,15 +134,15 @@ func (f *File) cutHoles(from int64) {
 // sparseFits reports whether f's sparse list fits one header slot beside
 // stanzas.
 func (f *File) sparseFits(stanzas []stanza.Stanza) bool {
-	h := Header{Version: f.header.Version, Stanzas: stanzas, Sparse: f.sparse}
+	h := Header{Version: f.header.Version, Stanzas: stanzas, Sparse: f.sparse.list}
 	return h.FitsIn(f.v.layout)
 }
 
 // fitSparse fills the smallest holes with sealed zero blocks until the list
 // fits a header slot beside stanzas.
 func (f *File) fitSparse(stanzas []stanza.Stanza) error {
-	for len(f.sparse) > 0 && !f.sparseFits(stanzas) {
-		r := f.sparse[f.sparse.smallest()]
+	for len(f.sparse.list) > 0 && !f.sparseFits(stanzas) {
+		r := f.sparse.list[f.sparse.list.smallest()]
 		if err := f.densify(r); err != nil {
 			return fmt.Errorf("envelope: fill hole blocks %d-%d: %w", r.Lo, r.Hi-1, err)
 		}
@@ -140,7 +173,7 @@ func (f *File) densify(r BlockRange) error {
 // flushSparse writes the header if the list in memory is tighter than the
 // header's.
 func (f *File) flushSparse() error {
-	if !f.sparseDirty {
+	if !f.sparse.behind() {
 		return nil
 	}
 	if err := f.fitSparse(f.header.Stanzas); err != nil {
@@ -153,21 +186,18 @@ func (f *File) flushSparse() error {
 // with the older sequence number, under the next sequence number.
 func (f *File) writeHeader() error {
 	l := f.v.layout
-	target := 0
-	if f.slotSeq[1] <= f.slotSeq[0] {
-		target = 1
-	}
-	if f.slotGen[1-target] > f.syncedGen {
+	target := f.slots.target()
+	if f.slots.unsynced(1 - target) {
 		// The other slot may not be on stable storage yet: make it so
 		// before this one is written, so one of them always is.
 		if err := f.b.Sync(); err != nil {
 			return fmt.Errorf("envelope: sync header slot %d: %w", 1-target, err)
 		}
-		f.syncedGen = f.hdrGen
+		f.slots.syncedUpTo(f.slots.writes())
 	}
 	h := f.header
-	h.Seq = max(f.slotSeq[0], f.slotSeq[1]) + 1
-	h.Sparse = append([]BlockRange(nil), f.sparse...)
+	h.Seq = f.slots.nextSeq()
+	h.Sparse = append([]BlockRange(nil), f.sparse.list...)
 	b, err := h.marshalSlot(l, f.headerKey)
 	if err != nil {
 		return err
@@ -175,10 +205,8 @@ func (f *File) writeHeader() error {
 	if _, err := f.b.WriteAt(b, int64(target*l.slotSize)); err != nil {
 		return fmt.Errorf("envelope: write header slot %d: %w", target, err)
 	}
-	f.hdrGen++
-	f.slotGen[target] = f.hdrGen
-	f.slotSeq[target] = h.Seq
+	f.slots.written(target, h.Seq)
 	f.header = h
-	f.sparseDirty = false
+	f.sparse.state = listWritten
 	return nil
 }

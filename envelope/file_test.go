@@ -56,8 +56,8 @@ func TestCodecParallelOpenReportsFirstBadBlock(t *testing.T) {
 	if err := c.Seal(sealed, plain, 0, 63); err != nil {
 		t.Fatal(err)
 	}
-	// The caller takes chunks from the back and helpers from the front, so
-	// with two bad blocks the higher one may well fail first.
+	// The participants take chunks concurrently, so with two bad blocks
+	// the higher one may well fail first.
 	for _, damaged := range [][]int{{0}, {31}, {32}, {50}, {63}, {5, 60}, {40, 63}} {
 		bad := damaged[0]
 		t.Run(fmt.Sprintf("bad=%v", damaged), func(t *testing.T) {
@@ -392,8 +392,8 @@ func (b *budgetRand) set(left int) {
 
 // TestNonceSourceFails: a random source failing partway through a write's
 // nonces fails the write with its error on the serial, parallel and
-// pipelined paths (where helpers seal while the nonces are still being
-// read), no helper is left waiting, and the file keeps its contents.
+// pipelined paths, before any block is sealed or written, and the file
+// keeps its contents.
 func TestNonceSourceFails(t *testing.T) {
 	const bs = 4096
 	for _, tc := range []struct {

@@ -19,10 +19,10 @@ func (f *File) WriteAt(p []byte, off int64) (int, error) {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.closed {
+	if f.isClosed() {
 		return 0, ErrClosed
 	}
-	f.changing()
+	f.sparse.changing()
 	return f.writeAt(p, off)
 }
 
@@ -71,7 +71,7 @@ func (f *File) writeAt(p []byte, off int64) (int, error) {
 // list no longer fits the header. A failure is left for the next header
 // write to report: the write itself is done.
 func (f *File) keepSparseFit() {
-	if f.vouches() && f.sparseDirty && !f.sparseFits(f.header.Stanzas) {
+	if f.vouches() && f.sparse.behind() && !f.sparseFits(f.header.Stanzas) {
 		f.fitSparse(f.header.Stanzas)
 	}
 }
@@ -147,6 +147,7 @@ func (f *File) writeSteps(p []byte, off int64) (int, error) {
 		}
 		mid1--
 	}
+	var pw *pipedWrite
 	if mid1 > mid0 {
 		pOff, pEnd := mid0*bs-off, min(mid1*bs, end)-off
 		so := (mid0 - first) * ss
@@ -157,17 +158,15 @@ func (f *File) writeSteps(p []byte, off int64) (int, error) {
 		if sp != nil {
 			// This store writes the blocks as they are sealed.
 			defer sp.finish()
-			f.pipe = &pipedWrite{sp: sp, base: so, ss: ss}
+			pw = &pipedWrite{sp: sp, base: so, ss: ss}
 		}
 	}
-	err := f.store(sealed, l.BlockOffset(first), -1)
-	f.pipe = nil
-	if err != nil {
+	if err := f.store(sealed, l.BlockOffset(first), -1, pw); err != nil {
 		return 0, fmt.Errorf("envelope: write blocks %d-%d: %w", first, b1, err)
 	}
 	f.filled(first, b1+1)
 	if first > oldLast+1 {
-		f.addHole(l.BlockOffset(oldLast+1), l.BlockOffset(first))
+		f.holes.add(l.BlockOffset(oldLast+1), l.BlockOffset(first))
 	}
 	if gap {
 		// The old last block, now followed by a hole, loses its last mark.
@@ -225,7 +224,7 @@ func (f *File) rewriteBlock(i, size int64, newLen int, last bool, cut int64) err
 	if err := f.codec.Seal(*buf, blk[:newLen], i, lastIdx); err != nil {
 		return err
 	}
-	if err := f.store(*buf, l.BlockOffset(i), cut); err != nil {
+	if err := f.store(*buf, l.BlockOffset(i), cut, nil); err != nil {
 		return fmt.Errorf("envelope: write block %d: %w", i, err)
 	}
 	f.filled(i, i+1)
@@ -233,10 +232,12 @@ func (f *File) rewriteBlock(i, size int64, newLen int, last bool, cut int64) err
 }
 
 // store writes sealed at cipher offset at and then, if cut >= 0, cuts the
-// cipher file to cut bytes. With a journal, a crash anywhere in between is
-// finished or undone by the next Open (see Journal); without one, a crash
-// can leave a block that spans pages torn.
-func (f *File) store(sealed []byte, at, cut int64) error {
+// cipher file to cut bytes. If pw is set, pw's pipeline is still sealing
+// part of sealed, which is then written as it is sealed (apply). With a
+// journal, a crash anywhere in between is finished or undone by the next
+// Open (see Journal); without one, a crash can leave a block that spans
+// pages torn.
+func (f *File) store(sealed []byte, at, cut int64, pw *pipedWrite) error {
 	j := f.v.journal
 	if j == nil {
 		// Reserve first, so that a full disk refuses the write before it
@@ -244,20 +245,20 @@ func (f *File) store(sealed []byte, at, cut int64) error {
 		if err := f.reserve(at, int64(len(sealed))); err != nil {
 			return err
 		}
-		return f.apply(sealed, at, cut)
+		return f.apply(sealed, at, cut, pw)
 	}
 	if f.inTx {
-		return f.apply(sealed, at, cut)
+		return f.apply(sealed, at, cut, pw)
 	}
 	before := f.stored
 	end := at + int64(len(sealed))
 	if cut < 0 && at/pageSize == (end-1)/pageSize {
 		// Within one page: the kernel writes it whole or not at all.
-		return f.apply(sealed, at, cut)
+		return f.apply(sealed, at, cut, pw)
 	}
 	if end > before {
 		// If it fails, undoable puts the old bytes back.
-		return f.undoable(at, end, func() error { return f.apply(sealed, at, cut) })
+		return f.undoable(at, end, func() error { return f.apply(sealed, at, cut, pw) })
 	}
 	// An overwrite: record the new bytes, to be written again. Over holes
 	// only (a preallocated or sparse file), record instead that the range
@@ -266,11 +267,11 @@ func (f *File) store(sealed []byte, at, cut int64) error {
 	if cut >= 0 {
 		c.Min = min(cut, before)
 	}
-	if f.pipe != nil {
-		f.pipe.sp.finish() // the record carries the sealed bytes
+	if pw != nil {
+		pw.sp.finish() // the record carries the sealed bytes
 	}
 	body := sealed
-	allHole, allData := f.classify(at, end)
+	allHole, allData := f.holes.classify(at, end, f.b, f.stored)
 	if !allData && !(allHole && cut < 0) {
 		// Filling some holes allocates: reserve, so a full disk refuses
 		// the write before it changes anything. (Over holes only, a
@@ -282,7 +283,7 @@ func (f *File) store(sealed []byte, at, cut int64) error {
 	if allHole && cut < 0 {
 		c.Punch, c.N, body = true, int64(len(sealed)), nil
 	}
-	return f.journaled(&c, body, c.Punch, func() error { return f.apply(sealed, at, cut) })
+	return f.journaled(&c, body, c.Punch, func() error { return f.apply(sealed, at, cut, pw) })
 }
 
 // journaled runs change under journal record c with body. If change
@@ -298,7 +299,7 @@ func (f *File) journaled(c *Change, body []byte, undo bool, change func() error)
 	err = change()
 	f.inTx = false
 	if err != nil {
-		f.holesUnknown = true
+		f.holes.lose()
 		if undo && c.Apply(body, f.b) == nil {
 			f.stored = before
 		}
@@ -315,13 +316,13 @@ func (f *File) write(sealed []byte, at int64) error {
 		return err
 	}
 	f.stored = max(f.stored, at+int64(len(sealed)))
-	f.fillHoles(at, at+int64(len(sealed)))
+	f.holes.fill(at, at+int64(len(sealed)))
 	return nil
 }
 
-// pipedWrite is the write that writeSteps stores while its middle blocks
-// are still being sealed (Volume.pipeline): the pipeline's blocks start at
-// byte base of the stored bytes, ss bytes each.
+// pipedWrite is a write whose middle blocks are still being sealed
+// (Volume.pipeline) as writeSteps stores it: the pipeline's blocks start
+// at byte base of the stored bytes, ss bytes each.
 type pipedWrite struct {
 	sp       *sealPipe
 	base, ss int64
@@ -388,9 +389,10 @@ func (f *File) hint() string {
 }
 
 // apply writes sealed at cipher offset at and then, if cut >= 0, cuts the
-// cipher file to cut bytes.
-func (f *File) apply(sealed []byte, at, cut int64) error {
-	if pw := f.pipe; pw != nil {
+// cipher file to cut bytes. If pw is set, it writes the blocks as pw's
+// pipeline seals them.
+func (f *File) apply(sealed []byte, at, cut int64, pw *pipedWrite) error {
+	if pw != nil {
 		// Write the blocks as they are sealed, the sealed ones before
 		// the pipeline with its first run, the ones after with its last.
 		n := pw.sp.n
@@ -415,51 +417,9 @@ func (f *File) apply(sealed []byte, at, cut int64) error {
 			return fmt.Errorf("truncate: %w", err)
 		}
 		f.stored = cut
-		f.fillHoles(cut, math.MaxInt64)
+		f.holes.fill(cut, math.MaxInt64)
 	}
 	return nil
-}
-
-// classify reports whether the cipher range [lo, hi) is all holes or all
-// data, as far as the File knows: it lists the holes of a file it opened
-// (HoleLister) on first use, and then tracks the holes it makes (writes
-// past the end, truncates up) and fills. Otherwise it reports neither.
-func (f *File) classify(lo, hi int64) (allHole, allData bool) {
-	if f.holesUnread {
-		// Holes include ranges allocated but never written (fallocate).
-		f.holesUnread, f.holesUnknown, f.holes = false, true, nil
-		if hl, ok := f.b.(HoleLister); ok {
-			hs, err := hl.ListHoles(f.stored)
-			f.holesUnknown = err != nil
-			for _, h := range hs {
-				f.addHole(h[0], h[1])
-			}
-		}
-	}
-	if f.holesUnknown {
-		return false, false
-	}
-	var in int64
-	for _, h := range f.holes {
-		if h.Hi > lo && h.Lo < hi {
-			in += min(h.Hi, hi) - max(h.Lo, lo)
-		}
-	}
-	return in == hi-lo, in == 0
-}
-
-// addHole records that [lo, hi) is a hole.
-func (f *File) addHole(lo, hi int64) {
-	if !f.holesUnknown && !f.holesUnread && lo < hi {
-		f.holes = append(f.holes, BlockRange{lo, hi})
-	}
-}
-
-// fillHoles records that [lo, hi) holds data (or, beyond the end, nothing).
-func (f *File) fillHoles(lo, hi int64) {
-	if len(f.holes) > 0 {
-		f.holes = subtract(f.holes, lo, hi)
-	}
 }
 
 // Truncate sets the plaintext size. Growing writes a sealed last block of
@@ -471,10 +431,10 @@ func (f *File) Truncate(size int64) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.closed {
+	if f.isClosed() {
 		return ErrClosed
 	}
-	f.changing()
+	f.sparse.changing()
 	l := f.v.layout
 	bs := int64(l.blockSize)
 	newLast := l.lastBlock(size)
@@ -494,7 +454,8 @@ func (f *File) Truncate(size int64) error {
 		if err := f.b.Truncate(l.HeaderSize()); err != nil {
 			return fmt.Errorf("envelope: truncate: %w", err)
 		}
-		f.stored, f.holes = l.HeaderSize(), nil
+		f.stored = l.HeaderSize()
+		f.holes.fill(0, math.MaxInt64)
 		f.cutHoles(0)
 	default:
 		// Mark the new last block last (and cut it) before cutting the

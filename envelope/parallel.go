@@ -9,11 +9,16 @@ import (
 )
 
 // run processes the n blocks of job j, a request of size bytes: on the
-// calling goroutine, or split into contiguous ranges across up to the
+// calling goroutine, or split into contiguous chunks across up to the
 // Volume's worker cap (internal/parallel) when size reaches its parallel
-// threshold. It returns the lowest failed block index (or n) and that
-// block's error.
+// threshold. A seal job's nonces are put in place first. It returns the
+// lowest failed block index (or n) and that block's error.
 func (v *Volume) run(j job, n, size int) (int, error) {
+	if j.seal {
+		if err := j.putNonces(n); err != nil {
+			return 0, err
+		}
+	}
 	workers := 1
 	if v.parallelMin > 0 && size >= v.parallelMin {
 		workers = min(v.workers, n)
@@ -21,26 +26,17 @@ func (v *Volume) run(j job, n, size int) (int, error) {
 	aad := v.helpers.Scratch()
 	defer v.helpers.PutScratch(aad)
 	if workers <= 1 {
-		if j.seal {
-			if err := j.putNonces(0, n); err != nil {
-				return 0, err
-			}
-		}
 		return j.do(0, n, aad)
 	}
 	return v.helpers.Run(j.sched(n), workers, aad)
 }
 
-// sched returns j, of n blocks, as a job of the scheduler; a seal job's
-// nonces are put in place as it runs. Only the parallel path shares j with
-// other goroutines, so only it moves j to the heap.
+// sched returns j, of n blocks, as a job of the scheduler. Only the
+// parallel path shares j with other goroutines, so only it moves j to the
+// heap.
 func (j job) sched(n int) parallel.Job[[aadSize]byte] {
 	jp := &j
-	sj := parallel.Job[[aadSize]byte]{N: n, Do: jp.do}
-	if j.seal {
-		sj.Prepare = jp.putNonces
-	}
-	return sj
+	return parallel.Job[[aadSize]byte]{N: n, Do: jp.do}
 }
 
 // pipeChunk is the plaintext a pipeline seals per chunk: large enough that
@@ -48,9 +44,9 @@ func (j job) sched(n int) parallel.Job[[aadSize]byte] {
 // first write starts early.
 const pipeChunk = 128 << 10
 
-// sealPipe seals a request's blocks on the Volume's helpers while the
-// caller writes out the ones already sealed (drain), so that on two cores
-// sealing hides behind the write instead of preceding it.
+// sealPipe seals a request's blocks on helpers while the caller writes out
+// the ones already sealed (drain), so that on two cores sealing hides
+// behind the write instead of preceding it.
 type sealPipe struct {
 	v   *Volume
 	p   *parallel.Pipe[[aadSize]byte]
@@ -58,22 +54,20 @@ type sealPipe struct {
 	n   int // blocks
 }
 
-// pipeline starts sealing job j of n blocks as a pipeline, or returns nil
-// when the request is too small or the Volume has one worker: then the
-// caller seals it in one go. An error (reading the nonces) comes with no
-// pipe, the helpers already done with it.
+// pipeline puts job j's nonces in place and starts sealing its n blocks as
+// a pipeline, or returns nil when the request is too small or the Volume
+// has one worker: then the caller seals it in one go. An error (reading
+// the nonces) comes with no pipe.
 func (v *Volume) pipeline(j job, n int) (*sealPipe, error) {
 	chunk := max(1, pipeChunk/v.layout.blockSize)
 	if v.workers < 2 || v.parallelMin <= 0 || n < 2*chunk || len(j.src) < v.parallelMin {
 		return nil, nil
 	}
-	aad := v.helpers.Scratch()
-	p, err := v.helpers.Pipeline(j.sched(n), chunk, v.workers, aad)
-	if err != nil {
-		v.helpers.PutScratch(aad)
+	if err := j.putNonces(n); err != nil {
 		return nil, err
 	}
-	return &sealPipe{v: v, p: p, aad: aad, n: n}, nil
+	p := v.helpers.Pipeline(j.sched(n), chunk, v.workers)
+	return &sealPipe{v: v, p: p, aad: v.helpers.Scratch(), n: n}, nil
 }
 
 // drain calls write for runs of sealed blocks [lo, hi), in order, as they

@@ -18,7 +18,7 @@ import (
 func (f *File) Rewrap(dataKey []byte, stanzas []stanza.Stanza) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.closed {
+	if f.isClosed() {
 		return ErrClosed
 	}
 	content, hkey, err := deriveKeys(f.v.mem, dataKey, f.header.File, f.header.Version)
@@ -31,22 +31,17 @@ func (f *File) Rewrap(dataKey []byte, stanzas []stanza.Stanza) error {
 		return fmt.Errorf("envelope: rewrap: %w (not this file's data key)", stanza.ErrInvalid)
 	}
 	l := f.v.layout
-	target := 0
-	if f.slotSeq[1] <= f.slotSeq[0] {
-		target = 1
-	}
+	target := f.slots.target()
 	if f.vouches() {
 		if err := f.fitSparse(stanzas); err != nil {
 			return err
 		}
 	}
-	seq := max(f.slotSeq[0], f.slotSeq[1])
 	h := f.header
 	h.Stanzas = slices.Clone(stanzas)
-	h.Sparse = append([]BlockRange(nil), f.sparse...)
+	h.Sparse = append([]BlockRange(nil), f.sparse.list...)
 	for _, slot := range [2]int{target, 1 - target} {
-		seq++
-		h.Seq = seq
+		h.Seq = f.slots.nextSeq()
 		b, err := h.marshalSlot(l, f.headerKey)
 		if err != nil {
 			return err
@@ -57,10 +52,10 @@ func (f *File) Rewrap(dataKey []byte, stanzas []stanza.Stanza) error {
 		if err := f.b.Sync(); err != nil {
 			return fmt.Errorf("envelope: sync header slot %d: %w", slot, err)
 		}
-		f.slotSeq[slot] = seq
+		f.slots.written(slot, h.Seq)
+		f.slots.syncedUpTo(f.slots.writes())
 		f.header = h
 	}
-	f.hdrGen++
-	f.syncedGen, f.sparseDirty = f.hdrGen, false
+	f.sparse.state = listWritten
 	return nil
 }

@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"runtime"
-	"time"
 
 	"github.com/kmsfs/kmsfs/internal/parallel"
 	"github.com/kmsfs/kmsfs/internal/secmem"
@@ -19,16 +18,6 @@ import (
 // opened in parallel, chosen from BenchmarkCodec on a 2-core machine: below
 // it, starting goroutines costs more than it saves.
 const DefaultParallelMin = 64 << 10
-
-// Helper goroutines spin this long after their last chunk before parking,
-// and exit after this long parked. A spinning helper holds a core that,
-// on two cores, the FUSE request loop and the application need between
-// two large requests: spinning longer cost throughput and CPU through a
-// mount, spinning less or not at all cost throughput (docs/PERFORMANCE.md).
-const (
-	helperSpin = 50 * time.Microsecond
-	helperIdle = 2 * time.Second
-)
 
 // Options configure a Volume.
 type Options struct {
@@ -98,7 +87,7 @@ func NewVolume(o Options) (*Volume, error) {
 	case v.parallelMin < 0:
 		v.parallelMin = 0
 	}
-	v.helpers = parallel.New[[aadSize]byte](v.workers, helperSpin, helperIdle)
+	v.helpers = parallel.New[[aadSize]byte]()
 	return v, nil
 }
 
@@ -174,7 +163,7 @@ func (v *Volume) Create(b Backing, dataKey []byte, stanzas []stanza.Stanza) (*Fi
 		v.dropKeys(content, hkey)
 		return nil, fmt.Errorf("envelope: write header: %w", err)
 	}
-	f := &File{v: v, b: b, headerKey: hkey, header: h, slotSeq: [2]uint64{1, 1}, stored: v.layout.HeaderSize()}
+	f := &File{v: v, b: b, headerKey: hkey, header: h, slots: headerSlots{seq: [2]uint64{1, 1}}, stored: v.layout.HeaderSize()}
 	if f.codec, err = v.newCodec(content, id, f.zeroRule()); err != nil {
 		v.mem.Free(hkey)
 		return nil, err
@@ -272,21 +261,21 @@ func (v *Volume) Open(ctx context.Context, b Backing, u KeyUnwrapper) (*File, er
 			}
 		}
 		// The holes are listed when the journal first needs them.
-		f := &File{v: v, b: b, headerKey: hkey, header: *h, size: l.PlainSize(size), stored: size, recovered: recovered, holesUnread: true,
-			sparse: sparseList(h.Sparse)}
-		f.slotSeq[i] = h.Seq
+		f := &File{v: v, b: b, headerKey: hkey, header: *h, size: l.PlainSize(size), stored: size, recovered: recovered,
+			holes: backingHoles{state: holesUnread}, sparse: vouchedHoles{list: sparseList(h.Sparse)}}
+		f.slots.seq[i] = h.Seq
 		if o := hs[1-i]; o != nil && o.File == h.File && (same || verifySlot(slots[1-i], hkey)) {
-			f.slotSeq[1-i] = o.Seq
+			f.slots.seq[1-i] = o.Seq
 		}
 		if f.codec, err = v.newCodec(content, h.File, f.zeroRule()); err != nil {
 			v.mem.Free(hkey)
 			return nil, err
 		}
-		if last := l.lastBlock(f.size); f.sparse.intersects(max(last, 0), maxBlocks) {
+		if last := l.lastBlock(f.size); f.sparse.list.intersects(max(last, 0), maxBlocks) {
 			// Holes at or past the end (a crash undid the write that
 			// made them part of the file) are none: the last block never
 			// is one. The header follows with the next change.
-			f.sparse, f.sparseStale = f.sparse.remove(max(last, 0), maxBlocks), true
+			f.sparse = vouchedHoles{list: f.sparse.list.remove(max(last, 0), maxBlocks), state: listPastEnd}
 		}
 		return f, nil
 	}
