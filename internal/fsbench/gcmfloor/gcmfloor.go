@@ -77,7 +77,8 @@ func Measure(blockSize, reqSize int, total int64) (Result, error) {
 		return Result{}, fmt.Errorf("gcmfloor: %w", err)
 	}
 	// Serial, as the mount opens a request on two cores, and as the
-	// floor is defined: helpers would add their own wake-ups and spins.
+	// floor is defined: helpers would add the cost of starting and
+	// joining goroutines.
 	v, err := envelope.NewVolume(envelope.Options{Layout: l, Workers: 1, ParallelMin: -1})
 	if err != nil {
 		return Result{}, fmt.Errorf("gcmfloor: %w", err)
