@@ -101,7 +101,7 @@ ci:
 	if [ $${#failed[@]} -gt 0 ]; then echo "=== FAILED: $${failed[*]}"; exit 1; fi
 
 race: $(BIN)/local-kms
-	$(GO) test -race -timeout $(TEST_TIMEOUT) $(RACE_PKGS)
+	GORACE=atexit_sleep_ms=0 $(GO) test -race -timeout $(TEST_TIMEOUT) $(RACE_PKGS)
 
 # The envelope and fs tests again with crypto/cipher's AES-GCM in place of
 # the VAES code, which the default run picks on processors that have it.

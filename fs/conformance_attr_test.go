@@ -9,6 +9,7 @@ import (
 
 // TestConformanceChmod: chmod/00.t, chmod/11.t, chmod/12.t.
 func TestConformanceChmod(t *testing.T) {
+	t.Parallel() // each case has a mount of its own; the race leg waits on processes, not CPU
 	c, _, n0, n1, _ := newConfDir(t)
 	for _, typ := range nonSymlinkTypes {
 		t.Run("type="+typ, func(t *testing.T) {
@@ -78,6 +79,7 @@ func TestConformanceChmod(t *testing.T) {
 
 // TestConformanceChown: chown/00.t.
 func TestConformanceChown(t *testing.T) {
+	t.Parallel() // each case has a mount of its own; the race leg waits on processes, not CPU
 	c, _, n0, n1, _ := newConfDir(t)
 	for _, typ := range allTypes {
 		t.Run("type="+typ, func(t *testing.T) {
@@ -184,6 +186,7 @@ func TestConformanceChown(t *testing.T) {
 // TestConformanceUtimensat: utimensat/00.t to 09.t (birth times, 03.t,
 // are not on Linux).
 func TestConformanceUtimensat(t *testing.T) {
+	t.Parallel() // each case has a mount of its own; the race leg waits on processes, not CPU
 	c, _, n0, _, n2 := newConfDir(t)
 	const (
 		date1, date2 = "1900000000", "1950000000"
@@ -310,6 +313,7 @@ func TestConformanceUtimensat(t *testing.T) {
 // TestConformanceTruncate: truncate/00.t, 05.t, 12.t; ftruncate/00.t;
 // open/00.t (O_TRUNC); posix_fallocate/00.t.
 func TestConformanceTruncate(t *testing.T) {
+	t.Parallel() // each case has a mount of its own; the race leg waits on processes, not CPU
 	c, d, n0, n1, _ := newConfDir(t)
 	t.Run("truncate/00", func(t *testing.T) {
 		c.mustRun(t, "create", n0, "0644")

@@ -51,6 +51,7 @@ func createOp(typ, path, mode string) []string {
 // TestConformanceCreateMode: open/00.t, mkdir/00.t, mkfifo/00.t,
 // mknod/00.t — the new object's mode is the requested mode less the umask.
 func TestConformanceCreateMode(t *testing.T) {
+	t.Parallel() // each case has a mount of its own; the race leg waits on processes, not CPU
 	c := newConf(t)
 	d := c.dir(t)
 	for _, typ := range []string{"regular", "dir", "fifo", "mknod-fifo"} {
@@ -83,6 +84,7 @@ func TestConformanceCreateMode(t *testing.T) {
 // pjdfstest chmod/12.t creates 04777/02777/06777 files this way; the mode
 // before its write is checked here.
 func TestConformanceCreateSetID(t *testing.T) {
+	t.Parallel() // each case has a mount of its own; the race leg waits on processes, not CPU
 	c := newConf(t)
 	d := c.dirOwned(t, "65534", "65534")
 	for _, tc := range []struct {
@@ -113,6 +115,7 @@ func TestConformanceCreateSetID(t *testing.T) {
 // the directory is not set-group-ID kmsfs gives exactly the caller's group,
 // so that is checked too.
 func TestConformanceCreateOwner(t *testing.T) {
+	t.Parallel() // each case has a mount of its own; the race leg waits on processes, not CPU
 	c := newConf(t)
 	for _, typ := range []string{"regular", "dir", "fifo", "mknod-fifo", "socket", "symlink"} {
 		t.Run("type="+typ, func(t *testing.T) {
@@ -155,6 +158,7 @@ func TestConformanceCreateOwner(t *testing.T) {
 // times and the parent's ctime and mtime; opening an existing file with
 // O_CREAT changes neither.
 func TestConformanceCreateTimes(t *testing.T) {
+	t.Parallel() // each case has a mount of its own; the race leg waits on processes, not CPU
 	c := newConf(t)
 	d := c.dir(t)
 	for _, typ := range allTypes {

@@ -13,6 +13,7 @@ import (
 // (ENOTEMPTY, ENOTDIR, EISDIR), ENAMETOOLONG for names and for paths
 // (*/02.t, */03.t) and ELOOP (*/13.t).
 func TestConformanceErrors(t *testing.T) {
+	t.Parallel() // each case has a mount of its own; the race leg waits on processes, not CPU
 	c, d, n0, n1, _ := newConfDir(t)
 	for _, typ := range allTypes {
 		t.Run("EEXIST/type="+typ, func(t *testing.T) {

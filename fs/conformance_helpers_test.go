@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 
@@ -73,7 +74,7 @@ func (c *cred) String() string {
 // conf is one mount prepared for the conformance cases.
 type conf struct {
 	m   *fusetest.InProcess
-	seq int
+	seq atomic.Int64 // names the directories dir makes; cases may run in parallel
 }
 
 // newConf mounts a volume that users other than root can reach.
@@ -111,8 +112,7 @@ func (c *conf) dir(t *testing.T) string {
 // dirOwned is dir for a directory owned by uid and gid.
 func (c *conf) dirOwned(t *testing.T, uid, gid string) string {
 	t.Helper()
-	c.seq++
-	d := filepath.Join(c.m.Dir, fmt.Sprintf("w%d", c.seq))
+	d := filepath.Join(c.m.Dir, fmt.Sprintf("w%d", c.seq.Add(1)))
 	c.mkdirAs(t, d, "0755", uid, gid)
 	return d
 }

@@ -10,6 +10,7 @@ import (
 // rename/23.t, rename/24.t — link counts, inode numbers and the ctime and
 // mtime that linking, unlinking and renaming mark.
 func TestConformanceLinks(t *testing.T) {
+	t.Parallel() // each case has a mount of its own; the race leg waits on processes, not CPU
 	c, d, n0, n1, n2 := newConfDir(t)
 	for _, typ := range []string{"regular", "fifo", "block", "char", "socket"} {
 		t.Run("link/00/type="+typ, func(t *testing.T) {
@@ -181,16 +182,19 @@ func TestConformanceLinks(t *testing.T) {
 // — in a sticky directory only the owner of the entry or of the directory
 // (or root) may remove or rename it, or replace it.
 func TestConformanceSticky(t *testing.T) {
+	t.Parallel() // each case has a mount of its own; the race leg waits on processes, not CPU
 	c := newConf(t)
-	d := c.dir(t)
-	// sticky returns a fresh sticky (01777) directory owned by id.
-	k := 0
-	sticky := func(t *testing.T, id string) string {
+	// sticky returns a fresh sticky (01777) directory owned by id, in a
+	// fresh directory of its own where the case makes its other
+	// directories. The cases run in parallel: each runs several steps as
+	// another user, and a step is a process of its own; mkdirAs opens a
+	// parent to all for a moment, so no two cases share one.
+	sticky := func(t *testing.T, id string) (s, base string) {
 		t.Helper()
-		k++
-		p := filepath.Join(d, fmt.Sprintf("s%d", k))
-		c.mkdirAs(t, p, "01777", id, id)
-		return p
+		base = c.dir(t)
+		s = filepath.Join(base, "s")
+		c.mkdirAs(t, s, "01777", id, id)
+		return s, base
 	}
 	u := nobody
 	for _, typ := range []string{"regular", "fifo", "socket", "symlink", "dir"} {
@@ -212,7 +216,8 @@ func TestConformanceSticky(t *testing.T) {
 		} {
 			name := fmt.Sprintf("type=%s,dir=%s,file=%s", typ, tc.dirOwner, tc.fileOwner)
 			t.Run("unlink/11/"+name, func(t *testing.T) {
-				s := sticky(t, tc.dirOwner)
+				t.Parallel()
+				s, _ := sticky(t, tc.dirOwner)
 				n1 := filepath.Join(s, "n1")
 				c.createFile(t, typ, n1, tc.fileOwner, tc.fileOwner)
 				c.expect(t, typ+","+tc.fileOwner+","+tc.fileOwner, nil, "lstat", n1, "type,uid,gid")
@@ -228,8 +233,9 @@ func TestConformanceSticky(t *testing.T) {
 			// owns (a directory that changes parent must also be
 			// the user's: its ".." changes).
 			t.Run("rename/09/"+name, func(t *testing.T) {
-				s := sticky(t, tc.dirOwner)
-				to := filepath.Join(d, fmt.Sprintf("t%d", k))
+				t.Parallel()
+				s, base := sticky(t, tc.dirOwner)
+				to := filepath.Join(base, "t")
 				c.mkdirAs(t, to, "0755", "65534", "65534")
 				n2, n3 := filepath.Join(s, "n2"), filepath.Join(to, "n3")
 				c.createFile(t, typ, n2, tc.fileOwner, tc.fileOwner)
@@ -258,8 +264,9 @@ func TestConformanceSticky(t *testing.T) {
 				continue
 			}
 			t.Run("rename/10/"+name, func(t *testing.T) {
-				s := sticky(t, tc.dirOwner)
-				from := filepath.Join(d, fmt.Sprintf("f%d", k))
+				t.Parallel()
+				s, base := sticky(t, tc.dirOwner)
+				from := filepath.Join(base, "f")
 				c.mkdirAs(t, from, "0755", "65534", "65534")
 				n2, n3 := filepath.Join(from, "n2"), filepath.Join(s, "n3")
 				c.createFile(t, "regular", n2, "65534", "65534")
