@@ -99,16 +99,19 @@ func TestMountKeySources(t *testing.T) {
 }
 
 // TestPKCS11SessionsDropped mounts a volume on a token that closes every
-// session and ends the login every 100 calls, as an HSM does on
-// failover: with one data key per file, writing files, remounting and
+// session and ends the login every 100 calls, as an HSM does on failover: with one data key per file, writing files, remounting and
 // reading them all back makes each file's key go through the token, over
 // many drops, and every call must succeed.
 func TestPKCS11SessionsDropped(t *testing.T) {
 	const files = 400
-	for _, key := range []string{"aes", "rsa"} {
-		t.Run("key="+key, func(t *testing.T) {
+	for _, c := range []struct {
+		key  string
+		drop int
+	}{{"aes", 100}, {"rsa", 100}} {
+		key, drop := c.key, c.drop
+		t.Run(fmt.Sprintf("key=%s,drop-every=%d", key, drop), func(t *testing.T) {
 			tok := suite.HSM(t).Token("main")
-			spec, env := mntShimSpec(t, tok, p11shim.CloudHSM, 100, map[string]string{"aes": tok.AESLabel, "rsa": tok.RSALabel}[key])
+			spec, env := mntShimSpec(t, tok, p11shim.CloudHSM, drop, map[string]string{"aes": tok.AESLabel, "rsa": tok.RSALabel}[key])
 			v := suite.StartVolume(t, fusetest.CLIOptions{Keys: []string{spec}, Env: env, InitArgs: []string{"--data-key-policy", "per-file"}})
 			for i := range files {
 				if err := os.WriteFile(v.Path(fmt.Sprintf("f%03d", i)), []byte(fmt.Sprintf("file %d\n", i)), 0o644); err != nil {

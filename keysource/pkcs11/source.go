@@ -115,7 +115,7 @@ func Open(ctx context.Context, spec keysource.Spec, o Options) (*Source, error) 
 	// The key ID names the token by its label, whatever selected it.
 	u.Token = tok.label
 	pin := func() ([]byte, error) { return u.readPIN(lookup) }
-	if err := tok.login(u, pin); err != nil {
+	if err := withRecovery(ctx, tok, u, pin, func(uint64) error { return tok.login(u, pin) }); err != nil {
 		tok.release()
 		_ = l.release(m)
 		return nil, err
@@ -331,6 +331,12 @@ func (s *Source) call(ctx context.Context, f func(sh p11.SessionHandle, key p11.
 // keyHandle) and runs f again, waiting between attempts; ctx bounds the
 // waits.
 func (s *Source) retry(ctx context.Context, f func(gen uint64) error) error {
+	return withRecovery(ctx, s.tok, s.uri, s.pin, f)
+}
+
+// withRecovery is retry for a token before its Source exists: Open logs
+// in through it, so a failover while a volume mounts is recovered too.
+func withRecovery(ctx context.Context, tok *token, u URI, pin func() ([]byte, error), f func(gen uint64) error) error {
 	var err error
 	delay := retryFirst
 	for attempt := range callAttempts {
@@ -340,19 +346,19 @@ func (s *Source) retry(ctx context.Context, f func(gen uint64) error) error {
 			case <-t.C:
 			case <-ctx.Done():
 				t.Stop()
-				return fmt.Errorf("pkcs11: token %q: %w (after %v)", s.uri.Token, ctx.Err(), err)
+				return fmt.Errorf("pkcs11: token %q: %w (after %v)", u.Token, ctx.Err(), err)
 			}
 			delay = min(2*delay, retryMaxDelay)
 		}
-		gen := s.tok.gen.Load()
+		gen := tok.gen.Load()
 		if err = f(gen); err == nil || !lost(err) {
 			return err
 		}
-		if rerr := s.tok.recover(gen, s.uri, s.pin); rerr != nil && !lost(rerr) {
+		if rerr := tok.recover(gen, u, pin); rerr != nil && !lost(rerr) {
 			return rerr
 		}
 	}
-	return fmt.Errorf("pkcs11: token %q keeps dropping sessions (%d attempts): %w", s.uri.Token, callAttempts, err)
+	return fmt.Errorf("pkcs11: token %q keeps dropping sessions (%d attempts): %w", u.Token, callAttempts, err)
 }
 
 // keyHandle returns the key's handle, found again after the token moved
