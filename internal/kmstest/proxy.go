@@ -39,15 +39,16 @@ const maxRequestBody = 1 << 20 // far above any KMS request
 type Proxy struct {
 	URL string // "http://127.0.0.1:PORT"
 
-	mu       sync.Mutex
-	latency  time.Duration
-	fault    Fault
-	seen     int // requests the current fault has counted
-	failed   int
-	perms    *Permissions
-	describe KeyMetadataRewrite
-	requests map[string]int    // by operation, forwarded or not
-	last     map[string][]byte // last request body, by operation
+	mu        sync.Mutex
+	latency   time.Duration
+	fault     Fault
+	seen      int // requests the current fault has counted
+	failed    int
+	perms     *Permissions
+	publicKey PublicKeyRewrite
+	describe  KeyMetadataRewrite
+	requests  map[string]int    // by operation, forwarded or not
+	last      map[string][]byte // last request body, by operation
 }
 
 // Fault is an exception a Proxy answers instead of forwarding: N of the
@@ -90,6 +91,17 @@ type KeyMetadataRewrite struct {
 	CustomKeyStoreID string
 	// DeletionDate is reported with a PendingDeletion state.
 	DeletionDate time.Time
+}
+
+// PublicKeyRewrite changes what GetPublicKey answers: each field that is
+// set replaces the emulator's. The zero value rewrites nothing.
+type PublicKeyRewrite struct {
+	// KeyUsage such as "SIGN_VERIFY".
+	KeyUsage string
+	// KeySpec such as "ECC_NIST_P256".
+	KeySpec string
+	// EncryptionAlgorithms such as ["RSAES_OAEP_SHA_1"].
+	EncryptionAlgorithms []string
 }
 
 // kmsErrors holds the HTTP status and message text AWS KMS answers each
@@ -264,32 +276,58 @@ func (p *Proxy) next(op string, body []byte) (delay time.Duration, status int, c
 // emulator.
 func (p *Proxy) rewriteResponse(resp *http.Response) error {
 	p.mu.Lock()
-	rw := p.describe
+	rw, pk := p.describe, p.publicKey
 	p.mu.Unlock()
-	if rw == (KeyMetadataRewrite{}) || resp.StatusCode != http.StatusOK || operation(resp.Request) != "DescribeKey" {
+	if resp.StatusCode != http.StatusOK {
 		return nil
 	}
+	switch op := operation(resp.Request); {
+	case op == "GetPublicKey" && (pk.KeyUsage != "" || pk.KeySpec != "" || pk.EncryptionAlgorithms != nil):
+		return rewriteJSON(resp, func(out map[string]any) {
+			if pk.KeyUsage != "" {
+				out["KeyUsage"] = pk.KeyUsage
+			}
+			if pk.KeySpec != "" {
+				out["KeySpec"] = pk.KeySpec
+			}
+			if pk.EncryptionAlgorithms != nil {
+				out["EncryptionAlgorithms"] = pk.EncryptionAlgorithms
+			}
+		})
+	case op != "DescribeKey" || rw == (KeyMetadataRewrite{}):
+		return nil
+	}
+	return rewriteJSON(resp, func(out map[string]any) {
+		md, _ := out["KeyMetadata"].(map[string]any)
+		if md == nil {
+			return
+		}
+		if rw.KeyState != "" {
+			md["KeyState"] = rw.KeyState
+			md["Enabled"] = rw.KeyState == "Enabled" || rw.KeyState == "Updating"
+		}
+		if rw.CustomKeyStoreID != "" {
+			md["CustomKeyStoreId"] = rw.CustomKeyStoreID
+			md["Origin"] = "AWS_CLOUDHSM"
+		}
+		if !rw.DeletionDate.IsZero() {
+			md["DeletionDate"] = float64(rw.DeletionDate.Unix())
+		}
+	})
+}
+
+// rewriteJSON replaces resp's JSON body with edit's change of it.
+func rewriteJSON(resp *http.Response, edit func(map[string]any)) error {
 	b, err := io.ReadAll(io.LimitReader(resp.Body, maxRequestBody))
 	resp.Body.Close()
 	if err != nil {
 		return err
 	}
-	var out map[string]map[string]any
-	if err := json.Unmarshal(b, &out); err != nil || out["KeyMetadata"] == nil {
-		return fmt.Errorf("kmstest: DescribeKey answer: %v", err)
+	var out map[string]any
+	if err := json.Unmarshal(b, &out); err != nil {
+		return fmt.Errorf("kmstest: %s answer: %w", operation(resp.Request), err)
 	}
-	md := out["KeyMetadata"]
-	if rw.KeyState != "" {
-		md["KeyState"] = rw.KeyState
-		md["Enabled"] = rw.KeyState == "Enabled" || rw.KeyState == "Updating"
-	}
-	if rw.CustomKeyStoreID != "" {
-		md["CustomKeyStoreId"] = rw.CustomKeyStoreID
-		md["Origin"] = "AWS_CLOUDHSM"
-	}
-	if !rw.DeletionDate.IsZero() {
-		md["DeletionDate"] = float64(rw.DeletionDate.Unix())
-	}
+	edit(out)
 	if b, err = json.Marshal(out); err != nil {
 		return err
 	}
@@ -339,11 +377,17 @@ func (p *Proxy) SetPermissions(perm *Permissions) {
 	p.perms = &c
 }
 
-// RewriteDescribeKey makes every later DescribeKey answer report what rw
-// sets; the zero value stops rewriting.
 func (p *Proxy) RewriteDescribeKey(rw KeyMetadataRewrite) {
 	p.mu.Lock()
 	p.describe = rw
+	p.mu.Unlock()
+}
+
+// RewritePublicKey makes every GetPublicKey answer carry rw's fields
+// (the zero value stops it).
+func (p *Proxy) RewritePublicKey(rw PublicKeyRewrite) {
+	p.mu.Lock()
+	p.publicKey = rw
 	p.mu.Unlock()
 }
 

@@ -139,3 +139,32 @@ func TestPublicKeyFingerprint(t *testing.T) {
 		wantErr(t, err, keysource.ErrInvalid, "KMS GetPublicKey", "not this key's public key")
 	})
 }
+
+// TestGetPublicKeyChecked: an RSA key whose GetPublicKey answer says it
+// cannot wrap with RSAES_OAEP_SHA_256 (a signing key, another key spec,
+// only SHA-1 OAEP) is refused at Open, naming the cause: wrapping with
+// its public key would make files no Decrypt opens.
+func TestGetPublicKeyChecked(t *testing.T) {
+	e := fusetest.KMS(t)
+	proxy := kmstest.NewProxy(t, e.Endpoint)
+	tests := []struct {
+		name  string
+		rw    kmstest.PublicKeyRewrite
+		words []string
+	}{
+		{"usage=sign-verify", kmstest.PublicKeyRewrite{KeyUsage: "SIGN_VERIFY"}, []string{"GetPublicKey", "key usage SIGN_VERIFY"}},
+		{"spec=ecc", kmstest.PublicKeyRewrite{KeySpec: "ECC_NIST_P256"}, []string{"GetPublicKey", "key spec ECC_NIST_P256"}},
+		{"algorithms=oaep-sha1", kmstest.PublicKeyRewrite{EncryptionAlgorithms: []string{"RSAES_OAEP_SHA_1"}}, []string{"GetPublicKey", "RSAES_OAEP_SHA_256"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			proxy.RewritePublicKey(tt.rw)
+			t.Cleanup(func() { proxy.RewritePublicKey(kmstest.PublicKeyRewrite{}) })
+			_, err := newSource(t, e, e.RSAEncrypt.ARN, volume1, nil, awskms.Options{Endpoint: proxy.URL})
+			wantErr(t, err, keysource.ErrInvalid, tt.words...)
+		})
+	}
+	if _, err := newSource(t, e, e.RSAEncrypt.ARN, volume1, nil, awskms.Options{Endpoint: proxy.URL}); err != nil {
+		t.Fatalf("Open with the answer as KMS gives it: %v", err)
+	}
+}
