@@ -99,17 +99,18 @@ func TestMountKeySources(t *testing.T) {
 }
 
 // TestPKCS11SessionsDropped mounts a volume on a token that closes every
-// session and ends the login every 100 calls, as an HSM does on failover: with one data key per file, writing files, remounting and
-// reading them all back makes each file's key go through the token, over
-// many drops, and every call must succeed.
+// session and ends the login every 100 calls, as an HSM does on
+// failover: with one data key per file, writing files, remounting and
+// reading them all back (10,000 opens, each unwrapping its own key, for
+// the AES key; 1,000 for the slower RSA one) makes each file's key go
+// through the token, over many drops, and every call must succeed.
 func TestPKCS11SessionsDropped(t *testing.T) {
-	const files = 400
 	for _, c := range []struct {
-		key  string
-		drop int
-	}{{"aes", 100}, {"rsa", 100}} {
-		key, drop := c.key, c.drop
-		t.Run(fmt.Sprintf("key=%s,drop-every=%d", key, drop), func(t *testing.T) {
+		key         string
+		drop, files int
+	}{{"aes", 100, 10000}, {"rsa", 100, 1000}} {
+		key, drop, files := c.key, c.drop, c.files
+		t.Run(fmt.Sprintf("key=%s,drop-every=%d,files=%d", key, drop, files), func(t *testing.T) {
 			tok := suite.HSM(t).Token("main")
 			spec, env := mntShimSpec(t, tok, p11shim.CloudHSM, drop, map[string]string{"aes": tok.AESLabel, "rsa": tok.RSALabel}[key])
 			v := suite.StartVolume(t, fusetest.CLIOptions{Keys: []string{spec}, Env: env, InitArgs: []string{"--data-key-policy", "per-file"}})
