@@ -127,7 +127,8 @@ type Volume struct {
 	// Warnings are things the caller should report.
 	Warnings []Warning
 
-	keys *keySet
+	keys     *keySet
+	wrapOnly bool // opened with a public key file: Decrypt refuses
 }
 
 // Conf returns the configuration in force: the approved one.
@@ -152,7 +153,7 @@ func Open(ctx context.Context, cipherDir string, o Options) (_ *Volume, err erro
 	if err != nil {
 		return nil, err
 	}
-	v := &Volume{Dir: cipherDir, Anchor: a, Warnings: weakKDFWarnings(conf)}
+	v := &Volume{Dir: cipherDir, Anchor: a, Warnings: weakKDFWarnings(conf), wrapOnly: o.PublicKeyFile != ""}
 	defer func() {
 		if err != nil {
 			v.Close()

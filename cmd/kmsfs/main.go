@@ -40,6 +40,6 @@ applications read and write plain files at the mount point.`,
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().String(trustDirFlag, "", "the host's trust dir of approved volumes (default $KMSFS_TRUST_DIR, else /etc/kmsfs/trust for root, else ~/.config/kmsfs/trust)")
-	root.AddCommand(newInitCmd(), newMountCmd(), newUnmountCmd(), newTrustCmd())
+	root.AddCommand(newInitCmd(), newMountCmd(), newUnmountCmd(), newTrustCmd(), newEncryptCmd(), newDecryptCmd())
 	return root
 }

@@ -1,0 +1,240 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/kmsfs/kmsfs/internal/secmem"
+	"github.com/kmsfs/kmsfs/volume"
+)
+
+// stdio is the name that means stdin (an input) or stdout (-o).
+const stdio = "-"
+
+type cryptFlags struct {
+	volume         string
+	output         string
+	passphraseFile string
+	publicKeyFile  string
+	timeout        time.Duration
+}
+
+// addCryptFlags registers the flags encrypt and decrypt share.
+func addCryptFlags(c *cobra.Command, f *cryptFlags) {
+	fl := c.Flags()
+	fl.StringVar(&f.volume, "volume", "", "the cipher dir whose kmsfs.conf (approved on this host) gives the keys and layout (required)")
+	fl.StringVarP(&f.output, "output", "o", stdio, "write to this file instead of stdout; it appears whole or not at all (temporary file, then rename)")
+	fl.StringVar(&f.passphraseFile, "passphrase-file", "", "file holding the passphrase for local:passphrase")
+	fl.StringVar(&f.publicKeyFile, "public-key-file", "", "awskms RSA key: wrap with this public key (DER or PEM) only, with no KMS call; such a host can encrypt, not decrypt")
+	fl.DurationVar(&f.timeout, "timeout", 60*time.Second, "bound on opening the volume's keys and on each key call")
+	c.MarkFlagRequired("volume")
+}
+
+func newEncryptCmd() *cobra.Command {
+	f := &cryptFlags{}
+	c := &cobra.Command{
+		Use:   "encrypt --volume CIPHERDIR [-o CIPHERFILE] [PLAINFILE|-]",
+		Short: "Encrypt a file for a volume without mounting it",
+		Long: `encrypt reads plaintext from PLAINFILE (or stdin when it is - or missing) and
+writes a cipher file of the volume in CIPHERDIR to -o (default stdout): exactly
+the file a mount writes, so placed in the cipher dir under a name, it reads
+back through the mount under that name. Its data key comes from the volume's
+keys as this host approved them (kmsfs trust); the volume need not be mounted,
+and a mount may be running.
+
+With -o the file appears whole or not at all: encrypt writes a temporary file
+in the same directory and renames it over -o once complete, so a mount or a
+sync job reading the cipher dir never sees a half-written file. The new file
+gets PLAINFILE's permission bits (0600 from stdin). On stdout the cipher text
+is staged first in $TMPDIR (cipher text only; the plaintext never touches the
+disk), since a cipher file is written out of order.
+
+A host with only the public key of the volume's AWS RSA key (a producer that
+may encrypt but never decrypt) passes --public-key-file: no KMS call is made.`,
+		Example: `  kmsfs encrypt --volume /srv/cipher -o /srv/cipher/reports/q3.pdf q3.pdf
+  pg_dump app | kmsfs encrypt --volume /srv/cipher -o /srv/cipher/dumps/app.sql
+  kmsfs encrypt --volume /srv/cipher --public-key-file /etc/kmsfs/backups.pub -o /srv/cipher/in/x.tar x.tar
+  tar c /etc | kmsfs encrypt --volume /srv/cipher > etc.tar.kmsfs`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runCrypt(cmd.Context(), f, trustDirOf(cmd), inputArg(args), true)
+		},
+	}
+	addCryptFlags(c, f)
+	return c
+}
+
+func newDecryptCmd() *cobra.Command {
+	f := &cryptFlags{}
+	c := &cobra.Command{
+		Use:   "decrypt --volume CIPHERDIR [-o PLAINFILE] [CIPHERFILE|-]",
+		Short: "Decrypt one cipher file without mounting its volume",
+		Long: `decrypt reads a cipher file of the volume in CIPHERDIR from CIPHERFILE (or stdin
+when it is - or missing) and writes its plaintext to -o (default stdout): to
+restore one file out of a backup of the cipher dir, say. CIPHERFILE may lie
+anywhere (a restored copy); its header must name the volume. A symlink is
+refused: name the cipher file itself.
+
+Every block is authenticated before its plaintext is written. With -o the
+plaintext goes to a temporary file renamed over -o only once the whole file
+has authenticated: a damaged or altered cipher file leaves no plaintext
+behind, and the error names the file, the block and its plaintext offset. On
+stdout, output stops at the first block that fails (what came before it is
+authentic) and decrypt exits non-zero: check the exit status in pipelines.
+The output gets CIPHERFILE's permission bits (0600 from stdin).
+
+decrypt needs a key that decrypts: with --public-key-file it is refused.`,
+		Example: `  kmsfs decrypt --volume /srv/cipher -o /tmp/q3.pdf /mnt/backup/cipher/reports/q3.pdf
+  kmsfs decrypt --volume /srv/cipher /srv/cipher/dumps/app.sql | psql app
+  kmsfs decrypt --volume /srv/cipher < etc.tar.kmsfs | tar t`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runCrypt(cmd.Context(), f, trustDirOf(cmd), inputArg(args), false)
+		},
+	}
+	addCryptFlags(c, f)
+	return c
+}
+
+// inputArg returns the input named by args, stdin by default.
+func inputArg(args []string) string {
+	if len(args) == 0 || args[0] == "" {
+		return stdio
+	}
+	return args[0]
+}
+
+// runCrypt encrypts (or decrypts) in to f.output against f.volume.
+func runCrypt(ctx context.Context, f *cryptFlags, trustDir, in string, encrypt bool) error {
+	if !encrypt && f.publicKeyFile != "" {
+		return errors.New("decrypt: --public-key-file gives only the public key, which encrypts: decrypting needs the private key (KMS Decrypt); run decrypt without it, on a host allowed to decrypt")
+	}
+	if encrypt && f.output == stdio && isTerminal(os.Stdout) {
+		return errors.New("encrypt: not writing cipher text to a terminal: give -o FILE or redirect stdout")
+	}
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	mem := secmem.New(secmem.Options{})
+	// Read-only: no journal (the output is a new file published by a
+	// rename, so there is nothing to recover) and no data-key pool until
+	// encrypt asks for a key; a mount of the volume may be running.
+	v, err := volume.Open(ctx, f.volume, volume.Options{TrustDir: trustDir, ReadOnly: true, PublicKeyFile: f.publicKeyFile,
+		Secrets: volume.Secrets{PassphraseFile: f.passphraseFile, Prompt: promptPassphrase}, Mem: mem})
+	if err != nil {
+		return err
+	}
+	defer v.Close()
+	for _, w := range v.Warnings {
+		fmt.Fprintf(os.Stderr, "kmsfs: warning: %s\n", w.Msg)
+	}
+	if encrypt {
+		return runEncrypt(ctx, v, in, f.output)
+	}
+	return runDecrypt(ctx, v, in, f.output)
+}
+
+func runEncrypt(ctx context.Context, v *volume.Volume, in, out string) error {
+	src, perm := os.Stdin, os.FileMode(0o600)
+	if in != stdio {
+		var err error
+		if src, err = os.Open(in); err != nil {
+			return fmt.Errorf("encrypt: %w", err)
+		}
+		defer src.Close()
+		if fi, err := src.Stat(); err == nil && fi.Mode().IsRegular() {
+			perm = fi.Mode().Perm()
+		}
+	}
+	if out != stdio {
+		return volume.WriteAtomic(out, perm, func(dst *os.File) error {
+			_, err := v.Encrypt(ctx, dst, src)
+			return err
+		})
+	}
+	// A cipher file is written out of order (the header first, each old
+	// last block sealed again as the file grows), so it is staged.
+	tmp, err := unlinkedTemp()
+	if err != nil {
+		return err
+	}
+	defer tmp.Close()
+	if _, err := v.Encrypt(ctx, tmp, src); err != nil {
+		return err
+	}
+	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	if _, err := io.Copy(os.Stdout, tmp); err != nil {
+		return fmt.Errorf("encrypt: write stdout: %w", err)
+	}
+	return nil
+}
+
+func runDecrypt(ctx context.Context, v *volume.Volume, in, out string) error {
+	var src *os.File
+	perm, name := os.FileMode(0o600), in
+	if in == stdio {
+		name = "stdin"
+		fi, err := os.Stdin.Stat()
+		if err != nil {
+			return fmt.Errorf("decrypt: stdin: %w", err)
+		}
+		if fi.Mode().IsRegular() {
+			src = os.Stdin
+		} else {
+			// A cipher file is read at its header, then by blocks:
+			// a pipe is staged first (cipher text only).
+			if src, err = unlinkedTemp(); err != nil {
+				return err
+			}
+			defer src.Close()
+			if _, err := io.Copy(src, os.Stdin); err != nil {
+				return fmt.Errorf("decrypt: read stdin: %w", err)
+			}
+		}
+	} else {
+		var err error
+		if src, err = volume.OpenCipherFile(in); err != nil {
+			return err
+		}
+		defer src.Close()
+		if fi, err := src.Stat(); err == nil {
+			perm = fi.Mode().Perm()
+		}
+	}
+	if out == stdio {
+		_, err := v.Decrypt(ctx, os.Stdout, src, name)
+		return err
+	}
+	return volume.WriteAtomic(out, perm, func(dst *os.File) error {
+		_, err := v.Decrypt(ctx, dst, src, name)
+		return err
+	})
+}
+
+// unlinkedTemp returns a new file in $TMPDIR that no name reaches: it
+// disappears when closed, whatever happens to the process.
+func unlinkedTemp() (*os.File, error) {
+	f, err := os.CreateTemp("", "kmsfs-crypt-*")
+	if err != nil {
+		return nil, fmt.Errorf("staging file: %w", err)
+	}
+	if err := os.Remove(f.Name()); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("staging file: %w", err)
+	}
+	return f, nil
+}
+
+// isTerminal reports whether f is a terminal.
+func isTerminal(f *os.File) bool {
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}
