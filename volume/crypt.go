@@ -29,7 +29,8 @@ func (v *Volume) chunkSize() int {
 // Encrypt reads plaintext from src until EOF and writes it to dst as a
 // new cipher file of the volume, exactly as a mount writes one: a fresh
 // header over a data key from the volume's keys, then the sealed blocks.
-// dst must be empty; Encrypt does not sync or close it. It returns the
+// dst must be empty; Encrypt does not sync or close it. ctx bounds the
+// key call; the copy runs until src ends or fails. It returns the
 // plaintext size. The volume needs no journal (ReadOnly is fine): dst is
 // a file no one else sees until the caller publishes it (WriteAtomic).
 func (v *Volume) Encrypt(ctx context.Context, dst envelope.Backing, src io.Reader) (int64, error) {
@@ -60,10 +61,6 @@ func (v *Volume) Encrypt(ctx context.Context, dst envelope.Backing, src io.Reade
 			f.Close()
 			return off, fmt.Errorf("volume: encrypt: read plaintext at offset %d: %w", off, rerr)
 		}
-		if err := ctx.Err(); err != nil {
-			f.Close()
-			return off, fmt.Errorf("volume: encrypt: %w", err)
-		}
 	}
 	if err := f.Close(); err != nil {
 		return off, fmt.Errorf("volume: encrypt: %w", err)
@@ -77,10 +74,12 @@ func (v *Volume) Encrypt(ctx context.Context, dst envelope.Backing, src io.Reade
 // block that fails, Decrypt stops, having written what came before it,
 // and the error names the file, the block and its plaintext offset (a
 // *envelope.BlockError wrapping envelope.ErrAuth). A caller that must not
-// publish a partial file writes to a temporary one (WriteAtomic).
+// publish a partial file writes to a temporary one (WriteAtomic). ctx
+// bounds the key calls; the copy runs until the file ends, a block fails
+// or dst fails.
 func (v *Volume) Decrypt(ctx context.Context, dst io.Writer, src envelope.Backing, name string) (int64, error) {
 	if v.wrapOnly {
-		return 0, fmt.Errorf("%w (decrypt %s needs the private key: run it where KMS Decrypt is allowed, without --public-key-file)", ErrWrapOnly, name)
+		return 0, fmt.Errorf("%w (decrypt %s needs the private key: run it where KMS Decrypt is allowed, without a public key file)", ErrWrapOnly, name)
 	}
 	f, err := v.Format.Open(ctx, src, v.Keys)
 	if errors.Is(err, envelope.ErrNoHeader) {
@@ -107,9 +106,6 @@ func (v *Volume) Decrypt(ctx context.Context, dst io.Writer, src envelope.Backin
 		}
 		if rerr != nil {
 			return off, v.decryptError(name, rerr)
-		}
-		if err := ctx.Err(); err != nil {
-			return off, fmt.Errorf("volume: decrypt %s: %w", name, err)
 		}
 	}
 }

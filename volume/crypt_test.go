@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/kmsfs/kmsfs/envelope"
@@ -301,6 +302,10 @@ func TestDecryptWrongVolume(t *testing.T) {
 // running mount reads back through it, and a file the mount wrote
 // decrypts.
 func TestEncryptedFileReadsThroughMount(t *testing.T) {
+	// A mount clears the process umask (fs applies the caller's own);
+	// the package's later tests expect the one they started with.
+	umask := syscall.Umask(0o022)
+	t.Cleanup(func() { syscall.Umask(umask) })
 	m := fusetest.MountVolume(t, 4096, kfs.Options{})
 	v, err := volume.Open(ctx(t), m.Cipher, volume.Options{TrustDir: m.TrustDir, ReadOnly: true})
 	if err != nil {

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -113,19 +115,25 @@ func inputArg(args []string) string {
 
 // runCrypt encrypts (or decrypts) in to f.output against f.volume.
 func runCrypt(ctx context.Context, f *cryptFlags, trustDir, in string, encrypt bool) error {
-	if !encrypt && f.publicKeyFile != "" {
-		return errors.New("decrypt: --public-key-file gives only the public key, which encrypts: decrypting needs the private key (KMS Decrypt); run decrypt without it, on a host allowed to decrypt")
-	}
 	if encrypt && f.output == stdio && isTerminal(os.Stdout) {
 		return errors.New("encrypt: not writing cipher text to a terminal: give -o FILE or redirect stdout")
 	}
-	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	// A stop (Ctrl-C, SIGTERM) ends the copy at the next chunk, so that
+	// the temporary output is removed, not left beside the final name; a
+	// second one kills as usual.
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	go func() {
+		<-ctx.Done()
+		stop()
+	}()
+	openCtx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
 	mem := secmem.New(secmem.Options{})
 	// Read-only: no journal (the output is a new file published by a
 	// rename, so there is nothing to recover) and no data-key pool until
 	// encrypt asks for a key; a mount of the volume may be running.
-	v, err := volume.Open(ctx, f.volume, volume.Options{TrustDir: trustDir, ReadOnly: true, PublicKeyFile: f.publicKeyFile,
+	v, err := volume.Open(openCtx, f.volume, volume.Options{TrustDir: trustDir, ReadOnly: true, PublicKeyFile: f.publicKeyFile,
 		Secrets: volume.Secrets{PassphraseFile: f.passphraseFile, Prompt: promptPassphrase}, Mem: mem})
 	if err != nil {
 		return err
@@ -134,24 +142,56 @@ func runCrypt(ctx context.Context, f *cryptFlags, trustDir, in string, encrypt b
 	for _, w := range v.Warnings {
 		fmt.Fprintf(os.Stderr, "kmsfs: warning: %s\n", w.Msg)
 	}
+	// Each key call is bounded on its own: staging a long pipe must not
+	// use up the bound of the unwrap that follows it.
+	keyCtx := func() (context.Context, context.CancelFunc) { return context.WithTimeout(ctx, f.timeout) }
 	if encrypt {
-		return runEncrypt(ctx, v, in, f.output)
+		return runEncrypt(keyCtx, ctx, v, in, f.output)
 	}
-	return runDecrypt(ctx, v, in, f.output)
+	return runDecrypt(keyCtx, ctx, v, in, f.output)
 }
 
-func runEncrypt(ctx context.Context, v *volume.Volume, in, out string) error {
-	src, perm := os.Stdin, os.FileMode(0o600)
+// keyContext returns a context that bounds one key call.
+type keyContext func() (context.Context, context.CancelFunc)
+
+// stoppable passes reads and writes on until stop ends.
+type stoppable struct {
+	stop context.Context
+	r    io.Reader
+	w    io.Writer
+}
+
+func (s stoppable) Read(p []byte) (int, error) {
+	if err := s.stop.Err(); err != nil {
+		return 0, fmt.Errorf("stopped: %w", err)
+	}
+	return s.r.Read(p)
+}
+
+func (s stoppable) Write(p []byte) (int, error) {
+	if err := s.stop.Err(); err != nil {
+		return 0, fmt.Errorf("stopped: %w", err)
+	}
+	return s.w.Write(p)
+}
+
+func runEncrypt(keyCtx keyContext, stop context.Context, v *volume.Volume, in, out string) error {
+	var src io.Reader = os.Stdin
+	perm := os.FileMode(0o600)
 	if in != stdio {
-		var err error
-		if src, err = os.Open(in); err != nil {
+		f, err := os.Open(in)
+		if err != nil {
 			return fmt.Errorf("encrypt: %w", err)
 		}
-		defer src.Close()
-		if fi, err := src.Stat(); err == nil && fi.Mode().IsRegular() {
+		defer f.Close()
+		if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
 			perm = fi.Mode().Perm()
 		}
+		src = f
 	}
+	src = stoppable{stop: stop, r: src}
+	ctx, cancel := keyCtx()
+	defer cancel()
 	if out != stdio {
 		return volume.WriteAtomic(out, perm, func(dst *os.File) error {
 			_, err := v.Encrypt(ctx, dst, src)
@@ -177,7 +217,7 @@ func runEncrypt(ctx context.Context, v *volume.Volume, in, out string) error {
 	return nil
 }
 
-func runDecrypt(ctx context.Context, v *volume.Volume, in, out string) error {
+func runDecrypt(keyCtx keyContext, stop context.Context, v *volume.Volume, in, out string) error {
 	var src *os.File
 	perm, name := os.FileMode(0o600), in
 	if in == stdio {
@@ -209,12 +249,14 @@ func runDecrypt(ctx context.Context, v *volume.Volume, in, out string) error {
 			perm = fi.Mode().Perm()
 		}
 	}
+	ctx, cancel := keyCtx()
+	defer cancel()
 	if out == stdio {
-		_, err := v.Decrypt(ctx, os.Stdout, src, name)
+		_, err := v.Decrypt(ctx, stoppable{stop: stop, w: os.Stdout}, src, name)
 		return err
 	}
 	return volume.WriteAtomic(out, perm, func(dst *os.File) error {
-		_, err := v.Decrypt(ctx, dst, src, name)
+		_, err := v.Decrypt(ctx, stoppable{stop: stop, w: dst}, src, name)
 		return err
 	})
 }
