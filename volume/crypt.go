@@ -44,6 +44,7 @@ func (v *Volume) Encrypt(ctx context.Context, dst envelope.Backing, src io.Reade
 		return 0, fmt.Errorf("volume: encrypt: %w", err)
 	}
 	buf := make([]byte, v.chunkSize())
+	defer clear(buf) // plaintext
 	var off int64
 	for {
 		n, rerr := io.ReadFull(src, buf)
@@ -92,6 +93,7 @@ func (v *Volume) Decrypt(ctx context.Context, dst io.Writer, src envelope.Backin
 	}
 	defer f.Close()
 	buf := make([]byte, v.chunkSize())
+	defer clear(buf) // plaintext
 	var off int64
 	for {
 		n, rerr := f.ReadAt(buf, off)
