@@ -2,6 +2,7 @@ package integration_test
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"os"
@@ -151,6 +152,34 @@ func TestStatusKeyFileDeleted(t *testing.T) {
 	r, code := lcStatus(t, v)
 	if len(r.Keys) != 1 || r.Keys[0].State != volume.StateMissing || code != lcExitAtRisk || r.AtRiskFiles != 1 {
 		t.Errorf("exit %d, keys %+v, %d at risk; want exit %d, the key missing, 1 file at risk", code, r.Keys, r.AtRiskFiles, lcExitAtRisk)
+	}
+}
+
+// TestStatusPKCS11KeyDeleted deletes the token key a volume's files
+// depend on (a key of the test's own on the suite's token): status must
+// report it missing with the files at risk, not fail.
+func TestStatusPKCS11KeyDeleted(t *testing.T) {
+	h := suite.HSM(t)
+	tok := h.Token("main")
+	label := "status-" + rand.Text()[:8]
+	if err := h.AddAESKey(tok, label); err != nil {
+		t.Fatal(err)
+	}
+	v := suite.StartVolume(t, fusetest.CLIOptions{Keys: []string{tok.URI(label)}})
+	if err := os.WriteFile(v.Path("f"), make([]byte, 5000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	v.Unmount(t)
+	r, code := lcStatus(t, v)
+	if len(r.Keys) != 1 || r.Keys[0].State != volume.StateEnabled || code != 0 || r.Keys[0].Files != 1 || r.Keys[0].Bytes != 5000 {
+		t.Fatalf("before the deletion: exit %d, keys %+v; want exit 0, the key enabled with 1 file of 5000 bytes", code, r.Keys)
+	}
+	if err := h.DeleteKey(tok, label); err != nil {
+		t.Fatal(err)
+	}
+	r, code = lcStatus(t, v)
+	if len(r.Keys) != 1 || r.Keys[0].State != volume.StateMissing || code != lcExitAtRisk || r.AtRiskFiles != 1 {
+		t.Errorf("after the deletion: exit %d, keys %+v, %d at risk; want exit %d, the key missing, 1 file at risk", code, r.Keys, r.AtRiskFiles, lcExitAtRisk)
 	}
 }
 
