@@ -16,6 +16,8 @@ import (
 
 	"github.com/kmsfs/kmsfs/internal/fusetest"
 	"github.com/kmsfs/kmsfs/internal/kmstest"
+	"github.com/kmsfs/kmsfs/keysource"
+	"github.com/kmsfs/kmsfs/keysource/local"
 	"github.com/kmsfs/kmsfs/volume"
 )
 
@@ -136,6 +138,76 @@ func TestStatusKMSKeyLifecycle(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestMountWarnsAtStart mounts a volume holding a file that only a key
+// no longer in the volume's configuration opens (an older key, from
+// before the volume changed keys): the mount's first key check, with the
+// default daily interval, logs it; status exits with the at-risk code.
+func TestMountWarnsAtStart(t *testing.T) {
+	v := suite.InitVolume(t, fusetest.CLIOptions{})
+	old := lcPlantOldKeyFile(t, v, "old")
+	mark := v.LogMark()
+	v.Mount(t)
+	fusetest.Eventually(t, "the mount's warning of the old key", time.Minute, func() bool {
+		return v.LogHas(mark, func(l fusetest.LogLine) bool {
+			return l.F["level"] == "warning" && l.F["key"] == old && l.F["state"] == volume.StateNotConfigured && l.F["files"] == "1"
+		})
+	})
+	if r, code := lcStatus(t, v); code != lcExitAtRisk || r.AtRiskFiles != 1 || lcKey(t, r, old).State != volume.StateNotConfigured {
+		t.Errorf("status: exit %d, %+v; want exit %d, old at risk", code, r, lcExitAtRisk)
+	}
+}
+
+// lcPlantOldKeyFile writes into v's cipher dir a file of v's volume whose
+// data key only a key file the configuration does not list opens, and
+// returns that key's ID.
+func lcPlantOldKeyFile(t *testing.T, v *fusetest.CLIVolume, name string) string {
+	t.Helper()
+	var trust string
+	for _, kv := range v.Env {
+		if d, ok := strings.CutPrefix(kv, fusetest.TrustDirEnv+"="); ok {
+			trust = d
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	vol, err := volume.Open(ctx, v.Cipher, volume.Options{TrustDir: trust, ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vol.Close()
+	vid, err := vol.Conf().ID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, err := local.Open(ctx, keysource.Spec{Type: local.Type, Value: fusetest.KeyFile(t, t.TempDir(), nil)}, local.Options{VolumeID: vid})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	dk := make([]byte, keysource.DataKeySize)
+	rand.Read(dk)
+	st, err := src.Wrap(ctx, dk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.OpenFile(v.CipherPath(name), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	f, err := vol.Format.Create(b, dk, []keysource.Stanza{st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("old data"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return src.KeyID()
 }
 
 // TestStatusKeyFileDeleted deletes the key file of a local-key volume:

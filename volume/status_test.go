@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/kmsfs/kmsfs/keysource"
+	"github.com/kmsfs/kmsfs/keysource/local"
 	"github.com/kmsfs/kmsfs/volume"
 )
 
@@ -210,5 +211,131 @@ func write(t *testing.T, p string, b []byte) {
 	t.Helper()
 	if err := os.WriteFile(p, b, 0o600); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// writeUnknownKeyFile writes a file of this volume whose only stanza is
+// wrapped by a key file that the volume's configuration does not list (an
+// older key, say); it returns that key's ID.
+func writeUnknownKeyFile(t *testing.T, vol *volume.Volume, name string, size int) string {
+	t.Helper()
+	vid, err := vol.Conf().ID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kp := filepath.Join(t.TempDir(), "old.key")
+	newKeyFile(t, kp)
+	src, err := local.Open(ctx(t), keysource.Spec{Type: local.Type, Value: kp}, local.Options{VolumeID: vid})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	dk := make([]byte, keysource.DataKeySize)
+	rand.Read(dk)
+	st, err := src.Wrap(ctx(t), dk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.OpenFile(filepath.Join(vol.Dir, name), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	f, err := vol.Format.Create(b, dk, []keysource.Stanza{st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(make([]byte, size), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return src.KeyID()
+}
+
+// TestStatusUnknownKey: a file whose only key is not in the volume's
+// configuration is reported under that key, not-in-configuration, and at
+// risk; the opened volume's Status (what a mount runs) says the same.
+func TestStatusUnknownKey(t *testing.T) {
+	v := initVolume(t)
+	vol, err := v.open(t, volume.Options{})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	writeFile(t, vol, "new", 10, 0)
+	old := writeUnknownKeyFile(t, vol, "old", 20)
+	for _, c := range []struct {
+		name   string
+		status func() (*volume.StatusReport, error)
+	}{
+		{"via=Status", func() (*volume.StatusReport, error) {
+			return volume.Status(ctx(t), v.dir, volume.Options{TrustDir: v.trust})
+		}},
+		{"via=Volume.Status", func() (*volume.StatusReport, error) { return vol.Status(ctx(t)) }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r, err := c.status()
+			if err != nil {
+				t.Fatal(err)
+			}
+			k := keyOf(t, r, old)
+			if k.State != volume.StateNotConfigured || k.Usable || k.Files != 1 || k.SoleBytes != 20 || k.Type != local.Type {
+				t.Errorf("unknown key: %+v", k)
+			}
+			if r.Healthy() || r.AtRiskFiles != 1 || r.AtRisk[0].Path != "old" || len(r.Warnings()) != 1 {
+				t.Errorf("at risk %+v (%d), warnings %+v; want old alone, one warning", r.AtRisk, r.AtRiskFiles, r.Warnings())
+			}
+		})
+	}
+}
+
+// TestInfo reads a cipher file's header; it refuses a symbolic link to
+// one (never followed) and a file that is no kmsfs file.
+func TestInfo(t *testing.T) {
+	v := initVolume(t)
+	vol, err := v.open(t, volume.Options{})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	writeFile(t, vol, "f", 10000, 0)
+	cipher := filepath.Join(v.dir, "f")
+	link := filepath.Join(t.TempDir(), "link")
+	if err := os.Symlink(cipher, link); err != nil {
+		t.Fatal(err)
+	}
+	garbage := filepath.Join(t.TempDir(), "garbage")
+	write(t, garbage, []byte("not a kmsfs file at all, but long enough to hold a header's fixed part"))
+	st, err := os.Stat(cipher)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name, path string
+		ok         bool
+	}{
+		{"path=cipher", cipher, true},
+		{"path=symlink", link, false},
+		{"path=garbage", garbage, false},
+		{"path=dir", v.dir, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fi, err := volume.Info(tt.path)
+			if !tt.ok {
+				if err == nil {
+					t.Fatalf("Info(%s) = %+v, want an error", tt.path, fi)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			vid := vol.Conf().VolumeID
+			if fi.CipherPath != cipher || fi.PlainSize != 10000 || fi.CipherSize != st.Size() || fi.VolumeID != vid ||
+				fi.BlockSize != vol.Conf().BlockSize || len(fi.Stanzas) != 1 || fi.Stanzas[0].KeyID != vol.Sources[0].KeyID() {
+				t.Errorf("Info: %+v (volume %s)", fi, vid)
+			}
+		})
 	}
 }
