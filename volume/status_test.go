@@ -41,6 +41,13 @@ func writeFile(t *testing.T, vol *volume.Volume, name string, size int, srcs ...
 		}
 		sts = append(sts, st)
 	}
+	createFile(t, vol, name, size, dk, sts)
+}
+
+// createFile writes a kmsfs file of size plaintext bytes at name, with
+// data key dk wrapped as sts.
+func createFile(t *testing.T, vol *volume.Volume, name string, size int, dk []byte, sts []keysource.Stanza) {
+	t.Helper()
 	p := filepath.Join(vol.Dir, name)
 	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 		t.Fatal(err)
@@ -236,21 +243,7 @@ func writeUnknownKeyFile(t *testing.T, vol *volume.Volume, name string, size int
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := os.OpenFile(filepath.Join(vol.Dir, name), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	f, err := vol.Format.Create(b, dk, []keysource.Stanza{st})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.WriteAt(make([]byte, size), 0); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
-	}
+	createFile(t, vol, name, size, dk, []keysource.Stanza{st})
 	return src.KeyID()
 }
 
