@@ -47,10 +47,8 @@ func lcStatus(t *testing.T, v *fusetest.CLIVolume) (*volume.StatusReport, int) {
 // lcKey returns the report's entry of key id.
 func lcKey(t *testing.T, r *volume.StatusReport, id string) volume.KeyStatus {
 	t.Helper()
-	for _, k := range r.Keys {
-		if k.KeyID == id {
-			return k
-		}
+	if k, ok := r.Key(id); ok {
+		return k
 	}
 	t.Fatalf("key %s not in the report: %+v", id, r.Keys)
 	return volume.KeyStatus{}

@@ -99,6 +99,16 @@ type StatusReport struct {
 	Skipped int64 `json:"skipped"`
 }
 
+// Key returns the report's entry of the key with ID id.
+func (r *StatusReport) Key(id string) (KeyStatus, bool) {
+	for _, k := range r.Keys {
+		if k.KeyID == id {
+			return k, true
+		}
+	}
+	return KeyStatus{}, false
+}
+
 // Healthy reports whether every file opens under a usable key.
 func (r *StatusReport) Healthy() bool { return r.AtRiskFiles == 0 }
 

@@ -71,10 +71,8 @@ func createFile(t *testing.T, vol *volume.Volume, name string, size int, dk []by
 
 func keyOf(t *testing.T, r *volume.StatusReport, id string) volume.KeyStatus {
 	t.Helper()
-	for _, k := range r.Keys {
-		if k.KeyID == id {
-			return k
-		}
+	if k, ok := r.Key(id); ok {
+		return k
 	}
 	t.Fatalf("key %s not in the report: %+v", id, r.Keys)
 	return volume.KeyStatus{}
