@@ -42,6 +42,7 @@ type mountFlags struct {
 	timeout        time.Duration
 	keyTimeout     time.Duration
 	cacheTimeout   time.Duration
+	keyCheck       time.Duration
 	readyFD        int // internal: the background child reports readiness here
 	secretsFD      int // internal: secrets from the environment or a prompt, handed over here
 }
@@ -94,6 +95,7 @@ itself, the kernel does. Mounts are nosuid,nodev unless -o suid or -o dev.
 	fl.DurationVar(&f.timeout, "timeout", 60*time.Second, "bound on mounting, key checks included")
 	fl.DurationVar(&f.keyTimeout, "key-timeout", kfs.DefaultKeyTimeout, "bound on one key call made while opening or creating a file")
 	fl.DurationVar(&f.cacheTimeout, "cache-timeout", kfs.DefaultCacheTimeout, "how long the kernel may cache names, attributes and absent names (the cipher dir must not change behind the mount)")
+	fl.DurationVar(&f.keyCheck, "key-check-interval", 24*time.Hour, "after mounting and then at this interval, warn in the log of files that depend only on a disabled, pending-deletion or missing key (0: after mounting only)")
 	fl.IntVar(&f.readyFD, "ready-fd", -1, "")
 	fl.IntVar(&f.secretsFD, "secrets-fd", -1, "")
 	fl.MarkHidden("ready-fd")
@@ -274,6 +276,7 @@ func runMount(ctx context.Context, f *mountFlags, cipherDir, mnt string) (err er
 		ready.Close()
 		ready = nil
 	}
+	defer startKeyCheck(log, v, f.keyCheck)()
 	go func() {
 		s := <-sig
 		log.WithField("signal", s.String()).Info("unmounting")
@@ -285,6 +288,60 @@ func runMount(ctx context.Context, f *mountFlags, cipherDir, mnt string) (err er
 	srv.Wait()
 	log.Info("unmounted")
 	return nil
+}
+
+// keyCheckTimeout bounds one scan of the cipher dir by the key check: a
+// huge or stalled cipher dir must not keep a scan running forever.
+const keyCheckTimeout = 10 * time.Minute
+
+// startKeyCheck logs, in the background so that mounting does not wait
+// for a scan of the whole cipher dir, the files that depend only on a key
+// that is not usable: once now and then every interval (0: once). A key
+// disabled or scheduled for deletion takes its files with it; the log is
+// where a mount's operator sees it first. The returned stop ends the
+// check and waits for it, before the volume's key sources close.
+func startKeyCheck(log *logrus.Entry, v *volume.Volume, every time.Duration) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var tick <-chan time.Time
+		if every > 0 {
+			t := time.NewTicker(every)
+			defer t.Stop()
+			tick = t.C
+		}
+		for {
+			checkKeys(ctx, log, v)
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick:
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
+}
+
+// checkKeys scans the volume once and logs what volume.Status warns of.
+func checkKeys(ctx context.Context, log *logrus.Entry, v *volume.Volume) {
+	sctx, cancel := context.WithTimeout(ctx, keyCheckTimeout)
+	defer cancel()
+	r, err := v.Status(sctx)
+	if ctx.Err() != nil {
+		return // unmounting
+	}
+	if err != nil {
+		log.WithError(err).Warn("key check: could not scan the cipher dir")
+		return
+	}
+	ws := r.Warnings()
+	for _, w := range ws {
+		log.WithFields(w.Fields).Warn(w.Msg)
+	}
+	if len(ws) == 0 {
+		log.WithFields(logrus.Fields{"files": r.Files, "keys": len(r.Keys)}).Info("key check: every file opens under a usable key")
+	}
 }
 
 // logOpened logs what opening the volume noticed: warnings, entries the

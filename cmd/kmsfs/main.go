@@ -4,6 +4,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 
@@ -19,8 +20,13 @@ func main() {
 		os.Exit(1)
 	}
 	if err := newRootCmd().Execute(); err != nil {
+		// A command that ends with an exit code printed its report.
+		var code exitCode
+		if errors.As(err, &code) {
+			os.Exit(int(code))
+		}
 		fmt.Fprintln(os.Stderr, "kmsfs:", err)
-		os.Exit(1)
+		os.Exit(exitError)
 	}
 }
 
@@ -34,12 +40,14 @@ applications read and write plain files at the mount point.`,
 		Example: `  kmsfs init --key awskms:alias/backups /srv/cipher
   kmsfs mount /srv/cipher /mnt/plain
   kmsfs trust /srv/cipher      # approve a volume synced from another host
+  kmsfs status /srv/cipher     # which keys the files depend on, and their state
+  kmsfs info /mnt/plain/report.pdf
   kmsfs unmount /mnt/plain`,
 		Version:       version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().String(trustDirFlag, "", "the host's trust dir of approved volumes (default $KMSFS_TRUST_DIR, else /etc/kmsfs/trust for root, else ~/.config/kmsfs/trust)")
-	root.AddCommand(newInitCmd(), newMountCmd(), newUnmountCmd(), newTrustCmd(), newEncryptCmd(), newDecryptCmd())
+	root.AddCommand(newInitCmd(), newMountCmd(), newUnmountCmd(), newTrustCmd(), newStatusCmd(), newInfoCmd(), newEncryptCmd(), newDecryptCmd())
 	return root
 }

@@ -229,3 +229,65 @@ func makeRSA(c *p11.Ctx, sh p11.SessionHandle, label string) error {
 	}
 	return nil
 }
+
+// AddAESKey makes another AES key labelled label on tok, as Start makes
+// the token's own, for a test that deletes it (DeleteKey) without touching
+// the keys other tests use. Its CKA_ID is AESID too: the label tells it
+// apart.
+func (h *HSM) AddAESKey(tok *Token, label string) error {
+	return h.withUser(tok, func(c *p11.Ctx, sh p11.SessionHandle) error { return makeAES(c, sh, label) })
+}
+
+// DeleteKey destroys every object labelled label on tok: a key deleted
+// from the token behind the back of whatever uses it.
+func (h *HSM) DeleteKey(tok *Token, label string) error {
+	return h.withUser(tok, func(c *p11.Ctx, sh p11.SessionHandle) error {
+		if err := c.FindObjectsInit(sh, []*p11.Attribute{p11.NewAttribute(p11.CKA_LABEL, label)}); err != nil {
+			return fmt.Errorf("hsmtest: find %s: %w", label, err)
+		}
+		objs, _, err := c.FindObjects(sh, 16)
+		c.FindObjectsFinal(sh)
+		if err != nil {
+			return fmt.Errorf("hsmtest: find %s: %w", label, err)
+		}
+		if len(objs) == 0 {
+			return fmt.Errorf("hsmtest: no object labelled %s on %s", label, tok.Label)
+		}
+		for _, o := range objs {
+			if err := c.DestroyObject(sh, o); err != nil {
+				return fmt.Errorf("hsmtest: destroy %s: %w", label, err)
+			}
+		}
+		return nil
+	})
+}
+
+// withUser runs f in a read-write session of tok logged in as the user.
+// The module may be initialised in this process already (a key source of
+// a test): it is then left initialised.
+func (h *HSM) withUser(tok *Token, f func(*p11.Ctx, p11.SessionHandle) error) (err error) {
+	c := p11.New(h.Module)
+	if c == nil {
+		return fmt.Errorf("hsmtest: module %s could not be loaded", h.Module)
+	}
+	switch err := c.Initialize(); {
+	case errors.Is(err, p11.Error(p11.CKR_CRYPTOKI_ALREADY_INITIALIZED)):
+	case err != nil:
+		return fmt.Errorf("hsmtest: initialise %s: %w", h.Module, err)
+	default:
+		defer c.Finalize()
+	}
+	slot, err := slotOf(c, tok.Label)
+	if err != nil {
+		return err
+	}
+	sh, err := c.OpenSession(slot, p11.CKF_SERIAL_SESSION|p11.CKF_RW_SESSION)
+	if err != nil {
+		return fmt.Errorf("hsmtest: open session: %w", err)
+	}
+	defer c.CloseSession(sh)
+	if err := c.Login(sh, p11.CKU_USER, tok.PIN); err != nil && !errors.Is(err, p11.Error(p11.CKR_USER_ALREADY_LOGGED_IN)) {
+		return fmt.Errorf("hsmtest: user login: %w", err)
+	}
+	return f(c, sh)
+}

@@ -9,3 +9,9 @@ import "errors"
 func Start(Options) (*HSM, error) {
 	return nil, errors.New("hsmtest: built without cgo (CGO_ENABLED=0): SoftHSM2 needs cgo")
 }
+
+// AddAESKey fails without cgo (Start never returns an HSM there).
+func (h *HSM) AddAESKey(*Token, string) error { return errors.New("hsmtest: built without cgo") }
+
+// DeleteKey fails without cgo (Start never returns an HSM there).
+func (h *HSM) DeleteKey(*Token, string) error { return errors.New("hsmtest: built without cgo") }

@@ -198,6 +198,11 @@ type Options struct {
 	// or signing key's public key would make every file written
 	// unrecoverable; from GetPublicKey, a key that is not the one recorded.
 	PublicKeySHA256 string
+	// DescribeOnly opens the key whatever its state (disabled, pending
+	// deletion) for its Describe alone: a status report must reach the
+	// keys a mount refuses. Wrap and Unwrap of such a source are not for
+	// use.
+	DescribeOnly bool
 	// Rand supplies the randomness for RSA-OAEP padding and retry jitter;
 	// nil means crypto/rand.Reader. It must be safe for concurrent use.
 	Rand io.Reader
@@ -322,6 +327,9 @@ func Open(ctx context.Context, spec keysource.Spec, o Options) (keysource.KeySou
 	}
 	s.arn = aws.ToString(md.Arn)
 	s.store = aws.ToString(md.CustomKeyStoreId)
+	if o.DescribeOnly {
+		return &symmetric{s}, nil
+	}
 	if err := s.checkKey(key, md); err != nil {
 		return nil, err
 	}

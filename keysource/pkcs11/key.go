@@ -63,7 +63,7 @@ func (s *Source) setup(sh p11.SessionHandle, wrap string) error {
 	}
 	switch n := len(secret) + len(private); {
 	case n == 0:
-		return fmt.Errorf("pkcs11: token %q has no %s: %w", s.uri.Token, s.objectName(), keysource.ErrInvalid)
+		return fmt.Errorf("pkcs11: token %q has no %s: %w: %w", s.uri.Token, s.objectName(), ErrKeyMissing, keysource.ErrInvalid)
 	case len(secret) > 0 && len(private) > 0:
 		return fmt.Errorf("pkcs11: token %q has both a secret key and a private key as %s; add type=secret-key or type=private to the URI: %w",
 			s.uri.Token, s.objectName(), keysource.ErrInvalid)

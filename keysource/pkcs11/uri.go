@@ -11,6 +11,10 @@ import (
 	"github.com/kmsfs/kmsfs/keysource"
 )
 
+// ErrKeyMissing means the token has no key object as the URI names it:
+// the key was deleted, or the URI is wrong.
+var ErrKeyMissing = errors.New("the key object is not on the token")
+
 // Environment variables read when the URI leaves a setting out. Options
 // .LookupEnv replaces the process environment for tests.
 const (

@@ -1,0 +1,298 @@
+package integration_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
+
+	"github.com/kmsfs/kmsfs/internal/fusetest"
+	"github.com/kmsfs/kmsfs/internal/kmstest"
+	"github.com/kmsfs/kmsfs/keysource"
+	"github.com/kmsfs/kmsfs/keysource/local"
+	"github.com/kmsfs/kmsfs/volume"
+)
+
+// lcExitAtRisk is kmsfs status's documented exit code for a volume with
+// files that no usable key opens.
+const lcExitAtRisk = 3
+
+// lcStatus runs `kmsfs status --json` and returns the report and the exit
+// code.
+func lcStatus(t *testing.T, v *fusetest.CLIVolume) (*volume.StatusReport, int) {
+	t.Helper()
+	out, err := v.Run("status", "--json", v.Cipher)
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("kmsfs status: %v\n%s", err, out)
+	}
+	var r volume.StatusReport
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("kmsfs status --json (exit %d): %v\n%s", code, err, out)
+	}
+	return &r, code
+}
+
+// lcKey returns the report's entry of key id.
+func lcKey(t *testing.T, r *volume.StatusReport, id string) volume.KeyStatus {
+	t.Helper()
+	if k, ok := r.Key(id); ok {
+		return k
+	}
+	t.Fatalf("key %s not in the report: %+v", id, r.Keys)
+	return volume.KeyStatus{}
+}
+
+// TestStatusKMSKeyLifecycle is the attack (or accident) kmsfs status
+// exists for: the KMS key that a volume's files depend on is disabled, or
+// scheduled for deletion, by whoever administers KMS. The mount must log
+// it (at its first key check, then at every interval), and `kmsfs status`
+// must show the key's state, with the deletion date, and exit with the
+// at-risk code; before the change it reports the volume healthy.
+func TestStatusKMSKeyLifecycle(t *testing.T) {
+	tests := []struct {
+		name   string
+		change func(ctx context.Context, c *kms.Client, arn string) error
+		state  string
+	}{
+		{name: "change=disable", state: volume.StateDisabled, change: func(ctx context.Context, c *kms.Client, arn string) error {
+			_, err := c.DisableKey(ctx, &kms.DisableKeyInput{KeyId: aws.String(arn)})
+			return err
+		}},
+		{name: "change=schedule-deletion", state: volume.StatePendingDeletion, change: func(ctx context.Context, c *kms.Client, arn string) error {
+			_, err := c.ScheduleKeyDeletion(ctx, &kms.ScheduleKeyDeletionInput{KeyId: aws.String(arn), PendingWindowInDays: aws.Int32(7)})
+			return err
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := fusetest.KMS(t) // an emulator of the test's own: its key is changed
+			arn := e.Symmetric.ARN
+			v := suite.InitVolume(t, fusetest.CLIOptions{Keys: []string{"awskms:" + arn}, Env: fusetest.AWSEnv(e)})
+			mark := v.LogMark()
+			v.Mount(t, "--key-check-interval", "1s")
+			files := map[string]int{"a": 1000, "b": 70000}
+			for name, n := range files {
+				if err := os.WriteFile(v.Path(name), make([]byte, n), 0o644); err != nil {
+					t.Fatalf("write %s: %v", name, err)
+				}
+			}
+			fusetest.Eventually(t, "the mount's first key check", time.Minute, func() bool {
+				return v.LogHas(mark, func(l fusetest.LogLine) bool { return strings.Contains(l.Raw, "every file opens under a usable key") })
+			})
+			r, code := lcStatus(t, v)
+			if k := lcKey(t, r, arn); code != 0 || !r.Healthy() || k.State != volume.StateEnabled || k.Files != 2 || k.Bytes != 71000 || k.SoleFiles != 2 {
+				t.Fatalf("before the change: exit %d, key %+v; want exit 0, enabled, 2 files of 71000 bytes under it alone", code, k)
+			}
+
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			if err := tt.change(ctx, e.Client(), arn); err != nil {
+				t.Fatalf("%s: %v", tt.name, err)
+			}
+			var deletes *time.Time
+			if tt.state == volume.StatePendingDeletion {
+				md, err := e.Client().DescribeKey(ctx, &kms.DescribeKeyInput{KeyId: aws.String(arn)})
+				if err != nil || md.KeyMetadata.DeletionDate == nil {
+					t.Fatalf("DescribeKey after scheduling deletion: %v", err)
+				}
+				d := md.KeyMetadata.DeletionDate.UTC()
+				deletes = &d
+			}
+			fusetest.Eventually(t, "the mount's warning of the "+tt.state+" key", time.Minute, func() bool {
+				return v.LogHas(mark, func(l fusetest.LogLine) bool {
+					return l.F["level"] == "warning" && l.F["key"] == arn && l.F["state"] == tt.state && l.F["files"] == "2"
+				})
+			})
+			v.Unmount(t)
+
+			r, code = lcStatus(t, v)
+			k := lcKey(t, r, arn)
+			if code != lcExitAtRisk || r.Healthy() || r.AtRiskFiles != 2 || k.State != tt.state || k.Usable {
+				t.Errorf("after the change: exit %d, %d files at risk, key %+v; want exit %d, 2 files, %s", code, r.AtRiskFiles, k, lcExitAtRisk, tt.state)
+			}
+			switch {
+			case deletes == nil && k.Deletes != nil:
+				t.Errorf("key reported to be deleted on %v", k.Deletes)
+			case deletes != nil && (k.Deletes == nil || !k.Deletes.Equal(*deletes)):
+				t.Errorf("key to be deleted on %v, KMS says %v", k.Deletes, *deletes)
+			}
+			// The human table says the same, with the date.
+			out, _ := v.Run("status", v.Cipher)
+			if !strings.Contains(out, tt.state) || !strings.Contains(out, "AT RISK: 2 files") ||
+				(deletes != nil && !strings.Contains(out, deletes.Format(time.RFC3339))) {
+				t.Errorf("kmsfs status:\n%s", out)
+			}
+		})
+	}
+}
+
+// TestMountWarnsAtStart mounts a volume holding a file that only a key
+// no longer in the volume's configuration opens (an older key, from
+// before the volume changed keys): the mount's first key check, with the
+// default daily interval, logs it; status exits with the at-risk code.
+func TestMountWarnsAtStart(t *testing.T) {
+	v := suite.InitVolume(t, fusetest.CLIOptions{})
+	old := lcPlantOldKeyFile(t, v, "old")
+	mark := v.LogMark()
+	v.Mount(t)
+	fusetest.Eventually(t, "the mount's warning of the old key", time.Minute, func() bool {
+		return v.LogHas(mark, func(l fusetest.LogLine) bool {
+			return l.F["level"] == "warning" && l.F["key"] == old && l.F["state"] == volume.StateNotConfigured && l.F["files"] == "1"
+		})
+	})
+	if r, code := lcStatus(t, v); code != lcExitAtRisk || r.AtRiskFiles != 1 || lcKey(t, r, old).State != volume.StateNotConfigured {
+		t.Errorf("status: exit %d, %+v; want exit %d, old at risk", code, r, lcExitAtRisk)
+	}
+}
+
+// lcPlantOldKeyFile writes into v's cipher dir a file of v's volume whose
+// data key only a key file the configuration does not list opens, and
+// returns that key's ID.
+func lcPlantOldKeyFile(t *testing.T, v *fusetest.CLIVolume, name string) string {
+	t.Helper()
+	var trust string
+	for _, kv := range v.Env {
+		if d, ok := strings.CutPrefix(kv, fusetest.TrustDirEnv+"="); ok {
+			trust = d
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	vol, err := volume.Open(ctx, v.Cipher, volume.Options{TrustDir: trust, ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vol.Close()
+	vid, err := vol.Conf().ID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, err := local.Open(ctx, keysource.Spec{Type: local.Type, Value: fusetest.KeyFile(t, t.TempDir(), nil)}, local.Options{VolumeID: vid})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	dk := make([]byte, keysource.DataKeySize)
+	rand.Read(dk)
+	st, err := src.Wrap(ctx, dk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.OpenFile(v.CipherPath(name), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	f, err := vol.Format.Create(b, dk, []keysource.Stanza{st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("old data"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return src.KeyID()
+}
+
+// TestStatusKeyFileDeleted deletes the key file of a local-key volume:
+// status reports the key missing and the files at risk, and does not fail.
+func TestStatusKeyFileDeleted(t *testing.T) {
+	v := suite.StartVolume(t, fusetest.CLIOptions{})
+	if err := os.WriteFile(v.Path("f"), []byte("data"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	v.Unmount(t)
+	if err := os.Remove(v.Key); err != nil {
+		t.Fatal(err)
+	}
+	r, code := lcStatus(t, v)
+	if len(r.Keys) != 1 || r.Keys[0].State != volume.StateMissing || code != lcExitAtRisk || r.AtRiskFiles != 1 {
+		t.Errorf("exit %d, keys %+v, %d at risk; want exit %d, the key missing, 1 file at risk", code, r.Keys, r.AtRiskFiles, lcExitAtRisk)
+	}
+}
+
+// TestStatusPKCS11KeyDeleted deletes the token key a volume's files
+// depend on (a key of the test's own on the suite's token): status must
+// report it missing with the files at risk, not fail.
+func TestStatusPKCS11KeyDeleted(t *testing.T) {
+	h := suite.HSM(t)
+	tok := h.Token("main")
+	label := "status-" + rand.Text()[:8]
+	if err := h.AddAESKey(tok, label); err != nil {
+		t.Fatal(err)
+	}
+	v := suite.StartVolume(t, fusetest.CLIOptions{Keys: []string{tok.URI(label)}})
+	if err := os.WriteFile(v.Path("f"), make([]byte, 5000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	v.Unmount(t)
+	r, code := lcStatus(t, v)
+	if len(r.Keys) != 1 || r.Keys[0].State != volume.StateEnabled || code != 0 || r.Keys[0].Files != 1 || r.Keys[0].Bytes != 5000 {
+		t.Fatalf("before the deletion: exit %d, keys %+v; want exit 0, the key enabled with 1 file of 5000 bytes", code, r.Keys)
+	}
+	if err := h.DeleteKey(tok, label); err != nil {
+		t.Fatal(err)
+	}
+	r, code = lcStatus(t, v)
+	if len(r.Keys) != 1 || r.Keys[0].State != volume.StateMissing || code != lcExitAtRisk || r.AtRiskFiles != 1 {
+		t.Errorf("after the deletion: exit %d, keys %+v, %d at risk; want exit %d, the key missing, 1 file at risk", code, r.Keys, r.AtRiskFiles, lcExitAtRisk)
+	}
+}
+
+// TestInfo reads a file's header with kmsfs info, given its cipher file
+// and given its path through the mount: both name the same cipher file
+// and report its key, sizes and slots, without a key.
+func TestInfo(t *testing.T) {
+	e := fusetest.KMS(t)
+	v := suite.StartVolume(t, fusetest.CLIOptions{Keys: []string{"awskms:" + kmstest.Alias}, Env: fusetest.AWSEnv(e)})
+	if err := os.MkdirAll(v.Path("dir"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, 100000)
+	if err := os.WriteFile(v.Path("dir/f"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(v.CipherPath("dir/f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ name, path string }{
+		{"path=cipher", v.CipherPath("dir/f")},
+		{"path=mount", v.Path("dir/f")},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			out, err := v.Run("info", "--json", c.path)
+			if err != nil {
+				t.Fatalf("kmsfs info %s: %v\n%s", c.path, err, out)
+			}
+			var fi volume.FileInfo
+			if err := json.Unmarshal([]byte(out), &fi); err != nil {
+				t.Fatalf("kmsfs info --json: %v\n%s", err, out)
+			}
+			if fi.CipherPath != v.CipherPath("dir/f") || fi.PlainSize != int64(len(data)) || fi.CipherSize != st.Size() ||
+				fi.Version != 2 || len(fi.FileID) != 32 || fi.Current < 0 || fi.Slots[fi.Current].Seq == 0 {
+				t.Errorf("info: %+v", fi)
+			}
+			if len(fi.Stanzas) != 1 || fi.Stanzas[0].Type != "awskms" || fi.Stanzas[0].KeyID != e.Symmetric.ARN {
+				t.Errorf("stanzas %+v, want one awskms stanza of %s", fi.Stanzas, e.Symmetric.ARN)
+			}
+			if strings.Contains(out, "body") {
+				t.Errorf("info prints stanza bodies:\n%s", out)
+			}
+		})
+	}
+}

@@ -1,0 +1,159 @@
+package volume
+
+import (
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/kmsfs/kmsfs/envelope"
+	"github.com/kmsfs/kmsfs/internal/mountinfo"
+)
+
+// ErrNotKmsfsFile means a file has no header kmsfs can read.
+var ErrNotKmsfsFile = errors.New("not a kmsfs file")
+
+// SlotInfo is what one header slot holds.
+type SlotInfo struct {
+	// Seq is the slot's sequence number; the newer slot is the header
+	// in force.
+	Seq uint64 `json:"seq"`
+	// Error says why the slot does not parse; "" if it does.
+	Error string `json:"error,omitempty"`
+}
+
+// StanzaInfo is one wrapped copy of a file's data key, without the
+// wrapped key itself.
+type StanzaInfo struct {
+	Type  string `json:"type"`
+	KeyID string `json:"key_id"`
+}
+
+// FileInfo is what a cipher file's header says of it; nothing is
+// unwrapped, and the header's MAC (which needs the data key) is not
+// checked.
+type FileInfo struct {
+	// Path is the path asked about; CipherPath the cipher file read.
+	Path       string `json:"path"`
+	CipherPath string `json:"cipher_path"`
+	// Version is the format version of the header in force.
+	Version   int    `json:"format_version"`
+	FileID    string `json:"file_id"`
+	VolumeID  string `json:"volume_id"`
+	BlockSize int    `json:"block_size"`
+	SlotSize  int    `json:"slot_size"`
+	// Slots are the two header slots; Current indexes the one in force.
+	Slots   [2]SlotInfo  `json:"slots"`
+	Current int          `json:"current_slot"`
+	Stanzas []StanzaInfo `json:"stanzas"`
+	// SparseRanges counts the block ranges the header vouches may be
+	// holes.
+	SparseRanges int   `json:"sparse_ranges"`
+	PlainSize    int64 `json:"plain_size"`
+	CipherSize   int64 `json:"cipher_size"`
+}
+
+// Info reads the header of the cipher file at path, or of the cipher file
+// behind a file seen through a kmsfs mount. It needs no key and no
+// kmsfs.conf: block and slot size are in the header.
+func Info(path string) (*FileInfo, error) {
+	cp, err := CipherPath(path)
+	if err != nil {
+		return nil, err
+	}
+	fd, err := unix.Open(cp, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("volume: %s: %w", cp, err)
+	}
+	f := os.NewFile(uintptr(fd), cp)
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("volume: %s: %w", cp, err)
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("volume: %s is not a regular file: %w", cp, ErrNotKmsfsFile)
+	}
+	var fixed [16]byte
+	if _, err := f.ReadAt(fixed[:], 0); err != nil || string(fixed[:4]) != "KMFS" {
+		return nil, fmt.Errorf("volume: %s: no kmsfs header: %w", cp, ErrNotKmsfsFile)
+	}
+	l, err := envelope.NewLayout(int(binary.BigEndian.Uint32(fixed[8:])), int(binary.BigEndian.Uint32(fixed[12:])))
+	if err != nil {
+		return nil, fmt.Errorf("volume: %s: header: %w: %w", cp, err, ErrNotKmsfsFile)
+	}
+	raw := make([]byte, l.HeaderSize())
+	if _, err := f.ReadAt(raw, 0); err != nil {
+		return nil, fmt.Errorf("volume: %s: header cut short (%d bytes, a header is %d): %w", cp, st.Size(), l.HeaderSize(), ErrNotKmsfsFile)
+	}
+	fi := &FileInfo{Path: path, CipherPath: cp, BlockSize: l.BlockSize(), SlotSize: l.SlotSize(),
+		PlainSize: l.PlainSize(st.Size()), CipherSize: st.Size(), Current: -1}
+	var cur *envelope.Header
+	for i := range 2 {
+		h, err := envelope.ParseHeaderSlot(l, raw[i*l.SlotSize():(i+1)*l.SlotSize()])
+		if err != nil {
+			fi.Slots[i].Error = err.Error()
+			continue
+		}
+		fi.Slots[i].Seq = h.Seq
+		if cur == nil || h.Seq > cur.Seq {
+			cur, fi.Current = h, i
+		}
+	}
+	if cur == nil {
+		return nil, fmt.Errorf("volume: %s: neither header slot parses (%s): %w", cp, fi.Slots[0].Error, ErrNotKmsfsFile)
+	}
+	fi.Version, fi.SparseRanges = cur.Version, len(cur.Sparse)
+	fi.FileID, fi.VolumeID = hex.EncodeToString(cur.File[:]), hex.EncodeToString(cur.Volume[:])
+	for _, s := range cur.Stanzas {
+		fi.Stanzas = append(fi.Stanzas, StanzaInfo{Type: s.Type, KeyID: s.KeyID})
+	}
+	return fi, nil
+}
+
+// CipherPath returns the cipher file of path: path itself, or for a path
+// inside a kmsfs mount the cipher dir (the mount's source) joined with its
+// path below the mount point, since names are stored as they are.
+func CipherPath(path string) (string, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return "", err
+	}
+	ms, err := mountinfo.Read()
+	if err != nil {
+		return path, nil // no mount table: path is taken as a cipher file
+	}
+	best, src := "", ""
+	for _, m := range ms {
+		if m.FSType != "fuse.kmsfs" || len(m.Point) <= len(best) {
+			continue
+		}
+		rel, err := filepath.Rel(m.Point, abs)
+		if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+			continue
+		}
+		if s := mountSource(m); s != "" {
+			best, src = m.Point, filepath.Join(s, rel)
+		}
+	}
+	if best == "" {
+		return path, nil
+	}
+	return src, nil
+}
+
+// mountSource returns the source field of m (for kmsfs the cipher dir),
+// "" if it has none.
+func mountSource(m mountinfo.Mount) string {
+	for i, s := range m.Fields {
+		if s == "-" && i+2 < len(m.Fields) {
+			return mountinfo.Unescape(m.Fields[i+2])
+		}
+	}
+	return ""
+}
