@@ -1,0 +1,139 @@
+package volume_test
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/kmsfs/kmsfs/volume"
+)
+
+// fsckSize is the plaintext size of the files the fsck tests write:
+// four whole blocks and part of a fifth.
+func fsckSize(v *volume.Volume) int { return 4*v.Format.Layout().BlockSize() + 100 }
+
+// flip inverts the byte at off of the file at p.
+func flip(t *testing.T, p string, off int64) {
+	t.Helper()
+	f, err := os.OpenFile(p, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := []byte{0}
+	if _, err := f.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0xff
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestFsckClean(t *testing.T) {
+	_, v := cryptVolume(t)
+	for _, name := range []string{"a", "sub/b", "sub/deeper/c"} {
+		p := filepath.Join(v.Dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		encryptTo(t, v, p, randomBytes(t, fsckSize(v)))
+	}
+	r, err := v.Fsck(ctx(t), volume.FsckOptions{})
+	if err != nil {
+		t.Fatalf("Fsck: %v", err)
+	}
+	if !r.Clean() || r.Files != 3 || r.OK != 3 {
+		t.Fatalf("clean volume reported %+v", r)
+	}
+}
+
+func TestFsckFindsDamage(t *testing.T) {
+	type want struct {
+		state     string
+		blocks    []int64
+		slots     []int
+		truncated bool
+	}
+	for _, tc := range []struct {
+		name   string
+		damage func(t *testing.T, v *volume.Volume, p string)
+		want   want
+	}{
+		{"flipped-byte-in-block-1", func(t *testing.T, v *volume.Volume, p string) {
+			l := v.Format.Layout()
+			flip(t, p, l.BlockOffset(1)+10)
+		}, want{state: volume.FsckDamaged, blocks: []int64{1}}},
+		{"flipped-bytes-in-blocks-0-and-3", func(t *testing.T, v *volume.Volume, p string) {
+			l := v.Format.Layout()
+			flip(t, p, l.BlockOffset(0)+10)
+			flip(t, p, l.BlockOffset(3)+10)
+		}, want{state: volume.FsckDamaged, blocks: []int64{0, 3}}},
+		{"flipped-byte-in-header-slot-1", func(t *testing.T, v *volume.Volume, p string) {
+			flip(t, p, int64(2*v.Format.Layout().SlotSize()-1))
+		}, want{state: volume.FsckDamaged, slots: []int{1}}},
+		{"flipped-byte-in-both-header-slots", func(t *testing.T, v *volume.Volume, p string) {
+			ss := int64(v.Format.Layout().SlotSize())
+			flip(t, p, ss-1)
+			flip(t, p, 2*ss-1)
+		}, want{state: volume.FsckDamaged, slots: []int{0, 1}}},
+		{"truncated-mid-block", func(t *testing.T, v *volume.Volume, p string) {
+			if err := os.Truncate(p, v.Format.Layout().BlockOffset(2)+40); err != nil {
+				t.Fatal(err)
+			}
+		}, want{state: volume.FsckDamaged, blocks: []int64{2}, truncated: true}},
+		{"truncated-at-block-boundary", func(t *testing.T, v *volume.Volume, p string) {
+			if err := os.Truncate(p, v.Format.Layout().BlockOffset(3)); err != nil {
+				t.Fatal(err)
+			}
+		}, want{state: volume.FsckDamaged, blocks: []int64{2}, truncated: true}},
+		{"blocks-1-and-2-swapped", func(t *testing.T, v *volume.Volume, p string) {
+			l := v.Format.Layout()
+			b, err := os.ReadFile(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sb := l.SealedBlockSize()
+			o1, o2 := l.BlockOffset(1), l.BlockOffset(2)
+			b1 := slices.Clone(b[o1 : o1+sb])
+			copy(b[o1:], b[o2:o2+sb])
+			copy(b[o2:], b1)
+			if err := os.WriteFile(p, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}, want{state: volume.FsckDamaged, blocks: []int64{1, 2}}},
+		{"foreign-file", func(t *testing.T, v *volume.Volume, p string) {
+			if err := os.WriteFile(p, []byte("not a kmsfs file, only some words long enough to be looked at"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}, want{state: volume.FsckForeign}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, v := cryptVolume(t)
+			encryptTo(t, v, filepath.Join(v.Dir, "intact"), randomBytes(t, fsckSize(v)))
+			p := filepath.Join(v.Dir, "victim")
+			encryptTo(t, v, p, randomBytes(t, fsckSize(v)))
+			tc.damage(t, v, p)
+			r, err := v.Fsck(ctx(t), volume.FsckOptions{})
+			if err != nil {
+				t.Fatalf("Fsck: %v", err)
+			}
+			if r.Clean() || r.Files != 2 || r.OK != 1 || len(r.Problems) != 1 {
+				t.Fatalf("report %+v: want the intact file ok and the victim named", r)
+			}
+			got := r.Problems[0]
+			var blocks []int64
+			for _, b := range got.Blocks {
+				if b.Offset != b.Index*int64(v.Format.Layout().BlockSize()) {
+					t.Errorf("block %d at plaintext offset %d", b.Index, b.Offset)
+				}
+				blocks = append(blocks, b.Index)
+			}
+			if got.Path != "victim" || got.State != tc.want.state || !slices.Equal(blocks, tc.want.blocks) ||
+				!slices.Equal(got.BadSlots, tc.want.slots) || got.Truncated != tc.want.truncated {
+				t.Fatalf("got %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+}
