@@ -10,7 +10,10 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strings"
 	"sync"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/envelope"
 )
@@ -190,21 +193,42 @@ func (v *Volume) Fsck(ctx context.Context, o FsckOptions) (*FsckReport, error) {
 	return r, nil
 }
 
-// journalEntries lists the journal directory's entries without opening
-// the journal (which would lock it and apply its records).
+// journalEntries lists the journal directory's entries that hold a
+// record, without opening the journal (which would lock it and apply its
+// records). A slot whose record was cleared is all zeros at its start.
 func journalEntries(dir string) ([]string, error) {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("volume: fsck: read journal %s: %w", dir, err)
 	}
 	var names []string
+	head := make([]byte, 512)
 	for _, e := range ents {
-		if fi, err := e.Info(); err == nil && fi.Mode().IsRegular() && fi.Size() == 0 {
-			continue // an idle slot holds no record
+		if strings.HasPrefix(e.Name(), "slot-") && e.Type().IsRegular() && idleSlot(filepath.Join(dir, e.Name()), head) {
+			continue
 		}
 		names = append(names, e.Name())
 	}
 	return names, nil
+}
+
+// idleSlot reports whether the journal slot file at p holds no record.
+func idleSlot(p string, head []byte) bool {
+	f, err := os.OpenFile(p, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	n, err := f.ReadAt(head, 0)
+	if err != nil && err != io.EOF {
+		return false
+	}
+	for _, c := range head[:n] {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // fsckFile checks the file at rel.

@@ -41,6 +41,7 @@ applications read and write plain files at the mount point.`,
   kmsfs mount /srv/cipher /mnt/plain
   kmsfs trust /srv/cipher      # approve a volume synced from another host
   kmsfs status /srv/cipher     # which keys the files depend on, and their state
+  kmsfs fsck /srv/cipher       # check every header and block
   kmsfs info /mnt/plain/report.pdf
   kmsfs unmount /mnt/plain`,
 		Version:       version,
@@ -48,6 +49,6 @@ applications read and write plain files at the mount point.`,
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().String(trustDirFlag, "", "the host's trust dir of approved volumes (default $KMSFS_TRUST_DIR, else /etc/kmsfs/trust for root, else ~/.config/kmsfs/trust)")
-	root.AddCommand(newInitCmd(), newMountCmd(), newUnmountCmd(), newTrustCmd(), newStatusCmd(), newInfoCmd(), newEncryptCmd(), newDecryptCmd())
+	root.AddCommand(newInitCmd(), newMountCmd(), newUnmountCmd(), newTrustCmd(), newStatusCmd(), newInfoCmd(), newEncryptCmd(), newDecryptCmd(), newFsckCmd())
 	return root
 }
