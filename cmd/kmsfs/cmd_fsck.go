@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -75,15 +74,8 @@ Exit status:
 			if err != nil {
 				return err
 			}
-			out := cmd.OutOrStdout()
-			if f.json {
-				e := json.NewEncoder(out)
-				e.SetIndent("", "  ")
-				if err := e.Encode(r); err != nil {
-					return err
-				}
-			} else {
-				printFsck(out, r, f.repair)
+			if err := report(cmd.OutOrStdout(), f.json, r, func(out io.Writer) { printFsck(out, r, f.repair) }); err != nil {
+				return err
 			}
 			if !r.Clean() {
 				return exitCode(exitDamage)

@@ -63,15 +63,8 @@ Exit status:
 			if err != nil {
 				return err
 			}
-			out := cmd.OutOrStdout()
-			if f.json {
-				e := json.NewEncoder(out)
-				e.SetIndent("", "  ")
-				if err := e.Encode(r); err != nil {
-					return err
-				}
-			} else {
-				printStatus(out, r)
+			if err := report(cmd.OutOrStdout(), f.json, r, func(out io.Writer) { printStatus(out, r) }); err != nil {
+				return err
 			}
 			if !r.Healthy() {
 				return exitCode(exitAtRisk)
@@ -82,6 +75,17 @@ Exit status:
 	c.Flags().BoolVar(&f.json, "json", false, "print the report as JSON")
 	c.Flags().DurationVar(&f.timeout, "timeout", 30*time.Minute, "bound on the whole scan")
 	return c
+}
+
+// report writes r to out as indented JSON, or through human.
+func report(out io.Writer, asJSON bool, r any, human func(io.Writer)) error {
+	if !asJSON {
+		human(out)
+		return nil
+	}
+	e := json.NewEncoder(out)
+	e.SetIndent("", "  ")
+	return e.Encode(r)
 }
 
 // printStatus writes the human report: the keys as a table, then the
