@@ -6,6 +6,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/kmsfs/kmsfs/envelope"
 	"github.com/kmsfs/kmsfs/volume"
 )
 
@@ -169,5 +170,75 @@ func TestFsckJournalRemnants(t *testing.T) {
 				t.Fatalf("report %+v: want journal entries %v", r, tc.want)
 			}
 		})
+	}
+}
+
+// TestFsckRepairAppliesJournal is the crash in the middle of a write: a
+// block is torn on disk while the journal holds the record that finishes
+// it. Read-only fsck reports the torn block and the journal slot; fsck
+// --repair (a read-write volume) applies the record, and only then is the
+// volume clean.
+func TestFsckRepairAppliesJournal(t *testing.T) {
+	tv := initVolume(t)
+	ro, err := tv.open(t, volume.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	p := filepath.Join(ro.Dir, "f")
+	encryptTo(t, ro, p, randomBytes(t, fsckSize(ro)))
+	l := ro.Format.Layout()
+	raw, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := ro.Format.Open(ctx(t), b, ro.Keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := f.ID()
+	f.Close()
+	b.Close()
+	ro.Close()
+
+	rw, err := tv.open(t, volume.Options{})
+	if err != nil {
+		t.Fatalf("Open read-write: %v", err)
+	}
+	at := l.BlockOffset(1)
+	body := slices.Clone(raw[at : at+l.SealedBlockSize()])
+	size := int64(len(raw))
+	if _, err := rw.Journal.Begin(envelope.Change{File: id, At: at, Cut: -1, Min: size, Max: size, Hint: "f"}, body); err != nil {
+		t.Fatalf("Begin: %v", err)
+	}
+	rw.Journal.Close() // the crash: the record stays, never ended
+	flip(t, p, at+10)
+
+	ro, err = tv.open(t, volume.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	r, err := ro.Fsck(ctx(t), volume.FsckOptions{})
+	if err != nil {
+		t.Fatalf("Fsck: %v", err)
+	}
+	if r.Clean() || len(r.Journal) != 1 || len(r.Problems) != 1 || len(r.Problems[0].Blocks) != 1 || r.Problems[0].Blocks[0].Index != 1 {
+		t.Fatalf("read-only fsck after the crash: %+v; want block 1 torn and one journal entry", r)
+	}
+	ro.Close()
+
+	rep, err := tv.open(t, volume.Options{})
+	if err != nil {
+		t.Fatalf("Open read-write: %v", err)
+	}
+	r, err = rep.Fsck(ctx(t), volume.FsckOptions{})
+	if err != nil {
+		t.Fatalf("Fsck: %v", err)
+	}
+	if !r.Clean() || r.Repaired != 1 || r.OK != 1 {
+		t.Fatalf("fsck --repair: %+v; want the record applied and the file ok", r)
 	}
 }
