@@ -7,8 +7,8 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -104,18 +104,11 @@ func (r *FsckReport) Clean() bool {
 	return r.Pending == 0 && len(r.Journal) == 0
 }
 
-// FsckOptions say what Fsck reports along the way.
-type FsckOptions struct {
-	// Progress, if set, is called after each file with the files done and
-	// the total; it is called from one goroutine at a time.
-	Progress func(done, total int)
-}
-
 // Fsck checks every file of the volume: both header slots against the
 // file's key, and every block. It changes nothing; a volume opened
 // read-write has applied its pending journal records at Open already
 // (v.Recovery), which the report carries. ctx cancels the check.
-func (v *Volume) Fsck(ctx context.Context, o FsckOptions) (*FsckReport, error) {
+func (v *Volume) Fsck(ctx context.Context) (*FsckReport, error) {
 	r := &FsckReport{Dir: v.Dir, Volume: v.Conf().VolumeID, Pending: v.Recovery.Pending - v.Recovery.Recovered, Repaired: v.Recovery.Recovered}
 	if v.Recovery.Err != nil {
 		r.RepairError = v.Recovery.Err.Error()
@@ -123,98 +116,101 @@ func (v *Volume) Fsck(ctx context.Context, o FsckOptions) (*FsckReport, error) {
 	if r.Pending < 0 {
 		r.Pending = 0
 	}
-	var paths []string
-	err := filepath.WalkDir(v.Dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return fmt.Errorf("volume: fsck %s: %w", v.Dir, err)
-		}
-		rel, _ := filepath.Rel(v.Dir, p)
-		switch {
-		case rel == ConfName:
-			return nil
-		case rel == JournalName && d.IsDir():
-			if v.Journal == nil {
-				r.Journal, err = journalEntries(p)
-			}
-			if err != nil {
-				return err
-			}
-			return fs.SkipDir
-		case d.IsDir():
-			return nil
-		case d.Type().IsRegular():
-			paths = append(paths, rel)
-		default:
-			r.Skipped++
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
+	// The walk opens each file relative to its directory and hands it to
+	// a worker, which closes it: at most one file per worker is open.
+	type job struct {
+		rel string
+		f   *os.File
+		err error
 	}
-	results := make([]FsckFile, len(paths))
-	work := make(chan int)
+	work := make(chan job)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
-	done := 0
 	for range fsckWorkers() {
 		wg.Go(func() {
-			for i := range work {
-				results[i] = v.fsckFile(ctx, paths[i])
-				if o.Progress != nil {
-					mu.Lock()
-					done++
-					o.Progress(done, len(paths))
-					mu.Unlock()
+			for j := range work {
+				res := FsckFile{Path: j.rel, State: FsckUnreadable}
+				if j.err != nil {
+					res.Detail = fmt.Sprintf("volume: open %s: %v", j.rel, j.err)
+				} else {
+					res = v.fsckFile(ctx, j.rel, j.f)
+					j.f.Close()
 				}
+				mu.Lock()
+				r.Files++
+				if res.State == FsckOK && !res.Recovered {
+					r.OK++
+				} else {
+					r.Problems = append(r.Problems, res)
+				}
+				mu.Unlock()
 			}
 		})
 	}
-	for i := range paths {
-		if ctx.Err() != nil {
-			break
-		}
-		work <- i
-	}
+	err := cipherWalk{
+		visit: func(e cipherEntry) (bool, error) {
+			switch {
+			case e.rel == JournalName && e.typ.IsDir():
+				if v.Journal != nil {
+					return false, nil
+				}
+				var err error
+				r.Journal, err = journalEntries(e)
+				return false, err
+			case e.typ.IsDir():
+				return true, nil
+			case e.typ.IsRegular():
+				f, _, err := e.open(0, unix.S_IFREG)
+				work <- job{rel: e.rel, f: f, err: err}
+			default:
+				r.Skipped++
+			}
+			return false, nil
+		},
+		dirErr: func(rel string, err error) error {
+			return fmt.Errorf("volume: fsck %s: %s: %w", v.Dir, rel, err)
+		},
+	}.run(ctx, v.Dir)
 	close(work)
 	wg.Wait()
+	if err != nil {
+		return nil, err
+	}
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("volume: fsck %s: %w", v.Dir, err)
-	}
-	r.Files = int64(len(paths))
-	for _, f := range results {
-		if f.State == FsckOK && !f.Recovered {
-			r.OK++
-			continue
-		}
-		r.Problems = append(r.Problems, f)
 	}
 	sort.Slice(r.Problems, func(i, j int) bool { return r.Problems[i].Path < r.Problems[j].Path })
 	return r, nil
 }
 
-// journalEntries lists the journal directory's entries that hold a
+// journalEntries lists the entries of the journal directory e that hold a
 // record, without opening the journal (which would lock it and apply its
 // records). A slot whose record was cleared is all zeros at its start.
-func journalEntries(dir string) ([]string, error) {
-	ents, err := os.ReadDir(dir)
+func journalEntries(e cipherEntry) ([]string, error) {
+	d, _, err := e.open(unix.O_DIRECTORY, unix.S_IFDIR)
 	if err != nil {
-		return nil, fmt.Errorf("volume: fsck: read journal %s: %w", dir, err)
+		return nil, fmt.Errorf("volume: fsck: open journal %s: %w", e.rel, err)
 	}
+	defer d.Close()
+	ents, err := d.ReadDir(-1)
+	if err != nil {
+		return nil, fmt.Errorf("volume: fsck: read journal %s: %w", e.rel, err)
+	}
+	slices.SortFunc(ents, func(a, b fs.DirEntry) int { return strings.Compare(a.Name(), b.Name()) })
 	var names []string
 	head := make([]byte, 512)
-	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), "slot-") && e.Type().IsRegular() && idleSlot(filepath.Join(dir, e.Name()), head) {
+	for _, de := range ents {
+		if strings.HasPrefix(de.Name(), "slot-") && de.Type().IsRegular() && idleSlot(cipherEntry{dir: d, name: de.Name()}, head) {
 			continue
 		}
-		names = append(names, e.Name())
+		names = append(names, de.Name())
 	}
 	return names, nil
 }
 
-// idleSlot reports whether the journal slot file at p holds no record.
-func idleSlot(p string, head []byte) bool {
-	f, err := os.OpenFile(p, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
+// idleSlot reports whether the journal slot file e holds no record.
+func idleSlot(e cipherEntry, head []byte) bool {
+	f, _, err := e.open(0, unix.S_IFREG)
 	if err != nil {
 		return false
 	}
@@ -231,15 +227,9 @@ func idleSlot(p string, head []byte) bool {
 	return true
 }
 
-// fsckFile checks the file at rel.
-func (v *Volume) fsckFile(ctx context.Context, rel string) FsckFile {
+// fsckFile checks the cipher file b, named rel.
+func (v *Volume) fsckFile(ctx context.Context, rel string, b *os.File) FsckFile {
 	r := FsckFile{Path: rel, State: FsckOK}
-	b, err := OpenCipherFile(filepath.Join(v.Dir, rel))
-	if err != nil {
-		r.State, r.Detail = FsckUnreadable, err.Error()
-		return r
-	}
-	defer b.Close()
 	f, err := v.Format.Open(ctx, b, v.Keys)
 	switch {
 	case errors.Is(err, envelope.ErrNoHeader):

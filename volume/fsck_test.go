@@ -41,7 +41,7 @@ func TestFsckClean(t *testing.T) {
 		}
 		encryptTo(t, v, p, randomBytes(t, fsckSize(v)))
 	}
-	r, err := v.Fsck(ctx(t), volume.FsckOptions{})
+	r, err := v.Fsck(ctx(t))
 	if err != nil {
 		t.Fatalf("Fsck: %v", err)
 	}
@@ -116,7 +116,7 @@ func TestFsckFindsDamage(t *testing.T) {
 			p := filepath.Join(v.Dir, "victim")
 			encryptTo(t, v, p, randomBytes(t, fsckSize(v)))
 			tc.damage(t, v, p)
-			r, err := v.Fsck(ctx(t), volume.FsckOptions{})
+			r, err := v.Fsck(ctx(t))
 			if err != nil {
 				t.Fatalf("Fsck: %v", err)
 			}
@@ -162,7 +162,7 @@ func TestFsckJournalRemnants(t *testing.T) {
 			if err := os.WriteFile(filepath.Join(jd, "slot-0"), tc.content, 0o600); err != nil {
 				t.Fatal(err)
 			}
-			r, err := v.Fsck(ctx(t), volume.FsckOptions{})
+			r, err := v.Fsck(ctx(t))
 			if err != nil {
 				t.Fatalf("Fsck: %v", err)
 			}
@@ -221,7 +221,7 @@ func TestFsckRepairAppliesJournal(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
-	r, err := ro.Fsck(ctx(t), volume.FsckOptions{})
+	r, err := ro.Fsck(ctx(t))
 	if err != nil {
 		t.Fatalf("Fsck: %v", err)
 	}
@@ -234,11 +234,42 @@ func TestFsckRepairAppliesJournal(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Open read-write: %v", err)
 	}
-	r, err = rep.Fsck(ctx(t), volume.FsckOptions{})
+	r, err = rep.Fsck(ctx(t))
 	if err != nil {
 		t.Fatalf("Fsck: %v", err)
 	}
 	if !r.Clean() || r.Repaired != 1 || r.OK != 1 {
 		t.Fatalf("fsck --repair: %+v; want the record applied and the file ok", r)
+	}
+}
+
+// TestFsckPlantedSymlink is a symbolic link planted in the cipher dir,
+// in place of a directory or of the journal directory, pointing at a
+// directory outside it that holds a damaged kmsfs file and a journal slot
+// holding a record: fsck counts the link as skipped and reads nothing
+// behind it.
+func TestFsckPlantedSymlink(t *testing.T) {
+	for _, name := range []string{"sub", volume.JournalName} {
+		t.Run("link="+name, func(t *testing.T) {
+			_, v := cryptVolume(t)
+			encryptTo(t, v, filepath.Join(v.Dir, "f"), randomBytes(t, 1000))
+			outside := t.TempDir()
+			bad := filepath.Join(outside, "damaged")
+			encryptTo(t, v, bad, randomBytes(t, fsckSize(v)))
+			flip(t, bad, v.Format.Layout().BlockOffset(1)+20)
+			if err := os.WriteFile(filepath.Join(outside, "slot-0"), append(make([]byte, 8), 1), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(outside, filepath.Join(v.Dir, name)); err != nil {
+				t.Fatal(err)
+			}
+			r, err := v.Fsck(ctx(t))
+			if err != nil {
+				t.Fatalf("Fsck: %v", err)
+			}
+			if !r.Clean() || r.Files != 1 || r.OK != 1 || r.Skipped != 1 || r.Journal != nil {
+				t.Fatalf("report %+v: want the one file ok and the link skipped unfollowed", r)
+			}
+		})
 	}
 }

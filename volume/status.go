@@ -4,10 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
-	"path"
 	"slices"
 	"strings"
 	"time"
@@ -16,7 +14,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/envelope"
-	"github.com/kmsfs/kmsfs/internal/safeopen"
 	"github.com/kmsfs/kmsfs/internal/volconf"
 	"github.com/kmsfs/kmsfs/keysource"
 	"github.com/kmsfs/kmsfs/keysource/awskms"
@@ -253,66 +250,33 @@ type scanner struct {
 	hdr    []byte
 }
 
-// walk scans the directory at name (relative to the cipher dir, "" for
-// the root). Entries are opened relative to their directory's descriptor
-// and never through a symbolic link.
+// walk scans the cipher dir at root.
 func (sc *scanner) walk(ctx context.Context, root string) error {
-	fd, err := unix.Open(root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("volume: open cipher dir %s: %w", root, err)
-	}
-	return sc.dir(ctx, os.NewFile(uintptr(fd), root), "")
-}
-
-// dir scans the open directory d, named rel, and closes it.
-func (sc *scanner) dir(ctx context.Context, d *os.File, rel string) error {
-	defer d.Close()
-	for {
-		ents, err := d.ReadDir(256)
-		for _, e := range ents {
-			if err := ctx.Err(); err != nil {
-				return fmt.Errorf("volume: status of %s: %w", sc.r.Dir, err)
-			}
-			name := path.Join(rel, e.Name())
-			if rel == "" && (e.Name() == ConfName || e.Name() == JournalName) {
-				continue
-			}
-			if err := sc.entry(ctx, d, e.Name(), name, e.Type()); err != nil {
-				return err
-			}
-		}
-		if err == io.EOF || len(ents) == 0 {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("volume: read directory %s: %w", path.Join(sc.r.Dir, rel), err)
-		}
-	}
-}
-
-// entry scans one entry of the open directory d.
-func (sc *scanner) entry(ctx context.Context, d *os.File, base, rel string, typ fs.FileMode) error {
-	switch {
-	case typ.IsDir():
-		fd, _, err := safeopen.OpenAt(int(d.Fd()), base, unix.O_RDONLY|unix.O_DIRECTORY, unix.S_IFDIR)
-		if err != nil {
-			sc.foreign(rel, err.Error())
-			return nil
-		}
-		return sc.dir(ctx, os.NewFile(uintptr(fd), rel), rel)
-	case typ.IsRegular():
-		fd, st, err := safeopen.OpenAt(int(d.Fd()), base, unix.O_RDONLY, unix.S_IFREG)
-		if err != nil {
-			sc.foreign(rel, err.Error())
-			return nil
-		}
-		f := os.NewFile(uintptr(fd), rel)
-		defer f.Close()
-		sc.file(f, rel, st.Size)
+	return cipherWalk{visit: sc.entry, dirErr: func(rel string, err error) error {
+		sc.foreign(rel, err.Error())
 		return nil
+	}}.run(ctx, root)
+}
+
+// entry scans one entry of the cipher dir.
+func (sc *scanner) entry(e cipherEntry) (bool, error) {
+	switch {
+	case e.rel == JournalName:
+		return false, nil
+	case e.typ.IsDir():
+		return true, nil
+	case e.typ.IsRegular():
+		f, size, err := e.open(0, unix.S_IFREG)
+		if err != nil {
+			sc.foreign(e.rel, err.Error())
+			return false, nil
+		}
+		defer f.Close()
+		sc.file(f, e.rel, size)
+		return false, nil
 	}
 	sc.r.Skipped++
-	return nil
+	return false, nil
 }
 
 // file adds the regular file f, named rel, of size bytes.
