@@ -3,10 +3,13 @@ package volume
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kmsfs/kmsfs/internal/safeopen"
 )
 
 // WriteAtomic makes path hold what write puts into a new file, or leaves
@@ -60,24 +63,18 @@ func WriteAtomic(path string, perm os.FileMode, write func(*os.File) error) (err
 
 // OpenCipherFile opens the cipher file at path for reading, refusing a
 // symlink (one planted in a cipher dir would make decrypt read another
-// file than the one named) and anything but a regular file. The caller
-// closes it.
+// file than the one named) and anything but a regular file, which it
+// never opens (see safeopen.OpenAt). The caller closes it.
 func OpenCipherFile(path string) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
-	if errors.Is(err, unix.ELOOP) {
+	fd, _, err := safeopen.OpenAt(unix.AT_FDCWD, path, unix.O_RDONLY, unix.S_IFREG)
+	var wt *safeopen.WrongType
+	switch {
+	case errors.As(err, &wt) && wt.Mode&unix.S_IFMT == unix.S_IFLNK:
 		return nil, fmt.Errorf("volume: %s is a symlink: name the cipher file itself", path)
+	case errors.As(err, &wt):
+		return nil, fmt.Errorf("volume: %s %v, not a regular file: %w", path, err, ErrNotKmsfsFile)
+	case err != nil:
+		return nil, fmt.Errorf("volume: %w", &fs.PathError{Op: "open", Path: path, Err: err})
 	}
-	if err != nil {
-		return nil, fmt.Errorf("volume: %w", err)
-	}
-	fi, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("volume: %w", err)
-	}
-	if !fi.Mode().IsRegular() {
-		f.Close()
-		return nil, fmt.Errorf("volume: %s is not a regular file (%s): not a kmsfs cipher file", path, fi.Mode().Type())
-	}
-	return f, nil
+	return os.NewFile(uintptr(fd), path), nil
 }

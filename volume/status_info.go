@@ -5,11 +5,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/envelope"
 	"github.com/kmsfs/kmsfs/internal/mountinfo"
@@ -66,18 +63,14 @@ func Info(path string) (*FileInfo, error) {
 	if err != nil {
 		return nil, err
 	}
-	fd, err := unix.Open(cp, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	f, err := OpenCipherFile(cp)
 	if err != nil {
-		return nil, fmt.Errorf("volume: %s: %w", cp, err)
+		return nil, err
 	}
-	f := os.NewFile(uintptr(fd), cp)
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
 		return nil, fmt.Errorf("volume: %s: %w", cp, err)
-	}
-	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("volume: %s is not a regular file: %w", cp, ErrNotKmsfsFile)
 	}
 	var fixed [16]byte
 	if _, err := f.ReadAt(fixed[:], 0); err != nil || string(fixed[:4]) != "KMFS" {
