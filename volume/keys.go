@@ -128,14 +128,19 @@ func (s *keySet) openApproved(ctx context.Context, k volconf.Key, h volconf.Host
 func sameKey(a, b string) bool { return a == b || awskms.SameKey(a, b) }
 
 // openAnchor opens every key source of an approved volume, primary first.
-func openAnchor(ctx context.Context, a *volconf.Anchor, o Options) (*keySet, error) {
+// opened holds sources already opened for some keys (checkAliases): they
+// are used as they are.
+func openAnchor(ctx context.Context, a *volconf.Anchor, o Options, opened []keysource.KeySource) (*keySet, error) {
 	vid, err := a.Conf.ID()
 	if err != nil {
 		return nil, err
 	}
 	s := &keySet{}
 	for i, k := range a.Conf.Keys {
-		src, err := s.openApproved(ctx, k, a.Host[i], vid, o)
+		src := opened[i]
+		if src == nil {
+			src, err = s.openApproved(ctx, k, a.Host[i], vid, o)
+		}
 		if err != nil {
 			s.Close()
 			return nil, fmt.Errorf("key %d (%s): %w", i+1, k.KeyID, err)
@@ -174,8 +179,22 @@ func CheckKeys(ctx context.Context, a *volconf.Anchor, o Options, roundTrip bool
 // ARN the alias points at now ("" for other keys). An alias that does not
 // resolve is left "" and reported as a Warning.
 func AliasTargets(ctx context.Context, c *volconf.Conf) ([]string, []Warning) {
-	vid, _ := c.ID()
+	srcs, ws := aliasSources(ctx, c)
 	targets := make([]string, len(c.Keys))
+	for i, src := range srcs {
+		if src != nil {
+			targets[i] = src.KeyID()
+		}
+	}
+	return targets, ws
+}
+
+// aliasSources opens, for each key of c given as an AWS alias, the key
+// the alias points at now (nil for other keys). An alias that does not
+// resolve is left nil and reported as a Warning.
+func aliasSources(ctx context.Context, c *volconf.Conf) ([]keysource.KeySource, []Warning) {
+	vid, _ := c.ID()
+	srcs := make([]keysource.KeySource, len(c.Keys))
 	var ws []Warning
 	for i, k := range c.Keys {
 		alias := volconf.AWSAlias(k.Spec)
@@ -188,9 +207,9 @@ func AliasTargets(ctx context.Context, c *volconf.Conf) ([]string, []Warning) {
 				Msg: fmt.Sprintf("alias %s does not resolve; this volume keeps using key %s as approved", alias, k.KeyID)})
 			continue
 		}
-		targets[i] = cur.KeyID()
+		srcs[i] = cur
 	}
-	return targets, ws
+	return srcs, ws
 }
 
 // checkAliases refuses a volume whose AWS alias points at another key than
@@ -198,24 +217,34 @@ func AliasTargets(ctx context.Context, c *volconf.Conf) ([]string, []Warning) {
 // records it): following the alias would let whoever can move it choose
 // the key new files are wrapped for, and staying silently on the old key
 // would hide that the alias's owner meant a change (a key rotated away,
-// or scheduled for deletion). An approved move leaves a Warning.
-func checkAliases(ctx context.Context, a *volconf.Anchor, dir string) ([]Warning, error) {
-	targets, ws := AliasTargets(ctx, &a.Conf)
+// or scheduled for deletion). An approved move leaves a Warning. It
+// returns, for each key, the source its alias opened when that is the
+// approved key and needs nothing more checked (no public key fingerprint),
+// so that openAnchor does not open it again; nil for the others.
+func checkAliases(ctx context.Context, a *volconf.Anchor, dir string) ([]keysource.KeySource, []Warning, error) {
+	srcs, ws := aliasSources(ctx, &a.Conf)
 	for i, k := range a.Conf.Keys {
-		t := targets[i]
-		if t == "" || sameKey(t, k.KeyID) {
+		if srcs[i] == nil {
 			continue
 		}
+		t := srcs[i].KeyID()
+		if sameKey(t, k.KeyID) {
+			if k.PublicKeySHA256 != "" {
+				srcs[i] = nil
+			}
+			continue
+		}
+		srcs[i] = nil
 		alias := volconf.AWSAlias(k.Spec)
 		if t != a.Host[i].AliasKey {
-			return ws, fmt.Errorf("key %d: alias %s now points at key %s, not at key %s that this volume was approved with: %w; "+
+			return nil, ws, fmt.Errorf("key %d: alias %s now points at key %s, not at key %s that this volume was approved with: %w; "+
 				"to keep using %s, approve the change with `kmsfs trust %s`; to move to the new key, rewrap the volume or point the alias back",
 				i+1, alias, t, k.KeyID, ErrAliasMoved, k.KeyID, dir)
 		}
 		ws = append(ws, Warning{Fields: map[string]any{"alias": alias, "key": k.KeyID, "alias_key": t},
 			Msg: fmt.Sprintf("alias %s points at key %s; this volume keeps using key %s, as this host approved", alias, t, k.KeyID)})
 	}
-	return ws, nil
+	return srcs, ws, nil
 }
 
 // HostKeyOf splits a key spec given to kmsfs init into what only the host

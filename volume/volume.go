@@ -159,8 +159,10 @@ func Open(ctx context.Context, cipherDir string, o Options) (_ *Volume, err erro
 			v.Close()
 		}
 	}()
+	opened := make([]keysource.KeySource, len(conf.Keys))
 	if o.PublicKeyFile == "" {
-		ws, err := checkAliases(ctx, a, cipherDir)
+		var ws []Warning
+		opened, ws, err = checkAliases(ctx, a, cipherDir)
 		v.Warnings = append(v.Warnings, ws...)
 		if err != nil {
 			return nil, err
@@ -170,7 +172,7 @@ func Open(ctx context.Context, cipherDir string, o Options) (_ *Volume, err erro
 		v.Warnings = append(v.Warnings, Warning{Fields: map[string]any{"key": conf.Keys[0].KeyID, "public_key_file": o.PublicKeyFile},
 			Msg: "kmsfs.conf records no fingerprint of the key's public key (a volume made by an older kmsfs): the public key file is used as given; if it is not the key's, files written cannot be read"})
 	}
-	v.keys, err = openAnchor(ctx, a, o)
+	v.keys, err = openAnchor(ctx, a, o, opened)
 	if err != nil {
 		return nil, err
 	}
