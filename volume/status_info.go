@@ -130,23 +130,12 @@ func CipherPath(path string) (string, error) {
 		if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
 			continue
 		}
-		if s := mountSource(m); s != "" {
-			best, src = m.Point, filepath.Join(s, rel)
+		if m.Source != "" {
+			best, src = m.Point, filepath.Join(m.Source, rel)
 		}
 	}
 	if best == "" {
 		return path, nil
 	}
 	return src, nil
-}
-
-// mountSource returns the source field of m (for kmsfs the cipher dir),
-// "" if it has none.
-func mountSource(m mountinfo.Mount) string {
-	for i, s := range m.Fields {
-		if s == "-" && i+2 < len(m.Fields) {
-			return mountinfo.Unescape(m.Fields[i+2])
-		}
-	}
-	return ""
 }

@@ -14,6 +14,7 @@ import (
 type Mount struct {
 	Point  string   // the mount point (field 5), unescaped
 	FSType string   // the field after the "-" separator, "" if there is none
+	Source string   // the field after FSType (for kmsfs the cipher dir), unescaped; "" if there is none
 	Fields []string // every field of the line, as written (still escaped)
 }
 
@@ -30,6 +31,9 @@ func Parse(text string) []Mount {
 		for i, s := range f {
 			if s == "-" && i+1 < len(f) {
 				m.FSType = f[i+1]
+				if i+2 < len(f) {
+					m.Source = Unescape(f[i+2])
+				}
 				break
 			}
 		}

@@ -34,13 +34,13 @@ short line
 	if len(ms) != 3 {
 		t.Fatalf("Parse: %d mounts, want 3: %+v", len(ms), ms)
 	}
-	for i, want := range []struct{ point, typ string }{
-		{"/", "ext4"},
-		{"/tmp/my dir/plain", "fuse.kmsfs"},
-		{"/no/separator", ""},
+	for i, want := range []struct{ point, typ, source string }{
+		{"/", "ext4", "/dev/sda1"},
+		{"/tmp/my dir/plain", "fuse.kmsfs", "kmsfs"},
+		{"/no/separator", "", ""},
 	} {
-		if ms[i].Point != want.point || ms[i].FSType != want.typ {
-			t.Errorf("mount %d: point %q type %q, want %q %q", i, ms[i].Point, ms[i].FSType, want.point, want.typ)
+		if ms[i].Point != want.point || ms[i].FSType != want.typ || ms[i].Source != want.source {
+			t.Errorf("mount %d: point %q type %q source %q, want %q %q %q", i, ms[i].Point, ms[i].FSType, ms[i].Source, want.point, want.typ, want.source)
 		}
 	}
 	if f := ms[1].Fields; len(f) != 12 || f[4] != `/tmp/my\040dir/plain` || !slices.Contains(f, "rw,user_id=65534,group_id=65534") {
