@@ -138,13 +138,11 @@ func Status(ctx context.Context, cipherDir string, o Options) (*StatusReport, er
 			keys[i].State, keys[i].Detail = StateUnavailable, err.Error()
 			continue
 		}
-		oo := o
-		oo.PublicKeyFile = ""
 		var src keysource.KeySource
 		if spec.Type == awskms.Type {
 			src, err = awskms.Open(ctx, spec, awskms.Options{VolumeID: vid, DescribeOnly: true})
 		} else {
-			src, _, err = s.open(ctx, spec, vid, k, oo, false)
+			src, _, err = s.open(ctx, spec, vid, k, o, false)
 		}
 		describeKey(ctx, &keys[i], src, err)
 	}
