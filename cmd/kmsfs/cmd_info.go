@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 
@@ -33,13 +32,7 @@ claims.`,
 			if err != nil {
 				return err
 			}
-			if asJSON {
-				e := json.NewEncoder(cmd.OutOrStdout())
-				e.SetIndent("", "  ")
-				return e.Encode(fi)
-			}
-			printInfo(cmd.OutOrStdout(), fi)
-			return nil
+			return report(cmd.OutOrStdout(), asJSON, fi, func(out io.Writer) { printInfo(out, fi) })
 		},
 	}
 	c.Flags().BoolVar(&asJSON, "json", false, "print the header as JSON")
