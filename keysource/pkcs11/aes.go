@@ -208,8 +208,16 @@ func (s *Source) newTransportKey(sh p11.SessionHandle, op string) (kek []byte, h
 func kwpMechanisms() []uint { return []uint{0x210B, p11.CKM_AES_KEY_WRAP_PAD, 0x8000216F, 0x80000171} }
 
 // chooseKWP returns the first of kwpMechanisms the token offers for wrap
-// and unwrap that wraps a test key exactly as RFC 5649 does, or 0.
-func (s *Source) chooseKWP(sh p11.SessionHandle, key p11.ObjectHandle) (uint, error) {
+// and unwrap that wraps a test key exactly as RFC 5649 does, or 0. The
+// answer is the token's, so it is worked out once per token; a failed
+// test (a lost session) is not kept.
+func (s *Source) chooseKWP(sh p11.SessionHandle) (uint, error) {
+	t := s.tok
+	t.kwpMu.Lock()
+	defer t.kwpMu.Unlock()
+	if t.kwpKnown {
+		return t.kwpMech, nil
+	}
 	for _, m := range kwpMechanisms() {
 		if !s.mechanism(m, p11.CKF_WRAP|p11.CKF_UNWRAP) {
 			continue
@@ -219,9 +227,11 @@ func (s *Source) chooseKWP(sh p11.SessionHandle, key p11.ObjectHandle) (uint, er
 			return 0, err
 		}
 		if ok {
+			t.kwpKnown, t.kwpMech = true, m
 			return m, nil
 		}
 	}
+	t.kwpKnown = true
 	return 0, nil
 }
 

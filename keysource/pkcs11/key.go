@@ -209,7 +209,7 @@ func (s *Source) setupAES(sh p11.SessionHandle, h p11.ObjectHandle, wrap string)
 	}
 	gcm := perm[0] && perm[1] && s.mechanism(p11.CKM_AES_GCM, p11.CKF_ENCRYPT|p11.CKF_DECRYPT)
 	if perm[2] && perm[3] {
-		if s.kwpMech, err = s.chooseKWP(sh, h); err != nil {
+		if s.kwpMech, err = s.chooseKWP(sh); err != nil {
 			return err
 		}
 	}
