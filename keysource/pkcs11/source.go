@@ -274,7 +274,8 @@ func (s *Source) Describe(ctx context.Context) (keysource.KeyState, error) {
 		st.State, st.Usable = "Present", true
 	case err == nil:
 		st.State = "Restricted"
-		st.Detail += "; the key's attributes no longer allow " + s.needs()
+		_, what := s.needs()
+		st.Detail += "; the key's attributes no longer allow " + what
 	case errors.Is(err, errKeyGone):
 		st.State = "Missing"
 		st.Detail += "; the key is no longer on the token"
