@@ -27,7 +27,7 @@ var errKeyGone = errors.New("pkcs11: the key is no longer on the token")
 
 // findKey finds the object the URI names and sets up the Source for it.
 func (s *Source) findKey(ctx context.Context, wrap string) error {
-	err := s.retry(ctx, func(gen uint64) error {
+	err := withRecovery(ctx, s.tok, s.uri, s.pin, func(gen uint64) error {
 		return s.pool.do(ctx, func(sh p11.SessionHandle) error {
 			if err := s.loggedIn(sh); err != nil {
 				return err
