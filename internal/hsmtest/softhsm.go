@@ -21,10 +21,7 @@ import (
 func Start(o Options) (h *HSM, err error) {
 	mod := o.Module
 	if mod == "" {
-		mod = os.Getenv("KMSFS_PKCS11_MODULE")
-	}
-	if mod == "" {
-		mod = DefaultModule
+		mod = ModulePath()
 	}
 	if _, err := os.Stat(mod); err != nil {
 		return nil, fmt.Errorf("hsmtest: SoftHSM2 module: %w (install the softhsm2 package or set KMSFS_PKCS11_MODULE)", err)
