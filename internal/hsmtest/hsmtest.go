@@ -24,6 +24,15 @@ import (
 // used when Options.Module and KMSFS_PKCS11_MODULE are empty.
 const DefaultModule = "/usr/lib/softhsm/libsofthsm2.so"
 
+// ModulePath returns the SoftHSM2 module tests use when none is named:
+// $KMSFS_PKCS11_MODULE, else DefaultModule.
+func ModulePath() string {
+	if mod := os.Getenv("KMSFS_PKCS11_MODULE"); mod != "" {
+		return mod
+	}
+	return DefaultModule
+}
+
 // IDs given to the keys as CKA_ID, in bytes.
 const (
 	AESID = "\xa5\x01"
@@ -104,9 +113,13 @@ func (h *HSM) Close() error {
 
 // URI returns the key spec of object on t, with module-path and
 // pin-source=file: set.
-func (t *Token) URI(object string) string {
+func (t *Token) URI(object string) string { return t.URIVia(t.module, object) }
+
+// URIVia is URI with module-path set to module: a module that reaches
+// t's token through something in between, such as a test shim.
+func (t *Token) URIVia(module, object string) string {
 	return fmt.Sprintf("pkcs11:token=%s;object=%s?module-path=%s&pin-source=file:%s",
-		escape(t.Label), escape(object), escape(t.module), escape(t.PINFile))
+		escape(t.Label), escape(object), escape(module), escape(t.PINFile))
 }
 
 // AESSpec returns the key spec of t's AES key.

@@ -21,10 +21,7 @@ import (
 func Start(o Options) (h *HSM, err error) {
 	mod := o.Module
 	if mod == "" {
-		mod = os.Getenv("KMSFS_PKCS11_MODULE")
-	}
-	if mod == "" {
-		mod = DefaultModule
+		mod = ModulePath()
 	}
 	if _, err := os.Stat(mod); err != nil {
 		return nil, fmt.Errorf("hsmtest: SoftHSM2 module: %w (install the softhsm2 package or set KMSFS_PKCS11_MODULE)", err)
@@ -143,7 +140,7 @@ func (h *HSM) makeToken(c *p11.Ctx, o TokenOptions) (*Token, error) {
 		}
 	}
 	if o.RSALabel != "" {
-		if err := makeRSA(c, sh, o.RSALabel); err != nil {
+		if err := makeRSA(c, sh, o.RSALabel, false); err != nil {
 			return nil, err
 		}
 	}
@@ -199,7 +196,24 @@ func makeAES(c *p11.Ctx, sh p11.SessionHandle, label string) error {
 	return nil
 }
 
-func makeRSA(c *p11.Ctx, sh p11.SessionHandle, label string) error {
+// makeRSA makes an RSA-2048 key pair labelled label; alwaysAuth sets
+// CKA_ALWAYS_AUTHENTICATE on its private key.
+func makeRSA(c *p11.Ctx, sh p11.SessionHandle, label string, alwaysAuth bool) error {
+	priv := []*p11.Attribute{
+		p11.NewAttribute(p11.CKA_CLASS, p11.CKO_PRIVATE_KEY),
+		p11.NewAttribute(p11.CKA_KEY_TYPE, p11.CKK_RSA),
+		p11.NewAttribute(p11.CKA_TOKEN, true),
+		p11.NewAttribute(p11.CKA_PRIVATE, true),
+		p11.NewAttribute(p11.CKA_SENSITIVE, true),
+		p11.NewAttribute(p11.CKA_EXTRACTABLE, false),
+		p11.NewAttribute(p11.CKA_LABEL, label),
+		p11.NewAttribute(p11.CKA_ID, []byte(RSAID)),
+		p11.NewAttribute(p11.CKA_DECRYPT, true),
+		p11.NewAttribute(p11.CKA_UNWRAP, true),
+	}
+	if alwaysAuth {
+		priv = append(priv, p11.NewAttribute(p11.CKA_ALWAYS_AUTHENTICATE, true))
+	}
 	_, _, err := c.GenerateKeyPair(sh, []*p11.Mechanism{p11.NewMechanism(p11.CKM_RSA_PKCS_KEY_PAIR_GEN, nil)},
 		[]*p11.Attribute{
 			p11.NewAttribute(p11.CKA_CLASS, p11.CKO_PUBLIC_KEY),
@@ -212,18 +226,7 @@ func makeRSA(c *p11.Ctx, sh p11.SessionHandle, label string) error {
 			p11.NewAttribute(p11.CKA_ENCRYPT, true),
 			p11.NewAttribute(p11.CKA_WRAP, true),
 		},
-		[]*p11.Attribute{
-			p11.NewAttribute(p11.CKA_CLASS, p11.CKO_PRIVATE_KEY),
-			p11.NewAttribute(p11.CKA_KEY_TYPE, p11.CKK_RSA),
-			p11.NewAttribute(p11.CKA_TOKEN, true),
-			p11.NewAttribute(p11.CKA_PRIVATE, true),
-			p11.NewAttribute(p11.CKA_SENSITIVE, true),
-			p11.NewAttribute(p11.CKA_EXTRACTABLE, false),
-			p11.NewAttribute(p11.CKA_LABEL, label),
-			p11.NewAttribute(p11.CKA_ID, []byte(RSAID)),
-			p11.NewAttribute(p11.CKA_DECRYPT, true),
-			p11.NewAttribute(p11.CKA_UNWRAP, true),
-		})
+		priv)
 	if err != nil {
 		return fmt.Errorf("hsmtest: generate RSA key pair %s: %w", label, err)
 	}
@@ -236,6 +239,14 @@ func makeRSA(c *p11.Ctx, sh p11.SessionHandle, label string) error {
 // apart.
 func (h *HSM) AddAESKey(tok *Token, label string) error {
 	return h.withUser(tok, func(c *p11.Ctx, sh p11.SessionHandle) error { return makeAES(c, sh, label) })
+}
+
+// AddAlwaysAuthRSAKey makes an RSA key pair labelled label on tok, as
+// Start makes the token's own, but whose private key wants the PIN again
+// before every use (CKA_ALWAYS_AUTHENTICATE): a key an unattended
+// program cannot use.
+func (h *HSM) AddAlwaysAuthRSAKey(tok *Token, label string) error {
+	return h.withUser(tok, func(c *p11.Ctx, sh p11.SessionHandle) error { return makeRSA(c, sh, label, true) })
 }
 
 // DeleteKey destroys every object labelled label on tok: a key deleted

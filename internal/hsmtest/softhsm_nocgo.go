@@ -13,5 +13,10 @@ func Start(Options) (*HSM, error) {
 // AddAESKey fails without cgo (Start never returns an HSM there).
 func (h *HSM) AddAESKey(*Token, string) error { return errors.New("hsmtest: built without cgo") }
 
+// AddAlwaysAuthRSAKey fails without cgo (Start never returns an HSM there).
+func (h *HSM) AddAlwaysAuthRSAKey(*Token, string) error {
+	return errors.New("hsmtest: built without cgo")
+}
+
 // DeleteKey fails without cgo (Start never returns an HSM there).
 func (h *HSM) DeleteKey(*Token, string) error { return errors.New("hsmtest: built without cgo") }

@@ -30,6 +30,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/kmsfs/kmsfs/internal/hsmtest"
 )
 
 //go:embed csrc/shim.c csrc/pkcs11.h csrc/pkcs11t.h csrc/pkcs11f.h
@@ -99,12 +101,8 @@ func Build(ctx context.Context, dir string) (string, error) {
 // error fails the test.
 func Need(t testing.TB, dir string) string {
 	t.Helper()
-	soft := os.Getenv("KMSFS_PKCS11_MODULE")
-	if soft == "" {
-		soft = DefaultModule
-	}
 	var mod string
-	_, err := os.Stat(soft)
+	_, err := os.Stat(hsmtest.ModulePath())
 	if err != nil {
 		err = fmt.Errorf("%w: SoftHSM2 module: %v (install the softhsm2 package or set KMSFS_PKCS11_MODULE)", ErrUnavailable, err)
 	} else if mod, err = Build(context.Background(), dir); err == nil {

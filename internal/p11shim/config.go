@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/kmsfs/kmsfs/internal/hsmtest"
 )
 
 // EnvConfig names the environment variable the shim reads, at
@@ -14,7 +16,7 @@ const EnvConfig = "KMSFS_P11SHIM_CONFIG"
 
 // DefaultModule is the module the shim forwards to when Config.Module is
 // empty: SoftHSM2 from the Debian package softhsm2.
-const DefaultModule = "/usr/lib/softhsm/libsofthsm2.so"
+const DefaultModule = hsmtest.DefaultModule
 
 // Mechanism numbers under which profiles offer RFC 5649 key wrap in place
 // of SoftHSM's CKM_AES_KEY_WRAP_PAD (0x210A).

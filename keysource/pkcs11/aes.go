@@ -157,31 +157,46 @@ func (s *Source) unwrapGCM(ctx context.Context, bd body) ([]byte, error) {
 }
 
 // secretTemplate describes the session object that carries V ‖ K in and
-// out of C_WrapKey and C_UnwrapKey. It is sensitive, since HSMs that keep
+// out of C_WrapKey and C_UnwrapKey, of value v unless v is nil (the
+// token sets it when it unwraps). It is sensitive, since HSMs that keep
 // every secret key sensitive refuse any other, and lives only in the
 // session, for the length of one call.
-func secretTemplate() []*p11.Attribute {
-	return []*p11.Attribute{
+func secretTemplate(v []byte) []*p11.Attribute {
+	t := []*p11.Attribute{
 		p11.NewAttribute(p11.CKA_CLASS, p11.CKO_SECRET_KEY),
 		p11.NewAttribute(p11.CKA_KEY_TYPE, p11.CKK_GENERIC_SECRET),
 		p11.NewAttribute(p11.CKA_TOKEN, false),
 		p11.NewAttribute(p11.CKA_SENSITIVE, true),
 		p11.NewAttribute(p11.CKA_EXTRACTABLE, true),
 	}
+	if v != nil {
+		t = append(t, p11.NewAttribute(p11.CKA_VALUE, v))
+	}
+	return t
 }
 
-// transportTemplate describes a one-time session AES key of value v that
-// wraps an unwrapped V ‖ K out of the token, for kmsfs to unwrap in Go.
-func transportTemplate(v []byte) []*p11.Attribute {
-	return []*p11.Attribute{
+// newTransportKey draws a one-time AES-256 key and creates it on the
+// token as a session key that wraps: V ‖ K leaves the token under it,
+// for kmsfs to unwrap in Go. The caller clears kek and destroys h.
+func (s *Source) newTransportKey(sh p11.SessionHandle, op string) (kek []byte, h p11.ObjectHandle, err error) {
+	kek = make([]byte, 32)
+	if _, err := io.ReadFull(s.rand, kek); err != nil {
+		return nil, 0, fmt.Errorf("pkcs11: transport key: %w", err)
+	}
+	h, err = s.ck().CreateObject(sh, []*p11.Attribute{
 		p11.NewAttribute(p11.CKA_CLASS, p11.CKO_SECRET_KEY),
 		p11.NewAttribute(p11.CKA_KEY_TYPE, p11.CKK_AES),
 		p11.NewAttribute(p11.CKA_TOKEN, false),
 		p11.NewAttribute(p11.CKA_SENSITIVE, true),
 		p11.NewAttribute(p11.CKA_EXTRACTABLE, false),
 		p11.NewAttribute(p11.CKA_WRAP, true),
-		p11.NewAttribute(p11.CKA_VALUE, v),
+		p11.NewAttribute(p11.CKA_VALUE, kek),
+	})
+	if err != nil {
+		clear(kek)
+		return nil, 0, tokenErr(op, s.uri.Token, err)
 	}
+	return kek, h, nil
 }
 
 // kwpMechanisms are the numbers RFC 5649 key wrap goes by, in the order
@@ -193,8 +208,16 @@ func transportTemplate(v []byte) []*p11.Attribute {
 func kwpMechanisms() []uint { return []uint{0x210B, p11.CKM_AES_KEY_WRAP_PAD, 0x8000216F, 0x80000171} }
 
 // chooseKWP returns the first of kwpMechanisms the token offers for wrap
-// and unwrap that wraps a test key exactly as RFC 5649 does, or 0.
-func (s *Source) chooseKWP(sh p11.SessionHandle, key p11.ObjectHandle) (uint, error) {
+// and unwrap that wraps a test key exactly as RFC 5649 does, or 0. The
+// answer is the token's, so it is worked out once per token; a failed
+// test (a lost session) is not kept.
+func (s *Source) chooseKWP(sh p11.SessionHandle) (uint, error) {
+	t := s.tok
+	t.kwpMu.Lock()
+	defer t.kwpMu.Unlock()
+	if t.kwpKnown {
+		return t.kwpMech, nil
+	}
 	for _, m := range kwpMechanisms() {
 		if !s.mechanism(m, p11.CKF_WRAP|p11.CKF_UNWRAP) {
 			continue
@@ -204,27 +227,29 @@ func (s *Source) chooseKWP(sh p11.SessionHandle, key p11.ObjectHandle) (uint, er
 			return 0, err
 		}
 		if ok {
+			t.kwpKnown, t.kwpMech = true, m
 			return m, nil
 		}
 	}
+	t.kwpKnown = true
 	return 0, nil
 }
 
 // isRFC5649 wraps a random test value under a random transport key with
 // mech on the token and compares with RFC 5649 done in Go.
 func (s *Source) isRFC5649(sh p11.SessionHandle, mech uint) (bool, error) {
-	buf := make([]byte, 32+boundSize)
-	if _, err := io.ReadFull(s.rand, buf); err != nil {
+	kek, t, err := s.newTransportKey(sh, "create a session key")
+	if err != nil {
+		return false, err
+	}
+	defer clear(kek)
+	c := s.ck()
+	defer c.DestroyObject(sh, t)
+	val := make([]byte, boundSize)
+	if _, err := io.ReadFull(s.rand, val); err != nil {
 		return false, fmt.Errorf("pkcs11: key-wrap test: %w", err)
 	}
-	kek, val := buf[:32], buf[32:]
-	c := s.ck()
-	t, err := c.CreateObject(sh, transportTemplate(kek))
-	if err != nil {
-		return false, tokenErr("create a session key", s.uri.Token, err)
-	}
-	defer c.DestroyObject(sh, t)
-	o, err := c.CreateObject(sh, append(secretTemplate(), p11.NewAttribute(p11.CKA_VALUE, val)))
+	o, err := c.CreateObject(sh, secretTemplate(val))
 	if err != nil {
 		return false, tokenErr("create a session key", s.uri.Token, err)
 	}
@@ -249,7 +274,7 @@ func (s *Source) wrapKWP(ctx context.Context, dataKey []byte) ([]byte, error) {
 	var out []byte
 	err := s.call(ctx, func(sh p11.SessionHandle, key p11.ObjectHandle) error {
 		c := s.ck()
-		obj, err := c.CreateObject(sh, append(secretTemplate(), p11.NewAttribute(p11.CKA_VALUE, v)))
+		obj, err := c.CreateObject(sh, secretTemplate(v))
 		if err != nil {
 			return tokenErr("AES key wrap", s.uri.Token, err)
 		}
@@ -280,20 +305,16 @@ func (s *Source) unwrapKWP(ctx context.Context, bd body) ([]byte, error) {
 	err := s.call(ctx, func(sh p11.SessionHandle, key p11.ObjectHandle) error {
 		c := s.ck()
 		mech := []*p11.Mechanism{p11.NewMechanism(s.kwpMech, nil)}
-		obj, err := c.UnwrapKey(sh, mech, key, bd.data, secretTemplate())
+		obj, err := c.UnwrapKey(sh, mech, key, bd.data, secretTemplate(nil))
 		if err != nil {
 			return unwrapErr(s.uri.Token, err)
 		}
 		defer c.DestroyObject(sh, obj)
-		kek := make([]byte, 32)
-		defer clear(kek)
-		if _, err := io.ReadFull(s.rand, kek); err != nil {
-			return fmt.Errorf("pkcs11: transport key: %w", err)
-		}
-		t, err := c.CreateObject(sh, transportTemplate(kek))
+		kek, t, err := s.newTransportKey(sh, "AES key unwrap")
 		if err != nil {
-			return tokenErr("AES key unwrap", s.uri.Token, err)
+			return err
 		}
+		defer clear(kek)
 		defer c.DestroyObject(sh, t)
 		w, err := c.WrapKey(sh, mech, t, obj)
 		if err != nil {

@@ -60,10 +60,8 @@ const (
 	bodyHead     = 2
 
 	gcmSealedSize = keysource.DataKeySize + gcmTagSize
-	gcmV1Size     = bodyHead + gcmIVSize + gcmSealedSize
 	boundSize     = volumeIDSize + keysource.DataKeySize // V ‖ K
 	kwpSize       = boundSize + 8
-	kwpV1Size     = bodyHead + kwpSize
 )
 
 // body is a parsed stanza body. Its slices alias the stanza's.

@@ -28,10 +28,9 @@ const (
 // (AWS CloudHSM does) and the buffer is still there to read. The caller
 // frees it once the operation has ended.
 type gcmParams struct {
-	mem    unsafe.Pointer // iv (ivLen bytes) then aad
-	ivLen  int
-	layout gcmLayout
-	raw    []byte
+	mem   unsafe.Pointer // iv (ivLen bytes) then aad
+	ivLen int
+	raw   []byte
 }
 
 // newGCMParams lays out iv and aad in C memory with the given layout.
@@ -63,7 +62,7 @@ func newGCMParams(iv, aad []byte, tagBits int, layout gcmLayout) *gcmParams {
 	raw = put(raw, aadPtr, word)
 	raw = put(raw, uint64(len(aad)), ulong)
 	raw = put(raw, uint64(tagBits), ulong)
-	return &gcmParams{mem: mem, ivLen: len(iv), layout: layout, raw: raw}
+	return &gcmParams{mem: mem, ivLen: len(iv), raw: raw}
 }
 
 // mechanism returns CKM_AES_GCM with these parameters.

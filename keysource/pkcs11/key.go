@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"slices"
 
 	"github.com/kmsfs/kmsfs/keysource"
 	p11 "github.com/miekg/pkcs11"
@@ -26,7 +27,7 @@ var errKeyGone = errors.New("pkcs11: the key is no longer on the token")
 
 // findKey finds the object the URI names and sets up the Source for it.
 func (s *Source) findKey(ctx context.Context, wrap string) error {
-	err := s.retry(ctx, func(gen uint64) error {
+	err := withRecovery(ctx, s.tok, s.uri, s.pin, func(gen uint64) error {
 		return s.pool.do(ctx, func(sh p11.SessionHandle) error {
 			if err := s.loggedIn(sh); err != nil {
 				return err
@@ -209,7 +210,7 @@ func (s *Source) setupAES(sh p11.SessionHandle, h p11.ObjectHandle, wrap string)
 	}
 	gcm := perm[0] && perm[1] && s.mechanism(p11.CKM_AES_GCM, p11.CKF_ENCRYPT|p11.CKF_DECRYPT)
 	if perm[2] && perm[3] {
-		if s.kwpMech, err = s.chooseKWP(sh, h); err != nil {
+		if s.kwpMech, err = s.chooseKWP(sh); err != nil {
 			return err
 		}
 	}
@@ -325,39 +326,21 @@ func (s *Source) perms(sh p11.SessionHandle, key p11.ObjectHandle, types ...uint
 
 // permitted reports whether the key still allows what the Source does.
 func (s *Source) permitted(sh p11.SessionHandle, key p11.ObjectHandle) (bool, error) {
-	var types []uint
-	switch {
-	case s.kind == keyRSA:
-		types = []uint{p11.CKA_DECRYPT}
-	case s.aesMode == kindKWP:
-		types = []uint{p11.CKA_WRAP, p11.CKA_UNWRAP}
-	default:
-		types = []uint{p11.CKA_ENCRYPT, p11.CKA_DECRYPT}
-	}
-	tmpl := make([]*p11.Attribute, len(types))
-	for i, t := range types {
-		tmpl[i] = p11.NewAttribute(t, nil)
-	}
-	a, err := s.ck().GetAttributeValue(sh, key, tmpl)
-	if err != nil {
-		return false, err
-	}
-	for _, x := range a {
-		if len(x.Value) != 1 || x.Value[0] == 0 {
-			return false, nil
-		}
-	}
-	return true, nil
+	types, _ := s.needs()
+	perm, err := s.perms(sh, key, types...)
+	return err == nil && !slices.Contains(perm, false), err
 }
 
-func (s *Source) needs() string {
+// needs returns the attributes the key must keep set for what the Source
+// does, and what they allow, for a message.
+func (s *Source) needs() ([]uint, string) {
 	switch {
 	case s.kind == keyRSA:
-		return "decrypt"
+		return []uint{p11.CKA_DECRYPT}, "decrypt"
 	case s.aesMode == kindKWP:
-		return "wrap and unwrap"
+		return []uint{p11.CKA_WRAP, p11.CKA_UNWRAP}, "wrap and unwrap"
 	}
-	return "encrypt and decrypt"
+	return []uint{p11.CKA_ENCRYPT, p11.CKA_DECRYPT}, "encrypt and decrypt"
 }
 
 func (s *Source) keyName() string {

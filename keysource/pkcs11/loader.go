@@ -143,6 +143,13 @@ type token struct {
 	gcmLayout  atomic.Int32 // a gcmLayout
 	gcmTokenIV atomic.Int32 // ivCaller or ivToken
 
+	// The token's RFC 5649 mechanism (0 if none), learnt by the first
+	// Source whose key may wrap, since the test costs a wrap on the
+	// token.
+	kwpMu    sync.Mutex
+	kwpKnown bool // guarded by kwpMu
+	kwpMech  uint // guarded by kwpMu
+
 	mu       sync.Mutex
 	anchor   p11.SessionHandle // guarded by mu
 	loggedIn bool              // guarded by mu

@@ -85,6 +85,9 @@ type tokenFacts struct {
 // prepareTokens adds what hsmtest does not make, and reads each token's
 // facts, before any test loads the module.
 func prepareTokens(h *hsmtest.HSM) (map[string]tokenFacts, error) {
+	if err := h.AddAlwaysAuthRSAKey(h.Token("main"), alwaysAuthLabel); err != nil {
+		return nil, fmt.Errorf("make the always-authenticate key: %w", err)
+	}
 	c := p11.New(h.Module)
 	if c == nil {
 		return nil, fmt.Errorf("cannot load %s", h.Module)
@@ -108,41 +111,6 @@ func prepareTokens(h *hsmtest.HSM) (map[string]tokenFacts, error) {
 			}
 			facts[name] = tokenFacts{slot: sl, serial: strings.TrimRight(ti.SerialNumber, " "),
 				model: strings.TrimRight(ti.Model, " "), manufacture: strings.TrimRight(ti.ManufacturerID, " ")}
-			if name != "main" {
-				continue
-			}
-			sh, err := c.OpenSession(sl, p11.CKF_SERIAL_SESSION|p11.CKF_RW_SESSION)
-			if err != nil {
-				return nil, err
-			}
-			if err := c.Login(sh, p11.CKU_USER, tok.PIN); err != nil {
-				return nil, err
-			}
-			_, _, err = c.GenerateKeyPair(sh, []*p11.Mechanism{p11.NewMechanism(p11.CKM_RSA_PKCS_KEY_PAIR_GEN, nil)},
-				[]*p11.Attribute{
-					p11.NewAttribute(p11.CKA_CLASS, p11.CKO_PUBLIC_KEY),
-					p11.NewAttribute(p11.CKA_KEY_TYPE, p11.CKK_RSA),
-					p11.NewAttribute(p11.CKA_TOKEN, true),
-					p11.NewAttribute(p11.CKA_LABEL, alwaysAuthLabel),
-					p11.NewAttribute(p11.CKA_MODULUS_BITS, 2048),
-					p11.NewAttribute(p11.CKA_PUBLIC_EXPONENT, []byte{1, 0, 1}),
-					p11.NewAttribute(p11.CKA_ENCRYPT, true),
-				},
-				[]*p11.Attribute{
-					p11.NewAttribute(p11.CKA_CLASS, p11.CKO_PRIVATE_KEY),
-					p11.NewAttribute(p11.CKA_KEY_TYPE, p11.CKK_RSA),
-					p11.NewAttribute(p11.CKA_TOKEN, true),
-					p11.NewAttribute(p11.CKA_PRIVATE, true),
-					p11.NewAttribute(p11.CKA_SENSITIVE, true),
-					p11.NewAttribute(p11.CKA_LABEL, alwaysAuthLabel),
-					p11.NewAttribute(p11.CKA_DECRYPT, true),
-					p11.NewAttribute(p11.CKA_ALWAYS_AUTHENTICATE, true),
-				})
-			c.Logout(sh)
-			c.CloseSession(sh)
-			if err != nil {
-				return nil, fmt.Errorf("make the always-authenticate key: %w", err)
-			}
 		}
 		if _, ok := facts[name]; !ok {
 			return nil, fmt.Errorf("token %s not found", tok.Label)

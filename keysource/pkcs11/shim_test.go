@@ -4,7 +4,6 @@ package pkcs11_test
 
 import (
 	"bytes"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,7 +13,6 @@ import (
 
 	"github.com/kmsfs/kmsfs/internal/hsmtest"
 	"github.com/kmsfs/kmsfs/internal/p11shim"
-	"github.com/kmsfs/kmsfs/keysource"
 	"github.com/kmsfs/kmsfs/keysource/pkcs11"
 )
 
@@ -35,8 +33,7 @@ type shimToken struct {
 // spec returns the key spec of object behind the shim, with query
 // attributes added.
 func (s *shimToken) spec(object string, query ...string) string {
-	u := "pkcs11:token=" + url.PathEscape(s.tok.Label) + ";object=" + url.PathEscape(object) +
-		"?module-path=" + s.module + "&pin-source=file:" + s.tok.PINFile
+	u := s.tok.URIVia(s.module, object)
 	for _, q := range query {
 		u += "&" + q
 	}
@@ -82,11 +79,7 @@ func underShim(t *testing.T, cfg p11shim.Config) *shimToken {
 // openShim opens spec in a child through the shared Loader.
 func openShim(t *testing.T, spec string) (*pkcs11.Source, error) {
 	t.Helper()
-	ks, err := keysource.ParseSpec(spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := pkcs11.Open(t.Context(), ks, pkcs11.Options{VolumeID: volA, Loader: loader, LookupEnv: noEnv})
+	s, err := tryOpen(t, spec, volA, pkcs11.Options{})
 	if err == nil {
 		t.Cleanup(func() {
 			if err := s.Close(); err != nil {

@@ -274,7 +274,8 @@ func (s *Source) Describe(ctx context.Context) (keysource.KeyState, error) {
 		st.State, st.Usable = "Present", true
 	case err == nil:
 		st.State = "Restricted"
-		st.Detail += "; the key's attributes no longer allow " + s.needs()
+		_, what := s.needs()
+		st.Detail += "; the key's attributes no longer allow " + what
 	case errors.Is(err, errKeyGone):
 		st.State = "Missing"
 		st.Detail += "; the key is no longer on the token"
@@ -313,10 +314,10 @@ const (
 	retryMaxDelay = time.Second
 )
 
-// call runs f on a pooled session with the key's handle, through retry.
-// f must be safe to repeat.
+// call runs f on a pooled session with the key's handle, through
+// withRecovery. f must be safe to repeat.
 func (s *Source) call(ctx context.Context, f func(sh p11.SessionHandle, key p11.ObjectHandle) error) error {
-	return s.retry(ctx, func(gen uint64) error {
+	return withRecovery(ctx, s.tok, s.uri, s.pin, func(gen uint64) error {
 		key, err := s.keyHandle(ctx, gen)
 		if err != nil {
 			return err
@@ -325,17 +326,12 @@ func (s *Source) call(ctx context.Context, f func(sh p11.SessionHandle, key p11.
 	})
 }
 
-// retry runs f, given the token's generation. When f fails because the
-// token dropped the session, the login or a handle, retry recovers the
-// token (a new session, a new login; the key is found again by the next
-// keyHandle) and runs f again, waiting between attempts; ctx bounds the
-// waits.
-func (s *Source) retry(ctx context.Context, f func(gen uint64) error) error {
-	return withRecovery(ctx, s.tok, s.uri, s.pin, f)
-}
-
-// withRecovery is retry for a token before its Source exists: Open logs
-// in through it, so a failover while a volume mounts is recovered too.
+// withRecovery runs f, given tok's generation. When f fails because the
+// token dropped the session, the login or a handle, it recovers the
+// token (a new session, a new login with pin; a Source's key is found
+// again by its next keyHandle) and runs f again, waiting between
+// attempts; ctx bounds the waits. Open logs in through it before its
+// Source exists, so a failover while a volume mounts is recovered too.
 func withRecovery(ctx context.Context, tok *token, u URI, pin func() ([]byte, error), f func(gen uint64) error) error {
 	var err error
 	delay := retryFirst
