@@ -17,8 +17,8 @@ import (
 )
 
 // describeOnly calls DescribeKey and returns its metadata or the SDK error.
-func (s *source) describeOnly(ctx context.Context, key string) (*types.KeyMetadata, error) {
-	out, err := s.client.DescribeKey(ctx, &kms.DescribeKeyInput{KeyId: aws.String(key), GrantTokens: s.grants})
+func (s *source) describeOnly(ctx context.Context, key string, optFns ...func(*kms.Options)) (*types.KeyMetadata, error) {
+	out, err := s.client.DescribeKey(ctx, &kms.DescribeKeyInput{KeyId: aws.String(key), GrantTokens: s.grants}, optFns...)
 	if err != nil {
 		return nil, err
 	}
