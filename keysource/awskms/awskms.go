@@ -137,15 +137,9 @@ type Options struct {
 	// one built from its RetryMode and RetryMaxAttempts and the fields
 	// below.
 	Config *aws.Config
-	// LoadOptions are passed to config.LoadDefaultConfig when Config is
-	// nil, for example config.WithSharedConfigProfile("backup") or
-	// config.WithRegion.
-	LoadOptions []func(*config.LoadOptions) error
 	// Endpoint, when set, receives every KMS request (an emulator in
 	// tests) instead of the endpoint the configuration resolves.
 	Endpoint string
-	// HTTPClient, when set, sends the KMS client's requests.
-	HTTPClient aws.HTTPClient
 	// APIOptions add SDK middleware to every KMS operation (call counting
 	// in tests, tracing).
 	APIOptions []func(*middleware.Stack) error
@@ -308,9 +302,6 @@ func Open(ctx context.Context, spec keysource.Spec, o Options) (keysource.KeySou
 		if o.Endpoint != "" {
 			ko.BaseEndpoint = aws.String(o.Endpoint)
 		}
-		if o.HTTPClient != nil {
-			ko.HTTPClient = o.HTTPClient
-		}
 		ko.APIOptions = append(ko.APIOptions, o.APIOptions...)
 		ko.APIOptions = append(ko.APIOptions, attemptLimits(sem, o.RequestTimeout))
 		ko.Retryer = newRetryer(o, s.inCustomStore)
@@ -351,7 +342,7 @@ func loadConfig(ctx context.Context, o Options) (aws.Config, error) {
 	if o.Config != nil {
 		return o.Config.Copy(), nil
 	}
-	cfg, err := config.LoadDefaultConfig(ctx, o.LoadOptions...)
+	cfg, err := config.LoadDefaultConfig(ctx)
 	if err != nil {
 		return aws.Config{}, fmt.Errorf("awskms: load AWS configuration: %w: %w", keysource.ErrInvalid, err)
 	}
