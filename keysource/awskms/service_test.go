@@ -92,7 +92,7 @@ func TestRetryMode(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("env=%s,profile=%s,option=%s", tt.env, tt.profile, tt.opt), func(t *testing.T) {
-			setAWSEnv(t, e, e.Endpoint)
+			e.SetAWSEnv(t, e.Endpoint)
 			t.Setenv("AWS_RETRY_MODE", tt.env)
 			if tt.profile != "" {
 				cfgFile := filepath.Join(t.TempDir(), "config")
@@ -487,7 +487,7 @@ func TestExpiredSession(t *testing.T) {
 	}
 	for _, kind := range []string{"legacy", "sso-session"} {
 		t.Run("sso=expired,config="+kind+",profile=backup", func(t *testing.T) {
-			setAWSEnv(t, e, e.Endpoint)
+			e.SetAWSEnv(t, e.Endpoint)
 			home := t.TempDir()
 			cfgFile := filepath.Join(home, "config")
 			if err := os.WriteFile(cfgFile, []byte(ssoProfiles[kind]), 0o600); err != nil {
