@@ -102,6 +102,8 @@ const (
 
 	rsaPlaintextSize = VolumeIDSize + keysource.DataKeySize
 	minRSABits       = 2048
+	// maxCiphertext is the longest CiphertextBlob KMS Decrypt accepts.
+	maxCiphertext = 6144
 )
 
 // Defaults of the Options that bound KMS calls.
@@ -402,6 +404,12 @@ func (s *source) checkStanza(st keysource.Stanza, kind byte) ([]byte, error) {
 	}
 	if len(st.Body) < 2 || st.Body[0] != kind {
 		return nil, fmt.Errorf("awskms: stanza for %s: body is not a %s wrap: %w", s.arn, kindName(kind), keysource.ErrInvalid)
+	}
+	// A body read from the cipher dir is bounded before KMS sees it: a
+	// planted oversized one costs no request (and no CloudTrail event).
+	if len(st.Body)-1 > maxCiphertext {
+		return nil, fmt.Errorf("awskms: stanza for %s: wrapped key is %d bytes, KMS takes at most %d: %w",
+			s.arn, len(st.Body)-1, maxCiphertext, keysource.ErrInvalid)
 	}
 	return st.Body[1:], nil
 }
