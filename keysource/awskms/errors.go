@@ -9,7 +9,6 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/aws/arn"
-	"github.com/aws/aws-sdk-go-v2/aws/ratelimit"
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"github.com/aws/aws-sdk-go-v2/credentials/ssocreds"
@@ -161,10 +160,6 @@ func afterAttempts(err error) string {
 	var maxErr *retry.MaxAttemptsError
 	if errors.As(err, &maxErr) {
 		return fmt.Sprintf(" after %d attempts", maxErr.Attempt)
-	}
-	var quotaErr ratelimit.QuotaExceededError
-	if errors.As(err, &quotaErr) {
-		return " (retry quota of this client exhausted)"
 	}
 	return ""
 }
