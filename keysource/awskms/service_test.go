@@ -353,6 +353,10 @@ func TestKeyStatesReported(t *testing.T) {
 			}
 			dk := newDataKey()
 			mustUnwrap(t, ks, mustWrap(t, ks, dk), dk)
+			// A status report agrees with Open: the key is usable.
+			if ds, err := ks.(keysource.Describer).Describe(testContext(t)); err != nil || !ds.Usable || ds.State != tt.rw.KeyState {
+				t.Errorf("Describe = %+v, %v; want usable in state %s", ds, err, tt.rw.KeyState)
+			}
 		})
 	}
 	// A key that went pending deletion after Open may answer
