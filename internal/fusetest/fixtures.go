@@ -161,14 +161,4 @@ func KMS(t testing.TB) *kmstest.Emulator {
 func AWSEnv(e *kmstest.Emulator) []string { return AWSEnvAt(e, e.Endpoint) }
 
 // AWSEnvAt is AWSEnv with KMS at endpoint (a kmstest.Proxy in front of e).
-func AWSEnvAt(e *kmstest.Emulator, endpoint string) []string {
-	return []string{
-		"AWS_ENDPOINT_URL_KMS=" + endpoint,
-		"AWS_REGION=" + e.Region,
-		"AWS_ACCESS_KEY_ID=AKIDKMSFSTEST",
-		"AWS_SECRET_ACCESS_KEY=kmsfs-test-secret",
-		"AWS_SESSION_TOKEN=",
-		"AWS_PROFILE=",
-		"AWS_EC2_METADATA_DISABLED=true",
-	}
-}
+func AWSEnvAt(e *kmstest.Emulator, endpoint string) []string { return e.Env(endpoint) }

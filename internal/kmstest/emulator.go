@@ -288,10 +288,24 @@ func (b *tailBuffer) String() string {
 	return strings.TrimSpace(ansiColour.ReplaceAllString(b.buf.String(), ""))
 }
 
+// Env returns the environment, as KEY=VALUE, that points a process's AWS
+// SDK at endpoint (the emulator's, or a Proxy's): the emulator's region,
+// its test credentials, no profile and no instance metadata.
+func (e *Emulator) Env(endpoint string) []string {
+	return []string{
+		"AWS_ENDPOINT_URL_KMS=" + endpoint,
+		"AWS_REGION=" + e.Region,
+		"AWS_ACCESS_KEY_ID=AKIDKMSFSTEST",
+		"AWS_SECRET_ACCESS_KEY=kmsfs-test-secret",
+		"AWS_SESSION_TOKEN=",
+		"AWS_PROFILE=",
+		"AWS_EC2_METADATA_DISABLED=true",
+	}
+}
+
 // SetAWSEnv points the AWS SDK's standard configuration chain of the
-// test's process at endpoint (the emulator's, or a Proxy's): the
-// emulator's region, its test credentials, empty config and credentials
-// files, no profile, no instance metadata, and the SDK's retry settings
+// test's process at endpoint: Env, and besides empty config and
+// credentials files and the SDK's retry settings and generic endpoint
 // unset. t.Setenv restores everything when the test ends.
 func (e *Emulator) SetAWSEnv(t testing.TB, endpoint string) {
 	t.Helper()
@@ -299,20 +313,15 @@ func (e *Emulator) SetAWSEnv(t testing.TB, endpoint string) {
 	if err := os.WriteFile(empty, nil, 0o600); err != nil {
 		t.Fatalf("kmstest: %v", err)
 	}
-	for k, v := range map[string]string{
-		"AWS_ENDPOINT_URL_KMS":        endpoint,
-		"AWS_REGION":                  e.Region,
-		"AWS_ACCESS_KEY_ID":           "AKIDKMSFSTEST",
-		"AWS_SECRET_ACCESS_KEY":       "kmsfs-test-secret",
-		"AWS_SESSION_TOKEN":           "",
-		"AWS_PROFILE":                 "",
-		"AWS_CONFIG_FILE":             empty,
-		"AWS_SHARED_CREDENTIALS_FILE": empty,
-		"AWS_EC2_METADATA_DISABLED":   "true",
-		"AWS_ENDPOINT_URL":            "",
-		"AWS_MAX_ATTEMPTS":            "",
-		"AWS_RETRY_MODE":              "",
-	} {
+	env := append(e.Env(endpoint),
+		"AWS_CONFIG_FILE="+empty,
+		"AWS_SHARED_CREDENTIALS_FILE="+empty,
+		"AWS_ENDPOINT_URL=",
+		"AWS_MAX_ATTEMPTS=",
+		"AWS_RETRY_MODE=",
+	)
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
 		t.Setenv(k, v)
 	}
 }

@@ -2,6 +2,7 @@ package kmstest
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -230,90 +231,100 @@ func requestKey(body []byte) string {
 }
 
 // next records a request and says how long to delay it and which error, if
-// any, to answer with.
+// any, to answer with: a permission denial, else the pending fault.
 func (p *Proxy) next(op string, body []byte) (delay time.Duration, status int, code, msg string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.requests[op]++
 	p.last[op] = body
+	var f Fault
+	var fail bool
+	caller := DefaultCaller
 	if p.perms != nil && !slices.Contains(p.perms.Allow, op) {
-		caller := p.perms.Caller
-		if caller == "" {
-			caller = DefaultCaller
-		}
-		p.failed++
-		const deny = "AccessDeniedException"
-		return p.latency, ErrorStatus(deny), deny, ErrorMessage(deny, op, requestKey(body), caller)
-	}
-	f := p.fault // a copy: the window may end below
-	if f.N <= 0 || (len(f.Ops) > 0 && !slices.Contains(f.Ops, op)) {
-		return p.latency, 0, "", ""
-	}
-	// Request i of the window fails when the spread count of failures
-	// steps up at i: ceil((i+1)N/M) > ceil(iN/M), so the first fails.
-	m := max(f.M, f.N)
-	i := p.seen
-	fail := ((i+1)*f.N+m-1)/m > (i*f.N+m-1)/m
-	p.seen++
-	if p.seen >= m {
-		p.fault, p.seen = Fault{}, 0
+		f, fail = Fault{Code: "AccessDeniedException"}, true
+		caller = cmp.Or(p.perms.Caller, DefaultCaller)
+	} else {
+		f, fail = p.fire(op)
 	}
 	if !fail {
 		return p.latency, 0, "", ""
 	}
 	p.failed++
-	status, msg = f.Status, f.Message
-	if status == 0 {
-		status = ErrorStatus(f.Code)
-	}
-	if msg == "" {
-		msg = ErrorMessage(f.Code, op, requestKey(body), DefaultCaller)
-	}
+	status = cmp.Or(f.Status, ErrorStatus(f.Code))
+	msg = cmp.Or(f.Message, ErrorMessage(f.Code, op, requestKey(body), caller))
 	return p.latency, status, f.Code, msg
 }
 
-// rewriteResponse applies the DescribeKey rewrite to an answer of the
-// emulator.
+// fire counts a request for op against the pending fault and returns the
+// fault and whether this request fails. p.mu must be held.
+func (p *Proxy) fire(op string) (Fault, bool) {
+	f := p.fault // a copy: the window may end below
+	if f.N <= 0 || (len(f.Ops) > 0 && !slices.Contains(f.Ops, op)) {
+		return f, false
+	}
+	// Request i of the window fails when the spread count of failures
+	// steps up at i: ceil((i+1)N/M) > ceil(iN/M), so the first fails.
+	m := max(f.M, f.N)
+	i := p.seen
+	p.seen++
+	if p.seen >= m {
+		p.fault, p.seen = Fault{}, 0
+	}
+	return f, ((i+1)*f.N+m-1)/m > (i*f.N+m-1)/m
+}
+
+// rewriteResponse applies the DescribeKey and GetPublicKey rewrites to an
+// answer of the emulator.
 func (p *Proxy) rewriteResponse(resp *http.Response) error {
 	p.mu.Lock()
-	rw, pk := p.describe, p.publicKey
+	md, pk := p.describe, p.publicKey
 	p.mu.Unlock()
 	if resp.StatusCode != http.StatusOK {
 		return nil
 	}
-	switch op := operation(resp.Request); {
-	case op == "GetPublicKey" && (pk.KeyUsage != "" || pk.KeySpec != "" || pk.EncryptionAlgorithms != nil):
-		return rewriteJSON(resp, func(out map[string]any) {
-			if pk.KeyUsage != "" {
-				out["KeyUsage"] = pk.KeyUsage
-			}
-			if pk.KeySpec != "" {
-				out["KeySpec"] = pk.KeySpec
-			}
-			if pk.EncryptionAlgorithms != nil {
-				out["EncryptionAlgorithms"] = pk.EncryptionAlgorithms
-			}
-		})
-	case op != "DescribeKey" || rw == (KeyMetadataRewrite{}):
-		return nil
+	switch operation(resp.Request) {
+	case "GetPublicKey":
+		if pk.KeyUsage != "" || pk.KeySpec != "" || pk.EncryptionAlgorithms != nil {
+			return rewriteJSON(resp, pk.apply)
+		}
+	case "DescribeKey":
+		if md != (KeyMetadataRewrite{}) {
+			return rewriteJSON(resp, md.apply)
+		}
 	}
-	return rewriteJSON(resp, func(out map[string]any) {
-		md, _ := out["KeyMetadata"].(map[string]any)
-		if md == nil {
-			return
-		}
-		if rw.KeyState != "" {
-			md["KeyState"] = rw.KeyState
-			md["Enabled"] = rw.KeyState == "Enabled" || rw.KeyState == "Updating"
-		}
-		if rw.CustomKeyStoreID != "" {
-			md["CustomKeyStoreId"] = rw.CustomKeyStoreID
-			md["Origin"] = "AWS_CLOUDHSM"
-		}
-		if !rw.DeletionDate.IsZero() {
-			md["DeletionDate"] = float64(rw.DeletionDate.Unix())
-		}
-	})
+	return nil
+}
+
+// apply sets rw's fields in a GetPublicKey answer.
+func (rw PublicKeyRewrite) apply(out map[string]any) {
+	if rw.KeyUsage != "" {
+		out["KeyUsage"] = rw.KeyUsage
+	}
+	if rw.KeySpec != "" {
+		out["KeySpec"] = rw.KeySpec
+	}
+	if rw.EncryptionAlgorithms != nil {
+		out["EncryptionAlgorithms"] = rw.EncryptionAlgorithms
+	}
+}
+
+// apply sets rw's fields in the KeyMetadata of a DescribeKey answer.
+func (rw KeyMetadataRewrite) apply(out map[string]any) {
+	md, _ := out["KeyMetadata"].(map[string]any)
+	if md == nil {
+		return
+	}
+	if rw.KeyState != "" {
+		md["KeyState"] = rw.KeyState
+		md["Enabled"] = rw.KeyState == "Enabled" || rw.KeyState == "Updating"
+	}
+	if rw.CustomKeyStoreID != "" {
+		md["CustomKeyStoreId"] = rw.CustomKeyStoreID
+		md["Origin"] = "AWS_CLOUDHSM"
+	}
+	if !rw.DeletionDate.IsZero() {
+		md["DeletionDate"] = float64(rw.DeletionDate.Unix())
+	}
 }
 
 // rewriteJSON replaces resp's JSON body with edit's change of it.
@@ -377,6 +388,8 @@ func (p *Proxy) SetPermissions(perm *Permissions) {
 	p.perms = &c
 }
 
+// RewriteDescribeKey makes every DescribeKey answer carry rw's fields
+// (the zero value stops it).
 func (p *Proxy) RewriteDescribeKey(rw KeyMetadataRewrite) {
 	p.mu.Lock()
 	p.describe = rw

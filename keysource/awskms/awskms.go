@@ -102,6 +102,8 @@ const (
 
 	rsaPlaintextSize = VolumeIDSize + keysource.DataKeySize
 	minRSABits       = 2048
+	// maxCiphertext is the longest CiphertextBlob KMS Decrypt accepts.
+	maxCiphertext = 6144
 )
 
 // Defaults of the Options that bound KMS calls.
@@ -137,15 +139,9 @@ type Options struct {
 	// one built from its RetryMode and RetryMaxAttempts and the fields
 	// below.
 	Config *aws.Config
-	// LoadOptions are passed to config.LoadDefaultConfig when Config is
-	// nil, for example config.WithSharedConfigProfile("backup") or
-	// config.WithRegion.
-	LoadOptions []func(*config.LoadOptions) error
 	// Endpoint, when set, receives every KMS request (an emulator in
 	// tests) instead of the endpoint the configuration resolves.
 	Endpoint string
-	// HTTPClient, when set, sends the KMS client's requests.
-	HTTPClient aws.HTTPClient
 	// APIOptions add SDK middleware to every KMS operation (call counting
 	// in tests, tracing).
 	APIOptions []func(*middleware.Stack) error
@@ -308,9 +304,6 @@ func Open(ctx context.Context, spec keysource.Spec, o Options) (keysource.KeySou
 		if o.Endpoint != "" {
 			ko.BaseEndpoint = aws.String(o.Endpoint)
 		}
-		if o.HTTPClient != nil {
-			ko.HTTPClient = o.HTTPClient
-		}
 		ko.APIOptions = append(ko.APIOptions, o.APIOptions...)
 		ko.APIOptions = append(ko.APIOptions, attemptLimits(sem, o.RequestTimeout))
 		ko.Retryer = newRetryer(o, s.inCustomStore)
@@ -351,7 +344,7 @@ func loadConfig(ctx context.Context, o Options) (aws.Config, error) {
 	if o.Config != nil {
 		return o.Config.Copy(), nil
 	}
-	cfg, err := config.LoadDefaultConfig(ctx, o.LoadOptions...)
+	cfg, err := config.LoadDefaultConfig(ctx)
 	if err != nil {
 		return aws.Config{}, fmt.Errorf("awskms: load AWS configuration: %w: %w", keysource.ErrInvalid, err)
 	}
@@ -411,6 +404,12 @@ func (s *source) checkStanza(st keysource.Stanza, kind byte) ([]byte, error) {
 	}
 	if len(st.Body) < 2 || st.Body[0] != kind {
 		return nil, fmt.Errorf("awskms: stanza for %s: body is not a %s wrap: %w", s.arn, kindName(kind), keysource.ErrInvalid)
+	}
+	// A body read from the cipher dir is bounded before KMS sees it: a
+	// planted oversized one costs no request (and no CloudTrail event).
+	if len(st.Body)-1 > maxCiphertext {
+		return nil, fmt.Errorf("awskms: stanza for %s: wrapped key is %d bytes, KMS takes at most %d: %w",
+			s.arn, len(st.Body)-1, maxCiphertext, keysource.ErrInvalid)
 	}
 	return st.Body[1:], nil
 }

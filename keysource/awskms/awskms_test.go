@@ -195,6 +195,26 @@ func TestDamagedStanza(t *testing.T) {
 	}
 }
 
+// A stanza planted in the cipher dir with a wrapped key longer than KMS
+// accepts is refused as invalid without a KMS request.
+func TestOversizedStanza(t *testing.T) {
+	e := fusetest.KMS(t)
+	for _, key := range []string{e.Symmetric.ARN, e.RSAEncrypt.ARN} {
+		t.Run("key="+key, func(t *testing.T) {
+			c := kmstest.NewCounter()
+			ks := mustSource(t, e, key, volume1, c, awskms.Options{})
+			st := mustWrap(t, ks, newDataKey())
+			planted := keysource.Stanza{Type: st.Type, KeyID: st.KeyID, Body: append(bytes.Clone(st.Body), make([]byte, 8000)...)}
+			c.Reset()
+			_, err := ks.Unwrap(testContext(t), planted)
+			wantErr(t, err, keysource.ErrInvalid, key)
+			if n := c.Total(); n != 0 {
+				t.Errorf("KMS calls = %v, want none", c.Snapshot())
+			}
+		})
+	}
+}
+
 func TestWrapDataKeySize(t *testing.T) {
 	e := fusetest.KMS(t)
 	for _, key := range []string{e.Symmetric.ARN, e.RSAEncrypt.ARN} {

@@ -12,14 +12,11 @@ import (
 	"github.com/kmsfs/kmsfs/keysource/awskms"
 )
 
-// setAWSEnv points the standard configuration chain at endpoint.
-func setAWSEnv(t *testing.T, e *kmstest.Emulator, endpoint string) { e.SetAWSEnv(t, endpoint) }
-
 // The standard configuration chain finds the emulator through
 // AWS_ENDPOINT_URL_KMS.
 func TestStandardConfigChain(t *testing.T) {
 	e := fusetest.KMS(t)
-	setAWSEnv(t, e, e.Endpoint)
+	e.SetAWSEnv(t, e.Endpoint)
 	c := kmstest.NewCounter()
 	ks, err := awskms.Open(testContext(t), spec(kmstest.Alias), awskms.Options{VolumeID: volume1, APIOptions: []func(*middleware.Stack) error{c.Register}})
 	if err != nil {
@@ -53,7 +50,7 @@ func TestStandardConfigMaxAttempts(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name+",env=2", func(t *testing.T) {
-			setAWSEnv(t, e, kmstest.ClosedEndpoint(t))
+			e.SetAWSEnv(t, kmstest.ClosedEndpoint(t))
 			t.Setenv("AWS_MAX_ATTEMPTS", "2")
 			c := kmstest.NewCounter()
 			o := tt.o

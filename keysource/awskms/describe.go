@@ -17,8 +17,8 @@ import (
 )
 
 // describeOnly calls DescribeKey and returns its metadata or the SDK error.
-func (s *source) describeOnly(ctx context.Context, key string) (*types.KeyMetadata, error) {
-	out, err := s.client.DescribeKey(ctx, &kms.DescribeKeyInput{KeyId: aws.String(key), GrantTokens: s.grants})
+func (s *source) describeOnly(ctx context.Context, key string, optFns ...func(*kms.Options)) (*types.KeyMetadata, error) {
+	out, err := s.client.DescribeKey(ctx, &kms.DescribeKeyInput{KeyId: aws.String(key), GrantTokens: s.grants}, optFns...)
 	if err != nil {
 		return nil, err
 	}
@@ -113,17 +113,18 @@ func (s *source) Describe(ctx context.Context) (keysource.KeyState, error) {
 	if err != nil {
 		return keysource.KeyState{}, err
 	}
+	msg, problem := stateProblem(s.arn, md)
 	st := keysource.KeyState{
 		KeyID:  aws.ToString(md.Arn),
 		State:  string(md.KeyState),
-		Usable: md.KeyState == types.KeyStateEnabled && md.KeyUsage == types.KeyUsageTypeEncryptDecrypt,
+		Usable: problem == nil && md.KeyUsage == types.KeyUsageTypeEncryptDecrypt,
 	}
 	detail := []string{fmt.Sprintf("%s %s key", md.KeySpec, md.KeyUsage)}
 	if md.DeletionDate != nil {
 		st.Deletes = *md.DeletionDate
 		detail = append(detail, "pending deletion, to be deleted on "+md.DeletionDate.UTC().Format(time.RFC3339))
 	}
-	if msg, _ := stateProblem(s.arn, md); msg != "" && md.KeyState != types.KeyStatePendingDeletion {
+	if msg != "" && md.KeyState != types.KeyStatePendingDeletion {
 		detail = append(detail, msg)
 	}
 	st.Detail = strings.Join(detail, "; ")

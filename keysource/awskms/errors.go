@@ -9,10 +9,10 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/aws/arn"
-	"github.com/aws/aws-sdk-go-v2/aws/ratelimit"
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"github.com/aws/aws-sdk-go-v2/credentials/ssocreds"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/aws-sdk-go-v2/service/kms/types"
 	"github.com/aws/smithy-go"
 
@@ -80,8 +80,9 @@ func (s *source) fail(ctx context.Context, op, key string, err error) error {
 }
 
 // explain maps a KMS error code to a sentence and a sentinel, following
-// the KMS API reference. It may call DescribeKey once to learn the key
-// state when KMS only says the state is wrong.
+// the KMS API reference. It may make one DescribeKey attempt, without
+// retries, to learn the key state when KMS only says the state is wrong
+// (never when the failed call was DescribeKey itself).
 func (s *source) explain(ctx context.Context, op, key string, apiErr smithy.APIError, err error) (string, error) {
 	switch code := apiErr.ErrorCode(); code {
 	case "AccessDeniedException":
@@ -102,7 +103,13 @@ func (s *source) explain(ctx context.Context, op, key string, apiErr smithy.APIE
 		// answers KMSInvalidStateException while it stays Enabled when the
 		// store cannot reach its CloudHSM cluster or external proxy.
 		// DescribeKey says which state, until when, and which store.
-		if md, derr := s.describeOnly(ctx, key); derr == nil {
+		// One attempt: the failure it explains was already retried, and
+		// the user is waiting for the error.
+		var md *types.KeyMetadata
+		if op != "DescribeKey" {
+			md, _ = s.describeOnly(ctx, key, func(o *kms.Options) { o.Retryer = retry.AddWithMaxAttempts(o.Retryer, 1) })
+		}
+		if md != nil {
 			if msg, kind := stateProblem(key, md); kind != nil {
 				return msg, kind
 			}
@@ -153,10 +160,6 @@ func afterAttempts(err error) string {
 	var maxErr *retry.MaxAttemptsError
 	if errors.As(err, &maxErr) {
 		return fmt.Sprintf(" after %d attempts", maxErr.Attempt)
-	}
-	var quotaErr ratelimit.QuotaExceededError
-	if errors.As(err, &quotaErr) {
-		return " (retry quota of this client exhausted)"
 	}
 	return ""
 }

@@ -92,7 +92,7 @@ func TestRetryMode(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("env=%s,profile=%s,option=%s", tt.env, tt.profile, tt.opt), func(t *testing.T) {
-			setAWSEnv(t, e, e.Endpoint)
+			e.SetAWSEnv(t, e.Endpoint)
 			t.Setenv("AWS_RETRY_MODE", tt.env)
 			if tt.profile != "" {
 				cfgFile := filepath.Join(t.TempDir(), "config")
@@ -278,6 +278,52 @@ func TestCustomKeyStore(t *testing.T) {
 	}
 }
 
+// Explaining a state error costs at most one DescribeKey attempt, even
+// when KMS keeps failing: the failed call was already retried, and the
+// user waits for the error. A failed DescribeKey is not explained by
+// another DescribeKey.
+func TestStateErrorDescribesOnce(t *testing.T) {
+	e := fusetest.KMS(t)
+	const store = "cks-1234567890abcdef0"
+	tests := []struct {
+		op       string
+		store    string
+		failures []string // operations that keep failing
+		attempts map[string]int
+		sentinel error
+	}{
+		{"Decrypt", store, []string{"Decrypt", "DescribeKey"}, map[string]int{"Decrypt": 4, "DescribeKey": 1}, keysource.ErrDenied},
+		{"Describe", "", []string{"DescribeKey"}, map[string]int{"DescribeKey": 1}, keysource.ErrDenied},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("op=%s,store=%s", tt.op, tt.store), func(t *testing.T) {
+			proxy := kmstest.NewProxy(t, e.Endpoint)
+			proxy.RewriteDescribeKey(kmstest.KeyMetadataRewrite{CustomKeyStoreID: tt.store})
+			c := kmstest.NewCounter()
+			ks := mustSource(t, e, e.Symmetric.ARN, volume1, c, with(quick, func(o *awskms.Options) { o.Endpoint, o.MaxAttempts = proxy.URL, 4 }))
+			st := mustWrap(t, ks, newDataKey())
+			c.Reset()
+			code := "KMSInvalidStateException"
+			if tt.op == "Describe" {
+				code = "DisabledException"
+			}
+			proxy.Inject(kmstest.Fault{Code: code, N: 100, Ops: tt.failures})
+			var err error
+			if tt.op == "Describe" {
+				_, err = ks.(keysource.Describer).Describe(testContext(t))
+			} else {
+				_, err = ks.Unwrap(testContext(t), st)
+			}
+			wantErr(t, err, tt.sentinel)
+			for op, want := range tt.attempts {
+				if got := c.Attempts(op); got != want {
+					t.Errorf("%s attempts = %d, want %d (all: %v)", op, got, want, c.Snapshot())
+				}
+			}
+		})
+	}
+}
+
 // Key states the emulator cannot take, reported through DescribeKey
 // rewriting: Updating keys are used; Unavailable and pending deletion are
 // refused with what to do.
@@ -307,6 +353,10 @@ func TestKeyStatesReported(t *testing.T) {
 			}
 			dk := newDataKey()
 			mustUnwrap(t, ks, mustWrap(t, ks, dk), dk)
+			// A status report agrees with Open: the key is usable.
+			if ds, err := ks.(keysource.Describer).Describe(testContext(t)); err != nil || !ds.Usable || ds.State != tt.rw.KeyState {
+				t.Errorf("Describe = %+v, %v; want usable in state %s", ds, err, tt.rw.KeyState)
+			}
 		})
 	}
 	// A key that went pending deletion after Open may answer
@@ -441,7 +491,7 @@ func TestExpiredSession(t *testing.T) {
 	}
 	for _, kind := range []string{"legacy", "sso-session"} {
 		t.Run("sso=expired,config="+kind+",profile=backup", func(t *testing.T) {
-			setAWSEnv(t, e, e.Endpoint)
+			e.SetAWSEnv(t, e.Endpoint)
 			home := t.TempDir()
 			cfgFile := filepath.Join(home, "config")
 			if err := os.WriteFile(cfgFile, []byte(ssoProfiles[kind]), 0o600); err != nil {
