@@ -147,21 +147,22 @@ func (f *File) writeSteps(p []byte, off int64) (int, error) {
 		}
 		mid1--
 	}
-	var pw *pipedWrite
+	var sp *sealPipe
 	if mid1 > mid0 {
 		pOff, pEnd := mid0*bs-off, min(mid1*bs, end)-off
 		so := (mid0 - first) * ss
-		sp, err := f.codec.sealPiped(sealed[so:so+int64(l.SealedLen(int(pEnd-pOff)))], p[pOff:pEnd], mid0, newLast)
+		var err error
+		sp, err = f.codec.sealPiped(sealed[so:so+int64(l.SealedLen(int(pEnd-pOff)))], p[pOff:pEnd], mid0, newLast)
 		if err != nil {
 			return 0, err
 		}
 		if sp != nil {
 			// This store writes the blocks as they are sealed.
 			defer sp.finish()
-			pw = &pipedWrite{sp: sp, base: so, ss: ss}
+			sp.base = so
 		}
 	}
-	if err := f.store(sealed, l.BlockOffset(first), -1, pw); err != nil {
+	if err := f.store(sealed, l.BlockOffset(first), -1, sp); err != nil {
 		return 0, fmt.Errorf("envelope: write blocks %d-%d: %w", first, b1, err)
 	}
 	f.filled(first, b1+1)
@@ -232,12 +233,11 @@ func (f *File) rewriteBlock(i, size int64, newLen int, last bool, cut int64) err
 }
 
 // store writes sealed at cipher offset at and then, if cut >= 0, cuts the
-// cipher file to cut bytes. If pw is set, pw's pipeline is still sealing
-// part of sealed, which is then written as it is sealed (apply). With a
-// journal, a crash anywhere in between is finished or undone by the next
-// Open (see Journal); without one, a crash can leave a block that spans
-// pages torn.
-func (f *File) store(sealed []byte, at, cut int64, pw *pipedWrite) error {
+// cipher file to cut bytes. If sp is set, it is still sealing part of
+// sealed, which is then written as it is sealed (apply). With a journal,
+// a crash anywhere in between is finished or undone by the next Open (see
+// Journal); without one, a crash can leave a block that spans pages torn.
+func (f *File) store(sealed []byte, at, cut int64, sp *sealPipe) error {
 	j := f.v.journal
 	if j == nil {
 		// Reserve first, so that a full disk refuses the write before it
@@ -245,20 +245,20 @@ func (f *File) store(sealed []byte, at, cut int64, pw *pipedWrite) error {
 		if err := f.reserve(at, int64(len(sealed))); err != nil {
 			return err
 		}
-		return f.apply(sealed, at, cut, pw)
+		return f.apply(sealed, at, cut, sp)
 	}
 	if f.inTx {
-		return f.apply(sealed, at, cut, pw)
+		return f.apply(sealed, at, cut, sp)
 	}
 	before := f.stored
 	end := at + int64(len(sealed))
 	if cut < 0 && at/pageSize == (end-1)/pageSize {
 		// Within one page: the kernel writes it whole or not at all.
-		return f.apply(sealed, at, cut, pw)
+		return f.apply(sealed, at, cut, sp)
 	}
 	if end > before {
 		// If it fails, undoable puts the old bytes back.
-		return f.undoable(at, end, func() error { return f.apply(sealed, at, cut, pw) })
+		return f.undoable(at, end, func() error { return f.apply(sealed, at, cut, sp) })
 	}
 	// An overwrite: record the new bytes, to be written again. Over holes
 	// only (a preallocated or sparse file), record instead that the range
@@ -267,8 +267,8 @@ func (f *File) store(sealed []byte, at, cut int64, pw *pipedWrite) error {
 	if cut >= 0 {
 		c.Min = min(cut, before)
 	}
-	if pw != nil {
-		pw.sp.finish() // the record carries the sealed bytes
+	if sp != nil {
+		sp.finish() // the record carries the sealed bytes
 	}
 	body := sealed
 	allHole, allData := f.holes.classify(at, end, f.b, f.stored)
@@ -283,7 +283,7 @@ func (f *File) store(sealed []byte, at, cut int64, pw *pipedWrite) error {
 	if allHole && cut < 0 {
 		c.Punch, c.N, body = true, int64(len(sealed)), nil
 	}
-	return f.journaled(&c, body, c.Punch, func() error { return f.apply(sealed, at, cut, pw) })
+	return f.journaled(&c, body, c.Punch, func() error { return f.apply(sealed, at, cut, sp) })
 }
 
 // journaled runs change under journal record c with body. If change
@@ -318,14 +318,6 @@ func (f *File) write(sealed []byte, at int64) error {
 	f.stored = max(f.stored, at+int64(len(sealed)))
 	f.holes.fill(at, at+int64(len(sealed)))
 	return nil
-}
-
-// pipedWrite is a write whose middle blocks are still being sealed
-// (Volume.pipeline) as writeSteps stores it: the pipeline's blocks start
-// at byte base of the stored bytes, ss bytes each.
-type pipedWrite struct {
-	sp       *sealPipe
-	base, ss int64
 }
 
 // pageSize is the unit in which the kernel copies a write into the page
@@ -389,19 +381,19 @@ func (f *File) hint() string {
 }
 
 // apply writes sealed at cipher offset at and then, if cut >= 0, cuts the
-// cipher file to cut bytes. If pw is set, it writes the blocks as pw's
-// pipeline seals them.
-func (f *File) apply(sealed []byte, at, cut int64, pw *pipedWrite) error {
-	if pw != nil {
+// cipher file to cut bytes. If sp is set, it writes the blocks as sp
+// seals them.
+func (f *File) apply(sealed []byte, at, cut int64, sp *sealPipe) error {
+	if sp != nil {
 		// Write the blocks as they are sealed, the sealed ones before
 		// the pipeline with its first run, the ones after with its last.
-		n := pw.sp.n
-		err := pw.sp.drain(func(lo, hi int) error {
-			from, to := pw.base+int64(lo)*pw.ss, pw.base+int64(hi)*pw.ss
+		ss := f.v.layout.SealedBlockSize()
+		err := sp.drain(func(lo, hi int) error {
+			from, to := sp.base+int64(lo)*ss, sp.base+int64(hi)*ss
 			if lo == 0 {
 				from = 0
 			}
-			if hi == n {
+			if hi == sp.n {
 				to = int64(len(sealed))
 			}
 			return f.write(sealed[from:to], at+from)

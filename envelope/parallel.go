@@ -48,10 +48,11 @@ const pipeChunk = 128 << 10
 // the ones already sealed (drain), so that on two cores sealing hides
 // behind the write instead of preceding it.
 type sealPipe struct {
-	v   *Volume
-	p   *parallel.Pipe[[aadSize]byte]
-	aad *[aadSize]byte
-	n   int // blocks
+	v    *Volume
+	p    *parallel.Pipe[[aadSize]byte]
+	aad  *[aadSize]byte
+	n    int   // blocks
+	base int64 // where the first block starts in the bytes its File stores (File.apply)
 }
 
 // pipeline puts job j's nonces in place and starts sealing its n blocks as

@@ -117,47 +117,41 @@ type journalPending struct {
 	body     []byte // an inline record's body, read (and checked) at load
 }
 
-// journalRecord describes one change: write n bytes of body at offset at,
-// then cut the file to cut if cut >= 0. It applies only while the cipher
-// file's size is within [min, max]: the sizes the interrupted change can
-// have left.
+// journalRecord is one change (envelope.Change: write N bytes of body at
+// At, or punch them; then cut to Cut if Cut >= 0; only while the cipher
+// file's size is within [Min, Max]) as a slot stores it.
 type journalRecord struct {
-	seq      uint64
-	file     envelope.FileID
-	at, n    int64
-	cut      int64
-	min, max int64
-	punch    bool   // instead of writing a body, punch a hole of n bytes at at
-	hint     string // where the file was, relative to the cipher dir; may be empty or stale
-	inline   bool   // version 2: sum covers the body too
-	sum      uint32 // the stored checksum
+	envelope.Change
+	seq    uint64
+	inline bool   // version 2: sum covers the body too
+	sum    uint32 // the stored checksum
 }
 
 // journalMaxHint keeps a record and its hint on the first page of a slot.
 const journalMaxHint = journalBodyOff - journalRecLen
 
-// marshal encodes r into b, which has room for journalRecLen+len(r.hint)
+// marshal encodes r into b, which has room for journalRecLen+len(r.Hint)
 // bytes, and returns the encoding; with r.inline its checksum covers body.
 func (r *journalRecord) marshal(b, body []byte) []byte {
-	b = b[:journalRecLen+len(r.hint)]
+	b = b[:journalRecLen+len(r.Hint)]
 	clear(b[:journalRecLen])
 	copy(b, journalMagic)
 	b[4] = journalVersion
 	if r.inline {
 		b[4] = journalVersionInline
 	}
-	if r.punch {
+	if r.Punch {
 		b[5] = 1
 	}
 	binary.BigEndian.PutUint64(b[8:], r.seq)
-	copy(b[16:32], r.file[:])
-	binary.BigEndian.PutUint64(b[32:], uint64(r.at))
-	binary.BigEndian.PutUint64(b[40:], uint64(r.n))
-	binary.BigEndian.PutUint64(b[48:], uint64(r.cut))
-	binary.BigEndian.PutUint64(b[56:], uint64(r.min))
-	binary.BigEndian.PutUint64(b[64:], uint64(r.max))
-	binary.BigEndian.PutUint16(b[72:], uint16(len(r.hint)))
-	copy(b[journalRecLen:], r.hint)
+	copy(b[16:32], r.File[:])
+	binary.BigEndian.PutUint64(b[32:], uint64(r.At))
+	binary.BigEndian.PutUint64(b[40:], uint64(r.N))
+	binary.BigEndian.PutUint64(b[48:], uint64(r.Cut))
+	binary.BigEndian.PutUint64(b[56:], uint64(r.Min))
+	binary.BigEndian.PutUint64(b[64:], uint64(r.Max))
+	binary.BigEndian.PutUint16(b[72:], uint16(len(r.Hint)))
+	copy(b[journalRecLen:], r.Hint)
 	binary.BigEndian.PutUint32(b[76:], journalChecksum(b, body))
 	return b
 }
@@ -186,18 +180,18 @@ func parseJournalRecord(b []byte) (journalRecord, bool) {
 		return r, false // no such record is written
 	}
 	r.seq = binary.BigEndian.Uint64(b[8:])
-	copy(r.file[:], b[16:32])
-	r.at = int64(binary.BigEndian.Uint64(b[32:]))
-	r.n = int64(binary.BigEndian.Uint64(b[40:]))
-	r.cut = int64(binary.BigEndian.Uint64(b[48:]))
-	r.min = int64(binary.BigEndian.Uint64(b[56:]))
-	r.max = int64(binary.BigEndian.Uint64(b[64:]))
-	r.hint = string(b[journalRecLen:])
-	r.punch = b[5] == 1
-	if r.at < 0 || r.n < 0 || r.min < 0 || r.max < r.min || r.cut < -1 {
+	copy(r.File[:], b[16:32])
+	r.At = int64(binary.BigEndian.Uint64(b[32:]))
+	r.N = int64(binary.BigEndian.Uint64(b[40:]))
+	r.Cut = int64(binary.BigEndian.Uint64(b[48:]))
+	r.Min = int64(binary.BigEndian.Uint64(b[56:]))
+	r.Max = int64(binary.BigEndian.Uint64(b[64:]))
+	r.Hint = string(b[journalRecLen:])
+	r.Punch = b[5] == 1
+	if r.At < 0 || r.N < 0 || r.Min < 0 || r.Max < r.Min || r.Cut < -1 {
 		return r, false
 	}
-	if r.punch && r.n > r.max-r.at {
+	if r.Punch && r.N > r.Max-r.At {
 		return r, false // a punch record covers stored bytes only
 	}
 	return r, true
@@ -311,7 +305,7 @@ func (j *Journal) load() error {
 			}
 			p.name = np
 		}
-		j.pending[p.rec.file] = append(j.pending[p.rec.file], p)
+		j.pending[p.rec.File] = append(j.pending[p.rec.File], p)
 		maxSeq = max(maxSeq, p.rec.seq)
 	}
 	j.seq.Store(maxSeq)
@@ -345,13 +339,13 @@ func (j *Journal) openRecord(name string, rec *journalRecord) (*os.File, unix.St
 // a larger one is written before its record, so a record whose body is
 // missing was not written by the journal.
 func (r *journalRecord) fits(size int64) error {
-	if r.punch || r.n <= max(0, size-journalBodyOff) {
+	if r.Punch || r.N <= max(0, size-journalBodyOff) {
 		return nil
 	}
 	if r.inline {
 		return errNoRecord
 	}
-	return fmt.Errorf("record announces %d body bytes, its file holds %d: %w", r.n, max(0, size-journalBodyOff), ErrEntry)
+	return fmt.Errorf("record announces %d body bytes, its file holds %d: %w", r.N, max(0, size-journalBodyOff), ErrEntry)
 }
 
 // readRecord reads the record in the slot or record file name, and the
@@ -379,8 +373,8 @@ func (j *Journal) readRecord(name string) (journalPending, error) {
 		// A body torn by a kill (written with its record, after it)
 		// makes the record invalid: the change it announced had not
 		// begun.
-		p.body = make([]byte, rec.n)
-		if n, _ := f.ReadAt(p.body, journalBodyOff); n != len(p.body) || journalChecksum(b[:journalRecLen+len(rec.hint)], p.body) != rec.sum {
+		p.body = make([]byte, rec.N)
+		if n, _ := f.ReadAt(p.body, journalBodyOff); n != len(p.body) || journalChecksum(b[:journalRecLen+len(rec.Hint)], p.body) != rec.sum {
 			return journalPending{}, errNoRecord
 		}
 	}
@@ -446,7 +440,7 @@ func (j *Journal) createSlot(s *journalSlot) error {
 // Begin records change c with its body in a free slot, waiting for one,
 // and returns the slot as the change's entry (see envelope.Journal).
 func (j *Journal) Begin(c envelope.Change, body []byte) (envelope.JournalEntry, error) {
-	rec := journalRecord{file: c.File, at: c.At, n: c.N, cut: c.Cut, min: c.Min, max: c.Max, punch: c.Punch, hint: c.Hint}
+	rec := journalRecord{Change: c}
 	s, err := j.begin(&rec, body)
 	if err != nil {
 		return nil, err
@@ -469,11 +463,11 @@ func (j *Journal) begin(rec *journalRecord, body []byte) (*journalSlot, error) {
 	}
 	s.bodyLen = len(body)
 	rec.seq = j.seq.Add(1)
-	if !rec.punch {
-		rec.n = int64(len(body))
+	if !rec.Punch {
+		rec.N = int64(len(body))
 	}
-	if len(rec.hint) > journalMaxHint {
-		rec.hint = ""
+	if len(rec.Hint) > journalMaxHint {
+		rec.Hint = ""
 	}
 	rec.inline = len(body) > 0 && len(body) <= journalInlineMax
 	var out []byte // what goes to offset 0: the record, and an inline body

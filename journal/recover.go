@@ -36,7 +36,7 @@ func (j *Journal) recover(id envelope.FileID, b envelope.Backing) (handled int, 
 			j.pending[id] = ps[k:]
 			return k, changed, fmt.Errorf("journal: stat: %w", err)
 		}
-		if size := fi.Size(); size >= p.rec.min && size <= p.rec.max {
+		if size := fi.Size(); size >= p.rec.Min && size <= p.rec.Max {
 			switch err := j.replay(p, b); {
 			case errors.Is(err, ErrEntry):
 				// Replaced since load: not the journal's record any more.
@@ -64,7 +64,7 @@ func (j *Journal) recover(id envelope.FileID, b envelope.Backing) (handled int, 
 // read: one swapped in since is not read.
 func (j *Journal) replay(p journalPending, b envelope.Backing) error {
 	body := p.body
-	if body == nil && !p.rec.punch && p.rec.n > 0 {
+	if body == nil && !p.rec.Punch && p.rec.N > 0 {
 		f, st, err := j.openRecord(p.name, &p.rec)
 		if err == nil && (uint64(st.Dev) != p.dev || st.Ino != p.ino) {
 			f.Close()
@@ -73,15 +73,14 @@ func (j *Journal) replay(p journalPending, b envelope.Backing) error {
 		if err != nil {
 			return fmt.Errorf("journal: %s/%s: %w", j.name, p.name, err)
 		}
-		body = make([]byte, p.rec.n)
+		body = make([]byte, p.rec.N)
 		_, err = f.ReadAt(body, journalBodyOff)
 		f.Close()
 		if err != nil {
 			return fmt.Errorf("journal: %s/%s: read record body: %w", j.name, p.name, err)
 		}
 	}
-	c := envelope.Change{At: p.rec.at, N: p.rec.n, Cut: p.rec.cut, Punch: p.rec.punch}
-	if err := c.Apply(body, fdPuncher(b)); err != nil {
+	if err := p.rec.Apply(body, fdPuncher(b)); err != nil {
 		return err
 	}
 	if err := b.Sync(); err != nil {
@@ -127,8 +126,8 @@ func (j *Journal) RecoverFiles(cipherDir *os.Root, l envelope.Layout) (int, erro
 	hints := map[envelope.FileID]string{}
 	for id, ps := range j.pending {
 		for _, p := range ps {
-			if p.rec.hint != "" {
-				hints[id] = p.rec.hint
+			if p.rec.Hint != "" {
+				hints[id] = p.rec.Hint
 			}
 		}
 	}
