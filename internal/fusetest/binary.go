@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/internal/mountinfo"
+	"github.com/kmsfs/kmsfs/keysource"
 )
 
 // Bounds on waiting for the kmsfs binary and its mount daemon.
@@ -624,7 +625,7 @@ func TrustEnv(t testing.TB, dir string, cred *syscall.Credential, env []string) 
 // (nil: to the test), and returns its path.
 func KeyFile(t testing.TB, dir string, cred *syscall.Credential) string {
 	t.Helper()
-	key := make([]byte, 32)
+	key := make([]byte, keysource.DataKeySize)
 	rand.Read(key)
 	f, err := os.CreateTemp(dir, "local-*.key")
 	if err != nil {
