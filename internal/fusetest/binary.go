@@ -238,6 +238,13 @@ func (v *CLIVolume) Run(args ...string) (string, error) {
 	return RunKmsfs(v.bin, v.o.Cred, v.Env, args...)
 }
 
+// Command returns the kmsfs process of args with the volume's user and
+// environment, then env, bounded by ctx, for a test that sets its streams
+// or attributes itself (Run takes combined output).
+func (v *CLIVolume) Command(ctx context.Context, env []string, args ...string) *exec.Cmd {
+	return kmsfsCommand(ctx, v.bin, v.o.Cred, append(slices.Clone(v.Env), env...), args...)
+}
+
 // PID returns the process serving the mount, or 0 when it is not mounted.
 func (v *CLIVolume) PID() int { return v.pid }
 
