@@ -419,12 +419,7 @@ func (v *CLIVolume) TryUnmount(t testing.TB) error {
 	}
 	pid, p := v.pid, v.fg
 	v.pid, v.fg = 0, nil
-	gone := func() bool {
-		if p != nil {
-			return p.exited()
-		}
-		return Exited(pid)
-	}
+	gone := exitedFunc(pid, p)
 	if !Poll(ExitTimeout, func() bool { return !IsMounted(t, v.Mnt) && gone() }) {
 		if p != nil {
 			p.cmd.Process.Kill()
@@ -460,11 +455,17 @@ func (v *CLIVolume) Kill(t testing.TB) {
 	}
 	v.pid, v.fg = 0, nil
 	syscall.Kill(pid, syscall.SIGKILL)
-	exited := func() bool { return Exited(pid) }
+	Eventually(t, fmt.Sprintf("kmsfs (pid %d) exits on SIGKILL", pid), ExitTimeout, exitedFunc(pid, p))
+}
+
+// exitedFunc returns what tells that the serving process pid has exited:
+// the foreground process p's reaping when the test started it, else /proc
+// (a daemon is nobody's child here).
+func exitedFunc(pid int, p *foreground) func() bool {
 	if p != nil {
-		exited = p.exited
+		return p.exited
 	}
-	Eventually(t, fmt.Sprintf("kmsfs (pid %d) exits on SIGKILL", pid), ExitTimeout, exited)
+	return func() bool { return Exited(pid) }
 }
 
 // Detach lazily unmounts the mount point and waits until it is gone.
