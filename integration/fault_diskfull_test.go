@@ -234,17 +234,7 @@ func (w *ftFullWriter) verify(when string) {
 			t.Errorf("%s: %s block %d does not read: %v", when, name, i, err)
 		}
 		if len(blocks.Bad) == 0 && !bytes.Equal(blocks.Data, want) {
-			t.Errorf("%s: %s: %s", when, name, ftDiff(blocks.Data, want))
+			t.Errorf("%s: %s: %s", when, name, mntDiff(blocks.Data, want))
 		}
 	}
-}
-
-// ftDiff describes how got differs from want.
-func ftDiff(got, want []byte) string {
-	for i := range min(len(got), len(want)) {
-		if got[i] != want[i] {
-			return fmt.Sprintf("first difference at byte %d: %#x, want %#x (%d bytes, want %d)", i, got[i], want[i], len(got), len(want))
-		}
-	}
-	return fmt.Sprintf("%d bytes, want %d", len(got), len(want))
 }

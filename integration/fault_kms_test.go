@@ -166,7 +166,7 @@ func ftDuringOutage(t *testing.T, v *fusetest.CLIVolume, held *os.File, plain ma
 			return err
 		}
 		if !bytes.Equal(got, plain["held"]) {
-			return fmt.Errorf("held file: %s", ftDiff(got, plain["held"]))
+			return fmt.Errorf("held file: %s", mntDiff(got, plain["held"]))
 		}
 		return nil
 	})
@@ -271,7 +271,7 @@ func ftRead(v *fusetest.CLIVolume, name string, plain map[string][]byte) error {
 		return err
 	}
 	if !bytes.Equal(got, plain[name]) {
-		return fmt.Errorf("%s: %s", name, ftDiff(got, plain[name]))
+		return fmt.Errorf("%s: %s", name, mntDiff(got, plain[name]))
 	}
 	return nil
 }

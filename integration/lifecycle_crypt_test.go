@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -21,15 +20,14 @@ import (
 // crySize spans several blocks and ends in a partial one.
 const crySize = 200<<10 + 3
 
-// cryRun runs the volume's kmsfs with stdin and env added to the volume's
-// own, bounded by fusetest.CmdTimeout, and returns stdout and stderr apart
-// (the cipher text or plaintext of a pipe is on stdout).
+// cryRun runs the volume's kmsfs (CLIVolume.Command) with stdin and env,
+// bounded by fusetest.CmdTimeout, and returns stdout and stderr apart (the
+// cipher text or plaintext of a pipe is on stdout).
 func cryRun(t *testing.T, v *fusetest.CLIVolume, stdin []byte, env []string, args ...string) (stdout []byte, stderr string, err error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), fusetest.CmdTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, v.Kmsfs(), args...)
-	cmd.Env = append(append(os.Environ(), v.Env...), env...)
+	cmd := v.Command(ctx, env, args...)
 	cmd.Stdin = bytes.NewReader(stdin)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb

@@ -2,10 +2,8 @@ package integration_test
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -20,15 +18,7 @@ const lcExitDamage = 4
 // lcFsck runs kmsfs fsck with args and returns its output and exit code.
 func lcFsck(t *testing.T, v *fusetest.CLIVolume, args ...string) (string, int) {
 	t.Helper()
-	out, err := v.Run(append([]string{"fsck"}, append(args, v.Cipher)...)...)
-	var ee *exec.ExitError
-	switch {
-	case errors.As(err, &ee):
-		return out, ee.ExitCode()
-	case err != nil:
-		t.Fatalf("kmsfs fsck %v: %v\n%s", args, err, out)
-	}
-	return out, 0
+	return lcRun(t, v, append([]string{"fsck"}, append(args, v.Cipher)...)...)
 }
 
 // TestFsckCLI is the attacker (or the bad disk) who changes a byte of a

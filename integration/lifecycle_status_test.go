@@ -29,19 +29,27 @@ const lcExitAtRisk = 3
 // code.
 func lcStatus(t *testing.T, v *fusetest.CLIVolume) (*volume.StatusReport, int) {
 	t.Helper()
-	out, err := v.Run("status", "--json", v.Cipher)
-	code := 0
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatalf("kmsfs status: %v\n%s", err, out)
-	}
+	out, code := lcRun(t, v, "status", "--json", v.Cipher)
 	var r volume.StatusReport
 	if err := json.Unmarshal([]byte(out), &r); err != nil {
 		t.Fatalf("kmsfs status --json (exit %d): %v\n%s", code, err, out)
 	}
 	return &r, code
+}
+
+// lcRun runs the volume's kmsfs with args and returns its output and exit
+// code (-1 when killed); a kmsfs that cannot start fails t.
+func lcRun(t *testing.T, v *fusetest.CLIVolume, args ...string) (string, int) {
+	t.Helper()
+	out, err := v.Run(args...)
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		return out, ee.ExitCode()
+	case err != nil:
+		t.Fatalf("kmsfs %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out, 0
 }
 
 // lcKey returns the report's entry of key id.

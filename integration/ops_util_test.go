@@ -52,13 +52,13 @@ func mntCheckFile(t testing.TB, p string, want []byte) {
 
 // mntDiff describes how got differs from want.
 func mntDiff(got, want []byte) string {
+	for i := range min(len(got), len(want)) {
+		if got[i] != want[i] {
+			return fmt.Sprintf("first difference at byte %d: %#x, want %#x (%d bytes, want %d)", i, got[i], want[i], len(got), len(want))
+		}
+	}
 	if len(got) != len(want) {
 		return fmt.Sprintf("got %d bytes, want %d", len(got), len(want))
-	}
-	for i := range got {
-		if got[i] != want[i] {
-			return fmt.Sprintf("first difference at byte %d of %d: %#x, want %#x", i, len(want), got[i], want[i])
-		}
 	}
 	return "equal"
 }

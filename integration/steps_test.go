@@ -16,16 +16,10 @@ import (
 // input.
 var steps = fusetest.Steps{
 	"create": func(a []string) error {
-		fd, err := syscall.Open(a[0], syscall.O_CREAT|syscall.O_EXCL|syscall.O_WRONLY, stepMode(a[1]))
-		if err != nil {
-			return err
-		}
-		defer syscall.Close(fd)
-		_, err = syscall.Write(fd, stepData(a[2]))
-		return err
+		return stepWrite(a[0], syscall.O_CREAT|syscall.O_EXCL|syscall.O_WRONLY, stepMode(a[1]), a[2])
 	},
-	"write":  func(a []string) error { return stepWrite(a, syscall.O_WRONLY|syscall.O_TRUNC) },
-	"append": func(a []string) error { return stepWrite(a, syscall.O_WRONLY|syscall.O_APPEND) },
+	"write":  func(a []string) error { return stepWrite(a[0], syscall.O_WRONLY|syscall.O_TRUNC, 0, a[1]) },
+	"append": func(a []string) error { return stepWrite(a[0], syscall.O_WRONLY|syscall.O_APPEND, 0, a[1]) },
 	"read": func(a []string) error {
 		b, err := os.ReadFile(a[0])
 		if err != nil {
@@ -91,14 +85,15 @@ var steps = fusetest.Steps{
 	},
 }
 
-// stepWrite opens a[0] with flags and writes a[1] (data).
-func stepWrite(a []string, flags int) error {
-	fd, err := syscall.Open(a[0], flags, 0)
+// stepWrite opens path with flags (and mode, for a new file) and writes
+// data (stepData).
+func stepWrite(path string, flags int, mode uint32, data string) error {
+	fd, err := syscall.Open(path, flags, mode)
 	if err != nil {
 		return err
 	}
 	defer syscall.Close(fd)
-	_, err = syscall.Write(fd, stepData(a[1]))
+	_, err = syscall.Write(fd, stepData(data))
 	return err
 }
 

@@ -124,9 +124,8 @@ func trStanzaKeyIDs(t testing.TB, v *fusetest.CLIVolume, name string) []string {
 func trRunDetached(v *fusetest.CLIVolume, env []string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), fusetest.CmdTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, v.Kmsfs(), args...)
-	cmd.Env = append(append(os.Environ(), v.Env...), env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd := v.Command(ctx, env, args...)
+	cmd.SysProcAttr.Setsid = true
 	cmd.WaitDelay = time.Second
 	out, err := cmd.CombinedOutput()
 	return string(out), err

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/internal/mountinfo"
+	"github.com/kmsfs/kmsfs/keysource"
 )
 
 // Bounds on waiting for the kmsfs binary and its mount daemon.
@@ -73,18 +74,25 @@ func RunKmsfs(bin string, cred *syscall.Credential, env []string, args ...string
 func runKmsfsWithin(bound time.Duration, bin string, cred *syscall.Credential, env []string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), bound)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Env = append(os.Environ(), env...)
-	if cred != nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
-		cmd.Env = append(cmd.Env, "HOME=/")
-	}
+	cmd := kmsfsCommand(ctx, bin, cred, env, args...)
 	cmd.WaitDelay = time.Second
 	out, err := cmd.CombinedOutput()
 	if ctx.Err() != nil {
 		err = fmt.Errorf("%w (kmsfs %s did not finish within %v)", err, args[0], bound)
 	}
 	return string(out), err
+}
+
+// kmsfsCommand returns the process that runs bin as cred (nil: as the
+// test, with the test's HOME) with env added to the test's environment.
+func kmsfsCommand(ctx context.Context, bin string, cred *syscall.Credential, env []string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	if cred != nil {
+		cmd.Env = append(cmd.Env, "HOME=/")
+	}
+	return cmd
 }
 
 // InitArgs returns the arguments of `kmsfs init` for cipher: a --key for
@@ -230,6 +238,13 @@ func (v *CLIVolume) Run(args ...string) (string, error) {
 	return RunKmsfs(v.bin, v.o.Cred, v.Env, args...)
 }
 
+// Command returns the kmsfs process of args with the volume's user and
+// environment, then env, bounded by ctx, for a test that sets its streams
+// or attributes itself (Run takes combined output).
+func (v *CLIVolume) Command(ctx context.Context, env []string, args ...string) *exec.Cmd {
+	return kmsfsCommand(ctx, v.bin, v.o.Cred, append(slices.Clone(v.Env), env...), args...)
+}
+
 // PID returns the process serving the mount, or 0 when it is not mounted.
 func (v *CLIVolume) PID() int { return v.pid }
 
@@ -247,14 +262,7 @@ func (v *CLIVolume) Mount(t testing.TB, extra ...string) {
 // instead.
 func (v *CLIVolume) TryMount(t testing.TB, extra ...string) (string, error) {
 	t.Helper()
-	NeedFUSE(t)
-	if v.pid != 0 {
-		t.Fatalf("fusetest: %s is mounted already", v.Mnt)
-	}
-	v.foreground = false
-	args := append([]string{"mount", "--log-file", v.Log}, v.o.MountArgs...)
-	args = append(append(args, extra...), v.Cipher, v.Mnt)
-	out, err := v.Run(args...)
+	out, err := v.Run(v.mountArgs(t, false, extra)...)
 	if err != nil {
 		return out, err
 	}
@@ -267,12 +275,32 @@ func (v *CLIVolume) TryMount(t testing.TB, extra ...string) (string, error) {
 	return out, nil
 }
 
+// mountArgs checks that v is not mounted and returns the arguments of
+// `kmsfs mount` in the background (logging to v.Log) or in the
+// foreground (-f, whose output StartForeground sends to v.Log).
+func (v *CLIVolume) mountArgs(t testing.TB, foreground bool, extra []string) []string {
+	t.Helper()
+	NeedFUSE(t)
+	if v.pid != 0 {
+		t.Fatalf("fusetest: %s is mounted already", v.Mnt)
+	}
+	v.foreground = foreground
+	args := []string{"mount", "--log-file", v.Log}
+	if foreground {
+		args = []string{"mount", "-f"}
+	}
+	args = append(append(args, v.o.MountArgs...), extra...)
+	return append(args, v.Cipher, v.Mnt)
+}
+
 // MountForeground starts `kmsfs mount -f` and returns once it has logged
-// "mounted" and the mount exists.
+// "mounted" and the mount exists; it fails the test if the process exits
+// first, or if the log says mounted before the mount exists.
 func (v *CLIVolume) MountForeground(t testing.TB, extra ...string) {
 	t.Helper()
-	v.StartForeground(t, extra...)
-	v.WaitMounted(t)
+	if err := v.TryMountForeground(t, extra...); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // TryMountForeground is MountForeground that returns the failure (with
@@ -285,29 +313,19 @@ func (v *CLIVolume) TryMountForeground(t testing.TB, extra ...string) error {
 }
 
 // StartForeground starts `kmsfs mount -f`, writing to the log, and returns
-// at once (WaitMounted waits for the mount).
+// at once, without waiting for the mount.
 func (v *CLIVolume) StartForeground(t testing.TB, extra ...string) {
 	t.Helper()
-	NeedFUSE(t)
-	if v.pid != 0 {
-		t.Fatalf("fusetest: %s is mounted already", v.Mnt)
-	}
-	v.foreground = true
-	args := append([]string{"mount", "-f"}, v.o.MountArgs...)
-	args = append(append(args, extra...), v.Cipher, v.Mnt)
+	args := v.mountArgs(t, true, extra)
 	logf, err := os.OpenFile(v.Log, os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer logf.Close()
 	p := &foreground{done: make(chan struct{}), mark: v.LogMark()}
-	p.cmd = exec.Command(v.bin, args...)
-	p.cmd.Env = append(os.Environ(), v.Env...)
+	p.cmd = kmsfsCommand(context.Background(), v.bin, v.o.Cred, v.Env, args...)
 	p.cmd.Stdout, p.cmd.Stderr = logf, logf
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: v.o.Cred}
-	if v.o.Cred != nil {
-		p.cmd.Env = append(p.cmd.Env, "HOME=/")
-	}
+	p.cmd.SysProcAttr.Setpgid = true
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start kmsfs %s: %v", strings.Join(args, " "), err)
 	}
@@ -315,16 +333,10 @@ func (v *CLIVolume) StartForeground(t testing.TB, extra ...string) {
 	v.fg, v.pid = p, p.cmd.Process.Pid
 }
 
-// WaitMounted waits, bounded, until the foreground process has logged
-// "mounted"; it fails the test if the process exits first, or if the log
-// says mounted before the mount exists.
-func (v *CLIVolume) WaitMounted(t testing.TB) {
-	t.Helper()
-	if err := v.waitMounted(t); err != nil {
-		t.Fatal(err)
-	}
-}
-
+// waitMounted waits, bounded, until the foreground process has logged
+// "mounted"; it fails if the process exits first, or if the log says
+// mounted before the mount exists, and kills a process that did not mount
+// in time.
 func (v *CLIVolume) waitMounted(t testing.TB) error {
 	t.Helper()
 	p := v.fg
@@ -407,12 +419,7 @@ func (v *CLIVolume) TryUnmount(t testing.TB) error {
 	}
 	pid, p := v.pid, v.fg
 	v.pid, v.fg = 0, nil
-	gone := func() bool {
-		if p != nil {
-			return p.exited()
-		}
-		return Exited(pid)
-	}
+	gone := exitedFunc(pid, p)
 	if !Poll(ExitTimeout, func() bool { return !IsMounted(t, v.Mnt) && gone() }) {
 		if p != nil {
 			p.cmd.Process.Kill()
@@ -448,11 +455,17 @@ func (v *CLIVolume) Kill(t testing.TB) {
 	}
 	v.pid, v.fg = 0, nil
 	syscall.Kill(pid, syscall.SIGKILL)
-	exited := func() bool { return Exited(pid) }
+	Eventually(t, fmt.Sprintf("kmsfs (pid %d) exits on SIGKILL", pid), ExitTimeout, exitedFunc(pid, p))
+}
+
+// exitedFunc returns what tells that the serving process pid has exited:
+// the foreground process p's reaping when the test started it, else /proc
+// (a daemon is nobody's child here).
+func exitedFunc(pid int, p *foreground) func() bool {
 	if p != nil {
-		exited = p.exited
+		return p.exited
 	}
-	Eventually(t, fmt.Sprintf("kmsfs (pid %d) exits on SIGKILL", pid), ExitTimeout, exited)
+	return func() bool { return Exited(pid) }
 }
 
 // Detach lazily unmounts the mount point and waits until it is gone.
@@ -620,7 +633,7 @@ func TrustEnv(t testing.TB, dir string, cred *syscall.Credential, env []string) 
 // (nil: to the test), and returns its path.
 func KeyFile(t testing.TB, dir string, cred *syscall.Credential) string {
 	t.Helper()
-	key := make([]byte, 32)
+	key := make([]byte, keysource.DataKeySize)
 	rand.Read(key)
 	f, err := os.CreateTemp(dir, "local-*.key")
 	if err != nil {

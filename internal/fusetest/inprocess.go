@@ -135,14 +135,7 @@ func MountVolume(t testing.TB, blockSize int, o kfs.Options) *InProcess {
 	}
 	m := newInProcess(t, o)
 	keys := t.TempDir()
-	m.KeyFile, m.TrustDir = filepath.Join(keys, "key"), filepath.Join(keys, "trust")
-	key := make([]byte, keysource.DataKeySize)
-	if _, err := rand.Read(key); err != nil {
-		t.Fatalf("fusetest: %v", err)
-	}
-	if err := os.WriteFile(m.KeyFile, key, 0o600); err != nil {
-		t.Fatalf("fusetest: %v", err)
-	}
+	m.KeyFile, m.TrustDir = KeyFile(t, keys, nil), filepath.Join(keys, "trust")
 	ctx, cancel := context.WithTimeout(context.Background(), MountTimeout)
 	defer cancel()
 	if _, _, err := volume.Init(ctx, m.Cipher, volume.InitOptions{Keys: []string{"local:" + m.KeyFile},
