@@ -130,17 +130,7 @@ func (b *bench) prepare(ctx context.Context) error {
 func (b *bench) mountPoint(fs string) string { return filepath.Join(b.work, "mnt-"+fs) }
 
 // awsEnv points a kmsfs process at the emulator through proxy p.
-func (b *bench) awsEnv(p *kmstest.Proxy) []string {
-	return []string{
-		"AWS_ENDPOINT_URL_KMS=" + p.URL,
-		"AWS_REGION=" + b.kms.Region,
-		"AWS_ACCESS_KEY_ID=AKIDKMSFSTEST",
-		"AWS_SECRET_ACCESS_KEY=kmsfs-test-secret",
-		"AWS_SESSION_TOKEN=",
-		"AWS_PROFILE=",
-		"AWS_EC2_METADATA_DISABLED=true",
-	}
-}
+func (b *bench) awsEnv(p *kmstest.Proxy) []string { return b.kms.Env(p.URL) }
 
 // proxy returns the KMS proxy of group g's kmsfs volumes.
 func (b *bench) proxy(g group) *kmstest.Proxy {

@@ -290,7 +290,8 @@ func (b *tailBuffer) String() string {
 
 // Env returns the environment, as KEY=VALUE, that points a process's AWS
 // SDK at endpoint (the emulator's, or a Proxy's): the emulator's region,
-// its test credentials, no profile and no instance metadata.
+// its test credentials, no profile, no config or credentials file and
+// no instance metadata.
 func (e *Emulator) Env(endpoint string) []string {
 	return []string{
 		"AWS_ENDPOINT_URL_KMS=" + endpoint,
@@ -300,26 +301,18 @@ func (e *Emulator) Env(endpoint string) []string {
 		"AWS_SESSION_TOKEN=",
 		"AWS_PROFILE=",
 		"AWS_EC2_METADATA_DISABLED=true",
+		// The host's ~/.aws must not reach a test's kmsfs process.
+		"AWS_CONFIG_FILE=" + os.DevNull,
+		"AWS_SHARED_CREDENTIALS_FILE=" + os.DevNull,
 	}
 }
 
 // SetAWSEnv points the AWS SDK's standard configuration chain of the
-// test's process at endpoint: Env, and besides empty config and
-// credentials files and the SDK's retry settings and generic endpoint
-// unset. t.Setenv restores everything when the test ends.
+// test's process at endpoint: Env, and besides the SDK's retry settings
+// and generic endpoint unset. t.Setenv restores everything when the test ends.
 func (e *Emulator) SetAWSEnv(t testing.TB, endpoint string) {
 	t.Helper()
-	empty := filepath.Join(t.TempDir(), "empty")
-	if err := os.WriteFile(empty, nil, 0o600); err != nil {
-		t.Fatalf("kmstest: %v", err)
-	}
-	env := append(e.Env(endpoint),
-		"AWS_CONFIG_FILE="+empty,
-		"AWS_SHARED_CREDENTIALS_FILE="+empty,
-		"AWS_ENDPOINT_URL=",
-		"AWS_MAX_ATTEMPTS=",
-		"AWS_RETRY_MODE=",
-	)
+	env := append(e.Env(endpoint), "AWS_ENDPOINT_URL=", "AWS_MAX_ATTEMPTS=", "AWS_RETRY_MODE=")
 	for _, kv := range env {
 		k, v, _ := strings.Cut(kv, "=")
 		t.Setenv(k, v)
