@@ -209,6 +209,26 @@ func (h *Header) marshalSlot(l Layout, headerKey []byte) ([]byte, error) {
 	return hmacSHA256(b, headerKey, b), nil
 }
 
+// LayoutPrefixSize is how many bytes of a header slot name its layout
+// (DeclaredLayout).
+const LayoutPrefixSize = 16
+
+// DeclaredLayout returns the layout that a header slot beginning with
+// prefix (at least LayoutPrefixSize bytes) declares: for reading a cipher
+// file without its volume's configuration. Nothing is authenticated: the
+// MAC needs the data key. A prefix without the magic, or a layout
+// NewLayout refuses, is ErrFormat.
+func DeclaredLayout(prefix []byte) (Layout, error) {
+	if len(prefix) < LayoutPrefixSize || string(prefix[:4]) != magic {
+		return Layout{}, fmt.Errorf("header magic: %w", ErrFormat)
+	}
+	l, err := NewLayout(int(binary.BigEndian.Uint32(prefix[8:])), int(binary.BigEndian.Uint32(prefix[12:])))
+	if err != nil {
+		return Layout{}, fmt.Errorf("%w: %w", err, ErrFormat)
+	}
+	return l, nil
+}
+
 // ParseHeaderSlot decodes one header slot of layout l. It checks structure
 // only: the MAC needs the data key and is checked when the file is opened.
 // The returned Header does not alias slot.

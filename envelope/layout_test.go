@@ -1,6 +1,7 @@
 package envelope_test
 
 import (
+	"errors"
 	"fmt"
 	"testing"
 
@@ -52,6 +53,27 @@ func TestSizes(t *testing.T) {
 	} {
 		if got := l.PlainSize(c.cipher); got != c.plain {
 			t.Errorf("PlainSize(%d) = %d, want %d", c.cipher, got, c.plain)
+		}
+	}
+}
+
+func TestDeclaredLayout(t *testing.T) {
+	l, err := envelope.NewLayout(65536, 1024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := []byte("KMFS\x00\x02\x00\x00\x00\x01\x00\x00\x00\x00\x04\x00")
+	got, err := envelope.DeclaredLayout(prefix)
+	if err != nil || got != l {
+		t.Fatalf("DeclaredLayout = %v, %v; want %v", got, err, l)
+	}
+	for name, p := range map[string][]byte{
+		"short":          prefix[:15],
+		"magic":          append([]byte("XXXX"), prefix[4:]...),
+		"block-size-bad": []byte("KMFS\x00\x02\x00\x00\x00\x00\x03\xe8\x00\x00\x04\x00"),
+	} {
+		if _, err := envelope.DeclaredLayout(p); !errors.Is(err, envelope.ErrFormat) {
+			t.Errorf("%s: DeclaredLayout error %v, want ErrFormat", name, err)
 		}
 	}
 }

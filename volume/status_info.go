@@ -1,7 +1,6 @@
 package volume
 
 import (
-	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -72,13 +71,13 @@ func Info(path string) (*FileInfo, error) {
 	if err != nil {
 		return nil, fmt.Errorf("volume: %s: %w", cp, err)
 	}
-	var fixed [16]byte
-	if _, err := f.ReadAt(fixed[:], 0); err != nil || string(fixed[:4]) != "KMFS" {
+	var prefix [envelope.LayoutPrefixSize]byte
+	if _, err := f.ReadAt(prefix[:], 0); err != nil {
 		return nil, fmt.Errorf("volume: %s: no kmsfs header: %w", cp, ErrNotKmsfsFile)
 	}
-	l, err := envelope.NewLayout(int(binary.BigEndian.Uint32(fixed[8:])), int(binary.BigEndian.Uint32(fixed[12:])))
+	l, err := envelope.DeclaredLayout(prefix[:])
 	if err != nil {
-		return nil, fmt.Errorf("volume: %s: header: %w: %w", cp, err, ErrNotKmsfsFile)
+		return nil, fmt.Errorf("volume: %s: no kmsfs header: %w: %w", cp, err, ErrNotKmsfsFile)
 	}
 	raw := make([]byte, l.HeaderSize())
 	if _, err := f.ReadAt(raw, 0); err != nil {
