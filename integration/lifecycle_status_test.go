@@ -7,6 +7,7 @@ import (
 	"errors"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -302,5 +303,41 @@ func TestInfo(t *testing.T) {
 				t.Errorf("info prints stanza bodies:\n%s", out)
 			}
 		})
+	}
+}
+
+// TestInfoPlantedSymlink is the attack on kmsfs info through a mount:
+// whoever controls the cipher dir replaces a directory with a symbolic
+// link to a directory outside it holding a cipher file of their choice.
+// info of the path through the mount must refuse, not follow the link
+// and report the outside file.
+func TestInfoPlantedSymlink(t *testing.T) {
+	v := suite.StartVolume(t, fusetest.CLIOptions{})
+	if err := os.MkdirAll(v.Path("dir"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(v.Path("dir/f"), []byte("the owner's file"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	outside := t.TempDir()
+	raw, err := os.ReadFile(v.CipherPath("dir/f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(outside, "f"), raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(v.CipherPath("dir"), v.CipherPath("dir.moved")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(outside, v.CipherPath("dir")); err != nil {
+		t.Fatal(err)
+	}
+	out, err := v.Run("info", "--json", v.Path("dir/f"))
+	if err == nil {
+		t.Fatalf("kmsfs info followed a symlink planted in the cipher dir:\n%s", out)
+	}
+	if !strings.Contains(out, "symbolic link") && !strings.Contains(out, "symlink") {
+		t.Errorf("kmsfs info does not say it refused a symlink:\n%s", out)
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -36,39 +35,18 @@ func openAt(dirfd int, name string, flags int, want uint32) (int, unix.Stat_t, e
 }
 
 // openBeneath opens the regular file at the relative path rel under the
-// directory dirfd, walking it one component at a time with openAt: no
-// component may be a symbolic link, "." or "..", so the file opened is
-// always beneath dirfd and never a FIFO, socket or device.
+// directory dirfd (safeopen.OpenBeneath: no symbolic link, "." or ".."),
+// with a wrong type or a path that is not plain reported as ErrEntry.
 func openBeneath(dirfd int, rel string, flags int) (*os.File, error) {
-	parts := strings.Split(rel, "/")
-	for _, p := range parts {
-		if p == "" || p == "." || p == ".." {
-			return nil, fmt.Errorf("path %q is not a plain relative path: %w", rel, ErrEntry)
-		}
+	fd, err := safeopen.OpenBeneath(dirfd, rel, flags, unix.S_IFREG)
+	var wt *safeopen.WrongType
+	if errors.As(err, &wt) || errors.Is(err, safeopen.ErrNotBeneath) {
+		return nil, fmt.Errorf("%w: %w", err, ErrEntry)
 	}
-	cur := dirfd
-	defer func() {
-		if cur != dirfd {
-			unix.Close(cur)
-		}
-	}()
-	for k, p := range parts {
-		want, fl := uint32(unix.S_IFDIR), unix.O_RDONLY|unix.O_DIRECTORY
-		if k == len(parts)-1 {
-			want, fl = unix.S_IFREG, flags
-		}
-		fd, _, err := openAt(cur, p, fl, want)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", strings.Join(parts[:k+1], "/"), err)
-		}
-		if cur != dirfd {
-			unix.Close(cur)
-		}
-		cur = fd
+	if err != nil {
+		return nil, err
 	}
-	f := os.NewFile(uintptr(cur), rel)
-	cur = dirfd
-	return f, nil
+	return os.NewFile(uintptr(fd), rel), nil
 }
 
 // removeAt removes the entry name of the directory dirfd, whatever it is

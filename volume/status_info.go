@@ -4,11 +4,15 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/kmsfs/kmsfs/envelope"
 	"github.com/kmsfs/kmsfs/internal/mountinfo"
+	"github.com/kmsfs/kmsfs/internal/safeopen"
 )
 
 // ErrNotKmsfsFile means a file has no header kmsfs can read.
@@ -58,11 +62,18 @@ type FileInfo struct {
 // behind a file seen through a kmsfs mount. It needs no key and no
 // kmsfs.conf: block and slot size are in the header.
 func Info(path string) (*FileInfo, error) {
-	cp, err := CipherPath(path)
+	dir, rel, err := cipherFileOf(path)
 	if err != nil {
 		return nil, err
 	}
-	f, err := OpenCipherFile(cp)
+	cp := path
+	var f *os.File
+	if dir == "" {
+		f, err = OpenCipherFile(path)
+	} else {
+		cp = filepath.Join(dir, rel)
+		f, err = openInCipherDir(dir, rel)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -108,33 +119,50 @@ func Info(path string) (*FileInfo, error) {
 	return fi, nil
 }
 
-// CipherPath returns the cipher file of path: path itself, or for a path
-// inside a kmsfs mount the cipher dir (the mount's source) joined with its
-// path below the mount point, since names are stored as they are.
-func CipherPath(path string) (string, error) {
+// cipherFileOf returns where the cipher file of path is: for a path
+// inside a kmsfs mount, the cipher dir (the mount's source) and the path
+// below the mount point, since names are stored as they are; for any
+// other path, dir is "".
+func cipherFileOf(path string) (dir, rel string, err error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	ms, err := mountinfo.Read()
 	if err != nil {
-		return path, nil // no mount table: path is taken as a cipher file
+		return "", "", nil // no mount table: path is taken as a cipher file
 	}
-	best, src := "", ""
+	best := ""
 	for _, m := range ms {
-		if m.FSType != "fuse.kmsfs" || len(m.Point) <= len(best) {
+		if m.FSType != "fuse.kmsfs" || len(m.Point) <= len(best) || m.Source == "" {
 			continue
 		}
-		rel, err := filepath.Rel(m.Point, abs)
-		if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+		r, err := filepath.Rel(m.Point, abs)
+		if err != nil || r == ".." || strings.HasPrefix(r, "../") {
 			continue
 		}
-		if m.Source != "" {
-			best, src = m.Point, filepath.Join(m.Source, rel)
-		}
+		best, dir, rel = m.Point, m.Source, r
 	}
-	if best == "" {
-		return path, nil
+	return dir, rel, nil
+}
+
+// openInCipherDir opens the regular file rel below the cipher dir dir one
+// component at a time, never through a symbolic link the cipher dir holds
+// (safeopen.OpenBeneath).
+func openInCipherDir(dir, rel string) (*os.File, error) {
+	d, err := os.Open(dir)
+	if err != nil {
+		return nil, fmt.Errorf("volume: %w", err)
 	}
-	return src, nil
+	defer d.Close()
+	cp := filepath.Join(dir, rel)
+	fd, err := safeopen.OpenBeneath(int(d.Fd()), rel, unix.O_RDONLY, unix.S_IFREG)
+	var wt *safeopen.WrongType
+	if errors.As(err, &wt) || errors.Is(err, safeopen.ErrNotBeneath) {
+		return nil, fmt.Errorf("volume: %s: %v: %w", cp, err, ErrNotKmsfsFile)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("volume: %s: %w", cp, err)
+	}
+	return os.NewFile(uintptr(fd), cp), nil
 }

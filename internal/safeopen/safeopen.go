@@ -5,7 +5,9 @@
 package safeopen
 
 import (
+	"errors"
 	"fmt"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -80,3 +82,38 @@ func OpenAt(dirfd int, name string, flags int, want uint32) (int, unix.Stat_t, e
 	}
 	return fd, st, nil
 }
+
+// OpenBeneath opens the entry of type want at the relative path rel under
+// the directory dirfd, walking it one component at a time with OpenAt: no
+// component may be a symbolic link, "." or "..", so what is opened is
+// always beneath dirfd. A component of the wrong type fails with
+// *WrongType; a path that is not plain and relative fails with
+// ErrNotBeneath. The caller owns the returned descriptor.
+func OpenBeneath(dirfd int, rel string, flags int, want uint32) (int, error) {
+	parts := strings.Split(rel, "/")
+	for _, p := range parts {
+		if p == "" || p == "." || p == ".." {
+			return -1, fmt.Errorf("path %q: %w", rel, ErrNotBeneath)
+		}
+	}
+	cur := dirfd
+	for k, p := range parts {
+		w, fl := uint32(unix.S_IFDIR), unix.O_RDONLY|unix.O_DIRECTORY
+		if k == len(parts)-1 {
+			w, fl = want, flags
+		}
+		fd, _, err := OpenAt(cur, p, fl, w)
+		if cur != dirfd {
+			unix.Close(cur)
+		}
+		if err != nil {
+			return -1, fmt.Errorf("%s: %w", strings.Join(parts[:k+1], "/"), err)
+		}
+		cur = fd
+	}
+	return cur, nil
+}
+
+// ErrNotBeneath means a path given to OpenBeneath is not a plain relative
+// path (empty, ".", ".." or absolute components).
+var ErrNotBeneath = errors.New("not a plain relative path")
