@@ -91,7 +91,7 @@ func TestCLIVolume(t *testing.T) {
 	}
 }
 
-// TestMountRefused checks the refused-mount check against a mount that
+// TestRefusalReported checks the refused-mount check against a mount that
 // must fail: a cipher dir never initialised.
 func TestRefusalReported(t *testing.T) {
 	v := suite.InitVolume(t, fusetest.CLIOptions{})
