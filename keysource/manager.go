@@ -35,6 +35,11 @@ type Options struct {
 	// order after the primary's. All sources, primary first, are tried
 	// when unwrapping.
 	Escrow []KeySource
+	// UnwrapOnly sources are tried when unwrapping, after the primary and
+	// escrow sources and in order, and never wrap or generate a data key
+	// for a new file: the keys a rewrap is retiring, so that files not yet
+	// rewrapped still open.
+	UnwrapOnly []KeySource
 	// Policy bounds data-key reuse; the zero value is the batched default.
 	Policy Policy
 	// PoolSize is the number of ready data keys kept ahead of need
@@ -77,8 +82,6 @@ type Options struct {
 // them and zeroes every key it holds. The key sources and Options.Mem stay
 // the caller's.
 type Manager struct {
-	primary  KeySource
-	sources  []KeySource // primary, then escrow
 	policy   Policy
 	poolSize int
 	now      func() time.Time
@@ -91,6 +94,7 @@ type Manager struct {
 
 	mu      sync.Mutex
 	closed  bool
+	keys    *keySet // replaced whole by SetKeys
 	cache   *keyCache
 	flights map[digest]*flight
 	pool    pool
@@ -102,13 +106,8 @@ type Manager struct {
 // NewManager returns a Manager configured by o and starts its background
 // goroutines.
 func NewManager(o Options) (*Manager, error) {
-	if o.Primary == nil {
-		return nil, errors.New("keysource: manager needs a primary key source")
-	}
-	for i, e := range o.Escrow {
-		if e == nil {
-			return nil, fmt.Errorf("keysource: escrow key source %d is nil", i)
-		}
+	if err := checkKeys(o.Primary, o.Escrow, o.UnwrapOnly); err != nil {
+		return nil, err
 	}
 	if err := o.Policy.check(); err != nil {
 		return nil, err
@@ -117,8 +116,6 @@ func NewManager(o Options) (*Manager, error) {
 		return nil, errors.New("keysource: manager pool size, refill workers and cache age must not be negative")
 	}
 	m := &Manager{
-		primary:  o.Primary,
-		sources:  append([]KeySource{o.Primary}, o.Escrow...),
 		policy:   o.Policy.withDefaults(),
 		poolSize: o.PoolSize,
 		now:      o.Now,
@@ -150,6 +147,7 @@ func NewManager(o Options) (*Manager, error) {
 	m.cache = newKeyCache(entries, maxAge, m.mem)
 	m.pool.paused = o.DeferPool
 	m.ctx, m.cancel = context.WithCancel(context.Background())
+	m.keys = m.newKeySet(o.Primary, o.Escrow, o.UnwrapOnly)
 
 	m.wg.Add(workers + 1)
 	for range workers {
@@ -210,11 +208,97 @@ func (m *Manager) sweepOnce() {
 	m.mu.Unlock()
 }
 
+// keySet is the Manager's key sources at one time. It never changes once
+// made: SetKeys installs a new one, and the set's identity tells a pool
+// worker whether the batch it made is still for the current keys.
+type keySet struct {
+	primary KeySource
+	escrow  []KeySource
+	unwrap  []KeySource // primary, escrow, then unwrap-only: the unwrap order
+	nUnwrap int         // how many at the end of unwrap are unwrap-only
+	// ctx bounds the calls that make batches for this set. SetKeys cancels
+	// it, so a worker stuck on a retired key comes back to work for the
+	// new one.
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+// checkKeys refuses a key set with a nil source.
+func checkKeys(primary KeySource, escrow, unwrapOnly []KeySource) error {
+	if primary == nil {
+		return errors.New("keysource: manager needs a primary key source")
+	}
+	for i, e := range escrow {
+		if e == nil {
+			return fmt.Errorf("keysource: escrow key source %d is nil", i)
+		}
+	}
+	for i, u := range unwrapOnly {
+		if u == nil {
+			return fmt.Errorf("keysource: unwrap-only key source %d is nil", i)
+		}
+	}
+	return nil
+}
+
+// newKeySet returns a set of checked sources; the slices are copied, so
+// the caller may reuse them.
+func (m *Manager) newKeySet(primary KeySource, escrow, unwrapOnly []KeySource) *keySet {
+	ks := &keySet{
+		primary: primary,
+		escrow:  append([]KeySource(nil), escrow...),
+		nUnwrap: len(unwrapOnly),
+	}
+	ks.unwrap = make([]KeySource, 0, 1+len(escrow)+len(unwrapOnly))
+	ks.unwrap = append(append(append(ks.unwrap, primary), escrow...), unwrapOnly...)
+	ks.ctx, ks.cancel = context.WithCancel(m.ctx)
+	return ks
+}
+
+// SetKeys replaces the Manager's key sources, as a rewrap does: from its
+// return on, every data key NewDataKey and NewDataKeyTo hand out is
+// wrapped (or generated) by primary and wrapped by each of escrow, and
+// unwraps try primary, escrow, then unwrapOnly. Pooled data keys of the old
+// sources are cleared and dropped, and batches still being made for them
+// are dropped when they arrive (their calls are cancelled), so none is
+// handed out afterwards; callers waiting in NewDataKey get a data key of
+// the new sources. Cached unwrapped keys stay: data keys do not change.
+// Unwraps already running finish with the old sources.
+//
+// SetKeys refuses a nil source and returns ErrClosed after Close. The
+// sources stay the caller's; the Manager copies the slices.
+func (m *Manager) SetKeys(primary KeySource, escrow, unwrapOnly []KeySource) error {
+	if err := checkKeys(primary, escrow, unwrapOnly); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return ErrClosed
+	}
+	m.keys.cancel()
+	m.keys = m.newKeySet(primary, escrow, unwrapOnly)
+	p := &m.pool
+	p.purge(m.mem)
+	// Calls for the old keys no longer count against the pool: workers
+	// that return from them drop their batch and start afresh.
+	p.pending = 0
+	if p.err != nil {
+		// The error was the old keys'; the new ones get their own try.
+		p.err, p.paused = nil, false
+	}
+	m.broadcast()
+	return nil
+}
+
 // keyNames lists "type:keyID" of every source, for error messages.
-func (m *Manager) keyNames() string {
-	names := make([]string, len(m.sources))
-	for i, s := range m.sources {
-		names[i] = s.Type() + ":" + s.KeyID()
+func (ks *keySet) keyNames() string {
+	names := make([]string, len(ks.unwrap))
+	for i, s := range ks.unwrap {
+		names[i] = sourceName(s)
+		if i >= len(ks.unwrap)-ks.nUnwrap {
+			names[i] += " (unwrap only)"
+		}
 	}
 	return strings.Join(names, ", ")
 }

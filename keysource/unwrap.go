@@ -66,7 +66,7 @@ func (m *Manager) UnwrapKeyTo(ctx context.Context, dst []byte, stanzas []Stanza)
 		m.mu.Unlock()
 		return ErrClosed
 	}
-	now := m.now()
+	ks, now := m.keys, m.now()
 	for _, d := range ds {
 		if k := m.cache.get(d, now); k != nil {
 			copy(dst, k)
@@ -79,10 +79,10 @@ func (m *Manager) UnwrapKeyTo(ctx context.Context, dst []byte, stanzas []Stanza)
 	var fails []error
 	var notMine error
 	for i, s := range stanzas {
-		if !m.hasType(s.Type) {
+		if !ks.hasType(s.Type) {
 			continue
 		}
-		err := m.unwrapOne(ctx, s, ds[i], dst)
+		err := m.unwrapOne(ctx, ks, s, ds[i], dst)
 		switch {
 		case err == nil:
 			return nil
@@ -103,7 +103,7 @@ func (m *Manager) UnwrapKeyTo(ctx context.Context, dst []byte, stanzas []Stanza)
 			notMine = ErrNotMine
 		}
 		return fmt.Errorf("keysource: no configured key opens any stanza (stanzas: %s; configured keys: %s): %w",
-			strings.Join(names, ", "), m.keyNames(), notMine)
+			strings.Join(names, ", "), ks.keyNames(), notMine)
 	}
 	best := 0
 	for i, err := range fails {
@@ -152,8 +152,8 @@ func severity(err error) int {
 	return 1
 }
 
-func (m *Manager) hasType(t string) bool {
-	for _, s := range m.sources {
+func (ks *keySet) hasType(t string) bool {
+	for _, s := range ks.unwrap {
 		if s.Type() == t {
 			return true
 		}
@@ -162,8 +162,9 @@ func (m *Manager) hasType(t string) bool {
 }
 
 // unwrapOne copies the key of s, whose digest is d, into dst: from the
-// cache, from a flight in progress, or from a new flight.
-func (m *Manager) unwrapOne(ctx context.Context, s Stanza, d digest, dst []byte) error {
+// cache, from a flight in progress, or from a new flight with the sources
+// of ks.
+func (m *Manager) unwrapOne(ctx context.Context, ks *keySet, s Stanza, d digest, dst []byte) error {
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
@@ -181,7 +182,7 @@ func (m *Manager) unwrapOne(ctx context.Context, s Stanza, d digest, dst []byte)
 		m.flights[d] = f
 		m.wg.Add(1)
 		// The flight may outlive this caller, so it gets its own body.
-		go m.fly(fctx, f, Stanza{Type: s.Type, KeyID: s.KeyID, Body: bytes.Clone(s.Body)}, d)
+		go m.fly(fctx, ks, f, Stanza{Type: s.Type, KeyID: s.KeyID, Body: bytes.Clone(s.Body)}, d)
 	}
 	f.waiters++
 	hook := m.onJoin
@@ -222,12 +223,13 @@ func (m *Manager) unwrapOne(ctx context.Context, s Stanza, d digest, dst []byte)
 	}
 }
 
-// fly runs flight f for stanza s and caches its key. The source's slice
-// is cleared as soon as the key is in cells of m.mem.
-func (m *Manager) fly(ctx context.Context, f *flight, s Stanza, d digest) {
+// fly runs flight f for stanza s with the sources of ks and caches its
+// key. The source's slice is cleared as soon as the key is in cells of
+// m.mem.
+func (m *Manager) fly(ctx context.Context, ks *keySet, f *flight, s Stanza, d digest) {
 	defer m.wg.Done()
 	defer f.cancel()
-	key, err := m.unwrapWith(ctx, s)
+	key, err := ks.unwrapWith(ctx, s)
 	var cached []byte
 	if err == nil {
 		cached = m.mem.Clone(key)
@@ -255,9 +257,9 @@ func (m *Manager) fly(ctx context.Context, f *flight, s Stanza, d digest) {
 }
 
 // unwrapWith asks every source of s's type in turn.
-func (m *Manager) unwrapWith(ctx context.Context, s Stanza) ([]byte, error) {
+func (ks *keySet) unwrapWith(ctx context.Context, s Stanza) ([]byte, error) {
 	var best error
-	for _, src := range m.sources {
+	for _, src := range ks.unwrap {
 		if src.Type() != s.Type {
 			continue
 		}
