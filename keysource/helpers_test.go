@@ -63,12 +63,18 @@ func holdUnwraps(release <-chan struct{}) func(context.Context, keysourcetest.Op
 		if op != keysourcetest.OpUnwrap {
 			return nil
 		}
-		select {
-		case <-release:
-			return nil
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+		return holdUntil(ctx, release)
+	}
+}
+
+// holdUntil waits until release is closed (and returns nil) or ctx ends
+// (and returns its error).
+func holdUntil(ctx context.Context, release <-chan struct{}) error {
+	select {
+	case <-release:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 

@@ -38,6 +38,16 @@ type Generator interface {
 	GenerateDataKey(ctx context.Context) (dataKey []byte, s Stanza, err error)
 }
 
+// ReEncrypter is a KeySource that can move one of its stanzas to another key of the
+// same service without the data key leaving the service (AWS KMS ReEncrypt).
+type ReEncrypter interface {
+	// ReEncrypt returns a stanza for key `to` holding the data key of s. It returns an
+	// error wrapping ErrNotMine when s is not this source's stanza or `to` is not a
+	// key this source can re-encrypt to (another service), so the caller falls back
+	// to Unwrap + Wrap.
+	ReEncrypt(ctx context.Context, s Stanza, to KeySource) (Stanza, error)
+}
+
 // Describer is a KeySource that can report the state of its key.
 type Describer interface {
 	Describe(ctx context.Context) (KeyState, error)

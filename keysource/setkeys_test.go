@@ -135,12 +135,7 @@ func TestSetKeysInFlight(t *testing.T) {
 						<-release
 						return nil
 					}
-					select {
-					case <-release:
-						return nil
-					case <-ctx.Done():
-						return ctx.Err()
-					}
+					return holdUntil(ctx, release)
 				}
 				a, fa := fakeSource("fake", "A", gen, hold)
 				b, _ := fakeSource("fake", "B", gen, nil)

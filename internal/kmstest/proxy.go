@@ -16,6 +16,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/aws/aws-sdk-go-v2/service/kms"
 )
 
 // MaxLatency bounds the latency a Proxy may add to one request.
@@ -40,6 +42,8 @@ const maxRequestBody = 1 << 20 // far above any KMS request
 type Proxy struct {
 	URL string // "http://127.0.0.1:PORT"
 
+	target string // the emulator's endpoint
+
 	mu        sync.Mutex
 	latency   time.Duration
 	fault     Fault
@@ -50,6 +54,9 @@ type Proxy struct {
 	describe  KeyMetadataRewrite
 	requests  map[string]int    // by operation, forwarded or not
 	last      map[string][]byte // last request body, by operation
+	// rsaReEncrypt, when set, answers ReEncrypt with RSA keys through
+	// the emulator's Decrypt and GetPublicKey (EmulateRSAReEncrypt).
+	rsaReEncrypt *kms.Client
 }
 
 // Fault is an exception a Proxy answers instead of forwarding: N of the
@@ -158,7 +165,7 @@ func NewProxy(t testing.TB, target string) *Proxy {
 	if err != nil {
 		t.Fatalf("kmstest: proxy target: %v", err)
 	}
-	p := &Proxy{requests: map[string]int{}, last: map[string][]byte{}}
+	p := &Proxy{target: target, requests: map[string]int{}, last: map[string][]byte{}}
 	transport := &http.Transport{MaxIdleConnsPerHost: 64} // its own pool, closed with the proxy
 	rp := &httputil.ReverseProxy{
 		Rewrite:        func(r *httputil.ProxyRequest) { r.SetURL(u) },
@@ -198,6 +205,9 @@ func NewProxy(t testing.TB, target string) *Proxy {
 			w.Header().Set("Content-Type", "application/x-amz-json-1.1")
 			w.WriteHeader(status)
 			w.Write(b)
+			return
+		}
+		if p.emulatedReEncrypt(w, r, op, reqBody) {
 			return
 		}
 		rp.ServeHTTP(w, r)

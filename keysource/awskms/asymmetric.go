@@ -111,16 +111,9 @@ func (k *asymmetric) Wrap(_ context.Context, dataKey []byte) (keysource.Stanza, 
 // and checks that it was wrapped for this volume. The caller owns the
 // result. A public-key-only source returns an error wrapping ErrDenied.
 func (k *asymmetric) Unwrap(ctx context.Context, st keysource.Stanza) ([]byte, error) {
-	ct, err := k.checkStanza(st, kindRSA)
+	ct, err := k.wrapped(st)
 	if err != nil {
 		return nil, err
-	}
-	if k.client == nil {
-		return nil, fmt.Errorf("awskms: unwrap with %s: this host holds only the public key (public-key-only mode): "+
-			"files written here can be read only where the KMS key is usable (kms:Decrypt): %w", k.arn, keysource.ErrDenied)
-	}
-	if len(ct) != k.pub.Size() {
-		return nil, fmt.Errorf("awskms: stanza for %s: wrapped key is %d bytes, want %d: %w", k.arn, len(ct), k.pub.Size(), keysource.ErrInvalid)
 	}
 	out, err := k.client.Decrypt(ctx, &kms.DecryptInput{
 		CiphertextBlob:      ct,
@@ -138,6 +131,24 @@ func (k *asymmetric) Unwrap(ctx context.Context, st keysource.Stanza) ([]byte, e
 			k.arn, keysource.ErrInvalid)
 	}
 	return bytes.Clone(pt[VolumeIDSize:]), nil
+}
+
+// wrapped returns the RSA ciphertext of st for a KMS call: ErrNotMine if
+// st is not this key's, ErrInvalid if it cannot be an RSA wrap under it,
+// ErrDenied if this source holds only the public key.
+func (k *asymmetric) wrapped(st keysource.Stanza) ([]byte, error) {
+	ct, err := k.checkStanza(st, kindRSA)
+	if err != nil {
+		return nil, err
+	}
+	if k.client == nil {
+		return nil, fmt.Errorf("awskms: unwrap with %s: this host holds only the public key (public-key-only mode): "+
+			"files written here can be read only where the KMS key is usable (kms:Decrypt): %w", k.arn, keysource.ErrDenied)
+	}
+	if len(ct) != k.pub.Size() {
+		return nil, fmt.Errorf("awskms: stanza for %s: wrapped key is %d bytes, want %d: %w", k.arn, len(ct), k.pub.Size(), keysource.ErrInvalid)
+	}
+	return ct, nil
 }
 
 // Describe reports the key state; a public-key-only source reports what it

@@ -62,6 +62,13 @@
 // escrow key) or kms:GetPublicKey and kms:Decrypt (RSA), granted by the
 // key policy (and, for a caller of another account, by its IAM policy
 // too). Options.GrantTokens pass grant tokens with every request.
+//
+// Both kinds implement keysource.ReEncrypter: a rewrap moves a stanza to
+// another key of the same kind, volume and Region with one KMS ReEncrypt,
+// which needs kms:ReEncryptFrom on the old key and kms:ReEncryptTo on the
+// new one. A symmetric stanza and an RSA one hold different plaintexts
+// (the data key; volume ID and data key), so between kinds the caller
+// unwraps and wraps instead.
 package awskms
 
 import (
@@ -321,6 +328,7 @@ func Open(ctx context.Context, spec keysource.Spec, o Options) (keysource.KeySou
 	s.arn = aws.ToString(md.Arn)
 	s.store = aws.ToString(md.CustomKeyStoreId)
 	if o.DescribeOnly {
+		s.forDescribe = true
 		return &symmetric{s}, nil
 	}
 	if err := s.checkKey(key, md); err != nil {
@@ -380,6 +388,9 @@ type source struct {
 	volume  [VolumeIDSize]byte
 	encCtx  map[string]string // read-only after Open; the SDK only reads it
 	rand    io.Reader
+	// forDescribe marks a source opened for Describe alone, whatever its
+	// key's kind: it is never the source or target of a ReEncrypt.
+	forDescribe bool
 }
 
 func (s *source) setVolume(id [VolumeIDSize]byte) {

@@ -86,9 +86,15 @@ func (s *source) fail(ctx context.Context, op, key string, err error) error {
 func (s *source) explain(ctx context.Context, op, key string, apiErr smithy.APIError, err error) (string, error) {
 	switch code := apiErr.ErrorCode(); code {
 	case "AccessDeniedException":
-		keyAccount, caller := accountOf(s.arn), callerAccount(apiErr.ErrorMessage())
+		if op == "ReEncrypt" {
+			// KMS did not say which half was refused.
+			return "access denied: ReEncrypt needs kms:ReEncryptFrom on the old key and kms:ReEncryptTo on the new one, " +
+				"both allowed by the key policies", keysource.ErrDenied
+		}
+		// The key at fault: for ReEncryptTo the destination, not s.
+		keyAccount, caller := accountOf(key), callerAccount(apiErr.ErrorMessage())
 		if keyAccount == "" {
-			keyAccount = accountOf(key)
+			keyAccount = accountOf(s.arn)
 		}
 		if keyAccount != "" && caller != "" && keyAccount != caller {
 			return fmt.Sprintf("access denied across accounts: the key is in account %s and the caller in account %s, so BOTH must allow kms:%s: "+
