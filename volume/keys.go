@@ -18,9 +18,12 @@ import (
 
 // keySet is the opened key sources of a volume, primary first.
 type keySet struct {
-	list    []keysource.KeySource
-	closers []io.Closer
-	loader  *pkcs11.Loader
+	// list holds a source per key of the volume, nil for a retiring key
+	// that did not open.
+	list     []keysource.KeySource
+	warnings []Warning
+	closers  []io.Closer
+	loader   *pkcs11.Loader
 }
 
 // Close closes the sources that hold resources.
@@ -141,6 +144,14 @@ func openAnchor(ctx context.Context, a *volconf.Anchor, o Options, opened []keys
 		if src == nil {
 			src, err = s.openApproved(ctx, k, a.Host[i], vid, o)
 		}
+		if err != nil && k.Retiring {
+			// A key a rewrap is leaving may already be disabled or gone:
+			// the files rewrapped open without it, the others fail alone.
+			s.warnings = append(s.warnings, Warning{Fields: map[string]any{"key": k.KeyID, "error": err.Error()},
+				Msg: fmt.Sprintf("retiring key %s does not open: files not yet rewrapped away from it cannot be read; finish with `kmsfs rewrap`", k.KeyID)})
+			s.list = append(s.list, nil)
+			continue
+		}
 		if err != nil {
 			s.Close()
 			return nil, fmt.Errorf("key %d (%s): %w", i+1, k.KeyID, err)
@@ -148,6 +159,20 @@ func openAnchor(ctx context.Context, a *volconf.Anchor, o Options, opened []keys
 		s.list = append(s.list, src)
 	}
 	return s, nil
+}
+
+// managerOptions returns the Manager options of the key set of a volume
+// configured by c: the primary key, the other active keys as escrow, the
+// retiring keys that opened as unwrap-only.
+func (s *keySet) managerOptions(c *volconf.Conf) keysource.Options {
+	n := c.ActiveCount()
+	var retiring []keysource.KeySource
+	for _, src := range s.list[n:] {
+		if src != nil {
+			retiring = append(retiring, src)
+		}
+	}
+	return keysource.Options{Primary: s.list[0], Escrow: s.list[1:n], UnwrapOnly: retiring}
 }
 
 // CheckKeys opens every key the anchor a approved with this host's

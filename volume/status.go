@@ -160,6 +160,10 @@ func (v *Volume) Status(ctx context.Context) (*StatusReport, error) {
 			keys[i].State, keys[i].Usable = StateNotChecked, true
 			continue
 		}
+		if v.Sources[i] == nil {
+			describeKey(ctx, &keys[i], nil, errors.New("the retiring key did not open"))
+			continue
+		}
 		describeKey(ctx, &keys[i], v.Sources[i], nil)
 	}
 	return statusOf(ctx, v.Dir, c, keys)

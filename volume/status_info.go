@@ -72,7 +72,7 @@ func Info(path string) (*FileInfo, error) {
 		f, err = OpenCipherFile(path)
 	} else {
 		cp = filepath.Join(dir, rel)
-		f, err = openInCipherDir(dir, rel)
+		f, err = openInCipherDir(dir, rel, unix.O_RDONLY)
 	}
 	if err != nil {
 		return nil, err
@@ -148,15 +148,15 @@ func cipherFileOf(path string) (dir, rel string, err error) {
 
 // openInCipherDir opens the regular file rel below the cipher dir dir one
 // component at a time, never through a symbolic link the cipher dir holds
-// (safeopen.OpenBeneath).
-func openInCipherDir(dir, rel string) (*os.File, error) {
+// (safeopen.OpenBeneath), with flags (unix.O_RDONLY or unix.O_RDWR).
+func openInCipherDir(dir, rel string, flags int) (*os.File, error) {
 	d, err := os.Open(dir)
 	if err != nil {
 		return nil, fmt.Errorf("volume: %w", err)
 	}
 	defer d.Close()
 	cp := filepath.Join(dir, rel)
-	fd, err := safeopen.OpenBeneath(int(d.Fd()), rel, unix.O_RDONLY, unix.S_IFREG)
+	fd, err := safeopen.OpenBeneath(int(d.Fd()), rel, flags, unix.S_IFREG)
 	var wt *safeopen.WrongType
 	if errors.As(err, &wt) || errors.Is(err, safeopen.ErrNotBeneath) {
 		return nil, fmt.Errorf("volume: %s: %v: %w", cp, err, ErrNotKmsfsFile)

@@ -46,11 +46,12 @@ func LoadTrusted(cipherDir, trustDir string) (*volconf.Anchor, error) {
 	if err != nil {
 		return nil, err
 	}
-	if d := volconf.Diff(&a.Conf, conf); len(d) > 0 {
+	m, d := a.Match(conf)
+	if m == nil {
 		return nil, fmt.Errorf("%s in %s differs from what this host approved for volume %s (%s):\n  - %s\nif you made this change, review and approve it with `kmsfs trust %s`",
 			ConfName, cipherDir, conf.VolumeID, store.Path(conf.VolumeID), strings.Join(d, "\n  - "), cipherDir)
 	}
-	return a, nil
+	return m, nil
 }
 
 // AbsPath returns p made absolute, or p if that fails.

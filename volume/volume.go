@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 
 	"github.com/kmsfs/kmsfs/envelope"
 	"github.com/kmsfs/kmsfs/internal/secmem"
@@ -114,7 +115,8 @@ type Volume struct {
 	// Anchor is this host's approval of the volume; its Conf is the
 	// configuration in force (kmsfs.conf matched it).
 	Anchor *volconf.Anchor
-	// Sources are the opened key sources, primary first.
+	// Sources are the opened key sources, one per key of Conf, primary
+	// first; nil for a retiring key that did not open.
 	Sources []keysource.KeySource
 	// Keys wraps new data keys and unwraps those of existing files.
 	Keys *keysource.Manager
@@ -129,10 +131,19 @@ type Volume struct {
 
 	keys     *keySet
 	wrapOnly bool // opened with a public key file: Decrypt refuses
+	opts     Options
+
+	mu      sync.Mutex // guards Anchor, Sources, keys and rw after Reload
+	rw      *rewrapper
+	oldKeys []*keySet // key sets Reload replaced
 }
 
 // Conf returns the configuration in force: the approved one.
-func (v *Volume) Conf() *volconf.Conf { return &v.Anchor.Conf }
+func (v *Volume) Conf() *volconf.Conf {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return &v.Anchor.Conf
+}
 
 // Open assembles the volume in cipherDir (see the package doc).
 func Open(ctx context.Context, cipherDir string, o Options) (_ *Volume, err error) {
@@ -153,7 +164,7 @@ func Open(ctx context.Context, cipherDir string, o Options) (_ *Volume, err erro
 	if err != nil {
 		return nil, err
 	}
-	v := &Volume{Dir: cipherDir, Anchor: a, Warnings: weakKDFWarnings(conf), wrapOnly: o.PublicKeyFile != ""}
+	v := &Volume{Dir: cipherDir, Anchor: a, Warnings: weakKDFWarnings(conf), wrapOnly: o.PublicKeyFile != "", opts: o}
 	defer func() {
 		if err != nil {
 			v.Close()
@@ -177,8 +188,10 @@ func Open(ctx context.Context, cipherDir string, o Options) (_ *Volume, err erro
 		return nil, err
 	}
 	v.Sources = v.keys.list
-	v.Keys, err = keysource.NewManager(keysource.Options{Primary: v.Sources[0], Escrow: v.Sources[1:], Policy: policy,
-		DeferPool: o.ReadOnly, Mem: o.Mem})
+	v.Warnings = append(v.Warnings, v.keys.warnings...)
+	mo := v.keys.managerOptions(conf)
+	mo.Policy, mo.DeferPool, mo.Mem = policy, o.ReadOnly, o.Mem
+	v.Keys, err = keysource.NewManager(mo)
 	if err != nil {
 		return nil, err
 	}
@@ -243,6 +256,10 @@ func (v *Volume) Close() error {
 		v.keys.Close()
 		v.keys = nil
 	}
+	for _, ks := range v.oldKeys {
+		ks.Close()
+	}
+	v.oldKeys = nil
 	return errors.Join(errs...)
 }
 

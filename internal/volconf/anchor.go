@@ -47,6 +47,33 @@ type Anchor struct {
 	Conf Conf `json:"conf"`
 	// Host holds the host-only settings of Conf.Keys[i] at index i.
 	Host []HostKey `json:"host"`
+	// Next is a change this host approved ahead of writing it to
+	// kmsfs.conf (a rewrap changing the volume's keys): a kmsfs.conf that
+	// matches Next is approved as well, so that no moment of the change
+	// leaves a volume this host refuses.
+	Next *Approval `json:"next,omitempty"`
+}
+
+// Approval is one approved configuration with its host settings.
+type Approval struct {
+	Conf Conf      `json:"conf"`
+	Host []HostKey `json:"host"`
+}
+
+// Match returns the approval of a that cur matches, as an anchor without
+// Next: a itself, or its Next. It returns nil and the differences from
+// a.Conf when cur matches neither.
+func (a *Anchor) Match(cur *Conf) (*Anchor, []string) {
+	d := Diff(&a.Conf, cur)
+	if len(d) == 0 {
+		m := *a
+		m.Next = nil
+		return &m, nil
+	}
+	if a.Next != nil && len(Diff(&a.Next.Conf, cur)) == 0 {
+		return &Anchor{Version: a.Version, CipherDir: a.CipherDir, Conf: a.Next.Conf, Host: a.Next.Host}, nil
+	}
+	return nil, d
 }
 
 // HostKey holds the settings of one key that come only from the host or
@@ -139,14 +166,30 @@ func (a *Anchor) Check() error {
 	if a.Version != AnchorVersion {
 		return fmt.Errorf("volconf: trust anchor version %d; this kmsfs understands version %d", a.Version, AnchorVersion)
 	}
-	if err := a.Conf.Check(); err != nil {
+	if err := checkApproval(&a.Conf, a.Host); err != nil {
 		return err
 	}
-	if len(a.Host) != len(a.Conf.Keys) {
-		return fmt.Errorf("volconf: trust anchor has host settings for %d keys, its configuration %d", len(a.Host), len(a.Conf.Keys))
+	if n := a.Next; n != nil {
+		if n.Conf.VolumeID != a.Conf.VolumeID {
+			return fmt.Errorf("volconf: trust anchor approves a next configuration of volume %s, not %s", n.Conf.VolumeID, a.Conf.VolumeID)
+		}
+		if err := checkApproval(&n.Conf, n.Host); err != nil {
+			return fmt.Errorf("%w (in the next configuration)", err)
+		}
 	}
-	for i, k := range a.Conf.Keys {
-		h := a.Host[i]
+	return nil
+}
+
+// checkApproval checks a configuration and its host settings.
+func checkApproval(c *Conf, host []HostKey) error {
+	if err := c.Check(); err != nil {
+		return err
+	}
+	if len(host) != len(c.Keys) {
+		return fmt.Errorf("volconf: trust anchor has host settings for %d keys, its configuration %d", len(host), len(c.Keys))
+	}
+	for i, k := range c.Keys {
+		h := host[i]
 		if k.Spec != StorageSpec(k.Spec) {
 			return fmt.Errorf("volconf: trust anchor key %d: spec holds host settings", i+1)
 		}
@@ -188,6 +231,14 @@ func Role(i int) string {
 	return "escrow"
 }
 
+// roleOf names the role of keys[i], a retiring key as such.
+func roleOf(keys []Key, i int) string {
+	if keys[i].Retiring {
+		return "retiring: unwraps only"
+	}
+	return Role(i)
+}
+
 // Diff lists, one line each, how cur differs from the approved
 // configuration: volume ID, versions, layout, policy, features, and keys
 // added, removed, moved or changed (spec, KDF parameters). Specs are
@@ -223,15 +274,18 @@ func Diff(approved, cur *Conf) []string {
 	for i, k := range approved.Keys {
 		j := find(cur.Keys, k.KeyID)
 		if j < 0 {
-			add("key removed: %s (key ID %s, %s)", k.Spec, k.KeyID, Role(i))
+			add("key removed: %s (key ID %s, %s)", k.Spec, k.KeyID, roleOf(approved.Keys, i))
 			continue
 		}
 		c := cur.Keys[j]
 		if i != j {
-			add("key %s moved: approved as key %d (%s), kmsfs.conf has it as key %d (%s)", k.KeyID, i+1, Role(i), j+1, Role(j))
+			add("key %s moved: approved as key %d (%s), kmsfs.conf has it as key %d (%s)", k.KeyID, i+1, roleOf(approved.Keys, i), j+1, roleOf(cur.Keys, j))
 		}
 		if s := StorageSpec(c.Spec); s != k.Spec {
 			add("key %s changed: spec approved %s, kmsfs.conf has %s", k.KeyID, k.Spec, s)
+		}
+		if k.Retiring != c.Retiring {
+			add("key %s changed: approved as %s, kmsfs.conf has it %s", k.KeyID, roleOf(approved.Keys, i), roleOf(cur.Keys, j))
 		}
 		if k.PublicKeySHA256 != c.PublicKeySHA256 {
 			add("key %s changed: public key fingerprint approved %q, kmsfs.conf has %q", k.KeyID, k.PublicKeySHA256, c.PublicKeySHA256)
@@ -242,7 +296,7 @@ func Diff(approved, cur *Conf) []string {
 	}
 	for j, c := range cur.Keys {
 		if find(approved.Keys, c.KeyID) < 0 {
-			add("key added: %s (key ID %s, %s)", StorageSpec(c.Spec), c.KeyID, Role(j))
+			add("key added: %s (key ID %s, %s)", StorageSpec(c.Spec), c.KeyID, roleOf(cur.Keys, j))
 		}
 	}
 	return d

@@ -62,6 +62,27 @@ type Key struct {
 	// (awskms.Fingerprint), recorded at init: a public key given later
 	// (--public-key-file) must match it.
 	PublicKeySHA256 string `json:"public_key_sha256,omitempty"`
+	// Retiring marks a key a rewrap is taking out of the volume: it only
+	// unwraps the files not yet rewrapped, never wraps a new data key,
+	// and leaves kmsfs.conf once no file depends on it. Retiring keys
+	// come after the others.
+	Retiring bool `json:"retiring,omitempty"`
+}
+
+// Active returns the keys that wrap new data keys, primary first: every
+// key but the retiring ones.
+func (c *Conf) Active() []Key {
+	return c.Keys[:c.ActiveCount()]
+}
+
+// ActiveCount returns the number of keys that are not retiring.
+func (c *Conf) ActiveCount() int {
+	for i, k := range c.Keys {
+		if k.Retiring {
+			return i
+		}
+	}
+	return len(c.Keys)
 }
 
 // NewVolumeID returns a random volume ID.
@@ -113,7 +134,13 @@ func (c *Conf) Check() error {
 	if len(c.Keys) == 0 {
 		return errors.New("volconf: no keys configured")
 	}
+	if c.Keys[0].Retiring {
+		return errors.New("volconf: the primary key (key 1) is marked retiring: refused")
+	}
 	for i, k := range c.Keys {
+		if k.Retiring && i < len(c.Keys)-1 && !c.Keys[i+1].Retiring {
+			return fmt.Errorf("volconf: key %d is retiring but key %d after it is not: retiring keys come last", i+1, i+2)
+		}
 		if _, err := keysource.ParseSpec(k.Spec); err != nil {
 			return fmt.Errorf("volconf: key %d: %w", i+1, err)
 		}
@@ -257,3 +284,12 @@ func Save(dir string, c *Conf) error {
 	defer d.Close()
 	return d.Sync()
 }
+
+// Setting these extended attributes (any value) through a kmsfs mount
+// asks its daemon, if the caller is root or the user it runs as:
+// ReloadAttr on the mount's root to reload kmsfs.conf's keys, RewrapAttr
+// on a file to rewrap it to them. They never reach the cipher dir.
+const (
+	ReloadAttr = "user.kmsfs.reload"
+	RewrapAttr = "user.kmsfs.rewrap"
+)

@@ -1,0 +1,243 @@
+package volume_test
+
+import (
+	"bytes"
+	"crypto/rand"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/kmsfs/kmsfs/internal/volconf"
+	"github.com/kmsfs/kmsfs/volume"
+)
+
+// rewrapFiles writes n files of random content through a read-write
+// volume, as a mount would (data keys from the manager, shared under the
+// batched policy), and returns their contents by name.
+func rewrapFiles(t *testing.T, tv testVolume, n int) map[string][]byte {
+	t.Helper()
+	v, err := tv.open(t, volume.Options{})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	defer v.Close()
+	files := map[string][]byte{}
+	for i := range n {
+		name := fmt.Sprintf("d%d/f%03d", i%3, i)
+		plain := make([]byte, 100+i*37)
+		rand.Read(plain)
+		p := filepath.Join(tv.dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dk, sts, err := v.Keys.NewDataKey(ctx(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := v.Format.Create(b, dk, sts)
+		clear(dk)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.WriteAt(plain, 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
+		b.Close()
+		files[name] = plain
+	}
+	return files
+}
+
+// checkFiles opens the volume as this host approved it and checks that
+// every file reads back as written and its header holds stanzas of
+// exactly the key IDs want (in order).
+func checkFiles(t *testing.T, tv testVolume, files map[string][]byte, want []string) {
+	t.Helper()
+	v, err := tv.open(t, volume.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatalf("Open after rewrap: %v", err)
+	}
+	defer v.Close()
+	for name, plain := range files {
+		p := filepath.Join(tv.dir, name)
+		fi, err := volume.Info(p)
+		if err != nil {
+			t.Fatalf("Info %s: %v", name, err)
+		}
+		var ids []string
+		for _, s := range fi.Stanzas {
+			ids = append(ids, s.KeyID)
+		}
+		if strings.Join(ids, ",") != strings.Join(want, ",") {
+			t.Errorf("%s: stanzas of %v, want %v", name, ids, want)
+		}
+		f, err := volume.OpenCipherFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got bytes.Buffer
+		_, err = v.Decrypt(ctx(t), &got, f, p)
+		f.Close()
+		if err != nil {
+			t.Fatalf("decrypt %s: %v", name, err)
+		}
+		if !bytes.Equal(got.Bytes(), plain) {
+			t.Fatalf("%s: content changed by the rewrap", name)
+		}
+	}
+}
+
+func keyIDOf(t *testing.T, tv testVolume, path string) string {
+	t.Helper()
+	c, err := volconf.Load(tv.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vid, _ := c.ID()
+	id, err := volume.KeyFileID(path, vid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+func confKeys(t *testing.T, tv testVolume) []volconf.Key {
+	t.Helper()
+	c, err := volconf.Load(tv.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.Keys
+}
+
+// TestRewrapTo rotates a volume from one local key to another: every
+// file ends under the new key alone, content untouched, kmsfs.conf and
+// the host's approval follow, and the old key is no longer needed.
+func TestRewrapTo(t *testing.T) {
+	tv := initVolume(t)
+	files := rewrapFiles(t, tv, 40)
+	newKey := filepath.Join(filepath.Dir(tv.key), "new-key")
+	newKeyFile(t, newKey)
+	r, err := volume.Rewrap(ctx(t), tv.dir, volume.RewrapOptions{To: "local:" + newKey, TrustDir: tv.trust})
+	if err != nil {
+		t.Fatalf("Rewrap: %v", err)
+	}
+	if !r.Done() || r.Rewrapped != 40 || r.Files != 40 || len(r.Retired) != 1 {
+		t.Fatalf("report %+v, want 40 files rewrapped and the old key retired", r)
+	}
+	if r.DataKeys < 1 || r.DataKeys > 2 {
+		t.Errorf("%d distinct data keys rewrapped, want 1 or 2 (batched policy)", r.DataKeys)
+	}
+	newID := keyIDOf(t, tv, newKey)
+	if ks := confKeys(t, tv); len(ks) != 1 || ks[0].KeyID != newID {
+		t.Fatalf("kmsfs.conf keys %+v, want the new key alone", ks)
+	}
+	if err := os.Remove(tv.key); err != nil {
+		t.Fatal(err)
+	}
+	tv.key = newKey
+	checkFiles(t, tv, files, []string{newID})
+
+	// A second run has nothing to do.
+	r, err = volume.Rewrap(ctx(t), tv.dir, volume.RewrapOptions{TrustDir: tv.trust})
+	if err != nil || r.Rewrapped != 0 || r.Current != 40 || !r.Done() {
+		t.Fatalf("rerun: %+v, %v; want 40 current files and nothing done", r, err)
+	}
+}
+
+// TestRewrapAddRemove adds an escrow key to every file, then removes the
+// primary: files end under the escrow key alone, which becomes primary.
+func TestRewrapAddRemove(t *testing.T) {
+	tv := initVolume(t)
+	files := rewrapFiles(t, tv, 12)
+	oldID := keyIDOf(t, tv, tv.key)
+	escrow := filepath.Join(filepath.Dir(tv.key), "escrow")
+	newKeyFile(t, escrow)
+	if _, err := volume.Rewrap(ctx(t), tv.dir, volume.RewrapOptions{Add: "local:" + escrow, TrustDir: tv.trust}); err != nil {
+		t.Fatalf("Rewrap --add: %v", err)
+	}
+	escrowID := keyIDOf(t, tv, escrow)
+	checkFiles(t, tv, files, []string{oldID, escrowID})
+
+	if _, err := volume.Rewrap(ctx(t), tv.dir, volume.RewrapOptions{Add: "local:" + escrow, TrustDir: tv.trust}); err == nil {
+		t.Fatal("adding a key the volume has: no error")
+	}
+	r, err := volume.Rewrap(ctx(t), tv.dir, volume.RewrapOptions{Remove: "local:" + tv.key, TrustDir: tv.trust})
+	if err != nil || !r.Done() {
+		t.Fatalf("Rewrap --remove: %+v, %v", r, err)
+	}
+	if ks := confKeys(t, tv); len(ks) != 1 || ks[0].KeyID != escrowID {
+		t.Fatalf("kmsfs.conf keys %+v, want the escrow key alone", ks)
+	}
+	checkFiles(t, tv, files, []string{escrowID})
+
+	_, err = volume.Rewrap(ctx(t), tv.dir, volume.RewrapOptions{Remove: escrowID, TrustDir: tv.trust})
+	if err == nil || !strings.Contains(err.Error(), "only key") {
+		t.Fatalf("removing the only key: %v, want a refusal", err)
+	}
+}
+
+// TestRewrapInterrupted stops a rewrap at each point where kmsfs.conf
+// and the host's approval change, and between files: the volume opens,
+// every file reads, and a rerun without options finishes the job.
+func TestRewrapInterrupted(t *testing.T) {
+	tv := initVolume(t)
+	files := rewrapFiles(t, tv, 20)
+	oldID := keyIDOf(t, tv, tv.key)
+	newKey := filepath.Join(filepath.Dir(tv.key), "new-key")
+	newKeyFile(t, newKey)
+	plan, err := volume.PrepareRewrap(ctx(t), tv.dir, volume.RewrapOptions{To: "local:" + newKey, TrustDir: tv.trust})
+	if err != nil {
+		t.Fatalf("PrepareRewrap: %v", err)
+	}
+	newID := keyIDOf(t, tv, newKey)
+	if ks := confKeys(t, tv); len(ks) != 2 || ks[0].KeyID != newID || !ks[1].Retiring || ks[1].KeyID != oldID {
+		t.Fatalf("kmsfs.conf keys %+v during the rewrap, want the new key then the old one retiring", ks)
+	}
+	if len(plan.Changes) == 0 {
+		t.Error("plan lists no change")
+	}
+	// Stopped before any file: all still open under the old key.
+	checkFiles(t, tv, files, []string{oldID})
+
+	// The stop between approving and writing kmsfs.conf: the anchor holds
+	// the next configuration beside the one in force.
+	store := volconf.NewStore(tv.trust, os.Geteuid())
+	c, _ := volconf.Load(tv.dir)
+	a, err := store.Load(c.VolumeID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := volconf.Save(tv.dir, &volconf.Conf{}); err == nil {
+		t.Fatal("saving an empty conf: no error")
+	}
+	next := *a
+	prev := *a
+	prev.Conf.Keys = []volconf.Key{{Spec: volconf.KeyFileSpec, KeyID: oldID}}
+	prev.Host = a.Host[1:]
+	next.Conf, next.Host = prev.Conf, prev.Host
+	next.Next = &volconf.Approval{Conf: a.Conf, Host: a.Host}
+	if err := store.Save(&next); err != nil {
+		t.Fatal(err)
+	}
+	// kmsfs.conf still says the new configuration: it matches Next.
+	checkFiles(t, tv, files, []string{oldID})
+
+	r, err := volume.Rewrap(ctx(t), tv.dir, volume.RewrapOptions{TrustDir: tv.trust})
+	if err != nil || !r.Done() || r.Rewrapped != 20 {
+		t.Fatalf("rerun: %+v, %v; want the job finished", r, err)
+	}
+	if a, err := store.Load(c.VolumeID); err != nil || a.Next != nil || len(a.Conf.Keys) != 1 {
+		t.Fatalf("anchor after the rerun: %+v, %v; want the new key alone and no Next", a, err)
+	}
+	checkFiles(t, tv, files, []string{newID})
+}
