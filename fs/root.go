@@ -55,6 +55,9 @@ type Options struct {
 	// KeyTimeout bounds a key call made for an open or create; 0 means
 	// DefaultKeyTimeout.
 	KeyTimeout time.Duration
+	// Admin, if set, serves the mount owner's requests (ReloadAttr,
+	// RewrapAttr).
+	Admin Admin
 }
 
 // root holds what every node of one mount shares.

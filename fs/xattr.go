@@ -80,7 +80,15 @@ func (n *Node) getxattr(attr string, dest []byte) (uint32, syscall.Errno) {
 
 // Setxattr writes an extended attribute.
 func (n *Node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	if handled, errno := n.admin(ctx, attr); handled {
+		return errno
+	}
 	if !n.r.opts.Xattr {
+		if n.r.opts.Admin != nil {
+			// ENOSYS would make the kernel stop sending every setxattr,
+			// the Admin ones too, for the life of the mount.
+			return syscall.EOPNOTSUPP
+		}
 		return syscall.ENOSYS
 	}
 	if n.r.opts.ReadOnly {

@@ -266,7 +266,7 @@ func runMount(ctx context.Context, f *mountFlags, cipherDir, mnt string) (err er
 	mo := kfs.MountOptions(abs, extra, f.allowOther)
 	mo.EntryTimeout, mo.AttrTimeout, mo.NegativeTimeout = &f.cacheTimeout, &f.cacheTimeout, &f.cacheTimeout
 	srv, err := kfs.Mount(mnt, kfs.Options{CipherDir: cipherDir, Volume: v.Format, Keys: v.Keys, Log: log,
-		ReadOnly: f.readOnly, KeyTimeout: f.keyTimeout, Xattr: f.xattr}, mo)
+		ReadOnly: f.readOnly, KeyTimeout: f.keyTimeout, Xattr: f.xattr, Admin: v}, mo)
 	if err != nil {
 		return err
 	}

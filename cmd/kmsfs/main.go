@@ -42,6 +42,7 @@ applications read and write plain files at the mount point.`,
   kmsfs trust /srv/cipher      # approve a volume synced from another host
   kmsfs status /srv/cipher     # which keys the files depend on, and their state
   kmsfs fsck /srv/cipher       # check every header and block
+  kmsfs rewrap --to awskms:alias/backups /srv/cipher   # rotate to the alias's new key
   kmsfs info /mnt/plain/report.pdf
   kmsfs unmount /mnt/plain`,
 		Version:       version,
@@ -49,6 +50,6 @@ applications read and write plain files at the mount point.`,
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().String(trustDirFlag, "", "the host's trust dir of approved volumes (default $KMSFS_TRUST_DIR, else /etc/kmsfs/trust for root, else ~/.config/kmsfs/trust)")
-	root.AddCommand(newInitCmd(), newMountCmd(), newUnmountCmd(), newTrustCmd(), newStatusCmd(), newInfoCmd(), newEncryptCmd(), newDecryptCmd(), newFsckCmd())
+	root.AddCommand(newInitCmd(), newMountCmd(), newUnmountCmd(), newTrustCmd(), newStatusCmd(), newInfoCmd(), newEncryptCmd(), newDecryptCmd(), newFsckCmd(), newRewrapCmd())
 	return root
 }
