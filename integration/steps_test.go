@@ -1,6 +1,8 @@
 package integration_test
 
 import (
+	"golang.org/x/sys/unix"
+
 	"fmt"
 	"io"
 	"os"
@@ -45,7 +47,8 @@ var steps = fusetest.Steps{
 	"chown": func(a []string) error {
 		return syscall.Lchown(a[0], int(stepNum(a[1])), int(stepNum(a[2])))
 	},
-	"rename": func(a []string) error { return syscall.Rename(a[0], a[1]) },
+	"rename":   func(a []string) error { return syscall.Rename(a[0], a[1]) },
+	"setxattr": func(a []string) error { return unix.Setxattr(a[0], a[1], nil, 0) },
 	"utimes": func(a []string) error {
 		ts := syscall.Timespec{Sec: stepNum(a[1])}
 		return syscall.UtimesNano(a[0], []syscall.Timespec{ts, ts})
