@@ -278,3 +278,24 @@ func TestReEncryptDenied(t *testing.T) {
 		})
 	}
 }
+
+// An RSA stanza planted from another volume (same key, so its key ID
+// matches): RSA takes no encryption context, so KMS re-encrypts it without
+// seeing the volume ID inside, but that ID travels along and the
+// destination's Unwrap refuses the result. No data key of another volume
+// is ever accepted.
+func TestReEncryptRSAOtherVolume(t *testing.T) {
+	e := fusetest.KMS(t)
+	proxy := kmstest.NewProxy(t, e.Endpoint)
+	proxy.EmulateRSAReEncrypt()
+	rsa2 := createRSAKey(t, e)
+	src := mustSource(t, e, e.RSAEncrypt.ARN, volume1, nil, awskms.Options{Endpoint: proxy.URL})
+	dst := mustSource(t, e, rsa2.ARN, volume1, nil, awskms.Options{Endpoint: proxy.URL})
+	planted := mustWrap(t, mustSource(t, e, e.RSAEncrypt.ARN, volume2, nil, awskms.Options{}), newDataKey())
+	got, err := reEncrypter(t, src).ReEncrypt(testContext(t), planted, dst)
+	if err != nil {
+		t.Fatalf("ReEncrypt: %v", err)
+	}
+	_, err = dst.Unwrap(testContext(t), got)
+	wantErr(t, err, keysource.ErrInvalid, rsa2.ARN, "volume")
+}
