@@ -1,0 +1,101 @@
+package volume_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/kmsfs/kmsfs/internal/fusetest"
+	"github.com/kmsfs/kmsfs/internal/kmstest"
+	"github.com/kmsfs/kmsfs/volume"
+)
+
+// rewrapBenchFiles is the size of the benchmarked volume, in files.
+const rewrapBenchFiles = 10000
+
+// BenchmarkRewrap rewraps a volume of 10,000 small files made under the
+// batched data-key policy from one KMS key to another (and back, on the
+// next iteration), against local-kms behind a proxy that adds 10 ms to
+// every request, as a KMS in another zone would. It reports the files
+// per second and the KMS requests of one rewrap beside the distinct data
+// keys rewrapped.
+//
+//	go test -run '^$' -bench Rewrap -benchtime 4x ./volume/
+func BenchmarkRewrap(b *testing.B) {
+	e := fusetest.KMS(b)
+	p := kmstest.NewProxy(b, e.Endpoint)
+	e.SetAWSEnv(b, p.URL)
+	d := b.TempDir()
+	tv := testVolume{dir: filepath.Join(d, "cipher"), trust: filepath.Join(d, "trust")}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	if _, _, err := volume.Init(ctx, tv.dir, volume.InitOptions{Keys: []string{"awskms:" + e.Symmetric.ARN}, TrustDir: tv.trust}); err != nil {
+		b.Fatal(err)
+	}
+	v, err := volume.Open(ctx, tv.dir, volume.Options{TrustDir: tv.trust})
+	if err != nil {
+		b.Fatal(err)
+	}
+	plain := make([]byte, 1000)
+	for i := range rewrapBenchFiles {
+		p := filepath.Join(tv.dir, fmt.Sprintf("d%02d", i%100), fmt.Sprintf("f%05d", i))
+		if i < 100 {
+			if err := os.Mkdir(filepath.Dir(p), 0o700); err != nil {
+				b.Fatal(err)
+			}
+		}
+		bf, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			b.Fatal(err)
+		}
+		dk, sts, err := v.Keys.NewDataKey(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		f, err := v.Format.Create(bf, dk, sts)
+		clear(dk)
+		if err == nil {
+			_, err = f.WriteAt(plain, 0)
+		}
+		if err == nil {
+			err = f.Close()
+		}
+		bf.Close()
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	v.Close()
+	p.SetLatency(10 * time.Millisecond)
+	ops := []string{"Decrypt", "ReEncrypt", "Encrypt", "GenerateDataKey", "DescribeKey", "GetPublicKey"}
+	count := func() int {
+		n := 0
+		for _, op := range ops {
+			n += p.Requests(op)
+		}
+		return n
+	}
+	b.ResetTimer()
+	for i := range b.N {
+		to := e.Symmetric2.ARN
+		if i%2 == 1 {
+			to = e.Symmetric.ARN
+		}
+		before, decBefore, reBefore := count(), p.Requests("Decrypt"), p.Requests("ReEncrypt")
+		start := time.Now()
+		r, err := volume.Rewrap(ctx, tv.dir, volume.RewrapOptions{To: "awskms:" + to, TrustDir: tv.trust})
+		el := time.Since(start)
+		if err != nil || !r.Done() || r.Rewrapped != rewrapBenchFiles {
+			b.Fatalf("rewrap: %+v, %v", r, err)
+		}
+		b.ReportMetric(float64(rewrapBenchFiles)/el.Seconds(), "files/s")
+		b.ReportMetric(el.Seconds(), "s/rewrap")
+		b.ReportMetric(float64(r.DataKeys), "data-keys")
+		b.ReportMetric(float64(count()-before), "kms-calls")
+		b.ReportMetric(float64(p.Requests("Decrypt")-decBefore), "decrypt-calls")
+		b.ReportMetric(float64(p.Requests("ReEncrypt")-reBefore), "reencrypt-calls")
+	}
+}
