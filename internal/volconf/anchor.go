@@ -278,7 +278,7 @@ func Diff(approved, cur *Conf) []string {
 			continue
 		}
 		c := cur.Keys[j]
-		if i != j {
+		if i != j && k.Retiring == c.Retiring { // a key retiring moves behind the others: one line says both
 			add("key %s moved: approved as key %d (%s), kmsfs.conf has it as key %d (%s)", k.KeyID, i+1, roleOf(approved.Keys, i), j+1, roleOf(cur.Keys, j))
 		}
 		if s := StorageSpec(c.Spec); s != k.Spec {
