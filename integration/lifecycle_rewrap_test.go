@@ -238,25 +238,30 @@ func TestRewrapMountRefusesOtherUsers(t *testing.T) {
 	}
 }
 
-// TestRewrapHSMEscrow adds a PKCS#11 escrow key to every file, then takes
-// the local key out: the files open with the token key alone.
+// TestRewrapHSMEscrow adds a PKCS#11 escrow key to every file of a
+// mounted volume (the mount opens the token key itself; a file created
+// after gets both stanzas), then takes the local key out offline: the
+// files open with the token key alone.
 func TestRewrapHSMEscrow(t *testing.T) {
 	tok := suite.HSM(t).Token("main")
 	v := suite.InitVolume(t, fusetest.CLIOptions{})
 	v.Mount(t)
 	files := rwWrite(t, v, "b", 20)
-	v.Unmount(t)
 	localID := rwConf(t, v).Keys[0].KeyID
 
 	r, code := rwRewrap(t, v, "--add", tok.AESSpec())
 	if code != 0 || !r.Done() || r.Rewrapped != 20 || len(r.Keys) != 2 {
 		t.Fatalf("rewrap --add: exit %d, %+v", code, r)
 	}
+	for k, b := range rwWrite(t, v, "after", 3) {
+		files[k] = b
+	}
+	v.Unmount(t)
 	hsmID := r.Keys[1]
 	rwCheckStanzas(t, v, files, localID, hsmID)
 
 	r, code = rwRewrap(t, v, "--remove", "local:"+v.Key)
-	if code != 0 || !r.Done() || !slices.Equal(r.Keys, []string{hsmID}) || !slices.Equal(r.Retired, []string{localID}) {
+	if code != 0 || !r.Done() || r.Rewrapped != 23 || !slices.Equal(r.Keys, []string{hsmID}) || !slices.Equal(r.Retired, []string{localID}) {
 		t.Fatalf("rewrap --remove: exit %d, %+v", code, r)
 	}
 	rwCheckStanzas(t, v, files, hsmID)
