@@ -143,9 +143,8 @@ func Rewrap(ctx context.Context, dir string, o RewrapOptions) (*RewrapReport, er
 		return nil, err
 	}
 	r.Changes, r.Warnings = plan.Changes, early.Warnings
-	if r.FailedFiles > 0 {
-		return r, nil
-	}
+	// Even after failures: files no key of the volume opens must not
+	// keep a retiring key that none of them uses.
 	if err := FinishRewrap(ctx, dir, o.TrustDir, r); err != nil {
 		return r, err
 	}
@@ -436,7 +435,7 @@ func (c *keyChange) checkFit(ctx context.Context, ks *keySet, a *volconf.Anchor)
 // every file), so they are no longer needed to open it; the trust anchor
 // in trustDir follows as in PrepareRewrap. r, if not nil, gets the keys
 // retired, or those still retiring with the files that hold them counted
-// as failures.
+// as failures (unless r has failures already: those are the files).
 func FinishRewrap(ctx context.Context, dir, trustDir string, r *RewrapReport) error {
 	a, err := LoadTrusted(dir, trustDir)
 	if err != nil {
@@ -461,7 +460,9 @@ func FinishRewrap(ctx context.Context, dir, trustDir string, r *RewrapReport) er
 	left := false
 	for _, p := range sc.Need {
 		if sc.retiring[p] {
-			r.fail(p, "still has a stanza of a retiring key")
+			if r.FailedFiles == 0 { // else these are the files that failed
+				r.fail(p, "still has a stanza of a retiring key")
+			}
 			left = true
 		}
 	}

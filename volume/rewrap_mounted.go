@@ -103,9 +103,6 @@ func RewrapMounted(ctx context.Context, dir, mountPoint string, o RewrapOptions)
 		}
 	}
 	r.Keys, r.Retiring = keyIDs(c.Keys[:n]), keyIDs(c.Keys[n:])
-	if r.FailedFiles > 0 {
-		return r, nil
-	}
 	if err := FinishRewrap(ctx, dir, o.TrustDir, r); err != nil {
 		return r, err
 	}

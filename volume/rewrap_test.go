@@ -241,3 +241,32 @@ func TestRewrapInterrupted(t *testing.T) {
 	}
 	checkFiles(t, tv, files, []string{newID})
 }
+
+// TestRewrapUnknownKeyFile: a file that no key of the volume opens (its
+// only stanza is of a key kmsfs.conf does not list) cannot be rewrapped
+// and is reported, but does not hold the old key in the volume: every
+// other file moves, and the old key is retired.
+func TestRewrapUnknownKeyFile(t *testing.T) {
+	tv := initVolume(t)
+	files := rewrapFiles(t, tv, 5)
+	v, err := tv.open(t, volume.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeUnknownKeyFile(t, v, "orphan", 100)
+	v.Close()
+	newKey := filepath.Join(filepath.Dir(tv.key), "new-key")
+	newKeyFile(t, newKey)
+	r, err := volume.Rewrap(ctx(t), tv.dir, volume.RewrapOptions{To: "local:" + newKey, TrustDir: tv.trust})
+	if err != nil {
+		t.Fatalf("Rewrap: %v", err)
+	}
+	if r.Done() || r.FailedFiles != 1 || len(r.Failed) != 1 || r.Failed[0].Path != "orphan" || r.Rewrapped != 5 || len(r.Retired) != 1 {
+		t.Fatalf("report %+v; want 5 files rewrapped, orphan failed, the old key retired", r)
+	}
+	if !strings.Contains(r.Failed[0].Error, "no configured key") {
+		t.Errorf("orphan's failure %q does not say no key of the volume opens it", r.Failed[0].Error)
+	}
+	tv.key = newKey
+	checkFiles(t, tv, files, []string{keyIDOf(t, tv, newKey)})
+}
