@@ -135,8 +135,20 @@ func TestRewrapAWSAliasMoved(t *testing.T) {
 		}
 		return m
 	}
-	before := calls()
+	// A key policy short of kms:ReEncrypt and kms:Encrypt: every file
+	// fails, named with the cause; the volume keeps working under the
+	// retiring key, and nothing is lost.
+	p.SetPermissions(&kmstest.Permissions{Allow: []string{"GenerateDataKey", "Decrypt", "DescribeKey"}})
 	r, code := rwRewrap(t, v, "--to", "awskms:"+kmstest.Alias)
+	if code != rwExitIncomplete || r.FailedFiles != 60 || !slices.Equal(r.Retiring, []string{e.Symmetric.ARN}) ||
+		!strings.Contains(r.Failed[0].Error, "kms:Encrypt") {
+		t.Fatalf("rewrap denied: exit %d, %+v; want exit %d, 60 files failed naming kms:Encrypt, the old key retiring", code, r, rwExitIncomplete)
+	}
+	rwCheckContent(t, v, files)
+	p.SetPermissions(nil)
+
+	before := calls()
+	r, code = rwRewrap(t, v, "--to", "awskms:"+kmstest.Alias)
 	after := calls()
 	if code != 0 || !r.Done() || r.Rewrapped != 60 || !slices.Equal(r.Retired, []string{e.Symmetric.ARN}) || !slices.Equal(r.Keys, []string{e.Symmetric2.ARN}) {
 		t.Fatalf("rewrap: exit %d, %+v; want 60 files moved to %s and %s retired", code, r, e.Symmetric2.ARN, e.Symmetric.ARN)
