@@ -36,6 +36,11 @@ const (
 	// FsckUnreadable is a file the check could not read (permissions,
 	// I/O error).
 	FsckUnreadable = "unreadable"
+	// FsckCrashRemnants is a file that reads intact but holds crash
+	// remnants: blocks sealed marked last that are not its last, which
+	// a truncate or a write past a gap stopped by a crash leaves. Reads
+	// accept them; --repair reseals them marked not last.
+	FsckCrashRemnants = "crash-remnants"
 )
 
 // fsckWorkers bounds the files checked at once: enough to keep the cores
@@ -68,16 +73,26 @@ type FsckFile struct {
 	Truncated bool `json:"truncated,omitempty"`
 	// Recovered says --repair applied journal records to this file.
 	Recovered bool `json:"recovered,omitempty"`
+	// Remnants lists the crash remnants found: blocks sealed marked last
+	// that are not the file's last (see FsckCrashRemnants).
+	Remnants []FsckBlock `json:"remnant_blocks,omitempty"`
+	// RemnantsCleared counts the remnants --repair resealed marked not
+	// last; once all are, the file's state is ok.
+	RemnantsCleared int `json:"remnants_cleared,omitempty"`
 }
 
 // FsckReport is what Fsck found in a cipher dir.
 type FsckReport struct {
 	Dir    string `json:"cipher_dir"`
 	Volume string `json:"volume_id"`
-	// Files counts the regular files checked; OK those found intact.
+	// Files counts the regular files checked; OK those found intact
+	// with nothing repaired.
 	Files int64 `json:"files"`
 	OK    int64 `json:"ok"`
-	// Problems lists every file that is not ok, by path.
+	// Bytes sums the sizes of the cipher files checked.
+	Bytes int64 `json:"bytes"`
+	// Problems lists every file that is not ok, or that --repair
+	// changed (state ok, with Recovered or RemnantsCleared), by path.
 	Problems []FsckFile `json:"problems,omitempty"`
 	// Skipped counts entries neither a regular file nor a directory
 	// (symbolic links, FIFOs, devices): never opened.
@@ -92,23 +107,45 @@ type FsckReport struct {
 	Repaired int `json:"repaired"`
 	// RepairError is the first error applying them.
 	RepairError string `json:"repair_error,omitempty"`
+	// RemnantsCleared counts the crash remnants resealed by this run
+	// (--repair), in all files.
+	RemnantsCleared int `json:"remnants_cleared"`
 }
 
-// Clean reports whether every file is intact and nothing is pending.
+// Clean reports whether every file is intact, with no crash remnant left,
+// and nothing is pending: files that --repair set right count as clean.
 func (r *FsckReport) Clean() bool {
 	for _, p := range r.Problems {
-		if p.State != FsckEmpty {
+		if p.State != FsckEmpty && p.State != FsckOK {
 			return false
 		}
 	}
 	return r.Pending == 0 && len(r.Journal) == 0
 }
 
+// FsckOptions are the choices of a check.
+type FsckOptions struct {
+	// Repair reseals crash remnants marked not last (File.ClearRemnants)
+	// in files that are otherwise intact. It needs a read-write volume
+	// (one with a journal, so each block is rewritten crash-safely); the
+	// volume's pending journal records were applied when it was opened.
+	// Nothing else is ever written: no damaged block, header or size.
+	Repair bool
+	// Progress, if set, is told how far the check has got: after a cheap
+	// first pass that sums the files' sizes, then as blocks are checked.
+	// Calls never overlap; it should return quickly.
+	Progress func(FsckProgress)
+}
+
 // Fsck checks every file of the volume: both header slots against the
-// file's key, and every block. It changes nothing; a volume opened
-// read-write has applied its pending journal records at Open already
-// (v.Recovery), which the report carries. ctx cancels the check.
-func (v *Volume) Fsck(ctx context.Context) (*FsckReport, error) {
+// file's key, and every block, several files at once. Without o.Repair it
+// changes nothing; a volume opened read-write has applied its pending
+// journal records at Open already (v.Recovery), which the report carries.
+// ctx cancels the check.
+func (v *Volume) Fsck(ctx context.Context, o FsckOptions) (*FsckReport, error) {
+	if o.Repair && v.Journal == nil {
+		return nil, fmt.Errorf("volume: fsck --repair %s: the volume is opened read-only; repair needs its journal", v.Dir)
+	}
 	r := &FsckReport{Dir: v.Dir, Volume: v.Conf().VolumeID, Pending: v.Recovery.Pending - v.Recovery.Recovered, Repaired: v.Recovery.Recovered}
 	if v.Recovery.Err != nil {
 		r.RepairError = v.Recovery.Err.Error()
@@ -116,12 +153,17 @@ func (v *Volume) Fsck(ctx context.Context) (*FsckReport, error) {
 	if r.Pending < 0 {
 		r.Pending = 0
 	}
+	prog, err := v.newFsckProgress(ctx, o.Progress)
+	if err != nil {
+		return nil, err
+	}
 	// The walk opens each file relative to its directory and hands it to
 	// a worker, which closes it: at most one file per worker is open.
 	type job struct {
-		rel string
-		f   *os.File
-		err error
+		rel  string
+		f    *os.File
+		size int64
+		err  error
 	}
 	work := make(chan job)
 	var wg sync.WaitGroup
@@ -130,15 +172,19 @@ func (v *Volume) Fsck(ctx context.Context) (*FsckReport, error) {
 		wg.Go(func() {
 			for j := range work {
 				res := FsckFile{Path: j.rel, State: FsckUnreadable}
+				fp := prog.file()
 				if j.err != nil {
 					res.Detail = fmt.Sprintf("volume: open %s: %v", j.rel, j.err)
 				} else {
-					res = v.fsckFile(ctx, j.rel, j.f)
+					res = v.fsckFile(ctx, j.rel, j.f, o.Repair, fp)
 					j.f.Close()
 				}
+				fp.done(j.size)
 				mu.Lock()
 				r.Files++
-				if res.State == FsckOK && !res.Recovered {
+				r.Bytes += j.size
+				r.RemnantsCleared += res.RemnantsCleared
+				if res.State == FsckOK && !res.Recovered && res.RemnantsCleared == 0 {
 					r.OK++
 				} else {
 					r.Problems = append(r.Problems, res)
@@ -147,7 +193,7 @@ func (v *Volume) Fsck(ctx context.Context) (*FsckReport, error) {
 			}
 		})
 	}
-	err := cipherWalk{
+	err = cipherWalk{
 		visit: func(e cipherEntry) (bool, error) {
 			switch {
 			case e.rel == JournalName && e.typ.IsDir():
@@ -160,8 +206,17 @@ func (v *Volume) Fsck(ctx context.Context) (*FsckReport, error) {
 			case e.typ.IsDir():
 				return true, nil
 			case e.typ.IsRegular():
-				f, _, err := e.open(0, unix.S_IFREG)
-				work <- job{rel: e.rel, f: f, err: err}
+				f, size, err := e.open(0, unix.S_IFREG)
+				if o.Repair && err == nil {
+					// Read-write only where it works: a file that
+					// opens read-only is still checked, and a repair
+					// it would need fails naming it.
+					if g, gsize, gerr := e.open(unix.O_RDWR, unix.S_IFREG); gerr == nil {
+						f.Close()
+						f, size = g, gsize
+					}
+				}
+				work <- job{rel: e.rel, f: f, size: size, err: err}
 			default:
 				r.Skipped++
 			}
@@ -227,10 +282,11 @@ func idleSlot(e cipherEntry, head []byte) bool {
 	return true
 }
 
-// fsckFile checks the cipher file b, named rel.
-func (v *Volume) fsckFile(ctx context.Context, rel string, b *os.File) FsckFile {
+// fsckFile checks the cipher file b, named rel, and with repair clears
+// its crash remnants if it is otherwise intact.
+func (v *Volume) fsckFile(ctx context.Context, rel string, b *os.File, repair bool, fp *fileProgress) FsckFile {
 	r := FsckFile{Path: rel, State: FsckOK}
-	f, err := v.Format.Open(ctx, b, v.Keys)
+	f, err := v.Format.Open(ctx, fsckBacking{File: b, rel: rel}, v.Keys)
 	switch {
 	case errors.Is(err, envelope.ErrNoHeader):
 		r.State = FsckEmpty
@@ -252,7 +308,10 @@ func (v *Volume) fsckFile(ctx context.Context, rel string, b *os.File) FsckFile 
 	if len(r.BadSlots) > 0 {
 		r.State, r.Detail = FsckDamaged, fmt.Sprintf("header slot %d fails to authenticate; the file opens from the other", r.BadSlots[0])
 	}
-	v.fsckBlocks(f, &r)
+	v.fsckBlocks(f, &r, fp)
+	if r.State != FsckUnreadable {
+		v.fsckRemnants(f, &r, repair)
+	}
 	if r.State == FsckDamaged && r.Detail == "" {
 		r.Detail = fmt.Sprintf("%d blocks fail to authenticate", len(r.Blocks))
 		if r.Truncated {
@@ -307,7 +366,7 @@ func (o oneSlot) ReadAt(p []byte, off int64) (int, error) {
 }
 
 // fsckBlocks authenticates every block of f, going on past a damaged one.
-func (v *Volume) fsckBlocks(f *envelope.File, r *FsckFile) {
+func (v *Volume) fsckBlocks(f *envelope.File, r *FsckFile, fp *fileProgress) {
 	bs := int64(v.Format.Layout().BlockSize())
 	buf := make([]byte, v.chunkSize())
 	defer clear(buf) // plaintext
@@ -317,6 +376,7 @@ func (v *Volume) fsckBlocks(f *envelope.File, r *FsckFile) {
 	for off < size || size == 0 {
 		n, err := f.ReadAt(buf, off)
 		off += int64(n)
+		fp.plain(n)
 		if err == io.EOF || (err == nil && off >= size) {
 			return
 		}

@@ -41,7 +41,7 @@ func TestFsckClean(t *testing.T) {
 		}
 		encryptTo(t, v, p, randomBytes(t, fsckSize(v)))
 	}
-	r, err := v.Fsck(ctx(t))
+	r, err := v.Fsck(ctx(t), volume.FsckOptions{})
 	if err != nil {
 		t.Fatalf("Fsck: %v", err)
 	}
@@ -116,7 +116,7 @@ func TestFsckFindsDamage(t *testing.T) {
 			p := filepath.Join(v.Dir, "victim")
 			encryptTo(t, v, p, randomBytes(t, fsckSize(v)))
 			tc.damage(t, v, p)
-			r, err := v.Fsck(ctx(t))
+			r, err := v.Fsck(ctx(t), volume.FsckOptions{})
 			if err != nil {
 				t.Fatalf("Fsck: %v", err)
 			}
@@ -162,7 +162,7 @@ func TestFsckJournalRemnants(t *testing.T) {
 			if err := os.WriteFile(filepath.Join(jd, "slot-0"), tc.content, 0o600); err != nil {
 				t.Fatal(err)
 			}
-			r, err := v.Fsck(ctx(t))
+			r, err := v.Fsck(ctx(t), volume.FsckOptions{})
 			if err != nil {
 				t.Fatalf("Fsck: %v", err)
 			}
@@ -221,7 +221,7 @@ func TestFsckRepairAppliesJournal(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
-	r, err := ro.Fsck(ctx(t))
+	r, err := ro.Fsck(ctx(t), volume.FsckOptions{})
 	if err != nil {
 		t.Fatalf("Fsck: %v", err)
 	}
@@ -234,7 +234,7 @@ func TestFsckRepairAppliesJournal(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Open read-write: %v", err)
 	}
-	r, err = rep.Fsck(ctx(t))
+	r, err = rep.Fsck(ctx(t), volume.FsckOptions{Repair: true})
 	if err != nil {
 		t.Fatalf("Fsck: %v", err)
 	}
@@ -263,7 +263,7 @@ func TestFsckPlantedSymlink(t *testing.T) {
 			if err := os.Symlink(outside, filepath.Join(v.Dir, name)); err != nil {
 				t.Fatal(err)
 			}
-			r, err := v.Fsck(ctx(t))
+			r, err := v.Fsck(ctx(t), volume.FsckOptions{})
 			if err != nil {
 				t.Fatalf("Fsck: %v", err)
 			}

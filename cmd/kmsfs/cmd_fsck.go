@@ -70,7 +70,7 @@ Exit status:
 			for _, w := range v.Warnings {
 				fmt.Fprintf(os.Stderr, "kmsfs: warning: %s\n", w.Msg)
 			}
-			r, err := v.Fsck(ctx)
+			r, err := v.Fsck(ctx, volume.FsckOptions{Repair: f.repair})
 			if err != nil {
 				return err
 			}
