@@ -304,7 +304,7 @@ func (v *Volume) fsckFile(ctx context.Context, rel string, b *os.File, repair bo
 	}
 	r.Recovered = f.Recovered()
 	defer f.Close()
-	r.BadSlots = v.badSlots(ctx, b)
+	r.BadSlots = v.badSlots(ctx, b, f.ID())
 	if len(r.BadSlots) > 0 {
 		r.State, r.Detail = FsckDamaged, fmt.Sprintf("header slot %d fails to authenticate; the file opens from the other", r.BadSlots[0])
 	}
@@ -321,10 +321,13 @@ func (v *Volume) fsckFile(ctx context.Context, rel string, b *os.File, repair bo
 	return r
 }
 
-// badSlots returns the header slots of b that fail to authenticate. Open
-// falls back to the other slot silently, so each slot is opened alone:
-// b seen with that slot in both places.
-func (v *Volume) badSlots(ctx context.Context, b *os.File) []int {
+// badSlots returns the header slots of b that fail to authenticate, or
+// that authenticate as the header of another file than id (a slot copied
+// from another file under the same data key: should its sequence number
+// win, every block would fail). Open falls back to the other slot
+// silently, so each slot is opened alone: b seen with that slot in both
+// places.
+func (v *Volume) badSlots(ctx context.Context, b *os.File, id envelope.FileID) []int {
 	l := v.Format.Layout()
 	raw := make([]byte, l.HeaderSize())
 	if _, err := b.ReadAt(raw, 0); err != nil {
@@ -338,9 +341,16 @@ func (v *Volume) badSlots(ctx context.Context, b *os.File) []int {
 	for i := range 2 {
 		f, err := v.Format.Open(ctx, oneSlot{File: b, slot: raw[i*ss : (i+1)*ss]}, v.Keys)
 		if err == nil {
+			other := f.ID() != id
 			f.Close()
+			if other {
+				bad = append(bad, i)
+			}
 		}
-		if errors.Is(err, envelope.ErrAuth) || errors.Is(err, envelope.ErrFormat) {
+		// The file opened from the other slot, so a failure here, for
+		// whatever cause (a stanza changed so that no key takes it, the
+		// volume ID changed), is this slot's.
+		if err != nil && ctx.Err() == nil {
 			bad = append(bad, i)
 		}
 	}
