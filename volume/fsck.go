@@ -306,7 +306,7 @@ func (v *Volume) fsckFile(ctx context.Context, rel string, b *os.File, repair bo
 	defer f.Close()
 	r.BadSlots = v.badSlots(ctx, b, f.ID())
 	if len(r.BadSlots) > 0 {
-		r.State, r.Detail = FsckDamaged, fmt.Sprintf("header slot %d fails to authenticate; the file opens from the other", r.BadSlots[0])
+		r.State, r.Detail = FsckDamaged, fmt.Sprintf("header slot %d fails to authenticate or is another file's", r.BadSlots[0])
 	}
 	v.fsckBlocks(f, &r, fp)
 	if r.State != FsckUnreadable {
@@ -322,11 +322,10 @@ func (v *Volume) fsckFile(ctx context.Context, rel string, b *os.File, repair bo
 }
 
 // badSlots returns the header slots of b that fail to authenticate, or
-// that authenticate as the header of another file than id (a slot copied
-// from another file under the same data key: should its sequence number
-// win, every block would fail). Open falls back to the other slot
-// silently, so each slot is opened alone: b seen with that slot in both
-// places.
+// that authenticate as the header of another file (a slot copied from
+// another file under the same data key). id is the file ID of the slot
+// Open chose. Open falls back to the other slot silently, so each slot is
+// opened alone: b seen with that slot in both places.
 func (v *Volume) badSlots(ctx context.Context, b *os.File, id envelope.FileID) []int {
 	l := v.Format.Layout()
 	raw := make([]byte, l.HeaderSize())
@@ -338,23 +337,47 @@ func (v *Volume) badSlots(ctx context.Context, b *os.File, id envelope.FileID) [
 		return nil // the same bytes, and Open authenticated them
 	}
 	var bad []int
+	var ids [2]envelope.FileID
+	var opened, reads [2]bool
 	for i := range 2 {
 		f, err := v.Format.Open(ctx, oneSlot{File: b, slot: raw[i*ss : (i+1)*ss]}, v.Keys)
-		if err == nil {
-			other := f.ID() != id
-			f.Close()
-			if other {
+		if err != nil {
+			// The file opened from the other slot, so a failure here,
+			// for whatever cause (a stanza changed so that no key takes
+			// it, the volume ID changed), is this slot's.
+			if ctx.Err() == nil {
 				bad = append(bad, i)
 			}
+			continue
 		}
-		// The file opened from the other slot, so a failure here, for
-		// whatever cause (a stanza changed so that no key takes it, the
-		// volume ID changed), is this slot's.
-		if err != nil && ctx.Err() == nil {
-			bad = append(bad, i)
+		ids[i], opened[i], reads[i] = f.ID(), true, readsFirstBlock(f, l.BlockSize())
+		f.Close()
+	}
+	if !opened[0] || !opened[1] || ids[0] == ids[1] {
+		return bad
+	}
+	// Two files' headers: the file's own is the one under which its
+	// first block opens; failing that, the one Open did not choose is
+	// named.
+	for i := range 2 {
+		if (reads[1-i] && !reads[i]) || (reads[i] == reads[1-i] && ids[i] != id) {
+			return append(bad, i)
 		}
 	}
 	return bad
+}
+
+// readsFirstBlock reports whether the first block of f authenticates (an
+// empty file has none, and counts as read).
+func readsFirstBlock(f *envelope.File, bs int) bool {
+	n := min(int64(bs), f.Size())
+	if n == 0 {
+		return true
+	}
+	buf := make([]byte, n)
+	defer clear(buf) // plaintext
+	_, err := f.ReadAt(buf, 0)
+	return err == nil
 }
 
 // oneSlot is a cipher file read as if both header slots held slot. It is

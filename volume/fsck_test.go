@@ -187,9 +187,9 @@ func TestFsckFindsDamage(t *testing.T) {
 			ss := v.Format.Layout().SlotSize()
 			editCipher(t, v, p, func(b, other []byte) []byte { copy(b[:ss], other); return b })
 			// Open takes the other file's slot (its sequence number is as
-			// high), so every block fails and the file's own slot is the
-			// one that disagrees: damaged either way, never ok.
-		}, want{state: volume.FsckDamaged, slots: []int{1}, blocks: []int64{0, 1, 2, 3, 4}, truncated: true}},
+			// high), so every block fails to read; the slot named is the
+			// copied one, under which the first block does not open.
+		}, want{state: volume.FsckDamaged, slots: []int{0}, blocks: []int64{0, 1, 2, 3, 4}, truncated: true}},
 		{"foreign-file", func(t *testing.T, v *volume.Volume, p string) {
 			if err := os.WriteFile(p, []byte("not a kmsfs file, only some words long enough to be looked at"), 0o600); err != nil {
 				t.Fatal(err)
