@@ -170,13 +170,17 @@ func (v *Volume) Fsck(ctx context.Context, o FsckOptions) (*FsckReport, error) {
 	var mu sync.Mutex
 	for range fsckWorkers() {
 		wg.Go(func() {
+			// One read buffer per worker, not per file: a fresh
+			// megabyte for each small file costs more than checking it.
+			buf := make([]byte, v.chunkSize())
+			defer clear(buf) // plaintext
 			for j := range work {
 				res := FsckFile{Path: j.rel, State: FsckUnreadable}
 				fp := prog.file()
 				if j.err != nil {
 					res.Detail = fmt.Sprintf("volume: open %s: %v", j.rel, j.err)
 				} else {
-					res = v.fsckFile(ctx, j.rel, j.f, o.Repair, fp)
+					res = v.fsckFile(ctx, j.rel, j.f, o.Repair, fp, buf)
 					j.f.Close()
 				}
 				fp.done(j.size)
@@ -284,7 +288,7 @@ func idleSlot(e cipherEntry, head []byte) bool {
 
 // fsckFile checks the cipher file b, named rel, and with repair clears
 // its crash remnants if it is otherwise intact.
-func (v *Volume) fsckFile(ctx context.Context, rel string, b *os.File, repair bool, fp *fileProgress) FsckFile {
+func (v *Volume) fsckFile(ctx context.Context, rel string, b *os.File, repair bool, fp *fileProgress, buf []byte) FsckFile {
 	r := FsckFile{Path: rel, State: FsckOK}
 	f, err := v.Format.Open(ctx, fsckBacking{File: b, rel: rel}, v.Keys)
 	switch {
@@ -308,7 +312,7 @@ func (v *Volume) fsckFile(ctx context.Context, rel string, b *os.File, repair bo
 	if len(r.BadSlots) > 0 {
 		r.State, r.Detail = FsckDamaged, fmt.Sprintf("header slot %d fails to authenticate or is another file's", r.BadSlots[0])
 	}
-	v.fsckBlocks(f, &r, fp)
+	v.fsckBlocks(f, &r, fp, buf)
 	if r.State != FsckUnreadable {
 		v.fsckRemnants(f, &r, repair)
 	}
@@ -398,19 +402,25 @@ func (o oneSlot) ReadAt(p []byte, off int64) (int, error) {
 	return n, err
 }
 
-// fsckBlocks authenticates every block of f, going on past a damaged one.
-func (v *Volume) fsckBlocks(f *envelope.File, r *FsckFile, fp *fileProgress) {
+// fsckBlocks authenticates every block of f, going on past a damaged
+// one, reading into buf (a whole number of blocks long).
+func (v *Volume) fsckBlocks(f *envelope.File, r *FsckFile, fp *fileProgress, buf []byte) {
 	bs := int64(v.Format.Layout().BlockSize())
-	buf := make([]byte, v.chunkSize())
-	defer clear(buf) // plaintext
 	size := f.Size()
+	// A small file reads into as much of buf as it needs (and a block
+	// more), which is all that is left holding its plaintext.
+	buf = buf[:min(int64(len(buf)), (size+bs-1)/bs*bs+bs)]
+	defer clear(buf) // plaintext
 	last := (size - 1) / bs
 	var off int64
-	for off < size || size == 0 {
+	// Every pass moves off on or returns. The read at the end, even at
+	// off == size, is what finds a fragment too short for a block after
+	// the last one: io.EOF says there is none.
+	for {
 		n, err := f.ReadAt(buf, off)
 		off += int64(n)
 		fp.plain(n)
-		if err == io.EOF || (err == nil && off >= size) {
+		if err == io.EOF {
 			return
 		}
 		if err == nil {

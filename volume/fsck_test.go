@@ -430,3 +430,33 @@ func TestFsckEveryCutAndFlip(t *testing.T) {
 		}
 	})
 }
+
+// TestFsckFragmentAfterLastBlock is a few bytes appended to a cipher file
+// (or a block cut to less than its overhead): whatever the file's size,
+// a multiple of the read size included, fsck reports it cut short.
+func TestFsckFragmentAfterLastBlock(t *testing.T) {
+	_, v := cryptVolume(t)
+	bs := v.Format.Layout().BlockSize()
+	for _, size := range []int{0, 1, bs, 1 << 20, 2<<20 + bs} {
+		t.Run(fmt.Sprintf("size=%d", size), func(t *testing.T) {
+			p := filepath.Join(v.Dir, "victim")
+			encryptTo(t, v, p, randomBytes(t, size))
+			f, err := os.OpenFile(p, os.O_WRONLY|os.O_APPEND, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = f.Write([]byte{1, 2, 3, 4, 5})
+			f.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, err := v.Fsck(ctx(t), volume.FsckOptions{})
+			if err != nil {
+				t.Fatalf("Fsck: %v", err)
+			}
+			if r.Clean() || len(r.Problems) != 1 || r.Problems[0].State != volume.FsckDamaged || !r.Problems[0].Truncated {
+				t.Fatalf("report %+v; want the file damaged, cut short", r)
+			}
+		})
+	}
+}
