@@ -22,6 +22,8 @@ type Codec struct {
 	state []byte // the AEAD's key schedule, in a cell of v.mem; nil if on the heap
 	id    FileID
 	zeros zeroRule // which all-zero blocks read as holes; nil: none
+	// remnants notes the crash remnants reads accepted (remnants.go).
+	remnants remnantLog
 }
 
 // zeroRule says whether an all-zero stored block i, not the file's last,
@@ -120,6 +122,7 @@ func (c *Codec) openOne(dst, sealed []byte, i int64, last bool, aad *[aadSize]by
 	if !last {
 		aad[aadSize-1] = 1
 		if _, err := c.aead.Open(dst[:0], nonce, ct, aad[:]); err == nil {
+			c.remnants.note(i)
 			return nil
 		}
 		if c.zeros != nil && c.zeros.zeroOK(i) && allZero(sealed) {

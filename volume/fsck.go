@@ -36,6 +36,11 @@ const (
 	// FsckUnreadable is a file the check could not read (permissions,
 	// I/O error).
 	FsckUnreadable = "unreadable"
+	// FsckCrashRemnants is a file that reads intact but holds crash
+	// remnants: blocks sealed marked last that are not its last, which
+	// a truncate or a write past a gap stopped by a crash leaves. Reads
+	// accept them; --repair reseals them marked not last.
+	FsckCrashRemnants = "crash-remnants"
 )
 
 // fsckWorkers bounds the files checked at once: enough to keep the cores
@@ -68,16 +73,26 @@ type FsckFile struct {
 	Truncated bool `json:"truncated,omitempty"`
 	// Recovered says --repair applied journal records to this file.
 	Recovered bool `json:"recovered,omitempty"`
+	// Remnants lists the crash remnants found: blocks sealed marked last
+	// that are not the file's last (see FsckCrashRemnants).
+	Remnants []FsckBlock `json:"remnant_blocks,omitempty"`
+	// RemnantsCleared counts the remnants --repair resealed marked not
+	// last; once all are, the file's state is ok.
+	RemnantsCleared int `json:"remnants_cleared,omitempty"`
 }
 
 // FsckReport is what Fsck found in a cipher dir.
 type FsckReport struct {
 	Dir    string `json:"cipher_dir"`
 	Volume string `json:"volume_id"`
-	// Files counts the regular files checked; OK those found intact.
+	// Files counts the regular files checked; OK those found intact
+	// with nothing repaired.
 	Files int64 `json:"files"`
 	OK    int64 `json:"ok"`
-	// Problems lists every file that is not ok, by path.
+	// Bytes sums the sizes of the cipher files checked.
+	Bytes int64 `json:"bytes"`
+	// Problems lists every file that is not ok, or that --repair
+	// changed (state ok, with Recovered or RemnantsCleared), by path.
 	Problems []FsckFile `json:"problems,omitempty"`
 	// Skipped counts entries neither a regular file nor a directory
 	// (symbolic links, FIFOs, devices): never opened.
@@ -92,23 +107,45 @@ type FsckReport struct {
 	Repaired int `json:"repaired"`
 	// RepairError is the first error applying them.
 	RepairError string `json:"repair_error,omitempty"`
+	// RemnantsCleared counts the crash remnants resealed by this run
+	// (--repair), in all files.
+	RemnantsCleared int `json:"remnants_cleared"`
 }
 
-// Clean reports whether every file is intact and nothing is pending.
+// Clean reports whether every file is intact, with no crash remnant left,
+// and nothing is pending: files that --repair set right count as clean.
 func (r *FsckReport) Clean() bool {
 	for _, p := range r.Problems {
-		if p.State != FsckEmpty {
+		if p.State != FsckEmpty && p.State != FsckOK {
 			return false
 		}
 	}
 	return r.Pending == 0 && len(r.Journal) == 0
 }
 
+// FsckOptions are the choices of a check.
+type FsckOptions struct {
+	// Repair reseals crash remnants marked not last (File.ClearRemnants)
+	// in files that are otherwise intact. It needs a read-write volume
+	// (one with a journal, so each block is rewritten crash-safely); the
+	// volume's pending journal records were applied when it was opened.
+	// Nothing else is ever written: no damaged block, header or size.
+	Repair bool
+	// Progress, if set, is told how far the check has got: after a cheap
+	// first pass that sums the files' sizes, then as blocks are checked.
+	// Calls never overlap; it should return quickly.
+	Progress func(FsckProgress)
+}
+
 // Fsck checks every file of the volume: both header slots against the
-// file's key, and every block. It changes nothing; a volume opened
-// read-write has applied its pending journal records at Open already
-// (v.Recovery), which the report carries. ctx cancels the check.
-func (v *Volume) Fsck(ctx context.Context) (*FsckReport, error) {
+// file's key, and every block, several files at once. Without o.Repair it
+// changes nothing; a volume opened read-write has applied its pending
+// journal records at Open already (v.Recovery), which the report carries.
+// ctx cancels the check.
+func (v *Volume) Fsck(ctx context.Context, o FsckOptions) (*FsckReport, error) {
+	if o.Repair && v.Journal == nil {
+		return nil, fmt.Errorf("volume: fsck --repair %s: the volume is opened read-only; repair needs its journal", v.Dir)
+	}
 	r := &FsckReport{Dir: v.Dir, Volume: v.Conf().VolumeID, Pending: v.Recovery.Pending - v.Recovery.Recovered, Repaired: v.Recovery.Recovered}
 	if v.Recovery.Err != nil {
 		r.RepairError = v.Recovery.Err.Error()
@@ -116,29 +153,42 @@ func (v *Volume) Fsck(ctx context.Context) (*FsckReport, error) {
 	if r.Pending < 0 {
 		r.Pending = 0
 	}
+	prog, err := v.newFsckProgress(ctx, o.Progress)
+	if err != nil {
+		return nil, err
+	}
 	// The walk opens each file relative to its directory and hands it to
 	// a worker, which closes it: at most one file per worker is open.
 	type job struct {
-		rel string
-		f   *os.File
-		err error
+		rel  string
+		f    *os.File
+		size int64
+		err  error
 	}
 	work := make(chan job)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	for range fsckWorkers() {
 		wg.Go(func() {
+			// One read buffer per worker, not per file: a fresh
+			// megabyte for each small file costs more than checking it.
+			buf := make([]byte, v.chunkSize())
+			defer clear(buf) // plaintext
 			for j := range work {
 				res := FsckFile{Path: j.rel, State: FsckUnreadable}
+				fp := prog.file()
 				if j.err != nil {
 					res.Detail = fmt.Sprintf("volume: open %s: %v", j.rel, j.err)
 				} else {
-					res = v.fsckFile(ctx, j.rel, j.f)
+					res = v.fsckFile(ctx, j.rel, j.f, o.Repair, fp, buf)
 					j.f.Close()
 				}
+				fp.done(j.size)
 				mu.Lock()
 				r.Files++
-				if res.State == FsckOK && !res.Recovered {
+				r.Bytes += j.size
+				r.RemnantsCleared += res.RemnantsCleared
+				if res.State == FsckOK && !res.Recovered && res.RemnantsCleared == 0 {
 					r.OK++
 				} else {
 					r.Problems = append(r.Problems, res)
@@ -147,7 +197,7 @@ func (v *Volume) Fsck(ctx context.Context) (*FsckReport, error) {
 			}
 		})
 	}
-	err := cipherWalk{
+	err = cipherWalk{
 		visit: func(e cipherEntry) (bool, error) {
 			switch {
 			case e.rel == JournalName && e.typ.IsDir():
@@ -160,8 +210,17 @@ func (v *Volume) Fsck(ctx context.Context) (*FsckReport, error) {
 			case e.typ.IsDir():
 				return true, nil
 			case e.typ.IsRegular():
-				f, _, err := e.open(0, unix.S_IFREG)
-				work <- job{rel: e.rel, f: f, err: err}
+				f, size, err := e.open(0, unix.S_IFREG)
+				if o.Repair && err == nil {
+					// Read-write only where it works: a file that
+					// opens read-only is still checked, and a repair
+					// it would need fails naming it.
+					if g, gsize, gerr := e.open(unix.O_RDWR, unix.S_IFREG); gerr == nil {
+						f.Close()
+						f, size = g, gsize
+					}
+				}
+				work <- job{rel: e.rel, f: f, size: size, err: err}
 			default:
 				r.Skipped++
 			}
@@ -227,10 +286,11 @@ func idleSlot(e cipherEntry, head []byte) bool {
 	return true
 }
 
-// fsckFile checks the cipher file b, named rel.
-func (v *Volume) fsckFile(ctx context.Context, rel string, b *os.File) FsckFile {
+// fsckFile checks the cipher file b, named rel, and with repair clears
+// its crash remnants if it is otherwise intact.
+func (v *Volume) fsckFile(ctx context.Context, rel string, b *os.File, repair bool, fp *fileProgress, buf []byte) FsckFile {
 	r := FsckFile{Path: rel, State: FsckOK}
-	f, err := v.Format.Open(ctx, b, v.Keys)
+	f, err := v.Format.Open(ctx, fsckBacking{File: b, rel: rel}, v.Keys)
 	switch {
 	case errors.Is(err, envelope.ErrNoHeader):
 		r.State = FsckEmpty
@@ -248,11 +308,14 @@ func (v *Volume) fsckFile(ctx context.Context, rel string, b *os.File) FsckFile 
 	}
 	r.Recovered = f.Recovered()
 	defer f.Close()
-	r.BadSlots = v.badSlots(ctx, b)
+	r.BadSlots = v.badSlots(ctx, b, f.ID())
 	if len(r.BadSlots) > 0 {
-		r.State, r.Detail = FsckDamaged, fmt.Sprintf("header slot %d fails to authenticate; the file opens from the other", r.BadSlots[0])
+		r.State, r.Detail = FsckDamaged, fmt.Sprintf("header slot %d fails to authenticate or is another file's", r.BadSlots[0])
 	}
-	v.fsckBlocks(f, &r)
+	v.fsckBlocks(f, &r, fp, buf)
+	if r.State != FsckUnreadable {
+		v.fsckRemnants(f, &r, repair)
+	}
 	if r.State == FsckDamaged && r.Detail == "" {
 		r.Detail = fmt.Sprintf("%d blocks fail to authenticate", len(r.Blocks))
 		if r.Truncated {
@@ -262,10 +325,12 @@ func (v *Volume) fsckFile(ctx context.Context, rel string, b *os.File) FsckFile 
 	return r
 }
 
-// badSlots returns the header slots of b that fail to authenticate. Open
-// falls back to the other slot silently, so each slot is opened alone:
-// b seen with that slot in both places.
-func (v *Volume) badSlots(ctx context.Context, b *os.File) []int {
+// badSlots returns the header slots of b that fail to authenticate, or
+// that authenticate as the header of another file (a slot copied from
+// another file under the same data key). id is the file ID of the slot
+// Open chose. Open falls back to the other slot silently, so each slot is
+// opened alone: b seen with that slot in both places.
+func (v *Volume) badSlots(ctx context.Context, b *os.File, id envelope.FileID) []int {
 	l := v.Format.Layout()
 	raw := make([]byte, l.HeaderSize())
 	if _, err := b.ReadAt(raw, 0); err != nil {
@@ -276,16 +341,47 @@ func (v *Volume) badSlots(ctx context.Context, b *os.File) []int {
 		return nil // the same bytes, and Open authenticated them
 	}
 	var bad []int
+	var ids [2]envelope.FileID
+	var opened, reads [2]bool
 	for i := range 2 {
 		f, err := v.Format.Open(ctx, oneSlot{File: b, slot: raw[i*ss : (i+1)*ss]}, v.Keys)
-		if err == nil {
-			f.Close()
+		if err != nil {
+			// The file opened from the other slot, so a failure here,
+			// for whatever cause (a stanza changed so that no key takes
+			// it, the volume ID changed), is this slot's.
+			if ctx.Err() == nil {
+				bad = append(bad, i)
+			}
+			continue
 		}
-		if errors.Is(err, envelope.ErrAuth) || errors.Is(err, envelope.ErrFormat) {
-			bad = append(bad, i)
+		ids[i], opened[i], reads[i] = f.ID(), true, readsFirstBlock(f, l.BlockSize())
+		f.Close()
+	}
+	if !opened[0] || !opened[1] || ids[0] == ids[1] {
+		return bad
+	}
+	// Two files' headers: the file's own is the one under which its
+	// first block opens; failing that, the one Open did not choose is
+	// named.
+	for i := range 2 {
+		if (reads[1-i] && !reads[i]) || (reads[i] == reads[1-i] && ids[i] != id) {
+			return append(bad, i)
 		}
 	}
 	return bad
+}
+
+// readsFirstBlock reports whether the first block of f authenticates (an
+// empty file has none, and counts as read).
+func readsFirstBlock(f *envelope.File, bs int) bool {
+	n := min(int64(bs), f.Size())
+	if n == 0 {
+		return true
+	}
+	buf := make([]byte, n)
+	defer clear(buf) // plaintext
+	_, err := f.ReadAt(buf, 0)
+	return err == nil
 }
 
 // oneSlot is a cipher file read as if both header slots held slot. It is
@@ -306,18 +402,25 @@ func (o oneSlot) ReadAt(p []byte, off int64) (int, error) {
 	return n, err
 }
 
-// fsckBlocks authenticates every block of f, going on past a damaged one.
-func (v *Volume) fsckBlocks(f *envelope.File, r *FsckFile) {
+// fsckBlocks authenticates every block of f, going on past a damaged
+// one, reading into buf (a whole number of blocks long).
+func (v *Volume) fsckBlocks(f *envelope.File, r *FsckFile, fp *fileProgress, buf []byte) {
 	bs := int64(v.Format.Layout().BlockSize())
-	buf := make([]byte, v.chunkSize())
-	defer clear(buf) // plaintext
 	size := f.Size()
+	// A small file reads into as much of buf as it needs (and a block
+	// more), which is all that is left holding its plaintext.
+	buf = buf[:min(int64(len(buf)), (size+bs-1)/bs*bs+bs)]
+	defer clear(buf) // plaintext
 	last := (size - 1) / bs
 	var off int64
-	for off < size || size == 0 {
+	// Every pass moves off on or returns. The read at the end, even at
+	// off == size, is what finds a fragment too short for a block after
+	// the last one: io.EOF says there is none.
+	for {
 		n, err := f.ReadAt(buf, off)
 		off += int64(n)
-		if err == io.EOF || (err == nil && off >= size) {
+		fp.plain(n)
+		if err == io.EOF {
 			return
 		}
 		if err == nil {

@@ -1,6 +1,7 @@
 package volume_test
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -32,6 +33,28 @@ func flip(t *testing.T, p string, off int64) {
 	}
 }
 
+// otherPath is where the damage cases keep a second cipher file of v:
+// beside the cipher dir, so fsck does not see it.
+func otherPath(v *volume.Volume) string { return filepath.Join(filepath.Dir(v.Dir), "other") }
+
+// editCipher replaces the cipher file at p with what edit makes of its
+// bytes, given those of the file at otherPath (same volume, same size,
+// its own file ID).
+func editCipher(t *testing.T, v *volume.Volume, p string, edit func(b, other []byte) []byte) {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := os.ReadFile(otherPath(v))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, edit(b, other), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestFsckClean(t *testing.T) {
 	_, v := cryptVolume(t)
 	for _, name := range []string{"a", "sub/b", "sub/deeper/c"} {
@@ -41,7 +64,7 @@ func TestFsckClean(t *testing.T) {
 		}
 		encryptTo(t, v, p, randomBytes(t, fsckSize(v)))
 	}
-	r, err := v.Fsck(ctx(t))
+	r, err := v.Fsck(ctx(t), volume.FsckOptions{})
 	if err != nil {
 		t.Fatalf("Fsck: %v", err)
 	}
@@ -104,6 +127,69 @@ func TestFsckFindsDamage(t *testing.T) {
 				t.Fatal(err)
 			}
 		}, want{state: volume.FsckDamaged, blocks: []int64{1, 2}}},
+		// The rest of envelope's tamper suite (tamper_test.go): blocks
+		// deleted, duplicated, moved in from another file, the last one
+		// repeated or zeroed, a header from another file, a zeroed slot.
+		{"block-1-deleted", func(t *testing.T, v *volume.Volume, p string) {
+			l := v.Format.Layout()
+			editCipher(t, v, p, func(b, _ []byte) []byte {
+				return slices.Delete(b, int(l.BlockOffset(1)), int(l.BlockOffset(2)))
+			})
+		}, want{state: volume.FsckDamaged, blocks: []int64{1, 2, 3}, truncated: true}},
+		{"block-1-duplicated", func(t *testing.T, v *volume.Volume, p string) {
+			l := v.Format.Layout()
+			editCipher(t, v, p, func(b, _ []byte) []byte {
+				return slices.Insert(b, int(l.BlockOffset(2)), slices.Clone(b[l.BlockOffset(1):l.BlockOffset(2)])...)
+			})
+		}, want{state: volume.FsckDamaged, blocks: []int64{2, 3, 4, 5}, truncated: true}},
+		{"block-2-from-other-file", func(t *testing.T, v *volume.Volume, p string) {
+			l := v.Format.Layout()
+			editCipher(t, v, p, func(b, other []byte) []byte {
+				copy(b[l.BlockOffset(2):l.BlockOffset(3)], other[l.BlockOffset(2):])
+				return b
+			})
+		}, want{state: volume.FsckDamaged, blocks: []int64{2}}},
+		{"last-block-from-other-file", func(t *testing.T, v *volume.Volume, p string) {
+			l := v.Format.Layout()
+			editCipher(t, v, p, func(b, other []byte) []byte {
+				copy(b[l.BlockOffset(4):], other[l.BlockOffset(4):])
+				return b
+			})
+		}, want{state: volume.FsckDamaged, blocks: []int64{4}, truncated: true}},
+		{"header-of-other-file", func(t *testing.T, v *volume.Volume, p string) {
+			l := v.Format.Layout()
+			editCipher(t, v, p, func(b, other []byte) []byte {
+				copy(b, other[:l.HeaderSize()])
+				return b
+			})
+		}, want{state: volume.FsckDamaged, blocks: []int64{0, 1, 2, 3, 4}, truncated: true}},
+		{"last-block-repeated", func(t *testing.T, v *volume.Volume, p string) {
+			l := v.Format.Layout()
+			editCipher(t, v, p, func(b, _ []byte) []byte { return append(b, b[l.BlockOffset(4):]...) })
+		}, want{state: volume.FsckDamaged, blocks: []int64{4}, truncated: true}},
+		{"last-block-zeroed", func(t *testing.T, v *volume.Volume, p string) {
+			l := v.Format.Layout()
+			editCipher(t, v, p, func(b, _ []byte) []byte { clear(b[l.BlockOffset(4):]); return b })
+		}, want{state: volume.FsckDamaged, blocks: []int64{4}, truncated: true}},
+		{"middle-block-zeroed", func(t *testing.T, v *volume.Volume, p string) {
+			l := v.Format.Layout()
+			editCipher(t, v, p, func(b, _ []byte) []byte { clear(b[l.BlockOffset(2):l.BlockOffset(3)]); return b })
+		}, want{state: volume.FsckDamaged, blocks: []int64{2}}},
+		{"header-slot-0-zeroed", func(t *testing.T, v *volume.Volume, p string) {
+			ss := v.Format.Layout().SlotSize()
+			editCipher(t, v, p, func(b, _ []byte) []byte { clear(b[:ss]); return b })
+		}, want{state: volume.FsckDamaged, slots: []int{0}}},
+		{"header-slot-1-from-other-file", func(t *testing.T, v *volume.Volume, p string) {
+			ss := v.Format.Layout().SlotSize()
+			editCipher(t, v, p, func(b, other []byte) []byte { copy(b[ss:2*ss], other[ss:]); return b })
+		}, want{state: volume.FsckDamaged, slots: []int{1}}},
+		{"header-slot-0-from-other-file", func(t *testing.T, v *volume.Volume, p string) {
+			ss := v.Format.Layout().SlotSize()
+			editCipher(t, v, p, func(b, other []byte) []byte { copy(b[:ss], other); return b })
+			// Open takes the other file's slot (its sequence number is as
+			// high), so every block fails to read; the slot named is the
+			// copied one, under which the first block does not open.
+		}, want{state: volume.FsckDamaged, slots: []int{0}, blocks: []int64{0, 1, 2, 3, 4}, truncated: true}},
 		{"foreign-file", func(t *testing.T, v *volume.Volume, p string) {
 			if err := os.WriteFile(p, []byte("not a kmsfs file, only some words long enough to be looked at"), 0o600); err != nil {
 				t.Fatal(err)
@@ -113,10 +199,11 @@ func TestFsckFindsDamage(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			_, v := cryptVolume(t)
 			encryptTo(t, v, filepath.Join(v.Dir, "intact"), randomBytes(t, fsckSize(v)))
+			encryptTo(t, v, otherPath(v), randomBytes(t, fsckSize(v)))
 			p := filepath.Join(v.Dir, "victim")
 			encryptTo(t, v, p, randomBytes(t, fsckSize(v)))
 			tc.damage(t, v, p)
-			r, err := v.Fsck(ctx(t))
+			r, err := v.Fsck(ctx(t), volume.FsckOptions{})
 			if err != nil {
 				t.Fatalf("Fsck: %v", err)
 			}
@@ -162,7 +249,7 @@ func TestFsckJournalRemnants(t *testing.T) {
 			if err := os.WriteFile(filepath.Join(jd, "slot-0"), tc.content, 0o600); err != nil {
 				t.Fatal(err)
 			}
-			r, err := v.Fsck(ctx(t))
+			r, err := v.Fsck(ctx(t), volume.FsckOptions{})
 			if err != nil {
 				t.Fatalf("Fsck: %v", err)
 			}
@@ -221,7 +308,7 @@ func TestFsckRepairAppliesJournal(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
-	r, err := ro.Fsck(ctx(t))
+	r, err := ro.Fsck(ctx(t), volume.FsckOptions{})
 	if err != nil {
 		t.Fatalf("Fsck: %v", err)
 	}
@@ -234,7 +321,7 @@ func TestFsckRepairAppliesJournal(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Open read-write: %v", err)
 	}
-	r, err = rep.Fsck(ctx(t))
+	r, err = rep.Fsck(ctx(t), volume.FsckOptions{Repair: true})
 	if err != nil {
 		t.Fatalf("Fsck: %v", err)
 	}
@@ -263,12 +350,112 @@ func TestFsckPlantedSymlink(t *testing.T) {
 			if err := os.Symlink(outside, filepath.Join(v.Dir, name)); err != nil {
 				t.Fatal(err)
 			}
-			r, err := v.Fsck(ctx(t))
+			r, err := v.Fsck(ctx(t), volume.FsckOptions{})
 			if err != nil {
 				t.Fatalf("Fsck: %v", err)
 			}
 			if !r.Clean() || r.Files != 1 || r.OK != 1 || r.Skipped != 1 || r.Journal != nil {
 				t.Fatalf("report %+v: want the one file ok and the link skipped unfollowed", r)
+			}
+		})
+	}
+}
+
+// TestFsckEveryCutAndFlip is envelope's tamper suite at fsck's level: the
+// cipher file cut at every length, and each of its bytes flipped in turn
+// (every one in the header and around the block boundaries, every 17th
+// inside the blocks, so the test stays quick).
+// fsck never calls the file ok, except cut to nothing or to its bare
+// header (an empty file, as FORMAT.md says), and a flip inside one header
+// slot names that slot.
+func TestFsckEveryCutAndFlip(t *testing.T) {
+	_, v := cryptVolume(t)
+	l := v.Format.Layout()
+	p := filepath.Join(v.Dir, "victim")
+	encryptTo(t, v, p, randomBytes(t, l.BlockSize()+100))
+	orig, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	probes := func(n int) []int {
+		var out []int
+		for i := range n {
+			in := (int64(i) - l.HeaderSize()) % l.SealedBlockSize()
+			if int64(i) < l.HeaderSize()+64 || in < 8 || in > l.SealedBlockSize()-8 || i%17 == 0 || i > n-8 {
+				out = append(out, i)
+			}
+		}
+		return out
+	}
+	check := func(t *testing.T, what string, b []byte) volume.FsckFile {
+		t.Helper()
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		r, err := v.Fsck(ctx(t), volume.FsckOptions{})
+		if err != nil {
+			t.Fatalf("%s: Fsck: %v", what, err)
+		}
+		if r.Files != 1 {
+			t.Fatalf("%s: %d files", what, r.Files)
+		}
+		if len(r.Problems) == 0 {
+			return volume.FsckFile{State: volume.FsckOK}
+		}
+		return r.Problems[0]
+	}
+	t.Run("cut=every-length", func(t *testing.T) {
+		for _, n := range probes(len(orig)) {
+			got := check(t, fmt.Sprintf("len=%d", n), orig[:n])
+			empty := n == 0 || int64(n) == l.HeaderSize()
+			if empty != (got.State == volume.FsckOK || got.State == volume.FsckEmpty) {
+				t.Fatalf("len=%d: %+v", n, got)
+			}
+		}
+	})
+	t.Run("flip=every-byte", func(t *testing.T) {
+		ss := l.SlotSize()
+		for _, pos := range probes(len(orig)) {
+			b := slices.Clone(orig)
+			b[pos] ^= 0x01
+			got := check(t, fmt.Sprintf("pos=%d", pos), b)
+			switch {
+			case got.State != volume.FsckDamaged:
+				t.Fatalf("pos=%d: %+v, want damaged", pos, got)
+			case pos < 2*ss && !slices.Equal(got.BadSlots, []int{pos / ss}):
+				t.Fatalf("pos=%d: %+v, want header slot %d named", pos, got, pos/ss)
+			case int64(pos) >= l.HeaderSize() && len(got.Blocks) != 1:
+				t.Fatalf("pos=%d: %+v, want one block named", pos, got)
+			}
+		}
+	})
+}
+
+// TestFsckFragmentAfterLastBlock is a few bytes appended to a cipher file
+// (or a block cut to less than its overhead): whatever the file's size,
+// a multiple of the read size included, fsck reports it cut short.
+func TestFsckFragmentAfterLastBlock(t *testing.T) {
+	_, v := cryptVolume(t)
+	bs := v.Format.Layout().BlockSize()
+	for _, size := range []int{0, 1, bs, 1 << 20, 2<<20 + bs} {
+		t.Run(fmt.Sprintf("size=%d", size), func(t *testing.T) {
+			p := filepath.Join(v.Dir, "victim")
+			encryptTo(t, v, p, randomBytes(t, size))
+			f, err := os.OpenFile(p, os.O_WRONLY|os.O_APPEND, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = f.Write([]byte{1, 2, 3, 4, 5})
+			f.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, err := v.Fsck(ctx(t), volume.FsckOptions{})
+			if err != nil {
+				t.Fatalf("Fsck: %v", err)
+			}
+			if r.Clean() || len(r.Problems) != 1 || r.Problems[0].State != volume.FsckDamaged || !r.Problems[0].Truncated {
+				t.Fatalf("report %+v; want the file damaged, cut short", r)
 			}
 		})
 	}

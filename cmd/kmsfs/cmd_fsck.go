@@ -10,7 +10,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 
 	"github.com/kmsfs/kmsfs/internal/secmem"
 	"github.com/kmsfs/kmsfs/volume"
@@ -35,22 +37,57 @@ func newFsckCmd() *cobra.Command {
 		Long: `fsck opens every file in CIPHERDIR with its key and authenticates both header
 slots and every block, several files at a time. It reports per file: damaged
 blocks (by index and plaintext offset), a damaged header slot, a file cut
-short, files that are not kmsfs files of this volume (foreign), files whose
-key is unavailable, and the journal's records of writes a crash interrupted.
+short, crash remnants, files that are not kmsfs files of this volume
+(foreign), files whose key is unavailable, and the journal's records of
+writes a crash interrupted. On a terminal (stderr), without --json, a
+progress bar shows the cipher bytes checked.
+
+A crash remnant is a block sealed as the file's last block that is not its
+last: a truncate, or a write past the end, stopped by a crash between its
+steps. It reads correctly; --repair reseals it with the same plaintext.
 
 Without --repair fsck writes nothing: it opens no journal (a mount may be
 running) and lists the journal directory's entries instead. With --repair it
-opens the journal (the volume must not be mounted) and applies its pending
-records, finishing or undoing the interrupted writes, and nothing else: it
-never rewrites a damaged block or invents data. Restore damaged files from a
-backup; kmsfs decrypt recovers the part of a file before its first bad block.
+opens the journal (the volume must not be mounted), applies its pending
+records, finishing or undoing the interrupted writes, and reseals the crash
+remnants of files that are otherwise intact (through the journal), and
+nothing else: it never rewrites a damaged block or invents data. Restore
+damaged files from a backup; kmsfs decrypt recovers the part of a file
+before its first bad block.
 
 Symbolic links and other special entries are never followed or opened.
 
+Per file, a state: ok, empty (no header: a file created and never written),
+damaged, crash-remnants, foreign, key-unavailable, unreadable.
+
+--json prints one object:
+  cipher_dir, volume_id       the volume checked
+  files, ok, bytes            regular files checked, those intact with nothing
+                              repaired, and their cipher bytes
+  skipped                     links and special files left unopened
+  problems[]                  each file not ok, or that --repair changed:
+    path                      relative to CIPHERDIR
+    state                     one of the states above
+    detail                    why, in words
+    bad_header_slots[]        header slots (0, 1) that fail to authenticate
+    damaged_blocks[]          {index, offset}: blocks that fail to
+                              authenticate, offset in plaintext bytes
+    truncated                 the file was cut short (or its tail changed)
+    remnant_blocks[]          {index, offset}: crash remnants
+    remnants_cleared          how many of them --repair resealed
+    recovered                 --repair applied journal records to it
+  journal_entries[]           journal records seen by a read-only check
+  pending_journal_records     records not applied (read-write only)
+  repaired                    journal records applied by --repair
+  repair_error                the first error applying them
+  remnants_cleared            crash remnants resealed by --repair, in all
+Fields whose value is empty, false or zero inside problems[] are left out.
+
 Exit status:
-  0  clean: every file intact, nothing pending in the journal
-  4  damage found: some file is damaged, foreign, unreadable or has no
-     usable key, or journal records are pending
+  0  clean: every file intact, no crash remnant left, nothing pending in the
+     journal (after --repair: once it has set everything right)
+  4  damage found: some file is damaged, foreign, unreadable, has no usable
+     key or holds crash remnants, or journal records are pending
   1  error (no volume, not approved on this host, unreadable cipher dir)`,
 		Example: `  kmsfs fsck /srv/cipher
   kmsfs fsck --json /srv/cipher | jq '.problems[] | select(.state == "damaged")'
@@ -70,7 +107,14 @@ Exit status:
 			for _, w := range v.Warnings {
 				fmt.Fprintf(os.Stderr, "kmsfs: warning: %s\n", w.Msg)
 			}
-			r, err := v.Fsck(ctx)
+			o := volume.FsckOptions{Repair: f.repair}
+			var bar *fsckBar
+			if !f.json && term.IsTerminal(int(os.Stderr.Fd())) {
+				bar = newFsckBar(os.Stderr)
+				o.Progress = bar.update
+			}
+			r, err := v.Fsck(ctx, o)
+			bar.finish()
 			if err != nil {
 				return err
 			}
@@ -84,7 +128,7 @@ Exit status:
 		},
 	}
 	c.Flags().BoolVar(&f.json, "json", false, "print the report as JSON")
-	c.Flags().BoolVar(&f.repair, "repair", false, "apply the journal's pending records (the volume must not be mounted); nothing else is changed")
+	c.Flags().BoolVar(&f.repair, "repair", false, "apply the journal's pending records and reseal crash remnants (the volume must not be mounted); nothing else is changed")
 	c.Flags().StringVar(&f.passphraseFile, "passphrase-file", "", "file holding the passphrase for local:passphrase")
 	c.Flags().DurationVar(&f.timeout, "timeout", 24*time.Hour, "bound on the whole check")
 	return c
@@ -109,6 +153,12 @@ func printFsck(out io.Writer, r *volume.FsckReport, repair bool) {
 		if p.Truncated {
 			fmt.Fprintln(out, "  cut short")
 		}
+		for _, b := range p.Remnants {
+			fmt.Fprintf(out, "  block %d (plaintext offset %d) is a crash remnant\n", b.Index, b.Offset)
+		}
+		if p.RemnantsCleared > 0 {
+			fmt.Fprintf(out, "  %d crash remnants resealed\n", p.RemnantsCleared)
+		}
 		if p.Recovered {
 			fmt.Fprintln(out, "  journal records applied to it")
 		}
@@ -118,7 +168,7 @@ func printFsck(out io.Writer, r *volume.FsckReport, repair bool) {
 			len(r.Journal), strings.Join(r.Journal, ", "))
 	}
 	if repair {
-		fmt.Fprintf(out, "\nrepair: %d journal records applied, %d pending\n", r.Repaired, r.Pending)
+		fmt.Fprintf(out, "\nrepair: %d journal records applied, %d pending; %d crash remnants resealed\n", r.Repaired, r.Pending, r.RemnantsCleared)
 		if r.RepairError != "" {
 			fmt.Fprintf(out, "repair: %s\n", r.RepairError)
 		}
@@ -129,4 +179,50 @@ func printFsck(out io.Writer, r *volume.FsckReport, repair bool) {
 	if r.Clean() {
 		fmt.Fprintln(out, "\nclean: every file intact")
 	}
+}
+
+// fsckBar draws a check's progress on a terminal: cipher bytes against the
+// first pass's total, the files counted in its description. A nil *fsckBar
+// draws nothing.
+type fsckBar struct {
+	bar   *progressbar.ProgressBar
+	files int64
+	shown time.Time
+}
+
+// barInterval bounds how often the bar is redrawn: often enough to move,
+// rarely enough to cost nothing against the check.
+const barInterval = 150 * time.Millisecond
+
+func newFsckBar(w io.Writer) *fsckBar {
+	return &fsckBar{bar: progressbar.NewOptions64(-1,
+		progressbar.OptionSetWriter(w),
+		progressbar.OptionSetDescription("checking"),
+		progressbar.OptionShowBytes(true),
+		progressbar.OptionSetWidth(30),
+		progressbar.OptionThrottle(barInterval),
+		progressbar.OptionClearOnFinish(),
+	)}
+}
+
+// update is the check's progress callback; the check never calls it
+// concurrently.
+func (b *fsckBar) update(p volume.FsckProgress) {
+	if p.TotalBytes != b.bar.GetMax64() {
+		b.bar.ChangeMax64(p.TotalBytes)
+	}
+	if p.Files != b.files && (time.Since(b.shown) >= barInterval || p.Files == p.TotalFiles) {
+		b.files, b.shown = p.Files, time.Now()
+		b.bar.Describe(fmt.Sprintf("checking: %d/%d files", p.Files, p.TotalFiles))
+	}
+	b.bar.Set64(p.Bytes)
+}
+
+// finish takes the bar off the terminal before the report is printed.
+func (b *fsckBar) finish() {
+	if b == nil {
+		return
+	}
+	b.bar.Finish()
+	b.bar.Clear()
 }
