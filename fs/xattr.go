@@ -56,7 +56,19 @@ const capabilityAttr = "security.capability"
 // (through the mount: the cipher dir must not change behind it), which
 // spares a lookup per write.
 func (n *Node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	if attr == ReloadAttr && n.r.opts.ReadOnly {
+		// A read-only mount takes no setxattr (the kernel refuses it):
+		// reading the attribute asks it to reload.
+		_, errno := n.admin(ctx, attr)
+		return 0, errno
+	}
 	if !n.r.opts.Xattr {
+		if n.r.opts.Admin != nil && n.r.opts.ReadOnly {
+			// ENOSYS would make the kernel stop sending every getxattr,
+			// the reload request too, for the life of the mount; a
+			// read-only mount has no writes for it to spare.
+			return 0, syscall.EOPNOTSUPP
+		}
 		return 0, syscall.ENOSYS
 	}
 	if attr == capabilityAttr && n.noCap.Load() {

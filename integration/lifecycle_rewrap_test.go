@@ -288,3 +288,31 @@ func TestRewrapHSMEscrow(t *testing.T) {
 		t.Errorf("removing the only key: exit %d\n%s", code, out)
 	}
 }
+
+// TestRewrapReadOnlyMount rewraps a volume offline while a read-only
+// mount of it runs: the mount is asked to reload its keys, and keeps
+// reading every file once they are all under the new key and the old
+// key file is gone.
+func TestRewrapReadOnlyMount(t *testing.T) {
+	v := suite.InitVolume(t, fusetest.CLIOptions{})
+	v.Mount(t)
+	files := rwWrite(t, v, "c", 30)
+	v.Unmount(t)
+	v.Mount(t, "--ro")
+	newKey := fusetest.KeyFile(t, t.TempDir(), nil)
+	r, code := rwRewrap(t, v, "--to", "local:"+newKey)
+	if code != 0 || !r.Done() || r.Rewrapped != 30 || len(r.Warnings) != 0 {
+		t.Fatalf("rewrap beside a read-only mount: exit %d, %+v", code, r)
+	}
+	if err := os.Remove(v.Key); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range files {
+		if got, err := os.ReadFile(v.Path(name)); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("read %s through the read-only mount after the rewrap: %v", name, err)
+		}
+	}
+	if !strings.Contains(v.LogText(), "reloaded the volume's keys") {
+		t.Errorf("the read-only mount did not log a reload:\n%s", v.LogText())
+	}
+}

@@ -41,7 +41,10 @@ func MountsOf(dir string) ([]Mount, error) {
 		if m.FSType != "fuse.kmsfs" || filepath.Clean(m.Source) != abs || len(m.Fields) < 6 {
 			continue
 		}
-		ro := slices.Contains(strings.Split(m.Fields[5], ","), "ro")
+		// kmsfs --ro makes the file system read-only (the last field,
+		// super options), the mount itself may say rw.
+		ro := slices.Contains(strings.Split(m.Fields[5], ","), "ro") ||
+			slices.Contains(strings.Split(m.Fields[len(m.Fields)-1], ","), "ro")
 		out = append(out, Mount{Point: m.Point, ReadOnly: ro})
 	}
 	return out, nil
@@ -121,7 +124,7 @@ func RewrapMounted(ctx context.Context, dir, mountPoint string, o RewrapOptions)
 // are remounted.
 func (r *RewrapReport) reloadMounts(points []string) {
 	for _, p := range points {
-		if err := askMount(p, volconf.ReloadAttr); err != nil {
+		if err := askReadOnlyMount(p); err != nil {
 			r.Warnings = append(r.Warnings, err.Error()+"; remount it to read files under the new keys")
 		}
 	}
@@ -131,6 +134,15 @@ func (r *RewrapReport) reloadMounts(points []string) {
 func askMount(mountPoint, attr string) error {
 	if err := unix.Setxattr(mountPoint, attr, nil, 0); err != nil {
 		return fmt.Errorf("volume: the mount at %s refused %s: %w (its log names the cause; only root and the user the mount runs as may ask)", mountPoint, attr, err)
+	}
+	return nil
+}
+
+// askReadOnlyMount asks the read-only mount at mountPoint to reload its
+// keys: such a mount takes no setxattr, so the request is a getxattr.
+func askReadOnlyMount(mountPoint string) error {
+	if _, err := unix.Getxattr(mountPoint, volconf.ReloadAttr, nil); err != nil {
+		return fmt.Errorf("volume: the read-only mount at %s refused to reload: %w (its log names the cause; only root and the user the mount runs as may ask)", mountPoint, err)
 	}
 	return nil
 }

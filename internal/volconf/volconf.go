@@ -288,7 +288,8 @@ func Save(dir string, c *Conf) error {
 // Setting these extended attributes (any value) through a kmsfs mount
 // asks its daemon, if the caller is root or the user it runs as:
 // ReloadAttr on the mount's root to reload kmsfs.conf's keys, RewrapAttr
-// on a file to rewrap it to them. They never reach the cipher dir.
+// on a file to rewrap it to them. A read-only mount takes no setxattr:
+// reading ReloadAttr asks it to reload. They never reach the cipher dir.
 const (
 	ReloadAttr = "user.kmsfs.reload"
 	RewrapAttr = "user.kmsfs.rewrap"
