@@ -106,6 +106,20 @@ type RewrapReport struct {
 // retiring.
 func (r *RewrapReport) Done() bool { return r.FailedFiles == 0 && len(r.Retiring) == 0 }
 
+// record notes the outcome err of rewrapping rel, counts it in *done
+// and reports progress against total.
+func (r *RewrapReport) record(rel string, err error, done *int64, total int64, progress func(done, total int64)) {
+	if err != nil {
+		r.fail(rel, err.Error())
+	} else {
+		r.Rewrapped++
+	}
+	*done++
+	if progress != nil {
+		progress(*done, total)
+	}
+}
+
 // fail notes that the file rel could not be rewrapped.
 func (r *RewrapReport) fail(rel, msg string) {
 	r.FailedFiles++

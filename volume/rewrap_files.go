@@ -44,15 +44,7 @@ func (v *Volume) RewrapFiles(ctx context.Context, o RewrapOptions) (*RewrapRepor
 			for rel := range jobs {
 				err := v.rewrapPath(ctx, rel)
 				mu.Lock()
-				if err != nil {
-					r.fail(rel, err.Error())
-				} else {
-					r.Rewrapped++
-				}
-				done++
-				if o.Progress != nil {
-					o.Progress(done, total)
-				}
+				r.record(rel, err, &done, total, o.Progress)
 				mu.Unlock()
 			}
 		})

@@ -88,15 +88,7 @@ func RewrapMounted(ctx context.Context, dir, mountPoint string, o RewrapOptions)
 		failed := r.FailedFiles
 		total := done + int64(len(sc.Need))
 		rewrapThrough(ctx, mountPoint, sc.Need, o, func(rel string, err error) {
-			if err != nil {
-				r.fail(rel, err.Error())
-			} else {
-				r.Rewrapped++
-			}
-			done++
-			if o.Progress != nil {
-				o.Progress(done, total)
-			}
+			r.record(rel, err, &done, total, o.Progress)
 		})
 		if err := ctx.Err(); err != nil {
 			return r, fmt.Errorf("volume: rewrap %s: %w", dir, err)
