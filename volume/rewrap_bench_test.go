@@ -21,7 +21,7 @@ const rewrapBenchFiles = 10000
 // next iteration), against local-kms behind a proxy that adds 10 ms to
 // every request, as a KMS in another zone would. It reports the files
 // per second and the KMS requests of one rewrap beside the distinct data
-// keys rewrapped.
+// keys rewrapped, between two symmetric keys and to an RSA key.
 //
 //	go test -run '^$' -bench Rewrap -benchtime 4x ./volume/
 func BenchmarkRewrap(b *testing.B) {
@@ -71,31 +71,56 @@ func BenchmarkRewrap(b *testing.B) {
 	v.Close()
 	p.SetLatency(10 * time.Millisecond)
 	ops := []string{"Decrypt", "ReEncrypt", "Encrypt", "GenerateDataKey", "DescribeKey", "GetPublicKey"}
-	count := func() int {
-		n := 0
+	rewrap := func(b *testing.B, to string) (*volume.RewrapReport, time.Duration, map[string]int) {
+		before := map[string]int{}
 		for _, op := range ops {
-			n += p.Requests(op)
+			before[op] = p.Requests(op)
 		}
-		return n
-	}
-	b.ResetTimer()
-	for i := range b.N {
-		to := e.Symmetric2.ARN
-		if i%2 == 1 {
-			to = e.Symmetric.ARN
-		}
-		before, decBefore, reBefore := count(), p.Requests("Decrypt"), p.Requests("ReEncrypt")
 		start := time.Now()
 		r, err := volume.Rewrap(ctx, tv.dir, volume.RewrapOptions{To: "awskms:" + to, TrustDir: tv.trust})
 		el := time.Since(start)
 		if err != nil || !r.Done() || r.Rewrapped != rewrapBenchFiles {
 			b.Fatalf("rewrap: %+v, %v", r, err)
 		}
-		b.ReportMetric(float64(rewrapBenchFiles)/el.Seconds(), "files/s")
-		b.ReportMetric(el.Seconds(), "s/rewrap")
-		b.ReportMetric(float64(r.DataKeys), "data-keys")
-		b.ReportMetric(float64(count()-before), "kms-calls")
-		b.ReportMetric(float64(p.Requests("Decrypt")-decBefore), "decrypt-calls")
-		b.ReportMetric(float64(p.Requests("ReEncrypt")-reBefore), "reencrypt-calls")
+		calls := map[string]int{}
+		for _, op := range ops {
+			calls[op] = p.Requests(op) - before[op]
+		}
+		return r, el, calls
+	}
+	// to=symmetric: between two symmetric keys (ReEncrypt), back and
+	// forth. to=rsa: to an RSA key (wrapped locally with its public key),
+	// then back untimed.
+	cur := e.Symmetric.ARN // the key the files are under, across runs
+	for _, target := range []string{"symmetric", "rsa"} {
+		b.Run("to="+target, func(b *testing.B) {
+			for range b.N {
+				to := e.Symmetric2.ARN
+				switch {
+				case target == "rsa":
+					to = e.RSAEncrypt.ARN
+				case cur == e.Symmetric2.ARN:
+					to = e.Symmetric.ARN
+				}
+				r, el, calls := rewrap(b, to)
+				cur = to
+				total := 0
+				for _, n := range calls {
+					total += n
+				}
+				b.ReportMetric(float64(rewrapBenchFiles)/el.Seconds(), "files/s")
+				b.ReportMetric(el.Seconds(), "s/rewrap")
+				b.ReportMetric(float64(r.DataKeys), "data-keys")
+				b.ReportMetric(float64(total), "kms-calls")
+				b.ReportMetric(float64(calls["Decrypt"]), "decrypt-calls")
+				b.ReportMetric(float64(calls["ReEncrypt"]), "reencrypt-calls")
+				if target == "rsa" {
+					b.StopTimer()
+					rewrap(b, e.Symmetric.ARN)
+					cur = e.Symmetric.ARN
+					b.StartTimer()
+				}
+			}
+		})
 	}
 }
