@@ -11,8 +11,8 @@ var (
 	ErrLong = errors.New("names: long name, held in a side file")
 	// ErrInvalidName means the input is not something this package writes:
 	// a plaintext name or target that may not be stored (empty, too long,
-	// with '/' or NUL, "." or ".."), or a backing name, side file or
-	// encoded target of the wrong form, length or padding.
+	// with '/' or NUL, "." or ".."), or a backing name, side file,
+	// encoded target or DirIDFile of the wrong form, length or padding.
 	ErrInvalidName = errors.New("names: invalid name")
 	// ErrAuth means a backing name, side file or encoded target failed
 	// authentication: it was changed, moved to another directory, swapped
