@@ -203,7 +203,11 @@ func TestOwnFilesHidden(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(m.Dir, "f"), []byte("data"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{volconf.Name, volconf.JournalName} {
+	// The name key file of a volume with encrypted names.
+	if err := os.WriteFile(filepath.Join(m.Cipher, volconf.NamesName), []byte("names"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{volconf.Name, volconf.JournalName, volconf.NamesName} {
 		if _, err := os.Stat(filepath.Join(m.Cipher, name)); err != nil {
 			t.Fatalf("%s missing from the cipher dir: %v", name, err)
 		}

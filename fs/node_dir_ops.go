@@ -130,7 +130,7 @@ func (n *Node) Fsync(ctx context.Context, f gofs.FileHandle, flags uint32) sysca
 // hidden reports whether name in this directory is kmsfs's own and not
 // part of the mount.
 func (n *Node) hidden(name string) bool {
-	return (name == volconf.Name || name == volconf.JournalName) && n.isRoot()
+	return (name == volconf.Name || name == volconf.JournalName || name == volconf.NamesName) && n.isRoot()
 }
 
 // Lookup finds a child by name.

@@ -5,7 +5,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/kmsfs/kmsfs/envelope"
@@ -31,13 +33,17 @@ type InitOptions struct {
 	TrustDir string
 	// Secrets say where a new passphrase and PINs come from.
 	Secrets Secrets
+	// EncryptedNames makes a volume whose file names and symlink targets
+	// are encrypted: Init writes a fresh name key to NamesName and sets
+	// the feature in kmsfs.conf. False keeps names as they are.
+	EncryptedNames bool
 }
 
 // Init makes a new volume in cipherDir (created, or an existing empty
-// directory): it opens every key, proves it wraps and unwraps, approves the
-// volume in the host's trust store and writes kmsfs.conf. It returns the
-// anchor, whose Conf is the new configuration, and the path of the anchor
-// file.
+// directory): it opens every key, proves it wraps and unwraps, writes the
+// name key file (EncryptedNames), approves the volume in the host's trust
+// store and writes kmsfs.conf. It returns the anchor, whose Conf is the
+// new configuration, and the path of the anchor file.
 func Init(ctx context.Context, cipherDir string, o InitOptions) (*volconf.Anchor, string, error) {
 	if len(o.Keys) == 0 {
 		return nil, "", errors.New("volume: init needs at least one key")
@@ -95,6 +101,15 @@ func Init(ctx context.Context, cipherDir string, o InitOptions) (*volconf.Anchor
 	if _, err := envelope.NewLayout(conf.BlockSize, conf.SlotSize); err != nil {
 		return nil, "", err
 	}
+	if o.EncryptedNames {
+		// The name key file goes before kmsfs.conf: a crash in between
+		// leaves a directory that is not a volume yet, which init takes
+		// again (prepareCipherDir).
+		if conf.NameKeyID, err = initNameKey(ctx, cipherDir, conf, ks.list); err != nil {
+			return nil, "", err
+		}
+		conf.Features = append(conf.Features, volconf.FeatureEncryptedNames)
+	}
 	a, err := volconf.NewAnchor(conf, host, cipherDir)
 	if err != nil {
 		return nil, "", err
@@ -133,6 +148,7 @@ func (s *keySet) initKey(ctx context.Context, k string, primary bool, vid envelo
 	if err := checkRoundTrip(ctx, src, false, primary); err != nil {
 		return st, volconf.Key{}, h, err
 	}
+	s.list = append(s.list, src)
 	// A sample stanza sizes the header slots; a generating source makes
 	// it as a mount will (GenerateDataKey), so init needs no more of the
 	// key policy than a mount.
@@ -156,7 +172,10 @@ func (s *keySet) initKey(ctx context.Context, k string, primary bool, vid envelo
 	return st, key, h, nil
 }
 
-// prepareCipherDir creates dir, or accepts it if it exists and is empty.
+// prepareCipherDir creates dir, or accepts it if it exists and is empty
+// but for what an init that crashed before writing kmsfs.conf left: a
+// name key file (replaced by the new one), temporary files of the name
+// key file and kmsfs.conf (removed) and an empty journal directory.
 func prepareCipherDir(dir string) error {
 	ents, err := os.ReadDir(dir)
 	switch {
@@ -165,15 +184,36 @@ func prepareCipherDir(dir string) error {
 	case err != nil:
 		return err
 	}
+	var stale []string
 	for _, e := range ents {
-		if e.Name() == ConfName {
+		switch name := e.Name(); {
+		case name == ConfName:
 			return fmt.Errorf("%s is already a kmsfs cipher dir", dir)
+		case name == NamesName && e.Type().IsRegular():
+		case (strings.HasPrefix(name, "."+NamesName+".kmsfs-tmp-") || strings.HasPrefix(name, ConfName+".tmp-")) && e.Type().IsRegular():
+			stale = append(stale, name)
+		case name == JournalName && e.IsDir() && isEmptyDir(filepath.Join(dir, name)):
+		default:
+			return fmt.Errorf("%s is not empty (it holds %s): init takes a new or empty directory", dir, name)
 		}
 	}
-	if len(ents) > 0 {
-		return fmt.Errorf("%s is not empty: init takes a new or empty directory", dir)
+	for _, name := range stale {
+		if err := os.Remove(filepath.Join(dir, name)); err != nil {
+			return fmt.Errorf("volume: remove what an earlier init left: %w", err)
+		}
 	}
 	return nil
+}
+
+// isEmptyDir reports whether the directory dir holds no entry.
+func isEmptyDir(dir string) bool {
+	d, err := os.Open(dir)
+	if err != nil {
+		return false
+	}
+	defer d.Close()
+	names, err := d.Readdirnames(1)
+	return len(names) == 0 && err == io.EOF
 }
 
 // RedactSpec drops the query of a PKCS#11 URI (module path, PIN source),

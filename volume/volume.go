@@ -132,6 +132,8 @@ type Volume struct {
 	keys     *keySet
 	wrapOnly bool // opened with a public key file: Decrypt refuses
 	opts     Options
+	encNames bool   // kmsfs.conf has the encrypted-names feature
+	nameKey  []byte // the name key in opts.Mem; nil for plaintext names or wrapOnly
 
 	mu      sync.Mutex // guards Anchor, Sources, keys and rw after Reload
 	rw      *rewrapper
@@ -214,6 +216,14 @@ func Open(ctx context.Context, cipherDir string, o Options) (_ *Volume, err erro
 	if err != nil {
 		return nil, err
 	}
+	v.encNames = conf.EncryptedNames()
+	// A public key cannot unwrap the name key: such a volume encrypts
+	// files, and whoever needs names learns it from EncryptedNames.
+	if v.encNames && !v.wrapOnly {
+		if err := v.loadNameKey(ctx, conf); err != nil {
+			return nil, err
+		}
+	}
 	return v, nil
 }
 
@@ -260,6 +270,8 @@ func (v *Volume) Close() error {
 		ks.Close()
 	}
 	v.oldKeys = nil
+	v.opts.Mem.Free(v.nameKey)
+	v.nameKey = nil
 	return errors.Join(errs...)
 }
 

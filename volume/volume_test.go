@@ -38,10 +38,16 @@ func ctx(t *testing.T) context.Context {
 
 func initVolume(t *testing.T) testVolume {
 	t.Helper()
+	return initVolumeNames(t, false)
+}
+
+// initVolumeNames is initVolume with names encrypted or not.
+func initVolumeNames(t *testing.T, encryptedNames bool) testVolume {
+	t.Helper()
 	d := t.TempDir()
 	v := testVolume{dir: filepath.Join(d, "cipher"), trust: filepath.Join(d, "trust"), key: filepath.Join(d, "key")}
 	newKeyFile(t, v.key)
-	a, path, err := volume.Init(ctx(t), v.dir, volume.InitOptions{Keys: []string{"local:" + v.key}, TrustDir: v.trust})
+	a, path, err := volume.Init(ctx(t), v.dir, volume.InitOptions{Keys: []string{"local:" + v.key}, TrustDir: v.trust, EncryptedNames: encryptedNames})
 	if err != nil {
 		t.Fatalf("Init: %v", err)
 	}

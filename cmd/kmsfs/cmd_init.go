@@ -20,6 +20,7 @@ type initFlags struct {
 	policy         string
 	passphraseFile string
 	timeout        time.Duration
+	encryptedNames bool
 }
 
 func newInitCmd() *cobra.Command {
@@ -56,6 +57,9 @@ mount uses only what the host approved.`,
 	c.Flags().StringVar(&f.policy, "data-key-policy", "batched", "data-key reuse: per-file, batched, or batched:max-files=N,max-age=D")
 	c.Flags().StringVar(&f.passphraseFile, "passphrase-file", "", "file holding the passphrase for local:passphrase")
 	c.Flags().DurationVar(&f.timeout, "timeout", 60*time.Second, "bound on the key checks")
+	// Hidden until the mount encrypts names: such a volume does not mount yet.
+	c.Flags().BoolVar(&f.encryptedNames, "encrypted-names", false, "encrypt file names and symlink targets (a name key file, kmsfs.names, is written)")
+	c.Flags().MarkHidden("encrypted-names")
 	return c
 }
 
@@ -67,13 +71,17 @@ func runInit(ctx context.Context, f *initFlags, trustDir, dir string) error {
 	defer cancel()
 	a, anchorPath, err := volume.Init(ctx, dir, volume.InitOptions{
 		Keys: f.keys, BlockSize: f.blockSize, SlotSize: f.slotSize, Policy: f.policy, TrustDir: trustDir,
-		Secrets: volume.Secrets{PassphraseFile: f.passphraseFile, Prompt: promptPassphrase},
+		Secrets:        volume.Secrets{PassphraseFile: f.passphraseFile, Prompt: promptPassphrase},
+		EncryptedNames: f.encryptedNames,
 	})
 	if err != nil {
 		return err
 	}
 	conf := &a.Conf
 	fmt.Printf("kmsfs: initialised %s (volume %s, block size %d)\n", dir, conf.VolumeID, conf.BlockSize)
+	if conf.EncryptedNames() {
+		fmt.Printf("  names encrypted (name key %s in %s)\n", conf.NameKeyID, volume.NamesName)
+	}
 	for i, k := range conf.Keys {
 		fmt.Printf("  key %d (%s): %s\n", i+1, volconf.Role(i), k.KeyID)
 	}

@@ -254,6 +254,9 @@ func runMount(ctx context.Context, f *mountFlags, cipherDir, mnt string) (err er
 		return err
 	}
 	defer v.Close()
+	if v.EncryptedNames() {
+		return fmt.Errorf("cipher dir %s encrypts file names: this kmsfs cannot mount volumes with encrypted names yet", cipherDir)
+	}
 	logOpened(log, v)
 	var extra []string
 	for _, o := range f.options {

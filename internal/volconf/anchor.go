@@ -268,6 +268,9 @@ func Diff(approved, cur *Conf) []string {
 	if !slices.Equal(approved.Features, cur.Features) {
 		add("features: approved %q, kmsfs.conf has %q", approved.Features, cur.Features)
 	}
+	if approved.NameKeyID != cur.NameKeyID {
+		add("name key ID: approved %q, kmsfs.conf has %q", approved.NameKeyID, cur.NameKeyID)
+	}
 	find := func(keys []Key, id string) int {
 		return slices.IndexFunc(keys, func(k Key) bool { return k.KeyID == id })
 	}

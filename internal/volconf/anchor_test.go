@@ -59,6 +59,7 @@ func TestDiff(t *testing.T) {
 		{"block-size", func(c *volconf.Conf) { c.BlockSize = 8192 }, []string{"block size: approved 4096, kmsfs.conf has 8192"}},
 		{"slot-size", func(c *volconf.Conf) { c.SlotSize = 2048 }, []string{"header slot size"}},
 		{"features", func(c *volconf.Conf) { c.Features = []string{"x"} }, []string{"features"}},
+		{"name-key-id", func(c *volconf.Conf) { c.NameKeyID = strings.Repeat("e", 32) }, []string{"name key ID: approved \"\", kmsfs.conf has \"eeee"}},
 		{"key-removed", func(c *volconf.Conf) { c.Keys = c.Keys[:1] }, []string{"key removed: local:passphrase"}},
 		{"keys-swapped", func(c *volconf.Conf) { c.Keys[0], c.Keys[1] = c.Keys[1], c.Keys[0] }, []string{"moved", "moved"}},
 		{"spec", func(c *volconf.Conf) { c.Keys[0].Spec = "awskms:alias/other" }, []string{"spec approved awskms:alias/backups"}},

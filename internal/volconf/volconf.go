@@ -14,6 +14,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"golang.org/x/sys/unix"
 
@@ -30,11 +31,22 @@ const Name = "kmsfs.conf"
 // dir.
 const JournalName = "kmsfs.journal"
 
+// NamesName is the volume's name key file at the root of a cipher dir: a
+// cipher file of the volume whose plaintext is the name key.
+const NamesName = "kmsfs.names"
+
 // Version is the configuration version this kmsfs writes and reads.
 const Version = 1
 
-// knownFeatures lists the feature flags this version understands (none yet).
-var knownFeatures = map[string]bool{}
+// FeatureEncryptedNames is the feature flag of a volume whose file names
+// and symlink targets are encrypted under the name key in NamesName.
+const FeatureEncryptedNames = "encrypted-names"
+
+// knownFeatures lists the feature flags this version understands. It is
+// a function, not a package variable, so nothing can change the set.
+func knownFeatures(f string) bool {
+	return f == FeatureEncryptedNames
+}
 
 // Conf is the content of kmsfs.conf.
 type Conf struct {
@@ -46,6 +58,15 @@ type Conf struct {
 	DataKeyPolicy string   `json:"data_key_policy"`
 	Keys          []Key    `json:"keys"` // the first generates data keys; the others hold escrow stanzas
 	Features      []string `json:"features"`
+	// NameKeyID is names.KeyID of the name key in NamesName; set iff
+	// Features holds FeatureEncryptedNames. The trust anchor pins it,
+	// so a name key file replaced in the cipher dir is refused.
+	NameKeyID string `json:"name_key_id,omitempty"`
+}
+
+// EncryptedNames reports whether the volume encrypts names.
+func (c *Conf) EncryptedNames() bool {
+	return slices.Contains(c.Features, FeatureEncryptedNames)
 }
 
 // Key is one key source of the volume.
@@ -117,10 +138,19 @@ func (c *Conf) Check() error {
 	if c.FormatVersion < envelope.MinVersion || c.FormatVersion > envelope.Version {
 		return fmt.Errorf("volconf: file format version %d; this kmsfs reads versions %d to %d (upgrade kmsfs)", c.FormatVersion, envelope.MinVersion, envelope.Version)
 	}
-	for _, f := range c.Features {
-		if !knownFeatures[f] {
+	for i, f := range c.Features {
+		if !knownFeatures(f) {
 			return fmt.Errorf("volconf: feature %q is unknown to this kmsfs (upgrade kmsfs)", f)
 		}
+		if slices.Contains(c.Features[:i], f) {
+			return fmt.Errorf("volconf: feature %q is listed twice", f)
+		}
+	}
+	switch {
+	case c.EncryptedNames() && !validKeyID(c.NameKeyID):
+		return fmt.Errorf("volconf: feature %q needs name_key_id (32 hex digits), have %q", FeatureEncryptedNames, c.NameKeyID)
+	case !c.EncryptedNames() && c.NameKeyID != "":
+		return fmt.Errorf("volconf: name_key_id is set but feature %q is not: refused", FeatureEncryptedNames)
 	}
 	if _, err := c.ID(); err != nil {
 		return err
@@ -159,6 +189,20 @@ func (c *Conf) Check() error {
 		}
 	}
 	return nil
+}
+
+// validKeyID reports whether id looks like a names.KeyID: 32 lowercase
+// hex digits.
+func validKeyID(id string) bool {
+	if len(id) != 32 {
+		return false
+	}
+	for _, c := range id {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // MaxSize bounds the size of kmsfs.conf: a configuration is a few hundred

@@ -64,3 +64,41 @@ func TestLoadHostile(t *testing.T) {
 		})
 	}
 }
+
+// TestConfCheckNames checks that the encrypted-names feature and its
+// name_key_id come together: a kmsfs.conf with one and not the other is
+// refused, whichever an editor of the cipher dir dropped.
+func TestConfCheckNames(t *testing.T) {
+	id := strings.Repeat("ab", 16)
+	cases := []struct {
+		name      string
+		features  []string
+		nameKeyID string
+		want      string // "" means valid
+	}{
+		{"features=none,id=none", []string{}, "", ""},
+		{"features=encrypted-names,id=valid", []string{volconf.FeatureEncryptedNames}, id, ""},
+		{"features=encrypted-names,id=none", []string{volconf.FeatureEncryptedNames}, "", "needs name_key_id"},
+		{"features=encrypted-names,id=short", []string{volconf.FeatureEncryptedNames}, id[:30], "needs name_key_id"},
+		{"features=encrypted-names,id=upper-hex", []string{volconf.FeatureEncryptedNames}, strings.ToUpper(id), "needs name_key_id"},
+		{"features=none,id=valid", []string{}, id, "feature \"encrypted-names\" is not"},
+		{"features=encrypted-names-twice,id=valid", []string{volconf.FeatureEncryptedNames, volconf.FeatureEncryptedNames}, id, "listed twice"},
+		{"features=unknown,id=none", []string{"compressed-names"}, "", "unknown to this kmsfs"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			conf := testConf()
+			conf.Features, conf.NameKeyID = c.features, c.nameKeyID
+			err := conf.Check()
+			switch {
+			case c.want == "" && err != nil:
+				t.Fatalf("Check: %v", err)
+			case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+				t.Fatalf("Check: %v, want an error saying %q", err, c.want)
+			}
+			if c.want == "" && conf.EncryptedNames() != (c.nameKeyID != "") {
+				t.Fatalf("EncryptedNames = %v with features %q", conf.EncryptedNames(), c.features)
+			}
+		})
+	}
+}
