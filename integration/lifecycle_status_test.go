@@ -309,8 +309,10 @@ func TestInfo(t *testing.T) {
 // TestInfoPlantedSymlink is the attack on kmsfs info through a mount:
 // whoever controls the cipher dir replaces a directory with a symbolic
 // link to a directory outside it holding a cipher file of their choice.
-// info of the path through the mount must refuse, not follow the link
-// and report the outside file.
+// info of the path through the mount must never follow the link and
+// report the outside file: it refuses the link, or (finding the cipher
+// file by the inode the mount still shows) reports the owner's file
+// where it now is.
 func TestInfoPlantedSymlink(t *testing.T) {
 	v := suite.StartVolume(t, fusetest.CLIOptions{})
 	if err := os.MkdirAll(v.Path("dir"), 0o755); err != nil {
@@ -335,7 +337,11 @@ func TestInfoPlantedSymlink(t *testing.T) {
 	}
 	out, err := v.Run("info", "--json", v.Path("dir/f"))
 	if err == nil {
-		t.Fatalf("kmsfs info followed a symlink planted in the cipher dir:\n%s", out)
+		var fi volume.FileInfo
+		if jerr := json.Unmarshal([]byte(out), &fi); jerr != nil || fi.CipherPath != v.CipherPath("dir.moved/f") {
+			t.Fatalf("kmsfs info reported another file than the mount's (%v):\n%s", jerr, out)
+		}
+		return
 	}
 	if !strings.Contains(out, "symbolic link") && !strings.Contains(out, "symlink") {
 		t.Errorf("kmsfs info does not say it refused a symlink:\n%s", out)

@@ -1,9 +1,12 @@
 package volume
 
 import (
+	"bytes"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -71,6 +74,9 @@ func Info(path string) (*FileInfo, error) {
 	if dir == "" {
 		f, err = OpenCipherFile(path)
 	} else {
+		if rel, err = cipherRelOf(path, dir, rel); err != nil {
+			return nil, err
+		}
 		cp = filepath.Join(dir, rel)
 		f, err = openInCipherDir(dir, rel, unix.O_RDONLY)
 	}
@@ -144,6 +150,81 @@ func cipherFileOf(path string) (dir, rel string, err error) {
 		best, dir, rel = m.Point, m.Source, r
 	}
 	return dir, rel, nil
+}
+
+// cipherRelOf returns the path below the cipher dir dir of the file at
+// path, which is rel below a kmsfs mount of dir. Names may be stored
+// encrypted, so it goes by identity, not by name: component by
+// component, the entry of the cipher directory whose inode number is the
+// one the mount reports for the plaintext component (the mount shows the
+// backing inode numbers). No key is needed, and no link is followed.
+func cipherRelOf(path, dir, rel string) (string, error) {
+	if rel == "." {
+		return "", fmt.Errorf("volume: %s is the mount's root, not a file: %w", path, ErrNotKmsfsFile)
+	}
+	parts := strings.Split(filepath.ToSlash(rel), "/")
+	mnt := strings.TrimSuffix(filepath.Clean(path), string(filepath.Separator)+filepath.FromSlash(rel))
+	cur, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return "", fmt.Errorf("volume: cipher dir %s: %w", dir, err)
+	}
+	defer func() { unix.Close(cur) }()
+	var out []string
+	for i := range parts {
+		var st unix.Stat_t
+		plain := filepath.Join(append([]string{mnt}, parts[:i+1]...)...)
+		if err := unix.Lstat(plain, &st); err != nil {
+			return "", fmt.Errorf("volume: %s: %w", plain, err)
+		}
+		name, err := entryWithInode(cur, st.Ino)
+		if err != nil {
+			return "", fmt.Errorf("volume: %s: its entry in the cipher dir %s: %w", plain, filepath.Join(append([]string{dir}, out...)...), err)
+		}
+		out = append(out, name)
+		if i == len(parts)-1 {
+			break
+		}
+		next, _, err := safeopen.OpenAt(cur, name, unix.O_RDONLY|unix.O_DIRECTORY, unix.S_IFDIR)
+		if err != nil {
+			return "", fmt.Errorf("volume: %s: %w", filepath.Join(append([]string{dir}, out...)...), err)
+		}
+		unix.Close(cur)
+		cur = next
+	}
+	return strings.Join(out, "/"), nil
+}
+
+// entryWithInode returns the name of the entry of the directory dfd whose
+// inode number is ino.
+func entryWithInode(dfd int, ino uint64) (string, error) {
+	if _, err := unix.Seek(dfd, 0, 0); err != nil {
+		return "", err
+	}
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := unix.ReadDirent(dfd, buf)
+		if err != nil {
+			return "", err
+		}
+		if n == 0 {
+			return "", fmt.Errorf("no entry has inode %d: %w", ino, fs.ErrNotExist)
+		}
+		// struct linux_dirent64: ino u64, off s64, reclen u16, type u8, name.
+		for b := buf[:n]; len(b) >= 19; {
+			reclen := int(binary.NativeEndian.Uint16(b[16:18]))
+			if reclen < 19 || reclen > len(b) {
+				return "", errors.New("malformed directory entry")
+			}
+			name := b[19:reclen]
+			if i := bytes.IndexByte(name, 0); i >= 0 {
+				name = name[:i]
+			}
+			if binary.NativeEndian.Uint64(b[0:8]) == ino && string(name) != "." && string(name) != ".." {
+				return string(name), nil
+			}
+			b = b[reclen:]
+		}
+	}
 }
 
 // openInCipherDir opens the regular file rel below the cipher dir dir one
