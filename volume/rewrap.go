@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/envelope"
+	"github.com/kmsfs/kmsfs/internal/safeopen"
 	"github.com/kmsfs/kmsfs/internal/volconf"
 	"github.com/kmsfs/kmsfs/keysource"
 	"github.com/kmsfs/kmsfs/keysource/awskms"
@@ -473,9 +474,9 @@ func FinishRewrap(ctx context.Context, dir, trustDir string, r *RewrapReport) er
 	}
 	left := false
 	for _, p := range sc.Need {
-		if sc.retiring[p] {
+		if why, ok := sc.holds[p]; ok {
 			if r.FailedFiles == 0 { // else these are the files that failed
-				r.fail(p, "still has a stanza of a retiring key")
+				r.fail(p, why)
 			}
 			left = true
 		}
@@ -508,7 +509,10 @@ type RewrapScan struct {
 	// no stanza of an active key, or a header slot that does not parse.
 	Need                  []string
 	Files, Empty, Foreign int64
-	retiring              map[string]bool // files of Need with a retiring key's stanza
+	// holds names the files of Need that keep the retiring keys in
+	// kmsfs.conf, with the reason: a stanza of one, or a file that could
+	// not be read, which may have one.
+	holds map[string]string
 }
 
 // ScanRewrap reads the headers of every file in the cipher dir dir (no key
@@ -523,7 +527,14 @@ func ScanRewrap(ctx context.Context, dir string, c *volconf.Conf) (*RewrapScan, 
 		return nil, err
 	}
 	n := c.ActiveCount()
-	s := &RewrapScan{retiring: map[string]bool{}}
+	s := &RewrapScan{holds: map[string]string{}}
+	// A file that is there but cannot be read (its mode, an I/O error)
+	// may depend on a retiring key: it must keep it in kmsfs.conf, not
+	// pass for a file of another volume.
+	unread := func(rel string, err error) {
+		s.Need = append(s.Need, rel)
+		s.holds[rel] = "cannot be read, so may still have a stanza of a retiring key: " + err.Error()
+	}
 	buf := make([]byte, layout.HeaderSize())
 	err = cipherWalk{
 		visit: func(e cipherEntry) (bool, error) {
@@ -537,8 +548,13 @@ func ScanRewrap(ctx context.Context, dir string, c *volconf.Conf) (*RewrapScan, 
 			}
 			s.Files++
 			f, size, err := e.open(0, unix.S_IFREG)
-			if err != nil {
-				s.Foreign++
+			var wrong *safeopen.WrongType
+			switch {
+			case errors.Is(err, unix.ENOENT) || errors.As(err, &wrong):
+				s.Foreign++ // gone, or no longer a file, since the listing
+				return false, nil
+			case err != nil:
+				unread(e.rel, err)
 				return false, nil
 			}
 			defer f.Close()
@@ -551,7 +567,7 @@ func ScanRewrap(ctx context.Context, dir string, c *volconf.Conf) (*RewrapScan, 
 				return false, nil
 			}
 			if _, err := f.ReadAt(buf, 0); err != nil {
-				s.Foreign++
+				unread(e.rel, err)
 				return false, nil
 			}
 			need, retiring, ok := headerNeeds(layout, vid, buf, c.Keys[:n], c.Keys[n:])
@@ -561,7 +577,7 @@ func ScanRewrap(ctx context.Context, dir string, c *volconf.Conf) (*RewrapScan, 
 			case need:
 				s.Need = append(s.Need, e.rel)
 				if retiring {
-					s.retiring[e.rel] = true
+					s.holds[e.rel] = "still has a stanza of a retiring key"
 				}
 			}
 			return false, nil
