@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/envelope"
+	"github.com/kmsfs/kmsfs/internal/volconf"
 	"github.com/kmsfs/kmsfs/keysource"
 )
 
@@ -101,6 +102,14 @@ func (v *Volume) RewrapFile(ctx context.Context, f *envelope.File) error {
 		return err
 	}
 	return f.Rewrap(dk, st)
+}
+
+// keysNow returns the configuration in force and a key source per key of
+// it: Reload replaces both together, so they are read together.
+func (v *Volume) keysNow() (*volconf.Conf, []keysource.KeySource) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return &v.Anchor.Conf, v.Sources
 }
 
 // rewrapperNow returns the rewrapper of the keys in force.

@@ -270,3 +270,61 @@ func TestRewrapUnknownKeyFile(t *testing.T) {
 	tv.key = newKey
 	checkFiles(t, tv, files, []string{keyIDOf(t, tv, newKey)})
 }
+
+// TestStatusDuringReload is a mount's periodic key check running while a
+// rewrap asks the mount to reload its keys, once as the key list grows
+// (the new key and the retiring one) and once as it shrinks: Status must
+// see a key list and its sources that belong together (under -race: no
+// data race; otherwise no index past the sources).
+func TestStatusDuringReload(t *testing.T) {
+	tv := initVolume(t)
+	rewrapFiles(t, tv, 3)
+	v, err := tv.open(t, volume.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	newKey := filepath.Join(filepath.Dir(tv.key), "new-key")
+	newKeyFile(t, newKey)
+	c := ctx(t)
+	o := volume.RewrapOptions{To: "local:" + newKey, TrustDir: tv.trust}
+	for _, step := range []struct {
+		name   string
+		change func() error
+	}{
+		{"grow", func() error { _, err := volume.PrepareRewrap(c, tv.dir, o); return err }},
+		{"shrink", func() error {
+			w, err := tv.open(t, volume.Options{})
+			if err != nil {
+				return err
+			}
+			_, err = w.RewrapFiles(c, o)
+			if cerr := w.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				return err
+			}
+			return volume.FinishRewrap(c, tv.dir, tv.trust, nil)
+		}},
+	} {
+		t.Run(step.name, func(t *testing.T) {
+			if err := step.change(); err != nil {
+				t.Fatalf("changing the keys: %v", err)
+			}
+			done := make(chan error, 1)
+			go func() {
+				_, err := v.Status(c)
+				done <- err
+			}()
+			if err := v.Reload(c); err != nil {
+				t.Errorf("Reload: %v", err)
+			}
+			if err := <-done; err != nil {
+				t.Fatalf("Status during Reload: %v", err)
+			}
+			if _, err := v.Status(c); err != nil {
+				t.Fatalf("Status after Reload: %v", err)
+			}
+		})
+	}
+}
