@@ -402,13 +402,7 @@ func (c *keyChange) remove(name string) error {
 	return nil
 }
 
-func (c *keyChange) activeIDs() string {
-	var ids []string
-	for _, k := range c.conf.Active() {
-		ids = append(ids, k.KeyID)
-	}
-	return strings.Join(ids, ", ")
-}
+func (c *keyChange) activeIDs() string { return strings.Join(keyIDs(c.conf.Active()), ", ") }
 
 // checkFit refuses a key list whose stanzas do not fit the volume's
 // header slots, which are fixed when the volume is made. Keys that were
