@@ -673,6 +673,14 @@ func (r *rewrapper) target(ctx context.Context, old []keysource.Stanza, dk []byt
 		r.computed[d] = e
 		r.mu.Unlock()
 		e.stanzas, e.err = r.compute(ctx, old, dk)
+		if e.err != nil {
+			// A failure may pass (a key service throttling, a request's
+			// deadline): the files waiting get it, the next one tries
+			// again rather than failing on this one's account.
+			r.mu.Lock()
+			delete(r.computed, d)
+			r.mu.Unlock()
+		}
 		close(e.ready)
 	} else {
 		r.mu.Unlock()

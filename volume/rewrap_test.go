@@ -2,7 +2,9 @@ package volume_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/kmsfs/kmsfs/internal/volconf"
+	"github.com/kmsfs/kmsfs/keysource"
 	"github.com/kmsfs/kmsfs/volume"
 )
 
@@ -324,6 +327,57 @@ func TestStatusDuringReload(t *testing.T) {
 			}
 			if _, err := v.Status(c); err != nil {
 				t.Fatalf("Status after Reload: %v", err)
+			}
+		})
+	}
+}
+
+// flakySource is a key source whose first fail calls to Wrap fail, as a
+// key service throttling or a request's deadline would.
+type flakySource struct {
+	id    string
+	fail  int
+	calls int
+}
+
+func (s *flakySource) Type() string  { return "test" }
+func (s *flakySource) KeyID() string { return s.id }
+func (s *flakySource) Wrap(_ context.Context, dk []byte) (keysource.Stanza, error) {
+	s.calls++
+	if s.calls <= s.fail {
+		return keysource.Stanza{}, errors.New("throttled")
+	}
+	return keysource.Stanza{Type: s.Type(), KeyID: s.id, Body: bytes.Clone(dk)}, nil
+}
+func (s *flakySource) Unwrap(context.Context, keysource.Stanza) ([]byte, error) {
+	return nil, keysource.ErrNotMine
+}
+
+// TestRewrapTargetRetriesFailure: the new stanzas of files that share a
+// data key are made once, but a failure to make them is not kept: the
+// next file with those stanzas tries again, rather than every file of
+// the data key failing for one throttled call.
+func TestRewrapTargetRetriesFailure(t *testing.T) {
+	for _, fail := range []int{1, 2} {
+		t.Run(fmt.Sprintf("fail=%d", fail), func(t *testing.T) {
+			src := &flakySource{id: "new", fail: fail}
+			c := &volconf.Conf{Keys: []volconf.Key{{KeyID: "new"}, {KeyID: "old", Retiring: true}}}
+			target := volume.RewrapTarget(c, []keysource.KeySource{src, nil})
+			old := []keysource.Stanza{{Type: "test", KeyID: "old", Body: []byte("wrapped")}}
+			dk := bytes.Repeat([]byte{7}, keysource.DataKeySize)
+			for i := range fail {
+				if _, err := target(ctx(t), old, dk); err == nil {
+					t.Fatalf("file %d: made stanzas while the key service failed", i+1)
+				}
+			}
+			for i := range 2 {
+				st, err := target(ctx(t), old, dk)
+				if err != nil || len(st) != 1 || st[0].KeyID != "new" {
+					t.Fatalf("file %d after the failures: %+v, %v; want a stanza of the new key", fail+i+1, st, err)
+				}
+			}
+			if src.calls != fail+1 {
+				t.Errorf("%d calls to Wrap, want %d: one per failure, then one for every file", src.calls, fail+1)
 			}
 		})
 	}
