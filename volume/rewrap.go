@@ -361,15 +361,17 @@ func (c *keyChange) replace(from string, open func() (int, error)) error {
 	if sameKey(c.conf.Keys[j].KeyID, old) {
 		return nil // the same key: nothing moves, files are brought in line
 	}
-	// The new key takes the old one's place: move it there, then retire
-	// the old one (now just behind it).
-	k, h := c.conf.Keys[j], c.host[j]
-	c.conf.Keys = slices.Delete(c.conf.Keys, j, j+1)
-	c.host = slices.Delete(c.host, j, j+1)
-	i = slices.IndexFunc(c.conf.Keys, func(k volconf.Key) bool { return k.KeyID == old })
-	c.conf.Keys = slices.Insert(c.conf.Keys, i, k)
-	c.host = slices.Insert(c.host, i, h)
-	c.retire(i + 1)
+	// open leaves the old key at i: put only adds behind the active keys
+	// or updates in place. A new key, or one behind the old, takes the
+	// old one's place; an active key ahead of it (the primary replacing
+	// an escrow key) keeps its own. Then the old one retires.
+	if j > i {
+		k, h := c.conf.Keys[j], c.host[j]
+		c.conf.Keys = slices.Insert(slices.Delete(c.conf.Keys, j, j+1), i, k)
+		c.host = slices.Insert(slices.Delete(c.host, j, j+1), i, h)
+		i++
+	}
+	c.retire(i)
 	return nil
 }
 

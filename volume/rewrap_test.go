@@ -382,3 +382,61 @@ func TestRewrapTargetRetriesFailure(t *testing.T) {
 		})
 	}
 }
+
+// TestRewrapToKeyAlreadyActive: --to names a key the volume already has
+// as one of its active keys. The key --from names leaves; the volume's
+// other keys keep their order, so the primary stays the primary unless
+// it is the key replaced.
+func TestRewrapToKeyAlreadyActive(t *testing.T) {
+	for _, c := range []struct {
+		name     string
+		to, from int // indexes into the volume's keys A, B, C
+		want     []int
+	}{
+		{"to=primary,from=last", 0, 2, []int{0, 1}},
+		{"to=primary,from=middle", 0, 1, []int{0, 2}},
+		{"to=last,from=primary", 2, -1, []int{2, 1}},
+		{"to=middle,from=last", 1, 2, []int{0, 1}},
+		{"to=last,from=middle", 2, 1, []int{0, 2}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			d := t.TempDir()
+			tv := testVolume{dir: filepath.Join(d, "cipher"), trust: filepath.Join(d, "trust")}
+			var specs, ids []string
+			for _, n := range []string{"a", "b", "c"} {
+				p := filepath.Join(d, n)
+				newKeyFile(t, p)
+				specs = append(specs, "local:"+p)
+			}
+			if _, _, err := volume.Init(ctx(t), tv.dir, volume.InitOptions{Keys: specs, TrustDir: tv.trust}); err != nil {
+				t.Fatalf("Init: %v", err)
+			}
+			tv.key = strings.TrimPrefix(specs[0], "local:")
+			for _, s := range specs {
+				ids = append(ids, keyIDOf(t, tv, strings.TrimPrefix(s, "local:")))
+			}
+			files := rewrapFiles(t, tv, 4)
+			o := volume.RewrapOptions{To: specs[c.to], TrustDir: tv.trust}
+			if c.from >= 0 {
+				o.From = specs[c.from]
+			}
+			r, err := volume.Rewrap(ctx(t), tv.dir, o)
+			if err != nil || !r.Done() {
+				t.Fatalf("Rewrap: %+v, %v", r, err)
+			}
+			var want []string
+			for _, i := range c.want {
+				want = append(want, ids[i])
+			}
+			var got []string
+			for _, k := range confKeys(t, tv) {
+				got = append(got, k.KeyID)
+			}
+			if strings.Join(got, ",") != strings.Join(want, ",") {
+				t.Fatalf("kmsfs.conf keys %v, want %v", got, want)
+			}
+			tv.key = strings.TrimPrefix(specs[c.want[0]], "local:")
+			checkFiles(t, tv, files, want)
+		})
+	}
+}
