@@ -316,3 +316,56 @@ func TestRewrapReadOnlyMount(t *testing.T) {
 		t.Errorf("the read-only mount did not log a reload:\n%s", v.LogText())
 	}
 }
+
+// TestRewrapUnreadableFileKeepsKey is the accident that would lose a
+// file: the user who owns the volume and runs the rewrap (not root) cannot
+// read one cipher file (made mode 000). The rewrap cannot know which keys
+// that file depends on, so it must not take the old key out of kmsfs.conf
+// (where deleting it would then lose the file); once the file is readable
+// again, a rerun finishes and every file reads back under the new key.
+func TestRewrapUnreadableFileKeepsKey(t *testing.T) {
+	fusetest.NeedFUSEForUsers(t)
+	dir := fusetest.SharedDir(t)
+	nobody := fusetest.NobodyCred()
+	v := suite.StartVolume(t, fusetest.CLIOptions{Dir: dir, Cred: nobody})
+	u := suite.User(t, nobody)
+	files := map[string][]byte{"readable": []byte("read by its owner"), "locked": []byte("mode 000 in the cipher dir")}
+	for name, data := range files {
+		u.MustInput(t, data, "create", v.Path(name), "600", "-")
+	}
+	v.Unmount(t)
+	oldID := rwConf(t, v).Keys[0].KeyID
+	locked := v.CipherPath("locked")
+	if err := os.Chmod(locked, 0); err != nil {
+		t.Fatal(err)
+	}
+
+	newKey := fusetest.KeyFile(t, dir, nobody)
+	r, code := rwRewrap(t, v, "--to", "local:"+newKey)
+	if code != rwExitIncomplete || r.Done() || len(r.Retired) != 0 || !slices.Equal(r.Retiring, []string{oldID}) ||
+		r.FailedFiles != 1 || r.Failed[0].Path != "locked" {
+		t.Fatalf("rewrap with an unreadable file: exit %d, %+v; want locked failed and key %s still retiring", code, r, oldID)
+	}
+	if ks := rwConf(t, v).Keys; len(ks) != 2 || ks[1].KeyID != oldID || !ks[1].Retiring {
+		t.Fatalf("kmsfs.conf keys %+v; want the old key kept as retiring", ks)
+	}
+
+	if err := os.Chmod(locked, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r, code = rwRewrap(t, v)
+	if code != 0 || !r.Done() || r.Rewrapped != 1 || !slices.Equal(r.Retired, []string{oldID}) {
+		t.Fatalf("rerun once the file is readable: exit %d, %+v; want it rewrapped and key %s retired", code, r, oldID)
+	}
+	rwCheckStanzas(t, v, files, r.Keys[0])
+	if err := os.Remove(v.Key); err != nil {
+		t.Fatal(err)
+	}
+	v.Mount(t)
+	for name, want := range files {
+		if got := u.Must(t, "read", v.Path(name)); got != string(want) {
+			t.Fatalf("read %s after the rewrap: %q, want %q", name, got, want)
+		}
+	}
+	v.Unmount(t)
+}

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/envelope"
+	"github.com/kmsfs/kmsfs/internal/safeopen"
 	"github.com/kmsfs/kmsfs/internal/volconf"
 	"github.com/kmsfs/kmsfs/keysource"
 	"github.com/kmsfs/kmsfs/keysource/awskms"
@@ -360,15 +361,17 @@ func (c *keyChange) replace(from string, open func() (int, error)) error {
 	if sameKey(c.conf.Keys[j].KeyID, old) {
 		return nil // the same key: nothing moves, files are brought in line
 	}
-	// The new key takes the old one's place: move it there, then retire
-	// the old one (now just behind it).
-	k, h := c.conf.Keys[j], c.host[j]
-	c.conf.Keys = slices.Delete(c.conf.Keys, j, j+1)
-	c.host = slices.Delete(c.host, j, j+1)
-	i = slices.IndexFunc(c.conf.Keys, func(k volconf.Key) bool { return k.KeyID == old })
-	c.conf.Keys = slices.Insert(c.conf.Keys, i, k)
-	c.host = slices.Insert(c.host, i, h)
-	c.retire(i + 1)
+	// open leaves the old key at i: put only adds behind the active keys
+	// or updates in place. A new key, or one behind the old, takes the
+	// old one's place; an active key ahead of it (the primary replacing
+	// an escrow key) keeps its own. Then the old one retires.
+	if j > i {
+		k, h := c.conf.Keys[j], c.host[j]
+		c.conf.Keys = slices.Insert(slices.Delete(c.conf.Keys, j, j+1), i, k)
+		c.host = slices.Insert(slices.Delete(c.host, j, j+1), i, h)
+		i++
+	}
+	c.retire(i)
 	return nil
 }
 
@@ -401,13 +404,7 @@ func (c *keyChange) remove(name string) error {
 	return nil
 }
 
-func (c *keyChange) activeIDs() string {
-	var ids []string
-	for _, k := range c.conf.Active() {
-		ids = append(ids, k.KeyID)
-	}
-	return strings.Join(ids, ", ")
-}
+func (c *keyChange) activeIDs() string { return strings.Join(keyIDs(c.conf.Active()), ", ") }
 
 // checkFit refuses a key list whose stanzas do not fit the volume's
 // header slots, which are fixed when the volume is made. Keys that were
@@ -473,9 +470,9 @@ func FinishRewrap(ctx context.Context, dir, trustDir string, r *RewrapReport) er
 	}
 	left := false
 	for _, p := range sc.Need {
-		if sc.retiring[p] {
+		if why, ok := sc.holds[p]; ok {
 			if r.FailedFiles == 0 { // else these are the files that failed
-				r.fail(p, "still has a stanza of a retiring key")
+				r.fail(p, why)
 			}
 			left = true
 		}
@@ -508,7 +505,10 @@ type RewrapScan struct {
 	// no stanza of an active key, or a header slot that does not parse.
 	Need                  []string
 	Files, Empty, Foreign int64
-	retiring              map[string]bool // files of Need with a retiring key's stanza
+	// holds names the files of Need that keep the retiring keys in
+	// kmsfs.conf, with the reason: a stanza of one, or a file that could
+	// not be read, which may have one.
+	holds map[string]string
 }
 
 // ScanRewrap reads the headers of every file in the cipher dir dir (no key
@@ -523,7 +523,14 @@ func ScanRewrap(ctx context.Context, dir string, c *volconf.Conf) (*RewrapScan, 
 		return nil, err
 	}
 	n := c.ActiveCount()
-	s := &RewrapScan{retiring: map[string]bool{}}
+	s := &RewrapScan{holds: map[string]string{}}
+	// A file that is there but cannot be read (its mode, an I/O error)
+	// may depend on a retiring key: it must keep it in kmsfs.conf, not
+	// pass for a file of another volume.
+	unread := func(rel string, err error) {
+		s.Need = append(s.Need, rel)
+		s.holds[rel] = "cannot be read, so may still have a stanza of a retiring key: " + err.Error()
+	}
 	buf := make([]byte, layout.HeaderSize())
 	err = cipherWalk{
 		visit: func(e cipherEntry) (bool, error) {
@@ -537,8 +544,13 @@ func ScanRewrap(ctx context.Context, dir string, c *volconf.Conf) (*RewrapScan, 
 			}
 			s.Files++
 			f, size, err := e.open(0, unix.S_IFREG)
-			if err != nil {
-				s.Foreign++
+			var wrong *safeopen.WrongType
+			switch {
+			case errors.Is(err, unix.ENOENT) || errors.As(err, &wrong):
+				s.Foreign++ // gone, or no longer a file, since the listing
+				return false, nil
+			case err != nil:
+				unread(e.rel, err)
 				return false, nil
 			}
 			defer f.Close()
@@ -551,7 +563,7 @@ func ScanRewrap(ctx context.Context, dir string, c *volconf.Conf) (*RewrapScan, 
 				return false, nil
 			}
 			if _, err := f.ReadAt(buf, 0); err != nil {
-				s.Foreign++
+				unread(e.rel, err)
 				return false, nil
 			}
 			need, retiring, ok := headerNeeds(layout, vid, buf, c.Keys[:n], c.Keys[n:])
@@ -561,7 +573,7 @@ func ScanRewrap(ctx context.Context, dir string, c *volconf.Conf) (*RewrapScan, 
 			case need:
 				s.Need = append(s.Need, e.rel)
 				if retiring {
-					s.retiring[e.rel] = true
+					s.holds[e.rel] = "still has a stanza of a retiring key"
 				}
 			}
 			return false, nil
@@ -663,6 +675,14 @@ func (r *rewrapper) target(ctx context.Context, old []keysource.Stanza, dk []byt
 		r.computed[d] = e
 		r.mu.Unlock()
 		e.stanzas, e.err = r.compute(ctx, old, dk)
+		if e.err != nil {
+			// A failure may pass (a key service throttling, a request's
+			// deadline): the files waiting get it, the next one tries
+			// again rather than failing on this one's account.
+			r.mu.Lock()
+			delete(r.computed, d)
+			r.mu.Unlock()
+		}
 		close(e.ready)
 	} else {
 		r.mu.Unlock()

@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/envelope"
+	"github.com/kmsfs/kmsfs/internal/volconf"
 	"github.com/kmsfs/kmsfs/keysource"
 )
 
@@ -30,26 +31,38 @@ func (v *Volume) RewrapFiles(ctx context.Context, o RewrapOptions) (*RewrapRepor
 	r.Current = sc.Files - sc.Empty - sc.Foreign - int64(len(sc.Need))
 	n := c.ActiveCount()
 	r.Keys, r.Retiring = keyIDs(c.Keys[:n]), keyIDs(c.Keys[n:])
-	workers := o.Concurrency
+	total := int64(len(sc.Need))
+	var done int64
+	eachFile(ctx, sc.Need, o.Concurrency, func(rel string) error { return v.rewrapPath(ctx, rel) },
+		func(rel string, err error) { r.record(rel, err, &done, total, o.Progress) })
+	r.DataKeys = v.rewrapperNow().distinct()
+	if err := ctx.Err(); err != nil {
+		return r, fmt.Errorf("volume: rewrap %s: %w", v.Dir, err)
+	}
+	return r, nil
+}
+
+// eachFile calls do for each of rels, up to workers (0: the default) at
+// once, and done with the outcome, one call of done at a time. It hands
+// out no more files once ctx ends.
+func eachFile(ctx context.Context, rels []string, workers int, do func(rel string) error, done func(rel string, err error)) {
 	if workers <= 0 {
 		workers = DefaultRewrapConcurrency
 	}
 	jobs := make(chan string)
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	total := int64(len(sc.Need))
-	var done int64
-	for range min(workers, max(len(sc.Need), 1)) {
+	for range min(workers, max(len(rels), 1)) {
 		wg.Go(func() {
 			for rel := range jobs {
-				err := v.rewrapPath(ctx, rel)
+				err := do(rel)
 				mu.Lock()
-				r.record(rel, err, &done, total, o.Progress)
+				done(rel, err)
 				mu.Unlock()
 			}
 		})
 	}
-	for _, rel := range sc.Need {
+	for _, rel := range rels {
 		if ctx.Err() != nil {
 			break
 		}
@@ -57,11 +70,6 @@ func (v *Volume) RewrapFiles(ctx context.Context, o RewrapOptions) (*RewrapRepor
 	}
 	close(jobs)
 	wg.Wait()
-	r.DataKeys = v.rewrapperNow().distinct()
-	if err := ctx.Err(); err != nil {
-		return r, fmt.Errorf("volume: rewrap %s: %w", v.Dir, err)
-	}
-	return r, nil
 }
 
 // rewrapPath rewraps the cipher file rel.
@@ -101,6 +109,14 @@ func (v *Volume) RewrapFile(ctx context.Context, f *envelope.File) error {
 		return err
 	}
 	return f.Rewrap(dk, st)
+}
+
+// keysNow returns the configuration in force and a key source per key of
+// it: Reload replaces both together, so they are read together.
+func (v *Volume) keysNow() (*volconf.Conf, []keysource.KeySource) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return &v.Anchor.Conf, v.Sources
 }
 
 // rewrapperNow returns the rewrapper of the keys in force.

@@ -5,12 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strings"
-	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -87,7 +84,7 @@ func RewrapMounted(ctx context.Context, dir, mountPoint string, o RewrapOptions)
 		}
 		failed := r.FailedFiles
 		total := done + int64(len(sc.Need))
-		rewrapThrough(ctx, mountPoint, sc.Need, o, func(rel string, err error) {
+		rewrapThrough(ctx, mountPoint, sc.Need, o.Concurrency, func(rel string, err error) {
 			r.record(rel, err, &done, total, o.Progress)
 		})
 		if err := ctx.Err(); err != nil {
@@ -144,7 +141,7 @@ func askReadOnlyMount(mountPoint string) error {
 // at a time, and calls done for each. Every file is reached beneath the
 // mount point without following a symbolic link, so a link planted in
 // the cipher dir cannot send the request elsewhere.
-func rewrapThrough(ctx context.Context, mountPoint string, rels []string, o RewrapOptions, done func(rel string, err error)) {
+func rewrapThrough(ctx context.Context, mountPoint string, rels []string, workers int, done func(rel string, err error)) {
 	root, err := os.Open(mountPoint)
 	if err != nil {
 		for _, rel := range rels {
@@ -153,69 +150,13 @@ func rewrapThrough(ctx context.Context, mountPoint string, rels []string, o Rewr
 		return
 	}
 	defer root.Close()
-	byDir := map[string][]string{}
-	for _, rel := range rels {
-		d := path.Dir(rel)
-		byDir[d] = append(byDir[d], path.Base(rel))
-	}
-	dirs := make([]string, 0, len(byDir))
-	for d := range byDir {
-		dirs = append(dirs, d)
-	}
-	sort.Strings(dirs)
-	workers := o.Concurrency
-	if workers <= 0 {
-		workers = DefaultRewrapConcurrency
-	}
-	var mu sync.Mutex
-	report := func(rel string, err error) {
-		mu.Lock()
-		defer mu.Unlock()
-		done(rel, err)
-	}
-	for _, d := range dirs {
-		if ctx.Err() != nil {
-			return
-		}
-		dfd := int(root.Fd())
-		if d != "." {
-			dfd, err = safeopen.OpenBeneath(dfd, d, unix.O_RDONLY|unix.O_DIRECTORY, unix.S_IFDIR)
-			if err != nil {
-				for _, name := range byDir[d] {
-					report(path.Join(d, name), err)
-				}
-				continue
-			}
-		}
-		names := byDir[d]
-		var next sync.Mutex
-		i := 0
-		var wg sync.WaitGroup
-		for range min(workers, len(names)) {
-			wg.Go(func() {
-				for ctx.Err() == nil {
-					next.Lock()
-					k := i
-					i++
-					next.Unlock()
-					if k >= len(names) {
-						return
-					}
-					report(path.Join(d, names[k]), rewrapAt(dfd, names[k]))
-				}
-			})
-		}
-		wg.Wait()
-		if d != "." {
-			unix.Close(dfd)
-		}
-	}
+	eachFile(ctx, rels, workers, func(rel string) error { return rewrapAt(int(root.Fd()), rel) }, done)
 }
 
-// rewrapAt asks the mount to rewrap the regular file name in the mount's
-// directory dirfd.
-func rewrapAt(dirfd int, name string) error {
-	fd, _, err := safeopen.OpenAt(dirfd, name, unix.O_PATH, unix.S_IFREG)
+// rewrapAt asks the mount to rewrap the regular file rel beneath the
+// mount's root directory rootfd.
+func rewrapAt(rootfd int, rel string) error {
+	fd, err := safeopen.OpenBeneath(rootfd, rel, unix.O_PATH, unix.S_IFREG)
 	if errors.Is(err, unix.ENOENT) {
 		return nil // removed since the scan
 	}

@@ -2,7 +2,9 @@ package volume_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/kmsfs/kmsfs/internal/volconf"
+	"github.com/kmsfs/kmsfs/keysource"
 	"github.com/kmsfs/kmsfs/volume"
 )
 
@@ -269,4 +272,171 @@ func TestRewrapUnknownKeyFile(t *testing.T) {
 	}
 	tv.key = newKey
 	checkFiles(t, tv, files, []string{keyIDOf(t, tv, newKey)})
+}
+
+// TestStatusDuringReload is a mount's periodic key check running while a
+// rewrap asks the mount to reload its keys, once as the key list grows
+// (the new key and the retiring one) and once as it shrinks: Status must
+// see a key list and its sources that belong together (under -race: no
+// data race; otherwise no index past the sources).
+func TestStatusDuringReload(t *testing.T) {
+	tv := initVolume(t)
+	rewrapFiles(t, tv, 3)
+	v, err := tv.open(t, volume.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	newKey := filepath.Join(filepath.Dir(tv.key), "new-key")
+	newKeyFile(t, newKey)
+	c := ctx(t)
+	o := volume.RewrapOptions{To: "local:" + newKey, TrustDir: tv.trust}
+	for _, step := range []struct {
+		name   string
+		change func() error
+	}{
+		{"grow", func() error { _, err := volume.PrepareRewrap(c, tv.dir, o); return err }},
+		{"shrink", func() error {
+			w, err := tv.open(t, volume.Options{})
+			if err != nil {
+				return err
+			}
+			_, err = w.RewrapFiles(c, o)
+			if cerr := w.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				return err
+			}
+			return volume.FinishRewrap(c, tv.dir, tv.trust, nil)
+		}},
+	} {
+		t.Run(step.name, func(t *testing.T) {
+			if err := step.change(); err != nil {
+				t.Fatalf("changing the keys: %v", err)
+			}
+			done := make(chan error, 1)
+			go func() {
+				_, err := v.Status(c)
+				done <- err
+			}()
+			if err := v.Reload(c); err != nil {
+				t.Errorf("Reload: %v", err)
+			}
+			if err := <-done; err != nil {
+				t.Fatalf("Status during Reload: %v", err)
+			}
+			if _, err := v.Status(c); err != nil {
+				t.Fatalf("Status after Reload: %v", err)
+			}
+		})
+	}
+}
+
+// flakySource is a key source whose first fail calls to Wrap fail, as a
+// key service throttling or a request's deadline would.
+type flakySource struct {
+	id    string
+	fail  int
+	calls int
+}
+
+func (s *flakySource) Type() string  { return "test" }
+func (s *flakySource) KeyID() string { return s.id }
+func (s *flakySource) Wrap(_ context.Context, dk []byte) (keysource.Stanza, error) {
+	s.calls++
+	if s.calls <= s.fail {
+		return keysource.Stanza{}, errors.New("throttled")
+	}
+	return keysource.Stanza{Type: s.Type(), KeyID: s.id, Body: bytes.Clone(dk)}, nil
+}
+func (s *flakySource) Unwrap(context.Context, keysource.Stanza) ([]byte, error) {
+	return nil, keysource.ErrNotMine
+}
+
+// TestRewrapTargetRetriesFailure: the new stanzas of files that share a
+// data key are made once, but a failure to make them is not kept: the
+// next file with those stanzas tries again, rather than every file of
+// the data key failing for one throttled call.
+func TestRewrapTargetRetriesFailure(t *testing.T) {
+	for _, fail := range []int{1, 2} {
+		t.Run(fmt.Sprintf("fail=%d", fail), func(t *testing.T) {
+			src := &flakySource{id: "new", fail: fail}
+			c := &volconf.Conf{Keys: []volconf.Key{{KeyID: "new"}, {KeyID: "old", Retiring: true}}}
+			target := volume.RewrapTarget(c, []keysource.KeySource{src, nil})
+			old := []keysource.Stanza{{Type: "test", KeyID: "old", Body: []byte("wrapped")}}
+			dk := bytes.Repeat([]byte{7}, keysource.DataKeySize)
+			for i := range fail {
+				if _, err := target(ctx(t), old, dk); err == nil {
+					t.Fatalf("file %d: made stanzas while the key service failed", i+1)
+				}
+			}
+			for i := range 2 {
+				st, err := target(ctx(t), old, dk)
+				if err != nil || len(st) != 1 || st[0].KeyID != "new" {
+					t.Fatalf("file %d after the failures: %+v, %v; want a stanza of the new key", fail+i+1, st, err)
+				}
+			}
+			if src.calls != fail+1 {
+				t.Errorf("%d calls to Wrap, want %d: one per failure, then one for every file", src.calls, fail+1)
+			}
+		})
+	}
+}
+
+// TestRewrapToKeyAlreadyActive: --to names a key the volume already has
+// as one of its active keys. The key --from names leaves; the volume's
+// other keys keep their order, so the primary stays the primary unless
+// it is the key replaced.
+func TestRewrapToKeyAlreadyActive(t *testing.T) {
+	for _, c := range []struct {
+		name     string
+		to, from int // indexes into the volume's keys A, B, C
+		want     []int
+	}{
+		{"to=primary,from=last", 0, 2, []int{0, 1}},
+		{"to=primary,from=middle", 0, 1, []int{0, 2}},
+		{"to=last,from=primary", 2, -1, []int{2, 1}},
+		{"to=middle,from=last", 1, 2, []int{0, 1}},
+		{"to=last,from=middle", 2, 1, []int{0, 2}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			d := t.TempDir()
+			tv := testVolume{dir: filepath.Join(d, "cipher"), trust: filepath.Join(d, "trust")}
+			var specs, ids []string
+			for _, n := range []string{"a", "b", "c"} {
+				p := filepath.Join(d, n)
+				newKeyFile(t, p)
+				specs = append(specs, "local:"+p)
+			}
+			if _, _, err := volume.Init(ctx(t), tv.dir, volume.InitOptions{Keys: specs, TrustDir: tv.trust}); err != nil {
+				t.Fatalf("Init: %v", err)
+			}
+			tv.key = strings.TrimPrefix(specs[0], "local:")
+			for _, s := range specs {
+				ids = append(ids, keyIDOf(t, tv, strings.TrimPrefix(s, "local:")))
+			}
+			files := rewrapFiles(t, tv, 4)
+			o := volume.RewrapOptions{To: specs[c.to], TrustDir: tv.trust}
+			if c.from >= 0 {
+				o.From = specs[c.from]
+			}
+			r, err := volume.Rewrap(ctx(t), tv.dir, o)
+			if err != nil || !r.Done() {
+				t.Fatalf("Rewrap: %+v, %v", r, err)
+			}
+			var want []string
+			for _, i := range c.want {
+				want = append(want, ids[i])
+			}
+			var got []string
+			for _, k := range confKeys(t, tv) {
+				got = append(got, k.KeyID)
+			}
+			if strings.Join(got, ",") != strings.Join(want, ",") {
+				t.Fatalf("kmsfs.conf keys %v, want %v", got, want)
+			}
+			tv.key = strings.TrimPrefix(specs[c.want[0]], "local:")
+			checkFiles(t, tv, files, want)
+		})
+	}
 }

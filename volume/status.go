@@ -152,7 +152,7 @@ func Status(ctx context.Context, cipherDir string, o Options) (*StatusReport, er
 // Status is the package's Status for an opened volume: its key sources
 // describe themselves.
 func (v *Volume) Status(ctx context.Context) (*StatusReport, error) {
-	c := v.Conf()
+	c, sources := v.keysNow()
 	keys := make([]KeyStatus, len(c.Keys))
 	for i, k := range c.Keys {
 		keys[i] = KeyStatus{KeyID: k.KeyID, Spec: k.Spec}
@@ -160,11 +160,11 @@ func (v *Volume) Status(ctx context.Context) (*StatusReport, error) {
 			keys[i].State, keys[i].Usable = StateNotChecked, true
 			continue
 		}
-		if v.Sources[i] == nil {
+		if sources[i] == nil {
 			describeKey(ctx, &keys[i], nil, errors.New("the retiring key did not open"))
 			continue
 		}
-		describeKey(ctx, &keys[i], v.Sources[i], nil)
+		describeKey(ctx, &keys[i], sources[i], nil)
 	}
 	return statusOf(ctx, v.Dir, c, keys)
 }
