@@ -142,10 +142,10 @@ func Rewrap(ctx context.Context, dir string, o RewrapOptions) (*RewrapReport, er
 	if err != nil {
 		return nil, err
 	}
+	// Read-only mounts reload even when this run changed nothing: after
+	// an interrupted run they may not know the keys files now use.
 	early := &RewrapReport{}
-	if len(plan.Changes) > 0 {
-		early.reloadMounts(o.Reload)
-	}
+	early.reloadMounts(o.Reload)
 	v, err := Open(ctx, dir, Options{TrustDir: o.TrustDir, Secrets: o.Secrets})
 	if err != nil {
 		return nil, err
