@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -24,27 +25,47 @@ type Mount struct {
 
 // MountsOf returns the kmsfs mounts of the cipher dir dir on this host:
 // at most one read-write (it holds the journal), any number read-only.
+// Any user may mount a FUSE file system that calls itself kmsfs and
+// names dir as its source: only mounts made by root, by the caller or by
+// the cipher dir's owner count, so another user's cannot stall or fool a
+// rewrap.
 func MountsOf(dir string) ([]Mount, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, err
 	}
+	var st unix.Stat_t
+	if err := unix.Stat(abs, &st); err != nil {
+		return nil, fmt.Errorf("volume: cipher dir %s: %w", abs, err)
+	}
 	ms, err := mountinfo.Read()
 	if err != nil {
 		return nil, err
 	}
+	return kmsfsMounts(ms, abs, os.Geteuid(), int(st.Uid)), nil
+}
+
+// kmsfsMounts picks MountsOf's mounts of the cipher dir abs out of ms:
+// kmsfs mounts made by root, by user uid or by owner.
+func kmsfsMounts(ms []mountinfo.Mount, abs string, uid, owner int) []Mount {
 	var out []Mount
 	for _, m := range ms {
 		if m.FSType != "fuse.kmsfs" || filepath.Clean(m.Source) != abs || len(m.Fields) < 6 {
 			continue
 		}
-		// kmsfs --ro makes the file system read-only (the last field,
-		// super options), the mount itself may say rw.
-		ro := slices.Contains(strings.Split(m.Fields[5], ","), "ro") ||
-			slices.Contains(strings.Split(m.Fields[len(m.Fields)-1], ","), "ro")
+		super := strings.Split(m.Fields[len(m.Fields)-1], ",")
+		if !slices.ContainsFunc(super, func(o string) bool {
+			id, ok := strings.CutPrefix(o, "user_id=")
+			return ok && (id == "0" || id == strconv.Itoa(uid) || id == strconv.Itoa(owner))
+		}) {
+			continue
+		}
+		// kmsfs --ro makes the file system read-only (the super
+		// options), the mount itself may say rw.
+		ro := slices.Contains(strings.Split(m.Fields[5], ","), "ro") || slices.Contains(super, "ro")
 		out = append(out, Mount{Point: m.Point, ReadOnly: ro})
 	}
-	return out, nil
+	return out
 }
 
 // mountRounds bounds the scans of a rewrap through a mount: files created

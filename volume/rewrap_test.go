@@ -8,9 +8,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/kmsfs/kmsfs/internal/mountinfo"
 	"github.com/kmsfs/kmsfs/internal/volconf"
 	"github.com/kmsfs/kmsfs/keysource"
 	"github.com/kmsfs/kmsfs/volume"
@@ -438,5 +440,27 @@ func TestRewrapToKeyAlreadyActive(t *testing.T) {
 			tv.key = strings.TrimPrefix(specs[c.want[0]], "local:")
 			checkFiles(t, tv, files, want)
 		})
+	}
+}
+
+// TestMountsOfIgnoresOtherUsersMounts is the attack on a rewrap of a
+// mounted volume: another user mounts a FUSE file system of their own
+// that calls itself kmsfs and names the cipher dir as its source, to
+// receive (and stall or fake) the rewrap's requests. Only mounts made by
+// root, the caller or the cipher dir's owner count; read-only shows in
+// the mount or the super options.
+func TestMountsOfIgnoresOtherUsersMounts(t *testing.T) {
+	table := mountinfo.Parse(`30 27 0:40 / /mnt/root rw,nosuid - fuse.kmsfs /srv/cipher rw,user_id=0,group_id=0
+31 27 0:41 / /mnt/fake rw,nosuid - fuse.kmsfs /srv/cipher rw,user_id=1234,group_id=1234
+32 27 0:42 / /mnt/mine ro,nosuid - fuse.kmsfs /srv/cipher rw,user_id=1000,group_id=1000
+33 27 0:43 / /mnt/owner rw,nosuid - fuse.kmsfs /srv/cipher ro,user_id=2000,group_id=2000
+34 27 0:44 / /mnt/other rw,nosuid - fuse.kmsfs /srv/other rw,user_id=0,group_id=0
+35 27 0:45 / /mnt/sshfs rw,nosuid - fuse.sshfs /srv/cipher rw,user_id=0,group_id=0
+36 27 0:46 / /mnt/noid rw,nosuid - fuse.kmsfs /srv/cipher rw,group_id=0
+`)
+	got := volume.KmsfsMounts(table, "/srv/cipher", 1000, 2000)
+	want := []volume.Mount{{Point: "/mnt/root"}, {Point: "/mnt/mine", ReadOnly: true}, {Point: "/mnt/owner", ReadOnly: true}}
+	if !slices.Equal(got, want) {
+		t.Fatalf("mounts %+v, want %+v", got, want)
 	}
 }
