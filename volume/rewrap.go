@@ -509,6 +509,9 @@ type RewrapScan struct {
 	// kmsfs.conf, with the reason: a stanza of one, or a file that could
 	// not be read, which may have one.
 	holds map[string]string
+	// ino holds the inode number of each file of Need that opened: a
+	// mount with encrypted names shows it under another name.
+	ino map[string]uint64
 }
 
 // ScanRewrap reads the headers of every file in the cipher dir dir (no key
@@ -523,7 +526,7 @@ func ScanRewrap(ctx context.Context, dir string, c *volconf.Conf) (*RewrapScan, 
 		return nil, err
 	}
 	n := c.ActiveCount()
-	s := &RewrapScan{holds: map[string]string{}}
+	s := &RewrapScan{holds: map[string]string{}, ino: map[string]uint64{}}
 	// A file that is there but cannot be read (its mode, an I/O error)
 	// may depend on a retiring key: it must keep it in kmsfs.conf, not
 	// pass for a file of another volume.
@@ -572,6 +575,10 @@ func ScanRewrap(ctx context.Context, dir string, c *volconf.Conf) (*RewrapScan, 
 				s.Foreign++
 			case need:
 				s.Need = append(s.Need, e.rel)
+				var st unix.Stat_t
+				if unix.Fstat(int(f.Fd()), &st) == nil {
+					s.ino[e.rel] = st.Ino
+				}
 				if retiring {
 					s.holds[e.rel] = "still has a stanza of a retiring key"
 				}

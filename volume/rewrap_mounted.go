@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -105,9 +106,12 @@ func RewrapMounted(ctx context.Context, dir, mountPoint string, o RewrapOptions)
 		}
 		failed := r.FailedFiles
 		total := done + int64(len(sc.Need))
-		rewrapThrough(ctx, mountPoint, sc.Need, o.Concurrency, func(rel string, err error) {
-			r.record(rel, err, &done, total, o.Progress)
-		})
+		record := func(rel string, err error) { r.record(rel, err, &done, total, o.Progress) }
+		if c.EncryptedNames() {
+			rewrapEncryptedThrough(ctx, dir, mountPoint, sc, o, record)
+		} else {
+			rewrapThrough(ctx, mountPoint, sc.Need, o.Concurrency, record)
+		}
 		if err := ctx.Err(); err != nil {
 			return r, fmt.Errorf("volume: rewrap %s: %w", dir, err)
 		}
@@ -172,6 +176,97 @@ func rewrapThrough(ctx context.Context, mountPoint string, rels []string, worker
 	}
 	defer root.Close()
 	eachFile(ctx, rels, workers, func(rel string) error { return rewrapAt(int(root.Fd()), rel) }, done)
+}
+
+// rewrapEncryptedThrough is rewrapThrough for a volume with encrypted
+// names, whose cipher paths are not the mount's: the files of sc.Need
+// are found in the mount by their inode numbers (one walk of the mount),
+// and kmsfs.names, which the mount hides and never writes, is rewrapped
+// here directly.
+func rewrapEncryptedThrough(ctx context.Context, dir, mountPoint string, sc *RewrapScan, o RewrapOptions, done func(rel string, err error)) {
+	want := map[uint64]string{}
+	for _, rel := range sc.Need {
+		switch ino, ok := sc.ino[rel]; {
+		case rel == NamesName:
+			done(rel, rewrapDirect(ctx, dir, rel, o))
+		case !ok:
+			done(rel, errors.New("could not be opened in the cipher dir"))
+		default:
+			want[ino] = rel
+		}
+	}
+	found, err := mountPathsOf(ctx, mountPoint, want)
+	var rels []string
+	byMount := map[string]string{}
+	for ino, rel := range want {
+		mp, ok := found[ino]
+		switch {
+		case ok:
+			rels = append(rels, mp)
+			byMount[mp] = rel
+		case err != nil:
+			done(rel, fmt.Errorf("looking for it through the mount: %w", err))
+		default:
+			done(rel, errors.New("not found through the mount (removed, or a file the mount does not show)"))
+		}
+	}
+	rewrapThrough(ctx, mountPoint, rels, o.Concurrency, func(mp string, err error) { done(byMount[mp], err) })
+}
+
+// rewrapDirect rewraps the cipher file rel of the mounted volume in dir
+// itself, with the volume opened read-only: for kmsfs's own files, which
+// the mount neither shows nor writes.
+func rewrapDirect(ctx context.Context, dir, rel string, o RewrapOptions) error {
+	v, err := Open(ctx, dir, Options{TrustDir: o.TrustDir, Secrets: o.Secrets, ReadOnly: true})
+	if err != nil {
+		return err
+	}
+	defer v.Close()
+	return v.rewrapPath(ctx, rel)
+}
+
+// mountPathsOf walks the mount at mountPoint, never through a symbolic
+// link, and returns the path below it of each regular file whose inode
+// number is a key of want.
+func mountPathsOf(ctx context.Context, mountPoint string, want map[uint64]string) (map[uint64]string, error) {
+	found := map[uint64]string{}
+	fd, err := unix.Open(mountPoint, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return found, err
+	}
+	var walk func(dfd int, rel string) error
+	walk = func(dfd int, rel string) error {
+		defer unix.Close(dfd)
+		ents, err := direntries(dfd)
+		if err != nil {
+			return err
+		}
+		for _, e := range ents {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			p := path.Join(rel, e.name)
+			switch e.typ {
+			case unix.DT_REG:
+				if _, ok := want[e.ino]; ok {
+					found[e.ino] = p
+				}
+			case unix.DT_DIR:
+				sub, _, err := safeopen.OpenAt(dfd, e.name, unix.O_RDONLY|unix.O_DIRECTORY, unix.S_IFDIR)
+				if err != nil {
+					continue // gone since the listing
+				}
+				if err := walk(sub, p); err != nil {
+					return err
+				}
+			}
+			if len(found) == len(want) {
+				return nil
+			}
+		}
+		return nil
+	}
+	return found, walk(fd, "")
 }
 
 // rewrapAt asks the mount to rewrap the regular file rel beneath the

@@ -197,30 +197,54 @@ func cipherRelOf(path, dir, rel string) (string, error) {
 // entryWithInode returns the name of the entry of the directory dfd whose
 // inode number is ino.
 func entryWithInode(dfd int, ino uint64) (string, error) {
-	if _, err := unix.Seek(dfd, 0, 0); err != nil {
+	ents, err := direntries(dfd)
+	if err != nil {
 		return "", err
 	}
+	for _, e := range ents {
+		if e.ino == ino {
+			return e.name, nil
+		}
+	}
+	return "", fmt.Errorf("no entry has inode %d: %w", ino, fs.ErrNotExist)
+}
+
+// dirent is one entry of a directory listing.
+type dirent struct {
+	name string
+	ino  uint64
+	typ  uint8 // unix.DT_*
+}
+
+// direntries lists the directory dfd from its start, with each entry's
+// inode number and type (which os.File.ReadDir does not give), "." and
+// ".." left out.
+func direntries(dfd int) ([]dirent, error) {
+	if _, err := unix.Seek(dfd, 0, 0); err != nil {
+		return nil, err
+	}
+	var out []dirent
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := unix.ReadDirent(dfd, buf)
 		if err != nil {
-			return "", err
+			return nil, err
 		}
 		if n == 0 {
-			return "", fmt.Errorf("no entry has inode %d: %w", ino, fs.ErrNotExist)
+			return out, nil
 		}
 		// struct linux_dirent64: ino u64, off s64, reclen u16, type u8, name.
 		for b := buf[:n]; len(b) >= 19; {
 			reclen := int(binary.NativeEndian.Uint16(b[16:18]))
 			if reclen < 19 || reclen > len(b) {
-				return "", errors.New("malformed directory entry")
+				return nil, errors.New("malformed directory entry")
 			}
 			name := b[19:reclen]
 			if i := bytes.IndexByte(name, 0); i >= 0 {
 				name = name[:i]
 			}
-			if binary.NativeEndian.Uint64(b[0:8]) == ino && string(name) != "." && string(name) != ".." {
-				return string(name), nil
+			if s := string(name); s != "." && s != ".." {
+				out = append(out, dirent{name: s, ino: binary.NativeEndian.Uint64(b[0:8]), typ: b[18]})
 			}
 			b = b[reclen:]
 		}
