@@ -84,6 +84,7 @@ func (n *Node) loadDirID(fd int) {
 	if err == nil {
 		n.dirID, err = names.ParseDirID(b)
 	}
+	n.dirIDErr = nil
 	if err != nil {
 		n.dirIDErr = fmt.Errorf("%w: %w", errDirID, err)
 		n.r.log.WithFields(map[string]any{"op": "dirid", "path": n.Path(nil)}).

@@ -63,18 +63,35 @@ func (n *Node) mkdirNamed(fd int, nm names.Name, mode uint32) syscall.Errno {
 	return errno
 }
 
-// rmdirNamed removes the empty directory nm of directory fd: kmsfs's own
-// files in it go first (its ID last), and if the directory still cannot
-// go its ID is put back.
+// rmdirNamed removes the empty directory nm of directory fd (emptyDir),
+// and then its long name's side file.
 func (n *Node) rmdirNamed(fd int, nm names.Name) syscall.Errno {
-	cfd, err := unix.Openat(fd, nm.Backing, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return gofs.ToErrno(err)
-	}
-	defer unix.Close(cfd)
-	own, errno := ownFilesOnly(cfd)
+	restore, errno := n.emptyDir(fd, nm.Backing)
 	if errno != 0 {
 		return errno
+	}
+	if err := unix.Unlinkat(fd, nm.Backing, unix.AT_REMOVEDIR); err != nil {
+		restore()
+		return gofs.ToErrno(err)
+	}
+	removeLongSide(fd, nm)
+	return 0
+}
+
+// emptyDir readies the directory backing of directory fd, which must hold
+// no entry, to be removed or renamed over: kmsfs's own files in it go
+// (orphan side files, then its ID). If it then cannot go after all, the
+// caller calls restore, which puts its ID back: a directory never loses
+// its ID while it has entries.
+func (n *Node) emptyDir(fd int, backing string) (restore func(), errno syscall.Errno) {
+	cfd, err := unix.Openat(fd, backing, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, gofs.ToErrno(err)
+	}
+	own, errno := ownFilesOnly(cfd)
+	if errno != 0 {
+		unix.Close(cfd)
+		return nil, errno
 	}
 	id, idErr := readSmall(cfd, names.DirIDFile, len(names.DirID{}))
 	for _, name := range own {
@@ -82,20 +99,27 @@ func (n *Node) rmdirNamed(fd int, nm names.Name) syscall.Errno {
 	}
 	if idErr == nil {
 		if err := unix.Unlinkat(cfd, names.DirIDFile, 0); err != nil {
-			return gofs.ToErrno(err)
+			unix.Close(cfd)
+			return nil, gofs.ToErrno(err)
 		}
 	}
-	if err := unix.Unlinkat(fd, nm.Backing, unix.AT_REMOVEDIR); err != nil {
-		if idErr == nil {
-			if perr := createFileAt(cfd, names.DirIDFile, id); perr != nil {
-				n.r.log.WithFields(map[string]any{"op": "rmdir", "path": n.Path(nil), "backing": nm.Backing}).
-					Error(fmt.Sprintf("fs: put back %s: %v", names.DirIDFile, perr))
-			}
+	unix.Close(cfd)
+	return func() {
+		if idErr != nil {
+			return
 		}
-		return gofs.ToErrno(err)
-	}
-	removeLongSide(fd, nm)
-	return 0
+		// Through a fresh descriptor of the name: the directory is still
+		// there, since it could not go.
+		cfd, err := unix.Openat(fd, backing, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err == nil {
+			err = createFileAt(cfd, names.DirIDFile, id)
+			unix.Close(cfd)
+		}
+		if err != nil {
+			n.r.log.WithFields(map[string]any{"op": "rmdir", "path": n.Path(nil), "backing": backing}).
+				Error(fmt.Sprintf("fs: put back %s: %v", names.DirIDFile, err))
+		}
+	}, 0
 }
 
 // ownFilesOnly returns the regular files of kmsfs's own in the directory
@@ -184,7 +208,7 @@ func linkSides(tfd int, tname string, fd int, nm names.Name, symlink bool) sysca
 // nfd with renameat2's flags. The side files of the new name are in
 // place before the entry moves, and those of the old name go after.
 // fromLink and toLink say whether the entries may be symlinks.
-func renameNamed(fd int, from names.Name, nfd int, to names.Name, flags uint32, fromLink, toLink bool) syscall.Errno {
+func (n *Node) renameNamed(fd int, from names.Name, nfd int, to names.Name, flags uint32, fromLink, toLink bool) syscall.Errno {
 	var fst, tst unix.Stat_t
 	if err := unix.Fstatat(fd, from.Backing, &fst, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return gofs.ToErrno(err)
@@ -212,7 +236,16 @@ func renameNamed(fd int, from names.Name, nfd int, to names.Name, flags uint32, 
 			return errno
 		}
 	}
+	restore := func() {}
+	if toErr == nil && !exchange && fst.Mode&unix.S_IFMT == unix.S_IFDIR && tst.Mode&unix.S_IFMT == unix.S_IFDIR {
+		// A directory over an empty one: the backing one holds its ID.
+		var errno syscall.Errno
+		if restore, errno = n.emptyDir(nfd, to.Backing); errno != 0 {
+			return errno
+		}
+	}
 	if err := unix.Renameat2(fd, from.Backing, nfd, to.Backing, uint(flags)); err != nil {
+		restore()
 		return gofs.ToErrno(err)
 	}
 	if !exchange {

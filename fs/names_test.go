@@ -13,6 +13,9 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/hanwen/go-fuse/v2/posixtest"
+	"golang.org/x/sys/unix"
+
 	"github.com/kmsfs/kmsfs/envelope/names"
 	kfs "github.com/kmsfs/kmsfs/fs"
 	"github.com/kmsfs/kmsfs/internal/envelopetest"
@@ -504,5 +507,101 @@ func TestNamesRmdir(t *testing.T) {
 	}
 	if _, err := os.Lstat(cipherPath(t, m, c, "orphan")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("cipher dir keeps the removed directory: %v", err)
+	}
+}
+
+// TestPosixNames runs go-fuse's posixtest cases over a mount with
+// encrypted names, as TestPosix does with names in the clear.
+func TestPosixNames(t *testing.T) {
+	m, _ := mountNames(t)
+	for name, fn := range posixtest.All {
+		t.Run(name, func(t *testing.T) {
+			if why, ok := posixNotApplicable[name]; ok {
+				t.Skip(why)
+			}
+			dir := filepath.Join(m.Dir, name)
+			if err := os.Mkdir(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			fn(t, dir)
+		})
+	}
+}
+
+// TestNamesOwnFilesUnreachable: kmsfs's own files in the cipher dir
+// (the volume's files, a directory's ID, a long name's side file) cannot
+// be reached through the mount by their names, which are encrypted like
+// any other; a file made under such a name is an ordinary entry and
+// leaves kmsfs's own file untouched.
+func TestNamesOwnFilesUnreachable(t *testing.T) {
+	m, c := mountNames(t)
+	long := strings.Repeat("s", 200)
+	if err := os.Mkdir(m.Path("d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(m.Path("d/"+long), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	side := filepath.Base(cipherPath(t, m, c, "d/"+long))
+	conf, err := os.ReadFile(filepath.Join(m.Cipher, "kmsfs.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"kmsfs.conf", "kmsfs.journal", "d/" + names.DirIDFile, "d/" + side, "d/" + side + names.LongSuffix} {
+		t.Run("name="+filepath.Base(p)[:min(20, len(filepath.Base(p)))], func(t *testing.T) {
+			if _, err := os.Lstat(m.Path(p)); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("lstat %s: %v, want ENOENT", p, err)
+			}
+			if err := os.WriteFile(m.Path(p), []byte("mine"), 0o644); err != nil {
+				t.Fatalf("create %s: %v", p, err)
+			}
+			if b, err := os.ReadFile(m.Path(p)); err != nil || string(b) != "mine" {
+				t.Errorf("read %s: %q, %v", p, b, err)
+			}
+		})
+	}
+	if b, err := os.ReadFile(filepath.Join(m.Cipher, "kmsfs.conf")); err != nil || !bytes.Equal(b, conf) {
+		t.Errorf("kmsfs.conf changed: %q, %v", b, err)
+	}
+	m.Remount()
+	if b, err := os.ReadFile(m.Path("d/" + long)); err != nil || len(b) != 0 {
+		t.Errorf("read the long name after the remount: %q, %v", b, err)
+	}
+}
+
+// TestNamesRenameOverDir: a directory renamed over an empty one replaces
+// it (whose backing directory holds its ID); over one with an entry it
+// is refused, and that one keeps its ID and its entry.
+func TestNamesRenameOverDir(t *testing.T) {
+	for _, full := range []bool{false, true} {
+		t.Run(fmt.Sprintf("target-full=%v", full), func(t *testing.T) {
+			m, _ := mountNames(t)
+			for _, d := range []string{"src", "dst"} {
+				if err := os.Mkdir(m.Path(d), 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := os.WriteFile(m.Path("src/in-src"), nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if full {
+				if err := os.WriteFile(m.Path("dst/in-dst"), nil, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// (os.Rename refuses a directory target itself.)
+			err := unix.Rename(m.Path("src"), m.Path("dst"))
+			if full != errors.Is(err, syscall.ENOTEMPTY) || !full && err != nil {
+				t.Fatalf("rename over dst: %v", err)
+			}
+			m.Remount()
+			want := []string{"in-src"}
+			if full {
+				want = []string{"in-dst"}
+			}
+			if got := list(t, m.Path("dst")); !slices.Equal(got, want) {
+				t.Errorf("dst lists %q, want %q", got, want)
+			}
+		})
 	}
 }

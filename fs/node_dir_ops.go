@@ -381,7 +381,7 @@ func (n *Node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	n.pinDir(name)
 	np.pinDir(newName)
 	if n.r.opts.Names != nil {
-		return renameNamed(fd, from, nfd, to, flags, n.maybeSymlink(name), np.maybeSymlink(newName))
+		return n.renameNamed(fd, from, nfd, to, flags, n.maybeSymlink(name), np.maybeSymlink(newName))
 	}
 	return gofs.ToErrno(unix.Renameat2(fd, from.Backing, nfd, to.Backing, uint(flags)))
 }
