@@ -62,6 +62,9 @@ func (n *Node) backing(name string) (int, names.Name, syscall.Errno) {
 	if err != nil {
 		return -1, names.Name{}, syscall.EIO
 	}
+	if nm, ok := n.r.names.get(id, name); ok {
+		return fd, nm, 0
+	}
 	nm, err := c.Encrypt(id, name)
 	if err != nil {
 		if len(name) > names.MaxNameLen {
@@ -69,6 +72,7 @@ func (n *Node) backing(name string) (int, names.Name, syscall.Errno) {
 		}
 		return -1, names.Name{}, syscall.EINVAL
 	}
+	n.r.names.put(id, name, nm)
 	return fd, nm, 0
 }
 
@@ -209,12 +213,18 @@ func (r *root) decryptEntry(dirfd int, id names.DirID, backing string) (name str
 		if err != nil {
 			return "", true, fmt.Errorf("fs: side file of %s: %w", backing, err)
 		}
-		name, err = c.DecryptLong(id, backing, side)
+		if name, err = c.DecryptLong(id, backing, side); err == nil {
+			r.names.put(id, name, names.Name{Backing: backing, Side: side})
+		}
 		return name, true, err
 	case names.IsSpecial(backing):
 		return "", false, nil
 	}
-	name, err = c.Decrypt(id, backing)
+	if name, err = c.Decrypt(id, backing); err == nil {
+		// Decrypt refuses any form Encrypt does not write: backing is
+		// the name's one backing name.
+		r.names.put(id, name, names.Name{Backing: backing})
+	}
 	return name, true, err
 }
 

@@ -86,6 +86,7 @@ type root struct {
 	opens  map[*openFile]struct{} // files open now
 
 	renames renameGate // by-name resolutions against renames (renames.go)
+	names   nameCache  // backing names of plaintext names, with Options.Names
 }
 
 // NewRoot opens the cipher dir and returns the root node of its
