@@ -13,7 +13,6 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/hanwen/go-fuse/v2/posixtest"
 	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/envelope/names"
@@ -514,18 +513,7 @@ func TestNamesRmdir(t *testing.T) {
 // encrypted names, as TestPosix does with names in the clear.
 func TestPosixNames(t *testing.T) {
 	m, _ := mountNames(t)
-	for name, fn := range posixtest.All {
-		t.Run(name, func(t *testing.T) {
-			if why, ok := posixNotApplicable[name]; ok {
-				t.Skip(why)
-			}
-			dir := filepath.Join(m.Dir, name)
-			if err := os.Mkdir(dir, 0o755); err != nil {
-				t.Fatal(err)
-			}
-			fn(t, dir)
-		})
-	}
+	runPosixtest(t, m)
 }
 
 // TestNamesOwnFilesUnreachable: kmsfs's own files in the cipher dir

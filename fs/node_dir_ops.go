@@ -354,7 +354,9 @@ func (n *Node) Unlink(ctx context.Context, name string) syscall.Errno {
 	if err := unix.Unlinkat(fd, nm.Backing, 0); err != nil {
 		return gofs.ToErrno(err)
 	}
-	n.removeSides(fd, nm, n.maybeSymlink(name))
+	if n.r.opts.Names != nil {
+		n.removeSides(fd, nm, n.maybeSymlink(name))
+	}
 	return 0
 }
 
