@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -95,7 +96,7 @@ func (n *Node) emptyDir(fd int, backing string) (restore func(), errno syscall.E
 	}
 	id, idErr := readSmall(cfd, names.DirIDFile, len(names.DirID{}))
 	for _, name := range own {
-		unix.Unlinkat(cfd, name, 0) // orphan side files, left by a crash
+		removeOrphan(cfd, name)
 	}
 	if idErr == nil {
 		if err := unix.Unlinkat(cfd, names.DirIDFile, 0); err != nil {
@@ -122,9 +123,9 @@ func (n *Node) emptyDir(fd int, backing string) (restore func(), errno syscall.E
 	}, 0
 }
 
-// ownFilesOnly returns the regular files of kmsfs's own in the directory
-// open as fd other than its ID (orphan side files), or ENOTEMPTY if it
-// holds an entry or anything else.
+// ownFilesOnly returns what of kmsfs's own the directory open as fd
+// holds other than its ID (orphan side files, mkdirs' temporary
+// directories), or ENOTEMPTY if it holds an entry or anything else.
 func ownFilesOnly(fd int) ([]string, syscall.Errno) {
 	dfd, err := unix.Openat(fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -139,6 +140,8 @@ func ownFilesOnly(fd int) ([]string, syscall.Errno) {
 			name := e.Name()
 			switch {
 			case name == names.DirIDFile:
+			case e.IsDir() && strings.HasPrefix(name, tmpPrefix):
+				own = append(own, name) // a mkdir's, cut short by a crash
 			case names.IsLong(name) || !names.IsSpecial(name) || !e.Type().IsRegular():
 				return nil, syscall.ENOTEMPTY
 			default:
@@ -152,6 +155,20 @@ func ownFilesOnly(fd int) ([]string, syscall.Errno) {
 			return nil, gofs.ToErrno(err)
 		}
 	}
+}
+
+// removeOrphan removes what a crash left in directory fd under the
+// special name name: a side file, or a directory that a mkdir had not
+// yet renamed into place, with the ID it may hold.
+func removeOrphan(fd int, name string) {
+	if unix.Unlinkat(fd, name, 0) != unix.EISDIR {
+		return
+	}
+	if tfd, err := unix.Openat(fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); err == nil {
+		unix.Unlinkat(tfd, names.DirIDFile, 0)
+		unix.Close(tfd)
+	}
+	unix.Unlinkat(fd, name, unix.AT_REMOVEDIR)
 }
 
 // removeDir removes the directory nm of directory fd just made, for a

@@ -478,7 +478,8 @@ func rename(t *testing.T, from, to string) {
 
 // TestNamesRmdir: a directory that is not empty is refused and keeps its
 // ID (its entries still list after a remount); one whose only content is
-// an orphan side file, as a crash leaves, is removed.
+// what a crash leaves (an orphan side file, a mkdir's temporary
+// directory) is removed.
 func TestNamesRmdir(t *testing.T) {
 	m, c := mountNames(t)
 	for _, p := range []string{"full", "orphan"} {
@@ -497,12 +498,20 @@ func TestNamesRmdir(t *testing.T) {
 	if err := os.WriteFile(orphan, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// What a crash in a mkdir leaves: its temporary directory with an ID.
+	tmpDir := filepath.Join(filepath.Dir(orphan), ".kmsfs-tmp-0123456789abcdef")
+	if err := os.Mkdir(tmpDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(tmpDir, names.DirIDFile), make([]byte, 16), 0o400); err != nil {
+		t.Fatal(err)
+	}
 	m.Mount()
 	if got := list(t, m.Path("full")); !slices.Equal(got, []string{"f"}) {
 		t.Errorf("full after the refused rmdir: %q", got)
 	}
 	if err := os.Remove(m.Path("orphan")); err != nil {
-		t.Errorf("rmdir a directory holding an orphan side file: %v", err)
+		t.Errorf("rmdir a directory holding only what a crash left: %v", err)
 	}
 	if _, err := os.Lstat(cipherPath(t, m, c, "orphan")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("cipher dir keeps the removed directory: %v", err)
