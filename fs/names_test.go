@@ -602,3 +602,33 @@ func TestNamesRenameOverDir(t *testing.T) {
 		})
 	}
 }
+
+// TestNamesSymlinkExchange: two symlinks exchanged (RENAME_EXCHANGE)
+// across directories keep their own targets, whether kept in the backing
+// symlink or, too long for it, beside it.
+func TestNamesSymlinkExchange(t *testing.T) {
+	for _, sizes := range [][2]int{{names.MaxTargetLen, 10}, {10, names.MaxTargetLen}, {names.MaxTargetLen, 3500}} {
+		t.Run(fmt.Sprintf("sizes=%d,%d", sizes[0], sizes[1]), func(t *testing.T) {
+			m, _ := mountNames(t)
+			if err := os.Mkdir(m.Path("d"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			a, b := m.Path("a"), m.Path("d/b")
+			ta, tb := strings.Repeat("a", sizes[0]), strings.Repeat("b", sizes[1])
+			for p, target := range map[string]string{a: ta, b: tb} {
+				if err := os.Symlink(target, p); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := unix.Renameat2(unix.AT_FDCWD, a, unix.AT_FDCWD, b, unix.RENAME_EXCHANGE); err != nil {
+				t.Fatalf("exchange: %v", err)
+			}
+			m.Remount()
+			for p, want := range map[string]string{a: tb, b: ta} {
+				if got, err := os.Readlink(p); err != nil || got != want {
+					t.Errorf("readlink %s: %d bytes, %v; want %d bytes", p, len(got), err, len(want))
+				}
+			}
+		})
+	}
+}
