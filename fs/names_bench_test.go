@@ -12,7 +12,9 @@ import (
 
 // BenchmarkNames compares the name-heavy operations with names in the
 // clear and encrypted, each on a mount of its own: a create, stat and
-// unlink of a new name (lookup, create and unlink each name it), and a
+// unlink of a new name (lookup, create and unlink each name it), a
+// mkdir and rmdir (with names encrypted, the directory's ID is written,
+// synced and removed), and a
 // listing of a directory of 1000 entries (each name decrypted, then
 // looked up by READDIRPLUS), made to reach the daemon by a change through
 // the mount before each listing.
@@ -36,6 +38,21 @@ func BenchmarkNames(b *testing.B) {
 					b.Fatal(err)
 				}
 				if _, err := os.Stat(p); err != nil {
+					b.Fatal(err)
+				}
+				if err := os.Remove(p); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("op=mkdir-rmdir,encrypted-names=%v", encrypted), func(b *testing.B) {
+			m := mount(b)
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				p := m.Path(fmt.Sprintf("dir-%d", i))
+				i++
+				if err := os.Mkdir(p, 0o755); err != nil {
 					b.Fatal(err)
 				}
 				if err := os.Remove(p); err != nil {
