@@ -77,13 +77,29 @@ type conf struct {
 	seq atomic.Int64 // names the directories dir makes; cases may run in parallel
 }
 
-// newConf mounts a volume that users other than root can reach.
-func newConf(t *testing.T) *conf {
+// inBothNameModes runs test, in parallel, with names in the clear and
+// with names encrypted (withNames), given the mount options of each.
+func inBothNameModes(t *testing.T, test func(t *testing.T, o kfs.Options)) {
+	for _, encrypted := range []bool{false, true} {
+		t.Run(fmt.Sprintf("encrypted-names=%v", encrypted), func(t *testing.T) {
+			t.Parallel()
+			o := kfs.Options{Xattr: true}
+			if encrypted {
+				o = withNames(t, o)
+			}
+			test(t, o)
+		})
+	}
+}
+
+// newConf mounts a volume, with the options o, that users other than
+// root can reach.
+func newConf(t *testing.T, o kfs.Options) *conf {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("conformance cases run as root, like pjdfstest")
 	}
-	m := fusetest.MountFS(t, 4096, kfs.Options{Xattr: true})
+	m := fusetest.MountFS(t, 4096, o)
 	// t.TempDir makes 0700 directories: open the way to the mount.
 	for _, d := range []string{filepath.Dir(m.Dir), m.Dir} {
 		if err := os.Chmod(d, 0o755); err != nil {
@@ -95,9 +111,9 @@ func newConf(t *testing.T) *conf {
 
 // newConfDir is newConf with a fresh directory (see dir) and the paths of
 // pjdfstest's names n0, n1 and n2 in it.
-func newConfDir(t *testing.T) (c *conf, d, n0, n1, n2 string) {
+func newConfDir(t *testing.T, o kfs.Options) (c *conf, d, n0, n1, n2 string) {
 	t.Helper()
-	c = newConf(t)
+	c = newConf(t, o)
 	d = c.dir(t)
 	return c, d, filepath.Join(d, "n0"), filepath.Join(d, "n1"), filepath.Join(d, "n2")
 }

@@ -38,7 +38,12 @@ var posixNotApplicable = map[string]string{
 // values) lacks the feature; the integration tests assert what kmsfs does
 // instead.
 func TestPosix(t *testing.T) {
-	m := fusetest.MountVolume(t, 4096, kfs.Options{Xattr: true})
+	runPosixtest(t, fusetest.MountVolume(t, 4096, kfs.Options{Xattr: true}))
+}
+
+// runPosixtest runs posixtest.All on m, each case in a directory of its
+// own, less posixNotApplicable.
+func runPosixtest(t *testing.T, m *fusetest.InProcess) {
 	for name, fn := range posixtest.All {
 		t.Run(name, func(t *testing.T) {
 			if why, ok := posixNotApplicable[name]; ok {

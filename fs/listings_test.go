@@ -54,6 +54,23 @@ func inBothDirModes(t *testing.T, test func(t *testing.T)) {
 	}
 }
 
+// inBothDirAndNameModes runs test in both of inBothDirModes' modes, each
+// with names in the clear and encrypted (withNames), given the mount
+// options of each.
+func inBothDirAndNameModes(t *testing.T, test func(t *testing.T, o kfs.Options)) {
+	inBothDirModes(t, func(t *testing.T) {
+		for _, encrypted := range []bool{false, true} {
+			t.Run(fmt.Sprintf("encrypted-names=%v", encrypted), func(t *testing.T) {
+				o := kfs.Options{Xattr: true}
+				if encrypted {
+					o = withNames(t, o)
+				}
+				test(t, o)
+			})
+		}
+	})
+}
+
 // TestListingsConcurrent: without OPENDIR, concurrent listings of one
 // directory, each through a getdents buffer of its own size (the kernel
 // sizes READDIRPLUS replies by it), each get every name exactly once, in
@@ -63,11 +80,11 @@ func inBothDirModes(t *testing.T, test func(t *testing.T)) {
 // of another listing that did not fit; a handle kept from before a change
 // lost the new name.)
 func TestListingsConcurrent(t *testing.T) {
-	inBothDirModes(t, testListingsConcurrent)
+	inBothDirAndNameModes(t, testListingsConcurrent)
 }
 
-func testListingsConcurrent(t *testing.T) {
-	m := fusetest.MountFS(t, 4096, kfs.Options{Xattr: true})
+func testListingsConcurrent(t *testing.T, o kfs.Options) {
+	m := fusetest.MountFS(t, 4096, o)
 	dir := filepath.Join(m.Dir, "big")
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
@@ -128,8 +145,8 @@ func testListingsConcurrent(t *testing.T) {
 // only over stable directory offsets; stableDirOffsets keeps OPENDIR
 // elsewhere.)
 func TestListingWhileRemoving(t *testing.T) {
-	inBothDirModes(t, func(t *testing.T) {
-		m := fusetest.MountFS(t, 4096, kfs.Options{Xattr: true})
+	inBothDirAndNameModes(t, func(t *testing.T, o kfs.Options) {
+		m := fusetest.MountFS(t, 4096, o)
 		dir := filepath.Join(m.Dir, "many")
 		if err := os.Mkdir(dir, 0o755); err != nil {
 			t.Fatal(err)

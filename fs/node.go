@@ -10,6 +10,8 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
+
+	"github.com/kmsfs/kmsfs/envelope/names"
 )
 
 // Node is one file, directory, link or special file of the mount. It
@@ -23,6 +25,11 @@ type Node struct {
 	mu    sync.Mutex
 	dirfd int       // directories: open descriptor, -1 until first use
 	open  *openFile // regular files: shared state of all open handles
+
+	// With Options.Names, a directory's ID, read with its descriptor
+	// (loadDirID), or why it could not be.
+	dirID    names.DirID
+	dirIDErr error
 
 	// noCap records that the object has no security.capability
 	// attribute, which the kernel asks for before every write.
@@ -66,6 +73,7 @@ func (n *Node) dir() (int, syscall.Errno) {
 		return -1, gofs.ToErrno(err)
 	}
 	n.dirfd = fd
+	n.loadDirID(fd)
 	return fd, 0
 }
 
@@ -86,7 +94,7 @@ func (n *Node) pinDir(name string) {
 }
 
 // loc returns the descriptor of the node's parent directory and the
-// node's name in it.
+// node's backing name in it (backing).
 func (n *Node) loc() (int, string, syscall.Errno) {
 	name, parent := n.Parent()
 	if parent == nil {
@@ -96,8 +104,8 @@ func (n *Node) loc() (int, string, syscall.Errno) {
 	if !ok {
 		return -1, "", syscall.EXDEV
 	}
-	pfd, errno := p.dir()
-	return pfd, name, errno
+	pfd, nm, errno := p.backing(name)
+	return pfd, nm.Backing, errno
 }
 
 // OnForget closes the directory descriptor once the kernel forgets the
@@ -181,7 +189,11 @@ func (n *Node) lstat(st *unix.Stat_t) syscall.Errno {
 		return gofs.ToErrno(unix.Fstat(fd, st))
 	}
 	if errno := n.atName(func(pfd int, name string) error {
-		return unix.Fstatat(pfd, name, st, unix.AT_SYMLINK_NOFOLLOW)
+		err := unix.Fstatat(pfd, name, st, unix.AT_SYMLINK_NOFOLLOW)
+		if err == nil {
+			n.r.plainLinkSize(pfd, name, st)
+		}
+		return err
 	}); errno != 0 {
 		return errno
 	}

@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"syscall"
 
@@ -9,6 +10,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
+	"github.com/kmsfs/kmsfs/envelope/names"
 	"github.com/kmsfs/kmsfs/internal/volconf"
 )
 
@@ -130,7 +132,9 @@ func (n *Node) Fsync(ctx context.Context, f gofs.FileHandle, flags uint32) sysca
 // hidden reports whether name in this directory is kmsfs's own and not
 // part of the mount.
 func (n *Node) hidden(name string) bool {
-	return (name == volconf.Name || name == volconf.JournalName || name == volconf.NamesName) && n.isRoot()
+	// With encrypted names a plaintext name never reaches them: it is
+	// always encrypted, and their backing names are special.
+	return n.r.opts.Names == nil && (name == volconf.Name || name == volconf.JournalName || name == volconf.NamesName) && n.isRoot()
 }
 
 // Lookup finds a child by name.
@@ -138,28 +142,32 @@ func (n *Node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 	if n.hidden(name) {
 		return nil, syscall.ENOENT
 	}
-	fd, errno := n.dir()
+	fd, nm, errno := n.backing(name)
 	if errno != 0 {
 		return nil, errno
 	}
 	var st unix.Stat_t
-	if err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+	if err := unix.Fstatat(fd, nm.Backing, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return nil, gofs.ToErrno(err)
 	}
+	n.r.plainLinkSize(fd, nm.Backing, &st)
 	n.r.fillAttr(&st, &out.Attr)
 	return n.newChild(ctx, &st), 0
 }
 
-// created finishes a new entry of type kind: owner set to the caller
+// created finishes a new entry nm of type kind: owner set to the caller
 // (when running as root), attributes filled, child node made. On failure
 // the entry is removed.
-func (n *Node) created(ctx context.Context, fd int, name string, kind uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+func (n *Node) created(ctx context.Context, fd int, nm names.Name, kind uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	name := nm.Backing
 	undo := func() {
-		flag := 0
 		if kind == unix.S_IFDIR {
-			flag = unix.AT_REMOVEDIR
+			n.removeDir(fd, nm)
+			return
 		}
-		unix.Unlinkat(fd, name, flag)
+		if unix.Unlinkat(fd, name, 0) == nil {
+			n.removeSides(fd, nm, kind == unix.S_IFLNK)
+		}
 	}
 	var st unix.Stat_t
 	var err error
@@ -172,6 +180,7 @@ func (n *Node) created(ctx context.Context, fd int, name string, kind uint32, ou
 		undo()
 		return nil, gofs.ToErrno(err)
 	}
+	n.r.plainLinkSize(fd, name, &st)
 	n.r.fillAttr(&st, &out.Attr)
 	return n.newChild(ctx, &st), 0
 }
@@ -234,56 +243,73 @@ func (n *Node) chownToCaller(ctx context.Context, fd, obj int, st *unix.Stat_t) 
 	return 0
 }
 
-// dirForChange returns the directory descriptor for an operation that
-// changes the entry name, refusing read-only mounts and kmsfs's own files.
-func (n *Node) dirForChange(name string) (int, syscall.Errno) {
+// dirForChange returns the directory descriptor and the backing name
+// (backing) for an operation that changes the entry name, refusing
+// read-only mounts and kmsfs's own files.
+func (n *Node) dirForChange(name string) (int, names.Name, syscall.Errno) {
 	if n.r.opts.ReadOnly {
-		return -1, syscall.EROFS
+		return -1, names.Name{}, syscall.EROFS
 	}
 	if n.hidden(name) {
-		return -1, syscall.EPERM
+		return -1, names.Name{}, syscall.EPERM
 	}
-	return n.dir()
+	return n.backing(name)
 }
 
 // Mkdir creates a directory.
 func (n *Node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	fd, errno := n.dirForChange(name)
+	fd, nm, errno := n.dirForChange(name)
 	if errno != 0 {
 		return nil, errno
 	}
-	if err := unix.Mkdirat(fd, name, mode); err != nil {
-		return nil, gofs.ToErrno(err)
+	if n.r.opts.Names != nil {
+		errno = n.mkdirNamed(fd, nm, mode)
+	} else {
+		errno = gofs.ToErrno(unix.Mkdirat(fd, nm.Backing, mode))
 	}
-	return n.created(ctx, fd, name, unix.S_IFDIR, out)
+	if errno != 0 {
+		return nil, errno
+	}
+	return n.created(ctx, fd, nm, unix.S_IFDIR, out)
 }
 
 // Mknod creates a fifo, socket, device or empty regular file.
 func (n *Node) Mknod(ctx context.Context, name string, mode, rdev uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	fd, errno := n.dirForChange(name)
+	fd, nm, errno := n.dirForChange(name)
 	if errno != 0 {
 		return nil, errno
 	}
-	if err := unix.Mknodat(fd, name, mode, int(rdev)); err != nil {
+	if errno := writeLongSide(fd, nm); errno != 0 {
+		return nil, errno
+	}
+	if err := unix.Mknodat(fd, nm.Backing, mode, int(rdev)); err != nil {
 		return nil, gofs.ToErrno(err)
 	}
 	kind := mode & unix.S_IFMT
 	if kind == 0 {
 		kind = unix.S_IFREG // mknod(2): a regular file
 	}
-	return n.created(ctx, fd, name, kind, out)
+	return n.created(ctx, fd, nm, kind, out)
 }
 
-// Symlink creates a symbolic link; its target is stored as given.
+// Symlink creates a symbolic link; its target is stored as given, or
+// encrypted with Options.Names.
 func (n *Node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	fd, errno := n.dirForChange(name)
+	fd, nm, errno := n.dirForChange(name)
 	if errno != 0 {
 		return nil, errno
 	}
-	if err := unix.Symlinkat(target, fd, name); err != nil {
+	stored, errno := n.r.encryptTarget(fd, nm, target)
+	if errno != 0 {
+		return nil, errno
+	}
+	if errno := writeLongSide(fd, nm); errno != 0 {
+		return nil, errno
+	}
+	if err := unix.Symlinkat(stored, fd, nm.Backing); err != nil {
 		return nil, gofs.ToErrno(err)
 	}
-	return n.created(ctx, fd, name, unix.S_IFLNK, out)
+	return n.created(ctx, fd, nm, unix.S_IFLNK, out)
 }
 
 // Readlink returns a symbolic link's target.
@@ -300,7 +326,7 @@ func (n *Node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 			return nil, gofs.ToErrno(err)
 		}
 		if m < len(buf) {
-			return buf[:m], 0
+			return n.plainTarget(buf[:m])
 		}
 	}
 	return nil, syscall.ENAMETOOLONG
@@ -308,21 +334,30 @@ func (n *Node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 
 // Rmdir removes an empty directory.
 func (n *Node) Rmdir(ctx context.Context, name string) syscall.Errno {
-	fd, errno := n.dirForChange(name)
+	fd, nm, errno := n.dirForChange(name)
 	if errno != 0 {
 		return errno
 	}
 	n.pinDir(name)
-	return gofs.ToErrno(unix.Unlinkat(fd, name, unix.AT_REMOVEDIR))
+	if n.r.opts.Names != nil {
+		return n.rmdirNamed(fd, nm)
+	}
+	return gofs.ToErrno(unix.Unlinkat(fd, nm.Backing, unix.AT_REMOVEDIR))
 }
 
 // Unlink removes a name.
 func (n *Node) Unlink(ctx context.Context, name string) syscall.Errno {
-	fd, errno := n.dirForChange(name)
+	fd, nm, errno := n.dirForChange(name)
 	if errno != 0 {
 		return errno
 	}
-	return gofs.ToErrno(unix.Unlinkat(fd, name, 0))
+	if err := unix.Unlinkat(fd, nm.Backing, 0); err != nil {
+		return gofs.ToErrno(err)
+	}
+	if n.r.opts.Names != nil {
+		n.removeSides(fd, nm, n.maybeSymlink(name))
+	}
+	return 0
 }
 
 // Rename renames, replacing an existing target, with RENAME_NOREPLACE and
@@ -333,11 +368,11 @@ func (n *Node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	if !ok {
 		return syscall.EXDEV
 	}
-	fd, errno := n.dirForChange(name)
+	fd, from, errno := n.dirForChange(name)
 	if errno != 0 {
 		return errno
 	}
-	nfd, errno := np.dirForChange(newName)
+	nfd, to, errno := np.dirForChange(newName)
 	if errno != 0 {
 		return errno
 	}
@@ -347,7 +382,10 @@ func (n *Node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	// then is.
 	n.pinDir(name)
 	np.pinDir(newName)
-	return gofs.ToErrno(unix.Renameat2(fd, name, nfd, newName, uint(flags)))
+	if n.r.opts.Names != nil {
+		return n.renameNamed(fd, from, nfd, to, flags, n.maybeSymlink(name), np.maybeSymlink(newName))
+	}
+	return gofs.ToErrno(unix.Renameat2(fd, from.Backing, nfd, to.Backing, uint(flags)))
 }
 
 // Link makes a hard link to target. The header is bound to the file, not
@@ -357,7 +395,7 @@ func (n *Node) Link(ctx context.Context, target gofs.InodeEmbedder, name string,
 	if !ok {
 		return nil, syscall.EXDEV
 	}
-	fd, errno := n.dirForChange(name)
+	fd, nm, errno := n.dirForChange(name)
 	if errno != 0 {
 		return nil, errno
 	}
@@ -365,43 +403,77 @@ func (n *Node) Link(ctx context.Context, target gofs.InodeEmbedder, name string,
 	if errno != 0 {
 		return nil, errno
 	}
-	if err := unix.Linkat(tfd, tname, fd, name, 0); err != nil {
+	if n.r.opts.Names != nil {
+		if errno := linkSides(tfd, tname, fd, nm, t.StableAttr().Mode == unix.S_IFLNK); errno != 0 {
+			return nil, errno
+		}
+	}
+	if err := unix.Linkat(tfd, tname, fd, nm.Backing, 0); err != nil {
 		return nil, gofs.ToErrno(err)
 	}
 	var st unix.Stat_t
-	if err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+	if err := unix.Fstatat(fd, nm.Backing, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return nil, gofs.ToErrno(err)
 	}
+	n.r.plainLinkSize(fd, nm.Backing, &st)
 	n.r.fillAttr(&st, &out.Attr)
 	return n.newChild(ctx, &st), 0
 }
 
-// Readdir lists the directory, without kmsfs's own files.
+// Readdir lists the directory, without kmsfs's own files, and with
+// Options.Names, with the names decrypted.
 func (n *Node) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	fd, errno := n.dir()
 	if errno != 0 {
 		return nil, errno
+	}
+	n.mu.Lock()
+	id, idErr := n.dirID, n.dirIDErr
+	n.mu.Unlock()
+	if idErr != nil {
+		return nil, syscall.EIO // logged when read (loadDirID)
 	}
 	dfd, err := unix.Openat(fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, gofs.ToErrno(err)
 	}
 	ds, errno := gofs.NewLoopbackDirStreamFd(dfd)
-	if errno != 0 || !n.isRoot() {
+	if errno != 0 || (!n.isRoot() && n.r.opts.Names == nil) {
 		return ds, errno
 	}
-	return &hidingStream{ds: ds, n: n}, 0
+	return &hidingStream{ds: ds, n: n, fd: fd, id: id}, 0
 }
 
-// hidingStream is the root's listing without kmsfs's own entries. It
+// hidingStream is a listing without kmsfs's own entries (the root's, or
+// with Options.Names every directory's, whose names it decrypts). It
 // keeps the cipher dir's own offsets and seeks the underlying stream, so
 // that a fresh handle that listings seeks to a listing's offset (see
 // listings) resumes it at its place.
 type hidingStream struct {
 	ds      gofs.DirStream
 	n       *Node
+	fd      int         // the directory's descriptor, for side files
+	id      names.DirID // the directory's ID, with Options.Names
 	pending *fuse.DirEntry
 	errno   syscall.Errno
+}
+
+// show returns the name under which the backing entry backing is listed;
+// false leaves it out: kmsfs's own files, and with Options.Names an entry
+// whose name does not decrypt (tampered, moved from another directory,
+// written under another key), which is logged, never shown under a
+// wrong name.
+func (h *hidingStream) show(backing string) (string, bool) {
+	if h.n.r.opts.Names == nil {
+		return backing, !h.n.hidden(backing)
+	}
+	name, ok, err := h.n.r.decryptEntry(h.fd, h.id, backing)
+	if err != nil {
+		h.n.r.log.WithFields(map[string]any{"op": "readdir", "path": h.n.Path(nil), "backing": backing}).
+			Error(fmt.Sprintf("fs: entry left out of the listing: %v", err))
+		return "", false
+	}
+	return name, ok
 }
 
 var _ = (gofs.FileSeekdirer)((*hidingStream)(nil))
@@ -414,7 +486,8 @@ func (h *hidingStream) fill() {
 			h.errno = errno
 			return
 		}
-		if !h.n.hidden(e.Name) {
+		if name, ok := h.show(e.Name); ok {
+			e.Name = name
 			h.pending = &e
 		}
 	}

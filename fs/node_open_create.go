@@ -41,11 +41,14 @@ func (n *Node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 // Create creates and opens a regular file. Its header is written with its
 // first write, from a data key the key source prepared in advance.
 func (n *Node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
-	fd, errno := n.dirForChange(name)
+	fd, nm, errno := n.dirForChange(name)
 	if errno != 0 {
 		return nil, nil, 0, errno
 	}
-	c, err := n.openCipher(fd, name, unix.O_CREAT|int(flags&unix.O_EXCL), mode)
+	if errno := writeLongSide(fd, nm); errno != 0 {
+		return nil, nil, 0, errno
+	}
+	c, err := n.openCipher(fd, nm.Backing, unix.O_CREAT|int(flags&unix.O_EXCL), mode)
 	if err != nil {
 		return nil, nil, 0, gofs.ToErrno(err)
 	}

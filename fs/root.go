@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/envelope"
+	"github.com/kmsfs/kmsfs/envelope/names"
 	"github.com/kmsfs/kmsfs/keysource"
 )
 
@@ -58,6 +59,13 @@ type Options struct {
 	// Admin, if set, serves the mount owner's requests (ReloadAttr,
 	// RewrapAttr).
 	Admin Admin
+	// Names, if set, encrypts the names of entries and the targets of
+	// symbolic links (docs/FORMAT.md, "Encrypted names"); nil keeps
+	// them in the clear. It must be safe for concurrent use.
+	Names *names.Codec
+	// RootDirID is the root directory's ID with Names
+	// (names.RootDirID of the volume ID).
+	RootDirID names.DirID
 }
 
 // root holds what every node of one mount shares.
@@ -78,6 +86,7 @@ type root struct {
 	opens  map[*openFile]struct{} // files open now
 
 	renames renameGate // by-name resolutions against renames (renames.go)
+	names   nameCache  // backing names of plaintext names, with Options.Names
 }
 
 // NewRoot opens the cipher dir and returns the root node of its
@@ -107,7 +116,7 @@ func NewRoot(o Options) (gofs.InodeEmbedder, error) {
 	}
 	r := &root{opts: o, vol: o.Volume, layout: o.Volume.Layout(), log: log, fd: fd, dev: uint64(st.Dev), asRoot: os.Geteuid() == 0, gid: os.Getegid(),
 		unmounted: make(chan struct{}), opens: map[*openFile]struct{}{}}
-	return &Node{r: r, dirfd: fd}, nil
+	return &Node{r: r, dirfd: fd, dirID: o.RootDirID}, nil
 }
 
 // keyContext bounds one key call by KeyTimeout. It is deliberately not

@@ -81,8 +81,10 @@ type assembled struct {
 // MountFS mounts a fresh cipher dir in process, over the fs package alone:
 // an envelope volume of blockSize with a write journal (as kmsfs mount
 // has), no kmsfs.conf but a placeholder that fs must hide, and o.Keys (nil:
-// a new Keys). o gives the flags (ReadOnly, Xattr, KeyTimeout); MountFS
-// sets CipherDir, Volume and Log, which must be unset.
+// a new Keys). o gives the flags (ReadOnly, Xattr, KeyTimeout) and, for
+// encrypted names, Names and RootDirID (names.RootDirID of
+// envelopetest.VolumeID); MountFS sets CipherDir, Volume and Log, which
+// must be unset.
 func MountFS(t testing.TB, blockSize int, o kfs.Options) *InProcess {
 	t.Helper()
 	NeedFUSE(t)

@@ -1,0 +1,315 @@
+package fs
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"golang.org/x/sys/unix"
+
+	"github.com/kmsfs/kmsfs/envelope/names"
+)
+
+// The directory operations with Options.Names: a directory is made
+// complete, with its ID, under a temporary name and then renamed into
+// place, and never loses its ID while it has entries; a long name's side
+// file is written before its entry appears and removed after it goes.
+
+// mkdirNamed makes the directory nm in directory fd with its new ID: a
+// crash leaves either nothing visible or the whole directory.
+func (n *Node) mkdirNamed(fd int, nm names.Name, mode uint32) syscall.Errno {
+	tmp, err := tmpName()
+	if err != nil {
+		return syscall.EIO
+	}
+	// The daemon must be able to write the ID in, whatever mode was asked.
+	if err := unix.Mkdirat(fd, tmp, mode|0o700); err != nil {
+		return gofs.ToErrno(err)
+	}
+	dfd, err := unix.Openat(fd, tmp, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		unix.Unlinkat(fd, tmp, unix.AT_REMOVEDIR)
+		return gofs.ToErrno(err)
+	}
+	defer unix.Close(dfd)
+	errno := func() syscall.Errno {
+		id, err := names.NewDirID()
+		if err != nil {
+			return syscall.EIO
+		}
+		if err := createFileAt(dfd, names.DirIDFile, id[:]); err != nil {
+			return gofs.ToErrno(err)
+		}
+		if mode&0o700 != 0o700 {
+			var st unix.Stat_t
+			if err := unix.Fstat(dfd, &st); err != nil {
+				return gofs.ToErrno(err)
+			}
+			if err := unix.Fchmod(dfd, st.Mode&0o7777&^0o700|mode&0o700); err != nil {
+				return gofs.ToErrno(err)
+			}
+		}
+		if errno := writeLongSide(fd, nm); errno != 0 {
+			return errno
+		}
+		return gofs.ToErrno(unix.Renameat2(fd, tmp, fd, nm.Backing, unix.RENAME_NOREPLACE))
+	}()
+	if errno != 0 {
+		unix.Unlinkat(dfd, names.DirIDFile, 0)
+		unix.Unlinkat(fd, tmp, unix.AT_REMOVEDIR)
+	}
+	return errno
+}
+
+// rmdirNamed removes the empty directory nm of directory fd (emptyDir),
+// and then its long name's side file.
+func (n *Node) rmdirNamed(fd int, nm names.Name) syscall.Errno {
+	restore, errno := n.emptyDir(fd, nm.Backing)
+	if errno != 0 {
+		return errno
+	}
+	if err := unix.Unlinkat(fd, nm.Backing, unix.AT_REMOVEDIR); err != nil {
+		restore()
+		return gofs.ToErrno(err)
+	}
+	removeLongSide(fd, nm)
+	return 0
+}
+
+// emptyDir readies the directory backing of directory fd, which must hold
+// no entry, to be removed or renamed over: kmsfs's own files in it go
+// (orphan side files, then its ID). If it then cannot go after all, the
+// caller calls restore, which puts its ID back: a directory never loses
+// its ID while it has entries.
+func (n *Node) emptyDir(fd int, backing string) (restore func(), errno syscall.Errno) {
+	cfd, err := unix.Openat(fd, backing, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, gofs.ToErrno(err)
+	}
+	own, errno := ownFilesOnly(cfd)
+	if errno != 0 {
+		unix.Close(cfd)
+		return nil, errno
+	}
+	id, idErr := readSmall(cfd, names.DirIDFile, len(names.DirID{}))
+	for _, name := range own {
+		removeOrphan(cfd, name)
+	}
+	if idErr == nil {
+		if err := unix.Unlinkat(cfd, names.DirIDFile, 0); err != nil {
+			unix.Close(cfd)
+			return nil, gofs.ToErrno(err)
+		}
+	}
+	unix.Close(cfd)
+	return func() {
+		if idErr != nil {
+			return
+		}
+		// Through a fresh descriptor of the name: the directory is still
+		// there, since it could not go.
+		cfd, err := unix.Openat(fd, backing, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err == nil {
+			err = createFileAt(cfd, names.DirIDFile, id)
+			unix.Close(cfd)
+		}
+		if err != nil {
+			n.r.log.WithFields(map[string]any{"op": "rmdir", "path": n.Path(nil), "backing": backing}).
+				Error(fmt.Sprintf("fs: put back %s: %v", names.DirIDFile, err))
+		}
+	}, 0
+}
+
+// ownFilesOnly returns what of kmsfs's own the directory open as fd
+// holds other than its ID (orphan side files, mkdirs' temporary
+// directories), or ENOTEMPTY if it holds an entry or anything else.
+func ownFilesOnly(fd int) ([]string, syscall.Errno) {
+	dfd, err := unix.Openat(fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, gofs.ToErrno(err)
+	}
+	f := os.NewFile(uintptr(dfd), ".")
+	defer f.Close()
+	var own []string
+	for {
+		ents, err := f.ReadDir(64)
+		for _, e := range ents {
+			name := e.Name()
+			switch {
+			case name == names.DirIDFile:
+			case e.IsDir() && strings.HasPrefix(name, tmpPrefix):
+				own = append(own, name) // a mkdir's, cut short by a crash
+			case names.IsLong(name) || !names.IsSpecial(name) || !e.Type().IsRegular():
+				return nil, syscall.ENOTEMPTY
+			default:
+				own = append(own, name)
+			}
+		}
+		if err == io.EOF {
+			return own, 0
+		}
+		if err != nil {
+			return nil, gofs.ToErrno(err)
+		}
+	}
+}
+
+// removeOrphan removes what a crash left in directory fd under the
+// special name name: a side file, or a directory that a mkdir had not
+// yet renamed into place, with the ID it may hold.
+func removeOrphan(fd int, name string) {
+	if unix.Unlinkat(fd, name, 0) != unix.EISDIR {
+		return
+	}
+	if tfd, err := unix.Openat(fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); err == nil {
+		unix.Unlinkat(tfd, names.DirIDFile, 0)
+		unix.Close(tfd)
+	}
+	unix.Unlinkat(fd, name, unix.AT_REMOVEDIR)
+}
+
+// removeDir removes the directory nm of directory fd just made, for a
+// create that failed half-way.
+func (n *Node) removeDir(fd int, nm names.Name) {
+	if n.r.opts.Names == nil {
+		unix.Unlinkat(fd, nm.Backing, unix.AT_REMOVEDIR)
+		return
+	}
+	n.rmdirNamed(fd, nm)
+}
+
+// removeSides removes the side files of the entry nm of directory fd,
+// which is gone: its long name's, and if it may have been a symlink
+// (maybeSymlink), its long target's.
+func (n *Node) removeSides(fd int, nm names.Name, symlink bool) {
+	if n.r.opts.Names == nil {
+		return
+	}
+	removeLongSide(fd, nm)
+	if symlink {
+		unix.Unlinkat(fd, nm.Backing+targetSuffix, 0)
+	}
+}
+
+// maybeSymlink reports whether this directory's entry name may be a
+// symbolic link: it is one, or the kernel has not looked it up.
+func (n *Node) maybeSymlink(name string) bool {
+	c := n.GetChild(name)
+	return c == nil || c.StableAttr().Mode == unix.S_IFLNK
+}
+
+// exists reports whether directory fd has an entry backing.
+func exists(fd int, backing string) bool {
+	var st unix.Stat_t
+	return unix.Fstatat(fd, backing, &st, unix.AT_SYMLINK_NOFOLLOW) == nil
+}
+
+// linkSides prepares the side files of the new name nm in directory fd
+// for a link to the entry tname of directory tfd, a symlink if symlink.
+func linkSides(tfd int, tname string, fd int, nm names.Name, symlink bool) syscall.Errno {
+	if symlink && hasTargetSide(tfd, tname) {
+		if exists(fd, nm.Backing) {
+			return syscall.EEXIST // the existing entry's target side stays its own
+		}
+		if errno := copyTargetSide(tfd, tname, fd, nm.Backing); errno != 0 {
+			return errno
+		}
+	}
+	return writeLongSide(fd, nm)
+}
+
+// renameNamed renames the entry from of directory fd to to of directory
+// nfd with renameat2's flags. The side files of the new name are in
+// place before the entry moves, and those of the old name go after.
+// fromLink and toLink say whether the entries may be symlinks.
+func (n *Node) renameNamed(fd int, from names.Name, nfd int, to names.Name, flags uint32, fromLink, toLink bool) syscall.Errno {
+	var fst, tst unix.Stat_t
+	if err := unix.Fstatat(fd, from.Backing, &fst, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return gofs.ToErrno(err)
+	}
+	toErr := unix.Fstatat(nfd, to.Backing, &tst, unix.AT_SYMLINK_NOFOLLOW)
+	if toErr == nil && fst.Dev == tst.Dev && fst.Ino == tst.Ino {
+		// The same object under both names (or one name): rename does
+		// nothing, and both names keep their side files.
+		if flags&unix.RENAME_NOREPLACE != 0 {
+			return syscall.EEXIST
+		}
+		return 0
+	}
+	exchange := flags&unix.RENAME_EXCHANGE != 0
+	if toErr == nil && flags&unix.RENAME_NOREPLACE != 0 {
+		return syscall.EEXIST
+	}
+	fromT := fromLink && hasTargetSide(fd, from.Backing)
+	toT := exchange && toLink && hasTargetSide(nfd, to.Backing)
+	if errno := writeLongSide(nfd, to); errno != 0 {
+		return errno
+	}
+	if fromT && !exchange {
+		if errno := copyTargetSide(fd, from.Backing, nfd, to.Backing); errno != 0 {
+			return errno
+		}
+	}
+	restore := func() {}
+	if toErr == nil && !exchange && fst.Mode&unix.S_IFMT == unix.S_IFDIR && tst.Mode&unix.S_IFMT == unix.S_IFDIR {
+		// A directory over an empty one: the backing one holds its ID.
+		var errno syscall.Errno
+		if restore, errno = n.emptyDir(nfd, to.Backing); errno != 0 {
+			return errno
+		}
+	}
+	if err := unix.Renameat2(fd, from.Backing, nfd, to.Backing, uint(flags)); err != nil {
+		restore()
+		return gofs.ToErrno(err)
+	}
+	if !exchange {
+		removeLongSide(fd, from)
+		if fromT {
+			unix.Unlinkat(fd, from.Backing+targetSuffix, 0)
+		}
+		return 0
+	}
+	// The names stay (with their long names' side files); the objects,
+	// and so their target side files, swapped.
+	ft, tt := from.Backing+targetSuffix, to.Backing+targetSuffix
+	switch {
+	case fromT && toT:
+		unix.Renameat2(fd, ft, nfd, tt, unix.RENAME_EXCHANGE)
+	case fromT:
+		unix.Renameat(fd, ft, nfd, tt)
+	case toT:
+		unix.Renameat(nfd, tt, fd, ft)
+	}
+	return 0
+}
+
+// plainTarget returns the plaintext of the symlink target stored in the
+// node's backing symlink: stored as is without Options.Names, otherwise
+// decrypted, from the long-target side file if the symlink holds the
+// marker. A target that does not decrypt is logged and fails with EIO.
+func (n *Node) plainTarget(stored []byte) ([]byte, syscall.Errno) {
+	c := n.r.opts.Names
+	if c == nil {
+		return stored, 0
+	}
+	if string(stored) == longTarget {
+		errno := n.atName(func(pfd int, name string) (err error) {
+			stored, err = readSmall(pfd, name+targetSuffix, maxTargetSide)
+			return err
+		})
+		if errno != 0 {
+			n.r.log.WithFields(map[string]any{"op": "readlink", "path": n.Path(nil)}).
+				Error(fmt.Sprintf("fs: side file of a long symlink target: %v", errno))
+			return nil, syscall.EIO
+		}
+	}
+	target, err := c.DecryptTarget(string(stored))
+	if err != nil {
+		n.r.log.WithFields(map[string]any{"op": "readlink", "path": n.Path(nil)}).Error(fmt.Sprintf("fs: symlink target: %v", err))
+		return nil, syscall.EIO
+	}
+	return []byte(target), 0
+}
