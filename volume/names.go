@@ -40,6 +40,28 @@ func (v *Volume) EncryptedNames() bool { return v.encNames }
 // nor keep it past Close.
 func (v *Volume) NameKey() []byte { return v.nameKey }
 
+// NameCodec returns the name codec of a volume with encrypted names and
+// the ID of its root directory, which a mount needs; nil for a volume
+// with plaintext names. It fails for a volume whose name key is not at
+// hand (opened with only a public key).
+func (v *Volume) NameCodec() (*names.Codec, names.DirID, error) {
+	if !v.encNames {
+		return nil, names.DirID{}, nil
+	}
+	if v.nameKey == nil {
+		return nil, names.DirID{}, fmt.Errorf("volume: %s encrypts names, and its name key is not at hand (a public key only opens no key)", v.Dir)
+	}
+	c, err := names.New(v.nameKey)
+	if err != nil {
+		return nil, names.DirID{}, err
+	}
+	vid, err := v.Conf().ID()
+	if err != nil {
+		return nil, names.DirID{}, err
+	}
+	return c, names.RootDirID(vid), nil
+}
+
 // writeNameKey writes key to dir's NamesName as a new cipher file of the
 // volume v (v.Keys and v.Format are all it uses), atomically: a crash
 // leaves the old file or the new one, never half of one.

@@ -254,8 +254,9 @@ func runMount(ctx context.Context, f *mountFlags, cipherDir, mnt string) (err er
 		return err
 	}
 	defer v.Close()
-	if v.EncryptedNames() {
-		return fmt.Errorf("cipher dir %s encrypts file names: this kmsfs cannot mount volumes with encrypted names yet", cipherDir)
+	nameCodec, rootDir, err := v.NameCodec()
+	if err != nil {
+		return err
 	}
 	logOpened(log, v)
 	var extra []string
@@ -269,7 +270,7 @@ func runMount(ctx context.Context, f *mountFlags, cipherDir, mnt string) (err er
 	mo := kfs.MountOptions(abs, extra, f.allowOther)
 	mo.EntryTimeout, mo.AttrTimeout, mo.NegativeTimeout = &f.cacheTimeout, &f.cacheTimeout, &f.cacheTimeout
 	srv, err := kfs.Mount(mnt, kfs.Options{CipherDir: cipherDir, Volume: v.Format, Keys: v.Keys, Log: log,
-		ReadOnly: f.readOnly, KeyTimeout: f.keyTimeout, Xattr: f.xattr, Admin: v}, mo)
+		ReadOnly: f.readOnly, KeyTimeout: f.keyTimeout, Xattr: f.xattr, Admin: v, Names: nameCodec, RootDirID: rootDir}, mo)
 	if err != nil {
 		return err
 	}
