@@ -405,6 +405,12 @@ func (n *Node) truncateOf(of *openFile, size int64) syscall.Errno {
 		if err := ef.Truncate(size); err != nil {
 			return n.fail("truncate", err)
 		}
+		// The header's list of holes is written now, not when the last
+		// handle lets go: that write would change the file's ctime after
+		// the truncate has answered (a close's RELEASE may come later).
+		if err := ef.Flush(); err != nil {
+			return n.fail("truncate", err)
+		}
 	}
 	if size != old {
 		return 0 // changing the backing file set its mtime and ctime
