@@ -58,16 +58,24 @@ func cipherPath(t *testing.T, m *fusetest.InProcess, c *names.Codec, rel string)
 		}
 		p = filepath.Join(p, nm.Backing)
 		if i < len(parts)-1 {
-			b, err := os.ReadFile(filepath.Join(p, names.DirIDFile))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if id, err = names.ParseDirID(b); err != nil {
-				t.Fatal(err)
-			}
+			id = readDirID(t, p)
 		}
 	}
 	return p
+}
+
+// readDirID returns the ID of the cipher dir's directory dir.
+func readDirID(t *testing.T, dir string) names.DirID {
+	t.Helper()
+	target, err := os.Readlink(filepath.Join(dir, names.DirIDFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := names.ParseDirIDLink(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
 }
 
 // list returns the sorted names of dir.
@@ -378,15 +386,7 @@ func TestNamesTampered(t *testing.T) {
 		{"foreign-key", func(t *testing.T, m *fusetest.InProcess, c *names.Codec) {
 			other := withNames(t, kfs.Options{}).Names
 			dp := cipherPath(t, m, c, "d/victim")
-			id, err := os.ReadFile(filepath.Join(filepath.Dir(dp), names.DirIDFile))
-			if err != nil {
-				t.Fatal(err)
-			}
-			did, err := names.ParseDirID(id)
-			if err != nil {
-				t.Fatal(err)
-			}
-			nm, err := other.Encrypt(did, "foreign")
+			nm, err := other.Encrypt(readDirID(t, filepath.Dir(dp)), "foreign")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -403,10 +403,10 @@ func TestNamesTampered(t *testing.T) {
 		}, []string{"kept", "victim"}},
 		{"dirid-changed", func(t *testing.T, m *fusetest.InProcess, c *names.Codec) {
 			p := filepath.Join(filepath.Dir(cipherPath(t, m, c, "d/victim")), names.DirIDFile)
-			if err := os.Chmod(p, 0o600); err != nil {
+			if err := os.Remove(p); err != nil {
 				t.Fatal(err)
 			}
-			if err := os.WriteFile(p, bytes.Repeat([]byte{7}, 16), 0o600); err != nil {
+			if err := os.Symlink(names.DirID(bytes.Repeat([]byte{7}, 16)).LinkTarget(), p); err != nil {
 				t.Fatal(err)
 			}
 		}, nil},
@@ -443,30 +443,64 @@ func TestNamesTampered(t *testing.T) {
 			}
 		})
 	}
-	t.Run("attack=dirid-removed", func(t *testing.T) {
-		m, c := mountNames(t)
-		if err := os.Mkdir(m.Path("d"), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(m.Path("d/victim"), nil, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		m.Unmount()
-		if err := os.Remove(filepath.Join(cipherPath(t, m, c, "d"), names.DirIDFile)); err != nil {
-			t.Fatal(err)
-		}
-		mark := m.Log.Mark()
-		m.Mount()
-		if _, err := os.ReadDir(m.Path("d")); !errors.Is(err, syscall.EIO) {
-			t.Errorf("list d: %v, want EIO", err)
-		}
-		if _, err := os.Stat(m.Path("d/victim")); !errors.Is(err, syscall.EIO) {
-			t.Errorf("stat d/victim: %v, want EIO", err)
-		}
-		if log := m.Log.Since(mark); !strings.Contains(log, names.DirIDFile) {
-			t.Errorf("no log line naming the directory ID; log:\n%s", log)
-		}
-	})
+	// A directory whose ID is gone or unreadable: its entries cannot be
+	// named, so every use of it fails with EIO and a log line, and none
+	// is shown under a guessed ID.
+	unreadable := []struct {
+		attack string
+		tamper func(t *testing.T, p string)
+	}{
+		{"dirid-removed", func(t *testing.T, p string) {}},
+		{"dirid-regular-file", func(t *testing.T, p string) {
+			if err := os.WriteFile(p, make([]byte, 16), 0o400); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"dirid-malformed-target", func(t *testing.T, p string) {
+			if err := os.Symlink("not-a-directory-id", p); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"dirid-path-target", func(t *testing.T, p string) {
+			// A link to a file holding an ID: the target is not followed.
+			if err := os.Symlink("../../kmsfs.conf", p); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"dirid-directory", func(t *testing.T, p string) {
+			if err := os.Mkdir(p, 0o700); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	}
+	for _, tc := range unreadable {
+		t.Run("attack="+tc.attack, func(t *testing.T) {
+			m, c := mountNames(t)
+			if err := os.Mkdir(m.Path("d"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(m.Path("d/victim"), nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			m.Unmount()
+			p := filepath.Join(cipherPath(t, m, c, "d"), names.DirIDFile)
+			if err := os.Remove(p); err != nil {
+				t.Fatal(err)
+			}
+			tc.tamper(t, p)
+			mark := m.Log.Mark()
+			m.Mount()
+			if _, err := os.ReadDir(m.Path("d")); !errors.Is(err, syscall.EIO) {
+				t.Errorf("list d: %v, want EIO", err)
+			}
+			if _, err := os.Stat(m.Path("d/victim")); !errors.Is(err, syscall.EIO) {
+				t.Errorf("stat d/victim: %v, want EIO", err)
+			}
+			if log := m.Log.Since(mark); !strings.Contains(log, names.DirIDFile) {
+				t.Errorf("no log line naming the directory ID; log:\n%s", log)
+			}
+		})
+	}
 }
 
 func rename(t *testing.T, from, to string) {
@@ -503,7 +537,7 @@ func TestNamesRmdir(t *testing.T) {
 	if err := os.Mkdir(tmpDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(tmpDir, names.DirIDFile), make([]byte, 16), 0o400); err != nil {
+	if err := os.Symlink(names.DirID{}.LinkTarget(), filepath.Join(tmpDir, names.DirIDFile)); err != nil {
 		t.Fatal(err)
 	}
 	m.Mount()
