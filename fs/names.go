@@ -239,6 +239,9 @@ func (r *root) decryptEntry(dirfd int, id names.DirID, backing string) (name str
 	case names.IsSpecial(backing):
 		return "", false, nil
 	}
+	if name, ok := r.names.plainName(id, backing); ok {
+		return name, true, nil
+	}
 	if name, err = c.Decrypt(id, backing); err == nil {
 		// Decrypt refuses any form Encrypt does not write: backing is
 		// the name's one backing name.
