@@ -361,6 +361,39 @@ func TestNamesNotInCipherDir(t *testing.T) {
 	}
 }
 
+// tamperCase is an attack on the cipher dir of a mount with encrypted
+// names, and what the directory d then lists.
+type tamperCase struct {
+	attack string
+	tamper func(t *testing.T, m *fusetest.InProcess, c *names.Codec)
+	want   []string
+}
+
+// makeTree makes the directories d and other through the mount, and the
+// files at paths in them, each holding its own path.
+func makeTree(t *testing.T, m *fusetest.InProcess, paths ...string) {
+	t.Helper()
+	for _, d := range []string{"d", "other"} {
+		if err := os.Mkdir(m.Path(d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, p := range paths {
+		if err := os.WriteFile(m.Path(p), []byte(p), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// flipBacking renames the cipher dir's entry p to another backing name
+// of the same form: its first letter changed, still base64url.
+func flipBacking(t *testing.T, p string) {
+	t.Helper()
+	b := []byte(filepath.Base(p))
+	b[0] = 'A' + (b[0]+1)%26
+	rename(t, p, filepath.Join(filepath.Dir(p), string(b)))
+}
+
 // TestNamesTampered: entries changed in the cipher dir behind the mount
 // (a flipped name, a name moved from another directory, a name written
 // under another key, two long names' side files swapped, a directory's
@@ -368,16 +401,9 @@ func TestNamesNotInCipherDir(t *testing.T) {
 // a wrong name; a directory whose ID is gone fails with EIO.
 func TestNamesTampered(t *testing.T) {
 	long1, long2 := strings.Repeat("1", 200), strings.Repeat("2", 200)
-	cases := []struct {
-		attack string
-		tamper func(t *testing.T, m *fusetest.InProcess, c *names.Codec)
-		want   []string // what d lists after
-	}{
+	cases := []tamperCase{
 		{"flipped-name", func(t *testing.T, m *fusetest.InProcess, c *names.Codec) {
-			p := cipherPath(t, m, c, "d/victim")
-			b := []byte(filepath.Base(p))
-			b[0] = 'A' + (b[0]+1)%26 // another letter: still base64url
-			rename(t, p, filepath.Join(filepath.Dir(p), string(b)))
+			flipBacking(t, cipherPath(t, m, c, "d/victim"))
 		}, []string{"kept", long1, long2}},
 		{"moved-from-other-dir", func(t *testing.T, m *fusetest.InProcess, c *names.Codec) {
 			p := cipherPath(t, m, c, "other/stranger")
@@ -414,16 +440,7 @@ func TestNamesTampered(t *testing.T) {
 	for _, tc := range cases {
 		t.Run("attack="+tc.attack, func(t *testing.T) {
 			m, c := mountNames(t)
-			for _, d := range []string{"d", "other"} {
-				if err := os.Mkdir(m.Path(d), 0o755); err != nil {
-					t.Fatal(err)
-				}
-			}
-			for _, p := range []string{"d/victim", "d/kept", "d/" + long1, "d/" + long2, "other/stranger"} {
-				if err := os.WriteFile(m.Path(p), []byte(p), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
+			makeTree(t, m, "d/victim", "d/kept", "d/"+long1, "d/"+long2, "other/stranger")
 			m.Unmount()
 			tc.tamper(t, m, c)
 			mark := m.Log.Mark()
@@ -674,35 +691,19 @@ func TestNamesSymlinkExchange(t *testing.T) {
 // in one directory is never shown in another, nor under a changed
 // backing name.
 func TestNamesTamperedWhileMounted(t *testing.T) {
-	cases := []struct {
-		attack string
-		tamper func(t *testing.T, m *fusetest.InProcess, c *names.Codec)
-		want   []string // what d lists after
-	}{
+	cases := []tamperCase{
 		{"moved-from-other-dir", func(t *testing.T, m *fusetest.InProcess, c *names.Codec) {
 			p := cipherPath(t, m, c, "other/stranger")
 			rename(t, p, filepath.Join(cipherPath(t, m, c, "d"), filepath.Base(p)))
 		}, []string{"kept", "stranger", "touch"}},
 		{"backing-name-altered", func(t *testing.T, m *fusetest.InProcess, c *names.Codec) {
-			p := cipherPath(t, m, c, "d/stranger")
-			b := []byte(filepath.Base(p))
-			b[0] = 'A' + (b[0]+1)%26 // another letter: still base64url
-			rename(t, p, filepath.Join(filepath.Dir(p), string(b)))
+			flipBacking(t, cipherPath(t, m, c, "d/stranger"))
 		}, []string{"kept", "touch"}},
 	}
 	for _, tc := range cases {
 		t.Run("attack="+tc.attack, func(t *testing.T) {
 			m, c := mountNames(t)
-			for _, d := range []string{"d", "other"} {
-				if err := os.Mkdir(m.Path(d), 0o755); err != nil {
-					t.Fatal(err)
-				}
-			}
-			for _, p := range []string{"d/kept", "d/stranger", "other/stranger"} {
-				if err := os.WriteFile(m.Path(p), []byte(p), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
+			makeTree(t, m, "d/kept", "d/stranger", "other/stranger")
 			for d, want := range map[string][]string{"d": {"kept", "stranger"}, "other": {"stranger"}} {
 				if got := list(t, m.Path(d)); !slices.Equal(got, want) {
 					t.Fatalf("%s before the attack: %q, want %q", d, got, want)
