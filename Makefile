@@ -53,7 +53,8 @@ bench-envelope: $(BIN)/benchstat
 # The filesystem benchmark (needs root): kmsfs against a plain go-fuse
 # loopback with passthrough off, backing dirs on a tmpfs, medians of
 # BENCH_ROUNDS (3) alternating rounds, and the AES-GCM floor (opening 1 GiB
-# in process) beside the sequential read. BENCH_PHASES=seq,rand,small,untar,
+# in process) beside the sequential read. The untar group runs on a volume
+# with encrypted names too, set against names in the clear (vs names-off). BENCH_PHASES=seq,rand,small,untar,
 # small-kms10ms,untar-kms10ms runs a subset, BENCH_QUICK=1 a small smoke run,
 # KMSFS_MOUNT_FLAGS adds flags to `kmsfs mount`. Writes out/bench-fs.json and
 # out/bench-fs-table.txt.

@@ -84,16 +84,35 @@ func (n *Node) loadDirID(fd int) {
 	if n.r.opts.Names == nil || n.isRoot() {
 		return
 	}
-	b, err := readSmall(fd, names.DirIDFile, len(names.DirID{}))
-	if err == nil {
-		n.dirID, err = names.ParseDirID(b)
-	}
+	var err error
+	n.dirID, err = readDirID(fd)
 	n.dirIDErr = nil
 	if err != nil {
 		n.dirIDErr = fmt.Errorf("%w: %w", errDirID, err)
 		n.r.log.WithFields(map[string]any{"op": "dirid", "path": n.Path(nil)}).
 			Error(fmt.Sprintf("fs: %s of this directory: %v; its entries are not shown", names.DirIDFile, err))
 	}
+}
+
+// readDirID reads the ID of the directory open as fd from its
+// names.DirIDFile link, never followed.
+func readDirID(fd int) (names.DirID, error) {
+	buf := make([]byte, 64) // more than any ID's target: a longer one is refused whole
+	m, err := unix.Readlinkat(fd, names.DirIDFile, buf)
+	if err == unix.EINVAL {
+		return names.DirID{}, fmt.Errorf("fs: %s is not a symbolic link", names.DirIDFile)
+	}
+	if err != nil {
+		return names.DirID{}, err
+	}
+	return names.ParseDirIDLink(string(buf[:m]))
+}
+
+// writeDirID gives the directory open as fd its ID. It is a symbolic link
+// and so needs no fsync (names.DirIDFile): the backing filesystem commits
+// its making before any later rename of the directory.
+func writeDirID(fd int, id names.DirID) error {
+	return unix.Symlinkat(id.LinkTarget(), fd, names.DirIDFile)
 }
 
 // readSmall reads the regular file name in directory dirfd, not followed
@@ -219,6 +238,9 @@ func (r *root) decryptEntry(dirfd int, id names.DirID, backing string) (name str
 		return name, true, err
 	case names.IsSpecial(backing):
 		return "", false, nil
+	}
+	if name, ok := r.names.plainName(id, backing); ok {
+		return name, true, nil
 	}
 	if name, err = c.Decrypt(id, backing); err == nil {
 		// Decrypt refuses any form Encrypt does not write: backing is

@@ -13,9 +13,8 @@ import (
 // BenchmarkNames compares the name-heavy operations with names in the
 // clear and encrypted, each on a mount of its own: a create, stat and
 // unlink of a new name (lookup, create and unlink each name it), a
-// mkdir and rmdir (with names encrypted, the directory's ID is written,
-// synced and removed), and a
-// listing of a directory of 1000 entries (each name decrypted, then
+// mkdir and rmdir (with names encrypted, the directory's ID link is made
+// and removed, and the directory renamed into place), and a listing of a directory of 1000 entries (each name decrypted, then
 // looked up by READDIRPLUS), made to reach the daemon by a change through
 // the mount before each listing.
 func BenchmarkNames(b *testing.B) {

@@ -40,7 +40,7 @@ func (n *Node) mkdirNamed(fd int, nm names.Name, mode uint32) syscall.Errno {
 		if err != nil {
 			return syscall.EIO
 		}
-		if err := createFileAt(dfd, names.DirIDFile, id[:]); err != nil {
+		if err := writeDirID(dfd, id); err != nil {
 			return gofs.ToErrno(err)
 		}
 		if mode&0o700 != 0o700 {
@@ -94,7 +94,7 @@ func (n *Node) emptyDir(fd int, backing string) (restore func(), errno syscall.E
 		unix.Close(cfd)
 		return nil, errno
 	}
-	id, idErr := readSmall(cfd, names.DirIDFile, len(names.DirID{}))
+	id, idErr := readDirID(cfd)
 	for _, name := range own {
 		removeOrphan(cfd, name)
 	}
@@ -113,7 +113,7 @@ func (n *Node) emptyDir(fd int, backing string) (restore func(), errno syscall.E
 		// there, since it could not go.
 		cfd, err := unix.Openat(fd, backing, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 		if err == nil {
-			err = createFileAt(cfd, names.DirIDFile, id)
+			err = writeDirID(cfd, id)
 			unix.Close(cfd)
 		}
 		if err != nil {

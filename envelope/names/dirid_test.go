@@ -56,3 +56,45 @@ func TestRootDirID(t *testing.T) {
 		t.Fatal("root directory IDs of two volumes collide, or equal the volume ID")
 	}
 }
+
+// TestParseDirIDLink: a DirIDFile's target is read back as the ID it was
+// written from, and every other form (wrong length, not base64url, stray
+// bits in the last character, padding) is refused, so that a directory's
+// ID has one stored form.
+func TestParseDirIDLink(t *testing.T) {
+	want := dirID(5)
+	good := want.LinkTarget()
+	last := good[len(good)-1:]
+	stray := map[string]string{"A": "B", "Q": "R", "g": "h", "w": "x"}[last] // the last character carries 2 bits
+	cases := []struct {
+		name, target string
+		ok           bool
+	}{
+		{"written", good, true},
+		{"empty", "", false},
+		{"short", good[:21], false},
+		{"long", good + "A", false},
+		{"padded", good + "==", false},
+		{"std-alphabet", good[:21] + "+", false},
+		{"stray-bits", good[:21] + stray, false},
+		{"raw-bytes", string(want[:]), false},
+		{"dot", good[:21] + ".", false},
+	}
+	if stray == "" {
+		t.Fatalf("test ID's last character %q carries stray bits already", last)
+	}
+	for _, tc := range cases {
+		t.Run("target="+tc.name, func(t *testing.T) {
+			got, err := names.ParseDirIDLink(tc.target)
+			if tc.ok {
+				if err != nil || got != want {
+					t.Fatalf("ParseDirIDLink(%q): %x, %v; want %x", tc.target, got, err, want)
+				}
+				return
+			}
+			if !errors.Is(err, names.ErrInvalidName) || got != (names.DirID{}) {
+				t.Fatalf("ParseDirIDLink(%q): %x, %v; want ErrInvalidName", tc.target, got, err)
+			}
+		})
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -86,7 +87,7 @@ func (b *bench) prepare(ctx context.Context) error {
 	if err := mountTmpfs(b.tmpfs, tmpfsSize); err != nil {
 		return err
 	}
-	for _, fs := range []string{fsKmsfs, fsLoop} {
+	for _, fs := range []string{fsKmsfs, fsKmsfsNames, fsLoop} {
 		if err := os.Mkdir(b.mountPoint(fs), 0o755); err != nil {
 			return err
 		}
@@ -165,10 +166,25 @@ func (b *bench) mount(ctx context.Context, g group, fs string, round int) (*daem
 	}
 	// The volume is approved in a trust dir of its own, not the host's.
 	env := append(b.awsEnv(b.proxy(g)), "KMSFS_TRUST_DIR="+filepath.Join(top, "trust"))
-	if err := runCmd(ctx, env, b.cfg.kmsfsBin, "init", "--key", keySpec, backing); err != nil {
+	initArgs := []string{"init", "--key", keySpec}
+	if fs == fsKmsfsNames {
+		initArgs = append(initArgs, "--encrypted-names")
+	}
+	if err := runCmd(ctx, env, b.cfg.kmsfsBin, append(initArgs, backing)...); err != nil {
 		return nil, top, err
 	}
-	if b.meta.Volume == "" {
+	if fs == fsKmsfsNames {
+		// A flag init ignored would set names in the clear against
+		// themselves.
+		c, err := volconf.Load(backing)
+		if err != nil {
+			return nil, top, err
+		}
+		if !slices.Contains(c.Features, volconf.FeatureEncryptedNames) {
+			return nil, top, fmt.Errorf("kmsfs init --encrypted-names made a volume without feature %q (features %q)", volconf.FeatureEncryptedNames, c.Features)
+		}
+	}
+	if b.meta.Volume == "" && fs == fsKmsfs {
 		if c, err := volconf.Load(backing); err == nil {
 			b.meta.Volume = fmt.Sprintf("%s, block size %d, data-key policy %s, format %d", keySpec, c.BlockSize, c.DataKeyPolicy, c.FormatVersion)
 			b.blockSize = c.BlockSize

@@ -7,7 +7,10 @@
 // For every group of phases (sequential, random, small files, untar, and
 // the small-file and untar phases again with the KMS 10 ms away) and every
 // round, it mounts kmsfs on a fresh volume, runs the phases, unmounts,
-// then does the same on the loopback: the two filesystems alternate. Each
+// then does the same on the loopback: the two filesystems alternate. The
+// untar group runs a third time per round, between the two, on a kmsfs
+// volume with encrypted names, and the table sets those rows against
+// kmsfs with names in the clear of the same rounds. Each
 // kmsfs volume uses an AWS KMS symmetric key of a local-kms emulator on
 // 127.0.0.1, reached through a counting proxy (internal/kmstest). Around
 // every phase it reads the daemon's CPU time and peak RSS from /proc.
@@ -48,10 +51,13 @@ import (
 	"time"
 )
 
-// The filesystems compared.
+// The filesystems compared. fsKmsfsNames is kmsfs on a volume made with
+// `kmsfs init --encrypted-names`, run only in the groups that ask for it
+// (group.names), beside kmsfs with names in the clear.
 const (
-	fsKmsfs = "kmsfs"
-	fsLoop  = "loopback"
+	fsKmsfs      = "kmsfs"
+	fsKmsfsNames = "kmsfs-names"
+	fsLoop       = "loopback"
 )
 
 // Fixed parameters of the run.
@@ -181,8 +187,11 @@ func run(ctx context.Context) error {
 			// Which filesystem goes first alternates too: the first run
 			// after a pause finds colder caches and memory.
 			order := []string{fsKmsfs, fsLoop}
+			if g.names {
+				order = []string{fsKmsfs, fsKmsfsNames, fsLoop}
+			}
 			if round%2 == 0 {
-				order = []string{fsLoop, fsKmsfs}
+				slices.Reverse(order)
 			}
 			for _, fs := range order {
 				if err := b.runGroup(ctx, g, fs, round); err != nil {

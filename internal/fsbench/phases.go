@@ -50,12 +50,16 @@ type group struct {
 	// floor: after each round, measure the AES-GCM floor in process
 	// (gcmfloor), to set against the daemon CPU of the group's reads.
 	floor bool
+	// names: run kmsfs a second time per round on a volume with
+	// encrypted names (fsKmsfsNames), for rows set against names in the
+	// clear.
+	names bool
 }
 
 // groupRun is one run of a group on one filesystem.
 type groupRun struct {
 	b     *bench
-	fs    string // fsKmsfs or fsLoop
+	fs    string // fsKmsfs, fsKmsfsNames or fsLoop
 	round int
 	dir   string // the mount point
 }
@@ -88,7 +92,7 @@ func (b *bench) groups() []group {
 	return []group{
 		seq, rand,
 		{name: "small", phases: small},
-		{name: "untar", phases: untar},
+		{name: "untar", phases: untar, names: true},
 		{name: "small-kms10ms", phases: withSlowKMS(small), slowKMS: true},
 		{name: "untar-kms10ms", phases: withSlowKMS(untar), slowKMS: true},
 	}

@@ -124,6 +124,12 @@ type row struct {
 	Target   string             `json:"target"`
 	Verdict  string             `json:"verdict"`
 	HaveLoop bool               `json:"-"`
+	// Names marks a row of kmsfs with encrypted names (fsKmsfsNames in
+	// the kmsfs columns); NamesOff is the same phase's median on kmsfs
+	// with names in the clear, and NamesRatio this row's median over it.
+	Names      bool    `json:"names_encrypted"`
+	NamesOff   float64 `json:"names_off,omitempty"`
+	NamesRatio float64 `json:"names_ratio,omitempty"`
 }
 
 // pick returns the samples of one phase on one filesystem.
@@ -141,31 +147,53 @@ func (b *bench) rows(groups []group) []row {
 	var rows []row
 	for _, g := range groups {
 		for _, p := range g.phases {
-			k := b.pick(g.name, p.key, fsKmsfs)
-			l := b.pick(g.name, p.key, fsLoop)
-			r := row{Group: g.name, Phase: p.key, Label: p.label, Unit: p.unit, KMSCalls: map[string]float64{}, HaveLoop: len(l) > 0}
-			r.Kmsfs, r.CPUKmsfs, r.RSSKmsfs = stats(k)
-			r.Loop, r.CPULoop, r.RSSLoop = stats(l)
-			if r.HaveLoop && r.Loop > 0 {
-				r.Ratio = r.Kmsfs / r.Loop
+			plain := b.row(g, p, fsKmsfs)
+			rows = append(rows, plain)
+			if !g.names {
+				continue
 			}
-			if r.HaveLoop && r.CPULoop > 0 {
-				r.CPURatio = r.CPUKmsfs / r.CPULoop
+			r := b.row(g, p, fsKmsfsNames)
+			if plain.Kmsfs > 0 {
+				r.NamesRatio = r.Kmsfs / plain.Kmsfs
 			}
-			for _, op := range kmsOps {
-				var xs []float64
-				for _, s := range k {
-					xs = append(xs, float64(s.KMSCalls[op]))
-				}
-				if v := benchfmt.Median(xs); v > 0 {
-					r.KMSCalls[op] = v
-				}
-			}
+			r.NamesOff = plain.Kmsfs
 			r.Target, r.Verdict = judge(g, p, r)
 			rows = append(rows, r)
 		}
 	}
 	return rows
+}
+
+// row returns the row of phase p of group g with kmsfs (fs: fsKmsfs or
+// fsKmsfsNames) against the loopback.
+func (b *bench) row(g group, p phase, fs string) row {
+	k := b.pick(g.name, p.key, fs)
+	l := b.pick(g.name, p.key, fsLoop)
+	r := row{Group: g.name, Phase: p.key, Label: p.label, Unit: p.unit, KMSCalls: map[string]float64{}, HaveLoop: len(l) > 0}
+	if fs == fsKmsfsNames {
+		r.Phase += "-names"
+		r.Label += ", names encrypted"
+		r.Names = true
+	}
+	r.Kmsfs, r.CPUKmsfs, r.RSSKmsfs = stats(k)
+	r.Loop, r.CPULoop, r.RSSLoop = stats(l)
+	if r.HaveLoop && r.Loop > 0 {
+		r.Ratio = r.Kmsfs / r.Loop
+	}
+	if r.HaveLoop && r.CPULoop > 0 {
+		r.CPURatio = r.CPUKmsfs / r.CPULoop
+	}
+	for _, op := range kmsOps {
+		var xs []float64
+		for _, s := range k {
+			xs = append(xs, float64(s.KMSCalls[op]))
+		}
+		if v := benchfmt.Median(xs); v > 0 {
+			r.KMSCalls[op] = v
+		}
+	}
+	r.Target, r.Verdict = judge(g, p, r)
+	return r
 }
 
 // stats returns the median value, the median CPU seconds and the largest
@@ -189,6 +217,9 @@ const (
 	metaSlowMax = 1.1  // metadata-heavy time, the KMS kmsLatency away
 	readCPUMax  = 1.3  // daemon CPU of the cold sequential read
 	untarRSSMax = 150  // MiB, kmsfs daemon's peak RSS during untar
+	// namesMax bounds the time of a phase with encrypted names against
+	// the same phase with names in the clear, in the same rounds.
+	namesMax = 1.1
 )
 
 // judge returns the row's acceptance target and whether it holds.
@@ -201,6 +232,8 @@ func judge(g group, p phase, r row) (string, string) {
 		}
 	}
 	switch {
+	case r.Names:
+		check(fmt.Sprintf("names<=%.1f", namesMax), r.NamesRatio <= namesMax)
 	case strings.HasPrefix(p.key, "seq-"):
 		check(fmt.Sprintf(">=%.2f", seqMin), r.Ratio >= seqMin)
 		if p.key == "seq-read-cold" {
@@ -218,7 +251,7 @@ func judge(g group, p phase, r row) (string, string) {
 	}
 	target := strings.Join(targets, " ")
 	switch {
-	case !r.HaveLoop:
+	case r.Names && r.NamesOff == 0, !r.Names && !r.HaveLoop:
 		return target, "-"
 	case len(misses) > 0:
 		return target, "MISS " + strings.Join(misses, " ")
@@ -278,7 +311,7 @@ func (b *bench) table(rows []row) string {
 	}
 	fmt.Fprintln(&w)
 
-	header := []string{"phase", "unit", "kmsfs", "loopback", "ratio", "target", "verdict", "cpu-s kmsfs", "cpu-s loop", "cpu ratio", "rss MiB kmsfs", "rss MiB loop", "KMS calls (kmsfs)"}
+	header := []string{"phase", "unit", "kmsfs", "loopback", "ratio", "vs names-off", "target", "verdict", "cpu-s kmsfs", "cpu-s loop", "cpu ratio", "rss MiB kmsfs", "rss MiB loop", "KMS calls (kmsfs)"}
 	cells := [][]string{header}
 	for _, r := range rows {
 		loop, ratio, cpuLoop, cpuRatio, rssLoop := "-", "-", "-", "-", "-"
@@ -291,7 +324,11 @@ func (b *bench) table(rows []row) string {
 			}
 			rssLoop = fmt.Sprintf("%.0f", r.RSSLoop)
 		}
-		cells = append(cells, []string{r.Label, r.Unit, valueCell(r.Unit, r.Kmsfs), loop, ratio, r.Target, r.Verdict,
+		names := "-"
+		if r.Names && r.NamesOff > 0 {
+			names = fmt.Sprintf("%.2f", r.NamesRatio)
+		}
+		cells = append(cells, []string{r.Label, r.Unit, valueCell(r.Unit, r.Kmsfs), loop, ratio, names, r.Target, r.Verdict,
 			fmt.Sprintf("%.2f", r.CPUKmsfs), cpuLoop, cpuRatio, fmt.Sprintf("%.0f", r.RSSKmsfs), rssLoop, kmsCell(r.KMSCalls)})
 	}
 	writeAligned(&w, cells)
@@ -308,8 +345,8 @@ func (b *bench) table(rows []row) string {
 	return w.String()
 }
 
-// writeAligned writes cells as columns: the first and the last two left
-// aligned, the others right aligned.
+// writeAligned writes cells as columns: the first, the target, the
+// verdict and the last left aligned, the others right aligned.
 func writeAligned(w io.Writer, cells [][]string) {
 	widths := make([]int, len(cells[0]))
 	for _, row := range cells {
@@ -324,7 +361,7 @@ func writeAligned(w io.Writer, cells [][]string) {
 				line.WriteString("  ")
 			}
 			switch i {
-			case 0, 5, 6, len(row) - 1:
+			case 0, 6, 7, len(row) - 1:
 				fmt.Fprintf(&line, "%-*s", widths[i], c)
 			default:
 				fmt.Fprintf(&line, "%*s", widths[i], c)
@@ -357,6 +394,9 @@ func (b *bench) notes(w io.Writer) {
 	fmt.Fprintln(w, "  (which uses no KMS) measured again in the same rounds, so that both sides see the same host. KMS calls: median")
 	fmt.Fprintln(w, "  requests per phase (GDK GenerateDataKey, Dec Decrypt, Desc DescribeKey).")
 	fmt.Fprintf(w, "untar: %s, tarred once onto the tmpfs; find/du counts checked against the tar.\n", b.tarName)
+	fmt.Fprintln(w, "names encrypted: the kmsfs columns of those rows are kmsfs on a volume made with `kmsfs init --encrypted-names`,")
+	fmt.Fprintln(w, "  run in the same rounds between kmsfs and the loopback (kmsfs, names, loopback; reversed in even rounds);")
+	fmt.Fprintln(w, "  vs names-off = its median / the median of the row above it (kmsfs, names in the clear), lower is better.")
 }
 
 // loopEvidence compares what fio asked for with what the loopback daemon
