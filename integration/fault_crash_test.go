@@ -275,7 +275,7 @@ func ftCrashVerifyNames(t *testing.T, v *fusetest.CLIVolume, inf *ftCrashOp, mod
 		slices.Sort(names)
 		if !slices.Equal(got, names) {
 			t.Errorf("directory %q lists %d names after the crash, want %d (in flight: %v); missing %q, extra %q",
-				sxShort(dir), len(got), len(names), ftInflight(inf, ""), sxShortAll(ftMinus(names, got)), sxShortAll(ftMinus(got, names)))
+				sxShort(dir), len(got), len(names), ftInflight(inf, ""), ftShortAll(ftMinus(names, got)), ftShortAll(ftMinus(got, names)))
 		}
 	}
 }
@@ -500,8 +500,8 @@ func ftCipherSize(v *fusetest.CLIVolume, name string) string {
 	return fmt.Sprintf("%d bytes", fi.Size())
 }
 
-// sxShortAll is sxShort of each of names.
-func sxShortAll(names []string) []string {
+// ftShortAll is sxShort of each of names, for messages.
+func ftShortAll(names []string) []string {
 	out := make([]string, len(names))
 	for i, n := range names {
 		out[i] = sxShort(n)
