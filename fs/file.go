@@ -3,6 +3,8 @@ package fs
 import (
 	"context"
 	"errors"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -11,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/envelope"
+	"github.com/kmsfs/kmsfs/envelope/names"
 )
 
 // openFile is the state that all open handles of one inode share: the
@@ -59,7 +62,51 @@ type backing struct {
 
 // JournalHint tells the write journal where the file is, relative to the
 // cipher dir, so that a mount after a crash finds it (journal.RecoverFiles).
-func (b *backing) JournalHint() string { return b.node.Path(nil) }
+// With encrypted names that is the path of backing names: the plaintext
+// path would neither be found there nor may it reach the cipher dir.
+func (b *backing) JournalHint() string {
+	if b.node.r.opts.Names == nil {
+		return b.node.Path(nil)
+	}
+	return b.node.backingPath()
+}
+
+// backingPath returns the node's path of backing names relative to the
+// cipher dir, or "" (the journal then meets the file when it is next
+// opened) for a node unlinked or below a directory whose ID is not at
+// hand. It opens nothing: every directory above an open file has had its
+// ID read when the file was looked up.
+func (n *Node) backingPath() string {
+	var parts []string
+	cur := &n.Inode
+	for !cur.IsRoot() {
+		name, parent := cur.Parent()
+		if parent == nil {
+			return ""
+		}
+		pn, ok := parent.Operations().(*Node)
+		if !ok {
+			return ""
+		}
+		pn.mu.Lock()
+		id, err := pn.dirID, pn.dirIDErr
+		pn.mu.Unlock()
+		if err != nil || (id == names.DirID{} && !pn.isRoot()) {
+			return ""
+		}
+		nm, ok := n.r.names.get(id, name)
+		if !ok {
+			var eerr error
+			if nm, eerr = n.r.opts.Names.Encrypt(id, name); eerr != nil {
+				return ""
+			}
+		}
+		parts = append(parts, nm.Backing)
+		cur = parent
+	}
+	slices.Reverse(parts)
+	return strings.Join(parts, "/")
+}
 
 func (b *backing) WriteAt(p []byte, off int64) (int, error) {
 	if !b.writable {

@@ -43,14 +43,23 @@ const (
 //
 // Each state after verification is the next round's starting state, so
 // damage a round leaves behind is found by the next.
+//
+// With encrypted names the writer also makes directories, creates files
+// with long names (161 to 255 bytes, whose stored form needs a side file)
+// in them and unlinks files, and every directory must list exactly the
+// names acknowledged (give or take the one in flight) after each crash: a
+// crash must never leave a name half-made, an entry without its side file
+// or a directory without its ID.
 func TestCrash(t *testing.T) {
 	seed := envSeed(t)
-	rounds := 20
-	if ftSoak() {
-		rounds = 200
-	}
-	for _, bs := range []int{4096, 65536} {
-		t.Run(fmt.Sprintf("bs=%d", bs), func(t *testing.T) { ftCrashRun(t, seed, bs, rounds) })
+	for _, nm := range sxNameModes {
+		rounds := 20
+		if ftSoak() {
+			rounds = 200
+		}
+		for _, bs := range []int{4096, 65536} {
+			t.Run(fmt.Sprintf("names=%s,bs=%d", nm.name, bs), func(t *testing.T) { ftCrashRun(t, seed, bs, rounds, nm.encrypted) })
+		}
 	}
 }
 
@@ -58,30 +67,39 @@ func TestCrash(t *testing.T) {
 type ftCrashStats struct {
 	rounds, acked, inflight int
 	outcome                 map[string]int // old, new, between
+	kinds                   map[string]int // of the operations in flight
 	synced                  bool           // the round ended with the model matching the files
 }
 
-func ftCrashRun(t *testing.T, seed uint64, bs, rounds int) {
-	v := suite.InitVolume(t, fusetest.CLIOptions{InitArgs: []string{"--block-size", strconv.Itoa(bs)}})
+func ftCrashRun(t *testing.T, seed uint64, bs, rounds int, encNames bool) {
+	args := []string{"--block-size", strconv.Itoa(bs)}
+	stream := uint64(bs) << 32
+	if encNames {
+		args = append(args, "--encrypted-names")
+		stream |= 1 << 63 // a sequence of its own, the plaintext one unchanged
+	}
+	v := suite.InitVolume(t, fusetest.CLIOptions{InitArgs: args})
 	v.MountForeground(t)
 	model := map[string][]byte{}
-	st := &ftCrashStats{outcome: map[string]int{}}
+	dirs := map[string]bool{}
+	st := &ftCrashStats{outcome: map[string]int{}, kinds: map[string]int{}}
 	start := time.Now()
 	for r := range rounds {
-		rng := mrand.New(mrand.NewPCG(seed, uint64(bs)<<32|uint64(r)))
+		rng := mrand.New(mrand.NewPCG(seed, stream|uint64(r)))
 		delay := time.Duration(rng.Int64N(int64(ftCrashMaxDelay)))
 		name := fmt.Sprintf("round=%d,kill=%v", r, delay.Round(time.Millisecond))
 		// A failed round goes on to the next (its damage is cut off), so
 		// that one run counts every kind of failure; one that lost its
 		// mount or its model of the files ends the run.
 		st.synced = false
-		if !t.Run(name, func(t *testing.T) { ftCrashRound(t, v, rng, bs, delay, model, st) }) && (v.PID() == 0 || !st.synced) {
+		if !t.Run(name, func(t *testing.T) { ftCrashRound(t, v, rng, bs, delay, encNames, model, dirs, st) }) && (v.PID() == 0 || !st.synced) {
 			break
 		}
 	}
-	t.Logf("bs=%d: %d rounds in %v, %d operations acknowledged, %d in flight at the kill (outcomes %v)",
-		bs, st.rounds, time.Since(start).Round(time.Millisecond), st.acked, st.inflight, st.outcome)
-	// No file is renamed here, so each mount must finish every record a
+	t.Logf("bs=%d: %d rounds in %v, %d operations acknowledged, %d in flight at the kill (%v; outcomes %v); %d files, %d directories at the end",
+		bs, st.rounds, time.Since(start).Round(time.Millisecond), st.acked, st.inflight, st.kinds, st.outcome, len(model), len(dirs))
+	// No file is renamed here (a directory made is renamed from its
+	// temporary name before it has children), so each mount must finish every record a
 	// kill left before it serves anything (a record applied only at
 	// open leaves sizes from lookups stale for a moment).
 	recs := regexp.MustCompile(`records=(\d+) recovered=(\d+)`).FindAllStringSubmatch(v.LogText(), -1)
@@ -91,11 +109,28 @@ func ftCrashRun(t *testing.T, seed uint64, bs, rounds int) {
 		}
 	}
 	t.Logf("bs=%d: %d mounts found journal records to apply", bs, len(recs))
+	if encNames {
+		// Every name made, in every component: none may be found in the
+		// cipher dir, not even in the journal the kills left behind.
+		var secrets []string
+		for name := range model {
+			secrets = append(secrets, strings.Split(name, "/")...)
+		}
+		for d := range dirs {
+			secrets = append(secrets, strings.Split(d, "/")...)
+		}
+		sxNoPlainNames(t, v.Cipher, secrets)
+	}
 }
 
-func ftCrashRound(t *testing.T, v *fusetest.CLIVolume, rng *mrand.Rand, bs int, delay time.Duration, model map[string][]byte, st *ftCrashStats) {
-	w := &ftCrashWriter{rng: rng, bs: int64(bs), fds: map[string]int{}, cur: map[string][]byte{},
+func ftCrashRound(t *testing.T, v *fusetest.CLIVolume, rng *mrand.Rand, bs int, delay time.Duration, encNames bool,
+	model map[string][]byte, dirs map[string]bool, st *ftCrashStats) {
+	w := &ftCrashWriter{rng: rng, bs: int64(bs), encNames: encNames, fds: map[string]int{}, cur: map[string][]byte{},
 		j: ftJournal{synced: map[string]int{}}}
+	for d := range dirs {
+		w.dirs = append(w.dirs, d)
+	}
+	slices.Sort(w.dirs)
 	root, err := unix.Open(v.Mnt, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		t.Fatalf("open mount root: %v", err)
@@ -153,6 +188,16 @@ func ftCrashRound(t *testing.T, v *fusetest.CLIVolume, rng *mrand.Rand, bs int, 
 		}
 	}
 	v.Detach(t)
+	if encNames {
+		// What a backup or sync of the cipher dir taken now would hold:
+		// the names of the files and directories of the round, nowhere,
+		// not in the journal the kill left pending either.
+		secrets := slices.Clone(w.dirs)
+		for _, name := range w.names {
+			secrets = append(secrets, strings.Split(name, "/")...)
+		}
+		sxSearchCipherDir(t, v.Cipher, secrets, func(rel string) bool { return strings.HasPrefix(rel, "kmsfs.") })
+	}
 	v.MountForeground(t)
 
 	// The acknowledged state: the round's start plus every acked op.
@@ -161,24 +206,106 @@ func ftCrashRound(t *testing.T, v *fusetest.CLIVolume, rng *mrand.Rand, bs int, 
 		acked[name] = data
 	}
 	for _, op := range w.j.acked {
-		acked[op.file] = ftApply(acked[op.file], op)
+		switch op.kind {
+		case "mkdir":
+			dirs[op.file] = true
+		case "unlink":
+			delete(acked, op.file)
+		default:
+			acked[op.file] = ftApply(acked[op.file], op)
+		}
 	}
 	st.rounds++
 	st.acked += len(w.j.acked)
 	desc := "none"
 	if w.j.inflight != nil {
 		st.inflight++
+		st.kinds[w.j.inflight.kind]++
 		desc = w.j.inflight.String()
 	}
 	t.Logf("%d operations acknowledged; in flight: %s", len(w.j.acked), desc)
 	ftCrashVerify(t, v, bs, acked, &w.j, model, st)
+	if st.synced {
+		ftCrashVerifyNames(t, v, w.j.inflight, model, dirs)
+	}
+}
+
+// ftCrashVerifyNames checks that every directory lists exactly the files
+// of model and the directories of dirs in it, and opens: a name half made
+// or half removed by the kill (an entry without its long name's side file,
+// a directory without its ID) shows as one missing, one too many or one
+// that does not open. A directory whose mkdir was in flight may be there
+// or not; if it is, it must list (empty), and it joins dirs.
+func ftCrashVerifyNames(t *testing.T, v *fusetest.CLIVolume, inf *ftCrashOp, model map[string][]byte, dirs map[string]bool) {
+	t.Helper()
+	if inf != nil && inf.kind == "mkdir" {
+		var st unix.Stat_t
+		switch err := unix.Lstat(v.Path(inf.file), &st); {
+		case err == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR:
+			dirs[inf.file] = true
+		case err == nil:
+			t.Errorf("%s, whose mkdir was in flight at the kill, is there but not a directory (mode %o)", sxShort(inf.file), st.Mode)
+		case !ftNotExist(err):
+			t.Errorf("%s, whose mkdir was in flight at the kill: %v", sxShort(inf.file), err)
+		}
+	}
+	want := map[string][]string{"": nil}
+	for d := range dirs {
+		if _, ok := want[d]; !ok {
+			want[d] = nil // listed even when empty
+		}
+		parent, base := ftSplit(d)
+		want[parent] = append(want[parent], base)
+	}
+	for f := range model {
+		parent, base := ftSplit(f)
+		want[parent] = append(want[parent], base)
+	}
+	for dir, names := range want {
+		es, err := os.ReadDir(v.Path(dir))
+		if err != nil {
+			t.Errorf("directory %q does not list after the crash: %v", sxShort(dir), err)
+			continue
+		}
+		got := make([]string, 0, len(es))
+		for _, e := range es {
+			got = append(got, e.Name())
+		}
+		slices.Sort(got)
+		slices.Sort(names)
+		if !slices.Equal(got, names) {
+			t.Errorf("directory %q lists %d names after the crash, want %d (in flight: %v); missing %q, extra %q",
+				sxShort(dir), len(got), len(names), ftInflight(inf, ""), ftShortAll(ftMinus(names, got)), ftShortAll(ftMinus(got, names)))
+		}
+	}
+}
+
+// ftSplit splits a slash-separated name into its parent ("" for the
+// root) and its last component.
+func ftSplit(name string) (parent, base string) {
+	i := strings.LastIndexByte(name, '/')
+	if i < 0 {
+		return "", name
+	}
+	return name[:i], name[i+1:]
+}
+
+// ftMinus returns the names of a not in b.
+func ftMinus(a, b []string) []string {
+	var out []string
+	for _, s := range a {
+		if !slices.Contains(b, s) {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // ftConnGone reports whether err is what an operation on a mount whose
 // daemon died returns: ENOTCONN for a new request, ECONNABORTED or (for a
 // write through the page cache) EIO for one cut off.
 func ftConnGone(err error) bool {
-	var short *ftShortWrite
+	var short *sxShortWrite
 	if errors.As(err, &short) {
 		return true // the kernel split the write, and the kill cut off its rest
 	}
@@ -196,7 +323,7 @@ func ftCrashVerify(t *testing.T, v *fusetest.CLIVolume, bs int, acked map[string
 		names = append(names, name)
 	}
 	inf := j.inflight
-	if inf != nil && acked[inf.file] == nil {
+	if inf != nil && acked[inf.file] == nil && inf.kind != "mkdir" && inf.kind != "unlink" {
 		names = append(names, inf.file)
 	}
 	slices.Sort(names)
@@ -205,7 +332,8 @@ func ftCrashVerify(t *testing.T, v *fusetest.CLIVolume, bs int, acked map[string
 		old := acked[name]
 		nw := old
 		touched := inf != nil && inf.file == name
-		if touched {
+		unlinking := touched && inf.kind == "unlink"
+		if touched && !unlinking {
 			nw = ftApply(old, *inf)
 		}
 		blocks, err := ftReadBlocks(v.Path(name), bs)
@@ -213,6 +341,10 @@ func ftCrashVerify(t *testing.T, v *fusetest.CLIVolume, bs int, acked map[string
 			if ftNotExist(err) && old == nil && touched {
 				st.outcome["old"]++
 				continue // the create in flight did not happen
+			}
+			if ftNotExist(err) && unlinking {
+				st.outcome["new"]++
+				continue // the unlink in flight happened
 			}
 			t.Errorf("%s does not open after the crash: %v%s", name, err, ftCrashHistory(j, name))
 			continue
@@ -252,6 +384,8 @@ func ftCrashVerify(t *testing.T, v *fusetest.CLIVolume, bs int, acked map[string
 		}
 		switch {
 		case bad:
+		case unlinking:
+			st.outcome["old"]++ // the unlink in flight did not happen
 		case bytes.Equal(got, nw) && touched:
 			st.outcome["new"]++
 		case bytes.Equal(got, old) && touched:
@@ -355,9 +489,22 @@ func ftNotExist(err error) bool { return mntErrno(err) == syscall.ENOENT }
 
 // ftCipherSize describes the cipher file behind name, for messages.
 func ftCipherSize(v *fusetest.CLIVolume, name string) string {
-	fi, err := os.Stat(v.CipherPath(name))
+	p, err := v.MountedCipherPath(name)
+	if err != nil {
+		return err.Error()
+	}
+	fi, err := os.Stat(p)
 	if err != nil {
 		return err.Error()
 	}
 	return fmt.Sprintf("%d bytes", fi.Size())
+}
+
+// ftShortAll is sxShort of each of names, for messages.
+func ftShortAll(names []string) []string {
+	out := make([]string, len(names))
+	for i, n := range names {
+		out[i] = sxShort(n)
+	}
+	return out
 }

@@ -8,14 +8,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ftShortWrite is a write(2) that returned fewer bytes than asked.
-type ftShortWrite struct{ n, want int }
+// sxShortWrite is a write(2) that returned fewer bytes than asked.
+type sxShortWrite struct{ n, want int }
 
-func (e *ftShortWrite) Error() string { return fmt.Sprintf("short write: %d of %d bytes", e.n, e.want) }
+func (e *sxShortWrite) Error() string { return fmt.Sprintf("short write: %d of %d bytes", e.n, e.want) }
 
 // ftCrashOp is one operation of the writer.
 type ftCrashOp struct {
-	kind string // write, truncate, fsync, reopen, create
+	kind string // write, truncate, fsync, reopen, create, mkdir, unlink
 	file string
 	off  int64  // write
 	data []byte // write
@@ -25,11 +25,11 @@ type ftCrashOp struct {
 func (op ftCrashOp) String() string {
 	switch op.kind {
 	case "write":
-		return fmt.Sprintf("write %s off=%d len=%d", op.file, op.off, len(op.data))
+		return fmt.Sprintf("write %s off=%d len=%d", sxShort(op.file), op.off, len(op.data))
 	case "truncate":
-		return fmt.Sprintf("truncate %s size=%d", op.file, op.size)
+		return fmt.Sprintf("truncate %s size=%d", sxShort(op.file), op.size)
 	}
-	return op.kind + " " + op.file
+	return op.kind + " " + sxShort(op.file)
 }
 
 // ftApply returns the content of op.file after op, given its content
@@ -63,15 +63,25 @@ type ftJournal struct {
 	err      error // what the in-flight operation returned
 }
 
+// Bounds of the name operations of a crash writer with encrypted names.
+const (
+	ftCrashMaxNamed   = 40 // files
+	ftCrashMaxDirs    = 12
+	ftCrashLongName   = 161 // shortest long name drawn; its stored form needs a side file
+	ftCrashMaxNameLen = 255
+)
+
 // ftCrashWriter runs operations through the mount until one fails.
 type ftCrashWriter struct {
-	rng   *mrand.Rand
-	bs    int64
-	root  int            // the mount's root directory
-	fds   map[string]int // open files, by name
-	cur   map[string][]byte
-	names []string // cur's keys, sorted
-	j     ftJournal
+	rng      *mrand.Rand
+	bs       int64
+	encNames bool           // also make directories, long names and unlinks
+	root     int            // the mount's root directory
+	fds      map[string]int // open files, by name
+	cur      map[string][]byte
+	names    []string // cur's keys, sorted
+	dirs     []string // directories below the root, sorted
+	j        ftJournal
 }
 
 func (w *ftCrashWriter) run(stop <-chan struct{}) {
@@ -87,8 +97,17 @@ func (w *ftCrashWriter) run(stop <-chan struct{}) {
 			return
 		}
 		w.j.acked = append(w.j.acked, op)
-		if op.kind == "fsync" {
+		switch op.kind {
+		case "fsync":
 			w.j.synced[op.file] = len(w.j.acked)
+		case "mkdir":
+			w.dirs = append(w.dirs, op.file)
+			slices.Sort(w.dirs)
+			continue
+		case "unlink":
+			delete(w.cur, op.file)
+			w.names = slices.DeleteFunc(w.names, func(n string) bool { return n == op.file })
+			continue
 		}
 		w.cur[op.file] = ftApply(w.cur[op.file], op)
 		if op.kind == "create" && !slices.Contains(w.names, op.file) {
@@ -113,6 +132,14 @@ func (w *ftCrashWriter) do(op ftCrashOp) error {
 		}
 		w.fds[op.file] = fd
 		return nil
+	case "mkdir":
+		return unix.Mkdirat(w.root, op.file, 0o755)
+	case "unlink":
+		if fd, ok := w.fds[op.file]; ok {
+			unix.Close(fd)
+			delete(w.fds, op.file)
+		}
+		return unix.Unlinkat(w.root, op.file, 0)
 	case "fsync":
 		return unix.Fsync(w.fds[op.file])
 	case "truncate":
@@ -124,7 +151,7 @@ func (w *ftCrashWriter) do(op ftCrashOp) error {
 		part.data = op.data[:n]
 		w.j.acked = append(w.j.acked, part)
 		w.cur[op.file] = ftApply(w.cur[op.file], part)
-		err = &ftShortWrite{n, len(op.data)}
+		err = &sxShortWrite{n, len(op.data)}
 	}
 	return err
 }
@@ -132,6 +159,11 @@ func (w *ftCrashWriter) do(op ftCrashOp) error {
 // next draws the next operation from the writer's view of the files.
 func (w *ftCrashWriter) next() ftCrashOp {
 	r, bs := w.rng, w.bs
+	if w.encNames {
+		if op, ok := w.nextName(); ok {
+			return op
+		}
+	}
 	if len(w.names) < 2 || (len(w.names) < ftCrashMaxFiles && r.IntN(100) < 3) {
 		return ftCrashOp{kind: "create", file: fmt.Sprintf("f%d", len(w.names))}
 	}
@@ -185,4 +217,40 @@ func (w *ftCrashWriter) next() ftCrashOp {
 		return ftCrashOp{kind: "truncate", file: f, size: r.Int64N(limit / 2)}
 	}
 	return ftCrashOp{kind: "write", file: f, off: off, data: ftBytes(r, int(n))}
+}
+
+// nextName draws, some of the time, an operation on names: a mkdir, a
+// create (half of the names long) in the root or a directory made before,
+// or an unlink.
+func (w *ftCrashWriter) nextName() (ftCrashOp, bool) {
+	r := w.rng
+	switch p := r.IntN(100); {
+	case p < 4 && len(w.dirs) < ftCrashMaxDirs:
+		return ftCrashOp{kind: "mkdir", file: w.newName()}, true
+	case p < 12 && len(w.names) < ftCrashMaxNamed:
+		return ftCrashOp{kind: "create", file: w.newName()}, true
+	case p < 15 && len(w.names) > 2:
+		return ftCrashOp{kind: "unlink", file: w.names[r.IntN(len(w.names))]}, true
+	}
+	return ftCrashOp{}, false
+}
+
+// newName returns a new name in the root or a directory of w.dirs: short,
+// or of ftCrashLongName to ftCrashMaxNameLen bytes.
+func (w *ftCrashWriter) newName() string {
+	r := w.rng
+	const chars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_ "
+	n := 4 + r.IntN(12)
+	if r.IntN(2) == 0 {
+		n = ftCrashLongName + r.IntN(ftCrashMaxNameLen-ftCrashLongName+1)
+	}
+	b := make([]byte, n)
+	b[0] = 'n' // never "." nor ".." nor a leading space
+	for i := 1; i < n; i++ {
+		b[i] = chars[r.IntN(len(chars))]
+	}
+	if k := r.IntN(len(w.dirs) + 1); k < len(w.dirs) {
+		return w.dirs[k] + "/" + string(b)
+	}
+	return string(b)
 }

@@ -55,21 +55,25 @@ func sxConcShape(bs int) (blocks, writes int) {
 // each owner's last write.
 func TestConcurrentDisjoint(t *testing.T) {
 	seed := envSeed(t)
-	for _, bs := range sxBlockSizes {
-		t.Run(fmt.Sprintf("bs=%d", bs), func(t *testing.T) {
-			blocks, writes := sxConcShape(bs)
-			c := newSXConc(t, bs, blocks, seed)
-			per := blocks / sxWorkers
-			c.owner = func(b int) int { return b / per }
-			c.run(writes, func(w int, rng *mrand.Rand) (int, int) {
-				b0 := w*per + rng.IntN(per)
-				return b0, 1 + rng.IntN(min(sxMaxRun, (w+1)*per-b0))
-			})
-			c.checkFinal("after the run")
-			c.v.Remount()
-			c.checkFinal("after remount")
-		})
+	for _, nm := range sxNameModes {
+		for _, bs := range sxNamesBlockSizes(nm.encrypted) {
+			t.Run(fmt.Sprintf("names=%s,bs=%d", nm.name, bs), func(t *testing.T) { sxDisjoint(t, seed, bs, nm.encrypted) })
+		}
 	}
+}
+
+func sxDisjoint(t *testing.T, seed uint64, bs int, encNames bool) {
+	blocks, writes := sxConcShape(bs)
+	c := newSXConc(t, bs, blocks, seed, encNames)
+	per := blocks / sxWorkers
+	c.owner = func(b int) int { return b / per }
+	c.run(writes, func(w int, rng *mrand.Rand) (int, int) {
+		b0 := w*per + rng.IntN(per)
+		return b0, 1 + rng.IntN(min(sxMaxRun, (w+1)*per-b0))
+	})
+	c.checkFinal("after the run")
+	c.v.Remount()
+	c.checkFinal("after remount")
 }
 
 // TestConcurrentOverlapping has 8 writers write overlapping block ranges
@@ -79,20 +83,24 @@ func TestConcurrentDisjoint(t *testing.T) {
 // to it of one writer.
 func TestConcurrentOverlapping(t *testing.T) {
 	seed := envSeed(t)
-	for _, bs := range sxBlockSizes {
-		t.Run(fmt.Sprintf("bs=%d", bs), func(t *testing.T) {
-			blocks, writes := sxConcShape(bs)
-			blocks /= 4 // more collisions
-			c := newSXConc(t, bs, blocks, seed)
-			c.run(writes, func(w int, rng *mrand.Rand) (int, int) {
-				b0 := rng.IntN(blocks)
-				return b0, 1 + rng.IntN(min(sxMaxRun, blocks-b0))
-			})
-			c.checkFinal("after the run")
-			c.v.Remount()
-			c.checkFinal("after remount")
-		})
+	for _, nm := range sxNameModes {
+		for _, bs := range sxNamesBlockSizes(nm.encrypted) {
+			t.Run(fmt.Sprintf("names=%s,bs=%d", nm.name, bs), func(t *testing.T) { sxOverlapping(t, seed, bs, nm.encrypted) })
+		}
 	}
+}
+
+func sxOverlapping(t *testing.T, seed uint64, bs int, encNames bool) {
+	blocks, writes := sxConcShape(bs)
+	blocks /= 4 // more collisions
+	c := newSXConc(t, bs, blocks, seed, encNames)
+	c.run(writes, func(w int, rng *mrand.Rand) (int, int) {
+		b0 := rng.IntN(blocks)
+		return b0, 1 + rng.IntN(min(sxMaxRun, blocks-b0))
+	})
+	c.checkFinal("after the run")
+	c.v.Remount()
+	c.checkFinal("after remount")
 }
 
 // sxConc is one shared file and the record of what its writers did.
@@ -117,10 +125,13 @@ type sxConc struct {
 	stop time.Time
 }
 
-func newSXConc(t *testing.T, bs, blocks int, seed uint64) *sxConc {
-	c := &sxConc{t: t, v: fusetest.MountVolume(t, bs, kfs.Options{}), bs: bs, blocks: blocks, seed: seed, name: "shared",
+func newSXConc(t *testing.T, bs, blocks int, seed uint64, encNames bool) *sxConc {
+	c := &sxConc{t: t, v: fusetest.MountVolumeWith(t, bs, kfs.Options{}, encNames), bs: bs, blocks: blocks, seed: seed, name: "shared",
 		completed: make([]atomic.Uint64, blocks), everDone: make([]atomic.Bool, blocks),
 		stop: sxStop(t, sxConcBudget)}
+	if encNames {
+		c.name = sxLongName("shared", 0) // its stored form needs a side file
+	}
 	for w := range c.last {
 		c.last[w] = make([]uint64, blocks)
 	}
@@ -322,48 +333,79 @@ func (c *sxConc) checkFinal(when string) {
 // writer of its files and a reader of every file another has finished;
 // then all read all files, with listings and stats alongside; then again
 // after a remount. Every file must match its model at every read.
+//
+// With encrypted names every third file has a long name (its stored form
+// needs a side file), and afterwards no name is found in the cipher dir.
 func TestConcurrentManyFiles(t *testing.T) {
 	seed := envSeed(t)
-	for _, bs := range sxBlockSizes {
-		t.Run(fmt.Sprintf("bs=%d", bs), func(t *testing.T) {
-			m := &sxMany{t: t, v: fusetest.MountVolume(t, bs, kfs.Options{}), bs: bs, seed: seed, stop: sxStop(t, sxConcBudget)}
-			m.maxSize = min(16*bs, 256<<10) // 64 KiB at 4 KiB, 4 blocks at 64 KiB
-			if err := os.Mkdir(m.v.Path("many"), 0o755); err != nil {
-				t.Fatal(err)
-			}
-			start := time.Now()
-			var wg sync.WaitGroup
-			for g := range sxWorkers {
-				wg.Go(func() { m.writeOwn(g) })
-			}
-			wg.Wait()
-			m.errs.check(t, seed)
-			phase1 := time.Since(start)
-			m.readAll("after the writers")
-			m.v.Remount()
-			m.readAll("after remount")
-			t.Logf("seed %d: %d files: %d ops while writing in %v, %d verified reads in all",
-				seed, sxManyFiles, m.ops.Load(), phase1.Round(time.Millisecond), m.reads.Load())
-		})
+	for _, nm := range sxNameModes {
+		for _, bs := range sxBlockSizes {
+			t.Run(fmt.Sprintf("names=%s,bs=%d", nm.name, bs), func(t *testing.T) { sxManyFilesRun(t, seed, bs, nm.encrypted) })
+		}
+	}
+}
+
+func sxManyFilesRun(t *testing.T, seed uint64, bs int, encNames bool) {
+	m := &sxMany{t: t, v: fusetest.MountVolumeWith(t, bs, kfs.Options{}, encNames), bs: bs, encNames: encNames, dir: "many", seed: seed, stop: sxStop(t, sxConcBudget)}
+	if encNames {
+		m.dir = "many-files-dir" // long enough to be looked for in the cipher dir
+	}
+	m.maxSize = min(16*bs, 256<<10) // 64 KiB at 4 KiB, 4 blocks at 64 KiB
+	if err := os.Mkdir(m.v.Path(m.dir), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	var wg sync.WaitGroup
+	for g := range sxWorkers {
+		wg.Go(func() { m.writeOwn(g) })
+	}
+	wg.Wait()
+	m.errs.check(t, seed)
+	phase1 := time.Since(start)
+	m.readAll("after the writers")
+	m.v.Remount()
+	m.readAll("after remount")
+	t.Logf("seed %d: %d files: %d ops while writing in %v, %d verified reads in all",
+		seed, sxManyFiles, m.ops.Load(), phase1.Round(time.Millisecond), m.reads.Load())
+	if encNames {
+		secrets := []string{m.dir}
+		for i := range sxManyFiles {
+			secrets = append(secrets, m.name(i))
+		}
+		sxNoPlainNames(t, m.v.Cipher, secrets)
 	}
 }
 
 // sxMany is the many-files test: a model per file, published once its
 // owner has finished it.
 type sxMany struct {
-	t       *testing.T
-	v       *fusetest.InProcess
-	bs      int
-	maxSize int
-	seed    uint64
-	final   [sxManyFiles]atomic.Pointer[[]byte]
-	errs    sxErrs
-	stop    time.Time
+	t        *testing.T
+	v        *fusetest.InProcess
+	bs       int
+	encNames bool
+	dir      string
+	maxSize  int
+	seed     uint64
+	final    [sxManyFiles]atomic.Pointer[[]byte]
+	errs     sxErrs
+	stop     time.Time
 
 	ops, reads atomic.Int64
 }
 
-func (m *sxMany) path(i int) string { return m.v.Path(fmt.Sprintf("many/m%03d", i)) }
+func (m *sxMany) path(i int) string { return m.v.Path(m.dir + "/" + m.name(i)) }
+
+// name is file i's name: with encrypted names, longer, and every third
+// one long.
+func (m *sxMany) name(i int) string {
+	switch {
+	case !m.encNames:
+		return fmt.Sprintf("m%03d", i)
+	case i%3 == 0:
+		return sxLongName(fmt.Sprintf("many-file-%03d", i), i)
+	}
+	return fmt.Sprintf("many-file-%03d", i)
+}
 
 // writeOwn creates goroutine g's files (every sxWorkers-th), keeps them
 // all open, and in rounds writes, truncates and reads each against its
@@ -538,7 +580,7 @@ func (m *sxMany) readAll(when string) {
 		})
 	}
 	wg.Go(func() {
-		es, err := os.ReadDir(m.v.Path("many"))
+		es, err := os.ReadDir(m.v.Path(m.dir))
 		if err != nil || len(es) != sxManyFiles {
 			m.errs.add("%s: readdir: %d entries, want %d: %v", when, len(es), sxManyFiles, err)
 			return

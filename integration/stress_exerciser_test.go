@@ -48,18 +48,43 @@ const (
 	sxOpBudget     = 2 * time.Millisecond // per op, for long soak runs
 )
 
-// TestExerciser runs the exerciser on a 4 KiB and a 64 KiB volume.
+// TestExerciser runs the exerciser on a 4 KiB and a 64 KiB volume, with
+// names in the clear and encrypted. With encrypted names half of the
+// files have long names (stored hashed, with a side file), which every
+// rename moves between; a tree of names and symlink targets (sxNamesTree)
+// stands beside them in both directories; and at the end the tree reads
+// back and no name of the run is found in the cipher dir. That run does a
+// quarter of the operations in make test (all of them under make soak).
 func TestExerciser(t *testing.T) {
 	seed := envSeed(t)
-	ops := sxOps(t, sxDefaultOps)
-	for _, bs := range sxBlockSizes {
-		t.Run(fmt.Sprintf("bs=%d", bs), func(t *testing.T) {
-			x := newSXExerciser(t, bs, seed, ops)
-			start := time.Now()
-			x.run()
-			t.Logf("seed %d, bs=%d: %d ops in %v (%d compares, %d remounts); ops: %s; failed alike on both sides: %v",
-				seed, bs, x.ops, time.Since(start).Round(time.Millisecond), x.compares, x.remounts, x.countSummary(), x.bothFailed)
-		})
+	for _, nm := range sxNameModes {
+		ops := sxOps(t, sxDefaultOps)
+		if nm.encrypted && !ftSoak() {
+			ops = sxOps(t, sxDefaultOps/4)
+		}
+		for _, bs := range sxBlockSizes {
+			t.Run(fmt.Sprintf("names=%s,bs=%d", nm.name, bs), func(t *testing.T) {
+				x := newSXExerciser(t, bs, seed, ops, nm.encrypted)
+				var tree []sxTreeEntry
+				if nm.encrypted {
+					tree = sxNamesTree()
+					sxMakeTree(t, x.v.Dir, tree)
+					sxMakeTree(t, x.ref, tree)
+				}
+				start := time.Now()
+				x.run()
+				t.Logf("seed %d, bs=%d: %d ops in %v (%d compares, %d remounts); ops: %s; failed alike on both sides: %v",
+					seed, bs, x.ops, time.Since(start).Round(time.Millisecond), x.compares, x.remounts, x.countSummary(), x.bothFailed)
+				if nm.encrypted {
+					sxCheckTree(t, x.v.Dir, tree)
+					var names []string
+					for i := range sxFileCount {
+						names = append(names, x.name(i))
+					}
+					sxNoPlainNames(t, x.v.Cipher, sxTreeSecrets(tree, names...))
+				}
+			})
+		}
 	}
 }
 
@@ -77,6 +102,7 @@ type sxExerciser struct {
 	v         *fusetest.InProcess
 	ref       string
 	bs        int64
+	encNames  bool
 	maxBlocks int64 // offsets chosen go up to about this many blocks
 	seed      uint64
 	ops       int
@@ -94,14 +120,17 @@ type sxExerciser struct {
 	compares, remounts int
 }
 
-func newSXExerciser(t *testing.T, bs int, seed uint64, ops int) *sxExerciser {
-	v := fusetest.MountVolume(t, bs, kfs.Options{})
-	x := &sxExerciser{t: t, v: v, ref: t.TempDir(), bs: int64(bs), seed: seed, ops: ops,
+func newSXExerciser(t *testing.T, bs int, seed uint64, ops int, encNames bool) *sxExerciser {
+	v := fusetest.MountVolumeWith(t, bs, kfs.Options{}, encNames)
+	x := &sxExerciser{t: t, v: v, ref: t.TempDir(), bs: int64(bs), seed: seed, ops: ops, encNames: encNames,
 		counts: map[string]int{}, bothFailed: map[string]int{}, stop: sxStop(t, max(sxMinBudget, time.Duration(ops)*sxOpBudget))}
 	x.maxBlocks = max(10, (256<<10)/x.bs) // 256 KiB at 4 KiB, 640 KiB at 64 KiB
 	var key [32]byte
 	binary.LittleEndian.PutUint64(key[:], seed)
 	binary.LittleEndian.PutUint64(key[8:], uint64(bs))
+	if encNames {
+		key[16] = 1 // a sequence of its own, the plaintext one unchanged
+	}
 	x.data = mrand.NewChaCha8(key)
 	x.rng = mrand.New(x.data)
 	x.buf = make([]byte, 1<<20)
@@ -207,7 +236,17 @@ func (x *sxExerciser) agree(what string, m, r error) bool {
 	return false
 }
 
-func (x *sxExerciser) name(i int) string { return fmt.Sprintf("f%d", i) }
+// name is file i's name: f0, f1, ... with names in the clear; with
+// encrypted names longer, and long for odd i.
+func (x *sxExerciser) name(i int) string {
+	switch {
+	case !x.encNames:
+		return fmt.Sprintf("f%d", i)
+	case i%2 == 1:
+		return sxLongName(fmt.Sprintf("exerciser-file-%d", i), i)
+	}
+	return fmt.Sprintf("exerciser-file-%d", i)
+}
 
 func (x *sxExerciser) refPath(i int) string { return filepath.Join(x.ref, x.name(i)) }
 

@@ -36,6 +36,14 @@ import (
 // sxBlockSizes are the volume block sizes every stress test covers.
 var sxBlockSizes = []int{4 << 10, 64 << 10}
 
+// sxNameModes are the two ways a volume stores names, which the stress,
+// crash and conformance suites all run with (subtests names=plain and
+// names=encrypted).
+var sxNameModes = []struct {
+	name      string
+	encrypted bool
+}{{"plain", false}, {"encrypted", true}}
+
 // envSeed returns the run's seed: KMSFS_SEED if set, else a random one. It
 // logs the seed, so every failure shows it. The fault and stress tests
 // share it.

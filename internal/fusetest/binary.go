@@ -21,6 +21,7 @@ import (
 
 	"github.com/kmsfs/kmsfs/internal/mountinfo"
 	"github.com/kmsfs/kmsfs/keysource"
+	"github.com/kmsfs/kmsfs/volume"
 )
 
 // Bounds on waiting for the kmsfs binary and its mount daemon.
@@ -221,6 +222,18 @@ func (v *CLIVolume) Path(name string) string { return filepath.Join(v.Mnt, filep
 // CipherPath returns the cipher dir's path of a slash-separated name.
 func (v *CLIVolume) CipherPath(name string) string {
 	return filepath.Join(v.Cipher, filepath.FromSlash(name))
+}
+
+// MountedCipherPath returns the cipher file behind the slash-separated
+// name as the mount serves it, found component by component by inode
+// (volume.Info), so that it works with encrypted names, where CipherPath
+// cannot know the stored names. The volume must be mounted.
+func (v *CLIVolume) MountedCipherPath(name string) (string, error) {
+	fi, err := volume.Info(v.Path(name))
+	if err != nil {
+		return "", fmt.Errorf("fusetest: cipher file of %s: %w", name, err)
+	}
+	return fi.CipherPath, nil
 }
 
 // LogText returns the mount's log.

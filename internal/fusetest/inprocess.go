@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/envelope"
+	"github.com/kmsfs/kmsfs/envelope/names"
 	kfs "github.com/kmsfs/kmsfs/fs"
 	"github.com/kmsfs/kmsfs/internal/envelopetest"
 	"github.com/kmsfs/kmsfs/journal"
@@ -74,7 +75,9 @@ type InProcess struct {
 // assembled is what one mount is made of.
 type assembled struct {
 	vol     *envelope.Volume
-	keys    kfs.Keys // nil: the caller's
+	keys    kfs.Keys     // nil: the caller's
+	names   *names.Codec // nil: the caller's (MountFS) or names in the clear
+	rootDir names.DirID  // the root's ID when names is set
 	release func() error
 }
 
@@ -127,13 +130,28 @@ func MountFS(t testing.TB, blockSize int, o kfs.Options) *InProcess {
 // blockSize, a fresh local key file, a trust dir of the test's own) and
 // mounts it in process; each mount opens it with volume.Open, so a
 // Remount brings a new data-key Manager and journal. o gives the flags
-// (ReadOnly, Xattr, KeyTimeout); CipherDir, Volume, Keys and Log must be
-// unset.
+// (ReadOnly, Xattr, KeyTimeout); CipherDir, Volume, Keys, Log, Names and
+// RootDirID must be unset. Its names are in the clear; MountVolumeWith
+// makes one that encrypts them.
 func MountVolume(t testing.TB, blockSize int, o kfs.Options) *InProcess {
 	t.Helper()
+	return mountVolume(t, blockSize, o, false)
+}
+
+// MountVolumeWith is MountVolume, for a volume with encrypted names (as
+// kmsfs init --encrypted-names makes it) when encNames is set: each mount
+// then takes the name codec and root directory ID from the opened volume,
+// as kmsfs mount does.
+func MountVolumeWith(t testing.TB, blockSize int, o kfs.Options, encNames bool) *InProcess {
+	t.Helper()
+	return mountVolume(t, blockSize, o, encNames)
+}
+
+func mountVolume(t testing.TB, blockSize int, o kfs.Options, encNames bool) *InProcess {
+	t.Helper()
 	NeedFUSE(t)
-	if o.CipherDir != "" || o.Volume != nil || o.Keys != nil || o.Log != nil {
-		t.Fatal("fusetest: MountVolume makes the cipher dir, the volume, the keys and the log itself")
+	if o.CipherDir != "" || o.Volume != nil || o.Keys != nil || o.Log != nil || o.Names != nil {
+		t.Fatal("fusetest: MountVolume makes the cipher dir, the volume, the keys, the names and the log itself")
 	}
 	m := newInProcess(t, o)
 	keys := t.TempDir()
@@ -141,12 +159,17 @@ func MountVolume(t testing.TB, blockSize int, o kfs.Options) *InProcess {
 	ctx, cancel := context.WithTimeout(context.Background(), MountTimeout)
 	defer cancel()
 	if _, _, err := volume.Init(ctx, m.Cipher, volume.InitOptions{Keys: []string{"local:" + m.KeyFile},
-		BlockSize: blockSize, TrustDir: m.TrustDir}); err != nil {
+		BlockSize: blockSize, TrustDir: m.TrustDir, EncryptedNames: encNames}); err != nil {
 		t.Fatalf("fusetest: init %s: %v", m.Cipher, err)
 	}
 	m.assemble = func(ctx context.Context) (assembled, error) {
 		v, err := volume.Open(ctx, m.Cipher, volume.Options{TrustDir: m.TrustDir, ReadOnly: o.ReadOnly})
 		if err != nil {
+			return assembled{}, err
+		}
+		codec, rootDir, err := v.NameCodec()
+		if err != nil {
+			v.Close()
 			return assembled{}, err
 		}
 		// Reported as kmsfs mount reports them, for the log a failed test prints.
@@ -157,7 +180,7 @@ func MountVolume(t testing.TB, blockSize int, o kfs.Options) *InProcess {
 		if r := v.Recovery; r.Pending > 0 || r.Err != nil {
 			log.WithError(r.Err).WithFields(logrus.Fields{"pending": r.Pending, "recovered": r.Recovered}).Info("journal recovery")
 		}
-		return assembled{vol: v.Format, keys: v.Keys, release: v.Close}, nil
+		return assembled{vol: v.Format, keys: v.Keys, names: codec, rootDir: rootDir, release: v.Close}, nil
 	}
 	m.Mount()
 	return m
@@ -238,6 +261,9 @@ func (m *InProcess) mount() error {
 	o.CipherDir, o.Volume, o.Log = m.Cipher, a.vol, m.logger()
 	if a.keys != nil {
 		o.Keys = a.keys
+	}
+	if a.names != nil {
+		o.Names, o.RootDirID = a.names, a.rootDir
 	}
 	type result struct {
 		srv *kfs.Server
