@@ -108,3 +108,24 @@ func FuzzDecryptTarget(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseDirIDLink reads arbitrary kmsfs.dirid link targets, which
+// the cipher dir's owner controls: never a panic, and an accepted target
+// is exactly the one the ID it gives is written as (one stored form per
+// ID, so no two targets name one directory).
+func FuzzParseDirIDLink(f *testing.F) {
+	var d names.DirID
+	f.Add(d.LinkTarget())
+	f.Add("AAAAAAAAAAAAAAAAAAAAAB")
+	f.Add("AAAAAAAAAAAAAAAAAAAAAA==")
+	f.Add("../../kmsfs.conf")
+	f.Fuzz(func(t *testing.T, target string) {
+		d, err := names.ParseDirIDLink(target)
+		if err != nil {
+			return
+		}
+		if got := d.LinkTarget(); got != target {
+			t.Fatalf("ParseDirIDLink(%q) accepted a target that writes back as %q", target, got)
+		}
+	})
+}
