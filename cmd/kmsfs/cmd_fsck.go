@@ -12,7 +12,6 @@ import (
 
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
-	"golang.org/x/term"
 
 	"github.com/kmsfs/kmsfs/internal/secmem"
 	"github.com/kmsfs/kmsfs/volume"
@@ -109,7 +108,7 @@ Exit status:
 			}
 			o := volume.FsckOptions{Repair: f.repair}
 			var bar *fsckBar
-			if !f.json && term.IsTerminal(int(os.Stderr.Fd())) {
+			if barWanted(f.json) {
 				bar = newFsckBar(os.Stderr)
 				o.Progress = bar.update
 			}
@@ -190,19 +189,8 @@ type fsckBar struct {
 	shown time.Time
 }
 
-// barInterval bounds how often the bar is redrawn: often enough to move,
-// rarely enough to cost nothing against the check.
-const barInterval = 150 * time.Millisecond
-
 func newFsckBar(w io.Writer) *fsckBar {
-	return &fsckBar{bar: progressbar.NewOptions64(-1,
-		progressbar.OptionSetWriter(w),
-		progressbar.OptionSetDescription("checking"),
-		progressbar.OptionShowBytes(true),
-		progressbar.OptionSetWidth(30),
-		progressbar.OptionThrottle(barInterval),
-		progressbar.OptionClearOnFinish(),
-	)}
+	return &fsckBar{bar: newBar(w, "checking", progressbar.OptionShowBytes(true), progressbar.OptionSetWidth(30))}
 }
 
 // update is the check's progress callback; the check never calls it
@@ -220,9 +208,7 @@ func (b *fsckBar) update(p volume.FsckProgress) {
 
 // finish takes the bar off the terminal before the report is printed.
 func (b *fsckBar) finish() {
-	if b == nil {
-		return
+	if b != nil {
+		endBar(b.bar)
 	}
-	b.bar.Finish()
-	b.bar.Clear()
 }

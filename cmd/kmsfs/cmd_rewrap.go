@@ -12,7 +12,6 @@ import (
 
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
-	"golang.org/x/term"
 
 	"github.com/kmsfs/kmsfs/volume"
 )
@@ -96,9 +95,8 @@ Exit status:
 			o.TrustDir = trustDirOf(cmd)
 			o.Secrets = volume.Secrets{PassphraseFile: f.passphraseFile, Prompt: promptPassphrase}
 			var bar *progressbar.ProgressBar
-			if !f.json && term.IsTerminal(int(os.Stderr.Fd())) {
-				bar = progressbar.NewOptions64(-1, progressbar.OptionSetWriter(os.Stderr), progressbar.OptionSetDescription("rewrap"),
-					progressbar.OptionShowCount(), progressbar.OptionClearOnFinish(), progressbar.OptionThrottle(100*time.Millisecond))
+			if barWanted(f.json) {
+				bar = newBar(os.Stderr, "rewrap", progressbar.OptionShowCount())
 				o.Progress = func(done, total int64) {
 					if bar.GetMax64() != total {
 						bar.ChangeMax64(total)
@@ -107,9 +105,7 @@ Exit status:
 				}
 			}
 			r, err := rewrap(ctx, dir, o)
-			if bar != nil {
-				bar.Finish()
-			}
+			endBar(bar)
 			if err != nil && r == nil {
 				return err
 			}
