@@ -12,17 +12,18 @@ import (
 	"github.com/kmsfs/kmsfs/volume"
 )
 
-// TestCLIInitNames: `kmsfs init` keeps names in plaintext unless
-// --encrypted-names asks otherwise (hidden from --help until it becomes
-// the default); a volume with encrypted names has its name key file,
-// which `kmsfs info` reads as any cipher file, and mounts with its names
-// encrypted (TestCLINamesMounted).
+// TestCLIInitNames: `kmsfs init` encrypts names unless --plaintext-names
+// asks otherwise (--encrypted-names, the former opt-in, is still accepted,
+// hidden, and cannot be combined with it); a volume with encrypted names
+// has its name key file, which `kmsfs info` reads as any cipher file, and
+// mounts with its names encrypted (TestCLINamesMounted).
 func TestCLIInitNames(t *testing.T) {
 	cases := []struct {
 		flags     []string
 		encrypted bool
 	}{
-		{nil, false},
+		{nil, true},
+		{[]string{"--plaintext-names"}, false},
 		{[]string{"--encrypted-names"}, true},
 	}
 	for _, c := range cases {
@@ -54,12 +55,21 @@ func TestCLIInitNames(t *testing.T) {
 			v.Mount(t)
 		})
 	}
-	out, err := fusetest.RunKmsfs(suite.Kmsfs(t), nil, nil, "init", "--help")
+	bin := suite.Kmsfs(t)
+	out, err := fusetest.RunKmsfs(bin, nil, nil, "init", "--help")
 	if err != nil {
 		t.Fatalf("kmsfs init --help: %v\n%s", err, out)
 	}
-	if strings.Contains(out, "encrypted-names") {
-		t.Errorf("kmsfs init --help shows --encrypted-names before it is the default:\n%s", out)
+	if !strings.Contains(out, "--plaintext-names") || strings.Contains(out, "encrypted-names") {
+		t.Errorf("kmsfs init --help: want --plaintext-names and not the hidden --encrypted-names:\n%s", out)
+	}
+	cipher := filepath.Join(t.TempDir(), "both")
+	out, err = fusetest.RunKmsfs(bin, nil, nil, fusetest.InitArgs([]string{"local:/nonexistent"}, []string{"--plaintext-names", "--encrypted-names"}, cipher)...)
+	if err == nil || !strings.Contains(out, "plaintext-names") {
+		t.Errorf("kmsfs init --plaintext-names --encrypted-names: %v, want refused naming the flags:\n%s", err, out)
+	}
+	if _, err := os.Lstat(filepath.Join(cipher, volconf.Name)); err == nil {
+		t.Errorf("a refused init wrote %s", volconf.Name)
 	}
 }
 
@@ -71,7 +81,7 @@ func TestCLIInitNames(t *testing.T) {
 // old key retires; after a remount with the old key file gone, every
 // name and file reads back.
 func TestCLINamesMounted(t *testing.T) {
-	v := suite.InitVolume(t, fusetest.CLIOptions{InitArgs: []string{"--encrypted-names"}})
+	v := suite.InitVolume(t, fusetest.CLIOptions{})
 	v.Mount(t)
 	long := strings.Repeat("long-name-", 20) + "end"
 	tree := map[string]string{

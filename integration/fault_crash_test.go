@@ -75,8 +75,9 @@ func ftCrashRun(t *testing.T, seed uint64, bs, rounds int, encNames bool) {
 	args := []string{"--block-size", strconv.Itoa(bs)}
 	stream := uint64(bs) << 32
 	if encNames {
-		args = append(args, "--encrypted-names")
 		stream |= 1 << 63 // a sequence of its own, the plaintext one unchanged
+	} else {
+		args = append(args, "--plaintext-names")
 	}
 	v := suite.InitVolume(t, fusetest.CLIOptions{InitArgs: args})
 	v.MountForeground(t)

@@ -81,12 +81,16 @@ echo
 echo "== through the mount: cat $DEMO/mnt/hello.txt"
 cat "$DEMO/mnt/hello.txt"
 echo
-echo "== in the cipher dir: $DEMO/cipher"
+echo "== in the cipher dir: $DEMO/cipher (names encrypted; kmsfs.names holds the wrapped name key)"
 ls -l "$DEMO/cipher"
 echo
-echo "== hexdump of $DEMO/cipher/hello.txt (header with the KMS-wrapped data key, then one AES-GCM block)"
+echo "== kmsfs info $DEMO/mnt/hello.txt (finds its cipher file; reads the header, no key needed)"
+"$BIN/kmsfs" info "$DEMO/mnt/hello.txt"
+cipherfile=$("$BIN/kmsfs" info --json "$DEMO/mnt/hello.txt" | sed -n 's/.*"cipher_path": *"\([^"]*\)".*/\1/p')
+echo
+echo "== hexdump of $cipherfile (header with the KMS-wrapped data key, then one AES-GCM block)"
 slot=$(sed -n 's/.*"header_slot_size": *\([0-9]*\).*/\1/p' "$DEMO/cipher/kmsfs.conf")
-od -A x -t x1z -v "$DEMO/cipher/hello.txt" | sed -n "1,6p;/^$(printf '%06x' $((2 * slot)))/,\$p" | head -14
+od -A x -t x1z -v "$cipherfile" | sed -n "1,6p;/^$(printf '%06x' $((2 * slot)))/,\$p" | head -14
 echo
 echo "The volume stays mounted at $DEMO/mnt (emulator settings in $DEMO/env)."
 echo "Stop it with: make demo-stop"

@@ -20,17 +20,21 @@ type initFlags struct {
 	policy         string
 	passphraseFile string
 	timeout        time.Duration
-	encryptedNames bool
+	plaintextNames bool
 }
 
 func newInitCmd() *cobra.Command {
 	f := &initFlags{}
 	c := &cobra.Command{
-		Use:   "init [--key SPEC]... [--block-size N] [--data-key-policy P] CIPHERDIR",
+		Use:   "init [--key SPEC]... [--block-size N] [--data-key-policy P] [--plaintext-names] CIPHERDIR",
 		Short: "Create a cipher dir bound to one or more keys",
 		Long: `init creates CIPHERDIR (or takes an empty one) and writes its kmsfs.conf. The
 first --key generates the data keys of new files; each further --key adds an
 escrow stanza to every file, so the file also opens with that key.
+
+File names and symlink targets are encrypted: init writes a name key file,
+kmsfs.names, wrapped by the same keys. --plaintext-names keeps them in clear
+(a volume's choice is fixed at init; volumes made before keep theirs).
 
 Key specs:
   awskms:<key id | key ARN | alias/NAME>      AWS KMS (symmetric or RSA ENCRYPT_DECRYPT)
@@ -45,7 +49,8 @@ mount uses only what the host approved.`,
 		Example: `  head -c 32 /dev/urandom > /etc/kmsfs/demo.key && chmod 600 /etc/kmsfs/demo.key
   kmsfs init --key local:/etc/kmsfs/demo.key /srv/cipher
   kmsfs init --key awskms:alias/backups --key 'pkcs11:token=escrow;object=kek?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/kmsfs/pin' /srv/cipher
-  kmsfs init --key awskms:alias/shred-me --data-key-policy per-file /srv/cipher`,
+  kmsfs init --key awskms:alias/shred-me --data-key-policy per-file /srv/cipher
+  kmsfs init --key local:/etc/kmsfs/demo.key --plaintext-names /srv/cipher-plain-names`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runInit(cmd.Context(), f, trustDirOf(cmd), args[0])
@@ -57,9 +62,11 @@ mount uses only what the host approved.`,
 	c.Flags().StringVar(&f.policy, "data-key-policy", "batched", "data-key reuse: per-file, batched, or batched:max-files=N,max-age=D")
 	c.Flags().StringVar(&f.passphraseFile, "passphrase-file", "", "file holding the passphrase for local:passphrase")
 	c.Flags().DurationVar(&f.timeout, "timeout", 60*time.Second, "bound on the key checks")
-	// Hidden until the mount encrypts names: such a volume does not mount yet.
-	c.Flags().BoolVar(&f.encryptedNames, "encrypted-names", false, "encrypt file names and symlink targets (a name key file, kmsfs.names, is written)")
+	c.Flags().BoolVar(&f.plaintextNames, "plaintext-names", false, "keep file names and symlink targets in clear in CIPHERDIR (by default they are encrypted)")
+	// The default since names are encrypted; kept so scripts written before still run.
+	c.Flags().Bool("encrypted-names", true, "encrypt file names and symlink targets (the default)")
 	c.Flags().MarkHidden("encrypted-names")
+	c.MarkFlagsMutuallyExclusive("plaintext-names", "encrypted-names")
 	return c
 }
 
@@ -72,7 +79,7 @@ func runInit(ctx context.Context, f *initFlags, trustDir, dir string) error {
 	a, anchorPath, err := volume.Init(ctx, dir, volume.InitOptions{
 		Keys: f.keys, BlockSize: f.blockSize, SlotSize: f.slotSize, Policy: f.policy, TrustDir: trustDir,
 		Secrets:        volume.Secrets{PassphraseFile: f.passphraseFile, Prompt: promptPassphrase},
-		EncryptedNames: f.encryptedNames,
+		EncryptedNames: !f.plaintextNames,
 	})
 	if err != nil {
 		return err

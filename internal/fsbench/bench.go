@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -167,28 +166,24 @@ func (b *bench) mount(ctx context.Context, g group, fs string, round int) (*daem
 	// The volume is approved in a trust dir of its own, not the host's.
 	env := append(b.awsEnv(b.proxy(g)), "KMSFS_TRUST_DIR="+filepath.Join(top, "trust"))
 	initArgs := []string{"init", "--key", keySpec}
-	if fs == fsKmsfsNames {
-		initArgs = append(initArgs, "--encrypted-names")
+	if fs != fsKmsfsNames {
+		initArgs = append(initArgs, "--plaintext-names")
 	}
 	if err := runCmd(ctx, env, b.cfg.kmsfsBin, append(initArgs, backing)...); err != nil {
 		return nil, top, err
 	}
-	if fs == fsKmsfsNames {
-		// A flag init ignored would set names in the clear against
-		// themselves.
-		c, err := volconf.Load(backing)
-		if err != nil {
-			return nil, top, err
-		}
-		if !slices.Contains(c.Features, volconf.FeatureEncryptedNames) {
-			return nil, top, fmt.Errorf("kmsfs init --encrypted-names made a volume without feature %q (features %q)", volconf.FeatureEncryptedNames, c.Features)
-		}
+	// A default or flag init did not honour would set names in the clear
+	// against themselves.
+	c, err := volconf.Load(backing)
+	if err != nil {
+		return nil, top, err
+	}
+	if want := fs == fsKmsfsNames; c.EncryptedNames() != want {
+		return nil, top, fmt.Errorf("kmsfs %s made a volume with encrypted names %v, want %v (features %q)", strings.Join(initArgs, " "), c.EncryptedNames(), want, c.Features)
 	}
 	if b.meta.Volume == "" && fs == fsKmsfs {
-		if c, err := volconf.Load(backing); err == nil {
-			b.meta.Volume = fmt.Sprintf("%s, block size %d, data-key policy %s, format %d", keySpec, c.BlockSize, c.DataKeyPolicy, c.FormatVersion)
-			b.blockSize = c.BlockSize
-		}
+		b.meta.Volume = fmt.Sprintf("%s, block size %d, data-key policy %s, format %d", keySpec, c.BlockSize, c.DataKeyPolicy, c.FormatVersion)
+		b.blockSize = c.BlockSize
 	}
 	args := append(append([]string{"mount", "-f"}, b.cfg.mountFlags...), backing, mnt)
 	d, err := startDaemon(ctx, fs, b.cfg.kmsfsBin, args, env, mnt, logPath)

@@ -51,9 +51,10 @@ import (
 	"time"
 )
 
-// The filesystems compared. fsKmsfsNames is kmsfs on a volume made with
-// `kmsfs init --encrypted-names`, run only in the groups that ask for it
-// (group.names), beside kmsfs with names in the clear.
+// The filesystems compared. fsKmsfs is kmsfs on a volume made with
+// `kmsfs init --plaintext-names`; fsKmsfsNames is kmsfs on a volume made by
+// `kmsfs init` (names encrypted), run only in the groups that ask for it
+// (group.names), beside it.
 const (
 	fsKmsfs      = "kmsfs"
 	fsKmsfsNames = "kmsfs-names"

@@ -394,7 +394,8 @@ func (b *bench) notes(w io.Writer) {
 	fmt.Fprintln(w, "  (which uses no KMS) measured again in the same rounds, so that both sides see the same host. KMS calls: median")
 	fmt.Fprintln(w, "  requests per phase (GDK GenerateDataKey, Dec Decrypt, Desc DescribeKey).")
 	fmt.Fprintf(w, "untar: %s, tarred once onto the tmpfs; find/du counts checked against the tar.\n", b.tarName)
-	fmt.Fprintln(w, "names encrypted: the kmsfs columns of those rows are kmsfs on a volume made with `kmsfs init --encrypted-names`,")
+	fmt.Fprintln(w, "names encrypted: the kmsfs columns of those rows are kmsfs on a volume made by `kmsfs init` (names encrypted,")
+	fmt.Fprintln(w, "  the default); every other kmsfs column is a volume made with `kmsfs init --plaintext-names`. The names rows are")
 	fmt.Fprintln(w, "  run in the same rounds between kmsfs and the loopback (kmsfs, names, loopback; reversed in even rounds);")
 	fmt.Fprintln(w, "  vs names-off = its median / the median of the row above it (kmsfs, names in the clear), lower is better.")
 }
