@@ -5,9 +5,11 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +17,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 
+	"github.com/kmsfs/kmsfs/envelope/names"
 	"github.com/kmsfs/kmsfs/internal/fusetest"
 	"github.com/kmsfs/kmsfs/internal/kmstest"
 	"github.com/kmsfs/kmsfs/keysource"
@@ -25,6 +28,15 @@ import (
 // lcExitAtRisk is kmsfs status's documented exit code for a volume with
 // files that no usable key opens.
 const lcExitAtRisk = 3
+
+// The name key file kmsfs.names of a volume with encrypted names (what
+// kmsfs init makes by default) is a cipher file under the volume's keys:
+// status, fsck and rewrap count it beside the files a test writes, and
+// losing a key puts it at risk with them.
+const (
+	lcNameKeyFiles = 1
+	lcNameKeyBytes = names.KeySize
+)
 
 // lcStatus runs `kmsfs status --json` and returns the report and the exit
 // code.
@@ -101,8 +113,9 @@ func TestStatusKMSKeyLifecycle(t *testing.T) {
 				return v.LogHas(mark, func(l fusetest.LogLine) bool { return strings.Contains(l.Raw, "every file opens under a usable key") })
 			})
 			r, code := lcStatus(t, v)
-			if k := lcKey(t, r, arn); code != 0 || !r.Healthy() || k.State != volume.StateEnabled || k.Files != 2 || k.Bytes != 71000 || k.SoleFiles != 2 {
-				t.Fatalf("before the change: exit %d, key %+v; want exit 0, enabled, 2 files of 71000 bytes under it alone", code, k)
+			wantFiles, wantBytes := int64(len(files)+lcNameKeyFiles), int64(71000+lcNameKeyBytes)
+			if k := lcKey(t, r, arn); code != 0 || !r.Healthy() || k.State != volume.StateEnabled || k.Files != wantFiles || k.Bytes != wantBytes || k.SoleFiles != wantFiles {
+				t.Fatalf("before the change: exit %d, key %+v; want exit 0, enabled, %d files (kmsfs.names included) of %d bytes under it alone", code, k, wantFiles, wantBytes)
 			}
 
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -121,15 +134,15 @@ func TestStatusKMSKeyLifecycle(t *testing.T) {
 			}
 			fusetest.Eventually(t, "the mount's warning of the "+tt.state+" key", time.Minute, func() bool {
 				return v.LogHas(mark, func(l fusetest.LogLine) bool {
-					return l.F["level"] == "warning" && l.F["key"] == arn && l.F["state"] == tt.state && l.F["files"] == "2"
+					return l.F["level"] == "warning" && l.F["key"] == arn && l.F["state"] == tt.state && l.F["files"] == strconv.FormatInt(wantFiles, 10)
 				})
 			})
 			v.Unmount(t)
 
 			r, code = lcStatus(t, v)
 			k := lcKey(t, r, arn)
-			if code != lcExitAtRisk || r.Healthy() || r.AtRiskFiles != 2 || k.State != tt.state || k.Usable {
-				t.Errorf("after the change: exit %d, %d files at risk, key %+v; want exit %d, 2 files, %s", code, r.AtRiskFiles, k, lcExitAtRisk, tt.state)
+			if code != lcExitAtRisk || r.Healthy() || r.AtRiskFiles != wantFiles || k.State != tt.state || k.Usable {
+				t.Errorf("after the change: exit %d, %d files at risk, key %+v; want exit %d, %d files, %s", code, r.AtRiskFiles, k, lcExitAtRisk, wantFiles, tt.state)
 			}
 			switch {
 			case deletes == nil && k.Deletes != nil:
@@ -139,7 +152,7 @@ func TestStatusKMSKeyLifecycle(t *testing.T) {
 			}
 			// The human table says the same, with the date.
 			out, _ := v.Run("status", v.Cipher)
-			if !strings.Contains(out, tt.state) || !strings.Contains(out, "AT RISK: 2 files") ||
+			if !strings.Contains(out, tt.state) || !strings.Contains(out, fmt.Sprintf("AT RISK: %d files", wantFiles)) ||
 				(deletes != nil && !strings.Contains(out, deletes.Format(time.RFC3339))) {
 				t.Errorf("kmsfs status:\n%s", out)
 			}
@@ -218,7 +231,9 @@ func lcPlantOldKeyFile(t *testing.T, v *fusetest.CLIVolume, name string) string 
 }
 
 // TestStatusKeyFileDeleted deletes the key file of a local-key volume:
-// status reports the key missing and the files at risk, and does not fail.
+// status reports the key missing and the files at risk (the file written
+// and kmsfs.names, whose name key the lost key wraps too: every name is
+// lost with it), and does not fail.
 func TestStatusKeyFileDeleted(t *testing.T) {
 	v := suite.StartVolume(t, fusetest.CLIOptions{})
 	if err := os.WriteFile(v.Path("f"), []byte("data"), 0o644); err != nil {
@@ -229,8 +244,9 @@ func TestStatusKeyFileDeleted(t *testing.T) {
 		t.Fatal(err)
 	}
 	r, code := lcStatus(t, v)
-	if len(r.Keys) != 1 || r.Keys[0].State != volume.StateMissing || code != lcExitAtRisk || r.AtRiskFiles != 1 {
-		t.Errorf("exit %d, keys %+v, %d at risk; want exit %d, the key missing, 1 file at risk", code, r.Keys, r.AtRiskFiles, lcExitAtRisk)
+	want := int64(1 + lcNameKeyFiles)
+	if len(r.Keys) != 1 || r.Keys[0].State != volume.StateMissing || code != lcExitAtRisk || r.AtRiskFiles != want {
+		t.Errorf("exit %d, keys %+v, %d at risk; want exit %d, the key missing, %d files at risk (kmsfs.names included)", code, r.Keys, r.AtRiskFiles, lcExitAtRisk, want)
 	}
 }
 
@@ -250,21 +266,25 @@ func TestStatusPKCS11KeyDeleted(t *testing.T) {
 	}
 	v.Unmount(t)
 	r, code := lcStatus(t, v)
-	if len(r.Keys) != 1 || r.Keys[0].State != volume.StateEnabled || code != 0 || r.Keys[0].Files != 1 || r.Keys[0].Bytes != 5000 {
-		t.Fatalf("before the deletion: exit %d, keys %+v; want exit 0, the key enabled with 1 file of 5000 bytes", code, r.Keys)
+	wantFiles, wantBytes := int64(1+lcNameKeyFiles), int64(5000+lcNameKeyBytes)
+	if len(r.Keys) != 1 || r.Keys[0].State != volume.StateEnabled || code != 0 || r.Keys[0].Files != wantFiles || r.Keys[0].Bytes != wantBytes {
+		t.Fatalf("before the deletion: exit %d, keys %+v; want exit 0, the key enabled with %d files (kmsfs.names included) of %d bytes", code, r.Keys, wantFiles, wantBytes)
 	}
 	if err := h.DeleteKey(tok, label); err != nil {
 		t.Fatal(err)
 	}
 	r, code = lcStatus(t, v)
-	if len(r.Keys) != 1 || r.Keys[0].State != volume.StateMissing || code != lcExitAtRisk || r.AtRiskFiles != 1 {
-		t.Errorf("after the deletion: exit %d, keys %+v, %d at risk; want exit %d, the key missing, 1 file at risk", code, r.Keys, r.AtRiskFiles, lcExitAtRisk)
+	if len(r.Keys) != 1 || r.Keys[0].State != volume.StateMissing || code != lcExitAtRisk || r.AtRiskFiles != wantFiles {
+		t.Errorf("after the deletion: exit %d, keys %+v, %d at risk; want exit %d, the key missing, %d files at risk", code, r.Keys, r.AtRiskFiles, lcExitAtRisk, wantFiles)
 	}
 }
 
 // TestInfo reads a file's header with kmsfs info, given its cipher file
 // and given its path through the mount: both name the same cipher file
-// and report its key, sizes and slots, without a key.
+// and report its key, sizes and slots, without a key. The volume encrypts
+// names, so the cipher file is found the way an operator without the key
+// would find it: the one entry of the cipher dir that is not kmsfs's own,
+// and below it the same.
 func TestInfo(t *testing.T) {
 	e := fusetest.KMS(t)
 	v := suite.StartVolume(t, fusetest.CLIOptions{Keys: []string{"awskms:" + kmstest.Alias}, Env: fusetest.AWSEnv(e)})
@@ -275,12 +295,17 @@ func TestInfo(t *testing.T) {
 	if err := os.WriteFile(v.Path("dir/f"), data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	st, err := os.Stat(v.CipherPath("dir/f"))
+	dir := filepath.Join(v.Cipher, lcOnlyEntry(t, v.Cipher))
+	cipherFile := filepath.Join(dir, lcOnlyEntry(t, dir))
+	if cipherFile == v.CipherPath("dir/f") {
+		t.Fatalf("the cipher file of dir/f is %s: names stored in clear", cipherFile)
+	}
+	st, err := os.Stat(cipherFile)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range []struct{ name, path string }{
-		{"path=cipher", v.CipherPath("dir/f")},
+		{"path=cipher", cipherFile},
 		{"path=mount", v.Path("dir/f")},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -292,9 +317,9 @@ func TestInfo(t *testing.T) {
 			if err := json.Unmarshal([]byte(out), &fi); err != nil {
 				t.Fatalf("kmsfs info --json: %v\n%s", err, out)
 			}
-			if fi.CipherPath != v.CipherPath("dir/f") || fi.PlainSize != int64(len(data)) || fi.CipherSize != st.Size() ||
+			if fi.CipherPath != cipherFile || fi.PlainSize != int64(len(data)) || fi.CipherSize != st.Size() ||
 				fi.Version != 2 || len(fi.FileID) != 32 || fi.Current < 0 || fi.Slots[fi.Current].Seq == 0 {
-				t.Errorf("info: %+v", fi)
+				t.Errorf("info: %+v; want the cipher file %s", fi, cipherFile)
 			}
 			if len(fi.Stanzas) != 1 || fi.Stanzas[0].Type != "awskms" || fi.Stanzas[0].KeyID != e.Symmetric.ARN {
 				t.Errorf("stanzas %+v, want one awskms stanza of %s", fi.Stanzas, e.Symmetric.ARN)
@@ -306,44 +331,115 @@ func TestInfo(t *testing.T) {
 	}
 }
 
-// TestInfoPlantedSymlink is the attack on kmsfs info through a mount:
-// whoever controls the cipher dir replaces a directory with a symbolic
-// link to a directory outside it holding a cipher file of their choice.
-// info of the path through the mount must never follow the link and
-// report the outside file: it refuses the link, or (finding the cipher
-// file by the inode the mount still shows) reports the owner's file
-// where it now is.
-func TestInfoPlantedSymlink(t *testing.T) {
-	v := suite.StartVolume(t, fusetest.CLIOptions{})
-	if err := os.MkdirAll(v.Path("dir"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(v.Path("dir/f"), []byte("the owner's file"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	outside := t.TempDir()
-	raw, err := os.ReadFile(v.CipherPath("dir/f"))
+// lcOnlyEntry returns the one entry of the cipher directory dir that holds
+// a file or directory of the volume, not one of kmsfs's own (kmsfs.conf,
+// kmsfs.names, kmsfs.dirid, ...: names.IsSpecial).
+func lcOnlyEntry(t *testing.T, dir string) string {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(outside, "f"), raw, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(v.CipherPath("dir"), v.CipherPath("dir.moved")); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Symlink(outside, v.CipherPath("dir")); err != nil {
-		t.Fatal(err)
-	}
-	out, err := v.Run("info", "--json", v.Path("dir/f"))
-	if err == nil {
-		var fi volume.FileInfo
-		if jerr := json.Unmarshal([]byte(out), &fi); jerr != nil || fi.CipherPath != v.CipherPath("dir.moved/f") {
-			t.Fatalf("kmsfs info reported another file than the mount's (%v):\n%s", jerr, out)
+	var found []string
+	for _, e := range ents {
+		if !names.IsSpecial(e.Name()) {
+			found = append(found, e.Name())
 		}
-		return
 	}
-	if !strings.Contains(out, "symbolic link") && !strings.Contains(out, "symlink") {
-		t.Errorf("kmsfs info does not say it refused a symlink:\n%s", out)
+	if len(found) != 1 {
+		t.Fatalf("cipher directory %s holds %q, want one entry besides kmsfs's own", dir, found)
+	}
+	return found[0]
+}
+
+// lcNameArgs returns the kmsfs init flags of a volume that encrypts names
+// (the default: none) or stores them in clear.
+func lcNameArgs(encrypted bool) []string {
+	if encrypted {
+		return nil
+	}
+	return []string{"--plaintext-names"}
+}
+
+// TestInfoPlantedSymlink is the attack on kmsfs info through a mount:
+// whoever controls the cipher dir replaces a directory with a symbolic
+// link to a directory outside it holding a copy of the directory's
+// entries (with encrypted names, its kmsfs.dirid link too, so the names
+// there still decrypt). info of the path through the mount must never
+// follow the link and report the outside file: it refuses the link, or
+// (finding the cipher file by the inode the mount still shows) reports the
+// owner's file where it now is. Volumes with plaintext names are attacked
+// by the directory's own name, those with encrypted names by its backing
+// entry.
+func TestInfoPlantedSymlink(t *testing.T) {
+	for _, nm := range sxNameModes {
+		t.Run("names="+nm.name, func(t *testing.T) {
+			v := suite.StartVolume(t, fusetest.CLIOptions{InitArgs: lcNameArgs(nm.encrypted)})
+			if err := os.MkdirAll(v.Path("dir"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(v.Path("dir/f"), []byte("the owner's file"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			f, err := v.MountedCipherPath("dir/f")
+			if err != nil {
+				t.Fatal(err)
+			}
+			dir := filepath.Dir(f)
+			outside := t.TempDir()
+			lcCopyEntries(t, dir, outside)
+			if err := os.Rename(dir, dir+".moved"); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(outside, dir); err != nil {
+				t.Fatal(err)
+			}
+			out, err := v.Run("info", "--json", v.Path("dir/f"))
+			if err == nil {
+				want := filepath.Join(dir+".moved", filepath.Base(f))
+				var fi volume.FileInfo
+				if jerr := json.Unmarshal([]byte(out), &fi); jerr != nil || fi.CipherPath != want {
+					t.Fatalf("kmsfs info reported another file than the mount's %s (%v):\n%s", want, jerr, out)
+				}
+				return
+			}
+			if !strings.Contains(out, "symbolic link") && !strings.Contains(out, "symlink") {
+				t.Errorf("kmsfs info does not say it refused a symlink:\n%s", out)
+			}
+		})
+	}
+}
+
+// lcCopyEntries copies the regular files and symbolic links of the
+// directory from into the directory to, as an attacker copies a cipher
+// directory.
+func lcCopyEntries(t *testing.T, from, to string) {
+	t.Helper()
+	ents, err := os.ReadDir(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		src, dst := filepath.Join(from, e.Name()), filepath.Join(to, e.Name())
+		switch e.Type() {
+		case 0:
+			raw, err := os.ReadFile(src)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(dst, raw, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		case os.ModeSymlink:
+			target, err := os.Readlink(src)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(target, dst); err != nil {
+				t.Fatal(err)
+			}
+		default:
+			t.Fatalf("copy %s: not a file or a symbolic link", src)
+		}
 	}
 }
