@@ -33,51 +33,63 @@ func lcFsck(t *testing.T, v *fusetest.CLIVolume, args ...string) (string, int) {
 // TestFsckCLI is the attacker (or the bad disk) who changes a byte of a
 // cipher file at rest: kmsfs fsck of the local-key volume exits 0 while it
 // is intact, and after the edit exits with the damage code, naming the
-// file and the block, in both output forms.
+// file and the block, in both output forms; on a volume of each name mode
+// (with encrypted names fsck checks kmsfs.names too).
 func TestFsckCLI(t *testing.T) {
-	v := suite.StartVolume(t, fusetest.CLIOptions{})
-	for _, name := range []string{"a", "b"} {
-		if err := os.WriteFile(v.Path(name), cryPlain(t, crySize), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	v.Unmount(t)
-	for _, args := range [][]string{nil, {"--json"}, {"--repair"}} {
-		if out, code := lcFsck(t, v, args...); code != 0 {
-			t.Fatalf("fsck %v of an intact volume: exit %d\n%s", args, code, out)
-		}
-	}
+	for _, nm := range sxNameModes {
+		t.Run("names="+nm.name, func(t *testing.T) {
+			v := suite.StartVolume(t, fusetest.CLIOptions{InitArgs: lcNameArgs(nm.encrypted)})
+			for _, name := range []string{"a", "b"} {
+				if err := os.WriteFile(v.Path(name), cryPlain(t, crySize), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			victim, err := v.MountedCipherPath("b")
+			if err != nil {
+				t.Fatal(err)
+			}
+			v.Unmount(t)
+			files := int64(2)
+			if nm.encrypted {
+				files += lcNameKeyFiles
+			}
+			for _, args := range [][]string{nil, {"--json"}, {"--repair"}} {
+				if out, code := lcFsck(t, v, args...); code != 0 {
+					t.Fatalf("fsck %v of an intact volume: exit %d\n%s", args, code, out)
+				}
+			}
 
-	victim := v.CipherPath("b")
-	raw, err := os.ReadFile(victim)
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw[len(raw)/2] ^= 0x01
-	if err := os.WriteFile(victim, raw, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	rel, err := filepath.Rel(v.Cipher, victim)
-	if err != nil {
-		t.Fatal(err)
-	}
+			raw, err := os.ReadFile(victim)
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw[len(raw)/2] ^= 0x01
+			if err := os.WriteFile(victim, raw, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			rel, err := filepath.Rel(v.Cipher, victim)
+			if err != nil {
+				t.Fatal(err)
+			}
 
-	out, code := lcFsck(t, v, "--json")
-	var r volume.FsckReport
-	if err := json.Unmarshal([]byte(out), &r); err != nil {
-		t.Fatalf("fsck --json (exit %d): %v\n%s", code, err, out)
-	}
-	if code != lcExitDamage || r.Files != 2 || r.OK != 1 || len(r.Problems) != 1 {
-		t.Fatalf("fsck --json of a tampered volume: exit %d, report %+v; want exit %d, one file damaged", code, r, lcExitDamage)
-	}
-	p := r.Problems[0]
-	if p.Path != rel || p.State != volume.FsckDamaged || len(p.Blocks) != 1 {
-		t.Fatalf("problem %+v; want %s damaged in one block", p, rel)
-	}
-	out, code = lcFsck(t, v)
-	want := fmt.Sprintf("block %d (plaintext offset %d)", p.Blocks[0].Index, p.Blocks[0].Offset)
-	if code != lcExitDamage || !strings.Contains(out, rel) || !strings.Contains(out, want) {
-		t.Fatalf("fsck: exit %d, output:\n%s\nwant exit %d naming %s and %q", code, out, lcExitDamage, rel, want)
+			out, code := lcFsck(t, v, "--json")
+			var r volume.FsckReport
+			if err := json.Unmarshal([]byte(out), &r); err != nil {
+				t.Fatalf("fsck --json (exit %d): %v\n%s", code, err, out)
+			}
+			if code != lcExitDamage || r.Files != files || r.OK != files-1 || len(r.Problems) != 1 {
+				t.Fatalf("fsck --json of a tampered volume: exit %d, report %+v; want exit %d, %d files, one damaged", code, r, lcExitDamage, files)
+			}
+			p := r.Problems[0]
+			if p.Path != rel || p.State != volume.FsckDamaged || len(p.Blocks) != 1 {
+				t.Fatalf("problem %+v; want %s damaged in one block", p, rel)
+			}
+			out, code = lcFsck(t, v)
+			want := fmt.Sprintf("block %d (plaintext offset %d)", p.Blocks[0].Index, p.Blocks[0].Offset)
+			if code != lcExitDamage || !strings.Contains(out, rel) || !strings.Contains(out, want) {
+				t.Fatalf("fsck: exit %d, output:\n%s\nwant exit %d naming %s and %q", code, out, lcExitDamage, rel, want)
+			}
+		})
 	}
 }
 
@@ -110,14 +122,18 @@ func TestFsckKeySources(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
+			victim, err := v.MountedCipherPath("b")
+			if err != nil {
+				t.Fatal(err)
+			}
 			v.Unmount(t)
+			files := int64(2 + lcNameKeyFiles)
 			out, code := lcFsck(t, v, "--json")
 			r := lcFsckReport(t, out, code)
-			if code != 0 || !r.Clean() || r.Files != 2 || r.OK != 2 {
-				t.Fatalf("fsck of an intact volume: exit %d, %+v", code, r)
+			if code != 0 || !r.Clean() || r.Files != files || r.OK != files {
+				t.Fatalf("fsck of an intact volume: exit %d, %+v; want %d files (kmsfs.names included) clean", code, r, files)
 			}
 
-			victim := v.CipherPath("b")
 			raw, err := os.ReadFile(victim)
 			if err != nil {
 				t.Fatal(err)
@@ -130,15 +146,19 @@ func TestFsckKeySources(t *testing.T) {
 			if err := os.WriteFile(victim, raw, 0o600); err != nil {
 				t.Fatal(err)
 			}
+			rel, err := filepath.Rel(v.Cipher, victim)
+			if err != nil {
+				t.Fatal(err)
+			}
 			out, code = lcFsck(t, v, "--json")
 			r = lcFsckReport(t, out, code)
-			if code != lcExitDamage || r.OK != 1 || len(r.Problems) != 1 {
+			if code != lcExitDamage || r.OK != files-1 || len(r.Problems) != 1 {
 				t.Fatalf("fsck after the edit: exit %d, %+v; want exit %d and one file named", code, r, lcExitDamage)
 			}
 			p := r.Problems[0]
 			want := volume.FsckBlock{Index: 3, Offset: 3 * int64(l.BlockSize())}
-			if p.Path != "b" || p.State != volume.FsckDamaged || len(p.Blocks) != 1 || p.Blocks[0] != want {
-				t.Fatalf("problem %+v; want b damaged in block %+v", p, want)
+			if p.Path != rel || p.State != volume.FsckDamaged || len(p.Blocks) != 1 || p.Blocks[0] != want {
+				t.Fatalf("problem %+v; want %s (b) damaged in block %+v", p, rel, want)
 			}
 		})
 	}
@@ -277,7 +297,11 @@ func TestFsckRepairsCrashRemnant(t *testing.T) {
 	if err := os.WriteFile(v.Path("f"), plain, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	before, err := os.ReadFile(v.CipherPath("f"))
+	cipherFile, err := v.MountedCipherPath("f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, err := os.ReadFile(cipherFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -292,14 +316,14 @@ func TestFsckRepairsCrashRemnant(t *testing.T) {
 	if err := os.Truncate(v.Path("f"), 2*bs); err != nil {
 		t.Fatal(err)
 	}
-	cut, err := os.ReadFile(v.CipherPath("f"))
+	cut, err := os.ReadFile(cipherFile)
 	if err != nil {
 		t.Fatal(err)
 	}
 	v.Unmount(t)
 	crashed := slices.Clone(before)
 	copy(crashed[l.BlockOffset(1):l.BlockOffset(2)], cut[l.BlockOffset(1):])
-	if err := os.WriteFile(v.CipherPath("f"), crashed, 0o600); err != nil {
+	if err := os.WriteFile(cipherFile, crashed, 0o600); err != nil {
 		t.Fatal(err)
 	}
 
