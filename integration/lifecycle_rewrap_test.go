@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -57,13 +58,50 @@ func rwWrite(t *testing.T, v *fusetest.CLIVolume, dir string, n int) map[string]
 	return files
 }
 
-// rwStanzas returns the key IDs of the stanzas of the cipher file of name
-// (kmsfs info's view, no key needed).
-func rwStanzas(t *testing.T, v *fusetest.CLIVolume, name string) []string {
+// rwCipherFiles returns, by name, the cipher file of each of files and of
+// the volume's name key file kmsfs.names (a cipher file under the volume's
+// keys, which a rewrap moves with the others). The volume must be
+// mounted: the volumes encrypt names, so a file's cipher file is found
+// through the mount.
+func rwCipherFiles(t *testing.T, v *fusetest.CLIVolume, files map[string][]byte) map[string]string {
 	t.Helper()
-	fi, err := volume.Info(v.CipherPath(name))
+	cipher := map[string]string{volume.NamesName: v.CipherPath(volume.NamesName)}
+	for name := range files {
+		cipher[name] = rwCipherFile(t, v, name)
+	}
+	return cipher
+}
+
+// rwCipherFile returns the cipher file behind name in v's mount. A mount
+// of another user refuses the test (root included: it is not
+// allow-other), so there kmsfs info, run as that user, finds it.
+func rwCipherFile(t *testing.T, v *fusetest.CLIVolume, name string) string {
+	t.Helper()
+	if v.Cred() == nil {
+		p, err := v.MountedCipherPath(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	out, err := v.Run("info", "--json", v.Path(name))
 	if err != nil {
-		t.Fatalf("info %s: %v", name, err)
+		t.Fatalf("kmsfs info %s: %v\n%s", name, err, out)
+	}
+	var fi volume.FileInfo
+	if err := json.Unmarshal([]byte(out), &fi); err != nil {
+		t.Fatalf("kmsfs info --json %s: %v\n%s", name, err, out)
+	}
+	return fi.CipherPath
+}
+
+// rwStanzas returns the key IDs of the stanzas of the cipher file path
+// (kmsfs info's view, no key needed).
+func rwStanzas(t *testing.T, path string) []string {
+	t.Helper()
+	fi, err := volume.Info(path)
+	if err != nil {
+		t.Fatalf("info %s: %v", path, err)
 	}
 	var ids []string
 	for _, s := range fi.Stanzas {
@@ -72,14 +110,26 @@ func rwStanzas(t *testing.T, v *fusetest.CLIVolume, name string) []string {
 	return ids
 }
 
-// rwCheckStanzas fails t unless every file holds stanzas of exactly want.
-func rwCheckStanzas(t *testing.T, v *fusetest.CLIVolume, files map[string][]byte, want ...string) {
+// rwCheckCipherStanzas fails t unless every cipher file (rwCipherFiles)
+// holds stanzas of exactly want.
+func rwCheckCipherStanzas(t *testing.T, cipher map[string]string, want ...string) {
 	t.Helper()
-	for name := range files {
-		if got := rwStanzas(t, v, name); !slices.Equal(got, want) {
+	for name, path := range cipher {
+		if got := rwStanzas(t, path); !slices.Equal(got, want) {
 			t.Fatalf("%s: stanzas of %v, want %v", name, got, want)
 		}
 	}
+}
+
+// rwCheckStanzas is rwCheckCipherStanzas of files stored under their own
+// names (a volume with plaintext names).
+func rwCheckStanzas(t *testing.T, v *fusetest.CLIVolume, files map[string][]byte, want ...string) {
+	t.Helper()
+	cipher := map[string]string{}
+	for name := range files {
+		cipher[name] = v.CipherPath(name)
+	}
+	rwCheckCipherStanzas(t, cipher, want...)
 }
 
 // rwCheckContent mounts v and reads every file back.
@@ -118,8 +168,9 @@ func TestRewrapAWSAliasMoved(t *testing.T) {
 	v := suite.InitVolume(t, fusetest.CLIOptions{Keys: []string{"awskms:" + kmstest.Alias}, Env: fusetest.AWSEnvAt(e, p.URL)})
 	v.Mount(t)
 	files := rwWrite(t, v, "docs", 60)
+	cipher := rwCipherFiles(t, v, files)
 	v.Unmount(t)
-	rwCheckStanzas(t, v, files, e.Symmetric.ARN)
+	rwCheckCipherStanzas(t, cipher, e.Symmetric.ARN)
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -140,9 +191,9 @@ func TestRewrapAWSAliasMoved(t *testing.T) {
 	// retiring key, and nothing is lost.
 	p.SetPermissions(&kmstest.Permissions{Allow: []string{"GenerateDataKey", "Decrypt", "DescribeKey"}})
 	r, code := rwRewrap(t, v, "--to", "awskms:"+kmstest.Alias)
-	if code != rwExitIncomplete || r.FailedFiles != 60 || !slices.Equal(r.Retiring, []string{e.Symmetric.ARN}) ||
+	if code != rwExitIncomplete || r.FailedFiles != int64(len(cipher)) || !slices.Equal(r.Retiring, []string{e.Symmetric.ARN}) ||
 		!strings.Contains(r.Failed[0].Error, "kms:Encrypt") {
-		t.Fatalf("rewrap denied: exit %d, %+v; want exit %d, 60 files failed naming kms:Encrypt, the old key retiring", code, r, rwExitIncomplete)
+		t.Fatalf("rewrap denied: exit %d, %+v; want exit %d, %d files (kmsfs.names included) failed naming kms:Encrypt, the old key retiring", code, r, rwExitIncomplete, len(cipher))
 	}
 	rwCheckContent(t, v, files)
 	p.SetPermissions(nil)
@@ -150,16 +201,16 @@ func TestRewrapAWSAliasMoved(t *testing.T) {
 	before := calls()
 	r, code = rwRewrap(t, v, "--to", "awskms:"+kmstest.Alias)
 	after := calls()
-	if code != 0 || !r.Done() || r.Rewrapped != 60 || !slices.Equal(r.Retired, []string{e.Symmetric.ARN}) || !slices.Equal(r.Keys, []string{e.Symmetric2.ARN}) {
-		t.Fatalf("rewrap: exit %d, %+v; want 60 files moved to %s and %s retired", code, r, e.Symmetric2.ARN, e.Symmetric.ARN)
+	if code != 0 || !r.Done() || r.Rewrapped != int64(len(cipher)) || !slices.Equal(r.Retired, []string{e.Symmetric.ARN}) || !slices.Equal(r.Keys, []string{e.Symmetric2.ARN}) {
+		t.Fatalf("rewrap: exit %d, %+v; want %d files moved to %s and %s retired", code, r, len(cipher), e.Symmetric2.ARN, e.Symmetric.ARN)
 	}
 	reenc, dec := after["ReEncrypt"]-before["ReEncrypt"], after["Decrypt"]-before["Decrypt"]
-	t.Logf("rewrap of 60 files: %d distinct data keys, %d ReEncrypt, %d Decrypt, %d Encrypt", r.DataKeys, reenc, dec, after["Encrypt"]-before["Encrypt"])
+	t.Logf("rewrap of %d files: %d distinct data keys, %d ReEncrypt, %d Decrypt, %d Encrypt", len(cipher), r.DataKeys, reenc, dec, after["Encrypt"]-before["Encrypt"])
 	if reenc != r.DataKeys || dec > r.DataKeys+2 || after["Encrypt"] != before["Encrypt"] {
 		t.Errorf("KMS calls: %d ReEncrypt, %d Decrypt, %d Encrypt for %d distinct data keys; want one ReEncrypt and at most one Decrypt each, no Encrypt",
 			reenc, dec, after["Encrypt"]-before["Encrypt"], r.DataKeys)
 	}
-	rwCheckStanzas(t, v, files, e.Symmetric2.ARN)
+	rwCheckCipherStanzas(t, cipher, e.Symmetric2.ARN)
 	if ks := rwConf(t, v).Keys; len(ks) != 1 || ks[0].KeyID != e.Symmetric2.ARN || ks[0].Spec != "awskms:"+kmstest.Alias {
 		t.Fatalf("kmsfs.conf keys %+v, want the alias, pinned to %s", ks, e.Symmetric2.ARN)
 	}
@@ -193,8 +244,8 @@ func TestRewrapMounted(t *testing.T) {
 
 	newKey := fusetest.KeyFile(t, t.TempDir(), nil)
 	r, code := rwRewrap(t, v, "--to", "local:"+newKey)
-	if code != 0 || !r.Done() || r.Rewrapped != 41 {
-		t.Fatalf("rewrap of the mounted volume: exit %d, %+v; want 41 files rewrapped", code, r)
+	if want := int64(len(files) + 1 + lcNameKeyFiles); code != 0 || !r.Done() || r.Rewrapped != want {
+		t.Fatalf("rewrap of the mounted volume: exit %d, %+v; want %d files (held and kmsfs.names included) rewrapped", code, r, want)
 	}
 	newID := rwConf(t, v).Keys[0].KeyID
 	second := bytes.Repeat([]byte("after "), 1000)
@@ -214,8 +265,9 @@ func TestRewrapMounted(t *testing.T) {
 			t.Fatalf("read %s through the mount after the rewrap: %v", name, err)
 		}
 	}
+	cipher := rwCipherFiles(t, v, files)
 	v.Unmount(t)
-	rwCheckStanzas(t, v, files, newID)
+	rwCheckCipherStanzas(t, cipher, newID)
 	if err := os.Remove(v.Key); err != nil {
 		t.Fatal(err)
 	}
@@ -262,21 +314,22 @@ func TestRewrapHSMEscrow(t *testing.T) {
 	localID := rwConf(t, v).Keys[0].KeyID
 
 	r, code := rwRewrap(t, v, "--add", tok.AESSpec())
-	if code != 0 || !r.Done() || r.Rewrapped != 20 || len(r.Keys) != 2 {
-		t.Fatalf("rewrap --add: exit %d, %+v", code, r)
+	if want := int64(len(files) + lcNameKeyFiles); code != 0 || !r.Done() || r.Rewrapped != want || len(r.Keys) != 2 {
+		t.Fatalf("rewrap --add: exit %d, %+v; want %d files (kmsfs.names included) rewrapped", code, r, want)
 	}
 	for k, b := range rwWrite(t, v, "after", 3) {
 		files[k] = b
 	}
+	cipher := rwCipherFiles(t, v, files)
 	v.Unmount(t)
 	hsmID := r.Keys[1]
-	rwCheckStanzas(t, v, files, localID, hsmID)
+	rwCheckCipherStanzas(t, cipher, localID, hsmID)
 
 	r, code = rwRewrap(t, v, "--remove", "local:"+v.Key)
-	if code != 0 || !r.Done() || r.Rewrapped != 23 || !slices.Equal(r.Keys, []string{hsmID}) || !slices.Equal(r.Retired, []string{localID}) {
-		t.Fatalf("rewrap --remove: exit %d, %+v", code, r)
+	if code != 0 || !r.Done() || r.Rewrapped != int64(len(cipher)) || !slices.Equal(r.Keys, []string{hsmID}) || !slices.Equal(r.Retired, []string{localID}) {
+		t.Fatalf("rewrap --remove: exit %d, %+v; want %d files (kmsfs.names included) rewrapped", code, r, len(cipher))
 	}
-	rwCheckStanzas(t, v, files, hsmID)
+	rwCheckCipherStanzas(t, cipher, hsmID)
 	if err := os.Remove(v.Key); err != nil {
 		t.Fatal(err)
 	}
@@ -301,8 +354,8 @@ func TestRewrapReadOnlyMount(t *testing.T) {
 	v.Mount(t, "--ro")
 	newKey := fusetest.KeyFile(t, t.TempDir(), nil)
 	r, code := rwRewrap(t, v, "--to", "local:"+newKey)
-	if code != 0 || !r.Done() || r.Rewrapped != 30 || len(r.Warnings) != 0 {
-		t.Fatalf("rewrap beside a read-only mount: exit %d, %+v", code, r)
+	if want := int64(len(files) + lcNameKeyFiles); code != 0 || !r.Done() || r.Rewrapped != want || len(r.Warnings) != 0 {
+		t.Fatalf("rewrap beside a read-only mount: exit %d, %+v; want %d files (kmsfs.names included) rewrapped", code, r, want)
 	}
 	if err := os.Remove(v.Key); err != nil {
 		t.Fatal(err)
@@ -333,9 +386,14 @@ func TestRewrapUnreadableFileKeepsKey(t *testing.T) {
 	for name, data := range files {
 		u.MustInput(t, data, "create", v.Path(name), "600", "-")
 	}
+	cipher := rwCipherFiles(t, v, files)
 	v.Unmount(t)
 	oldID := rwConf(t, v).Keys[0].KeyID
-	locked := v.CipherPath("locked")
+	locked := cipher["locked"]
+	lockedRel, err := filepath.Rel(v.Cipher, locked)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := os.Chmod(locked, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -343,8 +401,8 @@ func TestRewrapUnreadableFileKeepsKey(t *testing.T) {
 	newKey := fusetest.KeyFile(t, dir, nobody)
 	r, code := rwRewrap(t, v, "--to", "local:"+newKey)
 	if code != rwExitIncomplete || r.Done() || len(r.Retired) != 0 || !slices.Equal(r.Retiring, []string{oldID}) ||
-		r.FailedFiles != 1 || r.Failed[0].Path != "locked" {
-		t.Fatalf("rewrap with an unreadable file: exit %d, %+v; want locked failed and key %s still retiring", code, r, oldID)
+		r.FailedFiles != 1 || r.Failed[0].Path != lockedRel {
+		t.Fatalf("rewrap with an unreadable file: exit %d, %+v; want locked (%s) failed and key %s still retiring", code, r, lockedRel, oldID)
 	}
 	if ks := rwConf(t, v).Keys; len(ks) != 2 || ks[1].KeyID != oldID || !ks[1].Retiring {
 		t.Fatalf("kmsfs.conf keys %+v; want the old key kept as retiring", ks)
@@ -357,7 +415,7 @@ func TestRewrapUnreadableFileKeepsKey(t *testing.T) {
 	if code != 0 || !r.Done() || r.Rewrapped != 1 || !slices.Equal(r.Retired, []string{oldID}) {
 		t.Fatalf("rerun once the file is readable: exit %d, %+v; want it rewrapped and key %s retired", code, r, oldID)
 	}
-	rwCheckStanzas(t, v, files, r.Keys[0])
+	rwCheckCipherStanzas(t, cipher, r.Keys[0])
 	if err := os.Remove(v.Key); err != nil {
 		t.Fatal(err)
 	}
