@@ -91,10 +91,41 @@ func cryTampered(t *testing.T, v *fusetest.CLIVolume, cipherFile string) {
 	}
 }
 
+// cryPlaces returns where in the cipher dir encrypt -o must write each of
+// files for the mount to show it under that name. With plaintext names
+// that is the name itself. With encrypted names only the name key makes
+// the backing entry of a name, so the mount makes each file and encrypt
+// replaces its backing entry. (Not empty: a cipher file of 0 bytes has no
+// header, which MountedCipherPath reads.)
+func cryPlaces(t *testing.T, v *fusetest.CLIVolume, encrypted bool, files ...string) map[string]string {
+	t.Helper()
+	places := map[string]string{}
+	if !encrypted {
+		for _, f := range files {
+			places[f] = v.CipherPath(f)
+		}
+		return places
+	}
+	v.Mount(t)
+	for _, f := range files {
+		if err := os.WriteFile(v.Path(f), []byte("placeholder"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		p, err := v.MountedCipherPath(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		places[f] = p
+	}
+	v.Unmount(t)
+	return places
+}
+
 // TestCryptKeySources encrypts and decrypts without a mount with each key
 // source, from paths and through pipes, and checks that what encrypt puts
 // in the cipher dir reads back through a mount and what the mount writes
-// decrypts (with the mount running: encrypt and decrypt take no lock).
+// decrypts (with the mount running: encrypt and decrypt take no lock), on
+// a volume of each name mode.
 func TestCryptKeySources(t *testing.T) {
 	e := fusetest.KMS(t)
 	cases := []struct {
@@ -118,51 +149,61 @@ func TestCryptKeySources(t *testing.T) {
 		}},
 	}
 	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			specs, env := c.keys(t)
-			v := suite.InitVolume(t, fusetest.CLIOptions{Keys: specs, Env: env})
-			plain := cryPlain(t, crySize)
-			src := filepath.Join(t.TempDir(), "plain")
-			if err := os.WriteFile(src, plain, 0o640); err != nil {
-				t.Fatal(err)
-			}
-			cryMust(t, v, nil, nil, "encrypt", "--volume", v.Cipher, "-o", v.CipherPath("byname"), src)
-			if fi, err := os.Stat(v.CipherPath("byname")); err != nil || fi.Mode().Perm() != 0o640 {
-				t.Errorf("encrypted file %v, %v: want the source's mode 0640", fi, err)
-			}
-			// Pipes: stdin to stdout both ways.
-			cipherText := cryMust(t, v, plain, nil, "encrypt", "--volume", v.Cipher)
-			if bytes.Contains(cipherText, plain[:64]) {
-				t.Fatal("encrypt's output holds plaintext")
-			}
-			if got := cryMust(t, v, cipherText, nil, "decrypt", "--volume", v.Cipher); !bytes.Equal(got, plain) {
-				t.Fatalf("decrypt from stdin gave %d bytes, not the %d encrypted", len(got), len(plain))
-			}
-			if err := os.WriteFile(v.CipherPath("piped"), cipherText, 0o600); err != nil {
-				t.Fatal(err)
-			}
-			out := filepath.Join(t.TempDir(), "restored")
-			cryMust(t, v, nil, nil, "decrypt", "--volume", v.Cipher, "-o", out, v.CipherPath("byname"))
-			if got, err := os.ReadFile(out); err != nil || !bytes.Equal(got, plain) {
-				t.Fatalf("decrypt -o gave %d bytes (%v), not the %d encrypted", len(got), err, len(plain))
-			}
-
-			v.Mount(t)
-			for _, name := range []string{"byname", "piped"} {
-				got, err := os.ReadFile(v.Path(name))
-				if err != nil || !bytes.Equal(got, plain) {
-					t.Fatalf("read %s through the mount: %d bytes, %v; want the %d encrypted", name, len(got), err, len(plain))
-				}
-			}
-			if err := os.WriteFile(v.Path("mounted"), plain, 0o600); err != nil {
-				t.Fatal(err)
-			}
-			if got := cryMust(t, v, nil, nil, "decrypt", "--volume", v.Cipher, v.CipherPath("mounted")); !bytes.Equal(got, plain) {
-				t.Fatalf("decrypt of the mount's file gave %d bytes, not the %d written", len(got), len(plain))
-			}
-			cryTampered(t, v, v.CipherPath("byname"))
-		})
+		for _, nm := range sxNameModes {
+			t.Run(c.name+",names="+nm.name, func(t *testing.T) { cryKeySource(t, c.keys, nm.encrypted) })
+		}
 	}
+}
+
+// cryKeySource is TestCryptKeySources of one key source and name mode.
+func cryKeySource(t *testing.T, keys func(t *testing.T) ([]string, []string), encrypted bool) {
+	specs, env := keys(t)
+	v := suite.InitVolume(t, fusetest.CLIOptions{Keys: specs, Env: env, InitArgs: lcNameArgs(encrypted)})
+	place := cryPlaces(t, v, encrypted, "byname", "piped")
+	plain := cryPlain(t, crySize)
+	src := filepath.Join(t.TempDir(), "plain")
+	if err := os.WriteFile(src, plain, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	cryMust(t, v, nil, nil, "encrypt", "--volume", v.Cipher, "-o", place["byname"], src)
+	if fi, err := os.Stat(place["byname"]); err != nil || fi.Mode().Perm() != 0o640 {
+		t.Errorf("encrypted file %v, %v: want the source's mode 0640", fi, err)
+	}
+	// Pipes: stdin to stdout both ways.
+	cipherText := cryMust(t, v, plain, nil, "encrypt", "--volume", v.Cipher)
+	if bytes.Contains(cipherText, plain[:64]) {
+		t.Fatal("encrypt's output holds plaintext")
+	}
+	if got := cryMust(t, v, cipherText, nil, "decrypt", "--volume", v.Cipher); !bytes.Equal(got, plain) {
+		t.Fatalf("decrypt from stdin gave %d bytes, not the %d encrypted", len(got), len(plain))
+	}
+	if err := os.WriteFile(place["piped"], cipherText, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "restored")
+	cryMust(t, v, nil, nil, "decrypt", "--volume", v.Cipher, "-o", out, place["byname"])
+	if got, err := os.ReadFile(out); err != nil || !bytes.Equal(got, plain) {
+		t.Fatalf("decrypt -o gave %d bytes (%v), not the %d encrypted", len(got), err, len(plain))
+	}
+
+	v.Mount(t)
+	for _, name := range []string{"byname", "piped"} {
+		got, err := os.ReadFile(v.Path(name))
+		if err != nil || !bytes.Equal(got, plain) {
+			t.Fatalf("read %s through the mount: %d bytes, %v; want the %d encrypted", name, len(got), err, len(plain))
+		}
+	}
+	if err := os.WriteFile(v.Path("mounted"), plain, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	mounted, err := v.MountedCipherPath("mounted")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cryMust(t, v, nil, nil, "decrypt", "--volume", v.Cipher, mounted); !bytes.Equal(got, plain) {
+		t.Fatalf("decrypt of the mount's file gave %d bytes, not the %d written", len(got), len(plain))
+	}
+	cryTampered(t, v, place["byname"])
 }
 
 // TestCryptPublicKeyOnly is the producer host that holds only the public
