@@ -38,17 +38,7 @@ func lcFsck(t *testing.T, v *fusetest.CLIVolume, args ...string) (string, int) {
 func TestFsckCLI(t *testing.T) {
 	for _, nm := range sxNameModes {
 		t.Run("names="+nm.name, func(t *testing.T) {
-			v := suite.StartVolume(t, fusetest.CLIOptions{InitArgs: lcNameArgs(nm.encrypted)})
-			for _, name := range []string{"a", "b"} {
-				if err := os.WriteFile(v.Path(name), cryPlain(t, crySize), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			victim, err := v.MountedCipherPath("b")
-			if err != nil {
-				t.Fatal(err)
-			}
-			v.Unmount(t)
+			v, victim := lcTwoFiles(t, fusetest.CLIOptions{InitArgs: lcNameArgs(nm.encrypted)})
 			files := int64(2)
 			if nm.encrypted {
 				files += lcNameKeyFiles
@@ -73,10 +63,7 @@ func TestFsckCLI(t *testing.T) {
 			}
 
 			out, code := lcFsck(t, v, "--json")
-			var r volume.FsckReport
-			if err := json.Unmarshal([]byte(out), &r); err != nil {
-				t.Fatalf("fsck --json (exit %d): %v\n%s", code, err, out)
-			}
+			r := lcFsckReport(t, out, code)
 			if code != lcExitDamage || r.Files != files || r.OK != files-1 || len(r.Problems) != 1 {
 				t.Fatalf("fsck --json of a tampered volume: exit %d, report %+v; want exit %d, %d files, one damaged", code, r, lcExitDamage, files)
 			}
@@ -116,17 +103,7 @@ func TestFsckKeySources(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			specs, env := c.keys(t)
-			v := suite.StartVolume(t, fusetest.CLIOptions{Keys: specs, Env: env})
-			for _, name := range []string{"a", "b"} {
-				if err := os.WriteFile(v.Path(name), cryPlain(t, crySize), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			victim, err := v.MountedCipherPath("b")
-			if err != nil {
-				t.Fatal(err)
-			}
-			v.Unmount(t)
+			v, victim := lcTwoFiles(t, fusetest.CLIOptions{Keys: specs, Env: env})
 			files := int64(2 + lcNameKeyFiles)
 			out, code := lcFsck(t, v, "--json")
 			r := lcFsckReport(t, out, code)
@@ -162,6 +139,25 @@ func TestFsckKeySources(t *testing.T) {
 			}
 		})
 	}
+}
+
+// lcTwoFiles starts a volume of o, writes files a and b of crySize bytes
+// through the mount and unmounts it; it returns the volume and the cipher
+// file of b, found while mounted (names may be encrypted).
+func lcTwoFiles(t *testing.T, o fusetest.CLIOptions) (*fusetest.CLIVolume, string) {
+	t.Helper()
+	v := suite.StartVolume(t, o)
+	for _, name := range []string{"a", "b"} {
+		if err := os.WriteFile(v.Path(name), cryPlain(t, crySize), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	victim, err := v.MountedCipherPath("b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.Unmount(t)
+	return v, victim
 }
 
 // lcFsckReport decodes kmsfs fsck --json's output.
