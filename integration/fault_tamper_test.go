@@ -14,6 +14,16 @@ import (
 	"github.com/kmsfs/kmsfs/internal/fusetest"
 )
 
+// ftNamesInit returns the `kmsfs init` flags of a volume whose names are
+// stored encrypted (the default) or, as on volumes made before that was
+// the default, in clear.
+func ftNamesInit(encrypted bool) []string {
+	if encrypted {
+		return nil
+	}
+	return []string{"--plaintext-names"}
+}
+
 // ftLayout is a volume's cipher file geometry, read from its kmsfs.conf.
 type ftLayout struct {
 	BS int64 // plaintext block size
