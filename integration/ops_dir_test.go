@@ -106,10 +106,19 @@ func TestOpsUnlink(t *testing.T) {
 			v := suite.StartVolume(t, fusetest.CLIOptions{InitArgs: ftNamesInit(m.encrypted)})
 			mntUnlink(t, v)
 			own := mntOwnFiles(t, v.Cipher)
-			if m.encrypted {
-				mntOwnNamesOrdinary(t, v)
-			} else {
-				mntOwnNamesRefused(t, v)
+			for _, name := range mntOwnNames {
+				t.Run("own="+name, func(t *testing.T) {
+					// Not seen through the mount before it is made.
+					if _, err := os.Lstat(v.Path(name)); !os.IsNotExist(err) {
+						t.Errorf("lstat %s through the mount: %v, want ENOENT", name, err)
+					}
+					mntWantErrno(t, "unlink "+name, unix.Unlink(v.Path(name)), syscall.ENOENT)
+					if m.encrypted {
+						mntOwnNameOrdinary(t, v, name)
+					} else {
+						mntOwnNameRefused(t, v, name)
+					}
+				})
 			}
 			if after := mntOwnFiles(t, v.Cipher); !maps.Equal(after, own) {
 				t.Fatalf("kmsfs's own files changed through the mount: %v, were %v", slices.Sorted(maps.Keys(after)), slices.Sorted(maps.Keys(own)))
@@ -182,56 +191,39 @@ func mntOwnFiles(t *testing.T, cipher string) map[string]string {
 	return own
 }
 
-// mntOwnNamesRefused checks that with names in clear kmsfs's own names at
-// the mount's root are neither seen nor made.
-func mntOwnNamesRefused(t *testing.T, v *fusetest.CLIVolume) {
+// mntOwnNameRefused checks that with names in clear kmsfs's own name at
+// the mount's root cannot be made.
+func mntOwnNameRefused(t *testing.T, v *fusetest.CLIVolume, name string) {
 	t.Helper()
-	for _, name := range mntOwnNames {
-		t.Run("own="+name, func(t *testing.T) {
-			if _, err := os.Lstat(v.Path(name)); !os.IsNotExist(err) {
-				t.Errorf("lstat %s through the mount: %v, want ENOENT", name, err)
-			}
-			mntWantErrno(t, "unlink "+name, unix.Unlink(v.Path(name)), syscall.ENOENT)
-			mntWantErrno(t, "create "+name, os.WriteFile(v.Path(name), []byte("{}"), 0o644), syscall.EPERM)
-			mntWantErrno(t, "rename onto "+name, os.Rename(v.Path("d"), v.Path(name)), syscall.EPERM)
-			mntWantErrno(t, "mkdir "+name, os.Mkdir(v.Path(name), 0o755), syscall.EPERM)
-		})
-	}
+	mntWantErrno(t, "create "+name, os.WriteFile(v.Path(name), []byte("{}"), 0o644), syscall.EPERM)
+	mntWantErrno(t, "rename onto "+name, os.Rename(v.Path("d"), v.Path(name)), syscall.EPERM)
+	mntWantErrno(t, "mkdir "+name, os.Mkdir(v.Path(name), 0o755), syscall.EPERM)
 }
 
-// mntOwnNamesOrdinary checks that with encrypted names kmsfs's own names at
-// the mount's root are ordinary ones: not there at first, then created,
-// renamed onto and removed like any other, each stored under an encrypted
-// backing name.
-func mntOwnNamesOrdinary(t *testing.T, v *fusetest.CLIVolume) {
+// mntOwnNameOrdinary checks that with encrypted names kmsfs's own name at
+// the mount's root is an ordinary one: created, renamed onto and removed
+// like any other, and stored under an encrypted backing name.
+func mntOwnNameOrdinary(t *testing.T, v *fusetest.CLIVolume, name string) {
 	t.Helper()
-	for _, name := range mntOwnNames {
-		t.Run("own="+name, func(t *testing.T) {
-			if _, err := os.Lstat(v.Path(name)); !os.IsNotExist(err) {
-				t.Errorf("lstat %s through the mount: %v, want ENOENT", name, err)
-			}
-			mntWantErrno(t, "unlink "+name, unix.Unlink(v.Path(name)), syscall.ENOENT)
-			data := []byte("user data named " + name)
-			mntWriteFile(t, v.Path(name), data)
-			mntCheckFile(t, v.Path(name), data)
-			if back := v.BackingPath(t, name); filepath.Base(back) == name {
-				t.Errorf("%s is stored under its plaintext name %s", name, back)
-			}
-			mntWriteFile(t, v.Path("src"), []byte("renamed"))
-			if err := os.Rename(v.Path("src"), v.Path(name)); err != nil {
-				t.Fatalf("rename onto %s: %v", name, err)
-			}
-			mntCheckFile(t, v.Path(name), []byte("renamed"))
-			if err := unix.Unlink(v.Path(name)); err != nil {
-				t.Fatalf("unlink %s: %v", name, err)
-			}
-			if err := os.Mkdir(v.Path(name), 0o755); err != nil {
-				t.Fatalf("mkdir %s: %v", name, err)
-			}
-			if err := unix.Rmdir(v.Path(name)); err != nil {
-				t.Fatalf("rmdir %s: %v", name, err)
-			}
-		})
+	data := []byte("user data named " + name)
+	mntWriteFile(t, v.Path(name), data)
+	mntCheckFile(t, v.Path(name), data)
+	if back := v.BackingPath(t, name); filepath.Base(back) == name {
+		t.Errorf("%s is stored under its plaintext name %s", name, back)
+	}
+	mntWriteFile(t, v.Path("src"), []byte("renamed"))
+	if err := os.Rename(v.Path("src"), v.Path(name)); err != nil {
+		t.Fatalf("rename onto %s: %v", name, err)
+	}
+	mntCheckFile(t, v.Path(name), []byte("renamed"))
+	if err := unix.Unlink(v.Path(name)); err != nil {
+		t.Fatalf("unlink %s: %v", name, err)
+	}
+	if err := os.Mkdir(v.Path(name), 0o755); err != nil {
+		t.Fatalf("mkdir %s: %v", name, err)
+	}
+	if err := unix.Rmdir(v.Path(name)); err != nil {
+		t.Fatalf("rmdir %s: %v", name, err)
 	}
 }
 
