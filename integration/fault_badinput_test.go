@@ -50,17 +50,29 @@ func ftBadFiles(foreign []byte) []ftBadFile {
 // another volume, and mounts it: the mount starts, listings and stat show
 // every name, opening each bad file fails with EIO and one log line naming
 // the file and the cause, a bad file can be removed or replaced, and every
-// good file keeps reading back, also after a remount.
+// good file keeps reading back, also after a remount. With names in clear
+// the bad files are planted under new names; with encrypted names, where
+// nobody without the name key can make a valid new name, they replace the
+// backing files of names the mount made.
 func TestBadInput(t *testing.T) {
-	v := suite.InitVolume(t, fusetest.CLIOptions{})
+	for _, m := range sxNameModes {
+		t.Run("names="+m.name, func(t *testing.T) { ftBadInput(t, m.encrypted) })
+	}
+}
+
+func ftBadInput(t *testing.T, encNames bool) {
+	opts := fusetest.CLIOptions{InitArgs: ftNamesInit(encNames)}
+	v := suite.InitVolume(t, opts)
 	// A second volume under the same key: only its volume ID differs.
-	other := suite.InitVolume(t, fusetest.CLIOptions{Keys: []string{"local:" + v.Key}})
+	opts.Keys = []string{"local:" + v.Key}
+	other := suite.InitVolume(t, opts)
 	other.MountForeground(t)
 	if err := os.WriteFile(other.Path("f"), ftBytes(ftRand(20), 9000), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	foreignPath := other.BackingPath(t, "f")
 	other.Unmount(t)
-	foreign, err := os.ReadFile(other.CipherPath("f"))
+	foreign, err := os.ReadFile(foreignPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,15 +92,26 @@ func TestBadInput(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	bad := ftBadFiles(foreign)
+	back := map[string]string{"good-a": v.BackingPath(t, "good-a")}
+	for _, b := range bad {
+		if !encNames {
+			back[b.name] = v.CipherPath(b.name)
+			continue
+		}
+		if err := os.WriteFile(v.Path(b.name), []byte("replaced behind the mount's back"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		back[b.name] = v.BackingPath(t, b.name)
+	}
 	v.Unmount(t)
 	l := ftReadLayout(t, v.Cipher)
-	model, err := os.ReadFile(v.CipherPath("good-a"))
+	model, err := os.ReadFile(back["good-a"])
 	if err != nil {
 		t.Fatal(err)
 	}
-	bad := ftBadFiles(foreign)
 	for _, b := range bad {
-		if err := os.WriteFile(v.CipherPath(b.name), b.make(model, l), 0o644); err != nil {
+		if err := os.WriteFile(back[b.name], b.make(model, l), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}

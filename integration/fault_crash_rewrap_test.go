@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"maps"
 	mrand "math/rand/v2"
 	"os"
 	"os/exec"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/kmsfs/kmsfs/internal/fusetest"
+	"github.com/kmsfs/kmsfs/internal/volconf"
 	"github.com/kmsfs/kmsfs/volume"
 )
 
@@ -22,7 +24,9 @@ import (
 // every kill the volume opens on this host and every file reads back as
 // written (under its old or its new key), and at the end a rerun without
 // options finishes the job, leaving every file under the last key alone
-// and kmsfs.conf without a retiring key. Zero files lost.
+// and kmsfs.conf without a retiring key. Zero files lost. The volume
+// encrypts names, so its name key file (kmsfs.names) is rewrapped with
+// the rest and must open after every kill as well.
 func TestCrashRewrap(t *testing.T) {
 	rounds := 10
 	if ftSoak() {
@@ -35,6 +39,16 @@ func TestCrashRewrap(t *testing.T) {
 	files := rwWrite(t, v, "x", 150)
 	for k, b := range rwWrite(t, v, "y/z", 150) {
 		files[k] = b
+	}
+	// The offline checks go by backing file, found while mounted: the
+	// cipher dir's names are encrypted.
+	stored := map[string][]byte{}
+	for name, b := range files {
+		rel, err := filepath.Rel(v.Cipher, v.BackingPath(t, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		stored[rel] = b
 	}
 	v.Unmount(t)
 	keys := []string{v.Key, fusetest.KeyFile(t, t.TempDir(), nil)}
@@ -73,7 +87,7 @@ func TestCrashRewrap(t *testing.T) {
 		} else if err != nil {
 			t.Fatalf("round %d: rewrap --to %s: %v", round, filepath.Base(to), err)
 		}
-		rwCheckOffline(t, v.Cipher, trust, files, round)
+		rwCheckOffline(t, v.Cipher, trust, stored, round)
 	}
 	t.Logf("seed %d: %d rounds, %d killed mid-run (a whole rewrap takes %v)", seed, round, killed, full.Round(time.Millisecond))
 	if killed < rounds {
@@ -87,7 +101,10 @@ func TestCrashRewrap(t *testing.T) {
 	if ks := rwConf(t, v).Keys; len(ks) != 1 || ks[0].Retiring {
 		t.Fatalf("kmsfs.conf keys %+v, want one key, not retiring", ks)
 	}
-	rwCheckStanzas(t, v, files, r.Keys[0])
+	// The name key too is under the last key alone.
+	keyed := maps.Clone(stored)
+	keyed[volconf.NamesName] = nil
+	rwCheckStanzas(t, v, keyed, r.Keys[0])
 	// The key the rerun finished with (the last round's, or the one
 	// before if the last kill came before kmsfs.conf changed) alone opens
 	// everything.
@@ -114,7 +131,8 @@ func TestCrashRewrap(t *testing.T) {
 }
 
 // rwCheckOffline opens the volume in dir as the host approved it (trust
-// dir trust) and reads every file back.
+// dir trust), with its name key, and reads every file back, files named
+// by their backing path below dir.
 func rwCheckOffline(t *testing.T, dir, trust string, files map[string][]byte, round int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -124,6 +142,9 @@ func rwCheckOffline(t *testing.T, dir, trust string, files map[string][]byte, ro
 		t.Fatalf("round %d: the volume does not open after the kill: %v", round, err)
 	}
 	defer v.Close()
+	if v.NameKey() == nil {
+		t.Fatalf("round %d: the volume opened without its name key", round)
+	}
 	var buf bytes.Buffer
 	for name, want := range files {
 		p := filepath.Join(dir, name)

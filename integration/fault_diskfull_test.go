@@ -59,7 +59,7 @@ func ftDiskFull(t *testing.T, seed uint64, bs int) {
 	v := suite.InitVolume(t, fusetest.CLIOptions{Cipher: dir, InitArgs: []string{"--block-size", fmt.Sprint(bs)}})
 	v.MountForeground(t)
 	l := ftReadLayout(t, v.Cipher)
-	w := &ftFullWriter{t: t, v: v, l: l, rng: mrand.New(mrand.NewPCG(seed, uint64(bs))), model: map[string][]byte{}}
+	w := &ftFullWriter{t: t, v: v, l: l, rng: mrand.New(mrand.NewPCG(seed, uint64(bs))), model: map[string][]byte{}, back: map[string]string{}}
 	w.fill()
 	t.Logf("bs=%d: %d operations, %d acknowledged, %d refused with ENOSPC (%d of them changed their file), %d short writes; %d files, %d plaintext bytes stored",
 		bs, w.ops, w.acked, w.enospc, w.changed, w.short, len(w.model), w.stored())
@@ -93,6 +93,7 @@ type ftFullWriter struct {
 	rng   *mrand.Rand
 	model map[string][]byte
 	fds   map[string]*os.File
+	back  map[string]string // the backing file of each name, found once
 
 	ops, acked, enospc, short int
 	changed                   int // refused operations that changed their file
@@ -201,9 +202,16 @@ func (w *ftFullWriter) do(op ftCrashOp) {
 }
 
 // plainSize returns the plaintext size that name's cipher file implies
-// (docs/FORMAT.md), free of the kernel's attribute cache.
+// (docs/FORMAT.md), free of the kernel's attribute cache. The volume must
+// be mounted the first time a name is asked for: its backing file is found
+// through the mount (names are stored encrypted) and kept.
 func (w *ftFullWriter) plainSize(name string) int64 {
-	fi, err := os.Stat(w.v.CipherPath(name))
+	p, ok := w.back[name]
+	if !ok {
+		p = w.v.BackingPath(w.t, name)
+		w.back[name] = p
+	}
+	fi, err := os.Stat(p)
 	if err != nil {
 		w.t.Fatal(err)
 	}

@@ -14,6 +14,16 @@ import (
 	"github.com/kmsfs/kmsfs/internal/fusetest"
 )
 
+// ftNamesInit returns the `kmsfs init` flags of a volume whose names are
+// stored encrypted (the default) or, as on volumes made before that was
+// the default, in clear.
+func ftNamesInit(encrypted bool) []string {
+	if encrypted {
+		return nil
+	}
+	return []string{"--plaintext-names"}
+}
+
 // ftLayout is a volume's cipher file geometry, read from its kmsfs.conf.
 type ftLayout struct {
 	BS int64 // plaintext block size
@@ -130,8 +140,16 @@ func ftTamperCases() []ftTamperCase {
 // of each damaged block fail with EIO, each such read logs exactly one
 // line naming the file and block (path=… block=…), every other block and
 // every other file reads its original bytes, and nothing else is logged.
+// It runs with names encrypted and in clear: with encrypted names the
+// attacker edits the backing entry of an existing name.
 func TestTamper(t *testing.T) {
-	v := suite.InitVolume(t, fusetest.CLIOptions{})
+	for _, m := range sxNameModes {
+		t.Run("names="+m.name, func(t *testing.T) { ftTamper(t, m.encrypted) })
+	}
+}
+
+func ftTamper(t *testing.T, encNames bool) {
+	v := suite.InitVolume(t, fusetest.CLIOptions{InitArgs: ftNamesInit(encNames)})
 	v.MountForeground(t)
 	l := ftReadLayout(t, v.Cipher)
 	if l.BS != 4096 {
@@ -149,7 +167,17 @@ func TestTamper(t *testing.T) {
 			t.Fatalf("write %s: %v", name, err)
 		}
 	}
-	cpath := v.CipherPath
+	back := map[string]string{}
+	for name := range plain {
+		back[name] = v.BackingPath(t, name)
+	}
+	cpath := func(name string) string {
+		p, ok := back[name]
+		if !ok {
+			t.Fatalf("no backing entry recorded for %s", name)
+		}
+		return p
+	}
 	for _, c := range cases {
 		t.Run("mounted/"+c.name, func(t *testing.T) {
 			for _, name := range append([]string{c.file}, c.donors...) {
@@ -184,7 +212,7 @@ func ftTamperOpen(t *testing.T, v *fusetest.CLIVolume, l ftLayout) {
 	if _, err := f.ReadAt(buf, 4096); err != nil || !bytes.Equal(buf, data[4096:8192]) {
 		t.Fatalf("block 1 before the damage: err %v or other bytes", err)
 	}
-	ftFlip(t, v.CipherPath("open-flip"), l.Off(1)+16+7)
+	ftFlip(t, v.BackingPath(t, "open-flip"), l.Off(1)+16+7)
 	mark := v.LogMark()
 	if _, err := f.ReadAt(buf, 4096); mntErrno(err) != syscall.EIO {
 		t.Errorf("block 1 after the damage, same descriptor: got %v, want EIO", err)
@@ -218,7 +246,7 @@ func ftTamperCutOpen(t *testing.T, v *fusetest.CLIVolume, l ftLayout) {
 	if _, err := f.ReadAt(buf, 0); err != nil || !bytes.Equal(buf, data[:4096]) {
 		t.Fatalf("block 0 before the cut: err %v or other bytes", err)
 	}
-	ftTruncate(t, v.CipherPath("open-cut"), l.Off(2))
+	ftTruncate(t, v.BackingPath(t, "open-cut"), l.Off(2))
 	mark := v.LogMark()
 	for _, i := range []int64{2, 3} {
 		if _, err := f.ReadAt(buf, i*4096); mntErrno(err) != syscall.EIO {

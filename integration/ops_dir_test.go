@@ -2,12 +2,16 @@ package integration_test
 
 import (
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kmsfs/kmsfs/internal/fusetest"
 )
 
 // TestOpsMkdirRmdir checks mkdir (mode, link counts, errors) and rmdir
@@ -34,7 +38,7 @@ func TestOpsMkdirRmdir(t *testing.T) {
 		if err := os.Mkdir(v.Path("sgid"), 0o755); err != nil {
 			t.Fatal(err)
 		}
-		back := filepath.Join(v.Cipher, "sgid")
+		back := v.BackingPath(t, "sgid")
 		if err := os.Chown(back, 0, 100); err != nil {
 			t.Fatal(err)
 		}
@@ -75,10 +79,11 @@ func TestOpsMkdirRmdir(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, d := range []string{"gone/inner", "gone"} {
+			back := v.BackingPath(t, d)
 			if err := unix.Rmdir(v.Path(d)); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := os.Lstat(filepath.Join(v.Cipher, d)); !os.IsNotExist(err) {
+			if _, err := os.Lstat(back); !os.IsNotExist(err) {
 				t.Fatalf("%s still in the cipher dir: %v", d, err)
 			}
 		}
@@ -89,10 +94,48 @@ func TestOpsMkdirRmdir(t *testing.T) {
 	})
 }
 
-// TestOpsUnlink checks unlink of files, links and special files, and that
-// kmsfs.conf can be neither seen, removed nor replaced through the mount.
+// TestOpsUnlink checks unlink of files, links and special files (gone from
+// the cipher dir too), and kmsfs's own files at the cipher dir's root
+// (kmsfs.conf, kmsfs.journal, kmsfs.names), which a user of the mount must
+// not reach: with names in clear those names can be neither seen, removed
+// nor replaced through the mount; with encrypted names they are ordinary
+// names, stored encrypted, and kmsfs's files stay as they were.
 func TestOpsUnlink(t *testing.T) {
-	v := mntOps(t)
+	for _, m := range sxNameModes {
+		t.Run("names="+m.name, func(t *testing.T) {
+			v := suite.StartVolume(t, fusetest.CLIOptions{InitArgs: ftNamesInit(m.encrypted)})
+			mntUnlink(t, v)
+			own := mntOwnFiles(t, v.Cipher)
+			for _, name := range mntOwnNames {
+				t.Run("own="+name, func(t *testing.T) {
+					// Not seen through the mount before it is made.
+					if _, err := os.Lstat(v.Path(name)); !os.IsNotExist(err) {
+						t.Errorf("lstat %s through the mount: %v, want ENOENT", name, err)
+					}
+					mntWantErrno(t, "unlink "+name, unix.Unlink(v.Path(name)), syscall.ENOENT)
+					if m.encrypted {
+						mntOwnNameOrdinary(t, v, name)
+					} else {
+						mntOwnNameRefused(t, v, name)
+					}
+				})
+			}
+			if after := mntOwnFiles(t, v.Cipher); !maps.Equal(after, own) {
+				t.Fatalf("kmsfs's own files changed through the mount: %v, were %v", slices.Sorted(maps.Keys(after)), slices.Sorted(maps.Keys(own)))
+			}
+			// Below the root the names are ordinary ones in both modes.
+			mntWriteFile(t, v.Path("d/kmsfs.conf"), []byte("mine"))
+			mntCheckFile(t, v.Path("d/kmsfs.conf"), []byte("mine"))
+			v.Remount(t)
+			mntCheckFile(t, v.Path("d/kmsfs.conf"), []byte("mine"))
+		})
+	}
+}
+
+// mntUnlink unlinks a file, a symlink and a FIFO, checks that their
+// backing entries are gone, and leaves an empty dir "d".
+func mntUnlink(t *testing.T, v *fusetest.CLIVolume) {
+	t.Helper()
 	mntWriteFile(t, v.Path("f"), []byte("x"))
 	if err := os.Symlink("f", v.Path("l")); err != nil {
 		t.Fatal(err)
@@ -101,14 +144,15 @@ func TestOpsUnlink(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, name := range []string{"l", "f", "p"} {
+		back := v.BackingPath(t, name)
 		if err := unix.Unlink(v.Path(name)); err != nil {
 			t.Fatalf("unlink %s: %v", name, err)
 		}
 		if _, err := os.Lstat(v.Path(name)); !os.IsNotExist(err) {
 			t.Fatalf("%s after unlink: %v", name, err)
 		}
-		if _, err := os.Lstat(filepath.Join(v.Cipher, name)); !os.IsNotExist(err) {
-			t.Fatalf("%s still in the cipher dir: %v", name, err)
+		if _, err := os.Lstat(back); !os.IsNotExist(err) {
+			t.Fatalf("%s still in the cipher dir as %s: %v", name, back, err)
 		}
 	}
 	mntWantErrno(t, "unlink a missing file", unix.Unlink(v.Path("f")), syscall.ENOENT)
@@ -116,22 +160,71 @@ func TestOpsUnlink(t *testing.T) {
 		t.Fatal(err)
 	}
 	mntWantErrno(t, "unlink a dir", unix.Unlink(v.Path("d")), syscall.EISDIR)
+}
 
-	conf := filepath.Join(v.Cipher, "kmsfs.conf")
-	raw, err := os.ReadFile(conf)
-	if err != nil {
-		t.Fatal(err)
+// mntOwnNames are kmsfs's own entries at the root of a cipher dir.
+var mntOwnNames = []string{"kmsfs.conf", "kmsfs.journal", "kmsfs.names"}
+
+// mntOwnFiles returns what the cipher dir's root holds under kmsfs's own
+// names: each file's bytes, or the type of another entry.
+func mntOwnFiles(t *testing.T, cipher string) map[string]string {
+	t.Helper()
+	own := map[string]string{}
+	for _, name := range mntOwnNames {
+		p := filepath.Join(cipher, name)
+		fi, err := os.Lstat(p)
+		switch {
+		case os.IsNotExist(err):
+			continue
+		case err != nil:
+			t.Fatal(err)
+		case fi.Mode().IsRegular():
+			b, err := os.ReadFile(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			own[name] = string(b)
+		default:
+			own[name] = fi.Mode().Type().String()
+		}
 	}
-	mntWantErrno(t, "unlink kmsfs.conf", unix.Unlink(v.Path("kmsfs.conf")), syscall.ENOENT)
-	mntWantErrno(t, "create kmsfs.conf", os.WriteFile(v.Path("kmsfs.conf"), []byte("{}"), 0o644), syscall.EPERM)
-	mntWantErrno(t, "rename onto kmsfs.conf", os.Rename(v.Path("d"), v.Path("kmsfs.conf")), syscall.EPERM)
-	mntWantErrno(t, "mkdir kmsfs.conf", os.Mkdir(v.Path("kmsfs.conf"), 0o755), syscall.EPERM)
-	if after, err := os.ReadFile(conf); err != nil || string(after) != string(raw) {
-		t.Fatalf("kmsfs.conf changed through the mount: %v", err)
+	return own
+}
+
+// mntOwnNameRefused checks that with names in clear kmsfs's own name at
+// the mount's root cannot be made.
+func mntOwnNameRefused(t *testing.T, v *fusetest.CLIVolume, name string) {
+	t.Helper()
+	mntWantErrno(t, "create "+name, os.WriteFile(v.Path(name), []byte("{}"), 0o644), syscall.EPERM)
+	mntWantErrno(t, "rename onto "+name, os.Rename(v.Path("d"), v.Path(name)), syscall.EPERM)
+	mntWantErrno(t, "mkdir "+name, os.Mkdir(v.Path(name), 0o755), syscall.EPERM)
+}
+
+// mntOwnNameOrdinary checks that with encrypted names kmsfs's own name at
+// the mount's root is an ordinary one: created, renamed onto and removed
+// like any other, and stored under an encrypted backing name.
+func mntOwnNameOrdinary(t *testing.T, v *fusetest.CLIVolume, name string) {
+	t.Helper()
+	data := []byte("user data named " + name)
+	mntWriteFile(t, v.Path(name), data)
+	mntCheckFile(t, v.Path(name), data)
+	if back := v.BackingPath(t, name); filepath.Base(back) == name {
+		t.Errorf("%s is stored under its plaintext name %s", name, back)
 	}
-	// Below the root the name is an ordinary one.
-	mntWriteFile(t, v.Path("d/kmsfs.conf"), []byte("mine"))
-	mntCheckFile(t, v.Path("d/kmsfs.conf"), []byte("mine"))
+	mntWriteFile(t, v.Path("src"), []byte("renamed"))
+	if err := os.Rename(v.Path("src"), v.Path(name)); err != nil {
+		t.Fatalf("rename onto %s: %v", name, err)
+	}
+	mntCheckFile(t, v.Path(name), []byte("renamed"))
+	if err := unix.Unlink(v.Path(name)); err != nil {
+		t.Fatalf("unlink %s: %v", name, err)
+	}
+	if err := os.Mkdir(v.Path(name), 0o755); err != nil {
+		t.Fatalf("mkdir %s: %v", name, err)
+	}
+	if err := unix.Rmdir(v.Path(name)); err != nil {
+		t.Fatalf("rmdir %s: %v", name, err)
+	}
 }
 
 // TestOpsRename checks rename: to a free name, across dirs, replacing a

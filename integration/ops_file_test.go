@@ -12,6 +12,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kmsfs/kmsfs/internal/fusetest"
 )
 
 // TestOpsCreate checks create: modes under the umask, O_EXCL, names, and
@@ -335,6 +337,7 @@ func TestOpsFlushFsyncRelease(t *testing.T) {
 		p := v.Path("doomed")
 		mntWriteFile(t, p, mntRandom(6, 70000))
 		f := mntOpen(t, p, os.O_RDWR, 0)
+		back := v.BackingPath(t, "doomed") // the name is gone once removed
 		if err := os.Remove(p); err != nil {
 			t.Fatal(err)
 		}
@@ -346,8 +349,18 @@ func TestOpsFlushFsyncRelease(t *testing.T) {
 		if _, err := f.ReadAt(buf, 70000); err != nil || string(buf) != "more" {
 			t.Fatalf("read %q, %v from an unlinked file", buf, err)
 		}
+		held := func() []string {
+			h, err := fusetest.Holds(v.PID(), back)
+			if err != nil {
+				t.Fatalf("daemon descriptors: %v", err)
+			}
+			return h
+		}
+		if h := held(); len(h) != 1 {
+			t.Fatalf("an unlinked file open: the daemon holds %d descriptors of it, want 1", len(h))
+		}
 		f.Close()
-		v.WaitReleased(t, "doomed")
+		fusetest.Eventually(t, "the mount daemon releases the unlinked file", fusetest.ExitTimeout, func() bool { return len(held()) == 0 })
 	})
 }
 

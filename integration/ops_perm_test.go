@@ -3,7 +3,6 @@ package integration_test
 import (
 	"fmt"
 	"os"
-	"path/filepath"
 	"syscall"
 	"testing"
 
@@ -51,7 +50,7 @@ func TestOpsAllowOther(t *testing.T) {
 		nobody.Must(t, "symlink", "file", v.Path("pub/link"))
 		nobody.Must(t, "mkfifo", v.Path("pub/fifo"), "644")
 		for _, name := range []string{"pub/file", "pub/dir", "pub/dir/nested", "pub/link", "pub/fifo"} {
-			for _, p := range []string{v.Path(name), filepath.Join(v.Cipher, name)} {
+			for _, p := range []string{v.Path(name), v.BackingPath(t, name)} {
 				if st := mntLstat(t, p); st.Uid != fusetest.Nobody || st.Gid != fusetest.Nobody {
 					t.Errorf("%s: owner %d:%d, want nobody %d:%d", p, st.Uid, st.Gid, fusetest.Nobody, fusetest.Nobody)
 				}

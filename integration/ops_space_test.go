@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sync"
 	"syscall"
 	"testing"
@@ -46,7 +45,7 @@ func TestOpsFallocate(t *testing.T) {
 			if c.mode&unix.FALLOC_FL_KEEP_SIZE != 0 {
 				// The range is reserved in the cipher file.
 				var st unix.Stat_t
-				if err := unix.Stat(filepath.Join(v.Cipher, name), &st); err != nil {
+				if err := unix.Stat(v.BackingPath(t, name), &st); err != nil {
 					t.Fatal(err)
 				}
 				if st.Blocks*512 < c.n {

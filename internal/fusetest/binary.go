@@ -520,10 +520,11 @@ func (v *CLIVolume) MountRefused(t testing.TB, cipher, mnt string, want ...strin
 }
 
 // DaemonHolds returns the serving process's open descriptors that point
-// into the cipher dir at name (slash-separated).
+// into the cipher dir at name's backing entry (slash-separated name; one
+// the mount no longer has is taken as stored in clear).
 func (v *CLIVolume) DaemonHolds(t testing.TB, name string) []string {
 	t.Helper()
-	held, err := Holds(v.pid, v.CipherPath(name))
+	held, err := Holds(v.pid, v.heldPath(name))
 	if err != nil {
 		t.Fatalf("daemon descriptors: %v", err)
 	}
