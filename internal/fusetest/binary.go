@@ -520,10 +520,17 @@ func (v *CLIVolume) MountRefused(t testing.TB, cipher, mnt string, want ...strin
 }
 
 // DaemonHolds returns the serving process's open descriptors that point
-// into the cipher dir at name (slash-separated).
+// at the cipher file of name (slash-separated): the one behind name in the
+// mount (MountedCipherPath) when that resolves, since with encrypted
+// names CipherPath names nothing and the answer would always be none;
+// else CipherPath(name).
 func (v *CLIVolume) DaemonHolds(t testing.TB, name string) []string {
 	t.Helper()
-	held, err := Holds(v.pid, v.CipherPath(name))
+	cp, err := v.MountedCipherPath(name)
+	if err != nil {
+		cp = v.CipherPath(name)
+	}
+	held, err := Holds(v.pid, cp)
 	if err != nil {
 		t.Fatalf("daemon descriptors: %v", err)
 	}
