@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -277,7 +278,14 @@ func mntAttackPlantedSpecial(t *testing.T, encNames bool) {
 					roCipher[name] = mntCipherOf(t, v, name)
 				}
 			}
+			mark := v.LogMark()
 			v.Remount(t, "--ro")
+			// The mount's key check reads every file's header in the
+			// background: had it one of these files open when it is
+			// replaced, the daemon would hold the removed file.
+			fusetest.Eventually(t, "the key check after mounting", fusetest.CmdTimeout, func() bool {
+				return v.LogHas(mark, func(l fusetest.LogLine) bool { return strings.HasPrefix(l.F["msg"], "key check") })
+			})
 		}
 		for _, k := range kinds {
 			for _, how := range hows {
