@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -24,6 +25,17 @@ const mntAttackCache = "1h"
 // mntOpenBound bounds an open or read through the mount of a planted
 // object: a daemon that opens a FIFO for reading hangs there for ever.
 const mntOpenBound = 10 * time.Second
+
+// mntNamesArgs returns the `kmsfs init` flags of a volume that stores
+// names encrypted (the default) or in the clear (--plaintext-names, as
+// older volumes keep doing): attacks on the cipher dir must fail in both
+// (sxNameModes, subtests names=encrypted and names=plain).
+func mntNamesArgs(encrypted bool) []string {
+	if encrypted {
+		return nil
+	}
+	return []string{"--plaintext-names"}
+}
 
 // mntPlant replaces the cipher file at p with what mk creates there:
 // "rename" makes it under another name and renames it over the file (a
@@ -54,14 +66,27 @@ func mntPlant(t testing.TB, p, how string, mk func(string) error) {
 
 // mntKnownFile writes a file through the mount, waits until the daemon
 // has closed it, and stats it through the mount, so that the kernel
-// holds its node.
-func mntKnownFile(t testing.TB, v *fusetest.CLIVolume, name string, data []byte) {
+// holds its node. It returns the file's cipher file: with encrypted names
+// the storage attacker cannot make a valid name of its own, so the attack
+// goes at the backing entry of a name that exists.
+func mntKnownFile(t testing.TB, v *fusetest.CLIVolume, name string, data []byte) string {
 	t.Helper()
 	mntWriteFile(t, v.Path(name), data)
 	v.WaitReleased(t, name)
 	if st := mntLstat(t, v.Path(name)); st.Mode&unix.S_IFMT != unix.S_IFREG {
 		t.Fatalf("%s: mode %o, want a regular file", name, st.Mode)
 	}
+	return mntCipherOf(t, v, name)
+}
+
+// mntCipherOf returns the cipher file behind name of v's mount.
+func mntCipherOf(t testing.TB, v *fusetest.CLIVolume, name string) string {
+	t.Helper()
+	cp, err := v.MountedCipherPath(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cp
 }
 
 // mntOpenToAll opens the mount's root (the cipher dir's, made 0700) to
@@ -120,9 +145,19 @@ func mntVictimState(t testing.TB, p string) victimState {
 // again and, for calls that follow symlinks, follows the new one itself,
 // as the user, who may not reach the host file. A change of the host
 // file can then only come from the daemon, which runs as root.
+//
+// With encrypted names the symlink replaces the file's backing entry
+// under its stored name; with plaintext names that name is the file's.
 func TestAttackPlantedSymlink(t *testing.T) {
+	for _, nm := range sxNameModes {
+		t.Run("names="+nm.name, func(t *testing.T) { mntAttackPlantedSymlink(t, nm.encrypted) })
+	}
+}
+
+func mntAttackPlantedSymlink(t *testing.T, encNames bool) {
 	dir := fusetest.SharedDir(t)
-	v := suite.StartVolume(t, fusetest.CLIOptions{Dir: dir, MountArgs: []string{"--allow-other", "--xattr", "--cache-timeout", mntAttackCache}})
+	v := suite.StartVolume(t, fusetest.CLIOptions{Dir: dir, InitArgs: mntNamesArgs(encNames),
+		MountArgs: []string{"--allow-other", "--xattr", "--cache-timeout", mntAttackCache}})
 	nobody := suite.User(t, fusetest.NobodyCred())
 	mntOpenToAll(t, v)
 	victims := t.TempDir() // outside the cipher dir, closed to nobody
@@ -155,14 +190,14 @@ func TestAttackPlantedSymlink(t *testing.T) {
 					t.Fatal(err)
 				}
 				before := mntVictimState(t, victim)
-				mntKnownFile(t, v, name, []byte("the mount's file"))
+				cp := mntKnownFile(t, v, name, []byte("the mount's file"))
 				if err := os.Chown(v.Path(name), fusetest.Nobody, fusetest.Nobody); err != nil {
 					t.Fatal(err)
 				}
 				if err := os.Chmod(v.Path(name), 0o666); err != nil {
 					t.Fatal(err)
 				}
-				mntPlant(t, v.CipherPath(name), how, func(p string) error { return os.Symlink(victim, p) })
+				mntPlant(t, cp, how, func(p string) error { return os.Symlink(victim, p) })
 
 				op.do(t, v.Path(name))
 
@@ -190,7 +225,16 @@ func TestAttackPlantedSymlink(t *testing.T) {
 // writer) nor read from it, on a read-write and a read-only mount: an
 // open through the mount fails, or opens what the cipher dir now holds
 // (a FIFO, which the kernel serves itself), never as the file.
+//
+// With encrypted names the object replaces the file's backing entry under
+// its stored name; with plaintext names that name is the file's.
 func TestAttackPlantedSpecial(t *testing.T) {
+	for _, nm := range sxNameModes {
+		t.Run("names="+nm.name, func(t *testing.T) { mntAttackPlantedSpecial(t, nm.encrypted) })
+	}
+}
+
+func mntAttackPlantedSpecial(t *testing.T, encNames bool) {
 	var zero unix.Stat_t
 	if err := unix.Stat("/dev/zero", &zero); err != nil {
 		t.Fatal(err)
@@ -201,40 +245,67 @@ func TestAttackPlantedSpecial(t *testing.T) {
 	}{
 		{"fifo", func(p string) error { return unix.Mkfifo(p, 0o666) }},
 		{"socket", func(p string) error {
+			// A socket's path must fit in sockaddr_un (108 bytes), which an
+			// encrypted name below a test's temp dir need not: bind it in
+			// a short dir of the same filesystem and move it into place.
+			short, err := os.MkdirTemp("", "kmsfs-sock-")
+			if err != nil {
+				return err
+			}
+			defer os.RemoveAll(short)
 			fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
 			if err != nil {
 				return err
 			}
 			defer unix.Close(fd)
-			return unix.Bind(fd, &unix.SockaddrUnix{Name: p})
+			if err := unix.Bind(fd, &unix.SockaddrUnix{Name: filepath.Join(short, "s")}); err != nil {
+				return err
+			}
+			return os.Rename(filepath.Join(short, "s"), p)
 		}},
 		{"chardev", func(p string) error { return unix.Mknod(p, unix.S_IFCHR|0o666, int(zero.Rdev)) }},
 	}
 	hows := []string{"rename", "recreate"}
-	v := suite.StartVolume(t, fusetest.CLIOptions{MountArgs: []string{"--cache-timeout", mntAttackCache}})
+	v := suite.StartVolume(t, fusetest.CLIOptions{InitArgs: mntNamesArgs(encNames), MountArgs: []string{"--cache-timeout", mntAttackCache}})
+	roCipher := map[string]string{} // name -> its cipher file, found while read-write
 	for _, ro := range []bool{false, true} {
 		if ro {
 			// The files are made on the read-write mount first.
 			for _, k := range kinds {
 				for _, how := range hows {
-					mntWriteFile(t, v.Path(fmt.Sprintf("ro-%s-%s", how, k.name)), []byte("the mount's file"))
+					name := fmt.Sprintf("ro-%s-%s", how, k.name)
+					mntWriteFile(t, v.Path(name), []byte("the mount's file"))
+					roCipher[name] = mntCipherOf(t, v, name)
 				}
 			}
+			mark := v.LogMark()
 			v.Remount(t, "--ro")
+			// The mount's key check reads every file's header in the
+			// background: had it one of these files open when it is
+			// replaced, the daemon would hold the removed file.
+			fusetest.Eventually(t, "the key check after mounting", fusetest.CmdTimeout, func() bool {
+				return v.LogHas(mark, func(l fusetest.LogLine) bool { return strings.HasPrefix(l.F["msg"], "key check") })
+			})
 		}
 		for _, k := range kinds {
 			for _, how := range hows {
 				t.Run(fmt.Sprintf("ro=%v,plant=%s,kind=%s", ro, how, k.name), func(t *testing.T) {
 					name := fmt.Sprintf("rw-%s-%s", how, k.name)
+					var cp string
 					if ro {
 						name = fmt.Sprintf("ro-%s-%s", how, k.name)
 						mntLstat(t, v.Path(name))
+						cp = roCipher[name]
 					} else {
-						mntKnownFile(t, v, name, []byte("the mount's file"))
+						cp = mntKnownFile(t, v, name, []byte("the mount's file"))
 					}
-					mntPlant(t, v.CipherPath(name), how, k.make)
+					mntPlant(t, cp, how, k.make)
 					mntOpenPlanted(t, v.Path(name))
-					if held := v.DaemonHolds(t, name); len(held) != 0 {
+					held, err := fusetest.Holds(v.PID(), cp)
+					if err != nil {
+						t.Fatalf("daemon descriptors: %v", err)
+					}
+					if len(held) != 0 {
 						t.Errorf("the daemon holds the planted %s open: descriptors %v", k.name, held)
 					}
 				})

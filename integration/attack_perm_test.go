@@ -78,10 +78,17 @@ func TestAttackAllowOtherAlone(t *testing.T) {
 // or set-group-ID file: a write, truncate or fallocate by that user must
 // clear the bits as a local filesystem does, or the user's content runs
 // with the owner's privileges. Every case runs on a directory of the
-// cipher dir's own filesystem too, whose result is the one wanted.
+// cipher dir's own filesystem too, whose result is the one wanted, and
+// the mode the cipher file keeps must be the one the mount shows.
 func TestAttackSetidKept(t *testing.T) {
+	for _, nm := range sxNameModes {
+		t.Run("names="+nm.name, func(t *testing.T) { mntAttackSetidKept(t, nm.encrypted) })
+	}
+}
+
+func mntAttackSetidKept(t *testing.T, encNames bool) {
 	dir := fusetest.SharedDir(t)
-	v := suite.StartVolume(t, fusetest.CLIOptions{Dir: dir, MountArgs: []string{"--allow-other"}})
+	v := suite.StartVolume(t, fusetest.CLIOptions{Dir: dir, InitArgs: mntNamesArgs(encNames), MountArgs: []string{"--allow-other"}})
 	mntOpenToAll(t, v)
 	local := filepath.Join(dir, "local")
 	if err := os.Mkdir(local, 0o755); err != nil {
@@ -135,7 +142,7 @@ func TestAttackSetidKept(t *testing.T) {
 					if got[1] != got[0] {
 						t.Errorf("mode after %s by %s: %o on the mount, %o on a local filesystem", op[0], u.name, got[1], got[0])
 					}
-					if st := mntLstat(t, v.CipherPath(fmt.Sprintf("f%d", i))); st.Mode&07777 != got[1] {
+					if st := mntLstat(t, mntCipherOf(t, v, fmt.Sprintf("f%d", i))); st.Mode&07777 != got[1] {
 						t.Errorf("the cipher dir has mode %o, the mount shows %o", st.Mode&07777, got[1])
 					}
 				})
@@ -147,10 +154,20 @@ func TestAttackSetidKept(t *testing.T) {
 // TestAttackPlantedSetuidAndDevice is the attack of whoever controls the
 // cipher dir on the local users of an --allow-other mount: a set-user-ID
 // root program and a world-writable device node planted there must not
-// work through the mount (nosuid and nodev by default).
+// work through the mount (nosuid and nodev by default). Both are planted
+// at the backing entries of files of the volume, which works with
+// encrypted names too (the attacker cannot make a valid name of its
+// own), while the volume is not mounted, so that the mount sees them
+// from its first lookup.
 func TestAttackPlantedSetuidAndDevice(t *testing.T) {
+	for _, nm := range sxNameModes {
+		t.Run("names="+nm.name, func(t *testing.T) { mntAttackPlantedSetuidAndDevice(t, nm.encrypted) })
+	}
+}
+
+func mntAttackPlantedSetuidAndDevice(t *testing.T, encNames bool) {
 	dir := fusetest.SharedDir(t)
-	v := suite.StartVolume(t, fusetest.CLIOptions{Dir: dir, MountArgs: []string{"--allow-other"}})
+	v := suite.StartVolume(t, fusetest.CLIOptions{Dir: dir, InitArgs: mntNamesArgs(encNames), MountArgs: []string{"--allow-other"}})
 	mntOpenToAll(t, v)
 	perMount, _ := mntOptionsOf(t, v.Mnt)
 	for _, o := range []string{"nosuid", "nodev"} {
@@ -172,7 +189,10 @@ func TestAttackPlantedSetuidAndDevice(t *testing.T) {
 	if err := os.WriteFile(v.Path("id"), prog, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := unix.Chmod(v.CipherPath("id"), 0o4755); err != nil {
+	mntWriteFile(t, v.Path("zero"), []byte("a file the attacker replaces"))
+	idCipher, zeroCipher := mntCipherOf(t, v, "id"), mntCipherOf(t, v, "zero")
+	v.Unmount(t)
+	if err := unix.Chmod(idCipher, 0o4755); err != nil {
 		t.Fatal(err)
 	}
 	// A device node where the storage attacker wants it: /dev/zero's.
@@ -180,8 +200,15 @@ func TestAttackPlantedSetuidAndDevice(t *testing.T) {
 	if err := unix.Stat("/dev/zero", &zero); err != nil {
 		t.Fatal(err)
 	}
-	if err := unix.Mknod(v.CipherPath("zero"), unix.S_IFCHR|0o666, int(zero.Rdev)); err != nil {
+	if err := os.Remove(zeroCipher); err != nil {
 		t.Fatal(err)
+	}
+	if err := unix.Mknod(zeroCipher, unix.S_IFCHR|0o666, int(zero.Rdev)); err != nil {
+		t.Fatal(err)
+	}
+	v.Mount(t)
+	if st := mntLstat(t, v.Path("zero")); st.Mode&unix.S_IFMT != unix.S_IFCHR {
+		t.Fatalf("the planted device node shows mode %o through the mount, want a character device", st.Mode)
 	}
 
 	t.Run("exec=setuid-id", func(t *testing.T) {

@@ -68,15 +68,10 @@ func TestCLIMountFails(t *testing.T) {
 			return v.Cipher, v.Mnt
 		}, []string{`holds 5 bytes, want exactly 32`}},
 		{"conf-unknown-feature", func(t *testing.T, v *fusetest.CLIVolume) (string, string) {
-			conf := filepath.Join(v.Cipher, "kmsfs.conf")
-			raw, err := os.ReadFile(conf)
-			if err != nil {
-				t.Fatal(err)
-			}
-			raw = []byte(strings.Replace(string(raw), `"features": []`, `"features": ["from-the-future"]`, 1))
-			if err := os.WriteFile(conf, raw, 0o644); err != nil {
-				t.Fatal(err)
-			}
+			c := trReadConf(t, v.Cipher)
+			features, _ := c["features"].([]any) // none: the key may be absent
+			c["features"] = append(features, "from-the-future")
+			trWriteConf(t, v.Cipher, c)
 			return v.Cipher, v.Mnt
 		}, []string{`feature "from-the-future" is unknown`, `upgrade kmsfs`}},
 	}

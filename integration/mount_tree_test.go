@@ -125,7 +125,7 @@ func TestMountMixedTree(t *testing.T) {
 			continue
 		}
 		var st syscall.Stat_t
-		if err := syscall.Stat(filepath.Join(v.Cipher, filepath.FromSlash(f.name)), &st); err != nil {
+		if err := syscall.Stat(mntCipherOf(t, v, f.name), &st); err != nil {
 			t.Fatal(err)
 		}
 		var data int64

@@ -2,7 +2,9 @@ package integration_test
 
 import (
 	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
@@ -59,9 +61,27 @@ func TestMountUnprivileged(t *testing.T) {
 	if leaks := mntCipherLeaks(t, v.Cipher, mntMarker(files)); len(leaks) > 0 {
 		t.Fatalf("cipher files hold plaintext: %v", leaks)
 	}
-	for name := range files {
-		if st := mntLstat(t, v.Cipher+"/"+name); st.Uid != fusetest.Nobody {
-			t.Fatalf("cipher file %s belongs to uid %d, want %d", name, st.Uid, fusetest.Nobody)
+	// Every entry of the cipher dir is nobody's: the cipher files (whose
+	// names may be encrypted, and the mount is not root's to ask which
+	// they are), directories, kmsfs.conf and, with encrypted names,
+	// kmsfs.names and the directories' ID links.
+	regular := 0
+	err := filepath.WalkDir(v.Cipher, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
 		}
+		if d.Type().IsRegular() {
+			regular++
+		}
+		if st := mntLstat(t, p); st.Uid != fusetest.Nobody {
+			t.Errorf("%s in the cipher dir belongs to uid %d, want %d", p, st.Uid, fusetest.Nobody)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if regular <= len(files) { // kmsfs.conf, and a cipher file per file
+		t.Fatalf("the cipher dir holds %d regular files, want more than the %d files written", regular, len(files))
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/kmsfs/kmsfs/envelope"
 	"github.com/kmsfs/kmsfs/internal/fusetest"
 	"github.com/kmsfs/kmsfs/internal/kmstest"
+	"github.com/kmsfs/kmsfs/internal/volconf"
 	"github.com/kmsfs/kmsfs/keysource"
 	"github.com/kmsfs/kmsfs/keysource/local"
 )
@@ -90,16 +91,16 @@ func trKeyFileID(t testing.TB, path string) string {
 	return src.KeyID()
 }
 
-// trStanzaKeyIDs returns the key IDs of the stanzas in the header of the
-// cipher file name of v (read from the cipher dir, not the mount).
-func trStanzaKeyIDs(t testing.TB, v *fusetest.CLIVolume, name string) []string {
+// trStanzaKeyIDs returns the key IDs of the stanzas in the header of v's
+// cipher file at path (read from the cipher dir, not the mount).
+func trStanzaKeyIDs(t testing.TB, v *fusetest.CLIVolume, path string) []string {
 	t.Helper()
 	c := trReadConf(t, v.Cipher)
 	l, err := envelope.NewLayout(int(c["block_size"].(float64)), int(c["header_slot_size"].(float64)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	raw, err := os.ReadFile(v.CipherPath(name))
+	raw, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,8 +116,17 @@ func trStanzaKeyIDs(t testing.TB, v *fusetest.CLIVolume, name string) []string {
 		}
 		return ids
 	}
-	t.Fatalf("%s: no header slot parses", name)
+	t.Fatalf("%s: no header slot parses", path)
 	return nil
+}
+
+// trWrappedFiles returns the cipher file cp of v and, if v encrypts names,
+// its kmsfs.names: files whose stanzas must be for the approved keys only.
+func trWrappedFiles(v *fusetest.CLIVolume, cp string, encNames bool) []string {
+	if encNames {
+		return []string{cp, filepath.Join(v.Cipher, volconf.NamesName)}
+	}
+	return []string{cp}
 }
 
 // trRunDetached runs kmsfs for v without a controlling terminal, as a
@@ -144,19 +154,24 @@ func trTrust(t testing.TB, v *fusetest.CLIVolume, env []string, flags ...string)
 }
 
 // trCheckWorks mounts v, writes and reads back a file, and unmounts: the
-// owner's data stays usable once the attack is undone.
-func trCheckWorks(t *testing.T, v *fusetest.CLIVolume, name string) {
+// owner's data stays usable once the attack is undone. It returns the
+// file's cipher file, found while mounted (names may be encrypted).
+func trCheckWorks(t *testing.T, v *fusetest.CLIVolume, name string) string {
 	t.Helper()
 	v.Mount(t)
 	mntWriteFile(t, v.Path(name), []byte("still the owner's volume"))
 	mntCheckFile(t, v.Path(name), []byte("still the owner's volume"))
+	cp := mntCipherOf(t, v, name)
 	v.Unmount(t)
+	return cp
 }
 
 // TestTrustConfAttack edits kmsfs.conf as whoever controls the storage
 // could, and checks that mount refuses, mounts nothing, says what is
 // wrong and how to approve it, and that with the original conf back the
-// volume mounts and no file carries a stanza for the attacker's key.
+// volume mounts and no file carries a stanza for the attacker's key. Every
+// attack runs on a volume with encrypted names and one with plaintext
+// names; turning name encryption off is an attack of its own.
 func TestTrustConfAttack(t *testing.T) {
 	attacker := fusetest.KeyFile(t, t.TempDir(), nil) // a key file the attacker knows
 	attackerID := trKeyFileID(t, attacker)
@@ -169,68 +184,83 @@ func TestTrustConfAttack(t *testing.T) {
 		attack func(t *testing.T, v *fusetest.CLIVolume, orig trConf)
 		want   []string // patterns mount's message must match
 		never  []string // patterns it must not
+		names  string   // the one name mode (sxNameModes) it applies to; "": both
 	}{
 		{"attack=add-attacker-key", func(t *testing.T, v *fusetest.CLIVolume, orig trConf) {
 			c := trReadConf(t, v.Cipher)
 			c["keys"] = append(c.keys(), map[string]any{"spec": "local:" + attacker, "key_id": attackerID})
 			trWriteConf(t, v.Cipher, c)
-		}, []string{`key added`, regexp.QuoteMeta(attackerID), "`kmsfs trust "}, nil},
+		}, []string{`key added`, regexp.QuoteMeta(attackerID), "`kmsfs trust "}, nil, ""},
 		{"attack=replace-primary-key", func(t *testing.T, v *fusetest.CLIVolume, orig trConf) {
 			c := trReadConf(t, v.Cipher)
 			c.key(0)["spec"], c.key(0)["key_id"] = "local:"+attacker, attackerID
 			trWriteConf(t, v.Cipher, c)
-		}, []string{`key removed`, `key added`, regexp.QuoteMeta(attackerID), "`kmsfs trust "}, nil},
+		}, []string{`key removed`, `key added`, regexp.QuoteMeta(attackerID), "`kmsfs trust "}, nil, ""},
 		{"attack=drop-key-id", func(t *testing.T, v *fusetest.CLIVolume, orig trConf) {
 			c := trReadConf(t, v.Cipher)
 			delete(c.key(0), "key_id")
 			trWriteConf(t, v.Cipher, c)
-		}, []string{`no key_id`, `kmsfs\.conf`}, nil},
+		}, []string{`no key_id`, `kmsfs\.conf`}, nil, ""},
 		{"attack=policy-per-file-to-batched", func(t *testing.T, v *fusetest.CLIVolume, orig trConf) {
 			c := trReadConf(t, v.Cipher)
 			c["data_key_policy"] = "batched:max-files=1000000,max-age=8760h"
 			trWriteConf(t, v.Cipher, c)
-		}, []string{`data-key policy`, "`kmsfs trust "}, nil},
+		}, []string{`data-key policy`, "`kmsfs trust "}, nil, ""},
 		{"attack=layout", func(t *testing.T, v *fusetest.CLIVolume, orig trConf) {
 			c := trReadConf(t, v.Cipher)
 			c["block_size"] = 8192
 			trWriteConf(t, v.Cipher, c)
-		}, []string{`block size: approved 4096, kmsfs\.conf has 8192`}, nil},
+		}, []string{`block size: approved 4096, kmsfs\.conf has 8192`}, nil, ""},
 		{"attack=other-volume-conf", func(t *testing.T, v *fusetest.CLIVolume, orig trConf) {
 			other := suite.InitVolume(t, fusetest.CLIOptions{})
 			trWriteConf(t, v.Cipher, trReadConf(t, other.Cipher))
-		}, []string{`volume [0-9a-f]{32} in .* is not trusted on this host`, "approve with `kmsfs trust ", `this host approved volume [0-9a-f]{32} there`}, nil},
+		}, []string{`volume [0-9a-f]{32} in .* is not trusted on this host`, "approve with `kmsfs trust ", `this host approved volume [0-9a-f]{32} there`}, nil, ""},
 		{"attack=symlink-to-host-file", func(t *testing.T, v *fusetest.CLIVolume, orig trConf) {
 			p := filepath.Join(v.Cipher, "kmsfs.conf")
 			os.Remove(p)
 			if err := os.Symlink(hostFile, p); err != nil {
 				t.Fatal(err)
 			}
-		}, []string{`kmsfs\.conf is a symbolic link: refused`}, []string{`host-only-content`, `secret`}},
+		}, []string{`kmsfs\.conf is a symbolic link: refused`}, []string{`host-only-content`, `secret`}, ""},
 		{"attack=fifo", func(t *testing.T, v *fusetest.CLIVolume, orig trConf) {
 			p := filepath.Join(v.Cipher, "kmsfs.conf")
 			os.Remove(p)
 			if err := syscall.Mkfifo(p, 0o644); err != nil {
 				t.Fatal(err)
 			}
-		}, []string{`kmsfs\.conf is not a regular file`}, nil},
+		}, []string{`kmsfs\.conf is not a regular file`}, nil, ""},
+		// New files would get their names in the clear, and the stored
+		// encrypted names would show as they are.
+		{"attack=names-off", func(t *testing.T, v *fusetest.CLIVolume, orig trConf) {
+			c := trReadConf(t, v.Cipher)
+			c["features"] = []any{}
+			delete(c, "name_key_id")
+			trWriteConf(t, v.Cipher, c)
+		}, []string{`features: approved \["encrypted-names"\], kmsfs\.conf has \[\]`, `name key ID: approved "[0-9a-f]{32}", kmsfs\.conf has ""`, "`kmsfs trust "}, nil, "encrypted"},
 	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			v := suite.InitVolume(t, fusetest.CLIOptions{InitArgs: []string{"--data-key-policy", "per-file"}})
-			orig := trReadConf(t, v.Cipher)
-			c.attack(t, v, orig)
-			out := v.MountRefused(t, v.Cipher, v.Mnt, c.want...)
-			for _, n := range c.never {
-				if regexp.MustCompile(n).MatchString(out) {
-					t.Errorf("message %q matches %q", strings.TrimSpace(out), n)
+	for _, nm := range sxNameModes {
+		for _, c := range cases {
+			if c.names != "" && c.names != nm.name {
+				continue
+			}
+			t.Run(fmt.Sprintf("names=%s,%s", nm.name, c.name), func(t *testing.T) {
+				v := suite.InitVolume(t, fusetest.CLIOptions{InitArgs: append([]string{"--data-key-policy", "per-file"}, mntNamesArgs(nm.encrypted)...)})
+				orig := trReadConf(t, v.Cipher)
+				c.attack(t, v, orig)
+				out := v.MountRefused(t, v.Cipher, v.Mnt, c.want...)
+				for _, n := range c.never {
+					if regexp.MustCompile(n).MatchString(out) {
+						t.Errorf("message %q matches %q", strings.TrimSpace(out), n)
+					}
 				}
-			}
-			trWriteConf(t, v.Cipher, orig)
-			trCheckWorks(t, v, "after")
-			if ids := trStanzaKeyIDs(t, v, "after"); len(ids) != 1 || ids[0] == attackerID {
-				t.Errorf("new file's stanzas are for keys %q, want only the volume's own key", ids)
-			}
-		})
+				trWriteConf(t, v.Cipher, orig)
+				for _, f := range trWrappedFiles(v, trCheckWorks(t, v, "after"), nm.encrypted) {
+					if ids := trStanzaKeyIDs(t, v, f); len(ids) != 1 || ids[0] == attackerID {
+						t.Errorf("%s: stanzas for keys %q, want only the volume's own key", f, ids)
+					}
+				}
+			})
+		}
 	}
 }
 
@@ -438,10 +468,18 @@ func TestTrustApprove(t *testing.T) {
 // another key, as anyone allowed kms:UpdateAlias can: the mount refuses
 // and names both keys until the host approves the change with kmsfs
 // trust; then it mounts, new files stay wrapped for the approved key ARN,
-// and the mount logs the alias's target once.
+// and the mount logs the alias's target once. It runs with encrypted and
+// with plaintext names: the name key was wrapped through the alias too,
+// and stays wrapped for the approved key only.
 func TestTrustAliasMoved(t *testing.T) {
+	for _, nm := range sxNameModes {
+		t.Run("names="+nm.name, func(t *testing.T) { trAliasMoved(t, nm.encrypted) })
+	}
+}
+
+func trAliasMoved(t *testing.T, encNames bool) {
 	e := fusetest.KMS(t)
-	v := suite.InitVolume(t, fusetest.CLIOptions{Keys: []string{"awskms:" + kmstest.Alias}, Env: fusetest.AWSEnv(e)})
+	v := suite.InitVolume(t, fusetest.CLIOptions{Keys: []string{"awskms:" + kmstest.Alias}, Env: fusetest.AWSEnv(e), InitArgs: mntNamesArgs(encNames)})
 	trCheckWorks(t, v, "before")
 	ctx, cancel := context.WithTimeout(context.Background(), fusetest.CmdTimeout)
 	defer cancel()
@@ -457,9 +495,10 @@ func TestTrustAliasMoved(t *testing.T) {
 		t.Errorf("kmsfs trust does not show the moved alias (%q):\n%s", want, out)
 	}
 	before := strings.Count(v.LogText(), "points at key")
-	trCheckWorks(t, v, "after")
-	if ids := trStanzaKeyIDs(t, v, "after"); len(ids) != 1 || ids[0] != e.Symmetric.ARN {
-		t.Errorf("a file written after the alias moved has stanzas for %q, want only the approved %s", ids, e.Symmetric.ARN)
+	for _, f := range trWrappedFiles(v, trCheckWorks(t, v, "after"), encNames) {
+		if ids := trStanzaKeyIDs(t, v, f); len(ids) != 1 || ids[0] != e.Symmetric.ARN {
+			t.Errorf("%s, after the alias moved, has stanzas for %q, want only the approved %s", f, ids, e.Symmetric.ARN)
+		}
 	}
 	log := v.LogText()
 	if n := strings.Count(log, "points at key") - before; n != 1 {
