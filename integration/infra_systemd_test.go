@@ -190,16 +190,18 @@ type sdWriter struct {
 	last  int // the last acknowledged record, -1 before the first
 }
 
-// startWriter builds and starts fsyncwriter on path.
-func startWriter(t *testing.T, path string, size, maxRecords int) *sdWriter {
+// startWriter builds fsyncwriter into dir and starts it on path, as cred
+// (nil: as the test).
+func startWriter(t *testing.T, dir string, cred *syscall.Credential, path string, size, maxRecords int) *sdWriter {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "fsyncwriter")
+	bin := filepath.Join(dir, "fsyncwriter")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "./testdata/fsyncwriter").CombinedOutput(); err != nil {
 		t.Fatalf("go build fsyncwriter: %v\n%s", err, out)
 	}
 	w := &sdWriter{cmd: exec.Command(bin, path, strconv.Itoa(size), strconv.Itoa(maxRecords)), lines: make(chan string, 1024), last: -1}
+	w.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 	var err error
 	if w.stdin, err = w.cmd.StdinPipe(); err != nil {
 		t.Fatal(err)
@@ -281,22 +283,39 @@ func (w *sdWriter) finish(t *testing.T) {
 // 0, and after a remount every record whose fsync returned must be there,
 // intact, with the journal clean. Before, a busy mount stayed mounted and
 // running, and systemd's SIGKILL after its stop timeout left a dead mount.
+// An ordinary user's mount (a user unit) unmounts through fusermount3.
 func TestSystemdStopWithWriter(t *testing.T) {
 	const (
 		beforeStop = 20      // records acknowledged before SIGTERM
 		afterStop  = 20      // and after the mount point is freed
 		maxRecords = 1 << 20 // bounds the writer's loop
 	)
-	for _, size := range []int{100, 5000} {
-		t.Run(fmt.Sprintf("record=%d", size), func(t *testing.T) {
-			v := suite.InitVolume(t, fusetest.CLIOptions{})
-			sock, addr := sdListen(t, "path")
+	cases := []struct {
+		user string
+		size int
+	}{
+		{"root", 100},
+		{"root", 5000},
+		{"nobody", 5000},
+	}
+	for _, c := range cases {
+		t.Run(fmt.Sprintf("user=%s,record=%d", c.user, c.size), func(t *testing.T) {
+			size := c.size
+			o := fusetest.CLIOptions{}
+			socket := "path"
+			if c.user == "nobody" {
+				fusetest.NeedFUSEForUsers(t)
+				o.Cred, o.Dir = fusetest.NobodyCred(), fusetest.SharedDir(t)
+				socket = "abstract" // no directory of the test's to enter
+			}
+			v := suite.InitVolume(t, o)
+			sock, addr := sdListen(t, socket)
 			v.Env = append(v.Env, sdnotify.SocketEnv+"="+addr)
 			v.StartForeground(t)
 			if msg := sdRecv(t, sock, v); !strings.HasPrefix(msg, sdnotify.Ready) {
 				t.Fatalf("first notification %q, want READY=1", msg)
 			}
-			w := startWriter(t, v.Path("records"), size, maxRecords)
+			w := startWriter(t, v.Dir, o.Cred, v.Path("records"), size, maxRecords)
 			w.waitAck(t, beforeStop)
 
 			mark := v.LogMark()
@@ -325,10 +344,9 @@ func TestSystemdStopWithWriter(t *testing.T) {
 					t.Errorf("the journal was not left clean: %s", l.Raw)
 				}
 			}
-			got, err := os.ReadFile(v.Path("records"))
-			if err != nil {
-				t.Fatal(err)
-			}
+			// The mount's user reads: a mount without --allow-other
+			// shuts out everyone else, root too.
+			got := []byte(suite.User(t, o.Cred).Must(t, "read", v.Path("records")))
 			if want := (w.last + 1) * size; len(got) != want {
 				t.Errorf("file holds %d bytes, want %d: %d records written, each acknowledged", len(got), want, w.last+1)
 			}
