@@ -127,19 +127,23 @@ func sdSignal(t *testing.T, v *fusetest.CLIVolume, sig syscall.Signal) {
 // with $NOTIFY_SOCKET naming a socket the test listens on: READY=1 must
 // come only once the mount answers (a unit ordered after it would
 // otherwise find an empty directory), and SIGTERM must send STOPPING=1,
-// unmount and exit 0. A background mount sends nothing: the service
+// unmount and exit 0 (SIGINT too); an unmount from outside sends
+// STOPPING=1 as well. A background mount sends nothing: the service
 // manager knows only the parent, which exits once the mount is up.
 func TestSystemdNotify(t *testing.T) {
 	cases := []struct {
 		socket     string
 		foreground bool
+		stop       string // SIGTERM, SIGINT or unmount (kmsfs unmount)
 	}{
-		{"path", true},
-		{"abstract", true},
-		{"path", false},
+		{"path", true, "SIGTERM"},
+		{"abstract", true, "SIGTERM"},
+		{"path", true, "SIGINT"},
+		{"path", true, "unmount"},
+		{"path", false, "unmount"},
 	}
 	for _, c := range cases {
-		t.Run(fmt.Sprintf("socket=%s,foreground=%v", c.socket, c.foreground), func(t *testing.T) {
+		t.Run(fmt.Sprintf("socket=%s,foreground=%v,stop=%s", c.socket, c.foreground, c.stop), func(t *testing.T) {
 			v := suite.InitVolume(t, fusetest.CLIOptions{})
 			sock, addr := sdListen(t, c.socket)
 			v.Env = append(v.Env, sdnotify.SocketEnv+"="+addr)
@@ -160,14 +164,23 @@ func TestSystemdNotify(t *testing.T) {
 			}
 			mntWriteFile(t, v.Path("f"), []byte("notified"))
 			mntCheckFile(t, v.Path("f"), []byte("notified"))
-			if err := v.Stop(t, fusetest.ExitTimeout); err != nil {
-				t.Fatalf("kmsfs mount -f after SIGTERM: %v, want exit 0\n%s", err, v.LogText())
+			switch c.stop {
+			case "unmount":
+				v.Unmount(t) // fails unless kmsfs mount -f exits 0
+			case "SIGINT":
+				sdSignal(t, v, syscall.SIGINT)
+				fusetest.Eventually(t, "kmsfs mount -f exits on SIGINT", fusetest.ExitTimeout, v.ForegroundExited)
+				fallthrough
+			default:
+				if err := v.Stop(t, fusetest.ExitTimeout); err != nil {
+					t.Fatalf("kmsfs mount -f after %s: %v, want exit 0\n%s", c.stop, err, v.LogText())
+				}
 			}
 			if want, msg := "STOPPING=1\nSTATUS=unmounting "+v.Mnt, sdRecv(t, sock, v); msg != want {
-				t.Fatalf("notification after SIGTERM %q, want %q", msg, want)
+				t.Fatalf("notification after %s %q, want %q", c.stop, msg, want)
 			}
 			if fusetest.IsMounted(t, v.Mnt) {
-				t.Fatal("still mounted after kmsfs mount -f exited on SIGTERM")
+				t.Fatalf("still mounted after kmsfs mount -f exited (%s)", c.stop)
 			}
 			sdNothingQueued(t, sock)
 		})
