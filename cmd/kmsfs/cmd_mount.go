@@ -56,7 +56,14 @@ func newMountCmd() *cobra.Command {
 returns once the mount is ready, or fails with the reason (key unusable, cipher
 dir missing, mount point busy); the filesystem keeps running in the background
 until 'kmsfs unmount MOUNTPOINT'. With -f it stays in the foreground and logs to
-stderr (for systemd: the journal reads stderr).
+stderr (for systemd: the journal reads stderr), and tells a service manager
+that set $NOTIFY_SOCKET when the mount is ready and when it stops (systemd's
+Type=notify).
+
+SIGTERM or SIGINT unmounts and exits 0; if files are still open it unmounts
+lazily: the mount point is free at once, and the open files are served until
+they are closed. SIGHUP reopens --log-file (after logrotate moved it) and
+changes nothing else: options, keys and trust stay as mounted.
 
 As root kmsfs mounts directly; an ordinary user mounts through fusermount3.
 --allow-other implies -o default_permissions: kmsfs checks no permissions
@@ -89,7 +96,7 @@ itself, the kernel does. Mounts are nosuid,nodev unless -o suid or -o dev.
 	fl.StringSliceVarP(&f.options, "options", "o", nil, "FUSE mount options, comma-separated")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fl.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
-	fl.StringVar(&f.logFile, "log-file", "", "log to this file (background mounts log nowhere without it)")
+	fl.StringVar(&f.logFile, "log-file", "", "log to this file, reopened on SIGHUP (background mounts log nowhere without it)")
 	fl.StringVar(&f.passphraseFile, "passphrase-file", "", "file holding the passphrase for local:passphrase")
 	fl.StringVar(&f.publicKeyFile, "public-key-file", "", "awskms RSA key: wrap with this public key (DER) only; files written cannot be read here")
 	fl.DurationVar(&f.timeout, "timeout", 60*time.Second, "bound on mounting, key checks included")
@@ -173,11 +180,13 @@ func needsPrompt(a *volconf.Anchor, f *mountFlags) bool {
 	return false
 }
 
-func newLogger(f *mountFlags) (*logrus.Entry, error) {
+// newLogger returns the mount's logger and, with --log-file, the file it
+// writes to (for SIGHUP to reopen).
+func newLogger(f *mountFlags) (*logrus.Entry, *logFile, error) {
 	l := logrus.New()
 	lvl, err := logrus.ParseLevel(f.logLevel)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	l.SetLevel(lvl)
 	switch f.logFormat {
@@ -186,19 +195,19 @@ func newLogger(f *mountFlags) (*logrus.Entry, error) {
 	case "text":
 		l.SetFormatter(&logrus.TextFormatter{DisableColors: true, FullTimestamp: true})
 	default:
-		return nil, fmt.Errorf("--log-format %q: want text or json", f.logFormat)
+		return nil, nil, fmt.Errorf("--log-format %q: want text or json", f.logFormat)
 	}
 	l.Out = os.Stderr
+	var lf *logFile
 	if f.logFile != "" {
-		lf, err := os.OpenFile(f.logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-		if err != nil {
-			return nil, err
+		if lf, err = openLogFile(f.logFile); err != nil {
+			return nil, nil, err
 		}
 		l.Out = lf
 	} else if f.readyFD >= 0 {
 		l.Out = io.Discard
 	}
-	return logrus.NewEntry(l), nil
+	return logrus.NewEntry(l), lf, nil
 }
 
 // runMount mounts in the foreground and serves until unmounted or signalled.
@@ -217,18 +226,15 @@ func runMount(ctx context.Context, f *mountFlags, cipherDir, mnt string) (err er
 		unix.Dup2(int(devnull.Fd()), 1)
 		unix.Dup2(int(devnull.Fd()), 2)
 	}
-	log, err := newLogger(f)
+	log, lf, err := newLogger(f)
 	if err != nil {
 		return err
 	}
 	if err := checkGCM(log); err != nil {
 		return err
 	}
-	signal.Ignore(syscall.SIGHUP)
-	// Catch SIGINT/SIGTERM from the start: a stop that arrives while the
-	// mount is being set up must unmount, not leave a dead mount behind.
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	sig := make(chan os.Signal, 4)
+	notifySignals(sig)
 	defer signal.Stop(sig)
 	raiseFileLimit()
 
@@ -280,16 +286,11 @@ func runMount(ctx context.Context, f *mountFlags, cipherDir, mnt string) (err er
 		ready.Close()
 		ready = nil
 	}
+	d := &daemon{log: log, srv: srv, mnt: absPath(mnt), logFile: lf, notifier: newNotifier(log, f)}
+	d.notifyReady(abs)
 	defer startKeyCheck(log, v, f.keyCheck)()
-	go func() {
-		s := <-sig
-		log.WithField("signal", s.String()).Info("unmounting")
-		if err := srv.Unmount(); err != nil {
-			log.WithError(err).Error("unmount failed (busy?): unmount with kmsfs unmount once files are closed")
-		}
-	}()
 	defer startProfile(log)()
-	srv.Wait()
+	d.serve(sig)
 	log.Info("unmounted")
 	return nil
 }
