@@ -510,3 +510,43 @@ func TestSystemdUnitsVerify(t *testing.T) {
 		})
 	}
 }
+
+// TestDaemonCrashLeavesTrace: a background mount's stderr is /dev/null, so
+// a daemon that dies of a fatal error (here SIGQUIT, which ends a Go
+// program with the goroutine dump that a panic or a runtime fatal error
+// prints) must leave its traceback in --log-file, also after SIGHUP has
+// reopened the log at a new file, and not vanish without a line.
+func TestDaemonCrashLeavesTrace(t *testing.T) {
+	for _, rotate := range []bool{false, true} {
+		t.Run(fmt.Sprintf("rotated=%v", rotate), func(t *testing.T) {
+			v := suite.InitVolume(t, fusetest.CLIOptions{})
+			v.Mount(t)
+			mntWriteFile(t, v.Path("f"), []byte("before the crash"))
+			if rotate {
+				if err := os.Rename(v.Log, v.Log+".1"); err != nil {
+					t.Fatal(err)
+				}
+				syscall.Kill(v.PID(), syscall.SIGHUP)
+				fusetest.Eventually(t, "a new log file at the original path", fusetest.ExitTimeout, func() bool {
+					b, err := os.ReadFile(v.Log)
+					return err == nil && bytes.Contains(b, []byte("log file reopened"))
+				})
+			}
+			v.KillWith(t, syscall.SIGQUIT)
+			v.Detach(t)
+			log := v.LogText()
+			for _, want := range []string{"SIGQUIT: quit", "goroutine "} {
+				if !strings.Contains(log, want) {
+					t.Errorf("log of the crashed daemon lacks %q:\n%s", want, log)
+				}
+			}
+			if rotate {
+				if b, err := os.ReadFile(v.Log + ".1"); err != nil || bytes.Contains(b, []byte("SIGQUIT")) {
+					t.Errorf("rotated log: %v; the traceback went to the old file:\n%s", err, b)
+				}
+			}
+			v.Mount(t)
+			mntCheckFile(t, v.Path("f"), []byte("before the crash"))
+		})
+	}
+}

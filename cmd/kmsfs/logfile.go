@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"runtime/debug"
 	"sync"
 )
 
@@ -27,10 +28,17 @@ func openLogFile(path string) (*logFile, error) {
 	return &logFile{path: path, f: f}, nil
 }
 
+// openAppend opens the log file and makes it the crash output too: a
+// background daemon's stderr is /dev/null, so a fatal error or an
+// unrecovered panic would otherwise end the mount without a trace.
 func openAppend(path string) (*os.File, error) {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("--log-file: %w", err)
+	}
+	if err := debug.SetCrashOutput(f, debug.CrashOptions{}); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("--log-file: crash output: %w", err)
 	}
 	return f, nil
 }

@@ -462,13 +462,20 @@ func (v *CLIVolume) Remount(t testing.TB, extra ...string) {
 // the dead mount stays until Detach.
 func (v *CLIVolume) Kill(t testing.TB) {
 	t.Helper()
+	v.KillWith(t, syscall.SIGKILL)
+}
+
+// KillWith is Kill with another signal that ends the process (SIGQUIT, a
+// Go crash with a traceback, for one).
+func (v *CLIVolume) KillWith(t testing.TB, sig syscall.Signal) {
+	t.Helper()
 	pid, p := v.pid, v.fg
 	if pid == 0 {
 		t.Fatal("fusetest: Kill without a mount")
 	}
 	v.pid, v.fg = 0, nil
-	syscall.Kill(pid, syscall.SIGKILL)
-	Eventually(t, fmt.Sprintf("kmsfs (pid %d) exits on SIGKILL", pid), ExitTimeout, exitedFunc(pid, p))
+	syscall.Kill(pid, sig)
+	Eventually(t, fmt.Sprintf("kmsfs (pid %d) exits on %v", pid, sig), ExitTimeout, exitedFunc(pid, p))
 }
 
 // exitedFunc returns what tells that the serving process pid has exited:
