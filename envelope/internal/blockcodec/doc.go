@@ -31,13 +31,21 @@
 //     (zstd) or the length varint (s2) before anything is decoded: a
 //     decompression bomb declares a huge size in a few bytes, and is refused
 //     at the cost of reading them.
-//   - The decoder writes into the caller's buffer with its capacity limited
-//     to the expected length (zstd's WithDecodeAllCapLimit, s2's decode
-//     into a slice of exactly that length), and the zstd decoder's memory
-//     and window are capped at the block size, so a frame whose blocks
-//     decode to more than it declares fails instead of growing a buffer.
-//   - A zstd window larger than the block size is refused: the encoder
-//     never needs one, and the decoder would size its history by it.
+//   - The decoder writes into a buffer whose capacity is the expected
+//     length plus one zstd block (zstd's WithDecodeAllCapLimit; s2 decodes
+//     into exactly the expected length), and the zstd decoder's memory and
+//     window are capped at the block size. The zstd decoder checks the
+//     output against the declared size only after each block, so a frame
+//     that decodes to more than it declares overshoots by up to one block
+//     before it is refused: the slack is there so the overshoot lands in
+//     the buffer instead of reallocating it. DecodeRoom gives a caller the
+//     capacity that decodes in place; with less, Decompress decodes into a
+//     pooled buffer of that size and copies.
+//   - A zstd window larger than the block size is refused, and so is any
+//     frame that is not single-segment (window = content size): only a
+//     single-segment frame decodes straight into the caller's buffer,
+//     while any other makes the decoder allocate a history of its window
+//     plus a block.
 //   - Exactly one zstd frame, its blocks walked header by header to the
 //     last byte: the zstd decoder would otherwise go on to decode a second
 //     frame, or skip a skippable one, after the first. Raw and RLE blocks
@@ -51,13 +59,15 @@
 //
 // # Pooling
 //
-// A Codec is safe for concurrent use. Its zstd encoder and decoder keep up
-// to GOMAXPROCS states each, and its encoding scratch buffers (the encoder's
-// output may exceed the block before the saving test throws it away) sit
-// in a bounded pool of the same size. The pools are channels rather than
-// sync.Pool, which the garbage collector empties: a zstd state holds
-// tables that cost far more to build again than the block they encode. In
-// steady state neither Compress nor Decompress allocates.
+// A Codec is safe for concurrent use. Its zstd encoder and decoder keep
+// GOMAXPROCS states each, and a further caller waits for one. Its buffers
+// (the encoder's output, which may exceed the block before the saving test
+// throws it away, and the decode buffer of a dst without the room) sit in
+// pools of the same size; a burst beyond that allocates buffers that are
+// dropped afterwards. Like the zstd library's state pools, these are
+// channels rather than sync.Pool, which the garbage collector empties: a
+// zstd state holds tables that cost far more to rebuild than the block they
+// encode. In steady state neither Compress nor Decompress allocates.
 //
 // # Backoff
 //
