@@ -16,11 +16,8 @@ func TestNoAllocSteadyState(t *testing.T) {
 	for _, cc := range codecCases {
 		for _, b := range blockSizes {
 			c := newCodec(t, cc.alg, cc.level, b)
-			text, random := textBytes(11, b), randomBytes(12, b)
-			stored, ok := c.Compress(nil, text)
-			if !ok {
-				t.Fatalf("text block not compressed")
-			}
+			text, stored := compressedText(t, c, 11, b)
+			random := randomBytes(12, b)
 			enc := make([]byte, 0, b)
 			inPlace := make([]byte, 0, c.DecodeRoom())
 			exact := make([]byte, 0, b)

@@ -28,11 +28,7 @@ type attack struct {
 // zstdAttacks are the crafted zstd frames for block size b.
 func zstdAttacks(t *testing.T, c *blockcodec.Codec, b int) []attack {
 	t.Helper()
-	text := textBytes(5, b)
-	valid, ok := c.Compress(nil, text)
-	if !ok {
-		t.Fatalf("text block not compressed")
-	}
+	text, valid := compressedText(t, c, 5, b)
 	// A liar with compressed blocks: a frame of 4B zeros from an encoder
 	// without our limits, its header rewritten to declare B.
 	big, err := zstd.NewWriter(nil, zstd.WithWindowSize(b), zstd.WithEncoderCRC(false), zstd.WithSingleSegment(false))
@@ -78,11 +74,7 @@ func zstdAttacks(t *testing.T, c *blockcodec.Codec, b int) []attack {
 // s2Attacks are the crafted s2 blocks for block size b.
 func s2Attacks(t *testing.T, c *blockcodec.Codec, b int) []attack {
 	t.Helper()
-	text := textBytes(7, b)
-	valid, ok := c.Compress(nil, text)
-	if !ok {
-		t.Fatalf("text block not compressed")
-	}
+	text, valid := compressedText(t, c, 7, b)
 	half := text[:b/2]
 	return []attack{
 		{"bomb-declared", s2Block(bombSize, []byte("A")), b},
@@ -158,11 +150,7 @@ func TestTruncatedRefused(t *testing.T) {
 		t.Run("codec="+cc.name, func(t *testing.T) {
 			const b = 4 << 10
 			c := newCodec(t, cc.alg, cc.level, b)
-			src := textBytes(9, b)
-			stored, ok := c.Compress(nil, src)
-			if !ok {
-				t.Fatalf("text block not compressed")
-			}
+			_, stored := compressedText(t, c, 9, b)
 			for n := range len(stored) {
 				if _, err := c.Decompress(nil, stored[:n], b); !errors.Is(err, blockcodec.ErrCorrupt) {
 					t.Fatalf("prefix of %d of %d bytes: %v, want ErrCorrupt", n, len(stored), err)
@@ -177,11 +165,7 @@ func TestTruncatedRefused(t *testing.T) {
 // attack's alone.
 func warmUp(t *testing.T, c *blockcodec.Codec, b int) {
 	t.Helper()
-	src := textBytes(10, b)
-	stored, ok := c.Compress(nil, src)
-	if !ok {
-		t.Fatalf("text block not compressed")
-	}
+	_, stored := compressedText(t, c, 10, b)
 	dst := make([]byte, 0, b)
 	for range 2*runtime.GOMAXPROCS(0) + 1 {
 		if _, err := c.Decompress(dst, stored, b); err != nil {

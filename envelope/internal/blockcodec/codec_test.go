@@ -157,12 +157,7 @@ func TestConcurrent(t *testing.T) {
 			srcs := make([][]byte, goroutines)
 			want := make([][]byte, goroutines)
 			for g := range srcs {
-				srcs[g] = textBytes(uint64(g), b-g)
-				var ok bool
-				want[g], ok = c.Compress(nil, srcs[g])
-				if !ok {
-					t.Fatalf("text block %d not compressed", g)
-				}
+				srcs[g], want[g] = compressedText(t, c, uint64(g), b-g)
 			}
 			var wg sync.WaitGroup
 			errs := make(chan error, goroutines)
@@ -202,11 +197,7 @@ func TestDecompressWrongLength(t *testing.T) {
 	for _, cc := range codecCases {
 		const b = 4 << 10
 		c := newCodec(t, cc.alg, cc.level, b)
-		src := textBytes(4, 3000)
-		stored, ok := c.Compress(nil, src)
-		if !ok {
-			t.Fatalf("%s: text not compressed", cc.name)
-		}
+		_, stored := compressedText(t, c, 4, 3000)
 		for _, plainLen := range []int{-1, 0, 2999, 3001, b, b + 1, 1 << 30} {
 			t.Run(fmt.Sprintf("codec=%s,plainLen=%d", cc.name, plainLen), func(t *testing.T) {
 				got, err := c.Decompress(nil, stored, plainLen)

@@ -68,6 +68,18 @@ func textBytes(seed uint64, n int) []byte {
 	return []byte(sb.String()[:n])
 }
 
+// compressedText returns n bytes of text from seed and their stored form,
+// failing the test if the codec does not store them compressed.
+func compressedText(tb testing.TB, c *blockcodec.Codec, seed uint64, n int) (text, stored []byte) {
+	tb.Helper()
+	text = textBytes(seed, n)
+	stored, ok := c.Compress(nil, text)
+	if !ok {
+		tb.Fatalf("%v: %d bytes of text not compressed", c.Algorithm(), n)
+	}
+	return text, stored
+}
+
 // zstdFrame builds a zstd frame by hand, for attacks the encoder would
 // never write: fcs is the declared content size (8-byte field), window the
 // window size (0 = single segment, the window being the content size),
