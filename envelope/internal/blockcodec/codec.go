@@ -190,10 +190,10 @@ func (c *Codec) Compress(dst, src []byte) (stored []byte, compressed bool) {
 // plainLen decompressed bytes to dst. It checks the declared size before it
 // decodes anything, and the decoder never writes past a buffer of
 // DecodeRoom bytes, so a block that claims or decodes to more is refused
-// without allocating. If dst has DecodeRoom bytes of spare capacity, the
-// block is decoded in place; otherwise it is decoded into a pooled buffer
-// and copied, and dst is reallocated only if it lacks room for plainLen
-// more bytes.
+// without allocating. If dst's spare capacity is at least DecodeRoom (less
+// BlockSize - plainLen for a shorter block), the block is decoded in
+// place; otherwise it is decoded into a pooled buffer and copied, and dst
+// is reallocated only if it lacks room for plainLen more bytes.
 //
 // Any failure wraps ErrCorrupt; the returned slice is then nil, and the
 // spare capacity of dst may have been overwritten.
