@@ -500,6 +500,9 @@ func (n *Node) fail(op string, err error) syscall.Errno {
 		fields["block"] = be.Block
 	}
 	n.r.log.WithFields(fields).Error(err.Error())
+	if obs := n.r.opts.Observer; obs != nil && errors.Is(err, envelope.ErrAuth) {
+		obs.AuthFailure()
+	}
 	return errno
 }
 

@@ -66,6 +66,10 @@ type Options struct {
 	// RootDirID is the root directory's ID with Names
 	// (names.RootDirID of the volume ID).
 	RootDirID names.DirID
+	// Observer, if set, is told of every request, the bytes read and
+	// written, files opened and released, and authentication failures
+	// (for metrics); nil observes nothing and costs nothing.
+	Observer Observer
 }
 
 // root holds what every node of one mount shares.
@@ -252,6 +256,9 @@ func mount(mountpoint string, root gofs.InodeEmbedder, mo *gofs.Options, noOpend
 	var raw fuse.RawFileSystem = &renames{RawFileSystem: gofs.NewNodeFS(root, mo), gate: &root.(*Node).r.renames}
 	if noOpendir {
 		raw = newListings(raw) // outside renames: its drops need no gate
+	}
+	if obs := root.(*Node).r.opts.Observer; obs != nil {
+		raw = &observed{RawFileSystem: raw, obs: obs}
 	}
 	srv, err := fuse.NewServer(raw, mountpoint, &mo.MountOptions)
 	if err != nil {

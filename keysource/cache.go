@@ -54,6 +54,7 @@ type keyCache struct {
 	max    int // < 0: cache nothing
 	maxAge time.Duration
 	mem    *secmem.Arena
+	obs    Observer // told of evictions; nil: nobody
 	m      map[digest]*cacheEntry
 	lru    cacheEntry // sentinel: lru.next is the least recently used
 }
@@ -65,8 +66,8 @@ type cacheEntry struct {
 	prev, next *cacheEntry
 }
 
-func newKeyCache(max int, maxAge time.Duration, mem *secmem.Arena) *keyCache {
-	c := &keyCache{max: max, maxAge: maxAge, mem: mem, m: make(map[digest]*cacheEntry)}
+func newKeyCache(max int, maxAge time.Duration, mem *secmem.Arena, obs Observer) *keyCache {
+	c := &keyCache{max: max, maxAge: maxAge, mem: mem, obs: obs, m: make(map[digest]*cacheEntry)}
 	c.lru.prev, c.lru.next = &c.lru, &c.lru
 	return c
 }
@@ -83,7 +84,7 @@ func (c *keyCache) get(d digest, now time.Time) []byte {
 		return nil
 	}
 	if c.expired(e, now) {
-		c.remove(e)
+		c.evict(e)
 		return nil
 	}
 	c.unlink(e)
@@ -101,7 +102,7 @@ func (c *keyCache) put(d digest, key []byte, now time.Time) {
 		c.remove(old)
 	}
 	for len(c.m) >= c.max && c.lru.next != &c.lru {
-		c.remove(c.lru.next)
+		c.evict(c.lru.next)
 	}
 	e := &cacheEntry{d: d, key: key, added: now}
 	c.m[d] = e
@@ -113,7 +114,7 @@ func (c *keyCache) sweep(now time.Time) {
 	for e := c.lru.next; e != &c.lru; {
 		next := e.next
 		if c.expired(e, now) {
-			c.remove(e)
+			c.evict(e)
 		}
 		e = next
 	}
@@ -123,6 +124,14 @@ func (c *keyCache) sweep(now time.Time) {
 func (c *keyCache) purge() {
 	for c.lru.next != &c.lru {
 		c.remove(c.lru.next)
+	}
+}
+
+// evict removes e for room or age, and reports it.
+func (c *keyCache) evict(e *cacheEntry) {
+	c.remove(e)
+	if c.obs != nil {
+		c.obs.CacheEvict()
 	}
 }
 

@@ -70,6 +70,9 @@ type Options struct {
 	// returns is copied into a cell at once and the source's slice cleared.
 	// nil keeps keys on the Go heap (still zeroed when dropped).
 	Mem *secmem.Arena
+	// Observer, if set, is told of every key-source call, cache lookup and
+	// eviction, and pool change (for metrics); nil observes nothing.
+	Observer Observer
 }
 
 // Manager is the data-key manager of a mounted volume: it unwraps the
@@ -87,6 +90,7 @@ type Manager struct {
 	now      func() time.Time
 	rand     io.Reader
 	mem      *secmem.Arena
+	obs      Observer
 
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
@@ -121,6 +125,7 @@ func NewManager(o Options) (*Manager, error) {
 		now:      o.Now,
 		rand:     o.Rand,
 		mem:      o.Mem,
+		obs:      o.Observer,
 		flights:  make(map[digest]*flight),
 		changed:  make(chan struct{}),
 	}
@@ -144,7 +149,7 @@ func NewManager(o Options) (*Manager, error) {
 	if maxAge == 0 {
 		maxAge = DefaultCacheMaxAge
 	}
-	m.cache = newKeyCache(entries, maxAge, m.mem)
+	m.cache = newKeyCache(entries, maxAge, m.mem, m.obs)
 	m.pool.paused = o.DeferPool
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	m.keys = m.newKeySet(o.Primary, o.Escrow, o.UnwrapOnly)
@@ -182,6 +187,9 @@ func (m *Manager) Close() error {
 func (m *Manager) broadcast() {
 	close(m.changed)
 	m.changed = make(chan struct{})
+	if m.obs != nil {
+		m.obs.PoolDepth(len(m.pool.ready))
+	}
 }
 
 // sweep clears expired cache entries and an expired current data key every
@@ -216,6 +224,7 @@ type keySet struct {
 	escrow  []KeySource
 	unwrap  []KeySource // primary, escrow, then unwrap-only: the unwrap order
 	nUnwrap int         // how many at the end of unwrap are unwrap-only
+	obs     Observer    // the Manager's, or nil
 	// ctx bounds the calls that make batches for this set. SetKeys cancels
 	// it, so a worker stuck on a retired key comes back to work for the
 	// new one.
@@ -248,6 +257,7 @@ func (m *Manager) newKeySet(primary KeySource, escrow, unwrapOnly []KeySource) *
 		primary: primary,
 		escrow:  append([]KeySource(nil), escrow...),
 		nUnwrap: len(unwrapOnly),
+		obs:     m.obs,
 	}
 	ks.unwrap = make([]KeySource, 0, 1+len(escrow)+len(unwrapOnly))
 	ks.unwrap = append(append(append(ks.unwrap, primary), escrow...), unwrapOnly...)

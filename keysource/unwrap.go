@@ -71,10 +71,16 @@ func (m *Manager) UnwrapKeyTo(ctx context.Context, dst []byte, stanzas []Stanza)
 		if k := m.cache.get(d, now); k != nil {
 			copy(dst, k)
 			m.mu.Unlock()
+			if m.obs != nil {
+				m.obs.CacheLookup(true)
+			}
 			return nil
 		}
 	}
 	m.mu.Unlock()
+	if m.obs != nil {
+		m.obs.CacheLookup(false)
+	}
 
 	var fails []error
 	var notMine error
@@ -263,7 +269,9 @@ func (ks *keySet) unwrapWith(ctx context.Context, s Stanza) ([]byte, error) {
 		if src.Type() != s.Type {
 			continue
 		}
+		start := startCall(ks.obs)
 		key, err := src.Unwrap(ctx, s)
+		endCall(ks.obs, src, OpUnwrap, start, err)
 		if err == nil {
 			if len(key) == DataKeySize {
 				return key, nil

@@ -83,6 +83,9 @@ type Options struct {
 	Mem *secmem.Arena
 	// ParallelMin is envelope.Options.ParallelMin.
 	ParallelMin int
+	// KeyObserver is the data-key manager's keysource.Options.Observer
+	// (metrics); nil observes nothing.
+	KeyObserver keysource.Observer
 }
 
 // Warning is something Open noticed that does not stop the volume: the
@@ -192,7 +195,7 @@ func Open(ctx context.Context, cipherDir string, o Options) (_ *Volume, err erro
 	v.Sources = v.keys.list
 	v.Warnings = append(v.Warnings, v.keys.warnings...)
 	mo := v.keys.managerOptions(conf)
-	mo.Policy, mo.DeferPool, mo.Mem = policy, o.ReadOnly, o.Mem
+	mo.Policy, mo.DeferPool, mo.Mem, mo.Observer = policy, o.ReadOnly, o.Mem, o.KeyObserver
 	v.Keys, err = keysource.NewManager(mo)
 	if err != nil {
 		return nil, err

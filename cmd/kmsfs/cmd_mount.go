@@ -43,6 +43,7 @@ type mountFlags struct {
 	keyTimeout     time.Duration
 	cacheTimeout   time.Duration
 	keyCheck       time.Duration
+	metricsListen  string
 	readyFD        int // internal: the background child reports readiness here
 	secretsFD      int // internal: secrets from the environment or a prompt, handed over here
 }
@@ -103,6 +104,7 @@ itself, the kernel does. Mounts are nosuid,nodev unless -o suid or -o dev.
 	fl.DurationVar(&f.keyTimeout, "key-timeout", kfs.DefaultKeyTimeout, "bound on one key call made while opening or creating a file")
 	fl.DurationVar(&f.cacheTimeout, "cache-timeout", kfs.DefaultCacheTimeout, "how long the kernel may cache names, attributes and absent names (the cipher dir must not change behind the mount)")
 	fl.DurationVar(&f.keyCheck, "key-check-interval", 24*time.Hour, "after mounting and then at this interval, warn in the log of files that depend only on a disabled, pending-deletion or missing key (0: after mounting only)")
+	fl.StringVar(&f.metricsListen, "metrics-listen", "", "serve Prometheus metrics on http://ADDR/metrics (host:port, e.g. 127.0.0.1:9464; off by default)")
 	fl.IntVar(&f.readyFD, "ready-fd", -1, "")
 	fl.IntVar(&f.secretsFD, "secrets-fd", -1, "")
 	fl.MarkHidden("ready-fd")
@@ -241,6 +243,11 @@ func runMount(ctx context.Context, f *mountFlags, cipherDir, mnt string) (err er
 	if err := checkMountpoint(mnt); err != nil {
 		return err
 	}
+	mm, err := startMetrics(log, f.metricsListen)
+	if err != nil {
+		return fmt.Errorf("--metrics-listen: %w", err)
+	}
+	defer mm.Close()
 	mem := secmem.New(secmem.Options{OnLockError: func(err error) {
 		log.WithError(err).Warn("keys are held in memory that may be swapped out")
 	}})
@@ -251,7 +258,7 @@ func runMount(ctx context.Context, f *mountFlags, cipherDir, mnt string) (err er
 	mctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
 	v, err := volume.Open(mctx, cipherDir, volume.Options{TrustDir: f.trustDir, ReadOnly: f.readOnly, CheckKeys: true,
-		PublicKeyFile: f.publicKeyFile, Secrets: sec, Mem: mem, ParallelMin: mountParallelMin()})
+		PublicKeyFile: f.publicKeyFile, Secrets: sec, Mem: mem, ParallelMin: mountParallelMin(), KeyObserver: mm.keyObserver()})
 	clearSec()
 	if errors.Is(err, volume.ErrBusy) {
 		return fmt.Errorf("cipher dir %s is already mounted read-write by another kmsfs process", cipherDir)
@@ -265,6 +272,7 @@ func runMount(ctx context.Context, f *mountFlags, cipherDir, mnt string) (err er
 		return err
 	}
 	logOpened(log, v)
+	mm.opened(v)
 	var extra []string
 	for _, o := range f.options {
 		extra = append(extra, strings.Split(o, ",")...)
@@ -276,7 +284,7 @@ func runMount(ctx context.Context, f *mountFlags, cipherDir, mnt string) (err er
 	mo := kfs.MountOptions(abs, extra, f.allowOther)
 	mo.EntryTimeout, mo.AttrTimeout, mo.NegativeTimeout = &f.cacheTimeout, &f.cacheTimeout, &f.cacheTimeout
 	srv, err := kfs.Mount(mnt, kfs.Options{CipherDir: cipherDir, Volume: v.Format, Keys: v.Keys, Log: log,
-		ReadOnly: f.readOnly, KeyTimeout: f.keyTimeout, Xattr: f.xattr, Admin: v, Names: nameCodec, RootDirID: rootDir}, mo)
+		ReadOnly: f.readOnly, KeyTimeout: f.keyTimeout, Xattr: f.xattr, Admin: v, Names: nameCodec, RootDirID: rootDir, Observer: mm.fsObserver()}, mo)
 	if err != nil {
 		return err
 	}
