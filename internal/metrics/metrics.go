@@ -82,42 +82,24 @@ func New() *Metrics {
 		// (seconds).
 		Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
 	}, []string{"source", "op"})
-	m.cacheHits = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "kmsfs_data_key_cache_hits_total",
-		Help: "Unwraps of a file's data key answered from the cache.",
-	})
-	m.cacheMisses = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "kmsfs_data_key_cache_misses_total",
-		Help: "Unwraps of a file's data key not in the cache (a key-source call, or a wait for one running).",
-	})
-	m.cacheEvicts = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "kmsfs_data_key_cache_evictions_total",
-		Help: "Data keys dropped from the cache for room or age.",
-	})
-	m.poolReady = prometheus.NewGauge(prometheus.GaugeOpts{
-		Name: "kmsfs_data_key_pool_ready",
-		Help: "Pre-generated data keys ready for new files.",
-	})
-	m.authFailures = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "kmsfs_auth_failures_total",
-		Help: "Reads and opens that failed because a stored block or header did not authenticate (tampering or corruption).",
-	})
-	m.readBytes = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "kmsfs_read_bytes_total",
-		Help: "Plaintext bytes read through the mount.",
-	})
-	m.writtenBytes = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "kmsfs_written_bytes_total",
-		Help: "Plaintext bytes written through the mount.",
-	})
-	m.openFiles = prometheus.NewGauge(prometheus.GaugeOpts{
-		Name: "kmsfs_open_files",
-		Help: "File handles open on the mount.",
-	})
-	m.replayed = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "kmsfs_journal_records_replayed_total",
-		Help: "Interrupted writes the journal finished or undid when the volume was mounted.",
-	})
+	m.cacheHits = counter("kmsfs_data_key_cache_hits_total",
+		"Unwraps of a file's data key answered from the cache.")
+	m.cacheMisses = counter("kmsfs_data_key_cache_misses_total",
+		"Unwraps of a file's data key not in the cache (a key-source call, or a wait for one running).")
+	m.cacheEvicts = counter("kmsfs_data_key_cache_evictions_total",
+		"Data keys dropped from the cache for room or age.")
+	m.poolReady = gauge("kmsfs_data_key_pool_ready",
+		"Pre-generated data keys ready for new files.")
+	m.authFailures = counter("kmsfs_auth_failures_total",
+		"Reads and opens that failed because a stored block or header did not authenticate (tampering or corruption).")
+	m.readBytes = counter("kmsfs_read_bytes_total",
+		"Plaintext bytes read through the mount.")
+	m.writtenBytes = counter("kmsfs_written_bytes_total",
+		"Plaintext bytes written through the mount.")
+	m.openFiles = gauge("kmsfs_open_files",
+		"File handles open on the mount.")
+	m.replayed = counter("kmsfs_journal_records_replayed_total",
+		"Interrupted writes the journal finished or undid when the volume was mounted.")
 	opSeconds := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name: "kmsfs_fuse_request_duration_seconds",
 		Help: "Time kmsfs took to answer FUSE requests, by request kind; _count is the requests served.",
@@ -132,6 +114,14 @@ func New() *Metrics {
 		m.authFailures, m.readBytes, m.writtenBytes, m.openFiles, m.replayed, opSeconds,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+func counter(name, help string) prometheus.Counter {
+	return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
+}
+
+func gauge(name, help string) prometheus.Gauge {
+	return prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: help})
 }
 
 // Registry returns the registry the metrics are in, for a caller that
