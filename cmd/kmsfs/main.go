@@ -19,7 +19,14 @@ func main() {
 		fmt.Fprintln(os.Stderr, "kmsfs:", err)
 		os.Exit(1)
 	}
-	if err := newRootCmd().Execute(); err != nil {
+	root := newRootCmd()
+	args, err := mountHelperArgs(root, os.Args[1:])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "kmsfs:", err)
+		os.Exit(exitError)
+	}
+	root.SetArgs(args)
+	if err := root.Execute(); err != nil {
 		// A command that ends with an exit code printed its report.
 		var code exitCode
 		if errors.As(err, &code) {
