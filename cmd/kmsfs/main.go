@@ -58,5 +58,6 @@ applications read and write plain files at the mount point.`,
 	}
 	root.PersistentFlags().String(trustDirFlag, "", "the host's trust dir of approved volumes (default $KMSFS_TRUST_DIR, else /etc/kmsfs/trust for root, else ~/.config/kmsfs/trust)")
 	root.AddCommand(newInitCmd(), newMountCmd(), newUnmountCmd(), newTrustCmd(), newStatusCmd(), newInfoCmd(), newEncryptCmd(), newDecryptCmd(), newFsckCmd(), newRewrapCmd())
+	root.AddCommand(extraCommands()...)
 	return root
 }
