@@ -22,10 +22,11 @@ func extraCommands() []*cobra.Command { return []*cobra.Command{newGenManCmd()} 
 func newGenManCmd() *cobra.Command {
 	var date, format string
 	c := &cobra.Command{
-		Use:    "gen-man --date YYYY-MM-DD [--format FORMAT.md] DIR",
-		Short:  "Write the man pages into DIR",
-		Hidden: true,
-		Args:   cobra.ExactArgs(1),
+		Use:     "gen-man --date YYYY-MM-DD [--format FORMAT.md] DIR",
+		Short:   "Write the man pages into DIR",
+		Example: "  kmsfs gen-man --date 2026-01-31 --format docs/FORMAT.md out/man",
+		Hidden:  true,
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			// The date comes from the caller (the last commit's), never
 			// the clock: the same tree makes the same pages.

@@ -32,13 +32,13 @@ const (
 // generic mount flags the kernel, or fusermount3, takes for a FUSE
 // filesystem, and FUSE's own that kmsfs does not set itself) and which
 // are dropped. rw and relatime are the defaults (the other atime flags
-// fail a FUSE mount). mount.fuse3 appends dev and suid to
-// every mount unless the fstab line says nodev or nosuid, and mount(8)
-// hands an explicit dev or suid to no helper, so kmsfs cannot tell a
-// request from that default and keeps its own, nodev and nosuid: whoever
-// controls the cipher dir could plant a device node or a set-user-ID
-// program (`kmsfs mount -o dev,suid` asks for them). The rest belong to
-// mount(8), which strips them before the helper runs.
+// fail a FUSE mount). mount.fuse3 appends dev and suid to every mount
+// unless the fstab line says nodev or nosuid, and mount(8) hands an
+// explicit dev or suid to no helper, so kmsfs cannot tell a request from
+// that default and keeps its own, nodev and nosuid: whoever controls the
+// cipher dir could plant a device node or a set-user-ID program (`kmsfs
+// mount -o dev,suid` asks for them). The rest belong to mount(8), which
+// strips them before the helper runs.
 func classifyOption(name string) helperOption {
 	switch name {
 	case "nodev", "nosuid", "exec", "noexec",
