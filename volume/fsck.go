@@ -59,6 +59,14 @@ type FsckBlock struct {
 type FsckFile struct {
 	// Path is relative to the cipher dir.
 	Path string `json:"path"`
+	// PlainPath is the file's path as a mount shows it, on a volume with
+	// encrypted names whose name key opened; empty for kmsfs's own files
+	// and when NameError says why there is none.
+	PlainPath string `json:"plain_path,omitempty"`
+	// NameError says why a file of a volume with encrypted names has no
+	// plain path: a name on its path fails to authenticate (ErrNameAuth),
+	// or a directory's ID or a long name's side file is unreadable.
+	NameError string `json:"name_error,omitempty"`
 	// State is one of the Fsck constants.
 	State string `json:"state"`
 	// Detail says why a file is not ok.
@@ -95,7 +103,8 @@ type FsckReport struct {
 	// changed (state ok, with Recovered or RemnantsCleared), by path.
 	Problems []FsckFile `json:"problems,omitempty"`
 	// Skipped counts entries neither a regular file nor a directory
-	// (symbolic links, FIFOs, devices): never opened.
+	// (symbolic links, FIFOs, devices) and, with encrypted names, the side
+	// files of long names and symbolic link targets: never opened.
 	Skipped int64 `json:"skipped"`
 	// Journal lists the entries of the journal directory: records of
 	// writes a crash interrupted (crash remnants) until they are applied.
@@ -209,7 +218,7 @@ func (v *Volume) Fsck(ctx context.Context, o FsckOptions) (*FsckReport, error) {
 				return false, err
 			case e.typ.IsDir():
 				return true, nil
-			case e.typ.IsRegular():
+			case e.typ.IsRegular() && !(v.encNames && sideFile(e.name)):
 				f, size, err := e.open(0, unix.S_IFREG)
 				if o.Repair && err == nil {
 					// Read-write only where it works: a file that
@@ -239,6 +248,10 @@ func (v *Volume) Fsck(ctx context.Context, o FsckOptions) (*FsckReport, error) {
 		return nil, fmt.Errorf("volume: fsck %s: %w", v.Dir, err)
 	}
 	sort.Slice(r.Problems, func(i, j int) bool { return r.Problems[i].Path < r.Problems[j].Path })
+	pp := v.plainPaths()
+	for i := range r.Problems {
+		r.Problems[i].PlainPath, r.Problems[i].NameError = pp.annotate(r.Problems[i].Path)
+	}
 	return r, nil
 }
 

@@ -56,6 +56,13 @@ before its first bad block.
 
 Symbolic links and other special entries are never followed or opened.
 
+On a volume with encrypted names, each file listed is followed by its plain
+path, the path a mount shows, decrypted with the volume's name key (so
+"plain path: reports/q3.pdf"), or by why it has none: a name on its path
+that fails to authenticate (changed, or moved from another directory) is
+never guessed. The side files that hold long names are kmsfs's own and
+counted with the special entries.
+
 Per file, a state: ok, empty (no header: a file created and never written),
 damaged, crash-remnants, foreign, key-unavailable, unreadable.
 
@@ -66,6 +73,9 @@ damaged, crash-remnants, foreign, key-unavailable, unreadable.
   skipped                     links and special files left unopened
   problems[]                  each file not ok, or that --repair changed:
     path                      relative to CIPHERDIR
+    plain_path                the path in a mount, with encrypted names
+    name_error                why there is none: a name on the path fails
+                              to authenticate, or is unreadable
     state                     one of the states above
     detail                    why, in words
     bad_header_slots[]        header slots (0, 1) that fail to authenticate
@@ -143,6 +153,7 @@ func printFsck(out io.Writer, r *volume.FsckReport, repair bool) {
 			fmt.Fprintf(out, ": %s", p.Detail)
 		}
 		fmt.Fprintln(out)
+		printPlainPath(out, "  ", p.PlainPath, p.NameError)
 		if len(p.BadSlots) > 0 {
 			fmt.Fprintf(out, "  header slots failing: %v\n", p.BadSlots)
 		}
@@ -177,6 +188,18 @@ func printFsck(out io.Writer, r *volume.FsckReport, repair bool) {
 	}
 	if r.Clean() {
 		fmt.Fprintln(out, "\nclean: every file intact")
+	}
+}
+
+// printPlainPath writes, after a file's line, its plain path on a volume
+// with encrypted names, or why it has none; nothing when neither is known
+// (plaintext names, kmsfs's own files).
+func printPlainPath(out io.Writer, indent, plain, why string) {
+	switch {
+	case plain != "":
+		fmt.Fprintf(out, "%splain path: %s\n", indent, plain)
+	case why != "":
+		fmt.Fprintf(out, "%sno plain path: %s\n", indent, why)
 	}
 }
 
