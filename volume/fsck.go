@@ -119,6 +119,10 @@ type FsckReport struct {
 	// RemnantsCleared counts the crash remnants resealed by this run
 	// (--repair), in all files.
 	RemnantsCleared int `json:"remnants_cleared"`
+	// NameKeyError says why the name key file of a volume with encrypted
+	// names was refused (opened with Options.NameKeyMayFail): the file is
+	// listed in Problems, and every file by its cipher path only.
+	NameKeyError string `json:"name_key_error,omitempty"`
 }
 
 // Clean reports whether every file is intact, with no crash remnant left,
@@ -159,6 +163,9 @@ func (v *Volume) Fsck(ctx context.Context, o FsckOptions) (*FsckReport, error) {
 	if v.Recovery.Err != nil {
 		r.RepairError = v.Recovery.Err.Error()
 	}
+	if v.nameKeyErr != nil {
+		r.NameKeyError = v.nameKeyErr.Error()
+	}
 	if r.Pending < 0 {
 		r.Pending = 0
 	}
@@ -193,6 +200,9 @@ func (v *Volume) Fsck(ctx context.Context, o FsckOptions) (*FsckReport, error) {
 					j.f.Close()
 				}
 				fp.done(j.size)
+				if j.rel == NamesName && v.nameKeyErr != nil {
+					nameKeyProblem(&res, v.nameKeyErr)
+				}
 				mu.Lock()
 				r.Files++
 				r.Bytes += j.size
@@ -247,12 +257,28 @@ func (v *Volume) Fsck(ctx context.Context, o FsckOptions) (*FsckReport, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("volume: fsck %s: %w", v.Dir, err)
 	}
+	if v.nameKeyErr != nil && !slices.ContainsFunc(r.Problems, func(p FsckFile) bool { return p.Path == NamesName }) {
+		// Missing, or not a regular file: the walk checked no such file.
+		p := FsckFile{Path: NamesName}
+		nameKeyProblem(&p, v.nameKeyErr)
+		r.Problems = append(r.Problems, p)
+	}
 	sort.Slice(r.Problems, func(i, j int) bool { return r.Problems[i].Path < r.Problems[j].Path })
 	pp := v.plainPaths()
 	for i := range r.Problems {
 		r.Problems[i].PlainPath, r.Problems[i].NameError = pp.annotate(r.Problems[i].Path)
 	}
 	return r, nil
+}
+
+// nameKeyProblem makes r, the check of the name key file, say why Open
+// refused it: a file that reads intact but holds another key, or one of
+// the wrong size, is damaged as a name key file.
+func nameKeyProblem(r *FsckFile, err error) {
+	if r.State == FsckOK || r.State == FsckEmpty || r.State == "" {
+		r.State = FsckDamaged
+	}
+	r.Detail = err.Error()
 }
 
 // journalEntries lists the entries of the journal directory e that hold a

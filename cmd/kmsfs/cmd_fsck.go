@@ -61,7 +61,10 @@ path, the path a mount shows, decrypted with the volume's name key (so
 "plain path: reports/q3.pdf"), or by why it has none: a name on its path
 that fails to authenticate (changed, or moved from another directory) is
 never guessed. The side files that hold long names are kmsfs's own and
-counted with the special entries.
+counted with the special entries. A volume whose name key file (kmsfs.names)
+is missing, damaged or holds another key than this host approved, which no
+mount opens, is still checked: that file is reported as the problem, with the
+cause, and every other file by its path in CIPHERDIR alone.
 
 Per file, a state: ok, empty (no header: a file created and never written),
 damaged, crash-remnants, foreign, key-unavailable, unreadable.
@@ -90,6 +93,8 @@ damaged, crash-remnants, foreign, key-unavailable, unreadable.
   repaired                    journal records applied by --repair
   repair_error                the first error applying them
   remnants_cleared            crash remnants resealed by --repair, in all
+  name_key_error              why the name key file (kmsfs.names) was
+                              refused; it is listed in problems[]
 Fields whose value is empty, false or zero inside problems[] are left out.
 
 Exit status:
@@ -107,7 +112,10 @@ Exit status:
 			defer stop()
 			ctx, cancel := context.WithTimeout(ctx, f.timeout)
 			defer cancel()
-			v, err := volume.Open(ctx, args[0], volume.Options{TrustDir: trustDirOf(cmd), ReadOnly: !f.repair,
+			// A refused name key file is a finding of the check, not a
+			// reason to check nothing: the files are checked by their
+			// cipher paths.
+			v, err := volume.Open(ctx, args[0], volume.Options{TrustDir: trustDirOf(cmd), ReadOnly: !f.repair, NameKeyMayFail: true,
 				Secrets: volume.Secrets{PassphraseFile: f.passphraseFile, Prompt: promptPassphrase}, Mem: secmem.New(secmem.Options{})})
 			if err != nil {
 				return err
@@ -172,6 +180,9 @@ func printFsck(out io.Writer, r *volume.FsckReport, repair bool) {
 		if p.Recovered {
 			fmt.Fprintln(out, "  journal records applied to it")
 		}
+	}
+	if r.NameKeyError != "" {
+		fmt.Fprintf(out, "\nname key refused (%s above): files are named by their paths in the cipher dir only\n", volume.NamesName)
 	}
 	if len(r.Journal) > 0 {
 		fmt.Fprintf(out, "\njournal holds %d entries (writes a crash interrupted): %s\n  run kmsfs fsck --repair with the volume unmounted to apply them\n",
