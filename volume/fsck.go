@@ -36,6 +36,11 @@ const (
 	// FsckUnreadable is a file the check could not read (permissions,
 	// I/O error).
 	FsckUnreadable = "unreadable"
+	// FsckBadName is a file of a volume with encrypted names that reads
+	// intact, but whose name, or a name on whose path, fails to
+	// authenticate (FsckFile.NameError): changed, or moved there from
+	// another directory. A mount does not show it.
+	FsckBadName = "bad-name"
 	// FsckCrashRemnants is a file that reads intact but holds crash
 	// remnants: blocks sealed marked last that are not its last, which
 	// a truncate or a write past a gap stopped by a crash leaves. Reads
@@ -169,6 +174,9 @@ func (v *Volume) Fsck(ctx context.Context, o FsckOptions) (*FsckReport, error) {
 	if r.Pending < 0 {
 		r.Pending = 0
 	}
+	// Each file's plain path, with encrypted names: a file whose names do
+	// not authenticate is one a mount hides, and fsck reports it.
+	pp := v.plainPaths()
 	prog, err := v.newFsckProgress(ctx, o.Progress)
 	if err != nil {
 		return nil, err
@@ -176,10 +184,10 @@ func (v *Volume) Fsck(ctx context.Context, o FsckOptions) (*FsckReport, error) {
 	// The walk opens each file relative to its directory and hands it to
 	// a worker, which closes it: at most one file per worker is open.
 	type job struct {
-		rel  string
-		f    *os.File
-		size int64
-		err  error
+		rel, plain, nameErr string
+		f                   *os.File
+		size                int64
+		err                 error
 	}
 	work := make(chan job)
 	var wg sync.WaitGroup
@@ -198,6 +206,10 @@ func (v *Volume) Fsck(ctx context.Context, o FsckOptions) (*FsckReport, error) {
 				} else {
 					res = v.fsckFile(ctx, j.rel, j.f, o.Repair, fp, buf)
 					j.f.Close()
+				}
+				res.PlainPath, res.NameError = j.plain, j.nameErr
+				if j.nameErr != "" && (res.State == FsckOK || res.State == FsckEmpty) {
+					res.State, res.Detail = FsckBadName, "its name does not authenticate, so a mount does not show it"
 				}
 				fp.done(j.size)
 				if j.rel == NamesName && v.nameKeyErr != nil {
@@ -239,7 +251,9 @@ func (v *Volume) Fsck(ctx context.Context, o FsckOptions) (*FsckReport, error) {
 						f, size = g, gsize
 					}
 				}
-				work <- job{rel: e.rel, f: f, size: size, err: err}
+				// The walk is one goroutine, and so may use pp.
+				plain, nameErr := pp.annotate(e.rel)
+				work <- job{rel: e.rel, plain: plain, nameErr: nameErr, f: f, size: size, err: err}
 			default:
 				r.Skipped++
 			}
@@ -264,10 +278,6 @@ func (v *Volume) Fsck(ctx context.Context, o FsckOptions) (*FsckReport, error) {
 		r.Problems = append(r.Problems, p)
 	}
 	sort.Slice(r.Problems, func(i, j int) bool { return r.Problems[i].Path < r.Problems[j].Path })
-	pp := v.plainPaths()
-	for i := range r.Problems {
-		r.Problems[i].PlainPath, r.Problems[i].NameError = pp.annotate(r.Problems[i].Path)
-	}
 	return r, nil
 }
 

@@ -249,6 +249,51 @@ func TestFsckPlainPaths(t *testing.T) {
 	}
 }
 
+// TestFsckBadName moves the backing name of an intact file into another
+// directory of the cipher dir, where it fails to authenticate and a mount
+// does not show it: fsck reports the file as bad-name, with no plain path
+// and a name error, and the volume as not clean.
+func TestFsckBadName(t *testing.T) {
+	for _, long := range []bool{false, true} {
+		t.Run("long="+boolName(long), func(t *testing.T) {
+			tv := initVolumeNames(t, true)
+			vol, err := tv.open(t, volume.Options{ReadOnly: true})
+			if err != nil {
+				t.Fatalf("Open: %v", err)
+			}
+			defer vol.Close()
+			nt := newNamesTree(t, vol)
+			name := "a/x"
+			if long {
+				name = "a/" + longDir
+			}
+			rel := nt.entry(name)
+			encryptTo(t, vol, nt.cipher(name), randomBytes(t, 100))
+			nt.mkdir("b")
+			to := path.Join(nt.rels["b"], path.Base(rel))
+			if err := os.Rename(nt.cipher(name), filepath.Join(vol.Dir, to)); err != nil {
+				t.Fatal(err)
+			}
+			if long {
+				if err := os.Rename(nt.cipher(name)+names.LongSuffix, filepath.Join(vol.Dir, to)+names.LongSuffix); err != nil {
+					t.Fatal(err)
+				}
+			}
+			r, err := vol.Fsck(ctx(t), volume.FsckOptions{})
+			if err != nil {
+				t.Fatalf("Fsck: %v", err)
+			}
+			if r.Clean() || len(r.Problems) != 1 {
+				t.Fatalf("fsck: %+v; want one problem", r)
+			}
+			p := r.Problems[0]
+			if p.Path != to || p.State != volume.FsckBadName || p.PlainPath != "" || !strings.Contains(p.NameError, volume.ErrNameAuth.Error()) {
+				t.Fatalf("problem %+v; want %s bad-name, no plain path, a name error saying %q", p, to, volume.ErrNameAuth)
+			}
+		})
+	}
+}
+
 // TestFsckNamesSideFiles: the side files of long names hold sealed names,
 // not file content: fsck of a clean volume with long names is clean,
 // counts them with the skipped entries, and a problem of kmsfs's own name

@@ -67,7 +67,10 @@ mount opens, is still checked: that file is reported as the problem, with the
 cause, and every other file by its path in CIPHERDIR alone.
 
 Per file, a state: ok, empty (no header: a file created and never written),
-damaged, crash-remnants, foreign, key-unavailable, unreadable.
+damaged, crash-remnants, foreign, key-unavailable, unreadable, and, with
+encrypted names, bad-name: the file reads intact but its name, or a name on
+its path, fails to authenticate (changed, or moved there from another
+directory), so a mount does not show it.
 
 --json prints one object:
   cipher_dir, volume_id       the volume checked
@@ -101,7 +104,8 @@ Exit status:
   0  clean: every file intact, no crash remnant left, nothing pending in the
      journal (after --repair: once it has set everything right)
   4  damage found: some file is damaged, foreign, unreadable, has no usable
-     key or holds crash remnants, or journal records are pending
+     key, holds crash remnants or has a bad name, the name key file is
+     refused, or journal records are pending
   1  error (no volume, not approved on this host, unreadable cipher dir)`,
 		Example: `  kmsfs fsck /srv/cipher
   kmsfs fsck --json /srv/cipher | jq '.problems[] | select(.state == "damaged")'
