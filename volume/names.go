@@ -127,6 +127,9 @@ func (v *Volume) loadNameKey(ctx context.Context, conf *volconf.Conf) error {
 	key := v.opts.Mem.Alloc(names.KeySize)
 	if n, err := ef.ReadAt(key, 0); n != len(key) || (err != nil && err != io.EOF) {
 		v.opts.Mem.Free(key)
+		if errors.Is(err, envelope.ErrAuth) {
+			return fmt.Errorf("volume: name key file %s is damaged: %w (%w)", p, ErrNameKey, err)
+		}
 		return fmt.Errorf("volume: read name key file %s: %w", p, err)
 	}
 	if id := names.KeyID(key); id != conf.NameKeyID {

@@ -132,6 +132,10 @@ func TestOpenRefusesNameKeyFile(t *testing.T) {
 			vol := openFor(t, tv)
 			truncateNames(t, tv, vol.Format.Layout().HeaderSize())
 		}, "holds 0 bytes", true},
+		{"block-byte-changed", func(t *testing.T, tv testVolume) {
+			vol := openFor(t, tv)
+			flip(t, filepath.Join(tv.dir, volume.NamesName), vol.Format.Layout().BlockOffset(0)+5)
+		}, "is damaged", true},
 		{"symlink-to-real-file", func(t *testing.T, tv testVolume) {
 			p := filepath.Join(tv.dir, volume.NamesName)
 			if err := os.Rename(p, p+".real"); err != nil {
