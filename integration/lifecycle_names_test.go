@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kmsfs/kmsfs/envelope"
 	"github.com/kmsfs/kmsfs/internal/fusetest"
 	"github.com/kmsfs/kmsfs/volume"
 )
@@ -43,17 +44,25 @@ func lnWrite(t *testing.T, v *fusetest.CLIVolume, names ...string) map[string]st
 // plaintext offset.
 func lnDamageBlock(t *testing.T, v *fusetest.CLIVolume, rel string) int64 {
 	t.Helper()
-	p := v.CipherPath(rel)
-	raw, err := os.ReadFile(p)
+	f, err := os.OpenFile(v.CipherPath(rel), os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := lcLayout(raw)
+	defer f.Close()
+	prefix := make([]byte, envelope.LayoutPrefixSize)
+	if _, err := f.ReadAt(prefix, 0); err != nil {
+		t.Fatal(err)
+	}
+	l, err := lcLayout(prefix)
 	if err != nil {
 		t.Fatal(err)
 	}
-	raw[l.BlockOffset(3)+40] ^= 0x80
-	if err := os.WriteFile(p, raw, 0o600); err != nil {
+	b := []byte{0}
+	off := l.BlockOffset(3) + 40
+	if _, err := f.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte{b[0] ^ 0x80}, off); err != nil {
 		t.Fatal(err)
 	}
 	return 3 * int64(l.BlockSize())
