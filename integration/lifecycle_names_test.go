@@ -39,10 +39,9 @@ func lnWrite(t *testing.T, v *fusetest.CLIVolume, names ...string) map[string]st
 	return rels
 }
 
-// lnDamageBlock changes a byte of block 3 of the cipher file rel of v, as
-// an attacker (or a bad disk) would at rest, and returns the block's
-// plaintext offset.
-func lnDamageBlock(t *testing.T, v *fusetest.CLIVolume, rel string) int64 {
+// lnEdit opens the cipher file rel of v for edit to change what an
+// attacker (or a bad disk) would at rest, given its layout.
+func lnEdit(t *testing.T, v *fusetest.CLIVolume, rel string, edit func(f *os.File, l envelope.Layout)) {
 	t.Helper()
 	f, err := os.OpenFile(v.CipherPath(rel), os.O_RDWR, 0)
 	if err != nil {
@@ -57,15 +56,31 @@ func lnDamageBlock(t *testing.T, v *fusetest.CLIVolume, rel string) int64 {
 	if err != nil {
 		t.Fatal(err)
 	}
+	edit(f, l)
+}
+
+// lnFlip inverts the byte at off of f.
+func lnFlip(t *testing.T, f *os.File, off int64) {
+	t.Helper()
 	b := []byte{0}
-	off := l.BlockOffset(3) + 40
 	if _, err := f.ReadAt(b, off); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.WriteAt([]byte{b[0] ^ 0x80}, off); err != nil {
+	if _, err := f.WriteAt([]byte{^b[0]}, off); err != nil {
 		t.Fatal(err)
 	}
-	return 3 * int64(l.BlockSize())
+}
+
+// lnDamageBlock changes a byte of block 3 of the cipher file rel of v and
+// returns the block's plaintext offset.
+func lnDamageBlock(t *testing.T, v *fusetest.CLIVolume, rel string) int64 {
+	t.Helper()
+	var plainOff int64
+	lnEdit(t, v, rel, func(f *os.File, l envelope.Layout) {
+		lnFlip(t, f, l.BlockOffset(3)+40)
+		plainOff = 3 * int64(l.BlockSize())
+	})
+	return plainOff
 }
 
 // lnProblem returns the report's problem of the cipher path rel.
@@ -216,5 +231,38 @@ func TestFsckNamesKeyFileRefused(t *testing.T) {
 				t.Fatalf("fsck: exit %d, output:\n%s\nwant exit %d naming %s and %q", code, out, lcExitDamage, volume.NamesName, c.want)
 			}
 		})
+	}
+}
+
+// TestRewrapNamesPlainPath is the attacker (or the bad disk) who breaks
+// both header slots of a file under a long directory name: kmsfs rewrap
+// cannot rewrap it and lists it by its cipher path and by the plain path
+// a mount shows, in both output forms.
+func TestRewrapNamesPlainPath(t *testing.T) {
+	v := suite.StartVolume(t, fusetest.CLIOptions{})
+	plain := "reports/" + lnLongDir + "/q3.pdf"
+	rels := lnWrite(t, v, plain, "reports/ok.txt")
+	v.Unmount(t)
+	rel := rels[plain]
+	lnEdit(t, v, rel, func(f *os.File, l envelope.Layout) {
+		// The last byte of each slot's MAC: both slots still parse, so
+		// the file needs a rewrap, and neither authenticates.
+		for _, off := range []int64{int64(l.SlotSize()) - 1, 2*int64(l.SlotSize()) - 1} {
+			lnFlip(t, f, off)
+		}
+	})
+
+	r, code := rwRewrap(t, v, "--to", "local:"+fusetest.KeyFile(t, t.TempDir(), nil))
+	if code != rwExitIncomplete || r.FailedFiles != 1 || len(r.Failed) != 1 {
+		t.Fatalf("rewrap: exit %d, %+v; want exit %d and one file failed", code, r, rwExitIncomplete)
+	}
+	if p := r.Failed[0]; p.Path != rel || p.PlainPath != plain || p.NameError != "" {
+		t.Fatalf("failure %+v; want %s with plain path %s", p, rel, plain)
+	}
+	out, code := lcRun(t, v, "rewrap", v.Cipher)
+	for _, want := range []string{"failed: " + rel + ": ", "plain path: " + plain} {
+		if code != rwExitIncomplete || !strings.Contains(out, want) {
+			t.Fatalf("rewrap: exit %d, output:\n%s\nwant exit %d and %q", code, out, rwExitIncomplete, want)
+		}
 	}
 }
