@@ -118,30 +118,7 @@ func writeDirID(fd int, id names.DirID) error {
 // readSmall reads the regular file name in directory dirfd, not followed
 // if it is a link, refusing one of more than max bytes.
 func readSmall(dirfd int, name string, max int) ([]byte, error) {
-	fd, _, err := safeopen.OpenAt(dirfd, name, unix.O_RDONLY, unix.S_IFREG)
-	if err != nil {
-		return nil, err
-	}
-	defer unix.Close(fd)
-	buf := make([]byte, max+1)
-	got := 0
-	for got < len(buf) {
-		m, err := unix.Read(fd, buf[got:])
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		if m == 0 {
-			break
-		}
-		got += m
-	}
-	if got > max {
-		return nil, fmt.Errorf("fs: %s holds more than %d bytes", name, max)
-	}
-	return buf[:got], nil
+	return safeopen.ReadSmall(dirfd, name, max)
 }
 
 // tmpName returns a fresh temporary special name.
