@@ -17,7 +17,7 @@ func (e *sxShortWrite) Error() string { return fmt.Sprintf("short write: %d of %
 
 // ftCrashOp is one operation of the writer.
 type ftCrashOp struct {
-	kind   string // write, truncate, fsync, reopen, create, mkdir, unlink, rmdir, rename, link, symlink
+	kind   string // write, truncate, fsync, reopen, create, mkdir, unlink, rmdir, rename, exchange, link, symlink
 	file   string
 	to     string // rename, link: the new name
 	target string // symlink
@@ -33,7 +33,7 @@ func (op ftCrashOp) String() string {
 		return fmt.Sprintf("write %s off=%d len=%d", sxShort(op.file), op.off, len(op.data))
 	case "truncate":
 		return fmt.Sprintf("truncate %s size=%d", sxShort(op.file), op.size)
-	case "rename", "link":
+	case "rename", "exchange", "link":
 		return fmt.Sprintf("%s %s to %s", op.label, sxShort(op.file), sxShort(op.to))
 	case "symlink":
 		return fmt.Sprintf("%s %s (%d-byte target)", op.label, sxShort(op.file), len(op.target))
@@ -110,13 +110,17 @@ func (t *ftTree) apply(op ftCrashOp) {
 	case "unlink":
 		delete(t.ents, op.file)
 	case "rmdir":
-		delete(t.dirs, op.file)
+		if t.empty(op.file) { // else it fails with ENOTEMPTY
+			delete(t.dirs, op.file)
+		}
 	case "symlink":
 		t.ents[op.file] = &ftObj{link: true, target: op.target}
 	case "link":
 		t.ents[op.to] = t.ents[op.file]
 	case "rename":
 		t.rename(op.file, op.to)
+	case "exchange":
+		t.ents[op.file], t.ents[op.to] = t.ents[op.to], t.ents[op.file]
 	}
 }
 
@@ -274,7 +278,11 @@ func (w *ftCrashWriter) do(op ftCrashOp) error {
 	case "mkdir":
 		return unix.Mkdirat(w.root, op.file, 0o755)
 	case "rmdir":
-		return unix.Unlinkat(w.root, op.file, unix.AT_REMOVEDIR)
+		err := unix.Unlinkat(w.root, op.file, unix.AT_REMOVEDIR)
+		if err == unix.ENOTEMPTY && !w.t.empty(op.file) {
+			return nil // what it must do
+		}
+		return err
 	case "unlink":
 		w.closeFd(op.file)
 		return unix.Unlinkat(w.root, op.file, 0)
@@ -291,11 +299,15 @@ func (w *ftCrashWriter) do(op ftCrashOp) error {
 		}
 		// The descriptors follow their files.
 		w.closeFd(op.to)
-		for name, fd := range maps.Clone(w.fds) {
-			if rest, ok := strings.CutPrefix(name, op.file); ok && (rest == "" || rest[0] == '/') {
-				delete(w.fds, name)
-				w.fds[op.to+rest] = fd
-			}
+		w.moveFds(op.file, op.to)
+		return nil
+	case "exchange":
+		if err := unix.Renameat2(w.root, op.file, w.root, op.to, unix.RENAME_EXCHANGE); err != nil {
+			return err
+		}
+		if w.t.ents[op.file] != w.t.ents[op.to] {
+			w.closeFd(op.file)
+			w.closeFd(op.to)
 		}
 		return nil
 	}
@@ -318,6 +330,17 @@ func (w *ftCrashWriter) do(op ftCrashOp) error {
 		err = &sxShortWrite{n, len(op.data)}
 	}
 	return err
+}
+
+// moveFds gives the writer's descriptors of from, or of files below it,
+// their names under to.
+func (w *ftCrashWriter) moveFds(from, to string) {
+	for name, fd := range maps.Clone(w.fds) {
+		if rest, ok := strings.CutPrefix(name, from); ok && (rest == "" || rest[0] == '/') {
+			delete(w.fds, name)
+			w.fds[to+rest] = fd
+		}
+	}
 }
 
 // next draws the next operation from the writer's view of the files.
@@ -412,23 +435,32 @@ func (w *ftCrashWriter) nextName() (ftCrashOp, bool) {
 	case p < 23 && len(ents) > 0:
 		from := ents[r.IntN(len(ents))]
 		op := ftCrashOp{kind: "rename", label: w.entLabel("rename", from), file: from, to: w.newName("")}
-		if to := ents[r.IntN(len(ents))]; r.IntN(2) == 0 && to != from {
-			op.to, op.label = to, op.label+"(over)"
+		to := ents[r.IntN(len(ents))]
+		switch q := r.IntN(100); {
+		case q < 40 && to != from:
+			op.to, op.label = to, w.entLabel("rename", from)+" over "+w.entLabel("", to)
+		case q < 55 && to != from:
+			op.kind, op.to, op.label = "exchange", to, w.entLabel("exchange", from)+" with "+w.entLabel("", to)
 		}
 		return op, true
 	case p < 26 && len(dirs) > 0:
 		return w.dirRename(dirs)
-	case p < 28 && len(dirs) > 0:
-		var empty []string
+	case p < 29 && len(dirs) > 0:
+		var empty, full []string
 		for _, d := range dirs {
 			if w.t.empty(d) {
 				empty = append(empty, d)
+			} else {
+				full = append(full, d)
 			}
 		}
-		if len(empty) > 0 {
+		switch {
+		case len(empty) > 0 && (len(full) == 0 || r.IntN(4) != 0):
 			return ftCrashOp{kind: "rmdir", label: "rmdir", file: empty[r.IntN(len(empty))]}, true
+		case len(full) > 0: // fails with ENOTEMPTY, and the directory must stay whole
+			return ftCrashOp{kind: "rmdir", label: "rmdir(not empty)", file: full[r.IntN(len(full))]}, true
 		}
-	case p < 31 && len(ents) > 0:
+	case p < 32 && len(ents) > 0:
 		f := ents[r.IntN(len(ents))]
 		if w.t.ents[f].link || len(w.t.files()) > 2 {
 			return ftCrashOp{kind: "unlink", label: w.entLabel("unlink", f), file: f}, true
@@ -440,13 +472,13 @@ func (w *ftCrashWriter) nextName() (ftCrashOp, bool) {
 // entLabel names an operation on the entry name for the statistics: by
 // kind, and whether it is on a symlink.
 func (w *ftCrashWriter) entLabel(kind, name string) string {
-	if o := w.t.ents[name]; o.link {
-		if len(o.target) >= ftCrashLongTarget {
-			return kind + "(symlink,long target)"
-		}
-		return kind + "(symlink)"
+	switch o := w.t.ents[name]; {
+	case !o.link:
+		return kind + "(file)"
+	case len(o.target) >= ftCrashLongTarget:
+		return kind + "(symlink,long target)"
 	}
-	return kind
+	return kind + "(symlink)"
 }
 
 // dirRename draws a rename of one of dirs: to a new name in a directory
