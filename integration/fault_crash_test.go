@@ -68,7 +68,7 @@ func TestCrash(t *testing.T) {
 	for _, nm := range sxNameModes {
 		rounds := 20
 		if ftSoak() {
-			rounds = 400 // about ten minutes in all
+			rounds = 200
 		}
 		for _, bs := range []int{4096, 65536} {
 			t.Run(fmt.Sprintf("names=%s,bs=%d", nm.name, bs), func(t *testing.T) { ftCrashRun(t, seed, bs, rounds, nm.encrypted) })
