@@ -339,6 +339,17 @@ func ftShape(t *ftTree) map[string]string {
 	return shape
 }
 
+// ftSameData reports whether every file of got has the content of the
+// file of that name in want.
+func ftSameData(got, want *ftTree) bool {
+	for name, o := range got.ents {
+		if w := want.ents[name]; !o.link && (w == nil || w.link || !bytes.Equal(o.data, w.data)) {
+			return false
+		}
+	}
+	return true
+}
+
 // ftShapeDiff describes how shape got differs from want, for messages.
 func ftShapeDiff(want, got map[string]string) string {
 	var diffs []string
@@ -395,7 +406,17 @@ func ftCrashVerify(t *testing.T, v *fusetest.CLIVolume, bs int, acked *ftTree, j
 	case inf == nil || inf.kind == "write" || inf.kind == "truncate":
 		// Counted by content below.
 	case isOld && isNew:
-		st.outcome[inf.label+"=same"]++ // no change of names (fsync, or a rename onto a hard link)
+		// The same names either way (an fsync, a rename onto a hard link,
+		// an exchange of two files): the content tells.
+		switch oldData, newData := ftSameData(got, acked), ftSameData(got, done); {
+		case newData && !oldData:
+			base = done
+			st.outcome[inf.label+"=new"]++
+		case oldData && !newData:
+			st.outcome[inf.label+"=old"]++
+		default:
+			st.outcome[inf.label+"=same"]++
+		}
 	case isNew:
 		base = done
 		st.outcome[inf.label+"=new"]++
