@@ -80,6 +80,11 @@ func (n *Node) backing(name string) (int, names.Name, syscall.Errno) {
 // (n.mu held). A missing or bad one is logged once, here, and makes every
 // later naming of the directory's entries fail with EIO: without its ID
 // no name in it can be checked, and a guess would show wrong names.
+//
+// The exception is a directory with no entries whose ID is missing: an
+// rmdir, or a rename over the directory, removes the ID before the
+// directory (the backing one must be empty to go), and a crash in between
+// leaves just that. It gets a new ID: there is no name in it to misread.
 func (n *Node) loadDirID(fd int) {
 	if n.r.opts.Names == nil || n.isRoot() {
 		return
@@ -87,11 +92,32 @@ func (n *Node) loadDirID(fd int) {
 	var err error
 	n.dirID, err = readDirID(fd)
 	n.dirIDErr = nil
+	if errors.Is(err, unix.ENOENT) {
+		if id, ok := newEmptyDirID(fd); ok {
+			n.dirID = id
+			n.r.log.WithFields(map[string]any{"op": "dirid", "path": n.Path(nil)}).
+				Warn(fmt.Sprintf("fs: empty directory without its %s (an rmdir or a rename over it cut short): given a new one", names.DirIDFile))
+			return
+		}
+	}
 	if err != nil {
 		n.dirIDErr = fmt.Errorf("%w: %w", errDirID, err)
 		n.r.log.WithFields(map[string]any{"op": "dirid", "path": n.Path(nil)}).
 			Error(fmt.Sprintf("fs: %s of this directory: %v; its entries are not shown", names.DirIDFile, err))
 	}
+}
+
+// newEmptyDirID gives the directory open as fd, which has no ID, a new
+// one if it holds no entry (only kmsfs's own files, if anything).
+func newEmptyDirID(fd int) (names.DirID, bool) {
+	if _, errno := ownFilesOnly(fd); errno != 0 {
+		return names.DirID{}, false
+	}
+	id, err := names.NewDirID()
+	if err == nil {
+		err = writeDirID(fd, id)
+	}
+	return id, err == nil
 }
 
 // readDirID reads the ID of the directory open as fd from its
