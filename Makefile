@@ -127,7 +127,9 @@ cross:
 lint: $(BIN)/staticcheck
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) vet -tags mangen ./cmd/kmsfs/
 	$(BIN)/staticcheck ./...
+	$(BIN)/staticcheck -tags mangen ./cmd/kmsfs/
 
 # Regenerate envelope/internal/vaesgcm/vaesgcm_amd64.s from its generator
 # in _asm (a test fails when the committed file differs from its output).
@@ -147,6 +149,54 @@ $(BIN)/staticcheck:
 	GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 $(BIN)/benchstat:
 	GOBIN=$(BIN) $(GO) install golang.org/x/perf/cmd/benchstat@$(BENCHSTAT_VERSION)
+
+# Install kmsfs, its man pages and shell completions under PREFIX (staged
+# under DESTDIR for a package). mount(8) runs a fuse.kmsfs fstab line
+# through /sbin/mount.fuse.kmsfs (it searches /sbin only, whatever PREFIX
+# is), a link to fuse3's mount.fuse3, which runs `kmsfs` by the shell's
+# default PATH (mount(8) clears PATH): BINDIR must be on that path, as
+# /usr/local/bin and /usr/bin are.
+PREFIX ?= /usr/local
+DESTDIR ?=
+BINDIR ?= $(PREFIX)/bin
+MANDIR ?= $(PREFIX)/share/man
+DATADIR ?= $(PREFIX)/share
+SBINDIR ?= /sbin
+MOUNT_FUSE3 ?= $(or $(shell PATH=/usr/sbin:/sbin:/usr/bin:/bin command -v mount.fuse3),/sbin/mount.fuse3)
+# The man pages carry the date of the last commit, not of the build: the
+# same tree makes the same pages.
+MAN_DATE ?= $(or $(shell git log -1 --format=%cs 2>/dev/null),$(shell date -u -r Makefile +%F))
+MANOUT ?= out/man
+INSTALLED := $(BINDIR)/kmsfs $(SBINDIR)/mount.fuse.kmsfs \
+	$(DATADIR)/bash-completion/completions/kmsfs $(DATADIR)/zsh/site-functions/_kmsfs \
+	$(DATADIR)/fish/vendor_completions.d/kmsfs.fish
+
+.PHONY: man install uninstall
+
+# kmsfs(1), a page per command, and kmsfs-format(5) from docs/FORMAT.md,
+# into $(MANOUT), by a build of kmsfs with the generator (tag mangen).
+man:
+	@rm -rf $(MANOUT)
+	$(GO) run -tags mangen ./cmd/kmsfs gen-man --date $(MAN_DATE) --format docs/FORMAT.md $(MANOUT)
+
+install: build man
+	install -D -m 0755 $(BIN)/kmsfs $(DESTDIR)$(BINDIR)/kmsfs
+	install -d $(DESTDIR)$(SBINDIR)
+	ln -sfn $(MOUNT_FUSE3) $(DESTDIR)$(SBINDIR)/mount.fuse.kmsfs
+	install -d $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5
+	install -m 0644 $(MANOUT)/man1/*.1 $(DESTDIR)$(MANDIR)/man1/
+	install -m 0644 $(MANOUT)/man5/*.5 $(DESTDIR)$(MANDIR)/man5/
+	install -d $(DESTDIR)$(DATADIR)/bash-completion/completions $(DESTDIR)$(DATADIR)/zsh/site-functions $(DESTDIR)$(DATADIR)/fish/vendor_completions.d
+	$(BIN)/kmsfs completion bash > $(DESTDIR)$(DATADIR)/bash-completion/completions/kmsfs
+	$(BIN)/kmsfs completion zsh > $(DESTDIR)$(DATADIR)/zsh/site-functions/_kmsfs
+	$(BIN)/kmsfs completion fish > $(DESTDIR)$(DATADIR)/fish/vendor_completions.d/kmsfs.fish
+	@case ":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:" in *":$(BINDIR):"*) ;; \
+		*) echo "note: mount(8) finds kmsfs only on /usr/local/bin, /usr/bin and the like, not $(BINDIR)";; esac
+
+# Removes what install put there.
+uninstall:
+	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
+	rm -f $(DESTDIR)$(MANDIR)/man1/kmsfs.1 $(DESTDIR)$(MANDIR)/man1/kmsfs-*.1 $(DESTDIR)$(MANDIR)/man5/kmsfs-format.5
 
 clean:
 	rm -rf $(BIN)/kmsfs out

@@ -80,6 +80,11 @@ func (n *Node) backing(name string) (int, names.Name, syscall.Errno) {
 // (n.mu held). A missing or bad one is logged once, here, and makes every
 // later naming of the directory's entries fail with EIO: without its ID
 // no name in it can be checked, and a guess would show wrong names.
+//
+// The exception is a directory with no entries whose ID is missing: an
+// rmdir, or a rename over the directory, removes the ID before the
+// directory (the backing one must be empty to go), and a crash in between
+// leaves just that. It gets a new ID: there is no name in it to misread.
 func (n *Node) loadDirID(fd int) {
 	if n.r.opts.Names == nil || n.isRoot() {
 		return
@@ -87,11 +92,32 @@ func (n *Node) loadDirID(fd int) {
 	var err error
 	n.dirID, err = readDirID(fd)
 	n.dirIDErr = nil
+	if errors.Is(err, unix.ENOENT) {
+		if id, ok := newEmptyDirID(fd); ok {
+			n.dirID = id
+			n.r.log.WithFields(map[string]any{"op": "dirid", "path": n.Path(nil)}).
+				Warn(fmt.Sprintf("fs: empty directory without its %s (an rmdir or a rename over it cut short): given a new one", names.DirIDFile))
+			return
+		}
+	}
 	if err != nil {
 		n.dirIDErr = fmt.Errorf("%w: %w", errDirID, err)
 		n.r.log.WithFields(map[string]any{"op": "dirid", "path": n.Path(nil)}).
 			Error(fmt.Sprintf("fs: %s of this directory: %v; its entries are not shown", names.DirIDFile, err))
 	}
+}
+
+// newEmptyDirID gives the directory open as fd, which has no ID, a new
+// one if it holds no entry (only kmsfs's own files, if anything).
+func newEmptyDirID(fd int) (names.DirID, bool) {
+	if _, errno := ownFilesOnly(fd); errno != 0 {
+		return names.DirID{}, false
+	}
+	id, err := names.NewDirID()
+	if err == nil {
+		err = writeDirID(fd, id)
+	}
+	return id, err == nil
 }
 
 // readDirID reads the ID of the directory open as fd from its
@@ -118,30 +144,7 @@ func writeDirID(fd int, id names.DirID) error {
 // readSmall reads the regular file name in directory dirfd, not followed
 // if it is a link, refusing one of more than max bytes.
 func readSmall(dirfd int, name string, max int) ([]byte, error) {
-	fd, _, err := safeopen.OpenAt(dirfd, name, unix.O_RDONLY, unix.S_IFREG)
-	if err != nil {
-		return nil, err
-	}
-	defer unix.Close(fd)
-	buf := make([]byte, max+1)
-	got := 0
-	for got < len(buf) {
-		m, err := unix.Read(fd, buf[got:])
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		if m == 0 {
-			break
-		}
-		got += m
-	}
-	if got > max {
-		return nil, fmt.Errorf("fs: %s holds more than %d bytes", name, max)
-	}
-	return buf[:got], nil
+	return safeopen.ReadSmall(dirfd, name, max)
 }
 
 // tmpName returns a fresh temporary special name.

@@ -248,8 +248,20 @@ func (n *Node) renameNamed(fd int, from names.Name, nfd int, to names.Name, flag
 	if errno := writeLongSide(nfd, to); errno != 0 {
 		return errno
 	}
-	if fromT && !exchange {
+	// A long target's side file is copied to the symlink's new name
+	// before the entry moves, and the old one goes after, so that a crash
+	// never leaves a symlink without its target. Where the new name's
+	// entry reads a side file of its own until the move (a rename over a
+	// symlink with a long target, an exchange of two), no order of the
+	// two steps is safe from a crash between them: the side file is named
+	// by the entry, not by the symlink (docs/FORMAT.md).
+	switch {
+	case fromT && (!exchange || !toT):
 		if errno := copyTargetSide(fd, from.Backing, nfd, to.Backing); errno != 0 {
+			return errno
+		}
+	case toT && !fromT:
+		if errno := copyTargetSide(nfd, to.Backing, fd, from.Backing); errno != 0 {
 			return errno
 		}
 	}
@@ -279,9 +291,9 @@ func (n *Node) renameNamed(fd int, from names.Name, nfd int, to names.Name, flag
 	case fromT && toT:
 		unix.Renameat2(fd, ft, nfd, tt, unix.RENAME_EXCHANGE)
 	case fromT:
-		unix.Renameat(fd, ft, nfd, tt)
+		unix.Unlinkat(fd, ft, 0) // copied to tt before
 	case toT:
-		unix.Renameat(nfd, tt, fd, ft)
+		unix.Unlinkat(nfd, tt, 0) // copied to ft before
 	}
 	return 0
 }

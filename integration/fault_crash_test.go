@@ -2,11 +2,14 @@ package integration_test
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	mrand "math/rand/v2"
 	"os"
+	"path"
 	"regexp"
 	"slices"
 	"strconv"
@@ -17,6 +20,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/kmsfs/kmsfs/envelope/names"
 	"github.com/kmsfs/kmsfs/internal/fusetest"
 )
 
@@ -30,26 +34,35 @@ const (
 )
 
 // TestCrash SIGKILLs `kmsfs mount -f` at a random moment while a writer
-// goroutine writes, truncates and fsyncs files through the mount, keeping
-// a journal of what returned success. It then detaches the dead mount,
-// mounts again and checks every file against the journal: every file
-// opens; every block reads either its content before or after the one
-// operation in flight at the kill; every acknowledged operation is there.
-// That last check is stricter than "fsync'ed data is there": a killed
-// daemon (unlike a crashed machine) loses nothing the backing file system
-// already has, and kmsfs acknowledges a write only after its pwrite. No
-// block may be unreadable, not even one the operation in flight was
-// writing: the write journal (journal.Journal) finishes or undoes it.
+// goroutine writes, truncates and fsyncs files and makes, renames, links
+// and removes names through the mount, keeping a journal of what returned
+// success. It then detaches the dead mount, mounts again and reads the
+// whole tree back: every file opens; every block reads either its content
+// before or after the one operation in flight at the kill; every
+// acknowledged operation is there. That last check is stricter than
+// "fsync'ed data is there": a killed daemon (unlike a crashed machine)
+// loses nothing the backing file system already has, and kmsfs
+// acknowledges a write only after its pwrite. No block may be unreadable,
+// not even one the operation in flight was writing: the write journal
+// (journal.Journal) finishes or undoes it.
+//
+// The names are checked the same way: the tree (every directory's
+// listing, which names are files, symlinks or directories, which are hard
+// links of one file, every symlink's target) must be the acknowledged one
+// or that with the operation in flight wholly done, be it a create, a
+// mkdir, a symlink, a hard link, a rename (in a directory or across, to a
+// new name, over another entry or an empty directory, or an exchange), an
+// unlink or an rmdir (of an empty directory, or of one with entries, which
+// must fail and leave them all). Half of the names the
+// writer makes are long (161 to 255 bytes, stored with a side file with
+// encrypted names), and symlink targets reach 4095 bytes (a side file
+// too): a crash must never leave a name half-made or half-moved, an entry
+// without its side file, a symlink with another's target, a listed side
+// file, or a directory without its ID; and the fresh mount must log no
+// error while reading it all.
 //
 // Each state after verification is the next round's starting state, so
 // damage a round leaves behind is found by the next.
-//
-// With encrypted names the writer also makes directories, creates files
-// with long names (161 to 255 bytes, whose stored form needs a side file)
-// in them and unlinks files, and every directory must list exactly the
-// names acknowledged (give or take the one in flight) after each crash: a
-// crash must never leave a name half-made, an entry without its side file
-// or a directory without its ID.
 func TestCrash(t *testing.T) {
 	seed := envSeed(t)
 	for _, nm := range sxNameModes {
@@ -66,8 +79,8 @@ func TestCrash(t *testing.T) {
 // ftCrashStats counts what the rounds of one block size saw.
 type ftCrashStats struct {
 	rounds, acked, inflight int
-	outcome                 map[string]int // old, new, between
-	kinds                   map[string]int // of the operations in flight
+	outcome                 map[string]int // by the in-flight operation's label: old, new, between
+	kinds                   map[string]int // labels of the operations in flight
 	synced                  bool           // the round ended with the model matching the files
 }
 
@@ -75,14 +88,13 @@ func ftCrashRun(t *testing.T, seed uint64, bs, rounds int, encNames bool) {
 	args := []string{"--block-size", strconv.Itoa(bs)}
 	stream := uint64(bs) << 32
 	if encNames {
-		stream |= 1 << 63 // a sequence of its own, the plaintext one unchanged
+		stream |= 1 << 63 // a sequence of its own
 	} else {
 		args = append(args, "--plaintext-names")
 	}
 	v := suite.InitVolume(t, fusetest.CLIOptions{InitArgs: args})
 	v.MountForeground(t)
-	model := map[string][]byte{}
-	dirs := map[string]bool{}
+	model := newFtTree()
 	st := &ftCrashStats{outcome: map[string]int{}, kinds: map[string]int{}}
 	start := time.Now()
 	for r := range rounds {
@@ -93,16 +105,17 @@ func ftCrashRun(t *testing.T, seed uint64, bs, rounds int, encNames bool) {
 		// that one run counts every kind of failure; one that lost its
 		// mount or its model of the files ends the run.
 		st.synced = false
-		if !t.Run(name, func(t *testing.T) { ftCrashRound(t, v, rng, bs, delay, encNames, model, dirs, st) }) && (v.PID() == 0 || !st.synced) {
+		if !t.Run(name, func(t *testing.T) { ftCrashRound(t, v, rng, bs, delay, encNames, model, st) }) && (v.PID() == 0 || !st.synced) {
 			break
 		}
 	}
-	t.Logf("bs=%d: %d rounds in %v, %d operations acknowledged, %d in flight at the kill (%v; outcomes %v); %d files, %d directories at the end",
-		bs, st.rounds, time.Since(start).Round(time.Millisecond), st.acked, st.inflight, st.kinds, st.outcome, len(model), len(dirs))
-	// No file is renamed here (a directory made is renamed from its
-	// temporary name before it has children), so each mount must finish every record a
-	// kill left before it serves anything (a record applied only at
-	// open leaves sizes from lookups stale for a moment).
+	t.Logf("bs=%d: %d rounds in %v, %d operations acknowledged, %d in flight at the kill (%v; outcomes %v); %d files and symlinks, %d directories at the end",
+		bs, st.rounds, time.Since(start).Round(time.Millisecond), st.acked, st.inflight, st.kinds, st.outcome, len(model.ents), len(model.dirs))
+	// A write's record names its file by the path it has when written, and
+	// nothing renames a file while a write of it is in flight, so each
+	// mount must finish every record a kill left before it serves anything
+	// (a record applied only at open leaves sizes from lookups stale for a
+	// moment).
 	recs := regexp.MustCompile(`records=(\d+) recovered=(\d+)`).FindAllStringSubmatch(v.LogText(), -1)
 	for _, m := range recs {
 		if m[1] != m[2] {
@@ -111,43 +124,48 @@ func ftCrashRun(t *testing.T, seed uint64, bs, rounds int, encNames bool) {
 	}
 	t.Logf("bs=%d: %d mounts found journal records to apply", bs, len(recs))
 	if encNames {
-		// Every name made, in every component: none may be found in the
-		// cipher dir, not even in the journal the kills left behind.
-		var secrets []string
-		for name := range model {
-			secrets = append(secrets, strings.Split(name, "/")...)
-		}
-		for d := range dirs {
-			secrets = append(secrets, strings.Split(d, "/")...)
-		}
-		sxNoPlainNames(t, v.Cipher, secrets)
+		// Every name made, in every component, and every symlink target:
+		// none may be found in the cipher dir, not even in the journal the
+		// kills left behind.
+		sxNoPlainNames(t, v.Cipher, ftSecrets(model, nil))
 	}
 }
 
-func ftCrashRound(t *testing.T, v *fusetest.CLIVolume, rng *mrand.Rand, bs int, delay time.Duration, encNames bool,
-	model map[string][]byte, dirs map[string]bool, st *ftCrashStats) {
-	w := &ftCrashWriter{rng: rng, bs: int64(bs), encNames: encNames, fds: map[string]int{}, cur: map[string][]byte{},
-		j: ftJournal{synced: map[string]int{}}}
-	for d := range dirs {
-		w.dirs = append(w.dirs, d)
+// ftSecrets returns every component of the names of t and every symlink
+// target in it, and those of op if not nil.
+func ftSecrets(t *ftTree, op *ftCrashOp) []string {
+	var secrets []string
+	for name, o := range t.ents {
+		secrets = append(secrets, strings.Split(name, "/")...)
+		if o.link {
+			secrets = append(secrets, o.target)
+		}
 	}
-	slices.Sort(w.dirs)
+	for d := range t.dirs {
+		secrets = append(secrets, strings.Split(d, "/")...)
+	}
+	if op != nil {
+		secrets = append(secrets, strings.Split(op.file, "/")...)
+		secrets = append(secrets, strings.Split(op.to, "/")...)
+		secrets = append(secrets, op.target)
+	}
+	return secrets
+}
+
+func ftCrashRound(t *testing.T, v *fusetest.CLIVolume, rng *mrand.Rand, bs int, delay time.Duration, encNames bool,
+	model *ftTree, st *ftCrashStats) {
+	w := &ftCrashWriter{rng: rng, bs: int64(bs), fds: map[string]int{}, t: model.clone(), j: ftJournal{synced: map[string]int{}}}
 	root, err := unix.Open(v.Mnt, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		t.Fatalf("open mount root: %v", err)
 	}
 	defer unix.Close(root)
 	w.root = root
-	for name, data := range model {
-		fd, err := unix.Openat(root, name, unix.O_RDWR|unix.O_CLOEXEC, 0)
-		if err != nil {
-			t.Fatalf("open %s: %v", name, err)
+	for _, name := range model.files() {
+		if _, err := w.fd(name); err != nil {
+			t.Fatalf("open %s: %v", sxShort(name), err)
 		}
-		w.fds[name] = fd
-		w.cur[name] = data
-		w.names = append(w.names, name)
 	}
-	slices.Sort(w.names)
 
 	mark := v.LogMark()
 	stop := make(chan struct{})
@@ -178,8 +196,9 @@ func ftCrashRound(t *testing.T, v *fusetest.CLIVolume, rng *mrand.Rand, bs int, 
 	case <-time.After(fusetest.ExitTimeout):
 		t.Fatalf("the writer is still blocked %v after the daemon was killed", fusetest.ExitTimeout)
 	}
-	if w.j.inflight != nil && !ftConnGone(w.j.err) {
-		t.Errorf("%v failed with %v after the kill; want ENOTCONN, ECONNABORTED, EIO or a short write", *w.j.inflight, w.j.err)
+	inf := w.j.inflight
+	if inf != nil && !ftConnGone(w.j.err) {
+		t.Errorf("%v failed with %v after the kill; want ENOTCONN, ECONNABORTED, EIO or a short write", *inf, w.j.err)
 	}
 	// The kernel answers requests cut off by the kill itself (EIO for a
 	// write among them); the daemon must not have failed any.
@@ -191,115 +210,166 @@ func ftCrashRound(t *testing.T, v *fusetest.CLIVolume, rng *mrand.Rand, bs int, 
 	v.Detach(t)
 	if encNames {
 		// What a backup or sync of the cipher dir taken now would hold:
-		// the names of the files and directories of the round, nowhere,
-		// not in the journal the kill left pending either.
-		secrets := slices.Clone(w.dirs)
-		for _, name := range w.names {
-			secrets = append(secrets, strings.Split(name, "/")...)
-		}
-		sxSearchCipherDir(t, v.Cipher, secrets, func(rel string) bool { return strings.HasPrefix(rel, "kmsfs.") })
+		// the names and targets of the round, nowhere, not in the journal
+		// the kill left or in a side file (kmsfs's own files, which have
+		// a '.' in their names; files of long names too, but they hold
+		// no name).
+		sxSearchCipherDir(t, v.Cipher, ftSecrets(w.t, inf), func(rel string) bool {
+			own := func(name string) bool { return names.IsSpecial(name) && !names.IsLong(name) }
+			top, _, _ := strings.Cut(rel, "/")
+			return own(top) || own(path.Base(rel)) // the journal's files, and side files
+		})
 	}
+	mark = v.LogMark()
 	v.MountForeground(t)
 
-	// The acknowledged state: the round's start plus every acked op.
-	acked := map[string][]byte{}
-	for name, data := range model {
-		acked[name] = data
-	}
-	for _, op := range w.j.acked {
-		switch op.kind {
-		case "mkdir":
-			dirs[op.file] = true
-		case "unlink":
-			delete(acked, op.file)
-		default:
-			acked[op.file] = ftApply(acked[op.file], op)
-		}
-	}
 	st.rounds++
 	st.acked += len(w.j.acked)
 	desc := "none"
-	if w.j.inflight != nil {
+	if inf != nil {
 		st.inflight++
-		st.kinds[w.j.inflight.kind]++
-		desc = w.j.inflight.String()
+		st.kinds[inf.label]++
+		desc = inf.String()
 	}
 	t.Logf("%d operations acknowledged; in flight: %s", len(w.j.acked), desc)
-	ftCrashVerify(t, v, bs, acked, &w.j, model, st)
-	if st.synced {
-		ftCrashVerifyNames(t, v, w.j.inflight, model, dirs)
+	ftCrashVerify(t, v, bs, w.t, &w.j, model, st)
+	// Reading every directory, file and symlink must have found nothing
+	// to complain of: no entry left out, no directory without its ID, no
+	// side file missing.
+	for _, l := range v.LogSince(mark) {
+		if l.F["level"] == "error" {
+			t.Errorf("the mount after the crash logged an error (in flight: %s): %s", desc, l.Raw)
+		}
 	}
 }
 
-// ftCrashVerifyNames checks that every directory lists exactly the files
-// of model and the directories of dirs in it, and opens: a name half made
-// or half removed by the kill (an entry without its long name's side file,
-// a directory without its ID) shows as one missing, one too many or one
-// that does not open. A directory whose mkdir was in flight may be there
-// or not; if it is, it must list (empty), and it joins dirs.
-func ftCrashVerifyNames(t *testing.T, v *fusetest.CLIVolume, inf *ftCrashOp, model map[string][]byte, dirs map[string]bool) {
+// ftWalk reads the whole tree through the mount: every directory listed,
+// every file read block by block, every symlink's target. Hard links of
+// one object (by inode number) share one ftObj. It returns the tree, the
+// blocks read of each file, and false if a listing, a stat or a readlink
+// failed (reported).
+func ftWalk(t *testing.T, v *fusetest.CLIVolume, bs int) (*ftTree, map[*ftObj]*ftBlocks, bool) {
 	t.Helper()
-	if inf != nil && inf.kind == "mkdir" {
-		var st unix.Stat_t
-		switch err := unix.Lstat(v.Path(inf.file), &st); {
-		case err == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR:
-			dirs[inf.file] = true
-		case err == nil:
-			t.Errorf("%s, whose mkdir was in flight at the kill, is there but not a directory (mode %o)", sxShort(inf.file), st.Mode)
-		case !ftNotExist(err):
-			t.Errorf("%s, whose mkdir was in flight at the kill: %v", sxShort(inf.file), err)
-		}
-	}
-	want := map[string][]string{"": nil}
-	for d := range dirs {
-		if _, ok := want[d]; !ok {
-			want[d] = nil // listed even when empty
-		}
-		parent, base := ftSplit(d)
-		want[parent] = append(want[parent], base)
-	}
-	for f := range model {
-		parent, base := ftSplit(f)
-		want[parent] = append(want[parent], base)
-	}
-	for dir, names := range want {
+	got, blocks, objs, ok := newFtTree(), map[*ftObj]*ftBlocks{}, map[uint64]*ftObj{}, true
+	queue := []string{""}
+	for len(queue) > 0 { // bounded: each directory of the tree once
+		dir := queue[0]
+		queue = queue[1:]
 		es, err := os.ReadDir(v.Path(dir))
 		if err != nil {
 			t.Errorf("directory %q does not list after the crash: %v", sxShort(dir), err)
+			ok = false
 			continue
 		}
-		got := make([]string, 0, len(es))
 		for _, e := range es {
-			got = append(got, e.Name())
-		}
-		slices.Sort(got)
-		slices.Sort(names)
-		if !slices.Equal(got, names) {
-			t.Errorf("directory %q lists %d names after the crash, want %d (in flight: %v); missing %q, extra %q",
-				sxShort(dir), len(got), len(names), ftInflight(inf, ""), ftShortAll(ftMinus(names, got)), ftShortAll(ftMinus(got, names)))
+			name := path.Join(dir, e.Name())
+			var st unix.Stat_t
+			if err := unix.Lstat(v.Path(name), &st); err != nil {
+				t.Errorf("%s, listed, does not stat after the crash: %v", sxShort(name), err)
+				ok = false
+				continue
+			}
+			switch st.Mode & unix.S_IFMT {
+			case unix.S_IFDIR:
+				got.dirs[name] = true
+				queue = append(queue, name)
+				continue
+			case unix.S_IFLNK, unix.S_IFREG:
+			default:
+				t.Errorf("%s is of mode %o after the crash", sxShort(name), st.Mode)
+				ok = false
+				continue
+			}
+			if o := objs[st.Ino]; o != nil {
+				got.ents[name] = o
+				continue
+			}
+			o := &ftObj{link: st.Mode&unix.S_IFMT == unix.S_IFLNK}
+			if o.link {
+				target, err := os.Readlink(v.Path(name))
+				if err != nil {
+					t.Errorf("symlink %s does not read after the crash: %v", sxShort(name), err)
+					ok = false
+					continue
+				}
+				o.target = target
+			} else {
+				b, err := ftReadBlocks(v.Path(name), bs)
+				if err != nil {
+					t.Errorf("%s does not open after the crash: %v", sxShort(name), err)
+					ok = false
+					continue
+				}
+				o.data, blocks[o] = b.Data, b
+			}
+			objs[st.Ino] = o
+			got.ents[name] = o
 		}
 	}
+	return got, blocks, ok
 }
 
-// ftSplit splits a slash-separated name into its parent ("" for the
-// root) and its last component.
-func ftSplit(name string) (parent, base string) {
-	i := strings.LastIndexByte(name, '/')
-	if i < 0 {
-		return "", name
-	}
-	return name[:i], name[i+1:]
-}
-
-// ftMinus returns the names of a not in b.
-func ftMinus(a, b []string) []string {
-	var out []string
-	for _, s := range a {
-		if !slices.Contains(b, s) {
-			out = append(out, s)
+// ftShape describes the names of t without the files' content: each
+// name's type, a symlink's target and, for hard links, the first name of
+// the object.
+func ftShape(t *ftTree) map[string]string {
+	first := map[*ftObj]string{}
+	for _, name := range t.names() {
+		if _, ok := first[t.ents[name]]; !ok {
+			first[t.ents[name]] = name
 		}
 	}
-	return out
+	shape := make(map[string]string, len(t.ents)+len(t.dirs))
+	for d := range t.dirs {
+		shape[d] = "directory"
+	}
+	for name, o := range t.ents {
+		kind := "file"
+		if o.link {
+			kind = fmt.Sprintf("symlink to %s", sxShort(o.target))
+			if len(o.target) > 40 {
+				kind += fmt.Sprintf(" (sum %x)", sha256.Sum256([]byte(o.target)))
+			}
+		}
+		if f := first[o]; f != name {
+			kind += ", hard link of " + sxShort(f)
+		}
+		shape[name] = kind
+	}
+	return shape
+}
+
+// ftSameData reports whether every file of got has the content of the
+// file of that name in want.
+func ftSameData(got, want *ftTree) bool {
+	for name, o := range got.ents {
+		if w := want.ents[name]; !o.link && (w == nil || w.link || !bytes.Equal(o.data, w.data)) {
+			return false
+		}
+	}
+	return true
+}
+
+// ftShapeDiff describes how shape got differs from want, for messages.
+func ftShapeDiff(want, got map[string]string) string {
+	var diffs []string
+	for _, name := range slices.Sorted(maps.Keys(want)) {
+		switch g, ok := got[name]; {
+		case !ok:
+			diffs = append(diffs, fmt.Sprintf("%s (%s) missing", sxShort(name), want[name]))
+		case g != want[name]:
+			diffs = append(diffs, fmt.Sprintf("%s is %s, want %s", sxShort(name), g, want[name]))
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(got)) {
+		if _, ok := want[name]; !ok {
+			diffs = append(diffs, fmt.Sprintf("%s (%s) extra", sxShort(name), got[name]))
+		}
+	}
+	if len(diffs) > 6 {
+		diffs = append(diffs[:6], fmt.Sprintf("and %d more", len(diffs)-6))
+	}
+	return strings.Join(diffs, "; ")
 }
 
 // ftConnGone reports whether err is what an operation on a mount whose
@@ -314,58 +384,77 @@ func ftConnGone(err error) bool {
 	return e == syscall.ENOTCONN || e == syscall.ECONNABORTED || e == syscall.EIO
 }
 
-// ftCrashVerify reads every file back through the fresh mount, checks it
-// against the acknowledged state and the operation in flight, and sets
-// model to what is there now.
-func ftCrashVerify(t *testing.T, v *fusetest.CLIVolume, bs int, acked map[string][]byte, j *ftJournal, model map[string][]byte, st *ftCrashStats) {
+// ftCrashVerify reads the whole tree back through the fresh mount, checks
+// its names against the acknowledged tree acked and that with the
+// operation in flight done, and every file's content against acked and the
+// operation in flight; and sets model to what is there now.
+func ftCrashVerify(t *testing.T, v *fusetest.CLIVolume, bs int, acked *ftTree, j *ftJournal, model *ftTree, st *ftCrashStats) {
 	t.Helper()
-	names := make([]string, 0, len(acked)+1)
-	for name := range acked {
-		names = append(names, name)
-	}
 	inf := j.inflight
-	if inf != nil && acked[inf.file] == nil && inf.kind != "mkdir" && inf.kind != "unlink" {
-		names = append(names, inf.file)
+	done := acked.clone()
+	if inf != nil {
+		done.apply(*inf)
 	}
-	slices.Sort(names)
-	clear(model)
-	for _, name := range names {
-		old := acked[name]
-		nw := old
-		touched := inf != nil && inf.file == name
-		unlinking := touched && inf.kind == "unlink"
-		if touched && !unlinking {
-			nw = ftApply(old, *inf)
+	got, blocks, walked := ftWalk(t, v, bs)
+	shape, oldShape, newShape := ftShape(got), ftShape(acked), ftShape(done)
+	isOld, isNew := maps.Equal(shape, oldShape), maps.Equal(shape, newShape)
+	base := acked // what the content is checked against
+	switch {
+	case walked && !isOld && !isNew:
+		t.Errorf("the tree after the crash is neither the acknowledged one nor that with the operation in flight (%s): against the acknowledged one: %s; against the other: %s",
+			ftInflight(inf, ""), ftShapeDiff(oldShape, shape), ftShapeDiff(newShape, shape))
+	case inf == nil || inf.kind == "write" || inf.kind == "truncate":
+		// Counted by content below.
+	case isOld && isNew:
+		// The same names either way (an fsync, a rename onto a hard link,
+		// an exchange of two files): the content tells.
+		switch oldData, newData := ftSameData(got, acked), ftSameData(got, done); {
+		case newData && !oldData:
+			base = done
+			st.outcome[inf.label+"=new"]++
+		case oldData && !newData:
+			st.outcome[inf.label+"=old"]++
+		default:
+			st.outcome[inf.label+"=same"]++
 		}
-		blocks, err := ftReadBlocks(v.Path(name), bs)
-		if err != nil {
-			if ftNotExist(err) && old == nil && touched {
-				st.outcome["old"]++
-				continue // the create in flight did not happen
-			}
-			if ftNotExist(err) && unlinking {
-				st.outcome["new"]++
-				continue // the unlink in flight happened
-			}
-			t.Errorf("%s does not open after the crash: %v%s", name, err, ftCrashHistory(j, name))
+	case isNew:
+		base = done
+		st.outcome[inf.label+"=new"]++
+	default:
+		st.outcome[inf.label+"=old"]++
+	}
+	// The files' content, one check per object.
+	cut := map[*ftObj]int64{}
+	for _, name := range got.files() {
+		o := got.ents[name]
+		if _, seen := cut[o]; seen {
 			continue
 		}
-		got := blocks.Data
+		cut[o] = -1
+		b := base.ents[name]
+		if b == nil || b.link {
+			continue // its name is wrong, reported above
+		}
+		old, nw := b.data, b.data
+		touched := inf != nil && (inf.kind == "write" || inf.kind == "truncate") && base.ents[inf.file] == b
+		if touched {
+			nw = ftApply(old, *inf)
+		}
+		gotData := o.data
 		cuts := []int64{0, math.MaxInt64} // the operation in flight not done, or done
 		if touched {
 			cuts = append(cuts, ftKernelSplits(*inf)...)
 		}
 		lo, hi := min(len(old), len(nw)), max(len(old), len(nw))
-		if len(got) < lo || len(got) > hi {
+		if len(gotData) < lo || len(gotData) > hi {
 			t.Errorf("%s: size %d after the crash; want %d (acknowledged) or %d (with the operation in flight)%s",
-				name, len(got), len(old), len(nw), ftCrashHistory(j, name))
-			model[name] = got
+				sxShort(name), len(gotData), len(old), len(nw), ftCrashHistory(j, name))
 			continue
 		}
 		bad, firstBad := false, int64(-1)
-		for i := int64(0); i*int64(bs) < int64(len(got)); i++ {
-			lo, hi := i*int64(bs), min((i+1)*int64(bs), int64(len(got)))
-			if err, ok := blocks.Bad[i]; ok {
+		for i := int64(0); i*int64(bs) < int64(len(gotData)); i++ {
+			lo, hi := i*int64(bs), min((i+1)*int64(bs), int64(len(gotData)))
+			if err, ok := blocks[o].Bad[i]; ok {
 				// The write journal finishes or undoes the change in
 				// flight, so not even the blocks it was writing may be
 				// torn.
@@ -374,37 +463,38 @@ func ftCrashVerify(t *testing.T, v *fusetest.CLIVolume, bs int, acked map[string
 				}
 				bad = true
 				t.Errorf("%s block %d unreadable after the crash (%v); in flight: %v (cipher file: %s)%s",
-					name, i, err, ftInflight(inf, name), ftCipherSize(v, name), ftCrashHistory(j, name))
+					sxShort(name), i, err, ftInflight(inf, name), ftCipherSize(v, name), ftCrashHistory(j, name))
 				continue
 			}
-			if !slices.ContainsFunc(cuts, func(c int64) bool { return bytes.Equal(got[lo:hi], ftCrashWant(old, nw, lo, hi, c)) }) {
+			if !slices.ContainsFunc(cuts, func(c int64) bool { return bytes.Equal(gotData[lo:hi], ftCrashWant(old, nw, lo, hi, c)) }) {
 				bad = true
 				t.Errorf("%s block %d (bytes %d-%d) is neither its acknowledged content nor its content after the operation in flight (%v)%s",
-					name, i, lo, hi, ftInflight(inf, name), ftCrashHistory(j, name))
+					sxShort(name), i, lo, hi, ftInflight(inf, name), ftCrashHistory(j, name))
 			}
 		}
 		switch {
-		case bad:
-		case unlinking:
-			st.outcome["old"]++ // the unlink in flight did not happen
-		case bytes.Equal(got, nw) && touched:
-			st.outcome["new"]++
-		case bytes.Equal(got, old) && touched:
-			st.outcome["old"]++
-		case touched:
-			st.outcome["between"]++
+		case bad || !touched:
+		case bytes.Equal(gotData, nw):
+			st.outcome[inf.label+"=new"]++
+		case bytes.Equal(gotData, old):
+			st.outcome[inf.label+"=old"]++
+		default:
+			st.outcome[inf.label+"=between"]++
 		}
 		if firstBad >= 0 {
 			// Cut the file before its first lost block, so that later
 			// rounds start from a readable file.
-			cut := firstBad * int64(bs)
-			if err := os.Truncate(v.Path(name), cut); err != nil {
-				t.Fatalf("truncate %s to %d after losing block %d: %v", name, cut, firstBad, err)
+			c := firstBad * int64(bs)
+			if err := os.Truncate(v.Path(name), c); err != nil {
+				t.Fatalf("truncate %s to %d after losing block %d: %v", sxShort(name), c, firstBad, err)
 			}
-			got = got[:cut]
+			o.data = o.data[:c]
 		}
-		model[name] = got
 	}
+	if !walked {
+		return // the model would lack what did not read
+	}
+	*model = *got
 	st.synced = true
 }
 
@@ -486,8 +576,6 @@ func ftCrashHistory(j *ftJournal, name string) string {
 	return "; last acknowledged: " + strings.Join(ops, ", ")
 }
 
-func ftNotExist(err error) bool { return mntErrno(err) == syscall.ENOENT }
-
 // ftCipherSize describes the cipher file behind name, for messages.
 func ftCipherSize(v *fusetest.CLIVolume, name string) string {
 	p, err := v.MountedCipherPath(name)
@@ -499,13 +587,4 @@ func ftCipherSize(v *fusetest.CLIVolume, name string) string {
 		return err.Error()
 	}
 	return fmt.Sprintf("%d bytes", fi.Size())
-}
-
-// ftShortAll is sxShort of each of names, for messages.
-func ftShortAll(names []string) []string {
-	out := make([]string, len(names))
-	for i, n := range names {
-		out[i] = sxShort(n)
-	}
-	return out
 }

@@ -36,6 +36,11 @@ const (
 	// FsckUnreadable is a file the check could not read (permissions,
 	// I/O error).
 	FsckUnreadable = "unreadable"
+	// FsckBadName is a file of a volume with encrypted names that reads
+	// intact, but whose name, or a name on whose path, fails to
+	// authenticate (FsckFile.NameError): changed, or moved there from
+	// another directory. A mount does not show it.
+	FsckBadName = "bad-name"
 	// FsckCrashRemnants is a file that reads intact but holds crash
 	// remnants: blocks sealed marked last that are not its last, which
 	// a truncate or a write past a gap stopped by a crash leaves. Reads
@@ -59,6 +64,14 @@ type FsckBlock struct {
 type FsckFile struct {
 	// Path is relative to the cipher dir.
 	Path string `json:"path"`
+	// PlainPath is the file's path as a mount shows it, on a volume with
+	// encrypted names whose name key opened; empty for kmsfs's own files
+	// and when NameError says why there is none.
+	PlainPath string `json:"plain_path,omitempty"`
+	// NameError says why a file of a volume with encrypted names has no
+	// plain path: a name on its path fails to authenticate (ErrNameAuth),
+	// or a directory's ID or a long name's side file is unreadable.
+	NameError string `json:"name_error,omitempty"`
 	// State is one of the Fsck constants.
 	State string `json:"state"`
 	// Detail says why a file is not ok.
@@ -95,7 +108,8 @@ type FsckReport struct {
 	// changed (state ok, with Recovered or RemnantsCleared), by path.
 	Problems []FsckFile `json:"problems,omitempty"`
 	// Skipped counts entries neither a regular file nor a directory
-	// (symbolic links, FIFOs, devices): never opened.
+	// (symbolic links, FIFOs, devices) and, with encrypted names, the side
+	// files of long names and symbolic link targets: never opened.
 	Skipped int64 `json:"skipped"`
 	// Journal lists the entries of the journal directory: records of
 	// writes a crash interrupted (crash remnants) until they are applied.
@@ -110,6 +124,10 @@ type FsckReport struct {
 	// RemnantsCleared counts the crash remnants resealed by this run
 	// (--repair), in all files.
 	RemnantsCleared int `json:"remnants_cleared"`
+	// NameKeyError says why the name key file of a volume with encrypted
+	// names was refused (opened with Options.NameKeyMayFail): the file is
+	// listed in Problems, and every file by its cipher path only.
+	NameKeyError string `json:"name_key_error,omitempty"`
 }
 
 // Clean reports whether every file is intact, with no crash remnant left,
@@ -150,9 +168,15 @@ func (v *Volume) Fsck(ctx context.Context, o FsckOptions) (*FsckReport, error) {
 	if v.Recovery.Err != nil {
 		r.RepairError = v.Recovery.Err.Error()
 	}
+	if v.nameKeyErr != nil {
+		r.NameKeyError = v.nameKeyErr.Error()
+	}
 	if r.Pending < 0 {
 		r.Pending = 0
 	}
+	// Each file's plain path, with encrypted names: a file whose names do
+	// not authenticate is one a mount hides, and fsck reports it.
+	pp := v.plainPaths()
 	prog, err := v.newFsckProgress(ctx, o.Progress)
 	if err != nil {
 		return nil, err
@@ -160,10 +184,10 @@ func (v *Volume) Fsck(ctx context.Context, o FsckOptions) (*FsckReport, error) {
 	// The walk opens each file relative to its directory and hands it to
 	// a worker, which closes it: at most one file per worker is open.
 	type job struct {
-		rel  string
-		f    *os.File
-		size int64
-		err  error
+		rel, plain, nameErr string
+		f                   *os.File
+		size                int64
+		err                 error
 	}
 	work := make(chan job)
 	var wg sync.WaitGroup
@@ -183,7 +207,14 @@ func (v *Volume) Fsck(ctx context.Context, o FsckOptions) (*FsckReport, error) {
 					res = v.fsckFile(ctx, j.rel, j.f, o.Repair, fp, buf)
 					j.f.Close()
 				}
+				res.PlainPath, res.NameError = j.plain, j.nameErr
+				if j.nameErr != "" && (res.State == FsckOK || res.State == FsckEmpty) {
+					res.State, res.Detail = FsckBadName, "its name does not authenticate, so a mount does not show it"
+				}
 				fp.done(j.size)
+				if j.rel == NamesName && v.nameKeyErr != nil {
+					nameKeyProblem(&res, v.nameKeyErr)
+				}
 				mu.Lock()
 				r.Files++
 				r.Bytes += j.size
@@ -209,7 +240,7 @@ func (v *Volume) Fsck(ctx context.Context, o FsckOptions) (*FsckReport, error) {
 				return false, err
 			case e.typ.IsDir():
 				return true, nil
-			case e.typ.IsRegular():
+			case v.fsckChecks(e):
 				f, size, err := e.open(0, unix.S_IFREG)
 				if o.Repair && err == nil {
 					// Read-write only where it works: a file that
@@ -220,7 +251,9 @@ func (v *Volume) Fsck(ctx context.Context, o FsckOptions) (*FsckReport, error) {
 						f, size = g, gsize
 					}
 				}
-				work <- job{rel: e.rel, f: f, size: size, err: err}
+				// The walk is one goroutine, and so may use pp.
+				plain, nameErr := pp.annotate(e.rel)
+				work <- job{rel: e.rel, plain: plain, nameErr: nameErr, f: f, size: size, err: err}
 			default:
 				r.Skipped++
 			}
@@ -238,8 +271,30 @@ func (v *Volume) Fsck(ctx context.Context, o FsckOptions) (*FsckReport, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("volume: fsck %s: %w", v.Dir, err)
 	}
+	if v.nameKeyErr != nil && !slices.ContainsFunc(r.Problems, func(p FsckFile) bool { return p.Path == NamesName }) {
+		// Missing, or not a regular file: the walk checked no such file.
+		p := FsckFile{Path: NamesName}
+		nameKeyProblem(&p, v.nameKeyErr)
+		r.Problems = append(r.Problems, p)
+	}
 	sort.Slice(r.Problems, func(i, j int) bool { return r.Problems[i].Path < r.Problems[j].Path })
 	return r, nil
+}
+
+// fsckChecks reports whether fsck checks the entry e as a file of the
+// volume: a regular file, but for the side files of encrypted long names.
+func (v *Volume) fsckChecks(e cipherEntry) bool {
+	return e.typ.IsRegular() && !(v.encNames && sideFile(e.name))
+}
+
+// nameKeyProblem makes r, the check of the name key file, say why Open
+// refused it: a file that reads intact but holds another key, or one of
+// the wrong size, is damaged as a name key file.
+func nameKeyProblem(r *FsckFile, err error) {
+	if r.State == FsckOK || r.State == FsckEmpty || r.State == "" {
+		r.State = FsckDamaged
+	}
+	r.Detail = err.Error()
 }
 
 // journalEntries lists the entries of the journal directory e that hold a

@@ -40,6 +40,10 @@ func (v *Volume) EncryptedNames() bool { return v.encNames }
 // nor keep it past Close.
 func (v *Volume) NameKey() []byte { return v.nameKey }
 
+// NameKeyErr returns why Open refused the name key file of a volume
+// opened with Options.NameKeyMayFail (it wraps ErrNameKey), or nil.
+func (v *Volume) NameKeyErr() error { return v.nameKeyErr }
+
 // NameCodec returns the name codec of a volume with encrypted names and
 // the ID of its root directory, which a mount needs; nil for a volume
 // with plaintext names. It fails for a volume whose name key is not at
@@ -47,6 +51,9 @@ func (v *Volume) NameKey() []byte { return v.nameKey }
 func (v *Volume) NameCodec() (*names.Codec, names.DirID, error) {
 	if !v.encNames {
 		return nil, names.DirID{}, nil
+	}
+	if v.nameKeyErr != nil {
+		return nil, names.DirID{}, v.nameKeyErr
 	}
 	if v.nameKey == nil {
 		return nil, names.DirID{}, fmt.Errorf("volume: %s encrypts names, and its name key is not at hand (a public key only opens no key)", v.Dir)
@@ -120,6 +127,9 @@ func (v *Volume) loadNameKey(ctx context.Context, conf *volconf.Conf) error {
 	key := v.opts.Mem.Alloc(names.KeySize)
 	if n, err := ef.ReadAt(key, 0); n != len(key) || (err != nil && err != io.EOF) {
 		v.opts.Mem.Free(key)
+		if errors.Is(err, envelope.ErrAuth) {
+			return fmt.Errorf("volume: name key file %s is damaged: %w (%w)", p, ErrNameKey, err)
+		}
 		return fmt.Errorf("volume: read name key file %s: %w", p, err)
 	}
 	if id := names.KeyID(key); id != conf.NameKeyID {

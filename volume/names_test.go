@@ -132,6 +132,10 @@ func TestOpenRefusesNameKeyFile(t *testing.T) {
 			vol := openFor(t, tv)
 			truncateNames(t, tv, vol.Format.Layout().HeaderSize())
 		}, "holds 0 bytes", true},
+		{"block-byte-changed", func(t *testing.T, tv testVolume) {
+			vol := openFor(t, tv)
+			flip(t, filepath.Join(tv.dir, volume.NamesName), vol.Format.Layout().BlockOffset(0)+5)
+		}, "is damaged", true},
 		{"symlink-to-real-file", func(t *testing.T, tv testVolume) {
 			p := filepath.Join(tv.dir, volume.NamesName)
 			if err := os.Rename(p, p+".real"); err != nil {
@@ -189,8 +193,51 @@ func TestOpenRefusesNameKeyFile(t *testing.T) {
 				if errors.Is(err, volume.ErrNameKey) != c.nameKey {
 					t.Fatalf("Open: %v; errors.Is(ErrNameKey) = %v, want %v", err, !c.nameKey, c.nameKey)
 				}
+				if c.nameKey {
+					fsckRefusedNameKey(t, tv, ro, c.want)
+				}
 			})
 		}
+	}
+}
+
+// fsckRefusedNameKey opens the volume tv, whose name key file Open
+// refuses for a reason that says want, as fsck does (NameKeyMayFail):
+// without a name key, and fsck lists the name key file as damaged with
+// that reason, checks every other file by its cipher path alone (here one
+// with a damaged block) and does not call the volume clean.
+func fsckRefusedNameKey(t *testing.T, tv testVolume, ro bool, want string) {
+	t.Helper()
+	vol, err := tv.open(t, volume.Options{ReadOnly: ro, NameKeyMayFail: true})
+	if err != nil {
+		t.Fatalf("Open with NameKeyMayFail: %v", err)
+	}
+	defer vol.Close()
+	if vol.NameKey() != nil || !errors.Is(vol.NameKeyErr(), volume.ErrNameKey) {
+		t.Fatalf("Open with NameKeyMayFail: name key of %d bytes, NameKeyErr %v; want none, and ErrNameKey", len(vol.NameKey()), vol.NameKeyErr())
+	}
+	if _, _, err := vol.NameCodec(); !errors.Is(err, volume.ErrNameKey) {
+		t.Fatalf("NameCodec without the name key: %v, want ErrNameKey", err)
+	}
+	victim := filepath.Join(tv.dir, "Zm9vYmFyYmF6cXV4cXV1eHh5enp5")
+	encryptTo(t, vol, victim, randomBytes(t, fsckSize(vol)))
+	flip(t, victim, vol.Format.Layout().BlockOffset(1)+10)
+	r, err := vol.Fsck(ctx(t), volume.FsckOptions{Repair: !ro})
+	if err != nil {
+		t.Fatalf("Fsck: %v", err)
+	}
+	if r.Clean() || !strings.Contains(r.NameKeyError, want) || len(r.Problems) != 2 {
+		t.Fatalf("Fsck: %+v; want the name key file and the damaged file listed, the name key error saying %q", r, want)
+	}
+	nk, f := r.Problems[0], r.Problems[1]
+	if f.Path == volume.NamesName {
+		nk, f = f, nk
+	}
+	if nk.Path != volume.NamesName || nk.State == volume.FsckOK || nk.State == volume.FsckEmpty || !strings.Contains(nk.Detail, want) {
+		t.Fatalf("problem %+v; want %s not ok, saying %q", nk, volume.NamesName, want)
+	}
+	if f.Path != filepath.Base(victim) || f.State != volume.FsckDamaged || f.PlainPath != "" || f.NameError != "" {
+		t.Fatalf("problem %+v; want %s damaged, by its cipher path alone", f, filepath.Base(victim))
 	}
 }
 

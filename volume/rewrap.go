@@ -67,7 +67,17 @@ type RewrapPlan struct {
 
 // RewrapFailure is a file a rewrap could not rewrap.
 type RewrapFailure struct {
-	Path  string `json:"path"`
+	// Path is relative to the cipher dir.
+	Path string `json:"path"`
+	// PlainPath is the file's path as a mount shows it, on a volume with
+	// encrypted names: found through the mount, or decrypted with the
+	// name key; empty for kmsfs's own files and when NameError says why
+	// there is none.
+	PlainPath string `json:"plain_path,omitempty"`
+	// NameError says why a file of a volume with encrypted names has no
+	// plain path (see FsckFile.NameError).
+	NameError string `json:"name_error,omitempty"`
+	// Error says why it was not rewrapped.
 	Error string `json:"error"`
 }
 
@@ -107,11 +117,11 @@ type RewrapReport struct {
 // retiring.
 func (r *RewrapReport) Done() bool { return r.FailedFiles == 0 && len(r.Retiring) == 0 }
 
-// record notes the outcome err of rewrapping rel, counts it in *done
-// and reports progress against total.
-func (r *RewrapReport) record(rel string, err error, done *int64, total int64, progress func(done, total int64)) {
+// record notes the outcome err of rewrapping rel, whose plain path is
+// plain if known, counts it in *done and reports progress against total.
+func (r *RewrapReport) record(rel, plain string, err error, done *int64, total int64, progress func(done, total int64)) {
 	if err != nil {
-		r.fail(rel, err.Error())
+		r.fail(rel, plain, err.Error())
 	} else {
 		r.Rewrapped++
 	}
@@ -121,11 +131,22 @@ func (r *RewrapReport) record(rel string, err error, done *int64, total int64, p
 	}
 }
 
-// fail notes that the file rel could not be rewrapped.
-func (r *RewrapReport) fail(rel, msg string) {
+// fail notes that the file rel, whose plain path is plain if known,
+// could not be rewrapped.
+func (r *RewrapReport) fail(rel, plain, msg string) {
 	r.FailedFiles++
 	if len(r.Failed) < maxListed {
-		r.Failed = append(r.Failed, RewrapFailure{Path: rel, Error: msg})
+		r.Failed = append(r.Failed, RewrapFailure{Path: rel, PlainPath: plain, Error: msg})
+	}
+}
+
+// annotate gives each failure listed whose plain path is not known yet
+// its plain path, or the reason it has none, from pp.
+func (r *RewrapReport) annotate(pp *plainPaths) {
+	for i, f := range r.Failed {
+		if f.PlainPath == "" && f.NameError == "" {
+			r.Failed[i].PlainPath, r.Failed[i].NameError = pp.annotate(f.Path)
+		}
 	}
 }
 
@@ -151,6 +172,8 @@ func Rewrap(ctx context.Context, dir string, o RewrapOptions) (*RewrapReport, er
 		return nil, err
 	}
 	r, err := v.RewrapFiles(ctx, o)
+	// The name codec outlives the volume: it holds keys of its own.
+	pp := v.plainPaths()
 	if cerr := v.Close(); err == nil {
 		err = cerr
 	}
@@ -160,7 +183,9 @@ func Rewrap(ctx context.Context, dir string, o RewrapOptions) (*RewrapReport, er
 	r.Changes, r.Warnings = plan.Changes, early.Warnings
 	// Even after failures: files no key of the volume opens must not
 	// keep a retiring key that none of them uses.
-	if err := FinishRewrap(ctx, dir, o.TrustDir, r); err != nil {
+	err = FinishRewrap(ctx, dir, o.TrustDir, r)
+	r.annotate(pp)
+	if err != nil {
 		return r, err
 	}
 	if len(r.Retired) > 0 {
@@ -472,7 +497,7 @@ func FinishRewrap(ctx context.Context, dir, trustDir string, r *RewrapReport) er
 	for _, p := range sc.Need {
 		if why, ok := sc.holds[p]; ok {
 			if r.FailedFiles == 0 { // else these are the files that failed
-				r.fail(p, why)
+				r.fail(p, "", why)
 			}
 			left = true
 		}
@@ -526,6 +551,9 @@ func ScanRewrap(ctx context.Context, dir string, c *volconf.Conf) (*RewrapScan, 
 		return nil, err
 	}
 	n := c.ActiveCount()
+	// With encrypted names the side files of long names and targets hold
+	// sealed names, not a file's content: not files to rewrap.
+	encNames := c.EncryptedNames()
 	s := &RewrapScan{holds: map[string]string{}, ino: map[string]uint64{}}
 	// A file that is there but cannot be read (its mode, an I/O error)
 	// may depend on a retiring key: it must keep it in kmsfs.conf, not
@@ -542,7 +570,7 @@ func ScanRewrap(ctx context.Context, dir string, c *volconf.Conf) (*RewrapScan, 
 				return false, nil
 			case e.typ.IsDir():
 				return true, nil
-			case !e.typ.IsRegular():
+			case !e.typ.IsRegular(), encNames && sideFile(e.name):
 				return false, nil
 			}
 			s.Files++

@@ -34,8 +34,9 @@ func (v *Volume) RewrapFiles(ctx context.Context, o RewrapOptions) (*RewrapRepor
 	total := int64(len(sc.Need))
 	var done int64
 	eachFile(ctx, sc.Need, o.Concurrency, func(rel string) error { return v.rewrapPath(ctx, rel) },
-		func(rel string, err error) { r.record(rel, err, &done, total, o.Progress) })
+		func(rel string, err error) { r.record(rel, "", err, &done, total, o.Progress) })
 	r.DataKeys = v.rewrapperNow().distinct()
+	r.annotate(v.plainPaths())
 	if err := ctx.Err(); err != nil {
 		return r, fmt.Errorf("volume: rewrap %s: %w", v.Dir, err)
 	}

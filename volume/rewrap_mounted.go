@@ -106,11 +106,11 @@ func RewrapMounted(ctx context.Context, dir, mountPoint string, o RewrapOptions)
 		}
 		failed := r.FailedFiles
 		total := done + int64(len(sc.Need))
-		record := func(rel string, err error) { r.record(rel, err, &done, total, o.Progress) }
+		record := func(rel, plain string, err error) { r.record(rel, plain, err, &done, total, o.Progress) }
 		if c.EncryptedNames() {
 			rewrapEncryptedThrough(ctx, dir, mountPoint, sc, o, record)
 		} else {
-			rewrapThrough(ctx, mountPoint, sc.Need, o.Concurrency, record)
+			rewrapThrough(ctx, mountPoint, sc.Need, o.Concurrency, func(rel string, err error) { record(rel, "", err) })
 		}
 		if err := ctx.Err(); err != nil {
 			return r, fmt.Errorf("volume: rewrap %s: %w", dir, err)
@@ -182,15 +182,16 @@ func rewrapThrough(ctx context.Context, mountPoint string, rels []string, worker
 // names, whose cipher paths are not the mount's: the files of sc.Need
 // are found in the mount by their inode numbers (one walk of the mount),
 // and kmsfs.names, which the mount hides and never writes, is rewrapped
-// here directly.
-func rewrapEncryptedThrough(ctx context.Context, dir, mountPoint string, sc *RewrapScan, o RewrapOptions, done func(rel string, err error)) {
+// here directly. done gets the path a file was found at in the mount,
+// its plain path, with each outcome.
+func rewrapEncryptedThrough(ctx context.Context, dir, mountPoint string, sc *RewrapScan, o RewrapOptions, done func(rel, plain string, err error)) {
 	want := map[uint64]string{}
 	for _, rel := range sc.Need {
 		switch ino, ok := sc.ino[rel]; {
 		case rel == NamesName:
-			done(rel, rewrapDirect(ctx, dir, rel, o))
+			done(rel, "", rewrapDirect(ctx, dir, rel, o))
 		case !ok:
-			done(rel, errors.New("could not be opened in the cipher dir"))
+			done(rel, "", errors.New("could not be opened in the cipher dir"))
 		default:
 			want[ino] = rel
 		}
@@ -205,12 +206,12 @@ func rewrapEncryptedThrough(ctx context.Context, dir, mountPoint string, sc *Rew
 			rels = append(rels, mp)
 			byMount[mp] = rel
 		case err != nil:
-			done(rel, fmt.Errorf("looking for it through the mount: %w", err))
+			done(rel, "", fmt.Errorf("looking for it through the mount: %w", err))
 		default:
-			done(rel, errors.New("not found through the mount (removed, or a file the mount does not show)"))
+			done(rel, "", errors.New("not found through the mount (removed, or a file the mount does not show)"))
 		}
 	}
-	rewrapThrough(ctx, mountPoint, rels, o.Concurrency, func(mp string, err error) { done(byMount[mp], err) })
+	rewrapThrough(ctx, mountPoint, rels, o.Concurrency, func(mp string, err error) { done(byMount[mp], mp, err) })
 }
 
 // rewrapDirect rewraps the cipher file rel of the mounted volume in dir

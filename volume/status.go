@@ -92,7 +92,8 @@ type StatusReport struct {
 	Foreign      []FileNote `json:"foreign,omitempty"`
 	ForeignFiles int64      `json:"foreign_files"`
 	// Skipped counts entries neither a regular file nor a directory
-	// (symbolic links, FIFOs, devices): never opened.
+	// (symbolic links, FIFOs, devices) and, with encrypted names, the side
+	// files of long names and symbolic link targets: never opened.
 	Skipped int64 `json:"skipped"`
 }
 
@@ -186,7 +187,7 @@ func statusOf(ctx context.Context, dir string, c *volconf.Conf, keys []KeyStatus
 		}
 	}
 	r := &StatusReport{Dir: dir, Volume: c.VolumeID, Keys: keys}
-	sc := &scanner{r: r, layout: layout, vid: vid, hdr: make([]byte, layout.HeaderSize())}
+	sc := &scanner{r: r, layout: layout, vid: vid, hdr: make([]byte, layout.HeaderSize()), encNames: c.EncryptedNames()}
 	if err := sc.walk(ctx, dir); err != nil {
 		return nil, err
 	}
@@ -250,6 +251,8 @@ type scanner struct {
 	layout envelope.Layout
 	vid    envelope.VolumeID
 	hdr    []byte
+	// encNames says side files of long names are kmsfs's own, not files.
+	encNames bool
 }
 
 // walk scans the cipher dir at root.
@@ -267,7 +270,7 @@ func (sc *scanner) entry(e cipherEntry) (bool, error) {
 		return false, nil
 	case e.typ.IsDir():
 		return true, nil
-	case e.typ.IsRegular():
+	case e.typ.IsRegular() && !(sc.encNames && sideFile(e.name)):
 		f, size, err := e.open(0, unix.S_IFREG)
 		if err != nil {
 			sc.foreign(e.rel, err.Error())

@@ -83,6 +83,12 @@ type Options struct {
 	Mem *secmem.Arena
 	// ParallelMin is envelope.Options.ParallelMin.
 	ParallelMin int
+	// NameKeyMayFail lets Open go on when the name key file of a volume
+	// with encrypted names is refused (ErrNameKey): the volume then has no
+	// name key, NameKeyErr says why, and no name can be read. Only fsck
+	// sets it, to check every file by its cipher path and report the name
+	// key file; a mount must refuse such a volume.
+	NameKeyMayFail bool
 	// KeyObserver is the data-key manager's keysource.Options.Observer
 	// (metrics); nil observes nothing.
 	KeyObserver keysource.Observer
@@ -137,6 +143,9 @@ type Volume struct {
 	opts     Options
 	encNames bool   // kmsfs.conf has the encrypted-names feature
 	nameKey  []byte // the name key in opts.Mem; nil for plaintext names or wrapOnly
+	// nameKeyErr is why the name key file was refused, with
+	// Options.NameKeyMayFail.
+	nameKeyErr error
 
 	mu      sync.Mutex // guards Anchor, Sources, keys and rw after Reload
 	rw      *rewrapper
@@ -223,7 +232,11 @@ func Open(ctx context.Context, cipherDir string, o Options) (_ *Volume, err erro
 	// A public key cannot unwrap the name key: such a volume encrypts
 	// files, and whoever needs names learns it from EncryptedNames.
 	if v.encNames && !v.wrapOnly {
-		if err := v.loadNameKey(ctx, conf); err != nil {
+		err := v.loadNameKey(ctx, conf)
+		if o.NameKeyMayFail && errors.Is(err, ErrNameKey) {
+			v.nameKeyErr, err = err, nil
+		}
+		if err != nil {
 			return nil, err
 		}
 	}

@@ -56,8 +56,21 @@ before its first bad block.
 
 Symbolic links and other special entries are never followed or opened.
 
+On a volume with encrypted names, each file listed is followed by its plain
+path, the path a mount shows, decrypted with the volume's name key (so
+"plain path: reports/q3.pdf"), or by why it has none: a name on its path
+that fails to authenticate (changed, or moved from another directory) is
+never guessed. The side files that hold long names are kmsfs's own and
+counted with the special entries. A volume whose name key file (kmsfs.names)
+is missing, damaged or holds another key than this host approved, which no
+mount opens, is still checked: that file is reported as the problem, with the
+cause, and every other file by its path in CIPHERDIR alone.
+
 Per file, a state: ok, empty (no header: a file created and never written),
-damaged, crash-remnants, foreign, key-unavailable, unreadable.
+damaged, crash-remnants, foreign, key-unavailable, unreadable, and, with
+encrypted names, bad-name: the file reads intact but its name, or a name on
+its path, fails to authenticate (changed, or moved there from another
+directory), so a mount does not show it.
 
 --json prints one object:
   cipher_dir, volume_id       the volume checked
@@ -66,6 +79,9 @@ damaged, crash-remnants, foreign, key-unavailable, unreadable.
   skipped                     links and special files left unopened
   problems[]                  each file not ok, or that --repair changed:
     path                      relative to CIPHERDIR
+    plain_path                the path in a mount, with encrypted names
+    name_error                why there is none: a name on the path fails
+                              to authenticate, or is unreadable
     state                     one of the states above
     detail                    why, in words
     bad_header_slots[]        header slots (0, 1) that fail to authenticate
@@ -80,13 +96,16 @@ damaged, crash-remnants, foreign, key-unavailable, unreadable.
   repaired                    journal records applied by --repair
   repair_error                the first error applying them
   remnants_cleared            crash remnants resealed by --repair, in all
+  name_key_error              why the name key file (kmsfs.names) was
+                              refused; it is listed in problems[]
 Fields whose value is empty, false or zero inside problems[] are left out.
 
 Exit status:
   0  clean: every file intact, no crash remnant left, nothing pending in the
      journal (after --repair: once it has set everything right)
   4  damage found: some file is damaged, foreign, unreadable, has no usable
-     key or holds crash remnants, or journal records are pending
+     key, holds crash remnants or has a bad name, the name key file is
+     refused, or journal records are pending
   1  error (no volume, not approved on this host, unreadable cipher dir)`,
 		Example: `  kmsfs fsck /srv/cipher
   kmsfs fsck --json /srv/cipher | jq '.problems[] | select(.state == "damaged")'
@@ -97,7 +116,10 @@ Exit status:
 			defer stop()
 			ctx, cancel := context.WithTimeout(ctx, f.timeout)
 			defer cancel()
-			v, err := volume.Open(ctx, args[0], volume.Options{TrustDir: trustDirOf(cmd), ReadOnly: !f.repair,
+			// A refused name key file is a finding of the check, not a
+			// reason to check nothing: the files are checked by their
+			// cipher paths.
+			v, err := volume.Open(ctx, args[0], volume.Options{TrustDir: trustDirOf(cmd), ReadOnly: !f.repair, NameKeyMayFail: true,
 				Secrets: volume.Secrets{PassphraseFile: f.passphraseFile, Prompt: promptPassphrase}, Mem: secmem.New(secmem.Options{})})
 			if err != nil {
 				return err
@@ -143,6 +165,7 @@ func printFsck(out io.Writer, r *volume.FsckReport, repair bool) {
 			fmt.Fprintf(out, ": %s", p.Detail)
 		}
 		fmt.Fprintln(out)
+		printPlainPath(out, "  ", p.PlainPath, p.NameError)
 		if len(p.BadSlots) > 0 {
 			fmt.Fprintf(out, "  header slots failing: %v\n", p.BadSlots)
 		}
@@ -162,6 +185,9 @@ func printFsck(out io.Writer, r *volume.FsckReport, repair bool) {
 			fmt.Fprintln(out, "  journal records applied to it")
 		}
 	}
+	if r.NameKeyError != "" {
+		fmt.Fprintf(out, "\nname key refused (%s above): files are named by their paths in the cipher dir only\n", volume.NamesName)
+	}
 	if len(r.Journal) > 0 {
 		fmt.Fprintf(out, "\njournal holds %d entries (writes a crash interrupted): %s\n  run kmsfs fsck --repair with the volume unmounted to apply them\n",
 			len(r.Journal), strings.Join(r.Journal, ", "))
@@ -177,6 +203,18 @@ func printFsck(out io.Writer, r *volume.FsckReport, repair bool) {
 	}
 	if r.Clean() {
 		fmt.Fprintln(out, "\nclean: every file intact")
+	}
+}
+
+// printPlainPath writes, after a file's line, its plain path on a volume
+// with encrypted names, or why it has none; nothing when neither is known
+// (plaintext names, kmsfs's own files).
+func printPlainPath(out io.Writer, indent, plain, why string) {
+	switch {
+	case plain != "":
+		fmt.Fprintf(out, "%splain path: %s\n", indent, plain)
+	case why != "":
+		fmt.Fprintf(out, "%sno plain path: %s\n", indent, why)
 	}
 }
 

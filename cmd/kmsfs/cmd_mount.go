@@ -69,7 +69,13 @@ changes nothing else: options, keys and trust stay as mounted.
 As root kmsfs mounts directly; an ordinary user mounts through fusermount3.
 --allow-other implies -o default_permissions: kmsfs checks no permissions
 itself, the kernel does. Mounts are nosuid,nodev unless -o suid or -o dev.
--o passes FUSE mount options, e.g. -o noexec.`,
+-o passes FUSE mount options, e.g. -o noexec.
+
+In /etc/fstab (type fuse.kmsfs) every flag is a mount option as well, e.g.
+  /srv/cipher /mnt/plain fuse.kmsfs defaults,_netdev,allow_other,key-timeout=10s 0 0
+mount(8) runs 'kmsfs CIPHERDIR MOUNTPOINT -o OPTS' through mount.fuse3.
+Secrets come from files there (passphrase-file=/etc/kmsfs/pass), and such
+mounts are nosuid,nodev.`,
 		Example: `  kmsfs mount /srv/cipher /mnt/plain
   kmsfs mount -f --log-format json /srv/cipher /mnt/plain
   kmsfs mount --allow-other /srv/cipher /mnt/plain`,

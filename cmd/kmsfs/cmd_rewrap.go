@@ -66,6 +66,12 @@ each file through its own open-file state, so open files keep working.
 
 On a terminal (stderr), without --json, a progress bar shows the files done.
 
+Each file that failed is listed by its path in CIPHERDIR; on a volume with
+encrypted names the next line gives its plain path, the path a mount shows
+(found through the mount, or decrypted with the volume's name key), or why
+it has none (a name that fails to authenticate is never guessed). --json
+gives them as failed[].plain_path and failed[].name_error.
+
 Exit status:
   0  done: every file is under the volume's keys, no key is retiring
   4  incomplete: some files could not be rewrapped (listed, with the cause);
@@ -165,6 +171,7 @@ func printRewrap(out io.Writer, r *volume.RewrapReport) {
 		r.Dir, r.Files, r.Rewrapped, r.DataKeys, r.Current, r.Empty, r.Foreign)
 	for _, f := range r.Failed {
 		fmt.Fprintf(out, "  failed: %s: %s\n", f.Path, f.Error)
+		printPlainPath(out, "    ", f.PlainPath, f.NameError)
 	}
 	if n := r.FailedFiles - int64(len(r.Failed)); n > 0 {
 		fmt.Fprintf(out, "  … and %d more failed\n", n)

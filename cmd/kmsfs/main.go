@@ -19,7 +19,14 @@ func main() {
 		fmt.Fprintln(os.Stderr, "kmsfs:", err)
 		os.Exit(1)
 	}
-	if err := newRootCmd().Execute(); err != nil {
+	root := newRootCmd()
+	args, err := mountHelperArgs(root, os.Args[1:])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "kmsfs:", err)
+		os.Exit(exitError)
+	}
+	root.SetArgs(args)
+	if err := root.Execute(); err != nil {
 		// A command that ends with an exit code printed its report.
 		var code exitCode
 		if errors.As(err, &code) {
@@ -51,5 +58,6 @@ applications read and write plain files at the mount point.`,
 	}
 	root.PersistentFlags().String(trustDirFlag, "", "the host's trust dir of approved volumes (default $KMSFS_TRUST_DIR, else /etc/kmsfs/trust for root, else ~/.config/kmsfs/trust)")
 	root.AddCommand(newInitCmd(), newMountCmd(), newUnmountCmd(), newTrustCmd(), newStatusCmd(), newInfoCmd(), newEncryptCmd(), newDecryptCmd(), newFsckCmd(), newRewrapCmd())
+	root.AddCommand(extraCommands()...)
 	return root
 }

@@ -725,8 +725,9 @@ func MountInfo(t testing.TB, path string) ([]string, bool) {
 }
 
 // DaemonPID returns the pid of the running kmsfs mount daemon serving
-// mnt, or 0: the background child runs `kmsfs mount … --foreground` with
-// the mount point among its arguments.
+// mnt, or 0: the background child runs `kmsfs mount … --foreground` (or,
+// started by mount(8), `kmsfs CIPHERDIR MOUNTPOINT -o … --foreground`)
+// with the mount point among its arguments.
 func DaemonPID(mnt string) int {
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
@@ -742,7 +743,7 @@ func DaemonPID(mnt string) int {
 			continue
 		}
 		args := strings.Split(strings.TrimRight(string(raw), "\x00"), "\x00")
-		if slices.Contains(args, "mount") && slices.Contains(args, "--foreground") && slices.Contains(args, mnt) {
+		if slices.Contains(args, "--foreground") && slices.Contains(args, mnt) {
 			return pid
 		}
 	}

@@ -117,3 +117,34 @@ func OpenBeneath(dirfd int, rel string, flags int, want uint32) (int, error) {
 // ErrNotBeneath means a path given to OpenBeneath is not a plain relative
 // path (empty, ".", ".." or absolute components).
 var ErrNotBeneath = errors.New("not a plain relative path")
+
+// ReadSmall reads the whole regular file name in the directory dirfd,
+// opened as OpenAt does, refusing one of more than max bytes: it reads at
+// most max+1 bytes, so a huge or endless file planted in its place costs
+// no more than that. The returned slice is the caller's.
+func ReadSmall(dirfd int, name string, max int) ([]byte, error) {
+	fd, _, err := OpenAt(dirfd, name, unix.O_RDONLY, unix.S_IFREG)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
+	buf := make([]byte, max+1)
+	got := 0
+	for got < len(buf) {
+		m, err := unix.Read(fd, buf[got:])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if m == 0 {
+			break
+		}
+		got += m
+	}
+	if got > max {
+		return nil, fmt.Errorf("%s holds more than %d bytes", name, max)
+	}
+	return buf[:got], nil
+}
