@@ -57,6 +57,10 @@ func TestMetrics(t *testing.T) {
 	addr := imMount(t, v)
 	t.Run("write", func(t *testing.T) {
 		before := imScrape(t, addr)
+		// A clean volume: the journal had nothing to finish at mount.
+		if n, ok := before["kmsfs_journal_records_replayed_total"]; !ok || n != 0 {
+			t.Errorf("kmsfs_journal_records_replayed_total = %v (exposed: %v), want 0", n, ok)
+		}
 		for _, name := range names {
 			if err := os.WriteFile(v.Path(name), plain[name], 0o644); err != nil {
 				t.Fatalf("write %s: %v", name, err)
