@@ -405,9 +405,20 @@ func TestSystemdHUPReopensLog(t *testing.T) {
 			if logFile {
 				extra = []string{"--log-file", path}
 			}
+			logPath := v.Log
+			if logFile {
+				logPath = path
+			}
 			v.StartForeground(t, extra...)
 			sdRecv(t, sock, v)
 			mntWriteFile(t, v.Path("before"), []byte("before"))
+			// The mount's background key check logs once; wait for it, so
+			// that no line of the mount's start is still to come when the
+			// log is rotated.
+			fusetest.Eventually(t, "the key check after mounting", fusetest.CmdTimeout, func() bool {
+				b, err := os.ReadFile(logPath)
+				return err == nil && bytes.Contains(b, []byte("msg=\"key check"))
+			})
 
 			if !logFile {
 				mark := v.LogMark()
