@@ -307,7 +307,11 @@ func (v *Volume) CheckCipherOutput(path string) error {
 // has its links resolved. A path whose directory does not exist yet gives
 // inside with rel "" when it would be created beneath dir.
 func relInside(path, dir string) (rel string, inside bool, err error) {
-	realDir, err := filepath.EvalSymlinks(dir)
+	absDir, err := filepath.Abs(dir)
+	if err != nil {
+		return "", false, err
+	}
+	realDir, err := filepath.EvalSymlinks(absDir)
 	if err != nil {
 		return "", false, err
 	}

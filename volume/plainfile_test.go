@@ -243,6 +243,8 @@ func TestCheckCipherOutput(t *testing.T) {
 			{"through-link", filepath.Join(link, "q3.pdf"), true},
 			{"stored-name", filepath.Join(v.Dir, stored), false},
 			{"outside", filepath.Join(t.TempDir(), "q3.pdf"), false},
+			{"relative", relTo(t, v.Dir, "q3.pdf"), true},
+			{"new-directory", filepath.Join(v.Dir, "new", "dir", "q3.pdf"), true},
 		} {
 			t.Run("encrypted="+boolName(encrypted)+",out="+c.name, func(t *testing.T) {
 				err := v.CheckCipherOutput(c.path)
@@ -254,5 +256,40 @@ func TestCheckCipherOutput(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// relTo returns the path of name in dir relative to the working
+// directory, as a user types it.
+func relTo(t *testing.T, dir, name string) string {
+	t.Helper()
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rel, err := filepath.Rel(wd, filepath.Join(dir, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rel
+}
+
+// TestCheckCipherOutputRelative: a volume opened by a relative cipher dir
+// (kmsfs encrypt --volume cipher) still sees -o cipher/q3.pdf as inside
+// it.
+func TestCheckCipherOutputRelative(t *testing.T) {
+	tv := initVolumeNames(t, true)
+	t.Chdir(filepath.Dir(tv.dir))
+	tv.dir = filepath.Base(tv.dir)
+	v, err := tv.open(t, volume.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	for _, out := range []string{filepath.Join(tv.dir, "q3.pdf"), "./" + tv.dir + "/d/q3.pdf"} {
+		t.Run("out="+strings.ReplaceAll(out, "/", "|"), func(t *testing.T) {
+			if err := v.CheckCipherOutput(out); !errors.Is(err, volume.ErrInvisible) {
+				t.Fatalf("CheckCipherOutput %s: %v; want %v", out, err, volume.ErrInvisible)
+			}
+		})
 	}
 }
