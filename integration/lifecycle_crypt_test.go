@@ -212,7 +212,9 @@ func cryKeySource(t *testing.T, keys func(t *testing.T) ([]string, []string), en
 // there with a clear error; the file decrypts where KMS Decrypt is allowed.
 func TestCryptPublicKeyOnly(t *testing.T) {
 	e := fusetest.KMS(t)
-	v := suite.InitVolume(t, fusetest.CLIOptions{Keys: []string{"awskms:" + e.RSAEncrypt.ARN}, Env: fusetest.AWSEnv(e)})
+	// Names in clear: a host with only the public key cannot unwrap the
+	// name key, and places files by their names (README).
+	v := suite.InitVolume(t, fusetest.CLIOptions{Keys: []string{"awskms:" + e.RSAEncrypt.ARN}, Env: fusetest.AWSEnv(e), InitArgs: []string{"--plaintext-names"}})
 	pub, err := e.Client().GetPublicKey(t.Context(), &kms.GetPublicKeyInput{KeyId: aws.String(e.RSAEncrypt.ARN)})
 	if err != nil {
 		t.Fatalf("GetPublicKey: %v", err)
