@@ -7,9 +7,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/kms"
-
 	"github.com/kmsfs/kmsfs/envelope/names"
 	"github.com/kmsfs/kmsfs/internal/fusetest"
 )
@@ -197,16 +194,7 @@ func TestCryptPathPlantedSymlink(t *testing.T) {
 // in clear it places the file, which a host with KMS reads back by path.
 func TestCryptPathPublicKeyOnly(t *testing.T) {
 	e := fusetest.KMS(t)
-	pub, err := e.Client().GetPublicKey(t.Context(), &kms.GetPublicKeyInput{KeyId: aws.String(e.RSAEncrypt.ARN)})
-	if err != nil {
-		t.Fatalf("GetPublicKey: %v", err)
-	}
-	pubFile := filepath.Join(t.TempDir(), "key.pub")
-	if err := os.WriteFile(pubFile, pub.PublicKey, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	// Nothing listens at port 9 of the loopback: any KMS call fails.
-	noKMS := []string{"AWS_ENDPOINT_URL_KMS=http://127.0.0.1:9"}
+	pubFile, noKMS := cryPublicKey(t, e)
 	for _, nm := range sxNameModes {
 		t.Run("names="+nm.name, func(t *testing.T) {
 			v := suite.InitVolume(t, fusetest.CLIOptions{Keys: []string{"awskms:" + e.RSAEncrypt.ARN}, Env: fusetest.AWSEnv(e), InitArgs: lcNameArgs(nm.encrypted)})

@@ -50,6 +50,34 @@ func cipherNames(t *testing.T, dir string) []string {
 	return all
 }
 
+// openMode makes a volume with encrypted names or names in clear and opens
+// it read-only until the test ends.
+func openMode(t *testing.T, encrypted bool) *volume.Volume {
+	t.Helper()
+	v, err := initVolumeNames(t, encrypted).open(t, volume.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	return v
+}
+
+// volumeWithD is openMode with a file written at d/x, and the backing
+// directory of d.
+func volumeWithD(t *testing.T, encrypted bool) (*volume.Volume, string) {
+	t.Helper()
+	v := openMode(t, encrypted)
+	if err := encryptPath(t, v, "d/x", []byte("secret")); err != nil {
+		t.Fatalf("EncryptPath: %v", err)
+	}
+	for _, n := range cipherNames(t, v.Dir) {
+		if fi, err := os.Lstat(filepath.Join(v.Dir, n)); err == nil && fi.IsDir() && !strings.Contains(n, ".") {
+			return v, filepath.Join(v.Dir, n)
+		}
+	}
+	t.Fatal("no backing directory of d")
+	return nil, ""
+}
+
 // TestEncryptPathRoundTrip writes files by plain path into new nested
 // directories, short and long names (up to 255 bytes), overwrites one,
 // and reads them back by plain path; fsck finds the volume clean, no
@@ -60,11 +88,7 @@ func TestEncryptPathRoundTrip(t *testing.T) {
 	paths := []string{"top.pdf", "a/b/c/q3.pdf", longDir + "/" + long255, "a/" + long161 + "/x", "a/b/c/q3.pdf"}
 	for _, encrypted := range []bool{true, false} {
 		t.Run("encrypted="+boolName(encrypted), func(t *testing.T) {
-			tv := initVolumeNames(t, encrypted)
-			v, err := tv.open(t, volume.Options{ReadOnly: true})
-			if err != nil {
-				t.Fatalf("Open: %v", err)
-			}
+			v := openMode(t, encrypted)
 			want := map[string][]byte{}
 			for i, p := range paths {
 				plain := randomBytes(t, 1000*i+1)
@@ -110,11 +134,7 @@ func TestEncryptPathRefused(t *testing.T) {
 		}
 		for _, rel := range cases {
 			t.Run("encrypted="+boolName(encrypted)+",path="+strings.ReplaceAll(rel, "/", "|")[:min(len(rel), 20)], func(t *testing.T) {
-				tv := initVolumeNames(t, encrypted)
-				v, err := tv.open(t, volume.Options{ReadOnly: true})
-				if err != nil {
-					t.Fatalf("Open: %v", err)
-				}
+				v := openMode(t, encrypted)
 				before := len(cipherNames(t, v.Dir))
 				if err := encryptPath(t, v, rel, []byte("x")); !errors.Is(err, volume.ErrPlainPath) {
 					t.Fatalf("EncryptPath %q: %v; want %v", rel, err, volume.ErrPlainPath)
@@ -172,23 +192,7 @@ func TestOpenPathMovedName(t *testing.T) {
 func TestPlainPathSymlinkNotFollowed(t *testing.T) {
 	for _, encrypted := range []bool{true, false} {
 		t.Run("encrypted="+boolName(encrypted), func(t *testing.T) {
-			tv := initVolumeNames(t, encrypted)
-			v, err := tv.open(t, volume.Options{ReadOnly: true})
-			if err != nil {
-				t.Fatalf("Open: %v", err)
-			}
-			if err := encryptPath(t, v, "d/x", []byte("secret")); err != nil {
-				t.Fatalf("EncryptPath: %v", err)
-			}
-			var dir string
-			for _, n := range cipherNames(t, v.Dir) {
-				if fi, err := os.Lstat(filepath.Join(v.Dir, n)); err == nil && fi.IsDir() && !strings.Contains(n, ".") {
-					dir = filepath.Join(v.Dir, n)
-				}
-			}
-			if dir == "" {
-				t.Fatal("no backing directory of d")
-			}
+			v, dir := volumeWithD(t, encrypted)
 			outside := filepath.Join(t.TempDir(), "outside")
 			if err := os.Rename(dir, outside); err != nil {
 				t.Fatal(err)
@@ -216,20 +220,7 @@ func TestPlainPathSymlinkNotFollowed(t *testing.T) {
 // plain path, a path outside, and any path with names in clear pass.
 func TestCheckCipherOutput(t *testing.T) {
 	for _, encrypted := range []bool{true, false} {
-		tv := initVolumeNames(t, encrypted)
-		v, err := tv.open(t, volume.Options{ReadOnly: true})
-		if err != nil {
-			t.Fatalf("Open: %v", err)
-		}
-		if err := encryptPath(t, v, "d/x", []byte("x")); err != nil {
-			t.Fatalf("EncryptPath: %v", err)
-		}
-		stored := ""
-		for _, n := range cipherNames(t, v.Dir) {
-			if fi, err := os.Lstat(filepath.Join(v.Dir, n)); err == nil && fi.IsDir() && !strings.Contains(n, ".") {
-				stored = n
-			}
-		}
+		v, stored := volumeWithD(t, encrypted)
 		link := filepath.Join(t.TempDir(), "link")
 		if err := os.Symlink(v.Dir, link); err != nil {
 			t.Fatal(err)
@@ -241,7 +232,7 @@ func TestCheckCipherOutput(t *testing.T) {
 			{"plain-name", filepath.Join(v.Dir, "reports", "q3.pdf"), true},
 			{"plain-name-at-root", filepath.Join(v.Dir, "q3.pdf"), true},
 			{"through-link", filepath.Join(link, "q3.pdf"), true},
-			{"stored-name", filepath.Join(v.Dir, stored), false},
+			{"stored-name", stored, false},
 			{"outside", filepath.Join(t.TempDir(), "q3.pdf"), false},
 			{"relative", relTo(t, v.Dir, "q3.pdf"), true},
 			{"new-directory", filepath.Join(v.Dir, "new", "dir", "q3.pdf"), true},
