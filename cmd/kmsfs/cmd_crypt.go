@@ -65,9 +65,9 @@ the cipher dir (a staging area, a backup), or, on a volume with names in
 clear, a path in it. On a volume with encrypted names -o into the cipher dir
 is refused unless it names the stored name of an existing plain path (kmsfs
 info PATH of the mount prints it): under any other name the mount would
-never show the file, so give --path instead. On stdout the cipher text is staged
-first in $TMPDIR (cipher text only; the plaintext never touches the disk),
-since a cipher file is written out of order. The new file gets PLAINFILE's
+never show the file, so give --path instead. On stdout the cipher text is
+staged first in $TMPDIR (cipher text only; the plaintext never touches the
+disk), since a cipher file is written out of order. The new file gets PLAINFILE's
 permission bits (0600 from stdin).
 
 A host with only the public key of the volume's AWS RSA key (a producer that
@@ -224,8 +224,10 @@ func runEncrypt(keyCtx keyContext, stop context.Context, v *volume.Volume, in, o
 	ctx, cancel := keyCtx()
 	defer cancel()
 	if rel != "" {
-		_, err := v.EncryptPath(ctx, rel, perm, src)
-		return err
+		if _, err := v.EncryptPath(ctx, rel, perm, src); err != nil {
+			return fmt.Errorf("encrypt: %w", err)
+		}
+		return nil
 	}
 	if out != stdio {
 		return volume.WriteAtomic(out, perm, func(dst *os.File) error {
