@@ -284,3 +284,49 @@ func TestCheckCipherOutputRelative(t *testing.T) {
 		})
 	}
 }
+
+// failingReader gives n bytes, then fails: an input cut off mid-way.
+type failingReader struct{ n int }
+
+func (r *failingReader) Read(p []byte) (int, error) {
+	if r.n == 0 {
+		return 0, errors.New("input cut off")
+	}
+	m := min(len(p), r.n)
+	r.n -= m
+	return m, nil
+}
+
+// TestEncryptPathWholeOrNothing: an input that fails mid-way leaves the
+// file at the plain path as it was (absent, or the old content), and no
+// temporary file in the cipher dir.
+func TestEncryptPathWholeOrNothing(t *testing.T) {
+	for _, encrypted := range []bool{true, false} {
+		for _, existing := range []bool{false, true} {
+			t.Run("encrypted="+boolName(encrypted)+",existing="+boolName(existing), func(t *testing.T) {
+				v := openMode(t, encrypted)
+				old := randomBytes(t, 5000)
+				if existing {
+					if err := encryptPath(t, v, "d/"+longDir, old); err != nil {
+						t.Fatalf("EncryptPath: %v", err)
+					}
+				}
+				if _, err := v.EncryptPath(ctx(t), "d/"+longDir, 0o600, &failingReader{n: 3 << 20}); err == nil {
+					t.Fatal("EncryptPath of a failing input succeeded")
+				}
+				got, err := decryptPath(t, v, "d/"+longDir)
+				switch {
+				case existing && (err != nil || !bytes.Equal(got, old)):
+					t.Fatalf("old file after a failed write: %d bytes, %v; want the %d of before", len(got), err, len(old))
+				case !existing && !errors.Is(err, volume.ErrNoFile):
+					t.Fatalf("after a failed write: %d bytes, %v; want %v", len(got), err, volume.ErrNoFile)
+				}
+				for _, n := range cipherNames(t, v.Dir) {
+					if strings.Contains(n, "kmsfs-tmp") {
+						t.Errorf("temporary %s left in the cipher dir", n)
+					}
+				}
+			})
+		}
+	}
+}
