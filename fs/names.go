@@ -1,8 +1,6 @@
 package fs
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"syscall"
@@ -11,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/envelope/names"
+	"github.com/kmsfs/kmsfs/internal/namestore"
 	"github.com/kmsfs/kmsfs/internal/safeopen"
 )
 
@@ -28,15 +27,10 @@ const (
 	targetSuffix = ".target"
 	// tmpPrefix starts the names of what is made under a temporary name
 	// and renamed into place (directories, side files).
-	tmpPrefix = ".kmsfs-tmp-"
-	// maxSide bounds a side file's read: the longest sealed long name.
-	maxSide = 272
+	tmpPrefix = namestore.TmpPrefix
 	// maxTargetSide bounds a long-target side file's read: the encoded
 	// form of the longest target.
 	maxTargetSide = ((16+16+names.MaxTargetLen)*8 + 5) / 6
-	// sideMode is the mode of kmsfs's own files next to the entries: only
-	// the daemon reads them.
-	sideMode = 0o400
 )
 
 // errDirID marks a directory whose kmsfs.dirid is missing or bad: its
@@ -122,24 +116,10 @@ func newEmptyDirID(fd int) (names.DirID, bool) {
 
 // readDirID reads the ID of the directory open as fd from its
 // names.DirIDFile link, never followed.
-func readDirID(fd int) (names.DirID, error) {
-	buf := make([]byte, 64) // more than any ID's target: a longer one is refused whole
-	m, err := unix.Readlinkat(fd, names.DirIDFile, buf)
-	if err == unix.EINVAL {
-		return names.DirID{}, fmt.Errorf("fs: %s is not a symbolic link", names.DirIDFile)
-	}
-	if err != nil {
-		return names.DirID{}, err
-	}
-	return names.ParseDirIDLink(string(buf[:m]))
-}
+func readDirID(fd int) (names.DirID, error) { return namestore.ReadDirID(fd) }
 
-// writeDirID gives the directory open as fd its ID. It is a symbolic link
-// and so needs no fsync (names.DirIDFile): the backing filesystem commits
-// its making before any later rename of the directory.
-func writeDirID(fd int, id names.DirID) error {
-	return unix.Symlinkat(id.LinkTarget(), fd, names.DirIDFile)
-}
+// writeDirID gives the directory open as fd its ID (namestore.WriteDirID).
+func writeDirID(fd int, id names.DirID) error { return namestore.WriteDirID(fd, id) }
 
 // readSmall reads the regular file name in directory dirfd, not followed
 // if it is a link, refusing one of more than max bytes.
@@ -147,80 +127,20 @@ func readSmall(dirfd int, name string, max int) ([]byte, error) {
 	return safeopen.ReadSmall(dirfd, name, max)
 }
 
-// tmpName returns a fresh temporary special name.
-func tmpName() (string, error) {
-	var b [12]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return "", fmt.Errorf("fs: temporary name: %w", err)
-	}
-	return tmpPrefix + hex.EncodeToString(b[:]), nil
-}
-
-// writeFileAt puts a file name holding data in directory dirfd, durably:
-// written under a temporary name, synced, then renamed over name, so that
-// name is never seen half-written.
+// writeFileAt puts a file name holding data in directory dirfd, durably
+// (namestore.WriteFileAt).
 func writeFileAt(dirfd int, name string, data []byte) error {
-	tmp, err := tmpName()
-	if err != nil {
-		return err
-	}
-	err = createFileAt(dirfd, tmp, data)
-	if err == nil {
-		err = unix.Renameat(dirfd, tmp, dirfd, name)
-	}
-	if err != nil {
-		unix.Unlinkat(dirfd, tmp, 0)
-	}
-	return err
-}
-
-// createFileAt makes the new file name in directory dirfd, holding data,
-// synced.
-func createFileAt(dirfd int, name string, data []byte) error {
-	fd, err := unix.Openat(dirfd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, sideMode)
-	if err != nil {
-		return err
-	}
-	err = writeAll(fd, data)
-	if err == nil {
-		err = unix.Fsync(fd)
-	}
-	if cerr := unix.Close(fd); err == nil {
-		err = cerr
-	}
-	return err
-}
-
-func writeAll(fd int, data []byte) error {
-	for len(data) > 0 {
-		m, err := unix.Write(fd, data)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		data = data[m:]
-	}
-	return nil
+	return namestore.WriteFileAt(dirfd, name, data)
 }
 
 // writeLongSide writes the side file of a long name before its entry is
-// made or moved in: a crash may leave a side file without its entry
-// (never listed), never an entry without its side file.
+// made or moved in (namestore.WriteLongSide).
 func writeLongSide(dirfd int, nm names.Name) syscall.Errno {
-	if nm.Side == nil {
-		return 0
-	}
-	return gofs.ToErrno(writeFileAt(dirfd, nm.Backing+names.LongSuffix, nm.Side))
+	return gofs.ToErrno(namestore.WriteLongSide(dirfd, nm))
 }
 
 // removeLongSide removes the side file of a long name whose entry is gone.
-func removeLongSide(dirfd int, nm names.Name) {
-	if nm.Side != nil {
-		unix.Unlinkat(dirfd, nm.Backing+names.LongSuffix, 0)
-	}
-}
+func removeLongSide(dirfd int, nm names.Name) { namestore.RemoveLongSide(dirfd, nm) }
 
 // decryptEntry returns the plaintext name of the backing entry backing of
 // directory dirfd, whose ID is id; ok is false for kmsfs's own files,
@@ -231,7 +151,7 @@ func (r *root) decryptEntry(dirfd int, id names.DirID, backing string) (name str
 	case backing == "." || backing == "..":
 		return backing, true, nil
 	case names.IsLong(backing):
-		side, err := readSmall(dirfd, backing+names.LongSuffix, maxSide)
+		side, err := namestore.ReadLongSide(dirfd, backing)
 		if err != nil {
 			return "", true, fmt.Errorf("fs: side file of %s: %w", backing, err)
 		}

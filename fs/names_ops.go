@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/envelope/names"
+	"github.com/kmsfs/kmsfs/internal/namestore"
 )
 
 // The directory operations with Options.Names: a directory is made
@@ -21,45 +23,10 @@ import (
 // mkdirNamed makes the directory nm in directory fd with its new ID: a
 // crash leaves either nothing visible or the whole directory.
 func (n *Node) mkdirNamed(fd int, nm names.Name, mode uint32) syscall.Errno {
-	tmp, err := tmpName()
-	if err != nil {
-		return syscall.EIO
-	}
-	// The daemon must be able to write the ID in, whatever mode was asked.
-	if err := unix.Mkdirat(fd, tmp, mode|0o700); err != nil {
-		return gofs.ToErrno(err)
-	}
-	dfd, err := unix.Openat(fd, tmp, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		unix.Unlinkat(fd, tmp, unix.AT_REMOVEDIR)
-		return gofs.ToErrno(err)
-	}
-	defer unix.Close(dfd)
-	errno := func() syscall.Errno {
-		id, err := names.NewDirID()
-		if err != nil {
-			return syscall.EIO
-		}
-		if err := writeDirID(dfd, id); err != nil {
-			return gofs.ToErrno(err)
-		}
-		if mode&0o700 != 0o700 {
-			var st unix.Stat_t
-			if err := unix.Fstat(dfd, &st); err != nil {
-				return gofs.ToErrno(err)
-			}
-			if err := unix.Fchmod(dfd, st.Mode&0o7777&^0o700|mode&0o700); err != nil {
-				return gofs.ToErrno(err)
-			}
-		}
-		if errno := writeLongSide(fd, nm); errno != 0 {
-			return errno
-		}
-		return gofs.ToErrno(unix.Renameat2(fd, tmp, fd, nm.Backing, unix.RENAME_NOREPLACE))
-	}()
-	if errno != 0 {
-		unix.Unlinkat(dfd, names.DirIDFile, 0)
-		unix.Unlinkat(fd, tmp, unix.AT_REMOVEDIR)
+	err := namestore.Mkdir(fd, nm, mode)
+	var errno syscall.Errno
+	if err != nil && !errors.As(err, &errno) {
+		return syscall.EIO // no ID or temporary name could be drawn
 	}
 	return errno
 }

@@ -212,17 +212,10 @@ func cryKeySource(t *testing.T, keys func(t *testing.T) ([]string, []string), en
 // there with a clear error; the file decrypts where KMS Decrypt is allowed.
 func TestCryptPublicKeyOnly(t *testing.T) {
 	e := fusetest.KMS(t)
-	v := suite.InitVolume(t, fusetest.CLIOptions{Keys: []string{"awskms:" + e.RSAEncrypt.ARN}, Env: fusetest.AWSEnv(e)})
-	pub, err := e.Client().GetPublicKey(t.Context(), &kms.GetPublicKeyInput{KeyId: aws.String(e.RSAEncrypt.ARN)})
-	if err != nil {
-		t.Fatalf("GetPublicKey: %v", err)
-	}
-	pubFile := filepath.Join(t.TempDir(), "key.pub")
-	if err := os.WriteFile(pubFile, pub.PublicKey, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	// Nothing listens at port 9 of the loopback: any KMS call fails.
-	noKMS := []string{"AWS_ENDPOINT_URL_KMS=http://127.0.0.1:9"}
+	// Names in clear: a host with only the public key cannot unwrap the
+	// name key, and places files by their names (README).
+	v := suite.InitVolume(t, fusetest.CLIOptions{Keys: []string{"awskms:" + e.RSAEncrypt.ARN}, Env: fusetest.AWSEnv(e), InitArgs: []string{"--plaintext-names"}})
+	pubFile, noKMS := cryPublicKey(t, e)
 	plain := cryPlain(t, crySize)
 	cryMust(t, v, plain, noKMS, "encrypt", "--volume", v.Cipher, "--public-key-file", pubFile, "-o", v.CipherPath("produced"))
 
@@ -252,6 +245,23 @@ func TestCryptPublicKeyOnly(t *testing.T) {
 	if got := cryMust(t, v, nil, nil, "decrypt", "--volume", v.Cipher, v.CipherPath("produced")); !bytes.Equal(got, plain) {
 		t.Fatalf("decrypt with KMS gave %d bytes, not the %d encrypted", len(got), len(plain))
 	}
+}
+
+// cryPublicKey writes the public key of e's RSA key to a file, as a
+// producer host holds it, and returns its path and the environment of a
+// host that cannot reach KMS: nothing listens at port 9 of the loopback,
+// so any KMS call fails.
+func cryPublicKey(t *testing.T, e *kmstest.Emulator) (string, []string) {
+	t.Helper()
+	pub, err := e.Client().GetPublicKey(t.Context(), &kms.GetPublicKeyInput{KeyId: aws.String(e.RSAEncrypt.ARN)})
+	if err != nil {
+		t.Fatalf("GetPublicKey: %v", err)
+	}
+	pubFile := filepath.Join(t.TempDir(), "key.pub")
+	if err := os.WriteFile(pubFile, pub.PublicKey, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return pubFile, []string{"AWS_ENDPOINT_URL_KMS=http://127.0.0.1:9"}
 }
 
 // TestCryptUsageErrors covers the usage errors a

@@ -9,12 +9,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/envelope/names"
+	"github.com/kmsfs/kmsfs/internal/namestore"
 	"github.com/kmsfs/kmsfs/internal/safeopen"
 )
-
-// maxNameSide bounds the read of a long name's side file: the sealed form
-// of the longest name, its synthetic IV and the name padded to 16 bytes.
-const maxNameSide = 16 + (names.MaxNameLen+15)/16*16
 
 // ErrNameAuth means a cipher path has no plain path because a name on it,
 // or the ID of a directory on it, fails to authenticate: it was changed,
@@ -151,7 +148,7 @@ func (p *plainPaths) entry(rel string, id names.DirID, base string) (string, err
 	var err error
 	if names.IsLong(base) {
 		var side []byte
-		side, err = p.readAt(rel, func(fd int) ([]byte, error) { return safeopen.ReadSmall(fd, base+names.LongSuffix, maxNameSide) })
+		side, err = p.readAt(rel, func(fd int) ([]byte, error) { return namestore.ReadLongSide(fd, base) })
 		if err != nil {
 			return "", fmt.Errorf("volume: side file %s%s of %s: %w", base, names.LongSuffix, p.where(rel), err)
 		}
@@ -167,23 +164,17 @@ func (p *plainPaths) entry(rel string, id names.DirID, base string) (string, err
 
 // dirID reads the ID of the directory rel from its names.DirIDFile link.
 func (p *plainPaths) dirID(rel string) (names.DirID, error) {
-	target, err := p.readAt(rel, func(fd int) ([]byte, error) {
-		buf := make([]byte, 64) // more than any ID's target: a longer one is refused whole
-		n, err := unix.Readlinkat(fd, names.DirIDFile, buf)
-		if err == unix.EINVAL {
-			return nil, errors.New("is not a symbolic link")
-		}
-		if err != nil {
-			return nil, err
-		}
-		return buf[:n], nil
+	var id names.DirID
+	_, err := p.readAt(rel, func(fd int) ([]byte, error) {
+		var err error
+		id, err = namestore.ReadDirID(fd)
+		return nil, err
 	})
-	if err != nil {
-		return names.DirID{}, fmt.Errorf("volume: %s of %s: %w", names.DirIDFile, p.where(rel), err)
-	}
-	id, err := names.ParseDirIDLink(string(target))
-	if err != nil {
+	switch {
+	case errors.Is(err, names.ErrInvalidName):
 		return names.DirID{}, fmt.Errorf("volume: %s of %s: %w: %w", names.DirIDFile, p.where(rel), ErrNameAuth, err)
+	case err != nil:
+		return names.DirID{}, fmt.Errorf("volume: %s of %s: %w", names.DirIDFile, p.where(rel), err)
 	}
 	return id, nil
 }

@@ -23,6 +23,7 @@ const stdio = "-"
 type cryptFlags struct {
 	volume         string
 	output         string
+	path           string
 	passphraseFile string
 	publicKeyFile  string
 	timeout        time.Duration
@@ -33,6 +34,7 @@ func addCryptFlags(c *cobra.Command, f *cryptFlags) {
 	fl := c.Flags()
 	fl.StringVar(&f.volume, "volume", "", "the cipher dir whose kmsfs.conf (approved on this host) gives the keys and layout (required)")
 	fl.StringVarP(&f.output, "output", "o", stdio, "write to this file instead of stdout; it appears whole or not at all (temporary file, then rename)")
+	fl.StringVar(&f.path, "path", "", "the file's plain path in the volume (slash-separated, relative to its root, as a mount shows it), read or written in the cipher dir directly")
 	fl.StringVar(&f.passphraseFile, "passphrase-file", "", "file holding the passphrase for local:passphrase")
 	fl.StringVar(&f.publicKeyFile, "public-key-file", "", "awskms RSA key: wrap with this public key (DER or PEM) only, with no KMS call; such a host can encrypt, not decrypt")
 	fl.DurationVar(&f.timeout, "timeout", 60*time.Second, "bound on opening the volume's keys and on each key call")
@@ -42,27 +44,40 @@ func addCryptFlags(c *cobra.Command, f *cryptFlags) {
 func newEncryptCmd() *cobra.Command {
 	f := &cryptFlags{}
 	c := &cobra.Command{
-		Use:   "encrypt --volume CIPHERDIR [-o CIPHERFILE] [PLAINFILE|-]",
+		Use:   "encrypt --volume CIPHERDIR (--path REL | -o CIPHERFILE) [PLAINFILE|-]",
 		Short: "Encrypt a file for a volume without mounting it",
 		Long: `encrypt reads plaintext from PLAINFILE (or stdin when it is - or missing) and
-writes a cipher file of the volume in CIPHERDIR to -o (default stdout): exactly
-the file a mount writes, so placed in the cipher dir under a name, it reads
-back through the mount under that name. Its data key comes from the volume's
-keys as this host approved them (kmsfs trust); the volume need not be mounted,
-and a mount may be running.
+writes it as a file of the volume in CIPHERDIR. Its data key comes from the
+volume's keys as this host approved them (kmsfs trust); the volume need not be
+mounted, and a mount may be running.
 
-With -o the file appears whole or not at all: encrypt writes a temporary file
-in the same directory and renames it over -o once complete, so a mount or a
-sync job reading the cipher dir never sees a half-written file. The new file
-gets PLAINFILE's permission bits (0600 from stdin). On stdout the cipher text
-is staged first in $TMPDIR (cipher text only; the plaintext never touches the
-disk), since a cipher file is written out of order.
+With --path REL the file goes straight into the cipher dir at the plain path
+REL (relative to the volume's root, as a mount shows it): its name, and the
+name of every directory on the way, is stored exactly as a mount stores it
+(encrypted under its directory's ID on a volume with encrypted names, the
+default), and missing directories are made (mode 0755). The file appears whole
+or not at all: it is written under a temporary name in its directory, synced
+and renamed over the old file at REL, so a mount or a sync job never sees a
+half-written file.
+
+With -o the cipher file goes to CIPHERFILE (default stdout): a file outside
+the cipher dir (a staging area, a backup), or, on a volume with names in
+clear, a path in it. On a volume with encrypted names -o into the cipher dir
+is refused unless it names the stored name of an existing plain path (kmsfs
+info PATH of the mount prints it): under any other name the mount would
+never show the file, so give --path instead. On stdout the cipher text is
+staged first in $TMPDIR (cipher text only; the plaintext never touches the
+disk), since a cipher file is written out of order. The new file gets PLAINFILE's
+permission bits (0600 from stdin).
 
 A host with only the public key of the volume's AWS RSA key (a producer that
-may encrypt but never decrypt) passes --public-key-file: no KMS call is made.`,
-		Example: `  kmsfs encrypt --volume /srv/cipher -o /srv/cipher/reports/q3.pdf q3.pdf
-  pg_dump app | kmsfs encrypt --volume /srv/cipher -o /srv/cipher/dumps/app.sql
-  kmsfs encrypt --volume /srv/cipher --public-key-file /etc/kmsfs/backups.pub -o /srv/cipher/in/x.tar x.tar
+may encrypt but never decrypt) passes --public-key-file: no KMS call is made.
+Such a host cannot unwrap the name key, so --path works only on a volume made
+with kmsfs init --plaintext-names; on one with encrypted names, write with -o
+to a staging area and place the file from a host that holds the key.`,
+		Example: `  kmsfs encrypt --volume /srv/cipher --path reports/q3.pdf q3.pdf
+  pg_dump app | kmsfs encrypt --volume /srv/cipher --path dumps/app.sql
+  kmsfs encrypt --volume /srv/plain-names-cipher --public-key-file /etc/kmsfs/backups.pub --path in/x.tar x.tar
   tar c /etc | kmsfs encrypt --volume /srv/cipher > etc.tar.kmsfs`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -76,13 +91,18 @@ may encrypt but never decrypt) passes --public-key-file: no KMS call is made.`,
 func newDecryptCmd() *cobra.Command {
 	f := &cryptFlags{}
 	c := &cobra.Command{
-		Use:   "decrypt --volume CIPHERDIR [-o PLAINFILE] [CIPHERFILE|-]",
-		Short: "Decrypt one cipher file without mounting its volume",
-		Long: `decrypt reads a cipher file of the volume in CIPHERDIR from CIPHERFILE (or stdin
-when it is - or missing) and writes its plaintext to -o (default stdout): to
-restore one file out of a backup of the cipher dir, say. CIPHERFILE may lie
-anywhere (a restored copy); its header must name the volume. A symlink is
-refused: name the cipher file itself.
+		Use:   "decrypt --volume CIPHERDIR [-o PLAINFILE] (--path REL | CIPHERFILE | -)",
+		Short: "Decrypt one file of a volume without mounting it",
+		Long: `decrypt writes the plaintext of one file of the volume in CIPHERDIR to -o
+(default stdout): to restore one file out of a backup of the cipher dir, say.
+
+With --path REL it reads the file at the plain path REL of the volume (as a
+mount shows it; the volume may be mounted or not): each name on the path is
+encrypted under its directory's ID and looked up, so a name moved there from
+another directory in the cipher dir does not resolve, and no symbolic link on
+the way is followed. Otherwise it reads the cipher file CIPHERFILE (or stdin
+when it is - or missing), which may lie anywhere (a restored copy); its header
+must name the volume. A symlink is refused: name the cipher file itself.
 
 Every block is authenticated before its plaintext is written. With -o the
 plaintext goes to a temporary file renamed over -o only once the whole file
@@ -90,11 +110,11 @@ has authenticated: a damaged or altered cipher file leaves no plaintext
 behind, and the error names the file, the block and its plaintext offset. On
 stdout, output stops at the first block that fails (what came before it is
 authentic) and decrypt exits non-zero: check the exit status in pipelines.
-The output gets CIPHERFILE's permission bits (0600 from stdin).
+The output gets the cipher file's permission bits (0600 from stdin).
 
 decrypt needs a key that decrypts: with --public-key-file it is refused.`,
-		Example: `  kmsfs decrypt --volume /srv/cipher -o /tmp/q3.pdf /mnt/backup/cipher/reports/q3.pdf
-  kmsfs decrypt --volume /srv/cipher /srv/cipher/dumps/app.sql | psql app
+		Example: `  kmsfs decrypt --volume /mnt/backup/cipher --path reports/q3.pdf -o /tmp/q3.pdf
+  kmsfs decrypt --volume /srv/cipher --path dumps/app.sql | psql app
   kmsfs decrypt --volume /srv/cipher < etc.tar.kmsfs | tar t`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -115,7 +135,13 @@ func inputArg(args []string) string {
 
 // runCrypt encrypts (or decrypts) in to f.output against f.volume.
 func runCrypt(ctx context.Context, f *cryptFlags, trustDir, in string, encrypt bool) error {
-	if encrypt && f.output == stdio && isTerminal(os.Stdout) {
+	if f.path != "" && encrypt && f.output != stdio {
+		return errors.New("encrypt: give --path (into the volume) or -o (a cipher file elsewhere), not both")
+	}
+	if f.path != "" && !encrypt && in != stdio {
+		return errors.New("decrypt: give --path (a file of the volume) or a CIPHERFILE, not both")
+	}
+	if encrypt && f.path == "" && f.output == stdio && isTerminal(os.Stdout) {
 		return errors.New("encrypt: not writing cipher text to a terminal: give -o FILE or redirect stdout")
 	}
 	// A stop (Ctrl-C, SIGTERM) ends the copy at the next chunk, so that
@@ -146,9 +172,14 @@ func runCrypt(ctx context.Context, f *cryptFlags, trustDir, in string, encrypt b
 	// use up the bound of the unwrap that follows it.
 	keyCtx := func() (context.Context, context.CancelFunc) { return context.WithTimeout(ctx, f.timeout) }
 	if encrypt {
-		return runEncrypt(keyCtx, ctx, v, in, f.output)
+		if f.path == "" && f.output != stdio {
+			if err := v.CheckCipherOutput(f.output); err != nil {
+				return fmt.Errorf("encrypt: %w", err)
+			}
+		}
+		return runEncrypt(keyCtx, ctx, v, in, f.output, f.path)
 	}
-	return runDecrypt(keyCtx, ctx, v, in, f.output)
+	return runDecrypt(keyCtx, ctx, v, in, f.output, f.path)
 }
 
 // keyContext returns a context that bounds one key call.
@@ -175,7 +206,7 @@ func (s stoppable) Write(p []byte) (int, error) {
 	return s.w.Write(p)
 }
 
-func runEncrypt(keyCtx keyContext, stop context.Context, v *volume.Volume, in, out string) error {
+func runEncrypt(keyCtx keyContext, stop context.Context, v *volume.Volume, in, out, rel string) error {
 	var src io.Reader = os.Stdin
 	perm := os.FileMode(0o600)
 	if in != stdio {
@@ -192,6 +223,12 @@ func runEncrypt(keyCtx keyContext, stop context.Context, v *volume.Volume, in, o
 	src = stoppable{stop: stop, r: src}
 	ctx, cancel := keyCtx()
 	defer cancel()
+	if rel != "" {
+		if _, err := v.EncryptPath(ctx, rel, perm, src); err != nil {
+			return fmt.Errorf("encrypt: %w", err)
+		}
+		return nil
+	}
 	if out != stdio {
 		return volume.WriteAtomic(out, perm, func(dst *os.File) error {
 			_, err := v.Encrypt(ctx, dst, src)
@@ -217,10 +254,20 @@ func runEncrypt(keyCtx keyContext, stop context.Context, v *volume.Volume, in, o
 	return nil
 }
 
-func runDecrypt(keyCtx keyContext, stop context.Context, v *volume.Volume, in, out string) error {
+func runDecrypt(keyCtx keyContext, stop context.Context, v *volume.Volume, in, out, rel string) error {
 	var src *os.File
 	perm, name := os.FileMode(0o600), in
-	if in == stdio {
+	if rel != "" {
+		var err error
+		if src, err = v.OpenPath(rel); err != nil {
+			return fmt.Errorf("decrypt: %w", err)
+		}
+		defer src.Close()
+		name = rel
+		if fi, err := src.Stat(); err == nil {
+			perm = fi.Mode().Perm()
+		}
+	} else if in == stdio {
 		name = "stdin"
 		fi, err := os.Stdin.Stat()
 		if err != nil {
