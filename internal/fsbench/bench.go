@@ -44,6 +44,7 @@ type bench struct {
 	daemons   []daemonRun
 	blockSize int               // the kmsfs volumes' block size
 	floors    []gcmfloor.Result // the AES-GCM floor, once per round of a group that asks for it
+	scrapes   []scrape          // one per round of a variant with metrics on
 }
 
 func newBench(cfg *config) (*bench, error) {
@@ -86,7 +87,7 @@ func (b *bench) prepare(ctx context.Context) error {
 	if err := mountTmpfs(b.tmpfs, tmpfsSize); err != nil {
 		return err
 	}
-	for _, fs := range []string{fsKmsfs, fsKmsfsNames, fsLoop} {
+	for _, fs := range []string{fsKmsfs, fsKmsfsNames, fsKmsfsMetrics, fsLoop} {
 		if err := os.Mkdir(b.mountPoint(fs), 0o755); err != nil {
 			return err
 		}
@@ -165,8 +166,9 @@ func (b *bench) mount(ctx context.Context, g group, fs string, round int) (*daem
 	}
 	// The volume is approved in a trust dir of its own, not the host's.
 	env := append(b.awsEnv(b.proxy(g)), "KMSFS_TRUST_DIR="+filepath.Join(top, "trust"))
+	v, _ := g.variant(fs)
 	initArgs := []string{"init", "--key", keySpec}
-	if fs != fsKmsfsNames {
+	if !v.encryptedNames {
 		initArgs = append(initArgs, "--plaintext-names")
 	}
 	if err := runCmd(ctx, env, b.cfg.kmsfsBin, append(initArgs, backing)...); err != nil {
@@ -178,14 +180,14 @@ func (b *bench) mount(ctx context.Context, g group, fs string, round int) (*daem
 	if err != nil {
 		return nil, top, err
 	}
-	if want := fs == fsKmsfsNames; c.EncryptedNames() != want {
+	if want := v.encryptedNames; c.EncryptedNames() != want {
 		return nil, top, fmt.Errorf("kmsfs %s made a volume with encrypted names %v, want %v (features %q)", strings.Join(initArgs, " "), c.EncryptedNames(), want, c.Features)
 	}
 	if b.meta.Volume == "" && fs == fsKmsfs {
 		b.meta.Volume = fmt.Sprintf("%s, block size %d, data-key policy %s, format %d", keySpec, c.BlockSize, c.DataKeyPolicy, c.FormatVersion)
 		b.blockSize = c.BlockSize
 	}
-	args := append(append([]string{"mount", "-f"}, b.cfg.mountFlags...), backing, mnt)
+	args := append(append(append([]string{"mount", "-f"}, b.cfg.mountFlags...), v.flags...), backing, mnt)
 	d, err := startDaemon(ctx, fs, b.cfg.kmsfsBin, args, env, mnt, logPath)
 	return d, top, err
 }
@@ -274,6 +276,15 @@ func (b *bench) runGroup(ctx context.Context, g group, fs string, round int) (er
 		b.samples = append(b.samples, s)
 		fmt.Fprintf(os.Stderr, "fsbench:   %-34s %10.2f %-4s  cpu %6.2f s  rss %4d MiB  kms %d\n",
 			p.label, s.Value, s.Unit, s.CPUSeconds, s.PeakRSSKiB>>10, total(calls))
+	}
+	if v, ok := g.variant(fs); ok && v.scrape {
+		sc, err := scrapeMetrics(ctx, d.log)
+		if err != nil {
+			return err
+		}
+		sc.Group, sc.Round = g.name, round
+		b.scrapes = append(b.scrapes, sc)
+		fmt.Fprintf(os.Stderr, "fsbench:   metrics endpoint %s: %d kmsfs_ series\n", sc.Addr, sc.Series)
 	}
 	return nil
 }

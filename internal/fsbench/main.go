@@ -7,10 +7,11 @@
 // For every group of phases (sequential, random, small files, untar, and
 // the small-file and untar phases again with the KMS 10 ms away) and every
 // round, it mounts kmsfs on a fresh volume, runs the phases, unmounts,
-// then does the same on the loopback: the two filesystems alternate. The
-// untar group runs a third time per round, between the two, on a kmsfs
-// volume with encrypted names, and the table sets those rows against
-// kmsfs with names in the clear of the same rounds. Each
+// then does the same on the loopback. A group may list variants of kmsfs
+// that run in the same rounds (the untar group on a volume with encrypted
+// names; the seq, rand and small groups with the metrics endpoint on), and
+// the table sets their rows against the plain kmsfs of the same rounds.
+// The order of the mounts rotates by round. Each
 // kmsfs volume uses an AWS KMS symmetric key of a local-kms emulator on
 // 127.0.0.1, reached through a counting proxy (internal/kmstest). Around
 // every phase it reads the daemon's CPU time and peak RSS from /proc.
@@ -52,13 +53,15 @@ import (
 )
 
 // The filesystems compared. fsKmsfs is kmsfs on a volume made with
-// `kmsfs init --plaintext-names`; fsKmsfsNames is kmsfs on a volume made by
-// `kmsfs init` (names encrypted), run only in the groups that ask for it
-// (group.names), beside it.
+// `kmsfs init --plaintext-names`; the others of kmsfs are its variants
+// (variant), run only in the groups that list them, in the same rounds:
+// fsKmsfsNames on a volume made by `kmsfs init` (names encrypted),
+// fsKmsfsMetrics with its metrics endpoint on.
 const (
-	fsKmsfs      = "kmsfs"
-	fsKmsfsNames = "kmsfs-names"
-	fsLoop       = "loopback"
+	fsKmsfs        = "kmsfs"
+	fsKmsfsNames   = "kmsfs-names"
+	fsKmsfsMetrics = "kmsfs-metrics"
+	fsLoop         = "loopback"
 )
 
 // Fixed parameters of the run.
@@ -185,16 +188,7 @@ func run(ctx context.Context) error {
 	}
 	for _, g := range groups {
 		for round := 1; round <= cfg.rounds; round++ {
-			// Which filesystem goes first alternates too: the first run
-			// after a pause finds colder caches and memory.
-			order := []string{fsKmsfs, fsLoop}
-			if g.names {
-				order = []string{fsKmsfs, fsKmsfsNames, fsLoop}
-			}
-			if round%2 == 0 {
-				slices.Reverse(order)
-			}
-			for _, fs := range order {
+			for _, fs := range roundOrder(g.filesystems(), round) {
 				if err := b.runGroup(ctx, g, fs, round); err != nil {
 					return fmt.Errorf("group %s, %s, round %d: %w", g.name, fs, round, err)
 				}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -50,16 +51,76 @@ type group struct {
 	// floor: after each round, measure the AES-GCM floor in process
 	// (gcmfloor), to set against the daemon CPU of the group's reads.
 	floor bool
-	// names: run kmsfs a second time per round on a volume with
-	// encrypted names (fsKmsfsNames), for rows set against names in the
-	// clear.
-	names bool
+	// variants are the other kmsfs configurations run in the same
+	// rounds as the plain kmsfs, each set against it row by row: a
+	// difference between runs of different rounds would be the host's.
+	variants []variant
+}
+
+// variant is a kmsfs configuration that differs from the plain kmsfs
+// column (names in the clear, no metrics) in one thing only.
+type variant struct {
+	fs     string // its name in the samples and its mount point
+	suffix string // appended to the phase keys of its rows
+	label  string // appended to the labels of its rows
+	base   string // what the plain kmsfs is to it, in the table: "names-off"
+	// encryptedNames: its volume is made by `kmsfs init` without
+	// --plaintext-names.
+	encryptedNames bool
+	// flags are added to its `kmsfs mount` flags.
+	flags []string
+	// scrape: at the end of each round, the metrics endpoint must answer
+	// with kmsfs series, or the rows measured a mount without metrics.
+	scrape bool
+}
+
+// namesOn is kmsfs on a volume with encrypted names (the default of
+// `kmsfs init`).
+func namesOn() variant {
+	return variant{fs: fsKmsfsNames, suffix: "-names", label: "names encrypted", base: "names-off", encryptedNames: true}
+}
+
+// metricsOn is kmsfs serving its metrics endpoint, on the same kind of
+// volume as the plain kmsfs. Port 0: rounds never race for a port, and the
+// daemon logs the address it got.
+func metricsOn() variant {
+	return variant{fs: fsKmsfsMetrics, suffix: "-metrics", label: "metrics on", base: "metrics-off",
+		flags: []string{"--metrics-listen", "127.0.0.1:0"}, scrape: true}
+}
+
+// variant returns the variant of g that runs as fs, if any.
+func (g group) variant(fs string) (variant, bool) {
+	for _, v := range g.variants {
+		if v.fs == fs {
+			return v, true
+		}
+	}
+	return variant{}, false
+}
+
+// filesystems returns what runs in each round of g: the plain kmsfs, its
+// variants, then the loopback.
+func (g group) filesystems() []string {
+	fss := []string{fsKmsfs}
+	for _, v := range g.variants {
+		fss = append(fss, v.fs)
+	}
+	return append(fss, fsLoop)
+}
+
+// roundOrder returns the order in which fss run in round (from 1): fss
+// rotated by one place per round, so that over len(fss) rounds each runs
+// once in each position. The first run after a pause finds colder caches
+// and memory, the last one a host that warmed up.
+func roundOrder(fss []string, round int) []string {
+	k := (round - 1) % len(fss)
+	return append(slices.Clone(fss[k:]), fss[:k]...)
 }
 
 // groupRun is one run of a group on one filesystem.
 type groupRun struct {
 	b     *bench
-	fs    string // fsKmsfs, fsKmsfsNames or fsLoop
+	fs    string // fsKmsfs, a variant's fs or fsLoop
 	round int
 	dir   string // the mount point
 }
@@ -67,11 +128,11 @@ type groupRun struct {
 // groups returns every group in the order they run.
 func (b *bench) groups() []group {
 	s := b.sizes
-	seq := group{name: "seq", setup: b.prefault, floor: true, phases: []phase{
+	seq := group{name: "seq", setup: b.prefault, floor: true, variants: []variant{metricsOn()}, phases: []phase{
 		{key: "seq-write", label: fmt.Sprintf("seq write %s bs=1M", human(s.seq)), unit: unitMBps, run: b.seqWrite},
 		{key: "seq-read-cold", label: fmt.Sprintf("seq read %s bs=1M, cold", human(s.seq)), unit: unitMBps, drop: true, run: b.seqRead},
 	}}
-	rand := group{name: "rand", setup: b.randLayout, phases: []phase{
+	rand := group{name: "rand", setup: b.randLayout, variants: []variant{metricsOn()}, phases: []phase{
 		{key: "randread-1", label: "rand read 4K, 1 job, cold", unit: unitIOPS, drop: true, run: b.randIO("randread", 1)},
 		{key: "randread-4", label: "rand read 4K, 4 jobs, cold", unit: unitIOPS, drop: true, run: b.randIO("randread", 4)},
 		{key: "randwrite-1", label: "rand write 4K, 1 job", unit: unitIOPS, drop: true, run: b.randIO("randwrite", 1)},
@@ -91,8 +152,8 @@ func (b *bench) groups() []group {
 	}
 	return []group{
 		seq, rand,
-		{name: "small", phases: small},
-		{name: "untar", phases: untar, names: true},
+		{name: "small", phases: small, variants: []variant{metricsOn()}},
+		{name: "untar", phases: untar, variants: []variant{namesOn()}},
 		{name: "small-kms10ms", phases: withSlowKMS(small), slowKMS: true},
 		{name: "untar-kms10ms", phases: withSlowKMS(untar), slowKMS: true},
 	}

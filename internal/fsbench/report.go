@@ -124,12 +124,18 @@ type row struct {
 	Target   string             `json:"target"`
 	Verdict  string             `json:"verdict"`
 	HaveLoop bool               `json:"-"`
-	// Names marks a row of kmsfs with encrypted names (fsKmsfsNames in
-	// the kmsfs columns); NamesOff is the same phase's median on kmsfs
-	// with names in the clear, and NamesRatio this row's median over it.
-	Names      bool    `json:"names_encrypted"`
-	NamesOff   float64 `json:"names_off,omitempty"`
-	NamesRatio float64 `json:"names_ratio,omitempty"`
+	// Variant names the kmsfs variant in the kmsfs columns ("names
+	// encrypted", "metrics on"), empty for the plain kmsfs; Base is the
+	// same phase's median on the plain kmsfs of the same rounds, and
+	// VsBase this row's median over it.
+	Variant string  `json:"variant,omitempty"`
+	Base    float64 `json:"base,omitempty"`
+	VsBase  float64 `json:"vs_base,omitempty"`
+	// Noise is the relative spread of the plain kmsfs over the rounds
+	// (at least noiseMin), the band a metrics-on row is judged in.
+	Noise   float64 `json:"noise_band,omitempty"`
+	names   bool    // a variant with encrypted names
+	metrics bool    // a variant with metrics on
 }
 
 // pick returns the samples of one phase on one filesystem.
@@ -149,31 +155,32 @@ func (b *bench) rows(groups []group) []row {
 		for _, p := range g.phases {
 			plain := b.row(g, p, fsKmsfs)
 			rows = append(rows, plain)
-			if !g.names {
-				continue
+			for _, v := range g.variants {
+				r := b.row(g, p, v.fs)
+				r.Base = plain.Kmsfs
+				if plain.Kmsfs > 0 {
+					r.VsBase = r.Kmsfs / plain.Kmsfs
+				}
+				r.Noise = spread(b.pick(g.name, p.key, fsKmsfs))
+				r.Target, r.Verdict = judge(g, p, r)
+				rows = append(rows, r)
 			}
-			r := b.row(g, p, fsKmsfsNames)
-			if plain.Kmsfs > 0 {
-				r.NamesRatio = r.Kmsfs / plain.Kmsfs
-			}
-			r.NamesOff = plain.Kmsfs
-			r.Target, r.Verdict = judge(g, p, r)
-			rows = append(rows, r)
 		}
 	}
 	return rows
 }
 
 // row returns the row of phase p of group g with kmsfs (fs: fsKmsfs or
-// fsKmsfsNames) against the loopback.
+// one of g's variants) against the loopback.
 func (b *bench) row(g group, p phase, fs string) row {
 	k := b.pick(g.name, p.key, fs)
 	l := b.pick(g.name, p.key, fsLoop)
 	r := row{Group: g.name, Phase: p.key, Label: p.label, Unit: p.unit, KMSCalls: map[string]float64{}, HaveLoop: len(l) > 0}
-	if fs == fsKmsfsNames {
-		r.Phase += "-names"
-		r.Label += ", names encrypted"
-		r.Names = true
+	if v, ok := g.variant(fs); ok {
+		r.Phase += v.suffix
+		r.Label += ", " + v.label
+		r.Variant = v.label
+		r.names, r.metrics = v.encryptedNames, v.scrape
 	}
 	r.Kmsfs, r.CPUKmsfs, r.RSSKmsfs = stats(k)
 	r.Loop, r.CPULoop, r.RSSLoop = stats(l)
@@ -208,6 +215,26 @@ func stats(ss []sample) (value, cpu, rssMiB float64) {
 	return benchfmt.Median(vs), benchfmt.Median(cs), rssMiB
 }
 
+// spread returns the relative spread of samples' values, (max-min) over
+// the median, and at least noiseMin: what one configuration moves by
+// between the rounds of this run.
+func spread(ss []sample) float64 {
+	if len(ss) == 0 {
+		return noiseMin
+	}
+	var vs []float64
+	lo, hi := ss[0].Value, ss[0].Value
+	for _, s := range ss {
+		vs = append(vs, s.Value)
+		lo, hi = min(lo, s.Value), max(hi, s.Value)
+	}
+	med := benchfmt.Median(vs)
+	if med <= 0 {
+		return noiseMin
+	}
+	return max(noiseMin, (hi-lo)/med)
+}
+
 // Targets, as ratios kmsfs/loopback: what kmsfs should hold against a
 // daemon that moves the same bytes without encrypting them.
 const (
@@ -220,6 +247,9 @@ const (
 	// namesMax bounds the time of a phase with encrypted names against
 	// the same phase with names in the clear, in the same rounds.
 	namesMax = 1.1
+	// noiseMin is the narrowest noise band a metrics-on row is judged
+	// in: three rounds can agree closely by chance.
+	noiseMin = 0.05
 )
 
 // judge returns the row's acceptance target and whether it holds.
@@ -232,8 +262,13 @@ func judge(g group, p phase, r row) (string, string) {
 		}
 	}
 	switch {
-	case r.Names:
-		check(fmt.Sprintf("names<=%.1f", namesMax), r.NamesRatio <= namesMax)
+	case r.names:
+		check(fmt.Sprintf("names<=%.1f", namesMax), r.VsBase <= namesMax)
+	case r.metrics && p.unit == unitSec:
+		// Only a cost is flagged: metrics on ahead of off is noise too.
+		check(fmt.Sprintf("metrics<=%.2f", 1+r.Noise), r.VsBase <= 1+r.Noise)
+	case r.metrics:
+		check(fmt.Sprintf("metrics>=%.2f", 1-r.Noise), r.VsBase >= 1-r.Noise)
 	case strings.HasPrefix(p.key, "seq-"):
 		check(fmt.Sprintf(">=%.2f", seqMin), r.Ratio >= seqMin)
 		if p.key == "seq-read-cold" {
@@ -251,7 +286,7 @@ func judge(g group, p phase, r row) (string, string) {
 	}
 	target := strings.Join(targets, " ")
 	switch {
-	case r.Names && r.NamesOff == 0, !r.Names && !r.HaveLoop:
+	case r.Variant != "" && r.Base == 0, r.Variant == "" && !r.HaveLoop:
 		return target, "-"
 	case len(misses) > 0:
 		return target, "MISS " + strings.Join(misses, " ")
@@ -295,7 +330,7 @@ func (b *bench) table(rows []row) string {
 	if m.OtherCPUSeconds > 0.05*m.BusyCPUSeconds {
 		fmt.Fprintln(&w, "NOTE: other processes competed for the CPUs during the run: the numbers are noisy")
 	}
-	fmt.Fprintf(&w, "runs: %d rounds (medians; peak RSS: the largest), kmsfs and loopback alternating (loopback first in even rounds), fresh mount and backing dir per group and round, backing dirs on tmpfs (%s)", m.Rounds, m.Tmpfs)
+	fmt.Fprintf(&w, "runs: %d rounds (medians; peak RSS: the largest), kmsfs, its variants and loopback in an order rotated by round, fresh mount and backing dir per group and round, backing dirs on tmpfs (%s)", m.Rounds, m.Tmpfs)
 	if m.Quick {
 		fmt.Fprint(&w, ", BENCH_QUICK=1 (reduced sizes)")
 	}
@@ -311,7 +346,7 @@ func (b *bench) table(rows []row) string {
 	}
 	fmt.Fprintln(&w)
 
-	header := []string{"phase", "unit", "kmsfs", "loopback", "ratio", "vs names-off", "target", "verdict", "cpu-s kmsfs", "cpu-s loop", "cpu ratio", "rss MiB kmsfs", "rss MiB loop", "KMS calls (kmsfs)"}
+	header := []string{"phase", "unit", "kmsfs", "loopback", "ratio", "vs off", "target", "verdict", "cpu-s kmsfs", "cpu-s loop", "cpu ratio", "rss MiB kmsfs", "rss MiB loop", "KMS calls (kmsfs)"}
 	cells := [][]string{header}
 	for _, r := range rows {
 		loop, ratio, cpuLoop, cpuRatio, rssLoop := "-", "-", "-", "-", "-"
@@ -324,11 +359,11 @@ func (b *bench) table(rows []row) string {
 			}
 			rssLoop = fmt.Sprintf("%.0f", r.RSSLoop)
 		}
-		names := "-"
-		if r.Names && r.NamesOff > 0 {
-			names = fmt.Sprintf("%.2f", r.NamesRatio)
+		vs := "-"
+		if r.Variant != "" && r.Base > 0 {
+			vs = fmt.Sprintf("%.2f", r.VsBase)
 		}
-		cells = append(cells, []string{r.Label, r.Unit, valueCell(r.Unit, r.Kmsfs), loop, ratio, names, r.Target, r.Verdict,
+		cells = append(cells, []string{r.Label, r.Unit, valueCell(r.Unit, r.Kmsfs), loop, ratio, vs, r.Target, r.Verdict,
 			fmt.Sprintf("%.2f", r.CPUKmsfs), cpuLoop, cpuRatio, fmt.Sprintf("%.0f", r.RSSKmsfs), rssLoop, kmsCell(r.KMSCalls)})
 	}
 	writeAligned(&w, cells)
@@ -394,10 +429,29 @@ func (b *bench) notes(w io.Writer) {
 	fmt.Fprintln(w, "  (which uses no KMS) measured again in the same rounds, so that both sides see the same host. KMS calls: median")
 	fmt.Fprintln(w, "  requests per phase (GDK GenerateDataKey, Dec Decrypt, Desc DescribeKey).")
 	fmt.Fprintf(w, "untar: %s, tarred once onto the tmpfs; find/du counts checked against the tar.\n", b.tarName)
-	fmt.Fprintln(w, "names encrypted: the kmsfs columns of those rows are kmsfs on a volume made by `kmsfs init` (names encrypted,")
-	fmt.Fprintln(w, "  the default); every other kmsfs column is a volume made with `kmsfs init --plaintext-names`. The names rows are")
-	fmt.Fprintln(w, "  run in the same rounds between kmsfs and the loopback (kmsfs, names, loopback; reversed in even rounds);")
-	fmt.Fprintln(w, "  vs names-off = its median / the median of the row above it (kmsfs, names in the clear), lower is better.")
+	fmt.Fprintln(w, "variants: rows \"…, names encrypted\" and \"…, metrics on\" are kmsfs variants run in the same rounds as the plain")
+	fmt.Fprintln(w, "  kmsfs and the loopback, in an order rotated by round (kmsfs, variant, loopback; then variant, loopback, kmsfs; ...);")
+	fmt.Fprintln(w, "  vs off = the row's median / the plain kmsfs median of the same phase (the first row of the phase).")
+	fmt.Fprintln(w, "  names encrypted: a volume made by `kmsfs init` (the default); every other kmsfs column is a volume made with")
+	fmt.Fprintln(w, "  `kmsfs init --plaintext-names`; target: vs off at most 1.1.")
+	fmt.Fprintln(w, "  metrics on: the plain kmsfs's volume and flags plus `--metrics-listen 127.0.0.1:0`; target: no cost beyond the")
+	fmt.Fprintf(w, "  noise, the relative spread (max-min)/median of the plain kmsfs over this run's rounds, at least %.0f%%: a ratio\n", 100*noiseMin)
+	fmt.Fprintln(w, "  within what one configuration moves by between rounds cannot be told from noise. Only the costly side is flagged.")
+	if line := b.scrapeSummary(); line != "" {
+		fmt.Fprintln(w, "  "+line)
+	}
+}
+
+// scrapeSummary says what the metrics-on daemons' endpoints answered.
+func (b *bench) scrapeSummary() string {
+	if len(b.scrapes) == 0 {
+		return ""
+	}
+	lo, hi := b.scrapes[0].Series, b.scrapes[0].Series
+	for _, sc := range b.scrapes {
+		lo, hi = min(lo, sc.Series), max(hi, sc.Series)
+	}
+	return fmt.Sprintf("metrics endpoint scraped at the end of each of the %d metrics-on rounds: %d to %d kmsfs_ series each.", len(b.scrapes), lo, hi)
 }
 
 // loopEvidence compares what fio asked for with what the loopback daemon
@@ -453,7 +507,8 @@ func (b *bench) report(groups []group) error {
 		Floor   *floorSummary `json:"gcm_floor,omitempty"`
 		Samples []sample      `json:"samples"`
 		Daemons []daemonRun   `json:"loopback_served"`
-	}{b.meta, rows, b.floorSummary(rows), b.samples, b.daemons}, "", "  ")
+		Scrapes []scrape      `json:"metrics_scrapes,omitempty"`
+	}{b.meta, rows, b.floorSummary(rows), b.samples, b.daemons, b.scrapes}, "", "  ")
 	if err != nil {
 		return err
 	}
