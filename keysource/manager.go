@@ -224,7 +224,6 @@ type keySet struct {
 	escrow  []KeySource
 	unwrap  []KeySource // primary, escrow, then unwrap-only: the unwrap order
 	nUnwrap int         // how many at the end of unwrap are unwrap-only
-	obs     Observer    // the Manager's, or nil
 	// ctx bounds the calls that make batches for this set. SetKeys cancels
 	// it, so a worker stuck on a retired key comes back to work for the
 	// new one.
@@ -257,7 +256,6 @@ func (m *Manager) newKeySet(primary KeySource, escrow, unwrapOnly []KeySource) *
 		primary: primary,
 		escrow:  append([]KeySource(nil), escrow...),
 		nUnwrap: len(unwrapOnly),
-		obs:     m.obs,
 	}
 	ks.unwrap = make([]KeySource, 0, 1+len(escrow)+len(unwrapOnly))
 	ks.unwrap = append(append(append(ks.unwrap, primary), escrow...), unwrapOnly...)

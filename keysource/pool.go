@@ -261,9 +261,9 @@ func (m *Manager) newBatch(ks *keySet) (*batch, error) {
 	ctx, primary := ks.ctx, ks.primary
 	b := &batch{stanzas: make([]Stanza, 0, 1+len(ks.escrow))}
 	if g, ok := primary.(Generator); ok {
-		start := startCall(ks.obs)
+		start := startCall(m.obs)
 		key, s, err := g.GenerateDataKey(ctx)
-		endCall(ks.obs, primary, OpGenerate, start, err)
+		endCall(m.obs, primary, OpGenerate, start, err)
 		if err != nil {
 			return nil, fmt.Errorf("keysource: generate data key with %s: %w", sourceName(primary), err)
 		}
@@ -281,9 +281,9 @@ func (m *Manager) newBatch(ks *keySet) (*batch, error) {
 			b.retire(m.mem)
 			return nil, fmt.Errorf("keysource: random data key: %w", err)
 		}
-		start := startCall(ks.obs)
+		start := startCall(m.obs)
 		s, err := primary.Wrap(ctx, b.key)
-		endCall(ks.obs, primary, OpWrap, start, err)
+		endCall(m.obs, primary, OpWrap, start, err)
 		if err != nil {
 			b.retire(m.mem)
 			return nil, fmt.Errorf("keysource: wrap data key with %s: %w", sourceName(primary), err)
@@ -291,9 +291,9 @@ func (m *Manager) newBatch(ks *keySet) (*batch, error) {
 		b.stanzas = append(b.stanzas, s)
 	}
 	for _, e := range ks.escrow {
-		start := startCall(ks.obs)
+		start := startCall(m.obs)
 		s, err := e.Wrap(ctx, b.key)
-		endCall(ks.obs, e, OpWrap, start, err)
+		endCall(m.obs, e, OpWrap, start, err)
 		if err != nil {
 			b.retire(m.mem)
 			return nil, fmt.Errorf("keysource: wrap data key with escrow key %s: %w", sourceName(e), err)

@@ -235,7 +235,7 @@ func (m *Manager) unwrapOne(ctx context.Context, ks *keySet, s Stanza, d digest,
 func (m *Manager) fly(ctx context.Context, ks *keySet, f *flight, s Stanza, d digest) {
 	defer m.wg.Done()
 	defer f.cancel()
-	key, err := ks.unwrapWith(ctx, s)
+	key, err := ks.unwrapWith(ctx, s, m.obs)
 	var cached []byte
 	if err == nil {
 		cached = m.mem.Clone(key)
@@ -262,16 +262,17 @@ func (m *Manager) fly(ctx context.Context, ks *keySet, f *flight, s Stanza, d di
 	}
 }
 
-// unwrapWith asks every source of s's type in turn.
-func (ks *keySet) unwrapWith(ctx context.Context, s Stanza) ([]byte, error) {
+// unwrapWith asks every source of s's type in turn, timing each call for
+// obs (nil: nobody).
+func (ks *keySet) unwrapWith(ctx context.Context, s Stanza, obs Observer) ([]byte, error) {
 	var best error
 	for _, src := range ks.unwrap {
 		if src.Type() != s.Type {
 			continue
 		}
-		start := startCall(ks.obs)
+		start := startCall(obs)
 		key, err := src.Unwrap(ctx, s)
-		endCall(ks.obs, src, OpUnwrap, start, err)
+		endCall(obs, src, OpUnwrap, start, err)
 		if err == nil {
 			if len(key) == DataKeySize {
 				return key, nil

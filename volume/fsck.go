@@ -240,7 +240,7 @@ func (v *Volume) Fsck(ctx context.Context, o FsckOptions) (*FsckReport, error) {
 				return false, err
 			case e.typ.IsDir():
 				return true, nil
-			case v.fsckChecks(e):
+			case e.volumeFile(v.encNames):
 				f, size, err := e.open(0, unix.S_IFREG)
 				if o.Repair && err == nil {
 					// Read-write only where it works: a file that
@@ -279,12 +279,6 @@ func (v *Volume) Fsck(ctx context.Context, o FsckOptions) (*FsckReport, error) {
 	}
 	sort.Slice(r.Problems, func(i, j int) bool { return r.Problems[i].Path < r.Problems[j].Path })
 	return r, nil
-}
-
-// fsckChecks reports whether fsck checks the entry e as a file of the
-// volume: a regular file, but for the side files of encrypted long names.
-func (v *Volume) fsckChecks(e cipherEntry) bool {
-	return e.typ.IsRegular() && !(v.encNames && sideFile(e.name))
 }
 
 // nameKeyProblem makes r, the check of the name key file, say why Open

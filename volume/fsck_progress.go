@@ -43,7 +43,7 @@ func (v *Volume) newFsckProgress(ctx context.Context, fn func(FsckProgress)) (*f
 				return false, nil
 			case e.typ.IsDir():
 				return true, nil
-			case v.fsckChecks(e):
+			case e.volumeFile(v.encNames):
 				var st unix.Stat_t
 				if unix.Fstatat(int(e.dir.Fd()), e.name, &st, unix.AT_SYMLINK_NOFOLLOW) == nil {
 					pr.p.TotalFiles++

@@ -293,11 +293,9 @@ func (v *Volume) CheckCipherOutput(path string) error {
 	if !inside {
 		return nil
 	}
-	pp := v.plainPaths()
-	if pp != nil && rel != "" {
-		if plain, err := pp.resolve(rel); err == nil && plain != "" {
-			return nil // the cipher path of plain, found with kmsfs info
-		}
+	// A nil resolver (no name key) or rel "" resolves to no plain path.
+	if plain, err := v.plainPaths().resolve(rel); err == nil && plain != "" {
+		return nil // the cipher path of plain, found with kmsfs info
 	}
 	return fmt.Errorf("%w: %s is in the cipher dir %s, whose names are encrypted, and is the stored name of no plain path: give the file's plain path with --path instead of -o", ErrInvisible, path, v.Dir)
 }

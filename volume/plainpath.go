@@ -111,6 +111,13 @@ func sideFile(name string) bool {
 	return false
 }
 
+// volumeFile reports whether the walks of the cipher dir (fsck, rewrap,
+// status) take e for a file of the volume: a regular file, but, with
+// encrypted names (encNames), not a side file, which holds a sealed name.
+func (e cipherEntry) volumeFile(encNames bool) bool {
+	return e.typ.IsRegular() && !(encNames && sideFile(e.name))
+}
+
 // splitRel splits rel into its directory ("" for the root) and its last
 // element.
 func splitRel(rel string) (string, string) {

@@ -570,7 +570,7 @@ func ScanRewrap(ctx context.Context, dir string, c *volconf.Conf) (*RewrapScan, 
 				return false, nil
 			case e.typ.IsDir():
 				return true, nil
-			case !e.typ.IsRegular(), encNames && sideFile(e.name):
+			case !e.volumeFile(encNames):
 				return false, nil
 			}
 			s.Files++

@@ -270,7 +270,7 @@ func (sc *scanner) entry(e cipherEntry) (bool, error) {
 		return false, nil
 	case e.typ.IsDir():
 		return true, nil
-	case e.typ.IsRegular() && !(sc.encNames && sideFile(e.name)):
+	case e.volumeFile(sc.encNames):
 		f, size, err := e.open(0, unix.S_IFREG)
 		if err != nil {
 			sc.foreign(e.rel, err.Error())
