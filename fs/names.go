@@ -19,12 +19,6 @@ import (
 // listed, and never reached by a plaintext name, which is always
 // encrypted first.
 const (
-	// longTarget is the target of a backing symlink whose encrypted target
-	// is too long to be a symlink's: the encrypted target is then in the
-	// side file named by the entry's backing name and targetSuffix.
-	longTarget = "kmsfs.longtarget"
-	// targetSuffix names a symlink's long-target side file.
-	targetSuffix = ".target"
 	// tmpPrefix starts the names of what is made under a temporary name
 	// and renamed into place (directories, side files).
 	tmpPrefix = namestore.TmpPrefix
@@ -175,9 +169,46 @@ func (r *root) decryptEntry(dirfd int, id names.DirID, backing string) (name str
 
 // isLongTarget reports whether the backing symlink of stat st may be one
 // whose target is in a side file: an encrypted target that fits is never
-// as short as the marker.
+// as short as either form of the marker.
 func isLongTarget(st *unix.Stat_t) bool {
-	return st.Mode&unix.S_IFMT == unix.S_IFLNK && st.Size == int64(len(longTarget))
+	return st.Mode&unix.S_IFMT == unix.S_IFLNK &&
+		(st.Size == int64(len(namestore.LongTargetMarker)) || st.Size == int64(namestore.MarkerLen))
+}
+
+// targetSide is where a backing symlink's stored target is kept when it is
+// not in the symlink.
+type targetSide struct {
+	name  string // the side file in the symlink's directory; "" for none
+	byID  bool   // named by the symlink's ID, not by its entry (old form)
+	nlink uint64 // the symlink's link count when looked at
+}
+
+// sideOf returns the long-target side file of the backing entry backing of
+// dirfd, none if it is no symlink with a well-formed marker.
+func sideOf(dirfd int, backing string) targetSide {
+	var st unix.Stat_t
+	if unix.Fstatat(dirfd, backing, &st, unix.AT_SYMLINK_NOFOLLOW) != nil || !isLongTarget(&st) {
+		return targetSide{}
+	}
+	buf := make([]byte, namestore.MarkerLen+1)
+	m, err := unix.Readlinkat(dirfd, backing, buf)
+	if err != nil {
+		return targetSide{}
+	}
+	name, byID, err := namestore.TargetSide(backing, string(buf[:m]))
+	if err != nil {
+		return targetSide{}
+	}
+	return targetSide{name: name, byID: byID, nlink: uint64(st.Nlink)}
+}
+
+// removeAfter removes the side file s of an entry of dirfd that is gone:
+// the old form's is the entry's own; an ID-named one is shared by the
+// symlink's other links in the directory, and goes with the last.
+func (s targetSide) removeAfter(dirfd int) {
+	if s.name != "" && (!s.byID || s.nlink <= 1) {
+		unix.Unlinkat(dirfd, s.name, 0)
+	}
 }
 
 // plainLinkSize sets the size of the backing symlink backing of directory
@@ -190,59 +221,57 @@ func (r *root) plainLinkSize(dirfd int, backing string, st *unix.Stat_t) {
 	size := st.Size
 	if isLongTarget(st) {
 		var side unix.Stat_t
-		if unix.Fstatat(dirfd, backing+targetSuffix, &side, unix.AT_SYMLINK_NOFOLLOW) == nil {
+		if s := sideOf(dirfd, backing); s.name != "" && unix.Fstatat(dirfd, s.name, &side, unix.AT_SYMLINK_NOFOLLOW) == nil {
 			size = side.Size
 		}
 	}
 	st.Size = max(0, size*6/8-32)
 }
 
-// encryptTarget returns what the backing symlink of the entry nm in
-// directory dirfd holds for target, writing the long-target side file
-// first when the encrypted target does not fit in a symlink.
-func (r *root) encryptTarget(dirfd int, nm names.Name, target string) (string, syscall.Errno) {
+// encryptTarget returns what a new backing symlink in directory dirfd
+// holds for target, writing the long-target side file first (returned as
+// side, for the caller to remove if the symlink cannot be made) when the
+// encrypted target does not fit in a symlink.
+func (r *root) encryptTarget(dirfd int, target string) (stored, side string, errno syscall.Errno) {
 	c := r.opts.Names
 	if c == nil {
-		return target, 0
+		return target, "", 0
 	}
 	enc, err := c.EncryptTarget(target)
 	if err != nil {
 		if len(target) > names.MaxTargetLen {
-			return "", syscall.ENAMETOOLONG
+			return "", "", syscall.ENAMETOOLONG
 		}
-		return "", syscall.EINVAL
+		return "", "", syscall.EINVAL
 	}
 	if names.TargetFits(enc) {
-		return enc, 0
+		return enc, "", 0
 	}
-	if exists(dirfd, nm.Backing) {
-		return "", syscall.EEXIST // the existing entry's target side stays its own
+	marker, side, err := namestore.NewTargetMarker()
+	if err != nil {
+		return "", "", syscall.EIO
 	}
-	if err := writeFileAt(dirfd, nm.Backing+targetSuffix, []byte(enc)); err != nil {
-		return "", gofs.ToErrno(err)
+	if err := writeFileAt(dirfd, side, []byte(enc)); err != nil {
+		return "", "", gofs.ToErrno(err)
 	}
-	return longTarget, 0
+	return marker, side, 0
 }
 
-// copyTargetSide gives the entry to of directory tofd the long-target side
-// file of the entry from of directory fromfd, before the symlink is linked
-// or moved there.
-func copyTargetSide(fromfd int, from string, tofd int, to string) syscall.Errno {
-	b, err := readSmall(fromfd, from+targetSuffix, maxTargetSide)
+// copySide copies the side file from of directory fromfd to to of
+// directory tofd, durably, before an entry that reads it appears there.
+func copySide(fromfd int, from string, tofd int, to string) syscall.Errno {
+	b, err := readSmall(fromfd, from, maxTargetSide)
 	if err != nil {
 		return gofs.ToErrno(err)
 	}
-	return gofs.ToErrno(writeFileAt(tofd, to+targetSuffix, b))
+	return gofs.ToErrno(writeFileAt(tofd, to, b))
 }
 
-// hasTargetSide reports whether the backing entry backing of dirfd is a
-// symlink whose target is in a side file.
-func hasTargetSide(dirfd int, backing string) bool {
-	var st unix.Stat_t
-	if unix.Fstatat(dirfd, backing, &st, unix.AT_SYMLINK_NOFOLLOW) != nil || !isLongTarget(&st) {
-		return false
+// sameDir reports whether the descriptors a and b are of one directory.
+func sameDir(a, b int) bool {
+	if a == b {
+		return true
 	}
-	buf := make([]byte, len(longTarget)+1)
-	m, err := unix.Readlinkat(dirfd, backing, buf)
-	return err == nil && string(buf[:m]) == longTarget
+	var sa, sb unix.Stat_t
+	return unix.Fstat(a, &sa) == nil && unix.Fstat(b, &sb) == nil && sa.Dev == sb.Dev && sa.Ino == sb.Ino
 }

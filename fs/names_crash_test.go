@@ -1,16 +1,11 @@
 package fs_test
 
 import (
-	"encoding/binary"
-	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/envelope/names"
 )
@@ -74,95 +69,5 @@ func TestNamesEmptyDirLostID(t *testing.T) {
 				t.Errorf("read the file made after the crash: %q, %v", b, err)
 			}
 		})
-	}
-}
-
-// TestNamesExchangeLongTargetOrder: an exchange of a symlink whose target
-// is in a side file with one whose target is in its entry copies the side
-// file to the other name before the entries swap and removes the old one
-// after, so that a crash between the steps never leaves the name that
-// gets the long target's symlink without its side file (its readlink
-// would fail, or read an old orphan's target). inotify on the cipher dir
-// shows the steps in the order the daemon made them.
-func TestNamesExchangeLongTargetOrder(t *testing.T) {
-	for _, long := range []string{"a", "b"} {
-		t.Run("long="+long, func(t *testing.T) {
-			m, c := mountNames(t)
-			targets := map[string]string{"a": "short", "b": "short"}
-			targets[long] = strings.Repeat("t", names.MaxTargetLen)
-			for name, target := range targets {
-				if err := os.Symlink(target, m.Path(name)); err != nil {
-					t.Fatal(err)
-				}
-			}
-			short := "a"
-			if long == "a" {
-				short = "b"
-			}
-			longB, shortB := filepath.Base(cipherPath(t, m, c, long)), filepath.Base(cipherPath(t, m, c, short))
-			in, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer unix.Close(in)
-			if _, err := unix.InotifyAddWatch(in, m.Cipher, unix.IN_MOVED_FROM|unix.IN_MOVED_TO|unix.IN_CREATE|unix.IN_DELETE); err != nil {
-				t.Fatal(err)
-			}
-			if err := unix.Renameat2(unix.AT_FDCWD, m.Path("a"), unix.AT_FDCWD, m.Path("b"), unix.RENAME_EXCHANGE); err != nil {
-				t.Fatalf("exchange: %v", err)
-			}
-			// The daemon made every step before it answered.
-			events := inotifyEvents(t, in)
-			first := func(name string, mask uint32) int {
-				return slices.IndexFunc(events, func(e inotifyEvent) bool { return e.name == name && e.mask&mask != 0 })
-			}
-			moved := uint32(unix.IN_MOVED_FROM | unix.IN_MOVED_TO)
-			swap := min(first(longB, moved), first(shortB, moved))
-			side := first(shortB+".target", unix.IN_MOVED_TO|unix.IN_CREATE)
-			gone := first(longB+".target", unix.IN_DELETE|unix.IN_MOVED_FROM)
-			if swap < 0 || side < 0 || gone < 0 || side > swap || gone < swap {
-				t.Errorf("cipher dir events %v: want the side file made under the short target's name (at %d) before the entries swap (at %d), and removed under the long one's (at %d) after",
-					events, side, swap, gone)
-			}
-			m.Remount()
-			for name, want := range map[string]string{"a": targets["b"], "b": targets["a"]} {
-				if got, err := os.Readlink(m.Path(name)); err != nil || got != want {
-					t.Errorf("readlink %s: %d bytes, %v; want %d bytes", name, len(got), err, len(want))
-				}
-			}
-		})
-	}
-}
-
-// inotifyEvent is one event of an inotify descriptor: its mask and the
-// name in the watched directory.
-type inotifyEvent struct {
-	mask uint32
-	name string
-}
-
-func (e inotifyEvent) String() string { return fmt.Sprintf("%#x:%s", e.mask, e.name) }
-
-// inotifyEvents reads the events queued on the non-blocking inotify
-// descriptor in.
-func inotifyEvents(t *testing.T, in int) []inotifyEvent {
-	t.Helper()
-	var events []inotifyEvent
-	buf := make([]byte, 64<<10)
-	for {
-		n, err := unix.Read(in, buf)
-		if errors.Is(err, unix.EAGAIN) {
-			return events
-		}
-		if err != nil {
-			t.Fatalf("read inotify events: %v", err)
-		}
-		for b := buf[:n]; len(b) >= unix.SizeofInotifyEvent; {
-			mask := binary.NativeEndian.Uint32(b[4:])
-			l := int(binary.NativeEndian.Uint32(b[12:]))
-			name := strings.TrimRight(string(b[unix.SizeofInotifyEvent:unix.SizeofInotifyEvent+l]), "\x00")
-			events = append(events, inotifyEvent{mask, name})
-			b = b[unix.SizeofInotifyEvent+l:]
-		}
 	}
 }

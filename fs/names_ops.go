@@ -149,16 +149,23 @@ func (n *Node) removeDir(fd int, nm names.Name) {
 }
 
 // removeSides removes the side files of the entry nm of directory fd,
-// which is gone: its long name's, and if it may have been a symlink
-// (maybeSymlink), its long target's.
-func (n *Node) removeSides(fd int, nm names.Name, symlink bool) {
+// which is gone: its long name's, and its long target's ts, looked up
+// before it went (sideOf).
+func (n *Node) removeSides(fd int, nm names.Name, ts targetSide) {
 	if n.r.opts.Names == nil {
 		return
 	}
 	removeLongSide(fd, nm)
-	if symlink {
-		unix.Unlinkat(fd, nm.Backing+targetSuffix, 0)
+	ts.removeAfter(fd)
+}
+
+// sideBefore returns the long-target side file of this directory's entry
+// nm, open as fd, before it goes: none if it cannot be a symlink.
+func (n *Node) sideBefore(fd int, name string, nm names.Name) targetSide {
+	if n.r.opts.Names == nil || !n.maybeSymlink(name) {
+		return targetSide{}
 	}
+	return sideOf(fd, nm.Backing)
 }
 
 // maybeSymlink reports whether this directory's entry name may be a
@@ -176,13 +183,25 @@ func exists(fd int, backing string) bool {
 
 // linkSides prepares the side files of the new name nm in directory fd
 // for a link to the entry tname of directory tfd, a symlink if symlink.
+// An ID-named long target's side file is copied into fd unless it is
+// there already (another link of the symlink); an old-form one is copied
+// to the new name's own.
 func linkSides(tfd int, tname string, fd int, nm names.Name, symlink bool) syscall.Errno {
-	if symlink && hasTargetSide(tfd, tname) {
-		if exists(fd, nm.Backing) {
-			return syscall.EEXIST // the existing entry's target side stays its own
-		}
-		if errno := copyTargetSide(tfd, tname, fd, nm.Backing); errno != 0 {
-			return errno
+	if symlink {
+		switch s := sideOf(tfd, tname); {
+		case s.byID:
+			if !exists(fd, s.name) {
+				if errno := copySide(tfd, s.name, fd, s.name); errno != 0 {
+					return errno
+				}
+			}
+		case s.name != "":
+			if exists(fd, nm.Backing) {
+				return syscall.EEXIST // the existing entry's target side stays its own
+			}
+			if errno := copySide(tfd, s.name, fd, nm.Backing+namestore.TargetSuffix); errno != 0 {
+				return errno
+			}
 		}
 	}
 	return writeLongSide(fd, nm)
@@ -210,25 +229,27 @@ func (n *Node) renameNamed(fd int, from names.Name, nfd int, to names.Name, flag
 	if toErr == nil && flags&unix.RENAME_NOREPLACE != 0 {
 		return syscall.EEXIST
 	}
-	fromT := fromLink && hasTargetSide(fd, from.Backing)
-	toT := exchange && toLink && hasTargetSide(nfd, to.Backing)
+	var fromT, toT targetSide
+	if fromLink {
+		fromT = sideOf(fd, from.Backing)
+	}
+	if toLink && toErr == nil {
+		toT = sideOf(nfd, to.Backing)
+	}
+	cross := !sameDir(fd, nfd)
 	if errno := writeLongSide(nfd, to); errno != 0 {
 		return errno
 	}
-	// A long target's side file is copied to the symlink's new name
-	// before the entry moves, and the old one goes after, so that a crash
-	// never leaves a symlink without its target. Where the new name's
-	// entry reads a side file of its own until the move (a rename over a
-	// symlink with a long target, an exchange of two), no order of the
-	// two steps is safe from a crash between them: the side file is named
-	// by the entry, not by the symlink (docs/FORMAT.md).
-	switch {
-	case fromT && (!exchange || !toT):
-		if errno := copyTargetSide(fd, from.Backing, nfd, to.Backing); errno != 0 {
-			return errno
-		}
-	case toT && !fromT:
-		if errno := copyTargetSide(nfd, to.Backing, fd, from.Backing); errno != 0 {
+	// Every symlink that moves finds its target's side file where it goes
+	// before it moves. An ID-named one moves with the symlink, so within a
+	// directory only the entries move, and a crash leaves the old or the
+	// new state (or an orphan side file, never listed).
+	oldBoth := exchange && fromT.old() && toT.old()
+	if errno := fromT.prepare(fd, from.Backing, nfd, to.Backing, cross, oldBoth); errno != 0 {
+		return errno
+	}
+	if exchange {
+		if errno := toT.prepare(nfd, to.Backing, fd, from.Backing, cross, oldBoth); errno != 0 {
 			return errno
 		}
 	}
@@ -246,23 +267,65 @@ func (n *Node) renameNamed(fd int, from names.Name, nfd int, to names.Name, flag
 	}
 	if !exchange {
 		removeLongSide(fd, from)
-		if fromT {
-			unix.Unlinkat(fd, from.Backing+targetSuffix, 0)
+		fromT.left(fd, cross)
+		switch {
+		case toT.byID && toT.name != fromT.name:
+			toT.removeAfter(nfd) // the replaced symlink's, if it was its last link
+		case toT.old() && !fromT.old():
+			unix.Unlinkat(nfd, toT.name, 0) // not overwritten by from's copy
 		}
 		return 0
 	}
-	// The names stay (with their long names' side files); the objects,
-	// and so their target side files, swapped.
-	ft, tt := from.Backing+targetSuffix, to.Backing+targetSuffix
+	// The names stay (with their long names' side files); the objects
+	// swapped, each with its ID-named side file; the old form's side files
+	// are named by the entries and swap after them, which a crash can cut
+	// in two (the old form's limit, docs/FORMAT.md).
 	switch {
-	case fromT && toT:
-		unix.Renameat2(fd, ft, nfd, tt, unix.RENAME_EXCHANGE)
-	case fromT:
-		unix.Unlinkat(fd, ft, 0) // copied to tt before
-	case toT:
-		unix.Unlinkat(nfd, tt, 0) // copied to ft before
+	case oldBoth:
+		unix.Renameat2(fd, fromT.name, nfd, toT.name, unix.RENAME_EXCHANGE)
+	case fromT.old():
+		unix.Unlinkat(fd, fromT.name, 0) // copied to to's name before
+	case toT.old():
+		unix.Unlinkat(nfd, toT.name, 0) // copied to from's name before
+	}
+	if fromT.byID {
+		fromT.left(fd, cross)
+	}
+	if toT.byID {
+		toT.left(nfd, cross)
 	}
 	return 0
+}
+
+// old reports whether s is an old-form side file, named by its entry.
+func (s targetSide) old() bool { return s.name != "" && !s.byID }
+
+// prepare puts the side file s of the symlink from of fromfd where the
+// symlink reads it once moved to to of tofd: an ID-named one into tofd if
+// that is another directory (cross) and it is not there yet; an old-form
+// one to to's own name, unless skip (two old-form ones swap after).
+func (s targetSide) prepare(fromfd int, from string, tofd int, to string, cross, skip bool) syscall.Errno {
+	switch {
+	case s.name == "":
+		return 0
+	case s.byID:
+		if !cross || exists(tofd, s.name) {
+			return 0
+		}
+		return copySide(fromfd, s.name, tofd, s.name)
+	case skip:
+		return 0
+	}
+	return copySide(fromfd, s.name, tofd, to+namestore.TargetSuffix)
+}
+
+// left removes the side file s from directory fd, which the symlink left
+// (an ID-named one only if it moved to another directory, cross, and had
+// no other link).
+func (s targetSide) left(fd int, cross bool) {
+	if s.old() || cross {
+		s.removeAfter(fd)
+	}
 }
 
 // plainTarget returns the plaintext of the symlink target stored in the
@@ -274,14 +337,18 @@ func (n *Node) plainTarget(stored []byte) ([]byte, syscall.Errno) {
 	if c == nil {
 		return stored, 0
 	}
-	if string(stored) == longTarget {
-		errno := n.atName(func(pfd int, name string) (err error) {
-			stored, err = readSmall(pfd, name+targetSuffix, maxTargetSide)
-			return err
+	if strings.HasPrefix(string(stored), namestore.LongTargetMarker) {
+		var sideErr error
+		n.atName(func(pfd int, name string) error {
+			var side string
+			if side, _, sideErr = namestore.TargetSide(name, string(stored)); sideErr == nil {
+				stored, sideErr = readSmall(pfd, side, maxTargetSide)
+			}
+			return sideErr
 		})
-		if errno != 0 {
+		if sideErr != nil {
 			n.r.log.WithFields(map[string]any{"op": "readlink", "path": n.Path(nil)}).
-				Error(fmt.Sprintf("fs: side file of a long symlink target: %v", errno))
+				Error(fmt.Sprintf("fs: side file of a long symlink target: %v", sideErr))
 			return nil, syscall.EIO
 		}
 	}

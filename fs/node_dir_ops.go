@@ -165,8 +165,12 @@ func (n *Node) created(ctx context.Context, fd int, nm names.Name, kind uint32, 
 			n.removeDir(fd, nm)
 			return
 		}
+		var ts targetSide
+		if kind == unix.S_IFLNK {
+			ts = sideOf(fd, name)
+		}
 		if unix.Unlinkat(fd, name, 0) == nil {
-			n.removeSides(fd, nm, kind == unix.S_IFLNK)
+			n.removeSides(fd, nm, ts)
 		}
 	}
 	var st unix.Stat_t
@@ -299,15 +303,18 @@ func (n *Node) Symlink(ctx context.Context, target, name string, out *fuse.Entry
 	if errno != 0 {
 		return nil, errno
 	}
-	stored, errno := n.r.encryptTarget(fd, nm, target)
+	stored, side, errno := n.r.encryptTarget(fd, target)
+	if errno == 0 {
+		errno = writeLongSide(fd, nm)
+	}
+	if errno == 0 {
+		errno = gofs.ToErrno(unix.Symlinkat(stored, fd, nm.Backing))
+	}
 	if errno != 0 {
+		if side != "" {
+			unix.Unlinkat(fd, side, 0) // no symlink reads it
+		}
 		return nil, errno
-	}
-	if errno := writeLongSide(fd, nm); errno != 0 {
-		return nil, errno
-	}
-	if err := unix.Symlinkat(stored, fd, nm.Backing); err != nil {
-		return nil, gofs.ToErrno(err)
 	}
 	return n.created(ctx, fd, nm, unix.S_IFLNK, out)
 }
@@ -351,11 +358,12 @@ func (n *Node) Unlink(ctx context.Context, name string) syscall.Errno {
 	if errno != 0 {
 		return errno
 	}
+	ts := n.sideBefore(fd, name, nm)
 	if err := unix.Unlinkat(fd, nm.Backing, 0); err != nil {
 		return gofs.ToErrno(err)
 	}
 	if n.r.opts.Names != nil {
-		n.removeSides(fd, nm, n.maybeSymlink(name))
+		n.removeSides(fd, nm, ts)
 	}
 	return 0
 }

@@ -102,6 +102,9 @@ const targetSuffix = ".target"
 // encrypted names, is the side file of a long name or of a long symbolic
 // link target: kmsfs's own, holding a sealed name, not a file's content.
 func sideFile(name string) bool {
+	if namestore.IsTargetSide(name) {
+		return true // named by the symlink's ID
+	}
 	if base, ok := strings.CutSuffix(name, names.LongSuffix); ok {
 		return names.IsLong(base)
 	}

@@ -305,21 +305,29 @@ func TestNamesSideFiles(t *testing.T) {
 	if err := os.WriteFile(link+".target", []byte(strings.Repeat("A", 5000)), 0o400); err != nil {
 		t.Fatal(err)
 	}
+	// And one of the current form, whose side file is named by its ID.
+	id := strings.Repeat("A", 22)
+	if err := os.Symlink("kmsfs.longtarget."+id, filepath.Join(vol.Dir, nt.entry(longDir+"/link2"))); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(filepath.Dir(link), "kmsfs.T"+id+".target"), []byte(strings.Repeat("A", 5000)), 0o400); err != nil {
+		t.Fatal(err)
+	}
 	st, err := vol.Status(ctx(t))
 	if err != nil {
 		t.Fatalf("Status: %v", err)
 	}
 	// The three files and kmsfs.names; two side files, a dirid link, the
-	// symbolic link and its side file.
-	if st.Files != 4 || st.ForeignFiles != 0 || st.Skipped != 5 {
-		t.Fatalf("status of a volume with long names: %d files, %d foreign %+v, %d skipped; want 4, 0, 5", st.Files, st.ForeignFiles, st.Foreign, st.Skipped)
+	// symbolic links and their side files.
+	if st.Files != 4 || st.ForeignFiles != 0 || st.Skipped != 7 {
+		t.Fatalf("status of a volume with long names: %d files, %d foreign %+v, %d skipped; want 4, 0, 7", st.Files, st.ForeignFiles, st.Foreign, st.Skipped)
 	}
 	var last volume.FsckProgress
 	r, err := vol.Fsck(ctx(t), volume.FsckOptions{Progress: func(p volume.FsckProgress) { last = p }})
 	if err != nil {
 		t.Fatalf("Fsck: %v", err)
 	}
-	if !r.Clean() || r.Files != 4 || r.OK != 4 || r.Skipped != 5 {
+	if !r.Clean() || r.Files != 4 || r.OK != 4 || r.Skipped != 7 {
 		t.Fatalf("fsck of a clean volume with long names: %+v", r)
 	}
 	if last.Files != 4 || last.TotalFiles != 4 || last.Bytes != r.Bytes || last.TotalBytes != r.Bytes {
