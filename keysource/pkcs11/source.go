@@ -304,14 +304,19 @@ func (s *Source) Close() error {
 // ck returns the module's PKCS#11 context.
 func (s *Source) ck() *p11.Ctx { return s.tok.mod.ctx }
 
-// Recovery after a lost session or login: attempts in all, and the wait
-// before the third and later ones, doubling up to the cap. The first
-// repeat runs at once, since one drop costs every call in flight one
-// failure and the recovery has already been done by then.
+// Recovery after a lost session or login: a call gives up only after at
+// least callAttempts attempts AND recoveryWindow since its first, so that
+// a cluster that fails over again while calls queue up behind a busy
+// host is outwaited, not reported as gone after a second and a half of
+// backoff; ctx bounds it earlier. The wait before the third and later
+// attempts doubles up to the cap. The first repeat runs at once, since
+// one drop costs every call in flight one failure and the recovery has
+// already been done by then.
 const (
-	callAttempts  = 8
-	retryFirst    = 10 * time.Millisecond
-	retryMaxDelay = time.Second
+	callAttempts   = 8
+	recoveryWindow = 10 * time.Second
+	retryFirst     = 10 * time.Millisecond
+	retryMaxDelay  = time.Second
 )
 
 // call runs f on a pooled session with the key's handle, through
@@ -335,7 +340,9 @@ func (s *Source) call(ctx context.Context, f func(sh p11.SessionHandle, key p11.
 func withRecovery(ctx context.Context, tok *token, u URI, pin func() ([]byte, error), f func(gen uint64) error) error {
 	var err error
 	delay := retryFirst
-	for attempt := range callAttempts {
+	start := time.Now()
+	attempt := 0
+	for ; attempt < callAttempts || time.Since(start) < recoveryWindow; attempt++ {
 		if attempt >= 2 {
 			t := time.NewTimer(delay)
 			select {
@@ -354,7 +361,7 @@ func withRecovery(ctx context.Context, tok *token, u URI, pin func() ([]byte, er
 			return rerr
 		}
 	}
-	return fmt.Errorf("pkcs11: token %q keeps dropping sessions (%d attempts): %w", u.Token, callAttempts, err)
+	return fmt.Errorf("pkcs11: token %q keeps dropping sessions (%d attempts in %v): %w", u.Token, attempt, time.Since(start).Round(time.Millisecond), err)
 }
 
 // keyHandle returns the key's handle, found again after the token moved
