@@ -141,145 +141,106 @@ type observed struct {
 func (o *observed) done(op Op, start time.Time) { o.obs.Op(op, time.Since(start)) }
 
 func (o *observed) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out *fuse.EntryOut) fuse.Status {
-	t := time.Now()
-	st := o.RawFileSystem.Lookup(cancel, h, name, out)
-	o.done(OpLookup, t)
-	return st
+	defer o.done(OpLookup, time.Now())
+	return o.RawFileSystem.Lookup(cancel, h, name, out)
 }
 
 func (o *observed) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.AttrOut) fuse.Status {
-	t := time.Now()
-	st := o.RawFileSystem.GetAttr(cancel, in, out)
-	o.done(OpGetattr, t)
-	return st
+	defer o.done(OpGetattr, time.Now())
+	return o.RawFileSystem.GetAttr(cancel, in, out)
 }
 
 func (o *observed) SetAttr(cancel <-chan struct{}, in *fuse.SetAttrIn, out *fuse.AttrOut) fuse.Status {
-	t := time.Now()
-	st := o.RawFileSystem.SetAttr(cancel, in, out)
-	o.done(OpSetattr, t)
-	return st
+	defer o.done(OpSetattr, time.Now())
+	return o.RawFileSystem.SetAttr(cancel, in, out)
 }
 
 func (o *observed) Mknod(cancel <-chan struct{}, in *fuse.MknodIn, name string, out *fuse.EntryOut) fuse.Status {
-	t := time.Now()
-	st := o.RawFileSystem.Mknod(cancel, in, name, out)
-	o.done(OpMknod, t)
-	return st
+	defer o.done(OpMknod, time.Now())
+	return o.RawFileSystem.Mknod(cancel, in, name, out)
 }
 
 func (o *observed) Mkdir(cancel <-chan struct{}, in *fuse.MkdirIn, name string, out *fuse.EntryOut) fuse.Status {
-	t := time.Now()
-	st := o.RawFileSystem.Mkdir(cancel, in, name, out)
-	o.done(OpMkdir, t)
-	return st
+	defer o.done(OpMkdir, time.Now())
+	return o.RawFileSystem.Mkdir(cancel, in, name, out)
 }
 
 func (o *observed) Unlink(cancel <-chan struct{}, h *fuse.InHeader, name string) fuse.Status {
-	t := time.Now()
-	st := o.RawFileSystem.Unlink(cancel, h, name)
-	o.done(OpUnlink, t)
-	return st
+	defer o.done(OpUnlink, time.Now())
+	return o.RawFileSystem.Unlink(cancel, h, name)
 }
 
 func (o *observed) Rmdir(cancel <-chan struct{}, h *fuse.InHeader, name string) fuse.Status {
-	t := time.Now()
-	st := o.RawFileSystem.Rmdir(cancel, h, name)
-	o.done(OpRmdir, t)
-	return st
+	defer o.done(OpRmdir, time.Now())
+	return o.RawFileSystem.Rmdir(cancel, h, name)
 }
 
 func (o *observed) Rename(cancel <-chan struct{}, in *fuse.RenameIn, oldName, newName string) fuse.Status {
-	t := time.Now()
-	st := o.RawFileSystem.Rename(cancel, in, oldName, newName)
-	o.done(OpRename, t)
-	return st
+	defer o.done(OpRename, time.Now())
+	return o.RawFileSystem.Rename(cancel, in, oldName, newName)
 }
 
 func (o *observed) Link(cancel <-chan struct{}, in *fuse.LinkIn, name string, out *fuse.EntryOut) fuse.Status {
-	t := time.Now()
-	st := o.RawFileSystem.Link(cancel, in, name, out)
-	o.done(OpLink, t)
-	return st
+	defer o.done(OpLink, time.Now())
+	return o.RawFileSystem.Link(cancel, in, name, out)
 }
 
 func (o *observed) Symlink(cancel <-chan struct{}, h *fuse.InHeader, target, name string, out *fuse.EntryOut) fuse.Status {
-	t := time.Now()
-	st := o.RawFileSystem.Symlink(cancel, h, target, name, out)
-	o.done(OpSymlink, t)
-	return st
+	defer o.done(OpSymlink, time.Now())
+	return o.RawFileSystem.Symlink(cancel, h, target, name, out)
 }
 
 func (o *observed) Readlink(cancel <-chan struct{}, h *fuse.InHeader) ([]byte, fuse.Status) {
-	t := time.Now()
-	b, st := o.RawFileSystem.Readlink(cancel, h)
-	o.done(OpReadlink, t)
-	return b, st
+	defer o.done(OpReadlink, time.Now())
+	return o.RawFileSystem.Readlink(cancel, h)
 }
 
 func (o *observed) Access(cancel <-chan struct{}, in *fuse.AccessIn) fuse.Status {
-	t := time.Now()
-	st := o.RawFileSystem.Access(cancel, in)
-	o.done(OpAccess, t)
-	return st
+	defer o.done(OpAccess, time.Now())
+	return o.RawFileSystem.Access(cancel, in)
 }
 
 func (o *observed) GetXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr string, dest []byte) (uint32, fuse.Status) {
-	t := time.Now()
-	n, st := o.RawFileSystem.GetXAttr(cancel, h, attr, dest)
-	o.done(OpXattr, t)
-	return n, st
+	defer o.done(OpXattr, time.Now())
+	return o.RawFileSystem.GetXAttr(cancel, h, attr, dest)
 }
 
 func (o *observed) ListXAttr(cancel <-chan struct{}, h *fuse.InHeader, dest []byte) (uint32, fuse.Status) {
-	t := time.Now()
-	n, st := o.RawFileSystem.ListXAttr(cancel, h, dest)
-	o.done(OpXattr, t)
-	return n, st
+	defer o.done(OpXattr, time.Now())
+	return o.RawFileSystem.ListXAttr(cancel, h, dest)
 }
 
 func (o *observed) SetXAttr(cancel <-chan struct{}, in *fuse.SetXAttrIn, attr string, data []byte) fuse.Status {
-	t := time.Now()
-	st := o.RawFileSystem.SetXAttr(cancel, in, attr, data)
-	o.done(OpXattr, t)
-	return st
+	defer o.done(OpXattr, time.Now())
+	return o.RawFileSystem.SetXAttr(cancel, in, attr, data)
 }
 
 func (o *observed) RemoveXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr string) fuse.Status {
-	t := time.Now()
-	st := o.RawFileSystem.RemoveXAttr(cancel, h, attr)
-	o.done(OpXattr, t)
+	defer o.done(OpXattr, time.Now())
+	return o.RawFileSystem.RemoveXAttr(cancel, h, attr)
+}
+
+// opened counts a file handle the request st answers opened.
+func (o *observed) opened(st fuse.Status) fuse.Status {
+	if st == fuse.OK {
+		o.obs.FileOpened()
+	}
 	return st
 }
 
 func (o *observed) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, out *fuse.CreateOut) fuse.Status {
-	t := time.Now()
-	st := o.RawFileSystem.Create(cancel, in, name, out)
-	if st == fuse.OK {
-		o.obs.FileOpened()
-	}
-	o.done(OpCreate, t)
-	return st
+	defer o.done(OpCreate, time.Now())
+	return o.opened(o.RawFileSystem.Create(cancel, in, name, out))
 }
 
 func (o *observed) Tmpfile(cancel <-chan struct{}, in *fuse.CreateIn, out *fuse.CreateOut) fuse.Status {
-	t := time.Now()
-	st := o.RawFileSystem.Tmpfile(cancel, in, out)
-	if st == fuse.OK {
-		o.obs.FileOpened()
-	}
-	o.done(OpCreate, t)
-	return st
+	defer o.done(OpCreate, time.Now())
+	return o.opened(o.RawFileSystem.Tmpfile(cancel, in, out))
 }
 
 func (o *observed) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
-	t := time.Now()
-	st := o.RawFileSystem.Open(cancel, in, out)
-	if st == fuse.OK {
-		o.obs.FileOpened()
-	}
-	o.done(OpOpen, t)
-	return st
+	defer o.done(OpOpen, time.Now())
+	return o.opened(o.RawFileSystem.Open(cancel, in, out))
 }
 
 func (o *observed) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
@@ -314,17 +275,13 @@ func (o *observed) Writev(cancel <-chan struct{}, in *fuse.WriteIn, data [][]byt
 }
 
 func (o *observed) CopyFileRange(cancel <-chan struct{}, in *fuse.CopyFileRangeIn) (uint32, fuse.Status) {
-	t := time.Now()
-	n, st := o.RawFileSystem.CopyFileRange(cancel, in)
-	o.done(OpCopyFileRange, t)
-	return n, st
+	defer o.done(OpCopyFileRange, time.Now())
+	return o.RawFileSystem.CopyFileRange(cancel, in)
 }
 
 func (o *observed) Lseek(cancel <-chan struct{}, in *fuse.LseekIn, out *fuse.LseekOut) fuse.Status {
-	t := time.Now()
-	st := o.RawFileSystem.Lseek(cancel, in, out)
-	o.done(OpLseek, t)
-	return st
+	defer o.done(OpLseek, time.Now())
+	return o.RawFileSystem.Lseek(cancel, in, out)
 }
 
 func (o *observed) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
@@ -335,63 +292,46 @@ func (o *observed) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
 }
 
 func (o *observed) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status {
-	t := time.Now()
-	st := o.RawFileSystem.Flush(cancel, in)
-	o.done(OpFlush, t)
-	return st
+	defer o.done(OpFlush, time.Now())
+	return o.RawFileSystem.Flush(cancel, in)
 }
 
 func (o *observed) Fsync(cancel <-chan struct{}, in *fuse.FsyncIn) fuse.Status {
-	t := time.Now()
-	st := o.RawFileSystem.Fsync(cancel, in)
-	o.done(OpFsync, t)
-	return st
+	defer o.done(OpFsync, time.Now())
+	return o.RawFileSystem.Fsync(cancel, in)
 }
 
 func (o *observed) Fallocate(cancel <-chan struct{}, in *fuse.FallocateIn) fuse.Status {
-	t := time.Now()
-	st := o.RawFileSystem.Fallocate(cancel, in)
-	o.done(OpFallocate, t)
-	return st
+	defer o.done(OpFallocate, time.Now())
+	return o.RawFileSystem.Fallocate(cancel, in)
 }
 
 func (o *observed) OpenDir(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
-	t := time.Now()
-	st := o.RawFileSystem.OpenDir(cancel, in, out)
-	o.done(OpOpendir, t)
-	return st
+	defer o.done(OpOpendir, time.Now())
+	return o.RawFileSystem.OpenDir(cancel, in, out)
 }
 
 func (o *observed) ReadDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
-	t := time.Now()
-	st := o.RawFileSystem.ReadDir(cancel, in, out)
-	o.done(OpReaddir, t)
-	return st
+	defer o.done(OpReaddir, time.Now())
+	return o.RawFileSystem.ReadDir(cancel, in, out)
 }
 
 func (o *observed) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
-	t := time.Now()
-	st := o.RawFileSystem.ReadDirPlus(cancel, in, out)
-	o.done(OpReaddir, t)
-	return st
+	defer o.done(OpReaddir, time.Now())
+	return o.RawFileSystem.ReadDirPlus(cancel, in, out)
 }
 
 func (o *observed) ReleaseDir(in *fuse.ReleaseIn) {
-	t := time.Now()
+	defer o.done(OpReleasedir, time.Now())
 	o.RawFileSystem.ReleaseDir(in)
-	o.done(OpReleasedir, t)
 }
 
 func (o *observed) FsyncDir(cancel <-chan struct{}, in *fuse.FsyncIn) fuse.Status {
-	t := time.Now()
-	st := o.RawFileSystem.FsyncDir(cancel, in)
-	o.done(OpFsyncdir, t)
-	return st
+	defer o.done(OpFsyncdir, time.Now())
+	return o.RawFileSystem.FsyncDir(cancel, in)
 }
 
 func (o *observed) StatFs(cancel <-chan struct{}, h *fuse.InHeader, out *fuse.StatfsOut) fuse.Status {
-	t := time.Now()
-	st := o.RawFileSystem.StatFs(cancel, h, out)
-	o.done(OpStatfs, t)
-	return st
+	defer o.done(OpStatfs, time.Now())
+	return o.RawFileSystem.StatFs(cancel, h, out)
 }
