@@ -125,10 +125,10 @@ func Info(path string) (*FileInfo, error) {
 	return fi, nil
 }
 
-// cipherFileOf returns where the cipher file of path is: for a path
-// inside a kmsfs mount, the cipher dir (the mount's source) and the path
-// below the mount point, since names are stored as they are; for any
-// other path, dir is "".
+// cipherFileOf returns, for a path inside a kmsfs mount, the cipher dir
+// (the mount's source) and the path below the mount point, which
+// cipherRelOf maps to the cipher file by inode (with encrypted names the
+// stored names differ); for any other path, dir is "".
 func cipherFileOf(path string) (dir, rel string, err error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
