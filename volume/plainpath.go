@@ -94,10 +94,6 @@ func (p *plainPaths) annotate(rel string) (plain, why string) {
 // an encrypted name: every such name has a '.' and is no long name.
 func ownFile(name string) bool { return names.IsSpecial(name) && !names.IsLong(name) }
 
-// targetSuffix ends the name of a long symbolic link target's side file
-// (docs/FORMAT.md): the link's backing name and this.
-const targetSuffix = ".target"
-
 // sideFile reports whether name, a regular file in a cipher dir with
 // encrypted names, is the side file of a long name or of a long symbolic
 // link target: kmsfs's own, holding a sealed name, not a file's content.
@@ -108,7 +104,7 @@ func sideFile(name string) bool {
 	if base, ok := strings.CutSuffix(name, names.LongSuffix); ok {
 		return names.IsLong(base)
 	}
-	if base, ok := strings.CutSuffix(name, targetSuffix); ok {
+	if base, ok := strings.CutSuffix(name, namestore.TargetSuffix); ok {
 		return base != "" && !ownFile(base)
 	}
 	return false
